@@ -1,0 +1,30 @@
+"""Schema migrations, applied in order; `PRAGMA user_version` records the last one.
+
+Each migration is a tuple of statements run in one transaction. Never edit a
+migration that has shipped: append a new one. Each resource table
+has the same shape (see `Repository`): an id, a unique name, and the record as
+JSON, so adding a field to a record needs no migration.
+"""
+
+from __future__ import annotations
+
+
+def _resource_table(table: str) -> str:
+    return (
+        f"CREATE TABLE {table} ("
+        " id TEXT PRIMARY KEY,"
+        " name TEXT NOT NULL UNIQUE,"
+        " data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now'))"
+        ")"
+    )
+
+
+MIGRATIONS: list[tuple[str, ...]] = [
+    # 1: settings kept by the server itself (e.g. the JWT secret's creation time).
+    ("CREATE TABLE meta (key TEXT PRIMARY KEY, value TEXT NOT NULL)",),
+    # 2: images, keyed by normalized reference.
+    (_resource_table("images"),),
+    # 3: instances.
+    (_resource_table("instances"),),
+]

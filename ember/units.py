@@ -1,0 +1,67 @@
+"""Human-readable sizes and rates, parsed in one place.
+
+Sizes follow Hypeman: "512MB", "2G", "1GB", "4096" (bytes). Suffixes are binary
+(1 GB = 1024^3 bytes), as Hypeman and QEMU treat memory sizes. Rates accept a
+size per second ("100MB/s") or bits per second ("1Gbps", decimal like network
+gear) and are returned in bytes per second.
+"""
+
+from __future__ import annotations
+
+import re
+
+from ember.errors import InvalidArgument
+
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+    "t": 1024**4,
+    "tb": 1024**4,
+    "tib": 1024**4,
+}
+_BIT_RATE_UNITS = {"bps": 1, "kbps": 10**3, "mbps": 10**6, "gbps": 10**9}
+_NUMBER = r"(\d+(?:\.\d+)?)"
+_SIZE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
+_RATE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*(/s)?\s*$")
+
+
+def parse_size(value: str | int, *, field: str = "size") -> int:
+    """Parse "512MB" / "2G" / 4096 into bytes; raise InvalidArgument naming `field`."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        if value < 0:
+            raise InvalidArgument(f"{field}: size must not be negative")
+        return value
+    match = _SIZE_RE.match(str(value))
+    unit = match.group(2).lower() if match else None
+    if not match or unit not in _SIZE_UNITS:
+        raise InvalidArgument(f"{field}: invalid size {value!r} (expected e.g. 512MB, 2GB, 1G)")
+    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+
+
+def parse_rate(value: str, *, field: str = "rate") -> int:
+    """Parse "100MB/s" or "1Gbps" into bytes per second."""
+    match = _RATE_RE.match(str(value))
+    if match:
+        number, unit, per_second = float(match.group(1)), match.group(2).lower(), match.group(3)
+        if unit in _BIT_RATE_UNITS and not per_second:
+            return int(number * _BIT_RATE_UNITS[unit] / 8)
+        if unit in _SIZE_UNITS and per_second:
+            return int(number * _SIZE_UNITS[unit])
+    raise InvalidArgument(f"{field}: invalid rate {value!r} (expected e.g. 100MB/s or 1Gbps)")
+
+
+def format_size(num_bytes: int) -> str:
+    """Render bytes the way parse_size reads them back ("1.5GB", "512MB", "100B")."""
+    for unit, factor in (("TB", 1024**4), ("GB", 1024**3), ("MB", 1024**2), ("KB", 1024)):
+        if num_bytes >= factor:
+            return f"{num_bytes / factor:.4g}{unit}"
+    return f"{num_bytes}B"

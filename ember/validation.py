@@ -1,0 +1,47 @@
+"""Validation rules from the Hypeman spec: resource names and user tags."""
+
+from __future__ import annotations
+
+import re
+
+from ember.errors import InvalidArgument
+
+NAME_MAX = 63
+NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+TAGS_MAX = 50
+TAG_KEY_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]+$")
+TAG_KEY_MAX = 128
+TAG_VALUE_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]*$")
+TAG_VALUE_MAX = 256
+
+
+def validate_name(name: str, *, field: str = "name") -> str:
+    if not name or len(name) > NAME_MAX or not NAME_RE.match(name):
+        raise InvalidArgument(
+            f"{field}: {name!r} must be 1-{NAME_MAX} lowercase letters, digits or '-', "
+            "starting and ending with a letter or digit"
+        )
+    return name
+
+
+def validate_tags(tags: dict[str, str] | None, *, field: str = "tags") -> dict[str, str]:
+    if not tags:
+        return {}
+    if len(tags) > TAGS_MAX:
+        raise InvalidArgument(f"{field}: at most {TAGS_MAX} tags are allowed, got {len(tags)}")
+    for key, value in tags.items():
+        if len(key) > TAG_KEY_MAX or not TAG_KEY_RE.match(key):
+            raise InvalidArgument(
+                f"{field}: invalid key {key!r} (1-{TAG_KEY_MAX} characters of "
+                "A-Z a-z 0-9 space _ . : / = + @ -)"
+            )
+        if (
+            not isinstance(value, str)
+            or len(value) > TAG_VALUE_MAX
+            or not TAG_VALUE_RE.match(value)
+        ):
+            raise InvalidArgument(
+                f"{field}: invalid value for {key!r} (at most {TAG_VALUE_MAX} characters of "
+                "A-Z a-z 0-9 space _ . : / = + @ -)"
+            )
+    return dict(tags)
