@@ -23,7 +23,7 @@ class EmberError(Exception):
 
 class InvalidArgument(EmberError):
     status = 400
-    code = "invalid_request"
+    code = "bad_request"
 
 
 class Unauthorized(EmberError):

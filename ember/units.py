@@ -40,7 +40,7 @@ def parse_size(value: str | int, *, field: str = "size") -> int:
         if value < 0:
             raise InvalidArgument(f"{field}: size must not be negative")
         return value
-    match = _SIZE_RE.match(str(value))
+    match = _SIZE_RE.fullmatch(str(value))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
         raise InvalidArgument(f"{field}: invalid size {value!r} (expected e.g. 512MB, 2GB, 1G)")
@@ -49,7 +49,7 @@ def parse_size(value: str | int, *, field: str = "size") -> int:
 
 def parse_rate(value: str, *, field: str = "rate") -> int:
     """Parse "100MB/s" or "1Gbps" into bytes per second."""
-    match = _RATE_RE.match(str(value))
+    match = _RATE_RE.fullmatch(str(value))
     if match:
         number, unit, per_second = float(match.group(1)), match.group(2).lower(), match.group(3)
         if unit in _BIT_RATE_UNITS and not per_second:

@@ -16,7 +16,7 @@ TAG_VALUE_MAX = 256
 
 
 def validate_name(name: str, *, field: str = "name") -> str:
-    if not name or len(name) > NAME_MAX or not NAME_RE.match(name):
+    if not name or len(name) > NAME_MAX or not NAME_RE.fullmatch(name):
         raise InvalidArgument(
             f"{field}: {name!r} must be 1-{NAME_MAX} lowercase letters, digits or '-', "
             "starting and ending with a letter or digit"
@@ -30,7 +30,7 @@ def validate_tags(tags: dict[str, str] | None, *, field: str = "tags") -> dict[s
     if len(tags) > TAGS_MAX:
         raise InvalidArgument(f"{field}: at most {TAGS_MAX} tags are allowed, got {len(tags)}")
     for key, value in tags.items():
-        if len(key) > TAG_KEY_MAX or not TAG_KEY_RE.match(key):
+        if len(key) > TAG_KEY_MAX or not TAG_KEY_RE.fullmatch(key):
             raise InvalidArgument(
                 f"{field}: invalid key {key!r} (1-{TAG_KEY_MAX} characters of "
                 "A-Z a-z 0-9 space _ . : / = + @ -)"
@@ -38,7 +38,7 @@ def validate_tags(tags: dict[str, str] | None, *, field: str = "tags") -> dict[s
         if (
             not isinstance(value, str)
             or len(value) > TAG_VALUE_MAX
-            or not TAG_VALUE_RE.match(value)
+            or not TAG_VALUE_RE.fullmatch(value)
         ):
             raise InvalidArgument(
                 f"{field}: invalid value for {key!r} (at most {TAG_VALUE_MAX} characters of "

@@ -1,0 +1,72 @@
+"""Bearer JWT auth (HS256) with a per-server secret kept in the data dir.
+
+The secret is generated on first start with 0600 permissions, so anyone who can
+mint a token (`ember token`) can also read the data dir: the same trust
+boundary as root on the host. Alternatives rejected: static API keys (no
+expiry, no subject) and OIDC (needs an issuer this single-host tool lacks).
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+import time
+from pathlib import Path
+from typing import Any
+
+import jwt
+
+from ember.errors import Unauthorized
+
+SECRET_FILE = "jwt.secret"
+ALGORITHM = "HS256"
+ISSUER = "ember"
+
+
+def load_or_create_secret(data_dir: Path) -> bytes:
+    path = data_dir / SECRET_FILE
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        pass
+    data_dir.mkdir(parents=True, exist_ok=True)
+    secret = secrets.token_hex(32).encode()
+    # O_EXCL: if two processes start at once, the loser reads the winner's secret.
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        return path.read_bytes()
+    with os.fdopen(fd, "wb") as out:
+        out.write(secret)
+    return secret
+
+
+def mint_token(secret: bytes, subject: str = "admin", ttl_seconds: int = 3600) -> str:
+    now = int(time.time())
+    claims = {"sub": subject, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
+    return jwt.encode(claims, secret, algorithm=ALGORITHM)
+
+
+def verify_token(secret: bytes, token: str) -> dict[str, Any]:
+    try:
+        claims: dict[str, Any] = jwt.decode(
+            token,
+            secret,
+            algorithms=[ALGORITHM],
+            issuer=ISSUER,
+            options={"require": ["exp", "iat", "sub"]},
+        )
+    except jwt.ExpiredSignatureError as exc:
+        raise Unauthorized("token has expired: mint a new one with `ember token`") from exc
+    except jwt.InvalidTokenError as exc:
+        raise Unauthorized(f"invalid token: {exc}") from exc
+    return claims
+
+
+def bearer_token(authorization: str | None) -> str:
+    if not authorization:
+        raise Unauthorized("missing Authorization header: send 'Authorization: Bearer <token>'")
+    scheme, _, token = authorization.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Authorization header must be 'Bearer <token>'")
+    return token.strip()

@@ -1,0 +1,43 @@
+"""The long-lived parts of a running server, built once and shared by all requests."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from ember.api.auth import load_or_create_secret
+from ember.config import Settings
+from ember.images.manager import ImageManager
+from ember.store import Store
+
+
+@dataclass
+class Services:
+    settings: Settings
+    store: Store
+    jwt_secret: bytes
+    images: ImageManager
+
+    @classmethod
+    def build(cls, settings: Settings) -> Services:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        store = Store(settings.db_path)
+        images = ImageManager(
+            store,
+            settings.data_dir,
+            concurrency=settings.build_concurrency,
+            insecure_registries=settings.insecure_registries,
+        )
+        return cls(
+            settings=settings,
+            store=store,
+            jwt_secret=load_or_create_secret(settings.data_dir),
+            images=images,
+        )
+
+    async def start(self) -> None:
+        """Start background work (queues, reconcilers) once the event loop runs."""
+        await self.images.start()
+
+    async def stop(self) -> None:
+        await self.images.stop()
+        self.store.close()

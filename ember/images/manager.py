@@ -1,0 +1,291 @@
+"""The image manager: records in the store, a bounded build queue, and the files on disk.
+
+An image moves pending -> pulling -> converting -> ready (or failed). Workers
+take images off one FIFO queue, so `queue_position` is simply the place in
+it. Root disks live at `images/<digest>/rootfs.erofs`, one per digest: several
+names (tags) may point at one digest, and a digest already converted is never
+pulled or converted again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+from ember.images.blobs import BlobStore
+from ember.images.distribution import Credentials, RegistryClient
+from ember.images.pull import PulledImage, convert, fetch, load_local
+from ember.images.reference import ImageRef, parse_reference
+
+from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
+from ember.ids import new_id
+from ember.images.models import IN_PROGRESS, ImageRecord, ImageSource, ImageStatus
+from ember.store import Repository, Store
+from ember.validation import validate_tags
+
+log = logging.getLogger("ember.images")
+
+ROOTFS_NAME = "rootfs.erofs"
+SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
+# Returns the names of instances using an image; wired in by the server (instances depend
+# on images, never the reverse).
+InUseCheck = Callable[[ImageRecord], list[str]]
+
+
+def validate_platform(platform: str | None) -> str:
+    value = platform or "linux/amd64"
+    parts = value.split("/")
+    if len(parts) not in (2, 3) or f"{parts[0]}/{parts[1]}" not in SUPPORTED_PLATFORMS:
+        raise InvalidArgument(
+            f"platform: {value!r} is not supported (use one of {', '.join(SUPPORTED_PLATFORMS)})",
+            code="invalid_platform",
+        )
+    return value
+
+
+class ImageManager:
+    def __init__(
+        self,
+        store: Store,
+        data_dir: Path,
+        *,
+        concurrency: int = 2,
+        insecure_registries: list[str] | None = None,
+    ) -> None:
+        self.repo = Repository(store, "images", ImageRecord, "image")
+        self.blobs = BlobStore(data_dir / "blobs")
+        self.images_dir = data_dir / "images"
+        self.images_dir.mkdir(parents=True, exist_ok=True)
+        self.concurrency = concurrency
+        self.insecure = insecure_registries or []
+        self.in_use: InUseCheck = lambda _record: []
+        self._queue: asyncio.Queue[str] | None = None
+        self._waiting: list[str] = []
+        # Borrowed registry credentials: memory only, dropped once the pull ends.
+        self._credentials: dict[str, Credentials] = {}
+        self._workers: list[asyncio.Task[None]] = []
+        self._changed: asyncio.Condition | None = None
+
+    # ---- lifecycle -------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._queue = asyncio.Queue()
+        self._changed = asyncio.Condition()
+        self._workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
+        for record in self.repo.all():
+            if record.status in IN_PROGRESS:
+                self._resume(record)
+
+    async def stop(self) -> None:
+        for worker in self._workers:
+            worker.cancel()
+        for worker in self._workers:
+            with contextlib.suppress(asyncio.CancelledError):
+                await worker
+
+    def _resume(self, record: ImageRecord) -> None:
+        """After a restart: an interrupted pull starts over (cached blobs make that cheap)."""
+        if record.id in self._credentials or not record.name:
+            return
+        self._set_status(record.id, ImageStatus.PENDING)
+        self._enqueue(record.id)
+
+    # ---- queries ---------------------------------------------------------------------
+
+    def get(self, name: str) -> ImageRecord:
+        """Find an image by reference (normalized or not), or by digest."""
+        record = self.repo.by_name(name)
+        if record is None and name.startswith("sha256:"):
+            record = next((r for r in self.repo.all() if r.digest == name), None)
+        if record is None:
+            with contextlib.suppress(InvalidArgument):
+                record = self.repo.by_name(parse_reference(name).name)
+        if record is None:
+            raise NotFound(f"image {name!r} not found")
+        return record
+
+    def list(self, tags: dict[str, str] | None = None) -> list[ImageRecord]:
+        wanted = (tags or {}).items()
+        return [r for r in self.repo.all() if wanted <= r.tags.items()]
+
+    def queue_position(self, record: ImageRecord) -> int | None:
+        return self._waiting.index(record.id) + 1 if record.id in self._waiting else None
+
+    def rootfs_path(self, record: ImageRecord) -> Path:
+        if record.status != ImageStatus.READY:
+            raise Conflict(
+                f"image {record.name!r} is not ready (status: {record.status})",
+                code="image_not_ready",
+            )
+        return self.images_dir / record.digest / ROOTFS_NAME
+
+    async def wait(self, name: str, timeout: float) -> ImageRecord:
+        """Block until the image leaves the build pipeline (or the timeout passes)."""
+        assert self._changed is not None
+        async with asyncio.timeout(timeout), self._changed:
+            await self._changed.wait_for(lambda: self.get(name).status not in IN_PROGRESS)
+        return self.get(name)
+
+    # ---- commands --------------------------------------------------------------------
+
+    def create(
+        self,
+        name: str,
+        *,
+        tags: dict[str, str] | None = None,
+        platform: str | None = None,
+        credentials: Credentials | None = None,
+    ) -> ImageRecord:
+        ref = parse_reference(name)
+        tags = validate_tags(tags)
+        platform = validate_platform(platform)
+        existing = self.repo.by_name(ref.name)
+        if existing is not None and existing.status != ImageStatus.FAILED:
+            return existing  # pulled or being pulled: no work
+        if existing is not None:
+            self.repo.delete(existing.id)
+        record = self.repo.insert(
+            ImageRecord(id=new_id(), name=ref.name, tags=tags, requested_platform=platform)
+        )
+        if credentials:
+            self._credentials[record.id] = credentials
+        self._enqueue(record.id)
+        return record
+
+    def tag(self, name: str, target: str) -> ImageRecord:
+        """Point another reference at an existing image's digest, without pulling."""
+        source = self.get(name)
+        if source.status != ImageStatus.READY:
+            raise Conflict(f"image {source.name!r} is not ready (status: {source.status})")
+        target_ref = parse_reference(target)
+        if target_ref.digest is not None and target_ref.digest != source.digest:
+            raise InvalidArgument(f"target: {target!r} names a different digest")
+        existing = self.repo.by_name(target_ref.name)
+        fields = source.model_dump(exclude={"id", "name", "created_at"})
+        if existing is not None:
+            return self.repo.update(existing.id, lambda r: _assign(r, fields))
+        return self.repo.insert(ImageRecord(id=new_id(), name=target_ref.name, **fields))
+
+    def delete(self, name: str) -> None:
+        record = self.get(name)
+        if users := self.in_use(record):
+            raise Conflict(
+                f"image {record.name!r} is used by instance(s) {', '.join(users)}",
+                code="image_in_use",
+            )
+        if record.status in IN_PROGRESS:
+            raise Conflict(f"image {record.name!r} is still being pulled ({record.status})")
+        self.repo.delete(record.id)
+        if record.digest and not any(r.digest == record.digest for r in self.repo.all()):
+            shutil.rmtree(self.images_dir / record.digest, ignore_errors=True)
+
+    def import_pushed(self, name: str, manifest_digest: str) -> ImageRecord:
+        """A manifest pushed to the built-in registry: convert it from local blobs."""
+        ref = parse_reference(name)
+        existing = self.repo.by_name(ref.name)
+        if (
+            existing is not None
+            and existing.digest == manifest_digest
+            and (existing.status != ImageStatus.FAILED)
+        ):
+            return existing
+        if existing is not None:
+            if existing.status in IN_PROGRESS:
+                raise Conflict(f"image {ref.name!r} is being pulled; push again when it is done")
+            self.repo.delete(existing.id)
+        record = self.repo.insert(
+            ImageRecord(id=new_id(), name=ref.name, digest=manifest_digest, source=ImageSource.PUSH)
+        )
+        self._enqueue(record.id)
+        return record
+
+    # ---- the build pipeline ----------------------------------------------------------
+
+    def _enqueue(self, record_id: str) -> None:
+        assert self._queue is not None, "ImageManager.start() was not called"
+        self._waiting.append(record_id)
+        self._queue.put_nowait(record_id)
+
+    async def _work(self) -> None:
+        assert self._queue is not None
+        while True:
+            record_id = await self._queue.get()
+            self._waiting.remove(record_id)
+            try:
+                await self._build(record_id)
+            except asyncio.CancelledError:
+                raise
+            except EmberError as exc:
+                self._fail(record_id, exc.message)
+            except Exception as exc:
+                log.exception("image build failed", extra={"image_id": record_id})
+                self._fail(record_id, f"internal error: {exc}")
+            finally:
+                self._credentials.pop(record_id, None)
+                await self._notify()
+
+    async def _build(self, record_id: str) -> None:
+        record = self.repo.get(record_id)
+        if record is None:  # deleted while queued
+            return
+        ref = parse_reference(record.name)
+        self._set_status(record_id, ImageStatus.PULLING)
+        await self._notify()
+        pulled = await self._fetch(record, ref)
+        record = self.repo.update(record_id, lambda r: _apply_metadata(r, pulled))
+        rootfs_dir = self.images_dir / pulled.digest
+        if not (rootfs_dir / ROOTFS_NAME).exists():
+            self._set_status(record_id, ImageStatus.CONVERTING)
+            await self._notify()
+            await asyncio.to_thread(convert, pulled, self.blobs, rootfs_dir)
+        size = (rootfs_dir / ROOTFS_NAME).stat().st_size
+        self.repo.update(record_id, lambda r: _ready(r, size))
+        log.info("image ready", extra={"image": record.name, "digest": pulled.digest})
+
+    async def _fetch(self, record: ImageRecord, ref: ImageRef) -> PulledImage:
+        if record.source == ImageSource.PUSH:
+            return await asyncio.to_thread(load_local, record.digest, self.blobs)
+        async with RegistryClient(
+            insecure=self.insecure, credentials=self._credentials.get(record.id)
+        ) as client:
+            return await fetch(ref, client, self.blobs, record.requested_platform)
+
+    def _set_status(self, record_id: str, status: ImageStatus) -> None:
+        self.repo.update(record_id, lambda r: setattr(r, "status", status))
+
+    def _fail(self, record_id: str, message: str) -> None:
+        with contextlib.suppress(NotFound):
+            self.repo.update(record_id, lambda r: _failed(r, message))
+        log.warning("image failed", extra={"image_id": record_id, "error": message})
+
+    async def _notify(self) -> None:
+        if self._changed is not None:
+            async with self._changed:
+                self._changed.notify_all()
+
+
+def _apply_metadata(record: ImageRecord, pulled: PulledImage) -> None:
+    record.digest = pulled.digest
+    record.platform = pulled.platform
+    record.entrypoint = pulled.entrypoint
+    record.cmd = pulled.cmd
+    record.env = pulled.env
+    record.working_dir = pulled.working_dir
+    record.user = pulled.user
+
+
+def _ready(record: ImageRecord, size: int) -> None:
+    record.status, record.size_bytes, record.error = ImageStatus.READY, size, None
+
+
+def _failed(record: ImageRecord, message: str) -> None:
+    record.status, record.error = ImageStatus.FAILED, message
+
+
+def _assign(record: ImageRecord, fields: dict[str, object]) -> None:
+    for key, value in fields.items():
+        setattr(record, key, value)

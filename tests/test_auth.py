@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import stat
+import time
+from pathlib import Path
+
+import jwt
+import pytest
+
+from ember.api.auth import bearer_token, load_or_create_secret, mint_token, verify_token
+from ember.errors import Unauthorized
+
+
+def test_secret_is_created_once_with_private_mode(tmp_path: Path) -> None:
+    secret = load_or_create_secret(tmp_path)
+    assert load_or_create_secret(tmp_path) == secret
+    assert stat.S_IMODE((tmp_path / "jwt.secret").stat().st_mode) == 0o600
+
+
+def test_round_trip(tmp_path: Path) -> None:
+    secret = load_or_create_secret(tmp_path)
+    assert verify_token(secret, mint_token(secret, "alice"))["sub"] == "alice"
+
+
+def test_expired_token_is_refused(tmp_path: Path) -> None:
+    secret = load_or_create_secret(tmp_path)
+    now = int(time.time())
+    token = jwt.encode(
+        {"sub": "a", "iss": "ember", "iat": now - 100, "exp": now - 10}, secret, "HS256"
+    )
+    with pytest.raises(Unauthorized, match="expired"):
+        verify_token(secret, token)
+
+
+def test_wrong_secret_is_refused(tmp_path: Path) -> None:
+    token = mint_token(b"another-secret-that-is-long-enough-000")
+    with pytest.raises(Unauthorized, match="invalid token"):
+        verify_token(load_or_create_secret(tmp_path), token)
+
+
+def test_unsigned_token_is_refused(tmp_path: Path) -> None:
+    token = jwt.encode({"sub": "a", "iss": "ember", "iat": 1, "exp": 2**40}, None, "none")
+    with pytest.raises(Unauthorized):
+        verify_token(load_or_create_secret(tmp_path), token)
+
+
+@pytest.mark.parametrize("header", [None, "", "Basic abc", "Bearer ", "Bearer"])
+def test_missing_or_malformed_header(header: str | None) -> None:
+    with pytest.raises(Unauthorized):
+        bearer_token(header)
