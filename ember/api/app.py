@@ -11,7 +11,7 @@ from ember import __version__
 from ember.api.deps import require_auth
 from ember.api.errors import install_error_handlers
 from ember.api.middleware import RequestIdMiddleware
-from ember.api.routes import health, images
+from ember.api.routes import health, images, registry
 from ember.api.services import Services
 from ember.config import Settings
 
@@ -40,6 +40,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(registry.router)  # checks tokens itself, as registry clients expect
     for router in PROTECTED_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_auth)])
     return app

@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
 from ember.images.manager import ImageManager
+from ember.registry import Registry
 from ember.store import Store
 
 
@@ -16,6 +17,7 @@ class Services:
     store: Store
     jwt_secret: bytes
     images: ImageManager
+    registry: Registry
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -32,6 +34,7 @@ class Services:
             store=store,
             jwt_secret=load_or_create_secret(settings.data_dir),
             images=images,
+            registry=Registry(store, images.blobs, settings.data_dir),
         )
 
     async def start(self) -> None:

@@ -27,4 +27,13 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (_resource_table("images"),),
     # 3: instances.
     (_resource_table("instances"),),
+    # 4: the built-in registry: manifests per repository, and tags pointing at them.
+    (
+        "CREATE TABLE registry_manifests ("
+        " repository TEXT NOT NULL, digest TEXT NOT NULL, media_type TEXT NOT NULL,"
+        " PRIMARY KEY (repository, digest))",
+        "CREATE TABLE registry_tags ("
+        " repository TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,"
+        " PRIMARY KEY (repository, tag))",
+    ),
 ]

@@ -1,0 +1,208 @@
+"""`/v2/`: the OCI distribution API of the built-in registry (push and pull subset).
+
+Repository names contain slashes, so one catch-all route parses the path and
+dispatches; errors use the distribution spec's body (`{"errors": [...]}`),
+which registry clients such as skopeo and docker understand.
+"""
+
+from __future__ import annotations
+
+import base64
+import re
+from collections.abc import Awaitable, Callable
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import FileResponse, JSONResponse
+
+from ember.api.auth import verify_token
+from ember.api.deps import ServicesDep
+from ember.api.services import Services
+from ember.errors import EmberError, Unauthorized
+from ember.registry import DistributionError, Registry
+
+router = APIRouter(tags=["registry"])
+Handler = Callable[[Request, Services, dict[str, str]], Awaitable[Response]]
+_ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+
+
+def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
+    def register(handler: Handler) -> Handler:
+        _ROUTES.append((method, re.compile(f"^{pattern}$"), handler))
+        return handler
+
+    return register
+
+
+def oci_error(status: int, code: str, message: str) -> JSONResponse:
+    headers = {"WWW-Authenticate": 'Basic realm="ember"'} if status == 401 else None
+    body = {"errors": [{"code": code, "message": message}]}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def authenticate(request: Request, svc: Services) -> None:
+    """Bearer <jwt>, or Basic with the JWT as password (what `docker login` sends)."""
+    if svc.settings.auth_disabled:
+        return
+    scheme, _, value = request.headers.get("authorization", "").partition(" ")
+    token = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            token = base64.b64decode(token).decode().partition(":")[2]
+        except ValueError as exc:
+            raise Unauthorized("malformed Basic credentials") from exc
+    elif scheme.lower() != "bearer":
+        raise Unauthorized("authentication required: use an Ember token as the password")
+    verify_token(svc.jwt_secret, token)
+
+
+@router.api_route(
+    "/v2/{path:path}",
+    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
+    summary="OCI distribution API (push and pull)",
+)
+async def distribution(path: str, request: Request, svc: ServicesDep) -> Response:
+    try:
+        authenticate(request, svc)
+        if path.strip("/") == "":
+            return JSONResponse({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
+        for method, pattern, handler in _ROUTES:
+            match = pattern.match(path)
+            if match and (method == request.method or (method, request.method) == ("GET", "HEAD")):
+                params = match.groupdict()
+                Registry.check_repository(params["name"])
+                return await handler(request, svc, params)
+        raise DistributionError(
+            404, "UNSUPPORTED", f"no such endpoint: {request.method} /v2/{path}"
+        )
+    except DistributionError as exc:
+        return oci_error(exc.status, exc.oci_code, exc.message)
+    except Unauthorized as exc:
+        return oci_error(401, "UNAUTHORIZED", exc.message)
+    except EmberError as exc:
+        return oci_error(exc.status, exc.code.upper(), exc.message)
+
+
+def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
+    return {
+        "Location": f"/v2/{name}/blobs/uploads/{upload_id}",
+        "Docker-Upload-UUID": upload_id,
+        "Range": f"0-{max(size - 1, 0)}",
+    }
+
+
+async def _receive(request: Request, registry: Registry, upload_id: str) -> int:
+    upload = registry.upload(upload_id)
+    start = None
+    if content_range := request.headers.get("content-range"):
+        start = int(content_range.split("-")[0] or 0)
+    async for chunk in request.stream():
+        if chunk:
+            registry.append(upload, chunk, start)
+            start = None
+    return upload.size
+
+
+@route("GET", r"(?P<name>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64})")
+async def get_blob(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    path = svc.registry.blob_path(params["digest"])
+    headers = {"Docker-Content-Digest": params["digest"]}
+    if request.method == "HEAD":
+        headers["Content-Length"] = str(path.stat().st_size)
+        return Response(headers=headers, media_type="application/octet-stream")
+    return FileResponse(path, headers=headers, media_type="application/octet-stream")
+
+
+@route("POST", r"(?P<name>.+)/blobs/uploads/?")
+async def start_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    name, query = params["name"], request.query_params
+    mount = query.get("mount")
+    if mount and svc.registry.blobs.has(Registry.check_digest(mount)):
+        # Blobs are shared by every repository, so a cross-repository mount is free.
+        return Response(
+            status_code=201,
+            headers={"Location": f"/v2/{name}/blobs/{mount}", "Docker-Content-Digest": mount},
+        )
+    upload = svc.registry.start_upload()
+    if digest := query.get("digest"):  # monolithic: the whole blob in this request
+        await _receive(request, svc.registry, upload.id)
+        svc.registry.finish_upload(upload, digest)
+        return Response(
+            status_code=201,
+            headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
+        )
+    return Response(status_code=202, headers=_upload_headers(name, upload.id, 0))
+
+
+@route("PATCH", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
+async def patch_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    size = await _receive(request, svc.registry, params["upload"])
+    return Response(
+        status_code=202, headers=_upload_headers(params["name"], params["upload"], size)
+    )
+
+
+@route("PUT", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
+async def finish_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    digest = request.query_params.get("digest")
+    if not digest:
+        raise DistributionError(400, "DIGEST_INVALID", "the digest query parameter is required")
+    await _receive(request, svc.registry, params["upload"])
+    svc.registry.finish_upload(svc.registry.upload(params["upload"]), digest)
+    return Response(
+        status_code=201,
+        headers={
+            "Location": f"/v2/{params['name']}/blobs/{digest}",
+            "Docker-Content-Digest": digest,
+        },
+    )
+
+
+@route("GET", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
+async def upload_status(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    upload = svc.registry.upload(params["upload"])
+    return Response(
+        status_code=204, headers=_upload_headers(params["name"], upload.id, upload.size)
+    )
+
+
+@route("DELETE", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
+async def cancel_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    svc.registry.cancel_upload(svc.registry.upload(params["upload"]))
+    return Response(status_code=204)
+
+
+@route("PUT", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
+async def put_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    name, reference = params["name"], params["reference"]
+    body = await request.body()
+    digest, _ = svc.registry.put_manifest(
+        name, reference, body, request.headers.get("content-type", "")
+    )
+    if not reference.startswith("sha256:"):
+        # The pushed image becomes an Ember image named as a pull from this server would be.
+        svc.images.import_pushed(f"{request.url.netloc}/{name}:{reference}", digest)
+    return Response(
+        status_code=201,
+        headers={"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest},
+    )
+
+
+@route("GET", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
+async def get_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    digest, media_type = svc.registry.resolve(params["name"], params["reference"])
+    body = svc.registry.blobs.path(digest).read_bytes()
+    headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(body))}
+    if request.method == "HEAD":
+        return Response(headers=headers, media_type=media_type)
+    return Response(body, headers=headers, media_type=media_type)
+
+
+@route("DELETE", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
+async def delete_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    svc.registry.delete_manifest(params["name"], params["reference"])
+    return Response(status_code=202)
+
+
+@route("GET", r"(?P<name>.+)/tags/list")
+async def list_tags(request: Request, svc: Services, params: dict[str, str]) -> Response:
+    return JSONResponse({"name": params["name"], "tags": svc.registry.tags(params["name"])})

@@ -1,0 +1,663 @@
+/*
+ * Ember guest agent: PID 1 of the guest's root (or a child of systemd).
+ *
+ * It starts the workload like `docker run` would, reaps zombies, records the
+ * workload's exit on the config disk (so the host learns it even when nobody
+ * was connected) and talks to the host over one byte stream (the virtio-serial
+ * port named "ember.agent") using the framed protocol of ember/guest/protocol.py:
+ *
+ *   header (12 bytes, big endian): magic u8 0xE7, type u8, flags u8, rsvd u8,
+ *                                  channel u32, length u32; then `length` bytes.
+ *
+ * Guest->host payloads are JSON; host->guest payloads are "key=value\0" records
+ * (trivial to parse here without a JSON library). The config disk holds the
+ * same kind of record at offset 4096; its first 4096 bytes receive the exit
+ * record (JSON, NUL padded).
+ */
+#define _GNU_SOURCE
+#include <dirent.h>
+#include <errno.h>
+#include <fcntl.h>
+#include <grp.h>
+#include <poll.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdbool.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/reboot.h>
+#include <sys/signalfd.h>
+#include <sys/stat.h>
+#include <sys/types.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#define MAGIC 0xE7
+#define HDR 12
+#define MAX_PAYLOAD (1u << 20)
+#define MAX_OUTQ (8u << 20)
+#define EXIT_REGION 4096
+#define CONFIG_OFFSET 4096
+#define PORT_NAME "ember.agent"
+
+enum {
+    T_HELLO = 0x01, T_HELLO_ACK = 0x02, T_STATUS = 0x03, T_READY = 0x04, T_EXIT = 0x05,
+    T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_ERROR = 0x0F,
+};
+
+enum state { ST_STARTING, ST_RUNNING, ST_EXITED };
+static const char *state_names[] = {"starting", "running", "exited"};
+
+struct kv {  /* a parsed "key=value\0" record: pointers into the buffer */
+    char *keys[1024];
+    char *vals[1024];
+    int n;
+};
+
+static struct {
+    enum state state;
+    pid_t pid;
+    int exit_code;
+    int signal;
+    char message[256];
+    bool init_mode; /* systemd is PID 1; we are its child and cannot see the exit */
+} wl = {.state = ST_STARTING};
+
+static int port_fd = -1;
+static bool host_up;
+static unsigned char *inbuf;
+static size_t inlen;
+static unsigned char *outq;
+static size_t outlen, outcap;
+static const char *config_dev;
+
+static void logmsg(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    fputs("ember-agent: ", stderr);
+    vfprintf(stderr, fmt, ap);
+    fputc('\n', stderr);
+    va_end(ap);
+}
+
+/* ---------- records ---------- */
+
+static void kv_parse(char *buf, size_t len, struct kv *kv)
+{
+    kv->n = 0;
+    for (size_t i = 0; i < len && kv->n < 1024;) {
+        char *entry = buf + i;
+        size_t n = strnlen(entry, len - i);
+        if (n == len - i) break; /* unterminated tail: ignore */
+        char *eq = memchr(entry, '=', n);
+        if (n > 0 && eq) {
+            *eq = '\0';
+            kv->keys[kv->n] = entry;
+            kv->vals[kv->n++] = eq + 1;
+        }
+        i += n + 1;
+    }
+}
+
+static const char *kv_get(const struct kv *kv, const char *key)
+{
+    for (int i = 0; i < kv->n; i++)
+        if (!strcmp(kv->keys[i], key)) return kv->vals[i];
+    return NULL;
+}
+
+/* All values of a repeated key, NULL-terminated (caller frees the array). */
+static char **kv_list(const struct kv *kv, const char *key)
+{
+    char **out = calloc((size_t)kv->n + 1, sizeof(char *));
+    int j = 0;
+    for (int i = 0; i < kv->n; i++)
+        if (!strcmp(kv->keys[i], key)) out[j++] = kv->vals[i];
+    return out;
+}
+
+/* ---------- JSON output ---------- */
+
+static size_t json_str(char *dst, size_t cap, const char *s)
+{
+    size_t o = 0;
+    if (cap < 3) return 0;
+    dst[o++] = '"';
+    for (; *s && o + 8 < cap; s++) {
+        unsigned char c = (unsigned char)*s;
+        if (c == '"' || c == '\\') { dst[o++] = '\\'; dst[o++] = (char)c; }
+        else if (c < 0x20) o += (size_t)snprintf(dst + o, cap - o, "\\u%04x", c);
+        else dst[o++] = (char)c;
+    }
+    dst[o++] = '"';
+    dst[o] = '\0';
+    return o;
+}
+
+static int status_json(char *buf, size_t cap)
+{
+    char msg[600];
+    json_str(msg, sizeof msg, wl.message);
+    if (wl.state == ST_EXITED)
+        return snprintf(buf, cap,
+                        "{\"state\":\"exited\",\"pid\":%d,\"exit_code\":%d,\"signal\":%d,"
+                        "\"message\":%s}",
+                        (int)wl.pid, wl.exit_code, wl.signal, msg);
+    return snprintf(buf, cap, "{\"state\":\"%s\",\"pid\":%d,\"init_mode\":%s}",
+                    state_names[wl.state], (int)wl.pid, wl.init_mode ? "true" : "false");
+}
+
+/* ---------- framing ---------- */
+
+static void send_frame(uint8_t type, uint8_t flags, uint32_t ch, const void *p, uint32_t n)
+{
+    if (!host_up || outlen + HDR + n > MAX_OUTQ) return; /* state is re-sent on HELLO */
+    if (outlen + HDR + n > outcap) {
+        outcap = (outlen + HDR + n) * 2;
+        outq = realloc(outq, outcap);
+    }
+    unsigned char *h = outq + outlen;
+    h[0] = MAGIC; h[1] = type; h[2] = flags; h[3] = 0;
+    h[4] = (unsigned char)(ch >> 24); h[5] = (unsigned char)(ch >> 16);
+    h[6] = (unsigned char)(ch >> 8); h[7] = (unsigned char)ch;
+    h[8] = (unsigned char)(n >> 24); h[9] = (unsigned char)(n >> 16);
+    h[10] = (unsigned char)(n >> 8); h[11] = (unsigned char)n;
+    if (n) memcpy(h + HDR, p, n);
+    outlen += HDR + n;
+}
+
+static void send_json(uint8_t type, uint32_t ch, const char *json)
+{
+    send_frame(type, 0, ch, json, (uint32_t)strlen(json));
+}
+
+static void send_error(uint32_t ch, const char *msg)
+{
+    char buf[600], s[560];
+    json_str(s, sizeof s, msg);
+    snprintf(buf, sizeof buf, "{\"message\":%s}", s);
+    send_json(T_ERROR, ch, buf);
+}
+
+static void host_down(void)
+{
+    host_up = false;
+    inlen = 0;
+    outlen = 0;
+}
+
+static void flush_out(void)
+{
+    while (port_fd >= 0 && outlen) {
+        ssize_t w = write(port_fd, outq, outlen);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) host_down();
+            return;
+        }
+        memmove(outq, outq + w, outlen - (size_t)w);
+        outlen -= (size_t)w;
+    }
+}
+
+/* ---------- workload ---------- */
+
+static void describe_exit(int status)
+{
+    if (WIFEXITED(status)) {
+        wl.exit_code = WEXITSTATUS(status);
+        wl.signal = 0;
+        snprintf(wl.message, sizeof wl.message, "exited with code %d", wl.exit_code);
+    } else {
+        wl.signal = WTERMSIG(status);
+        wl.exit_code = 128 + wl.signal;
+        const char *abbrev = sigabbrev_np(wl.signal);
+        snprintf(wl.message, sizeof wl.message, "killed by signal %d (SIG%s)", wl.signal,
+                 abbrev ? abbrev : "?");
+    }
+}
+
+/* The exit record survives the VM: the host reads it from the config disk. */
+static void write_exit_record(void)
+{
+    char rec[EXIT_REGION];
+    memset(rec, 0, sizeof rec);
+    char msg[600];
+    json_str(msg, sizeof msg, wl.message);
+    snprintf(rec, sizeof rec, "{\"exit_code\":%d,\"signal\":%d,\"message\":%s,\"time\":%lld}",
+             wl.exit_code, wl.signal, msg, (long long)time(NULL));
+    int fd = open(config_dev, O_WRONLY | O_CLOEXEC);
+    if (fd < 0) { logmsg("cannot open %s: %s", config_dev, strerror(errno)); return; }
+    if (pwrite(fd, rec, sizeof rec, 0) != (ssize_t)sizeof rec)
+        logmsg("cannot write exit record: %s", strerror(errno));
+    fsync(fd);
+    close(fd);
+}
+
+static void workload_exited(int status)
+{
+    wl.state = ST_EXITED;
+    describe_exit(status);
+    write_exit_record();
+    char buf[1024];
+    status_json(buf, sizeof buf);
+    send_json(T_EXIT, 0, buf);
+}
+
+struct user { uid_t uid; gid_t gid; char home[256]; char name[64]; };
+
+/* Parse /etc/passwd ourselves: static glibc cannot load NSS modules. */
+static bool find_passwd(const char *name, long uid, struct user *u)
+{
+    FILE *f = fopen("/etc/passwd", "re");
+    if (!f) return false;
+    char line[1024];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *fields[7] = {0}, *save = NULL, *p = line;
+        int n = 0;
+        for (char *tok; n < 7 && (tok = strsep(&p, ":\n")); ) fields[n++] = tok;
+        (void)save;
+        if (n < 6) continue;
+        if ((name && !strcmp(fields[0], name)) || (!name && atol(fields[2]) == uid)) {
+            u->uid = (uid_t)atol(fields[2]);
+            u->gid = (gid_t)atol(fields[3]);
+            snprintf(u->home, sizeof u->home, "%s", fields[5]);
+            snprintf(u->name, sizeof u->name, "%s", fields[0]);
+            found = true;
+        }
+    }
+    fclose(f);
+    return found;
+}
+
+static bool find_group(const char *name, gid_t *gid)
+{
+    FILE *f = fopen("/etc/group", "re");
+    if (!f) return false;
+    char line[4096];
+    bool found = false;
+    while (!found && fgets(line, sizeof line, f)) {
+        char *p = line, *gname = strsep(&p, ":"), *pw = strsep(&p, ":"), *id = strsep(&p, ":");
+        (void)pw;
+        if (gname && id && !strcmp(gname, name)) { *gid = (gid_t)atol(id); found = true; }
+    }
+    fclose(f);
+    return found;
+}
+
+static int supplementary_groups(const char *user, gid_t primary, gid_t *out, int cap)
+{
+    int n = 0;
+    out[n++] = primary;
+    FILE *f = fopen("/etc/group", "re");
+    if (!f || !user[0]) { if (f) fclose(f); return n; }
+    char line[4096];
+    while (n < cap && fgets(line, sizeof line, f)) {
+        char *p = line, *gname = strsep(&p, ":"), *pw = strsep(&p, ":"), *id = strsep(&p, ":");
+        (void)gname; (void)pw;
+        for (char *m; id && p && (m = strsep(&p, ",\n"));)
+            if (!strcmp(m, user) && (gid_t)atol(id) != primary) { out[n++] = (gid_t)atol(id); break; }
+    }
+    fclose(f);
+    return n;
+}
+
+static bool numeric(const char *s) { return *s && strspn(s, "0123456789") == strlen(s); }
+
+/* "user[:group]" with names or ids, as Docker accepts. Returns an error or NULL. */
+static const char *resolve_user(const char *spec, struct user *u)
+{
+    static char err[160];
+    char buf[256];
+    snprintf(buf, sizeof buf, "%s", spec && *spec ? spec : "0");
+    char *group = strchr(buf, ':');
+    if (group) *group++ = '\0';
+    memset(u, 0, sizeof *u);
+    snprintf(u->home, sizeof u->home, "/");
+    if (numeric(buf)) {
+        if (!find_passwd(NULL, atol(buf), u)) { u->uid = (uid_t)atol(buf); u->gid = u->uid ? u->uid : 0; }
+        if (!find_passwd(NULL, atol(buf), u)) u->gid = 0;
+    } else if (!find_passwd(buf, 0, u)) {
+        snprintf(err, sizeof err, "unable to find user %s: no matching entries in passwd file", buf);
+        return err;
+    }
+    if (group && *group) {
+        if (numeric(group)) u->gid = (gid_t)atol(group);
+        else if (!find_group(group, &u->gid)) {
+            snprintf(err, sizeof err, "unable to find group %s: no matching entries in group file", group);
+            return err;
+        }
+    }
+    return NULL;
+}
+
+static bool has_env(char **env, const char *name)
+{
+    size_t n = strlen(name);
+    for (; *env; env++)
+        if (!strncmp(*env, name, n) && (*env)[n] == '=') return true;
+    return false;
+}
+
+/* Build the workload environment: image/config env plus Docker's defaults. */
+static char **workload_env(char **env, const struct user *u)
+{
+    size_t n = 0;
+    while (env[n]) n++;
+    char **out = calloc(n + 4, sizeof(char *));
+    memcpy(out, env, n * sizeof(char *));
+    if (!has_env(env, "PATH"))
+        out[n++] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+    if (!has_env(env, "HOME")) {
+        char *h;
+        if (asprintf(&h, "HOME=%s", u->uid == 0 && !u->name[0] ? "/root" : u->home) > 0) out[n++] = h;
+    }
+    if (!has_env(env, "HOSTNAME")) {
+        char host[256] = "", *h;
+        gethostname(host, sizeof host - 1);
+        if (asprintf(&h, "HOSTNAME=%s", host) > 0) out[n++] = h;
+    }
+    return out;
+}
+
+static void mkdir_p(const char *path)
+{
+    char buf[4096];
+    snprintf(buf, sizeof buf, "%s", path);
+    for (char *p = buf + 1; *p; p++)
+        if (*p == '/') { *p = '\0'; mkdir(buf, 0755); *p = '/'; }
+    mkdir(buf, 0755);
+}
+
+/* In the child: become the workload or report why not through `errfd`. */
+static void __attribute__((noreturn))
+exec_child(char **argv, char **env, const char *cwd, const char *user, int errfd, sigset_t *mask)
+{
+    sigprocmask(SIG_UNBLOCK, mask, NULL);
+    setsid();
+    int devnull = open("/dev/null", O_RDONLY);
+    if (devnull >= 0) { dup2(devnull, 0); if (devnull) close(devnull); }
+    struct user u;
+    const char *err = resolve_user(user, &u);
+    char msg[300];
+    int code = 126;
+    if (!err) {
+        mkdir_p(cwd);
+        gid_t groups[64];
+        int ng = supplementary_groups(u.name, u.gid, groups, 64);
+        char **envp = workload_env(env, &u);
+        if (chdir(cwd) < 0) err = "cannot change to working directory";
+        else if (setgroups((size_t)ng, groups) < 0 || setgid(u.gid) < 0 || setuid(u.uid) < 0)
+            err = "cannot switch user";
+        else {
+            environ = envp; /* execvp searches the workload's PATH, not ours */
+            execvp(argv[0], argv);
+            int e = errno;
+            if (e == ENOENT) { code = 127; snprintf(msg, sizeof msg, "command not found: %s", argv[0]); }
+            else if (e == EACCES || e == EPERM) snprintf(msg, sizeof msg, "permission denied: %s", argv[0]);
+            else snprintf(msg, sizeof msg, "cannot execute %s: %s", argv[0], strerror(e));
+            err = msg;
+        }
+    }
+    char out[sizeof msg + 8];
+    int n = snprintf(out, sizeof out, "%d %s", code, err);
+    if (write(errfd, out, (size_t)n) < 0) _exit(code);
+    _exit(code);
+}
+
+/* Fork+exec with a close-on-exec pipe: EOF means exec succeeded. */
+static void start_workload(struct kv *cfg, sigset_t *mask)
+{
+    char **argv = kv_list(cfg, "arg"), **env = kv_list(cfg, "env");
+    const char *cwd = kv_get(cfg, "cwd"), *user = kv_get(cfg, "user");
+    if (!cwd || !*cwd) cwd = "/";
+    if (!argv[0]) {
+        wl.state = ST_EXITED; wl.exit_code = 127;
+        snprintf(wl.message, sizeof wl.message, "no command specified");
+        write_exit_record();
+        return;
+    }
+    int pfd[2];
+    if (pipe2(pfd, O_CLOEXEC) < 0) { logmsg("pipe: %s", strerror(errno)); return; }
+    pid_t pid = fork();
+    if (pid == 0) { close(pfd[0]); exec_child(argv, env, cwd, user, pfd[1], mask); }
+    close(pfd[1]);
+    wl.pid = pid;
+    char buf[400];
+    ssize_t n;
+    do n = read(pfd[0], buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+    close(pfd[0]);
+    if (n > 0) {
+        buf[n] = '\0';
+        char *sp = strchr(buf, ' ');
+        int status;
+        waitpid(pid, &status, 0);
+        wl.state = ST_EXITED; wl.exit_code = atoi(buf); wl.signal = 0;
+        snprintf(wl.message, sizeof wl.message, "%s", sp ? sp + 1 : "cannot execute");
+        write_exit_record();
+        return;
+    }
+    wl.state = ST_RUNNING;
+}
+
+/* ---------- host requests ---------- */
+
+static void handle_signal_req(uint32_t ch, struct kv *req)
+{
+    const char *s = kv_get(req, "signal");
+    int sig = s ? atoi(s) : SIGTERM;
+    if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
+    /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
+    if (wl.init_mode && sig == SIGTERM) sig = SIGRTMIN + 4;
+    if (kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
+    char buf[1024];
+    status_json(buf, sizeof buf);
+    send_json(T_STATUS, ch, buf);
+}
+
+static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
+{
+    (void)flags;
+    char buf[2048];
+    struct kv req;
+    switch (type) {
+    case T_HELLO: {
+        /* A (re)connected host: forget the old connection's half-sent data. */
+        outlen = 0;
+        char nonce[64] = "";
+        snprintf(nonce, sizeof nonce, "%.*s", (int)(n < 63 ? n : 63), (char *)p);
+        int k = snprintf(buf, sizeof buf, "{\"nonce\":");
+        k += (int)json_str(buf + k, sizeof buf - (size_t)k, nonce);
+        k += snprintf(buf + k, sizeof buf - (size_t)k, ",\"version\":1,\"status\":");
+        k += status_json(buf + k, sizeof buf - (size_t)k);
+        snprintf(buf + k, sizeof buf - (size_t)k, "}");
+        send_json(T_HELLO_ACK, ch, buf);
+        break;
+    }
+    case T_STATUS:
+        status_json(buf, sizeof buf);
+        send_json(T_STATUS, ch, buf);
+        break;
+    case T_PING:
+        send_frame(T_PONG, 0, ch, p, n);
+        break;
+    case T_SIGNAL:
+        kv_parse((char *)p, n, &req);
+        handle_signal_req(ch, &req);
+        break;
+    default:
+        snprintf(buf, sizeof buf, "unknown message type %u", type);
+        send_error(ch, buf);
+    }
+}
+
+/* Consume complete frames; resynchronise on the magic byte after garbage. */
+static void parse_input(void)
+{
+    size_t off = 0;
+    while (inlen - off >= HDR) {
+        unsigned char *h = inbuf + off;
+        if (h[0] != MAGIC) { off++; continue; }
+        uint32_t ch = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
+        uint32_t n = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
+        if (n > MAX_PAYLOAD) { off++; continue; }
+        if (inlen - off < HDR + n) break;
+        unsigned char saved = h[HDR + n - (n ? 1 : 0)];
+        (void)saved;
+        handle_frame(h[1], h[2], ch, h + HDR, n);
+        off += HDR + n;
+    }
+    memmove(inbuf, inbuf + off, inlen - off);
+    inlen -= off;
+}
+
+static void read_port(void)
+{
+    for (;;) {
+        if (inlen == HDR + MAX_PAYLOAD) inlen = 0; /* cannot happen with valid frames */
+        ssize_t r = read(port_fd, inbuf + inlen, HDR + MAX_PAYLOAD - inlen);
+        if (r > 0) { host_up = true; inlen += (size_t)r; parse_input(); continue; }
+        if (r == 0) host_down(); /* virtio_console: EOF while no host is attached */
+        else if (errno == EINTR) continue;
+        return;
+    }
+}
+
+static void open_port(void)
+{
+    DIR *d = opendir("/sys/class/virtio-ports");
+    if (!d) return;
+    for (struct dirent *e; (e = readdir(d));) {
+        char path[300], name[64] = "";
+        snprintf(path, sizeof path, "/sys/class/virtio-ports/%s/name", e->d_name);
+        FILE *f = fopen(path, "re");
+        if (!f) continue;
+        if (fgets(name, sizeof name, f)) name[strcspn(name, "\n")] = '\0';
+        fclose(f);
+        if (strcmp(name, PORT_NAME)) continue;
+        snprintf(path, sizeof path, "/dev/%s", e->d_name);
+        port_fd = open(path, O_RDWR | O_NONBLOCK | O_CLOEXEC | O_NOCTTY);
+        if (port_fd < 0) logmsg("cannot open %s: %s", path, strerror(errno));
+        break;
+    }
+    closedir(d);
+}
+
+/* ---------- main loop ---------- */
+
+static void reap(void)
+{
+    int status;
+    for (pid_t pid; (pid = waitpid(-1, &status, WNOHANG)) > 0;)
+        if (pid == wl.pid && wl.state == ST_RUNNING) workload_exited(status);
+}
+
+static void handle_signals(int sfd)
+{
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGCHLD) reap();
+        else if (wl.state == ST_RUNNING) kill(wl.pid, (int)si.ssi_signo); /* forward */
+    }
+}
+
+static void __attribute__((noreturn)) power_off(void)
+{
+    /* Give a connected host a moment to receive the EXIT frame. */
+    for (int i = 0; i < 20 && host_up && outlen; i++) {
+        flush_out();
+        struct pollfd pfd = {.fd = port_fd, .events = POLLOUT};
+        poll(&pfd, 1, 50);
+    }
+    kill(-1, SIGKILL);
+    sync();
+    reboot(RB_POWER_OFF);
+    _exit(1);
+}
+
+static void loop(int sfd)
+{
+    for (;;) {
+        if (wl.state == ST_EXITED && !wl.init_mode && getpid() == 1) power_off();
+        struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = -1}};
+        int timeout = -1;
+        if (port_fd >= 0) {
+            /* While no host is attached the port polls HUP forever: probe slowly. */
+            struct pollfd probe = {.fd = port_fd, .events = POLLIN};
+            if (!host_up && poll(&probe, 1, 0) >= 0 && (probe.revents & POLLHUP)) timeout = 200;
+            else fds[1] = (struct pollfd){.fd = port_fd, .events = POLLIN | (outlen ? POLLOUT : 0)};
+        }
+        if (poll(fds, 2, timeout) < 0 && errno != EINTR) logmsg("poll: %s", strerror(errno));
+        if (fds[0].revents & POLLIN) handle_signals(sfd);
+        if (fds[1].revents & POLLHUP) { host_down(); continue; }
+        if (fds[1].revents & POLLIN) read_port();
+        flush_out();
+        if (fds[1].revents & POLLOUT) flush_out();
+    }
+}
+
+static bool is_init_system(const char *argv0)
+{
+    if (!argv0) return false;
+    size_t n = strlen(argv0);
+    return !strcmp(argv0, "/sbin/init") || (n >= 8 && !strcmp(argv0 + n - 8, "/systemd"));
+}
+
+static char *read_config(const char *dev, size_t *len)
+{
+    int fd = open(dev, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return NULL;
+    char *buf = malloc(MAX_PAYLOAD + 1);
+    ssize_t n = pread(fd, buf, MAX_PAYLOAD, CONFIG_OFFSET);
+    close(fd);
+    *len = n > 0 ? (size_t)n : 0;
+    return buf;
+}
+
+int main(int argc, char **argv)
+{
+    if (argc < 2) { logmsg("usage: agent CONFIG_DEVICE"); return 2; }
+    config_dev = argv[1];
+    size_t clen;
+    char *craw = read_config(config_dev, &clen);
+    if (!craw) { logmsg("cannot read config %s: %s", config_dev, strerror(errno)); return 1; }
+    static struct kv cfg;
+    kv_parse(craw, clen, &cfg);
+    inbuf = malloc(HDR + MAX_PAYLOAD);
+
+    sigset_t mask;
+    sigemptyset(&mask);
+    for (int s = 1; s < 32; s++)
+        if (s != SIGKILL && s != SIGSTOP && s != SIGSEGV && s != SIGBUS && s != SIGFPE && s != SIGILL)
+            sigaddset(&mask, s);
+    sigprocmask(SIG_BLOCK, &mask, NULL);
+
+    char **args = kv_list(&cfg, "arg");
+    if (getpid() == 1 && is_init_system(args[0])) {
+        /* systemd must be PID 1: it becomes the workload and we run as its child. */
+        pid_t pid = fork();
+        if (pid > 0) {
+            char **env = kv_list(&cfg, "env");
+            sigprocmask(SIG_UNBLOCK, &mask, NULL);
+            environ = workload_env(env, &(struct user){.home = "/root"});
+            execv(args[0], args);
+            logmsg("cannot exec %s: %s", args[0], strerror(errno));
+            _exit(1);
+        }
+        wl.init_mode = true;
+        wl.pid = 1;
+        wl.state = ST_RUNNING;
+    } else {
+        start_workload(&cfg, &mask);
+    }
+    free(args);
+    int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
+    open_port();
+    if (wl.state == ST_RUNNING) send_json(T_READY, 0, "{\"state\":\"running\"}");
+    loop(sfd);
+}
