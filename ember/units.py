@@ -1,5 +1,6 @@
 """Human-readable sizes and rates, parsed in one place.
 
+Durations are Go-style ("30s", "1m30s"), as Hypeman takes them.
 Sizes follow Hypeman: "512MB", "2G", "1GB", "4096" (bytes). Suffixes are binary
 (1 GB = 1024^3 bytes), as Hypeman and QEMU treat memory sizes. Rates accept a
 size per second ("100MB/s") or bits per second ("1Gbps", decimal like network
@@ -65,3 +66,15 @@ def format_size(num_bytes: int) -> str:
         if num_bytes >= factor:
             return f"{num_bytes / factor:.4g}{unit}"
     return f"{num_bytes}B"
+
+
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+
+
+def parse_duration(text: str, *, field: str = "duration") -> float:
+    """A Go-style duration ("30s", "1m30s", "500ms") in seconds."""
+    parts = _DURATION_PART.findall(text)
+    if not parts or "".join(number + unit for number, unit in parts) != text:
+        raise InvalidArgument(f"{field}: invalid duration {text!r} (e.g. 30s, 2m, 500ms)")
+    return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)

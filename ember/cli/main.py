@@ -1,14 +1,28 @@
-"""The `ember` command: run the server, mint tokens, and drive the API."""
+"""The `ember` command: run the server, mint tokens, and drive the API.
+
+Commands other than `serve` and `token` are clients of the HTTP API (through
+`ember.client`); they never import the managers. Without `EMBER_TOKEN`, a
+short-lived token is minted from the local data dir when it is readable.
+"""
 
 from __future__ import annotations
 
+import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
 
 import typer
+from rich.console import Console
+from rich.table import Table
 
+from ember.client import ApiError, EmberClient
 from ember.config import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Ember: run OCI images as QEMU microVMs.")
+console = Console()
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
 @app.command()
@@ -47,8 +61,186 @@ def token(
     typer.echo(mint_token(secret, subject, ttl or settings.token_ttl_seconds))
 
 
+@contextmanager
+def client() -> Iterator[EmberClient]:
+    token_value = os.environ.get("EMBER_TOKEN")
+    settings = Settings()
+    if token_value is None and (settings.data_dir / "jwt.secret").exists():
+        from ember.api.auth import load_or_create_secret, mint_token
+
+        token_value = mint_token(load_or_create_secret(settings.data_dir), "cli", 3600)
+    api = EmberClient(os.environ.get("EMBER_URL") or f"http://{settings.listen}", token_value)
+    try:
+        yield api
+    except ApiError as exc:
+        console.print(f"[red]error:[/red] {exc.message} [dim]({exc.code})[/dim]")
+        raise typer.Exit(1) from exc
+    finally:
+        api.close()
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+STATUS_COLOURS = {"ready": "green", "failed": "red", "Running": "green", "Stopped": "dim"}
+
+
+def coloured(value: str) -> str:
+    colour = STATUS_COLOURS.get(value, "yellow")
+    return f"[{colour}]{value}[/{colour}]"
+
+
+@app.command()
+def pull(
+    name: str,
+    platform: str = typer.Option(None, help="os/arch, e.g. linux/amd64"),
+    as_json: bool = JsonOption,
+) -> None:
+    """Pull an image and convert it to a VM disk, showing progress."""
+    with client() as api:
+        api.pull(name, platform)
+        image: dict[str, Any] = {}
+        with console.status(f"pulling {name}") as status:
+            for image in api.watch_image(name):
+                where = image.get("queue_position")
+                suffix = f" (queue position {where})" if where else ""
+                status.update(f"{name}: {image['status']}{suffix}")
+        if as_json:
+            emit_json(image)
+        elif image["status"] == "ready":
+            size = image.get("size_bytes") or 0
+            console.print(f"{coloured('ready')} {image['name']} {image['digest']} {size:,} bytes")
+        if image["status"] == "failed":
+            console.print(f"[red]failed:[/red] {image.get('error')}")
+            raise typer.Exit(1)
+
+
+@app.command()
+def images(as_json: bool = JsonOption) -> None:
+    """List images."""
+    with client() as api:
+        rows = api.images()
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("NAME", "STATUS", "DIGEST", "SIZE")
+    for row in rows:
+        size = f"{(row.get('size_bytes') or 0) / 2**20:.1f} MiB" if row.get("size_bytes") else ""
+        table.add_row(row["name"], coloured(row["status"]), row["digest"][:19], size)
+    console.print(table)
+
+
+@app.command()
+def rmi(name: str) -> None:
+    """Delete an image."""
+    with client() as api:
+        api.delete_image(name)
+    console.print(f"deleted {name}")
+
+
+def instance_row(row: dict[str, Any]) -> list[str]:
+    exit_info = "" if row.get("exit_code") is None else f"exit {row['exit_code']}"
+    return [row["id"][:12], row["name"], row["image"], coloured(row["state"]), exit_info]
+
+
+@app.command()
+def run(
+    image: str,
+    name: str = typer.Option(..., "--name", "-n", help="Instance name."),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE, repeatable."),
+    size: str = typer.Option("1GB", help="Memory size."),
+    vcpus: int = typer.Option(1, help="Virtual CPUs."),
+    pull_first: bool = typer.Option(True, "--pull/--no-pull", help="Pull the image first."),
+    as_json: bool = JsonOption,
+    command: list[str] = typer.Argument(None, help="Command overriding the image's CMD."),
+) -> None:
+    """Pull an image (if needed) and boot it as a new instance."""
+    if pull_first:
+        pull(image, platform=None, as_json=False)
+    body: dict[str, Any] = {"name": name, "image": image, "size": size, "vcpus": vcpus}
+    if env:
+        body["env"] = dict(item.split("=", 1) for item in env)
+    if command:
+        body["cmd"] = command
+    with client() as api:
+        created = api.create_instance(**body)
+        with console.status(f"booting {name}"):
+            api.wait(created["id"], "Running", "120s")
+        created = api.instance(created["id"])
+    if as_json:
+        emit_json(created)
+    else:
+        console.print(f"{coloured(created['state'])} {created['name']} ({created['id']})")
+
+
+@app.command()
+def ps(
+    state: str = typer.Option(None, help="Only instances in this state."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List instances."""
+    with client() as api:
+        rows = api.instances(state)
+    if as_json:
+        emit_json(rows)
+        return
+    table = Table("ID", "NAME", "IMAGE", "STATE", "EXIT")
+    for row in rows:
+        table.add_row(*instance_row(row))
+    console.print(table)
+
+
+@app.command()
+def show(ref: str) -> None:
+    """Show one instance as JSON."""
+    with client() as api:
+        emit_json(api.instance(ref))
+
+
+@app.command()
+def logs(
+    ref: str,
+    follow: bool = typer.Option(False, "--follow", "-f"),
+    tail: int = typer.Option(100, help="Lines from the end to start with."),
+    source: str = typer.Option("app", help="app | vmm | hypeman"),
+) -> None:
+    """Print (and follow) an instance's logs."""
+    with client() as api:
+        for line in api.logs(ref, source=source, tail=tail, follow=follow):
+            typer.echo(line)
+
+
+def _action(ref: str, action: str, as_json: bool) -> None:
+    with client() as api:
+        result = api.instance_action(ref, action)
+    if as_json:
+        emit_json(result)
+    else:
+        console.print(f"{coloured(result['state'])} {result['name']}")
+
+
+@app.command()
+def stop(ref: str, as_json: bool = JsonOption) -> None:
+    """Stop an instance (graceful, then forced)."""
+    _action(ref, "stop", as_json)
+
+
+@app.command()
+def start(ref: str, as_json: bool = JsonOption) -> None:
+    """Start a stopped instance."""
+    _action(ref, "start", as_json)
+
+
+@app.command()
+def rm(ref: str) -> None:
+    """Delete an instance and everything it owns."""
+    with client() as api:
+        api.delete_instance(ref)
+    console.print(f"deleted {ref}")
+
+
 def main() -> None:
-    os.environ.setdefault("PYTHONUNBUFFERED", "1")
     app()
 
 

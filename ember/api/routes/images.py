@@ -5,12 +5,12 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Annotated, Literal
 
-from ember.images.distribution import Credentials
 from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from ember.api.deps import ServicesDep
 from ember.api.query import tag_filter
+from ember.images.distribution import Credentials
 from ember.images.manager import ImageManager
 from ember.images.models import ImageRecord
 

@@ -1,0 +1,185 @@
+"""`/instances`: create, inspect and drive the lifecycle of VMs."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from datetime import datetime
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Path, Query, Request, Response
+from fastapi.responses import StreamingResponse
+from pydantic import BaseModel, ConfigDict, Field
+
+from ember.api.deps import ServicesDep
+from ember.api.query import tag_filter
+from ember.errors import InvalidArgument
+from ember.instances.logs import LogSource
+from ember.instances.manager import CreateRequest, InstanceView
+from ember.instances.state import State
+from ember.units import parse_duration
+
+router = APIRouter(prefix="/instances", tags=["instances"])
+InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
+StateName = Literal[
+    "Created", "Initializing", "Running", "Paused", "Shutdown", "Stopped", "Standby", "Unknown"
+]
+Hypervisor = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
+
+
+class NetworkRequest(BaseModel):
+    enabled: bool | None = None
+    bandwidth_download: str | None = None
+    bandwidth_upload: str | None = None
+
+
+class CreateInstanceRequest(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    name: str = Field(description="Lowercase letters, digits and dashes; at most 63")
+    image: str = Field(min_length=1, description="OCI image reference (must be pulled)")
+    size: str = Field(default="1GB", description='Memory, e.g. "1GB", "512MB"')
+    hotplug_size: str | None = None
+    overlay_size: str = Field(default="10GB", description="Writable overlay disk size")
+    disk_io_bps: str | None = Field(default=None, description='Disk I/O limit, e.g. "100MB/s"')
+    vcpus: int = Field(default=2, ge=1, le=64)
+    env: dict[str, str] | None = None
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    tags: dict[str, str] | None = None
+    hypervisor: Hypervisor | None = None
+    network: NetworkRequest | None = None
+    skip_guest_agent: bool = False
+    volumes: list[dict[str, Any]] | None = None
+    devices: list[str] | None = None
+
+
+class NetworkInfo(BaseModel):
+    enabled: bool = False
+
+
+class Instance(BaseModel):
+    id: str
+    name: str
+    image: str
+    state: StateName
+    created_at: datetime
+    state_error: str | None = None
+    size: str | None = None
+    hotplug_size: str | None = None
+    overlay_size: str | None = None
+    disk_io_bps: str | None = None
+    vcpus: int | None = None
+    env: dict[str, str] | None = None
+    tags: dict[str, str] | None = None
+    hypervisor: Hypervisor | None = None
+    network: NetworkInfo | None = None
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    exit_code: int | None = None
+    exit_message: str | None = None
+    has_snapshot: bool = False
+    platform: str | None = None
+
+    @classmethod
+    def of(cls, view: InstanceView) -> Instance:
+        return cls.model_validate(view.as_dict())
+
+
+class WaitResponse(BaseModel):
+    state: StateName
+    timed_out: bool
+    state_error: str | None = None
+
+
+MAX_WAIT_SECONDS = 300.0
+# Features whose API shape is accepted but that this server cannot provide yet.
+_NOT_YET = {
+    "volumes": "volumes are not available yet",
+    "devices": "device passthrough is not available on this host",
+}
+
+
+@router.post("", status_code=201, response_model=Instance, summary="Create and start an instance")
+async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
+    for field, reason in _NOT_YET.items():
+        if getattr(body, field):
+            raise InvalidArgument(f"{field}: {reason}", code="not_supported")
+    if body.network is not None and body.network.enabled:
+        raise InvalidArgument(
+            "network: guest networking is not available yet", code="not_supported"
+        )
+    request = CreateRequest.model_validate(
+        body.model_dump(exclude={"network", "volumes", "devices"})
+    )
+    return Instance.of(await svc.instances.create(request))
+
+
+@router.get("", response_model=list[Instance], summary="List instances")
+async def list_instances(
+    request: Request, svc: ServicesDep, state: StateName | None = None
+) -> list[Instance]:
+    views = svc.instances.list(state=State(state) if state else None, tags=tag_filter(request))
+    return [Instance.of(view) for view in views]
+
+
+@router.get("/{id}", response_model=Instance, summary="Get an instance")
+async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
+    return Instance.of(svc.instances.get(ref))
+
+
+@router.delete("/{id}", status_code=204, summary="Stop and delete an instance")
+async def delete_instance(ref: InstanceRef, svc: ServicesDep) -> Response:
+    await svc.instances.delete(ref)
+    return Response(status_code=204)
+
+
+@router.post("/{id}/stop", response_model=Instance, summary="Stop gracefully, then force")
+async def stop_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
+    return Instance.of(await svc.instances.stop(ref))
+
+
+@router.post("/{id}/start", response_model=Instance, summary="Start a stopped instance")
+async def start_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
+    return Instance.of(await svc.instances.start(ref))
+
+
+@router.get("/{id}/wait", response_model=WaitResponse, summary="Wait for a state")
+async def wait_instance(
+    ref: InstanceRef,
+    svc: ServicesDep,
+    state: StateName,
+    timeout: Annotated[str, Query(description='Go duration, e.g. "30s", "2m"; max 5m')] = "60s",
+) -> WaitResponse:
+    view, timed_out = await svc.instances.wait(
+        ref, State(state), min(parse_duration(timeout, field="timeout"), MAX_WAIT_SECONDS)
+    )
+    return WaitResponse(
+        state=view.record.state, timed_out=timed_out, state_error=view.record.state_error
+    )
+
+
+@router.get(
+    "/{id}/logs",
+    summary="Stream logs as Server-Sent Events",
+    response_class=StreamingResponse,
+    responses={200: {"content": {"text/event-stream": {}}}},
+)
+async def instance_logs(
+    ref: InstanceRef,
+    svc: ServicesDep,
+    source: LogSource = LogSource.APP,
+    tail: Annotated[int, Query(ge=0, le=100_000)] = 100,
+    follow: bool = False,
+) -> StreamingResponse:
+    lines = svc.instances.logs(ref, source, tail=tail, follow=follow)
+
+    async def events() -> AsyncIterator[bytes]:
+        async for line in lines:
+            yield f"data: {json.dumps(line)}\n\n".encode()
+
+    return StreamingResponse(
+        events(),
+        media_type="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+    )

@@ -1,0 +1,37 @@
+"""The stored instance record."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+from pydantic import Field
+
+from ember.images.models import utcnow
+from ember.instances.state import State
+from ember.store import StoredRecord
+
+
+class InstanceRecord(StoredRecord):
+    image: str  # normalized image reference
+    image_digest: str
+    state: State = State.CREATED
+    state_error: str | None = None
+    hypervisor: str = "qemu"
+    vcpus: int = 1
+    memory_bytes: int
+    overlay_bytes: int
+    hotplug_bytes: int = 0
+    disk_io_bps: int | None = None
+    # What the user asked for; None means "the image's".
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    tags: dict[str, str] = Field(default_factory=dict)
+    skip_guest_agent: bool = False
+    created_at: datetime = Field(default_factory=utcnow)
+    started_at: datetime | None = None
+    stopped_at: datetime | None = None
+    exit_code: int | None = None
+    exit_message: str | None = None
+    # The VMM process of the current boot; kept so a restarted server can re-adopt it.
+    pid: int | None = None
