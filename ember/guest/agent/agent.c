@@ -258,10 +258,9 @@ static bool find_passwd(const char *name, long uid, struct user *u)
     char line[1024];
     bool found = false;
     while (!found && fgets(line, sizeof line, f)) {
-        char *fields[7] = {0}, *save = NULL, *p = line;
+        char *fields[7] = {0}, *p = line;
         int n = 0;
         for (char *tok; n < 7 && (tok = strsep(&p, ":\n")); ) fields[n++] = tok;
-        (void)save;
         if (n < 6) continue;
         if ((name && !strcmp(fields[0], name)) || (!name && atol(fields[2]) == uid)) {
             u->uid = (uid_t)atol(fields[2]);
@@ -312,7 +311,7 @@ static bool numeric(const char *s) { return *s && strspn(s, "0123456789") == str
 /* "user[:group]" with names or ids, as Docker accepts. Returns an error or NULL. */
 static const char *resolve_user(const char *spec, struct user *u)
 {
-    static char err[160];
+    static char err[400];
     char buf[256];
     snprintf(buf, sizeof buf, "%s", spec && *spec ? spec : "0");
     char *group = strchr(buf, ':');
@@ -320,8 +319,8 @@ static const char *resolve_user(const char *spec, struct user *u)
     memset(u, 0, sizeof *u);
     snprintf(u->home, sizeof u->home, "/");
     if (numeric(buf)) {
-        if (!find_passwd(NULL, atol(buf), u)) { u->uid = (uid_t)atol(buf); u->gid = u->uid ? u->uid : 0; }
-        if (!find_passwd(NULL, atol(buf), u)) u->gid = 0;
+        /* Docker: an id without a passwd entry runs with gid 0. */
+        if (!find_passwd(NULL, atol(buf), u)) u->uid = (uid_t)atol(buf);
     } else if (!find_passwd(buf, 0, u)) {
         snprintf(err, sizeof err, "unable to find user %s: no matching entries in passwd file", buf);
         return err;
@@ -450,7 +449,8 @@ static void start_workload(struct kv *cfg, sigset_t *mask)
 static void handle_signal_req(uint32_t ch, struct kv *req)
 {
     const char *s = kv_get(req, "signal");
-    int sig = s ? atoi(s) : SIGTERM;
+    int sig = s ? atoi(s) : 0;
+    if (sig <= 0 || sig >= 65) { send_error(ch, "missing or invalid signal"); return; }
     if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
     /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
     if (wl.init_mode && sig == SIGTERM) sig = SIGRTMIN + 4;
@@ -507,8 +507,6 @@ static void parse_input(void)
         uint32_t n = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
         if (n > MAX_PAYLOAD) { off++; continue; }
         if (inlen - off < HDR + n) break;
-        unsigned char saved = h[HDR + n - (n ? 1 : 0)];
-        (void)saved;
         handle_frame(h[1], h[2], ch, h + HDR, n);
         off += HDR + n;
     }
@@ -601,6 +599,8 @@ static void loop(int sfd)
     }
 }
 
+static void noop_handler(int sig) { (void)sig; }
+
 static bool is_init_system(const char *argv0)
 {
     if (!argv0) return false;
@@ -636,6 +636,10 @@ int main(int argc, char **argv)
         if (s != SIGKILL && s != SIGSTOP && s != SIGSEGV && s != SIGBUS && s != SIGFPE && s != SIGILL)
             sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, NULL);
+    /* The kernel drops signals to PID 1 that have no handler, even blocked ones. */
+    struct sigaction sa = {.sa_handler = noop_handler};
+    for (int s = 1; s < 32; s++)
+        if (sigismember(&mask, s)) sigaction(s, &sa, NULL);
 
     char **args = kv_list(&cfg, "arg");
     if (getpid() == 1 && is_init_system(args[0])) {

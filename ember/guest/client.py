@@ -1,0 +1,225 @@
+"""Host side of the agent protocol: an asyncio client over QEMU's agent socket.
+
+QEMU listens on a Unix socket (``-chardev socket,server=on,wait=off``) and
+relays bytes to the guest's virtio-serial port. The client can attach at any
+time, including to a VM started by an earlier Ember process: every connection
+starts with HELLO carrying a random nonce, and everything before the matching
+HELLO_ACK (stale bytes of an earlier connection) is discarded. The ACK carries
+the agent's status, so a re-attached host learns "running" or "exited + code"
+without having seen the events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from ember.errors import EmberError, Unavailable
+from ember.guest.protocol import (
+    CONTROL_CHANNEL,
+    HEADER_SIZE,
+    MAX_PAYLOAD,
+    Decoder,
+    Frame,
+    MsgType,
+    encode,
+    encode_record,
+)
+
+log = logging.getLogger(__name__)
+
+# With no HELLO_ACK by then, assume the agent sits mid-frame of a dead
+# connection: pad the frame out with zeros and say HELLO again.
+RESYNC_AFTER = 15.0
+
+
+class AgentStatus(BaseModel):
+    state: Literal["starting", "running", "exited"]
+    pid: int = 0
+    exit_code: int | None = None
+    signal: int | None = None
+    message: str | None = None
+    init_mode: bool = False
+
+
+class AgentDisconnected(Unavailable):
+    """The agent connection closed (usually: the VM stopped)."""
+
+
+class AgentError(EmberError):
+    """The agent refused a request."""
+
+
+class AgentClient:
+    def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self._reader = reader
+        self._writer = writer
+        self._nonce = secrets.token_hex(8)
+        self._synced = asyncio.Event()
+        self._status_changed = asyncio.Event()
+        self._status: AgentStatus | None = None
+        self._pending: dict[int, asyncio.Future[Frame]] = {}
+        self._channels = itertools.count(1)
+        self._closed = asyncio.Event()
+        self._task = asyncio.create_task(self._run())
+
+    @classmethod
+    async def connect(cls, path: Path, timeout: float = 10.0) -> AgentClient:
+        """Attach to the agent socket, retrying until QEMU has created it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                reader, writer = await asyncio.open_unix_connection(str(path))
+                break
+            except (FileNotFoundError, ConnectionRefusedError) as exc:
+                if time.monotonic() >= deadline:
+                    raise Unavailable(f"agent socket {path} is not accepting: {exc}") from exc
+                await asyncio.sleep(0.05)
+        client = cls(reader, writer)
+        await client._send(Frame(MsgType.HELLO, CONTROL_CHANNEL, client._nonce.encode()))
+        return client
+
+    @property
+    def status(self) -> AgentStatus | None:
+        """Last status learned from the agent (None before the HELLO_ACK)."""
+        return self._status
+
+    @property
+    def connected(self) -> bool:
+        return not self._closed.is_set()
+
+    async def wait_ready(self, timeout: float | None = None) -> AgentStatus:
+        """Wait until the workload has started (or already exited: check ``state``)."""
+        return await self._wait_for(lambda s: s.state != "starting", timeout)
+
+    async def wait_exit(self, timeout: float | None = None) -> AgentStatus:
+        return await self._wait_for(lambda s: s.state == "exited", timeout)
+
+    async def request_status(self, timeout: float = 5.0) -> AgentStatus:
+        reply = await self._request(MsgType.STATUS, b"", timeout)
+        return self._set_status(AgentStatus.model_validate(reply.json()))
+
+    async def ping(self, timeout: float = 5.0) -> float:
+        """Round-trip time in seconds."""
+        started = time.monotonic()
+        await self._request(MsgType.PING, b"ping", timeout)
+        return time.monotonic() - started
+
+    async def signal(self, signum: int, timeout: float = 5.0) -> None:
+        """Send a signal to the workload (SIGTERM = graceful stop)."""
+        await self._request(MsgType.SIGNAL, encode_record({"signal": signum}), timeout)
+
+    async def close(self) -> None:
+        self._task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self._task
+        self._writer.close()
+        with contextlib.suppress(OSError):
+            await self._writer.wait_closed()
+
+    async def __aenter__(self) -> AgentClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # -- internals --
+
+    async def _send(self, frame: Frame) -> None:
+        if self._closed.is_set():
+            raise AgentDisconnected("agent connection is closed")
+        self._writer.write(encode(frame))
+        await self._writer.drain()
+
+    async def _request(self, mtype: MsgType, payload: bytes, timeout: float) -> Frame:
+        await asyncio.wait_for(self._synced.wait(), timeout)
+        channel = next(self._channels)
+        future: asyncio.Future[Frame] = asyncio.get_running_loop().create_future()
+        self._pending[channel] = future
+        try:
+            await self._send(Frame(mtype, channel, payload))
+            reply = await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(channel, None)
+        if reply.type == MsgType.ERROR:
+            raise AgentError(str(reply.json().get("message", "agent error")))
+        return reply
+
+    async def _wait_for(
+        self, done: Callable[[AgentStatus], bool], timeout: float | None
+    ) -> AgentStatus:
+        async def wait() -> AgentStatus:
+            while True:
+                if self._status is not None and done(self._status):
+                    return self._status
+                if self._closed.is_set():
+                    raise AgentDisconnected("agent connection closed before the expected event")
+                self._status_changed.clear()
+                closed = asyncio.create_task(self._closed.wait())
+                changed = asyncio.create_task(self._status_changed.wait())
+                _, pending = await asyncio.wait(
+                    {closed, changed}, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+
+        return await asyncio.wait_for(wait(), timeout)
+
+    def _set_status(self, status: AgentStatus) -> AgentStatus:
+        # An exit is final: a late "running" reply must not undo it.
+        if self._status is None or self._status.state != "exited":
+            self._status = status
+            self._status_changed.set()
+        return self._status
+
+    async def _run(self) -> None:
+        decoder = Decoder()
+        resync = asyncio.get_running_loop().call_later(RESYNC_AFTER, self._resync)
+        try:
+            while data := await self._reader.read(65536):
+                for frame in decoder.feed(data):
+                    self._dispatch(frame)
+                if self._synced.is_set():
+                    resync.cancel()
+        except (ConnectionError, OSError, ValueError) as exc:
+            log.debug("agent connection lost: %s", exc)
+        finally:
+            resync.cancel()
+            self._closed.set()
+            self._status_changed.set()
+            for future in self._pending.values():
+                if not future.done():
+                    future.set_exception(AgentDisconnected("agent connection closed"))
+
+    def _resync(self) -> None:
+        if self._synced.is_set() or self._closed.is_set():
+            return
+        log.info("no HELLO_ACK from agent yet; padding a possibly torn frame and retrying")
+        self._writer.write(b"\0" * (HEADER_SIZE + MAX_PAYLOAD))
+        self._writer.write(encode(Frame(MsgType.HELLO, CONTROL_CHANNEL, self._nonce.encode())))
+
+    def _dispatch(self, frame: Frame) -> None:
+        if not self._synced.is_set():
+            # Stale bytes from an earlier connection may precede our ACK.
+            if frame.type == MsgType.HELLO_ACK and self._nonce.encode() in frame.payload:
+                self._synced.set()
+                self._set_status(AgentStatus.model_validate(frame.json()["status"]))
+            return
+        if frame.channel != CONTROL_CHANNEL:
+            future = self._pending.get(frame.channel)
+            if future is not None and not future.done():
+                future.set_result(frame)
+            return
+        if frame.type in (MsgType.READY, MsgType.EXIT, MsgType.STATUS):
+            self._set_status(AgentStatus.model_validate(frame.json()))
+        elif frame.type == MsgType.ERROR:
+            log.warning("agent error: %s", frame.json().get("message"))

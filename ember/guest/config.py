@@ -1,0 +1,116 @@
+"""Per-instance config disk: what the guest runs, and where it records its exit.
+
+Layout of the raw disk (attached read-write with virtio serial ``ember-config``):
+
+- bytes 0..4095: exit record, written by the guest (JSON, NUL padded; all zero
+  while the workload has not exited);
+- from byte 4096: the config as ``key=value\\0`` records (see ``to_record``),
+  NUL padded to a 4 KiB multiple.
+
+A raw record rather than a filesystem: the busybox init reads it with ``dd`` and
+the C agent with one ``pread``, with no parser beyond splitting on NUL.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import os
+from pathlib import Path
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from ember.errors import InvalidArgument
+from ember.guest.protocol import encode_record
+
+EXIT_RECORD_SIZE = 4096
+CONFIG_OFFSET = 4096
+MAX_CONFIG_SIZE = 1 << 20  # the agent reads at most this much
+_BLOCK = 4096
+
+
+class GuestNetwork(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    ip: str
+    prefix: int = Field(ge=0, le=32)
+    gateway: str | None = None
+    dns: list[str] = Field(default_factory=list)
+    mac: str | None = None  # applied by the hypervisor's NIC, recorded for completeness
+
+    @field_validator("ip", "gateway")
+    @classmethod
+    def _ipv4(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.IPv4Address(value)
+        return value
+
+
+class GuestConfig(BaseModel):
+    """What `docker run` would need: the image config merged with the request."""
+
+    model_config = ConfigDict(frozen=True)
+
+    entrypoint: list[str] = Field(default_factory=list)
+    cmd: list[str] = Field(default_factory=list)
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str = "/"
+    user: str = ""  # "", "uid[:gid]" or "name[:group]"
+    hostname: str = "ember"
+    network: GuestNetwork | None = None
+
+    @property
+    def argv(self) -> list[str]:
+        return [*self.entrypoint, *self.cmd]
+
+    def to_record(self) -> bytes:
+        fields: dict[str, str | list[str]] = {
+            "arg": self.argv,
+            "env": [f"{k}={v}" for k, v in self.env.items()],
+            "cwd": self.working_dir or "/",
+            "user": self.user,
+            "hostname": self.hostname,
+        }
+        if self.network is not None:
+            net = self.network
+            fields |= {"net.ip": net.ip, "net.prefix": str(net.prefix), "net.dns": net.dns}
+            if net.gateway:
+                fields["net.gateway"] = net.gateway
+        for key, value in self.env.items():
+            if not key or "=" in key:
+                raise InvalidArgument(f"invalid environment variable name {key!r}")
+            if "\0" in value:
+                raise InvalidArgument(f"environment variable {key} contains a NUL byte")
+        try:
+            return encode_record(fields)
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid guest config: {exc}") from exc
+
+
+class ExitRecord(BaseModel):
+    exit_code: int
+    signal: int = 0
+    message: str
+
+
+def write_config_disk(path: Path, config: GuestConfig) -> None:
+    """Create (or replace) the config disk; this also clears any old exit record."""
+    record = config.to_record()
+    if len(record) > MAX_CONFIG_SIZE:
+        raise InvalidArgument(f"guest config is {len(record)} bytes; the limit is 1 MiB")
+    padded = record + b"\0" * (-len(record) % _BLOCK or 0)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(b"\0" * EXIT_RECORD_SIZE + padded + b"\0" * _BLOCK)
+    os.replace(tmp, path)
+
+
+def read_exit_record(path: Path) -> ExitRecord | None:
+    """The guest's exit record, or None if the workload has not exited (or never ran)."""
+    with path.open("rb") as f:
+        raw = f.read(EXIT_RECORD_SIZE).rstrip(b"\0")
+    if not raw:
+        return None
+    try:
+        return ExitRecord.model_validate(json.loads(raw))
+    except ValueError:
+        return None

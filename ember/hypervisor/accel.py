@@ -1,0 +1,42 @@
+"""Choose QEMU's accelerator: KVM where it really works, TCG otherwise.
+
+The KVM on these hosts is PVM (``/sys/module/kvm_pvm``, no vmx/svm flag): a
+stock guest kernel hangs under it, so such a host must use TCG even though
+``/dev/kvm`` exists.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Literal
+
+from ember.errors import InvalidArgument
+
+Accel = Literal["kvm", "tcg"]
+
+
+def hardware_kvm_usable(root: Path = Path("/")) -> bool:
+    if (root / "sys/module/kvm_pvm").exists():
+        return False
+    if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
+        return False
+    try:
+        flags = (root / "proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return any(
+        line.startswith("flags") and ({"vmx", "svm"} & set(line.split()))
+        for line in flags.splitlines()
+    )
+
+
+def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
+    """Resolve ``EMBER_ACCEL`` (``kvm``, ``tcg`` or ``auto``) to an accelerator."""
+    if requested == "kvm":
+        return "kvm"
+    if requested == "tcg":
+        return "tcg"
+    if requested != "auto":
+        raise InvalidArgument(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
+    return "kvm" if hardware_kvm_usable(root) else "tcg"

@@ -1,0 +1,82 @@
+"""The hypervisor interface the instance manager programs against."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    snapshot: bool = False  # save/restore guest memory (standby)
+    hotplug_memory: bool = False
+    hotplug_disk: bool = False
+    vsock: bool = False
+    gpu: bool = False
+    disk_io_limit: bool = False
+    network_limit: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DiskSpec:
+    path: Path
+    serial: str  # how the guest finds it: /sys/block/vdX/serial
+    readonly: bool = False
+    bps_limit: int | None = None  # bytes per second, read+write
+
+
+@dataclass(frozen=True, slots=True)
+class VMSpec:
+    instance_dir: Path
+    kernel: Path
+    initrd: Path
+    cmdline: str
+    vcpus: int
+    memory_bytes: int
+    serial_log: Path  # appended to, never truncated: it is the app log
+    agent_socket: Path
+    qmp_socket: Path
+    pid_file: Path
+    disks: list[DiskSpec] = field(default_factory=list)
+    tap: str | None = None
+    mac: str | None = None
+    name: str = "ember"
+
+
+@dataclass(frozen=True, slots=True)
+class VMHandle:
+    """Enough to find a running VM again after Ember restarts (store these)."""
+
+    pid: int
+    qmp_socket: Path
+    agent_socket: Path
+
+
+class Hypervisor(Protocol):
+    name: str
+    capabilities: Capabilities
+
+    async def start(self, spec: VMSpec) -> VMHandle:
+        """Start the VM detached from Ember's process; returns once QEMU runs."""
+        ...
+
+    async def quit(self, vm: VMHandle) -> None:
+        """Stop the VM now (no guest cooperation), flushing disk caches."""
+        ...
+
+    def kill(self, vm: VMHandle) -> None:
+        """SIGKILL the VM process (last resort)."""
+        ...
+
+    async def pause(self, vm: VMHandle) -> None: ...
+
+    async def resume(self, vm: VMHandle) -> None: ...
+
+    def is_alive(self, vm: VMHandle) -> bool:
+        """True if the VM process still runs (and is the one we started)."""
+        ...
+
+    async def wait_exit(self, vm: VMHandle, timeout: float | None = None) -> bool:
+        """Wait for the VM process to exit; False on timeout."""
+        ...

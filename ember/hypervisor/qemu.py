@@ -1,0 +1,154 @@
+"""QEMU backend: one ``-M microvm`` process per VM, controlled over QMP.
+
+QEMU runs with ``-daemonize`` (it forks, calls setsid and writes a pidfile), so
+it outlives the Ember server; a restarted server re-adopts it from the stored
+pid and sockets. ``-no-reboot`` turns the guest's power-off (and any reboot or
+panic, see ``panic=-1 reboot=t`` on the kernel cmdline) into QEMU exiting.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from ember.errors import Unavailable
+from ember.hypervisor.accel import Accel
+from ember.hypervisor.base import Capabilities, VMHandle, VMSpec
+from ember.hypervisor.qmp import QMPClient
+
+QEMU_BINARY = "qemu-system-x86_64"
+AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
+_MIB = 1024 * 1024
+
+
+def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
+    if accel == "kvm":
+        accel_args = ["-accel", "kvm", "-cpu", "host"]
+    else:
+        accel_args = ["-accel", "tcg,thread=multi", "-cpu", "max"]
+    cmd = [
+        binary,
+        "-name",
+        f"guest={spec.name}",
+        "-M",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        *accel_args,
+        "-m",
+        f"{max(spec.memory_bytes // _MIB, 64)}M",
+        "-smp",
+        str(spec.vcpus),
+        "-nodefaults",
+        "-no-user-config",
+        "-display",
+        "none",
+        "-no-reboot",
+        "-kernel",
+        str(spec.kernel),
+        "-initrd",
+        str(spec.initrd),
+        "-append",
+        spec.cmdline,
+        "-chardev",
+        f"file,id=console,path={_opt(spec.serial_log)},append=on",
+        "-serial",
+        "chardev:console",
+    ]
+    for i, disk in enumerate(spec.disks):
+        drive = f"id=disk{i},file={_opt(disk.path)},format=raw,if=none"
+        drive += ",readonly=on" if disk.readonly else ",readonly=off"
+        if disk.bps_limit:
+            drive += f",throttling.bps-total={disk.bps_limit}"
+        cmd += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}"]
+    if spec.tap:
+        nic = "virtio-net-device,netdev=net0" + (f",mac={spec.mac}" if spec.mac else "")
+        cmd += [
+            "-netdev",
+            f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
+            "-device",
+            nic,
+        ]
+    cmd += [
+        "-device", "virtio-serial-device",
+        "-chardev", f"socket,id=agent,path={_opt(spec.agent_socket)},server=on,wait=off",
+        "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
+        "-daemonize", "-pidfile", str(spec.pid_file),
+    ]  # fmt: skip
+    return cmd
+
+
+def _opt(path: Path) -> str:
+    """Escape a path for QEMU's comma-separated option syntax."""
+    return str(path).replace(",", ",,")
+
+
+class QemuHypervisor:
+    name = "qemu"
+    # microvm has no memory/device hotplug; memory snapshots are not wired yet.
+    capabilities = Capabilities(disk_io_limit=True)
+
+    def __init__(self, accel: Accel, binary: str = QEMU_BINARY) -> None:
+        self.accel: Accel = accel
+        self.binary = binary
+
+    async def start(self, spec: VMSpec) -> VMHandle:
+        spec.instance_dir.mkdir(parents=True, exist_ok=True)
+        for stale in (spec.agent_socket, spec.qmp_socket, spec.pid_file):
+            stale.unlink(missing_ok=True)
+        proc = await asyncio.create_subprocess_exec(
+            *build_command(spec, self.accel, self.binary),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            cwd=spec.instance_dir,
+        )
+        # With -daemonize the parent exits once the VM is set up (or failed).
+        out, err = await proc.communicate()
+        if proc.returncode != 0:
+            detail = (err or out).decode(errors="replace").strip()
+            raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {detail}")
+        pid = int(spec.pid_file.read_text().strip())
+        return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)
+
+    async def quit(self, vm: VMHandle) -> None:
+        if not self.is_alive(vm):
+            return
+        with contextlib.suppress(Unavailable, OSError):
+            async with await QMPClient.connect(vm.qmp_socket) as qmp:
+                await qmp.execute("quit")
+        if not await self.wait_exit(vm, timeout=10):
+            self.kill(vm)
+
+    def kill(self, vm: VMHandle) -> None:
+        if self.is_alive(vm):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(vm.pid, signal.SIGKILL)
+
+    async def pause(self, vm: VMHandle) -> None:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            await qmp.execute("stop")
+
+    async def resume(self, vm: VMHandle) -> None:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            await qmp.execute("cont")
+
+    def is_alive(self, vm: VMHandle) -> bool:
+        # The pid may have been reused: require our QMP socket on its command line.
+        try:
+            cmdline = Path(f"/proc/{vm.pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{vm.pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return False
+        return state != "Z" and str(vm.qmp_socket).encode() in cmdline
+
+    async def wait_exit(self, vm: VMHandle, timeout: float | None = None) -> bool:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.is_alive(vm):
+            if deadline is not None and time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.05)
+        return True
