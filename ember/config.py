@@ -15,6 +15,10 @@ class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore")
 
     data_dir: Path = Path("/var/lib/ember")
+    # Guest kernel, agent and initrd (built by `make setup`); defaults to data_dir/system.
+    system_dir: Path | None = None
+    # VM sockets and pid files: a short path, as Unix socket paths are limited to 107 bytes.
+    runtime_dir: Path = Path("/run/ember")
     listen: str = DEFAULT_LISTEN
     log_level: str = "info"
     log_format: Literal["json", "text"] = "text"
@@ -26,6 +30,12 @@ class Settings(BaseSettings):
     # Registries reachable over plain HTTP (host[:port]); loopback always is.
     insecure_registries: list[str] = Field(default_factory=list)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
+    # How long a graceful stop waits for the workload before the VM is forced off.
+    stop_timeout_seconds: float = Field(default=10.0, gt=0)
+
+    @property
+    def system_path(self) -> Path:
+        return self.system_dir or self.data_dir / "system"
 
     @property
     def db_path(self) -> Path:

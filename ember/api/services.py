@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
 from ember.images.manager import ImageManager
+from ember.instances.manager import InstanceManager
 from ember.registry import Registry
 from ember.store import Store
 
@@ -18,6 +19,7 @@ class Services:
     jwt_secret: bytes
     images: ImageManager
     registry: Registry
+    instances: InstanceManager
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -35,12 +37,15 @@ class Services:
             jwt_secret=load_or_create_secret(settings.data_dir),
             images=images,
             registry=Registry(store, images.blobs, settings.data_dir),
+            instances=InstanceManager(store, settings, images),
         )
 
     async def start(self) -> None:
         """Start background work (queues, reconcilers) once the event loop runs."""
-        await self.images.start()
+        await self.images.open()
+        await self.instances.open()
 
     async def stop(self) -> None:
-        await self.images.stop()
+        await self.instances.close()
+        await self.images.close()
         self.store.close()

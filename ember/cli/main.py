@@ -94,7 +94,7 @@ def coloured(value: str) -> str:
 @app.command()
 def pull(
     name: str,
-    platform: str = typer.Option(None, help="os/arch, e.g. linux/amd64"),
+    platform: str | None = typer.Option(None, help="os/arch, e.g. linux/amd64"),
     as_json: bool = JsonOption,
 ) -> None:
     """Pull an image and convert it to a VM disk, showing progress."""
@@ -153,7 +153,7 @@ def run(
     vcpus: int = typer.Option(1, help="Virtual CPUs."),
     pull_first: bool = typer.Option(True, "--pull/--no-pull", help="Pull the image first."),
     as_json: bool = JsonOption,
-    command: list[str] = typer.Argument(None, help="Command overriding the image's CMD."),
+    command: list[str] | None = typer.Argument(None, help="Command overriding the image's CMD."),
 ) -> None:
     """Pull an image (if needed) and boot it as a new instance."""
     if pull_first:

@@ -16,14 +16,13 @@ import shutil
 from collections.abc import Callable
 from pathlib import Path
 
-from ember.images.blobs import BlobStore
-from ember.images.distribution import Credentials, RegistryClient
-from ember.images.pull import PulledImage, convert, fetch, load_local
-from ember.images.reference import ImageRef, parse_reference
-
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
 from ember.ids import new_id
+from ember.images.blobs import BlobStore
+from ember.images.distribution import Credentials, RegistryClient
 from ember.images.models import IN_PROGRESS, ImageRecord, ImageSource, ImageStatus
+from ember.images.pull import PulledImage, convert, fetch, load_local
+from ember.images.reference import ImageRef, parse_reference
 from ember.store import Repository, Store
 from ember.validation import validate_tags
 
@@ -72,7 +71,7 @@ class ImageManager:
 
     # ---- lifecycle -------------------------------------------------------------------
 
-    async def start(self) -> None:
+    async def open(self) -> None:
         self._queue = asyncio.Queue()
         self._changed = asyncio.Condition()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
@@ -80,7 +79,7 @@ class ImageManager:
             if record.status in IN_PROGRESS:
                 self._resume(record)
 
-    async def stop(self) -> None:
+    async def close(self) -> None:
         for worker in self._workers:
             worker.cancel()
         for worker in self._workers:
@@ -108,7 +107,7 @@ class ImageManager:
             raise NotFound(f"image {name!r} not found")
         return record
 
-    def list(self, tags: dict[str, str] | None = None) -> list[ImageRecord]:
+    def find(self, tags: dict[str, str] | None = None) -> list[ImageRecord]:
         wanted = (tags or {}).items()
         return [r for r in self.repo.all() if wanted <= r.tags.items()]
 
@@ -206,7 +205,7 @@ class ImageManager:
     # ---- the build pipeline ----------------------------------------------------------
 
     def _enqueue(self, record_id: str) -> None:
-        assert self._queue is not None, "ImageManager.start() was not called"
+        assert self._queue is not None, "ImageManager.open() was not called"
         self._waiting.append(record_id)
         self._queue.put_nowait(record_id)
 

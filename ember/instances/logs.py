@@ -85,5 +85,5 @@ async def read_log(path: Path, *, tail: int = 100, follow: bool = False) -> Asyn
             chunk = src.read(min(size - offset, READ_CHUNK))
         offset += len(chunk)
         *complete, pending = (pending + chunk).split(b"\n")
-        for line in complete:
-            yield _clean(line)
+        for raw in complete:
+            yield _clean(raw)

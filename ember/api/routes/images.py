@@ -74,7 +74,7 @@ async def create_image(body: CreateImageRequest, svc: ServicesDep) -> Image:
 
 @router.get("", response_model=list[Image], summary="List images")
 async def list_images(request: Request, svc: ServicesDep) -> list[Image]:
-    records = svc.images.list(tag_filter(request))
+    records = svc.images.find(tag_filter(request))
     return [Image.of(record, svc.images) for record in records]
 
 

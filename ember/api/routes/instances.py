@@ -15,9 +15,10 @@ from ember.api.deps import ServicesDep
 from ember.api.query import tag_filter
 from ember.errors import InvalidArgument
 from ember.instances.logs import LogSource
-from ember.instances.manager import CreateRequest, InstanceView
+from ember.instances.manager import CreateRequest
+from ember.instances.models import InstanceRecord
 from ember.instances.state import State
-from ember.units import parse_duration
+from ember.units import format_size, parse_duration
 
 router = APIRouter(prefix="/instances", tags=["instances"])
 InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
@@ -82,8 +83,32 @@ class Instance(BaseModel):
     platform: str | None = None
 
     @classmethod
-    def of(cls, view: InstanceView) -> Instance:
-        return cls.model_validate(view.as_dict())
+    def of(cls, record: InstanceRecord) -> Instance:
+        return cls(
+            **record.model_dump(
+                include={
+                    "id",
+                    "name",
+                    "image",
+                    "state",
+                    "created_at",
+                    "state_error",
+                    "vcpus",
+                    "env",
+                    "tags",
+                    "hypervisor",
+                    "started_at",
+                    "stopped_at",
+                    "exit_code",
+                    "exit_message",
+                },
+            ),
+            size=format_size(record.memory_bytes),
+            hotplug_size=format_size(record.hotplug_bytes) if record.hotplug_bytes else None,
+            overlay_size=format_size(record.overlay_bytes),
+            disk_io_bps=f"{format_size(record.disk_io_bps)}/s" if record.disk_io_bps else None,
+            network=NetworkInfo(enabled=False),
+        )
 
 
 class WaitResponse(BaseModel):
@@ -119,8 +144,8 @@ async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Inst
 async def list_instances(
     request: Request, svc: ServicesDep, state: StateName | None = None
 ) -> list[Instance]:
-    views = svc.instances.list(state=State(state) if state else None, tags=tag_filter(request))
-    return [Instance.of(view) for view in views]
+    records = svc.instances.find(state=State(state) if state else None, tags=tag_filter(request))
+    return [Instance.of(record) for record in records]
 
 
 @router.get("/{id}", response_model=Instance, summary="Get an instance")
@@ -151,12 +176,10 @@ async def wait_instance(
     state: StateName,
     timeout: Annotated[str, Query(description='Go duration, e.g. "30s", "2m"; max 5m')] = "60s",
 ) -> WaitResponse:
-    view, timed_out = await svc.instances.wait(
+    record, timed_out = await svc.instances.wait(
         ref, State(state), min(parse_duration(timeout, field="timeout"), MAX_WAIT_SECONDS)
     )
-    return WaitResponse(
-        state=view.record.state, timed_out=timed_out, state_error=view.record.state_error
-    )
+    return WaitResponse(state=record.state, timed_out=timed_out, state_error=record.state_error)
 
 
 @router.get(
