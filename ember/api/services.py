@@ -31,12 +31,18 @@ class Services:
             concurrency=settings.build_concurrency,
             insecure_registries=settings.insecure_registries,
         )
+        registry = Registry(store, images.blobs, settings.data_dir)
+        port = settings.port
+        images.local_hosts = {settings.listen, f"localhost:{port}", f"127.0.0.1:{port}"}
+        images.local_resolver = lambda repository, reference: registry.resolve(
+            repository, reference
+        )[0]
         return cls(
             settings=settings,
             store=store,
             jwt_secret=load_or_create_secret(settings.data_dir),
             images=images,
-            registry=Registry(store, images.blobs, settings.data_dir),
+            registry=registry,
             instances=InstanceManager(store, settings, images),
         )
 

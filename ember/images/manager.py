@@ -33,6 +33,8 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 # Returns the names of instances using an image; wired in by the server (instances depend
 # on images, never the reverse).
 InUseCheck = Callable[[ImageRecord], list[str]]
+# (repository, tag or digest) -> manifest digest, from the built-in registry.
+LocalResolver = Callable[[str, str], str]
 
 
 def validate_platform(platform: str | None) -> str:
@@ -62,6 +64,9 @@ class ImageManager:
         self.concurrency = concurrency
         self.insecure = insecure_registries or []
         self.in_use: InUseCheck = lambda _record: []
+        # The built-in registry: references to these hosts resolve locally, with no HTTP.
+        self.local_hosts: set[str] = set()
+        self.local_resolver: LocalResolver | None = None
         self._queue: asyncio.Queue[str] | None = None
         self._waiting: list[str] = []
         # Borrowed registry credentials: memory only, dropped once the pull ends.
@@ -248,6 +253,11 @@ class ImageManager:
     async def _fetch(self, record: ImageRecord, ref: ImageRef) -> PulledImage:
         if record.source == ImageSource.PUSH:
             return await asyncio.to_thread(load_local, record.digest, self.blobs)
+        if ref.registry in self.local_hosts and self.local_resolver is not None:
+            digest = self.local_resolver(ref.repository, ref.reference)
+            return await asyncio.to_thread(
+                load_local, digest, self.blobs, record.requested_platform
+            )
         async with RegistryClient(
             insecure=self.insecure, credentials=self._credentials.get(record.id)
         ) as client:

@@ -1,0 +1,308 @@
+"""An OCI distribution (registry v2) client: manifests and blobs over httpx.
+
+Auth follows the registry's challenge: a request goes out anonymously (or with
+the token cached for its scope); a 401 with `WWW-Authenticate: Bearer realm=...`
+sends us to the token service (with Basic credentials when we have some), a
+`Basic` challenge gets the credentials directly. Credentials come from the
+request (borrowed for one pull, never stored) or `~/.docker/config.json`.
+Plain HTTP is used only for loopback registries and those configured as
+insecure. Only connection failures, 5xx and 429 are retried, with backoff.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import ipaddress
+import json
+import logging
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from ember.errors import EmberError
+from ember.images.blobs import BlobStore, DigestMismatch
+from ember.images.reference import ImageRef
+
+log = logging.getLogger("ember.images.registry")
+
+MANIFEST_TYPES = (
+    "application/vnd.oci.image.index.v1+json",
+    "application/vnd.docker.distribution.manifest.list.v2+json",
+    "application/vnd.oci.image.manifest.v1+json",
+    "application/vnd.docker.distribution.manifest.v2+json",
+)
+INDEX_TYPES = set(MANIFEST_TYPES[:2])
+DOCKER_HUB = "registry-1.docker.io"
+MAX_ATTEMPTS = 4
+MAX_RETRY_AFTER = 30.0
+CHUNK = 1 << 20
+_CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+
+Progress = Callable[[int], None]
+
+
+@dataclass(frozen=True)
+class Credentials:
+    username: str | None = None
+    password: str | None = None
+    token: str | None = None  # a bearer token to send as is
+
+
+class RegistryError(EmberError):
+    code = "registry_error"
+
+
+@dataclass
+class Manifest:
+    digest: str
+    media_type: str
+    body: bytes
+
+    def json(self) -> dict[str, Any]:
+        value = json.loads(self.body)
+        if not isinstance(value, dict):
+            raise RegistryError(f"manifest {self.digest} is not a JSON object")
+        return value
+
+
+def _is_loopback(host: str) -> bool:
+    name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
+    name = name.strip("[]")
+    if name == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return False
+
+
+def docker_config_credentials(registry: str, path: Path | None = None) -> Credentials | None:
+    """Basic credentials for `registry` from a Docker config file, if it has some."""
+    config_path = path or Path.home() / ".docker" / "config.json"
+    try:
+        auths = json.loads(config_path.read_text()).get("auths", {})
+    except (OSError, ValueError):
+        return None
+    keys = [registry, f"https://{registry}", f"http://{registry}"]
+    if registry == "docker.io":
+        keys.append("https://index.docker.io/v1/")
+    for key in keys:
+        encoded = auths.get(key, {}).get("auth")
+        if encoded:
+            user, _, password = base64.b64decode(encoded).decode().partition(":")
+            return Credentials(username=user, password=password)
+    return None
+
+
+@dataclass
+class RegistryClient:
+    insecure: list[str] = field(default_factory=list)
+    credentials: Credentials | None = None
+    docker_config: Path | None = None
+    timeout: float = 60.0
+    _tokens: dict[tuple[str, str], str] = field(default_factory=dict)
+    _http: httpx.AsyncClient | None = None
+
+    async def __aenter__(self) -> RegistryClient:
+        self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._http is not None:
+            await self._http.aclose()
+
+    # ---- public API ------------------------------------------------------------------
+
+    async def get_manifest(self, ref: ImageRef, reference: str | None = None) -> Manifest:
+        reference = reference or ref.reference
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        response = await self._request(ref, f"manifests/{reference}", headers)
+        body = response.content
+        digest = "sha256:" + hashlib.sha256(body).hexdigest()
+        if reference.startswith("sha256:") and digest != reference:
+            raise RegistryError(
+                f"registry {ref.registry}: manifest {reference} failed verification ({digest})"
+            )
+        media_type = response.headers.get("content-type", "").split(";")[0].strip()
+        media_type = str(json.loads(body).get("mediaType") or media_type)
+        return Manifest(digest, media_type, body)
+
+    async def fetch_blob(
+        self,
+        ref: ImageRef,
+        digest: str,
+        blobs: BlobStore,
+        size: int | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        """Download one blob into the store, verified against its digest."""
+        if blobs.has(digest):
+            return
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                async with self._stream(ref, f"blobs/{digest}") as response:
+                    with blobs.writer(digest, size) as blob:
+                        async for chunk in response.aiter_bytes(CHUNK):
+                            blob.write(chunk)
+                            if progress:
+                                progress(len(chunk))
+                return
+            except DigestMismatch as exc:
+                raise RegistryError(f"registry {ref.registry}: {exc.message}") from exc
+            except (httpx.TransportError, _Retryable) as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise self._unreachable(ref, exc) from exc
+                await asyncio.sleep(0.5 * 2**attempt)
+
+    # ---- transport -------------------------------------------------------------------
+
+    def _base_url(self, registry: str) -> str:
+        host = DOCKER_HUB if registry == "docker.io" else registry
+        plain = _is_loopback(registry) or registry in self.insecure
+        return f"{'http' if plain else 'https'}://{host}/v2/{{}}"
+
+    def _url(self, ref: ImageRef, path: str) -> str:
+        return self._base_url(ref.registry).format(f"{ref.repository}/{path}")
+
+    def _unreachable(self, ref: ImageRef, exc: Exception) -> RegistryError:
+        if isinstance(exc, _Retryable):
+            return RegistryError(f"registry {ref.registry}: {exc}")
+        return RegistryError(f"cannot reach registry {ref.registry}: {exc or type(exc).__name__}")
+
+    async def _request(self, ref: ImageRef, path: str, headers: dict[str, str]) -> httpx.Response:
+        for attempt in range(1, MAX_ATTEMPTS + 1):
+            try:
+                response = await self._send(ref, "GET", path, headers)
+                await response.aread()
+                self._raise_for(ref, path, response)
+                return response
+            except (httpx.TransportError, _Retryable) as exc:
+                if attempt == MAX_ATTEMPTS:
+                    raise self._unreachable(ref, exc) from exc
+                delay = exc.retry_after if isinstance(exc, _Retryable) else None
+                await asyncio.sleep(delay if delay is not None else 0.5 * 2**attempt)
+        raise AssertionError("unreachable")
+
+    def _stream(self, ref: ImageRef, path: str) -> _StreamContext:
+        return _StreamContext(self, ref, path)
+
+    async def _send(
+        self, ref: ImageRef, method: str, path: str, headers: dict[str, str]
+    ) -> httpx.Response:
+        """One request, answering an auth challenge once; the body is left unread."""
+        assert self._http is not None, "use RegistryClient as an async context manager"
+        url = self._url(ref, path)
+        scope = f"repository:{ref.repository}:pull"
+        auth = self._cached_auth(ref.registry, scope)
+        request = self._http.build_request(method, url, headers={**headers, **auth})
+        response = await self._http.send(request, stream=True)
+        if response.status_code == 401 and not auth:
+            challenge = response.headers.get("www-authenticate", "")
+            await response.aclose()
+            auth = await self._answer_challenge(ref, challenge, scope)
+            request = self._http.build_request(method, url, headers={**headers, **auth})
+            response = await self._http.send(request, stream=True)
+        return response
+
+    def _cached_auth(self, registry: str, scope: str) -> dict[str, str]:
+        if self.credentials and self.credentials.token:
+            return {"Authorization": f"Bearer {self.credentials.token}"}
+        token = self._tokens.get((registry, scope))
+        return {"Authorization": token} if token else {}
+
+    def _basic(self, registry: str) -> Credentials | None:
+        if self.credentials and self.credentials.username:
+            return self.credentials
+        return docker_config_credentials(registry, self.docker_config)
+
+    async def _answer_challenge(self, ref: ImageRef, challenge: str, scope: str) -> dict[str, str]:
+        scheme, _, params_text = challenge.partition(" ")
+        params = dict(_CHALLENGE_PARAM.findall(params_text))
+        basic = self._basic(ref.registry)
+        if scheme.lower() == "basic":
+            if basic is None:
+                raise RegistryError(f"registry {ref.registry}: unauthorized (401): no credentials")
+            value = base64.b64encode(f"{basic.username}:{basic.password}".encode()).decode()
+            header = f"Basic {value}"
+        elif scheme.lower() == "bearer" and "realm" in params:
+            header = f"Bearer {await self._fetch_token(ref, params, basic, scope)}"
+        else:
+            raise RegistryError(
+                f"registry {ref.registry}: unsupported auth challenge {challenge!r}"
+            )
+        self._tokens[(ref.registry, scope)] = header
+        return {"Authorization": header}
+
+    async def _fetch_token(
+        self, ref: ImageRef, params: dict[str, str], basic: Credentials | None, scope: str
+    ) -> str:
+        assert self._http is not None
+        query = {"scope": params.get("scope", scope)}
+        if "service" in params:
+            query["service"] = params["service"]
+        auth = (basic.username or "", basic.password or "") if basic else None
+        try:
+            response = await self._http.get(params["realm"], params=query, auth=auth)
+        except httpx.TransportError as exc:
+            raise RegistryError(f"cannot reach token service {params['realm']}: {exc}") from exc
+        if response.status_code != 200:
+            raise RegistryError(
+                f"registry {ref.registry}: token service refused ({response.status_code}): "
+                f"{response.text[:200]}"
+            )
+        body = response.json()
+        token = body.get("token") or body.get("access_token")
+        if not token:
+            raise RegistryError(f"registry {ref.registry}: token service answered no token")
+        return str(token)
+
+    def _raise_for(self, ref: ImageRef, path: str, response: httpx.Response) -> None:
+        status = response.status_code
+        if status < 400:
+            return
+        what = f"{ref.repository}:{path.split('/', 1)[1]}" if "/" in path else path
+        if status == 429 or status >= 500:
+            retry_after = response.headers.get("retry-after", "")
+            delay = min(float(retry_after), MAX_RETRY_AFTER) if retry_after.isdigit() else None
+            reason = "rate limited (429)" if status == 429 else f"server error ({status})"
+            raise _Retryable(f"{reason} for {what}", delay)
+        if status == 401:
+            raise RegistryError(f"registry {ref.registry}: unauthorized (401) for {what}")
+        if status == 403:
+            raise RegistryError(f"registry {ref.registry}: access denied (403) for {what}")
+        if status == 404:
+            kind = "manifest" if path.startswith("manifests/") else "blob"
+            raise RegistryError(f"registry {ref.registry}: {kind} for {what} not found (404)")
+        raise RegistryError(f"registry {ref.registry}: unexpected {status} for {what}")
+
+
+class _Retryable(Exception):
+    def __init__(self, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
+
+
+class _StreamContext:
+    """`async with client._stream(...)`: a checked, streaming blob response."""
+
+    def __init__(self, client: RegistryClient, ref: ImageRef, path: str) -> None:
+        self.client, self.ref, self.path = client, ref, path
+        self.response: httpx.Response | None = None
+
+    async def __aenter__(self) -> httpx.Response:
+        self.response = await self.client._send(self.ref, "GET", self.path, {})
+        if self.response.status_code >= 400:
+            await self.response.aread()
+            await self.response.aclose()
+            self.client._raise_for(self.ref, self.path, self.response)
+        return self.response
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self.response is not None:
+            await self.response.aclose()

@@ -1,0 +1,167 @@
+"""The pull pipeline: resolve a manifest, fetch what is missing, convert to a root disk.
+
+`fetch` talks to a registry; `load_local` reads a manifest pushed into the
+built-in registry; both give a `PulledImage`, and `convert` turns that into
+`<image_dir>/rootfs.erofs`. Layers already in the blob store are never
+downloaded again, and a conversion works in a scratch directory, so a failure
+leaves no file that looks ready.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ember.errors import EmberError
+from ember.images.blobs import BlobStore
+from ember.images.distribution import INDEX_TYPES, Manifest, RegistryClient, RegistryError
+from ember.images.reference import ImageRef
+from ember.images.rootfs import build_rootfs
+from ember.images.unpack import unpack_layers
+
+ROOTFS_NAME = "rootfs.erofs"
+PARALLEL_DOWNLOADS = 4
+
+
+@dataclass(frozen=True)
+class Layer:
+    digest: str
+    media_type: str
+    size: int | None
+
+
+@dataclass
+class PulledImage:
+    digest: str  # the digest images are known by: the index's, if the reference named one
+    platform: str
+    config_digest: str
+    layers: list[Layer]
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    env: dict[str, str] = field(default_factory=dict)
+    working_dir: str | None = None
+    user: str | None = None
+
+    @property
+    def size(self) -> int:
+        return sum(layer.size or 0 for layer in self.layers)
+
+
+def _platform_of(entry: dict[str, Any]) -> str:
+    plat = entry.get("platform") or {}
+    text = f"{plat.get('os', '?')}/{plat.get('architecture', '?')}"
+    return f"{text}/{plat['variant']}" if plat.get("variant") else text
+
+
+def select_platform(index: dict[str, Any], platform: str) -> dict[str, Any]:
+    """The index entry for `platform` (os/arch[/variant]); a missing variant matches any."""
+    wanted = platform.split("/")
+    entries = [m for m in index.get("manifests", []) if isinstance(m, dict)]
+    for entry in entries:
+        have = _platform_of(entry).split("/")
+        if have[:2] == wanted[:2] and (len(wanted) < 3 or have[2:3] == wanted[2:3]):
+            return entry
+    available = ", ".join(sorted({_platform_of(e) for e in entries})) or "none"
+    raise RegistryError(f"no manifest for platform {platform} (available: {available})")
+
+
+def _image_config(config: dict[str, Any]) -> dict[str, Any]:
+    settings = config.get("config") or {}
+    env = {}
+    for item in settings.get("Env") or []:
+        key, _, value = str(item).partition("=")
+        env[key] = value
+    return {
+        "entrypoint": settings.get("Entrypoint") or None,
+        "cmd": settings.get("Cmd") or None,
+        "env": env,
+        "working_dir": settings.get("WorkingDir") or None,
+        "user": settings.get("User") or None,
+    }
+
+
+def _describe(
+    digest: str, manifest: dict[str, Any], config: dict[str, Any], platform: str
+) -> PulledImage:
+    layers = [
+        Layer(str(layer["digest"]), str(layer.get("mediaType", "")), layer.get("size"))
+        for layer in manifest.get("layers", [])
+    ]
+    arch = f"{config.get('os', 'linux')}/{config.get('architecture', 'amd64')}"
+    if config.get("variant"):
+        arch += f"/{config['variant']}"
+    return PulledImage(
+        digest=digest,
+        platform=arch or platform,
+        config_digest=str(manifest["config"]["digest"]),
+        layers=layers,
+        **_image_config(config),
+    )
+
+
+async def fetch(
+    ref: ImageRef, client: RegistryClient, blobs: BlobStore, platform: str
+) -> PulledImage:
+    """Resolve `ref` and download its config and missing layers into `blobs`."""
+    top = await client.get_manifest(ref)
+    blobs.put_bytes(top.body, top.digest)
+    manifest = top
+    if top.media_type in INDEX_TYPES:
+        entry = select_platform(top.json(), platform)
+        manifest = await client.get_manifest(ref, str(entry["digest"]))
+        blobs.put_bytes(manifest.body, manifest.digest)
+    body = manifest.json()
+    config_desc = body.get("config") or {}
+    if "digest" not in config_desc:
+        raise RegistryError(f"manifest {manifest.digest} has no config")
+    await client.fetch_blob(ref, str(config_desc["digest"]), blobs, config_desc.get("size"))
+    config = blobs.read_json(str(config_desc["digest"]))
+    pulled = _describe(top.digest, body, config, platform)
+    await _fetch_layers(ref, client, blobs, pulled.layers)
+    return pulled
+
+
+async def _fetch_layers(
+    ref: ImageRef, client: RegistryClient, blobs: BlobStore, layers: list[Layer]
+) -> None:
+    limit = asyncio.Semaphore(PARALLEL_DOWNLOADS)
+
+    async def one(layer: Layer) -> None:
+        async with limit:
+            await client.fetch_blob(ref, layer.digest, blobs, layer.size)
+
+    await asyncio.gather(*(one(layer) for layer in layers if not blobs.has(layer.digest)))
+
+
+def load_local(digest: str, blobs: BlobStore, platform: str = "linux/amd64") -> PulledImage:
+    """Describe a manifest (or index) that is already in the blob store, e.g. a pushed one."""
+    top = Manifest(digest, "", blobs.path(digest).read_bytes())
+    body = top.json()
+    manifest_body = body
+    if str(body.get("mediaType", "")) in INDEX_TYPES or "manifests" in body:
+        entry = select_platform(body, platform)
+        manifest_body = blobs.read_json(str(entry["digest"]))
+    config = blobs.read_json(str(manifest_body["config"]["digest"]))
+    pulled = _describe(digest, manifest_body, config, platform)
+    missing = [layer.digest for layer in pulled.layers if not blobs.has(layer.digest)]
+    if missing:
+        raise EmberError(f"image {digest} is missing layers: {', '.join(missing)}")
+    return pulled
+
+
+def convert(pulled: PulledImage, blobs: BlobStore, image_dir: Path) -> int:
+    """Unpack the layers and build `image_dir/rootfs.erofs`; return its size in bytes."""
+    work = blobs.scratch_dir()
+    try:
+        tree = work / "rootfs"
+        unpack_layers([blobs.path(layer.digest) for layer in pulled.layers], tree)
+        staged = work / ROOTFS_NAME
+        build_rootfs(tree, staged)
+        image_dir.mkdir(parents=True, exist_ok=True)
+        staged.replace(image_dir / ROOTFS_NAME)
+        return (image_dir / ROOTFS_NAME).stat().st_size
+    finally:
+        shutil.rmtree(work, ignore_errors=True)

@@ -1,0 +1,257 @@
+"""Build OCI images in memory, from files on this host: no registry or internet needed.
+
+An image is a list of layers (each a mapping of path -> `Entry`) plus a
+config. `busybox_layer()` gives a small working userland from Debian's
+`busybox-static`; `hello_binary()` compiles the test workload (`hello.c`).
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import os
+import subprocess
+import tarfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+OCI_INDEX = "application/vnd.oci.image.index.v1+json"
+OCI_CONFIG = "application/vnd.oci.image.config.v1+json"
+OCI_LAYER_GZIP = "application/vnd.oci.image.layer.v1.tar+gzip"
+BUSYBOX = Path("/bin/busybox")
+BUSYBOX_APPLETS = (
+    "sh", "echo", "cat", "env", "sleep", "ls", "id", "pwd", "true", "false", "mkdir", "rm",
+    "touch", "sha256sum", "head", "dd", "wc", "kill", "ps", "uname", "hostname", "grep", "test",
+)  # fmt: skip
+HELLO_SOURCE = Path(__file__).with_name("hello.c")
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One tar entry: a file (`data`), a directory, a symlink or a hard link."""
+
+    data: bytes | None = None
+    mode: int = 0o644
+    kind: str = "file"  # file | dir | symlink | hardlink
+    target: str = ""
+    uid: int = 0
+    gid: int = 0
+
+
+Layer = dict[str, Entry]
+
+
+def file(data: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
+    return Entry(data.encode() if isinstance(data, str) else data, mode, "file", uid=uid, gid=gid)
+
+
+def directory(mode: int = 0o755) -> Entry:
+    return Entry(None, mode, "dir")
+
+
+def symlink(target: str) -> Entry:
+    return Entry(None, 0o777, "symlink", target)
+
+
+def hardlink(target: str) -> Entry:
+    return Entry(None, 0o644, "hardlink", target)
+
+
+def whiteout(path: str) -> tuple[str, Entry]:
+    """The entry that deletes `path` from lower layers."""
+    parent, _, name = path.rpartition("/")
+    return f"{parent}/.wh.{name}".lstrip("/"), file(b"")
+
+
+def opaque(directory_path: str) -> tuple[str, Entry]:
+    """The entry that hides everything lower layers put in `directory_path`."""
+    return f"{directory_path.strip('/')}/.wh..wh..opq", file(b"")
+
+
+def busybox_layer() -> Layer:
+    layer: Layer = {
+        "bin": directory(),
+        "bin/busybox": file(BUSYBOX.read_bytes(), 0o755),
+        "etc": directory(),
+        "etc/passwd": file("root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534::/:/bin/sh\n"),
+        "etc/group": file("root:x:0:\nnogroup:x:65534:\n"),
+        "root": directory(0o700),
+        "tmp": directory(0o1777),
+    }
+    layer.update({f"bin/{applet}": symlink("busybox") for applet in BUSYBOX_APPLETS})
+    return layer
+
+
+def hello_binary(cache_dir: Path = Path("/var/cache/ember-testkit")) -> bytes:
+    """`hello.c` compiled statically; cached by source hash."""
+    source = HELLO_SOURCE.read_bytes()
+    out = cache_dir / f"hello-{hashlib.sha256(source).hexdigest()[:16]}"
+    if not out.exists():
+        cache_dir.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".{os.getpid()}")
+        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(HELLO_SOURCE)], check=True)
+        tmp.replace(out)
+    return out.read_bytes()
+
+
+def layer_tar(layer: Layer) -> bytes:
+    """A gzip-compressed tar of `layer`, deterministic (fixed mtimes, sorted paths)."""
+    raw = io.BytesIO()
+    with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for path in sorted(layer):
+            entry = layer[path]
+            info = tarfile.TarInfo(path)
+            info.mode, info.uid, info.gid, info.mtime = (
+                entry.mode,
+                entry.uid,
+                entry.gid,
+                1_700_000_000,
+            )
+            if entry.kind == "dir":
+                info.type = tarfile.DIRTYPE
+                tar.addfile(info)
+            elif entry.kind == "symlink":
+                info.type, info.linkname = tarfile.SYMTYPE, entry.target
+                tar.addfile(info)
+            elif entry.kind == "hardlink":
+                info.type, info.linkname = tarfile.LNKTYPE, entry.target
+                tar.addfile(info)
+            else:
+                data = entry.data or b""
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    return gzip.compress(raw.getvalue(), compresslevel=1, mtime=0)
+
+
+def _digest(data: bytes) -> str:
+    return "sha256:" + hashlib.sha256(data).hexdigest()
+
+
+@dataclass
+class BuiltImage:
+    """A manifest (or index) and every blob it needs."""
+
+    manifest: bytes
+    media_type: str
+    blobs: dict[str, bytes] = field(default_factory=dict)
+
+    @property
+    def digest(self) -> str:
+        return _digest(self.manifest)
+
+    @property
+    def size(self) -> int:
+        return sum(len(blob) for blob in self.blobs.values())
+
+
+def build_image(
+    layers: list[Layer],
+    *,
+    cmd: list[str] | None = None,
+    entrypoint: list[str] | None = None,
+    env: dict[str, str] | None = None,
+    working_dir: str | None = None,
+    architecture: str = "amd64",
+) -> BuiltImage:
+    blobs: dict[str, bytes] = {}
+    layer_descriptors: list[dict[str, Any]] = []
+    diff_ids = []
+    for layer in layers:
+        compressed = layer_tar(layer)
+        diff_ids.append(_digest(gzip.decompress(compressed)))
+        blobs[_digest(compressed)] = compressed
+        layer_descriptors.append(
+            {"mediaType": OCI_LAYER_GZIP, "digest": _digest(compressed), "size": len(compressed)}
+        )
+    settings: dict[str, Any] = {"Env": [f"{k}={v}" for k, v in (env or {}).items()]}
+    if cmd is not None:
+        settings["Cmd"] = cmd
+    if entrypoint is not None:
+        settings["Entrypoint"] = entrypoint
+    if working_dir:
+        settings["WorkingDir"] = working_dir
+    config = json.dumps(
+        {
+            "architecture": architecture,
+            "os": "linux",
+            "config": settings,
+            "rootfs": {"type": "layers", "diff_ids": diff_ids},
+        },
+        sort_keys=True,
+    ).encode()
+    blobs[_digest(config)] = config
+    manifest = json.dumps(
+        {
+            "schemaVersion": 2,
+            "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": OCI_CONFIG, "digest": _digest(config), "size": len(config)},
+            "layers": layer_descriptors,
+        },
+        sort_keys=True,
+    ).encode()
+    return BuiltImage(manifest, OCI_MANIFEST, blobs)
+
+
+def build_index(images: dict[str, BuiltImage]) -> BuiltImage:
+    """A multi-platform index over `images`, keyed by architecture."""
+    blobs: dict[str, bytes] = {}
+    entries = []
+    for arch, image in images.items():
+        blobs.update(image.blobs)
+        blobs[image.digest] = image.manifest
+        entries.append(
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": len(image.manifest),
+                "platform": {"os": "linux", "architecture": arch},
+            }
+        )
+    index = json.dumps(
+        {"schemaVersion": 2, "mediaType": OCI_INDEX, "manifests": entries}, sort_keys=True
+    ).encode()
+    return BuiltImage(index, OCI_INDEX, blobs)
+
+
+def hello_image(**config: Any) -> BuiltImage:
+    """busybox plus the `hello` workload; runs `/hello` unless told otherwise."""
+    app: Layer = {"hello": file(hello_binary(), 0o755)}
+    config.setdefault("cmd", ["/hello"])
+    return build_image([busybox_layer(), app], **config)
+
+
+def padded_image(total_bytes: int, layers: int = 4) -> BuiltImage:
+    """busybox + hello + `layers` layers of incompressible data adding up to `total_bytes`."""
+    per_layer = total_bytes // layers
+    padding = [
+        {f"data/blob-{i}-{j}": file(os.urandom(per_layer // 4)) for j in range(4)}
+        for i in range(layers)
+    ]
+    return build_image(
+        [busybox_layer(), {"hello": file(hello_binary(), 0o755)}, *padding], cmd=["/hello"]
+    )
+
+
+def write_oci_layout(image: BuiltImage, directory_path: Path, tag: str = "latest") -> None:
+    """An OCI image layout (as skopeo's `oci:` transport and umoci read it)."""
+    blob_dir = directory_path / "blobs" / "sha256"
+    blob_dir.mkdir(parents=True, exist_ok=True)
+    for digest, data in {**image.blobs, image.digest: image.manifest}.items():
+        (blob_dir / digest.split(":", 1)[1]).write_bytes(data)
+    (directory_path / "oci-layout").write_text('{"imageLayoutVersion": "1.0.0"}')
+    index = {
+        "schemaVersion": 2,
+        "manifests": [
+            {
+                "mediaType": image.media_type,
+                "digest": image.digest,
+                "size": len(image.manifest),
+                "annotations": {"org.opencontainers.image.ref.name": tag},
+            }
+        ],
+    }
+    (directory_path / "index.json").write_text(json.dumps(index))
