@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 from ember.errors import Unavailable
-from ember.hypervisor.accel import Accel
+from ember.hypervisor.accel import Accel, guest_kernel_args
 from ember.hypervisor.base import Capabilities, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 
@@ -26,6 +26,8 @@ _MIB = 1024 * 1024
 
 
 def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
+    # pit/pic on: under TCG the guest kernel calibrates its clock against the PIT; without
+    # it, it stops at "tsc: Marking TSC unstable" and never reaches init.
     if accel == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "host"]
     else:
@@ -35,7 +37,7 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         "-name",
         f"guest={spec.name}",
         "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on",
         *accel_args,
         "-m",
         f"{max(spec.memory_bytes // _MIB, 64)}M",
@@ -51,7 +53,7 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         "-initrd",
         str(spec.initrd),
         "-append",
-        spec.cmdline,
+        " ".join([spec.cmdline, *guest_kernel_args(accel)]),
         "-chardev",
         f"file,id=console,path={_opt(spec.serial_log)},append=on",
         "-serial",

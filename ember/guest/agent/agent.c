@@ -68,6 +68,7 @@ static struct {
 
 static int port_fd = -1;
 static bool host_up;
+static bool exit_told; /* the current host connection has been sent the exit */
 static unsigned char *inbuf;
 static size_t inlen;
 static unsigned char *outq;
@@ -168,6 +169,7 @@ static void send_frame(uint8_t type, uint8_t flags, uint32_t ch, const void *p, 
     h[10] = (unsigned char)(n >> 8); h[11] = (unsigned char)n;
     if (n) memcpy(h + HDR, p, n);
     outlen += HDR + n;
+    if (wl.state == ST_EXITED && (type == T_EXIT || type == T_HELLO_ACK)) exit_told = true;
 }
 
 static void send_json(uint8_t type, uint32_t ch, const char *json)
@@ -186,6 +188,7 @@ static void send_error(uint32_t ch, const char *msg)
 static void host_down(void)
 {
     host_up = false;
+    exit_told = false;
     inlen = 0;
     outlen = 0;
 }
@@ -566,11 +569,21 @@ static void handle_signals(int sfd)
 
 static void __attribute__((noreturn)) power_off(void)
 {
-    /* Give a connected host a moment to receive the EXIT frame. */
-    for (int i = 0; i < 20 && host_up && outlen; i++) {
+    /* Give an attached host up to a second to hear about the exit: it may have
+     * connected but not yet said HELLO (a workload that failed at once). */
+    struct timespec start, now;
+    clock_gettime(CLOCK_MONOTONIC, &start);
+    for (;;) {
+        if (exit_told && !outlen) break;
+        clock_gettime(CLOCK_MONOTONIC, &now);
+        if (port_fd < 0 || (now.tv_sec - start.tv_sec) * 1000 + (now.tv_nsec - start.tv_nsec) / 1000000 > 1000)
+            break;
+        struct pollfd pfd = {.fd = port_fd, .events = POLLIN | (outlen ? POLLOUT : 0)};
+        if (poll(&pfd, 1, 50) > 0) {
+            if (pfd.revents & POLLHUP) break; /* nobody attached: the exit record will do */
+            if (pfd.revents & POLLIN) read_port();
+        }
         flush_out();
-        struct pollfd pfd = {.fd = port_fd, .events = POLLOUT};
-        poll(&pfd, 1, 50);
     }
     kill(-1, SIGKILL);
     sync();
