@@ -187,10 +187,13 @@ class AgentClient:
         try:
             while data := await self._reader.read(65536):
                 for frame in decoder.feed(data):
-                    self._dispatch(frame)
+                    try:
+                        self._dispatch(frame)
+                    except ValueError as exc:  # bad JSON or status: skip the frame
+                        log.warning("ignoring malformed agent frame %#x: %s", frame.type, exc)
                 if self._synced.is_set():
                     resync.cancel()
-        except (ConnectionError, OSError, ValueError) as exc:
+        except (ConnectionError, OSError) as exc:
             log.debug("agent connection lost: %s", exc)
         finally:
             resync.cancel()

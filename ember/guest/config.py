@@ -98,7 +98,7 @@ def write_config_disk(path: Path, config: GuestConfig) -> None:
     record = config.to_record()
     if len(record) > MAX_CONFIG_SIZE:
         raise InvalidArgument(f"guest config is {len(record)} bytes; the limit is 1 MiB")
-    padded = record + b"\0" * (-len(record) % _BLOCK or 0)
+    padded = record + b"\0" * (-len(record) % _BLOCK)
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_bytes(b"\0" * EXIT_RECORD_SIZE + padded + b"\0" * _BLOCK)
     os.replace(tmp, path)

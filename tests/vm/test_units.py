@@ -1,0 +1,103 @@
+"""Fast checks of the guest/hypervisor pieces that need no VM."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from ember.errors import InvalidArgument
+from ember.guest.config import GuestConfig, GuestNetwork, read_exit_record, write_config_disk
+from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
+from ember.hypervisor import DiskSpec, VMSpec, get_hypervisor
+from ember.hypervisor.accel import detect_accel, host_tsc_khz
+from ember.hypervisor.qemu import build_command
+from ember.system.kernel import load_order
+
+
+def test_frames_roundtrip_across_split_reads_and_garbage() -> None:
+    frames = [Frame(MsgType.PING, 3, b"abc"), Frame(MsgType.STDIN, 7, b"", flags=1)]
+    stream = b"\x00garbage" + b"".join(encode(f) for f in frames)
+    decoder = Decoder()
+    got = [f for i in range(len(stream)) for f in decoder.feed(stream[i : i + 1])]
+    assert got == frames
+
+
+def test_record_encoding_repeats_list_keys() -> None:
+    assert encode_record({"arg": ["a", "b c"], "n": 5}) == b"arg=a\0arg=b c\0n=5\0"
+    with pytest.raises(ValueError):
+        encode_record({"arg": ["nul\0"]})
+
+
+def test_config_disk_layout_and_exit_record(tmp_path: Path) -> None:
+    disk = tmp_path / "config.img"
+    config = GuestConfig(
+        entrypoint=["/bin/app"],
+        cmd=["--x"],
+        env={"A": "1"},
+        network=GuestNetwork(ip="10.0.0.2", prefix=24, gateway="10.0.0.1", dns=["1.1.1.1"]),
+    )
+    write_config_disk(disk, config)
+    data = disk.read_bytes()
+    assert len(data) % 4096 == 0 and data[:4096] == b"\0" * 4096
+    records = data[4096:].rstrip(b"\0").split(b"\0")
+    assert records[:3] == [b"arg=/bin/app", b"arg=--x", b"env=A=1"]
+    assert b"net.ip=10.0.0.2" in records and b"net.dns=1.1.1.1" in records
+    assert read_exit_record(disk) is None
+    with disk.open("r+b") as f:
+        f.write(b'{"exit_code":3,"signal":0,"message":"exited with code 3"}')
+    record = read_exit_record(disk)
+    assert record is not None and record.exit_code == 3
+
+
+def test_config_rejects_bad_env_names(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument):
+        write_config_disk(tmp_path / "c", GuestConfig(env={"A=B": "x"}))
+
+
+def test_module_load_order_puts_dependencies_first() -> None:
+    dep = "k/virtio_blk.ko: k/virtio_ring.ko k/virtio.ko\nk/virtio_ring.ko:\nk/virtio.ko:\n"
+    order = load_order(dep, ("virtio_blk", "ext4"), builtin={"ext4"})
+    assert order == ["k/virtio_ring.ko", "k/virtio.ko", "k/virtio_blk.ko"]
+
+
+def test_accel_detection(tmp_path: Path) -> None:
+    assert detect_accel("tcg") == "tcg" and detect_accel("kvm") == "kvm"
+    (tmp_path / "sys/module/kvm_pvm").mkdir(parents=True)
+    assert detect_accel("auto", root=tmp_path) == "tcg"
+    with pytest.raises(InvalidArgument):
+        detect_accel("hvf")
+    assert host_tsc_khz("processor : 0\ncpu MHz\t\t: 2445.404\n") == 2445404
+
+
+def test_unavailable_hypervisors_are_refused_clearly() -> None:
+    with pytest.raises(InvalidArgument, match="'firecracker' is not available on this host"):
+        get_hypervisor("firecracker")
+    hv = get_hypervisor("qemu", accel="tcg")
+    assert not hv.capabilities.hotplug_memory and hv.capabilities.disk_io_limit
+
+
+def test_qemu_command_line(tmp_path: Path) -> None:
+    spec = VMSpec(
+        instance_dir=tmp_path,
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd.gz",
+        cmdline="console=ttyS0",
+        vcpus=2,
+        memory_bytes=512 << 20,
+        serial_log=tmp_path / "a,b.log",
+        agent_socket=tmp_path / "agent.sock",
+        qmp_socket=tmp_path / "qmp.sock",
+        pid_file=tmp_path / "qemu.pid",
+        disks=[DiskSpec(tmp_path / "root", "ember-root", readonly=True, bps_limit=1000)],
+        tap="tap0",
+        mac="02:00:00:00:00:01",
+    )
+    cmd = build_command(spec, "kvm")
+    joined = " ".join(cmd)
+    assert "-accel kvm -cpu host" in joined and "-m 512M -smp 2" in joined
+    assert "-no-reboot" in cmd and "-daemonize" in cmd
+    assert f"path={tmp_path}/a,,b.log,append=on" in joined
+    assert "readonly=on,throttling.bps-total=1000" in joined
+    assert "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01" in joined
+    assert cmd[cmd.index("-append") + 1] == "console=ttyS0"
