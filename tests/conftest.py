@@ -1,17 +1,63 @@
 from __future__ import annotations
 
+import os
+import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
+import httpx
 import pytest
 
+from ember.testkit import BuiltImage, hello_image, push
 from tests.server import EmberServer
+
+os.environ.setdefault("EMBER_SYSTEM_DIR", "/var/lib/ember/system")
+
+
+def short_tmp() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ember-test-", dir="/tmp"))
 
 
 @pytest.fixture
-def ember_server(tmp_path: Path) -> Iterator[EmberServer]:
-    server = EmberServer(tmp_path / "data").start()
+def ember_server() -> Iterator[EmberServer]:
+    server = EmberServer(short_tmp() / "data").start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[EmberServer]:
+    """One server for a module of VM tests (booting is the slow part, not the server)."""
+    server = EmberServer(short_tmp() / "data").start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def wait_image(server: EmberServer, name: str, timeout: float = 60) -> dict[str, object]:
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    deadline = time.monotonic() + timeout
+    while True:
+        image: dict[str, object] = httpx.get(
+            f"{server.url}/images/{name.replace('/', '%2F')}", headers=headers
+        ).json()
+        if image.get("status") in ("ready", "failed") or time.monotonic() > deadline:
+            return image
+        time.sleep(0.1)
+
+
+def push_to_ember(server: EmberServer, image: BuiltImage, repository: str, tag: str) -> str:
+    """Push into the server's built-in registry; return the ready image's name."""
+    push(image, server.url, repository, tag, token=server.token())
+    name = f"127.0.0.1:{server.port}/{repository}:{tag}"
+    assert wait_image(server, name)["status"] == "ready"
+    return name
+
+
+@pytest.fixture(scope="module")
+def hello(shared_server: EmberServer) -> str:
+    return push_to_ember(shared_server, hello_image(), "hello", "latest")

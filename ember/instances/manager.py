@@ -24,7 +24,7 @@ from pydantic import BaseModel
 
 from ember.config import Settings
 from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
-from ember.guest.client import AgentClient, AgentStatus
+from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
 from ember.guest.config import GuestConfig, read_exit_record, write_config_disk
 from ember.hypervisor import DiskSpec, Hypervisor, VMHandle, VMSpec, get_hypervisor
 from ember.ids import is_id, new_id
@@ -389,7 +389,7 @@ class InstanceManager:
         finally:
             if agent_task is not None:
                 agent_task.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
+                with contextlib.suppress(asyncio.CancelledError, EmberError):
                     await agent_task
             agent = self._agents.pop(record.id, None)
             if agent is not None:
@@ -404,11 +404,14 @@ class InstanceManager:
             self._update(instance_id, lambda r: setattr(r, "state_error", message))
             return
         self._agents[instance_id] = agent
-        status = await agent.wait_ready()
-        if self._current(instance_id).state == State.INITIALIZING:
-            self._transition(instance_id, State.RUNNING)
-        record_event(self._paths(instance_id).dir, f"guest agent: workload {status.state}")
-        status = await agent.wait_exit()
+        try:
+            status = await agent.wait_ready()
+            if self._current(instance_id).state == State.INITIALIZING:
+                self._transition(instance_id, State.RUNNING)
+            record_event(self._paths(instance_id).dir, f"guest agent: workload {status.state}")
+            status = await agent.wait_exit()
+        except AgentDisconnected:
+            return  # the VM is going away; the exit record on the config disk tells the rest
         self._update(instance_id, lambda r: _exited(r, status))
 
     async def _finish_stop(self, instance_id: str) -> None:
