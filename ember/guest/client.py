@@ -19,7 +19,7 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel
 
@@ -29,6 +29,7 @@ from ember.guest.protocol import (
     HEADER_SIZE,
     MAX_PAYLOAD,
     Decoder,
+    Flags,
     Frame,
     MsgType,
     encode,
@@ -59,6 +60,92 @@ class AgentError(EmberError):
     """The agent refused a request."""
 
 
+class ExecResult(BaseModel):
+    exit_code: int
+    signal: int = 0
+    message: str
+
+
+WINDOW = 256 * 1024  # initial per-channel credit, both directions (agent.c WINDOW)
+_CREDIT_BATCH = 64 * 1024
+
+
+class ExecSession:
+    """One process started by ``AgentClient.exec``; its stdio is channel-multiplexed."""
+
+    def __init__(self, client: AgentClient, channel: int) -> None:
+        self._client = client
+        self.channel = channel
+        self.pid = 0
+        self.result: ExecResult | None = None
+        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._send_credit = WINDOW
+        self._credit_changed = asyncio.Event()
+        self._consumed = 0
+
+    async def read(self) -> tuple[str, bytes] | None:
+        """Next ("stdout" | "stderr", bytes); None once the process exited and output ended."""
+        while self.result is None:
+            frame = await self._frames.get()
+            if frame is None:
+                raise AgentDisconnected("agent connection closed during exec")
+            if frame.type in (MsgType.STDOUT, MsgType.STDERR):
+                await self._grant(len(frame.payload))
+                return ("stdout" if frame.type == MsgType.STDOUT else "stderr", frame.payload)
+            if frame.type == MsgType.EXEC_EXIT:
+                self.result = ExecResult.model_validate(frame.json())
+            elif frame.type == MsgType.ERROR:
+                raise AgentError(str(frame.json().get("message", "exec failed")))
+        return None
+
+    async def wait(self) -> tuple[ExecResult, bytes, bytes]:
+        """Drain the output; returns (result, stdout, stderr)."""
+        out, err = bytearray(), bytearray()
+        while (chunk := await self.read()) is not None:
+            (out if chunk[0] == "stdout" else err).extend(chunk[1])
+        assert self.result is not None
+        return self.result, bytes(out), bytes(err)
+
+    async def write(self, data: bytes) -> None:
+        """Send stdin, waiting for the agent's credit when its window is full."""
+        view = memoryview(data)
+        while view:
+            while self._send_credit <= 0:
+                self._credit_changed.clear()
+                await self._credit_changed.wait()
+            n = min(len(view), self._send_credit, 32 * 1024)
+            self._send_credit -= n
+            await self._client._send(Frame(MsgType.STDIN, self.channel, bytes(view[:n])))
+            view = view[n:]
+
+    async def close_stdin(self) -> None:
+        await self._client._send(Frame(MsgType.STDIN, self.channel, b"", Flags.EOF))
+
+    async def resize(self, rows: int, cols: int) -> None:
+        record = encode_record({"rows": rows, "cols": cols})
+        await self._client._send(Frame(MsgType.RESIZE, self.channel, record))
+
+    async def signal(self, signum: int) -> None:
+        await self._client._request(
+            MsgType.SIGNAL, encode_record({"signal": signum, "channel": self.channel}), 5.0
+        )
+
+    async def _grant(self, n: int) -> None:
+        self._consumed += n
+        if self._consumed >= _CREDIT_BATCH:
+            record = encode_record({"credit": self._consumed})
+            self._consumed = 0
+            await self._client._send(Frame(MsgType.CREDIT, self.channel, record))
+
+    def _deliver(self, frame: Frame | None) -> None:
+        if frame is not None and frame.type == MsgType.CREDIT:
+            fields = dict(kv.split("=", 1) for kv in frame.payload.decode().split("\0") if kv)
+            self._send_credit += int(fields.get("credit", 0))
+            self._credit_changed.set()
+            return
+        self._frames.put_nowait(frame)
+
+
 class AgentClient:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self._reader = reader
@@ -69,6 +156,7 @@ class AgentClient:
         self._status: AgentStatus | None = None
         self._pending: dict[int, asyncio.Future[Frame]] = {}
         self._channels = itertools.count(1)
+        self._sessions: dict[int, ExecSession] = {}
         self._closed = asyncio.Event()
         self._task = asyncio.create_task(self._run())
 
@@ -117,6 +205,47 @@ class AgentClient:
     async def signal(self, signum: int, timeout: float = 5.0) -> None:
         """Send a signal to the workload (SIGTERM = graceful stop)."""
         await self._request(MsgType.SIGNAL, encode_record({"signal": signum}), timeout)
+
+    async def exec(
+        self,
+        argv: list[str],
+        *,
+        env: dict[str, str] | None = None,
+        cwd: str | None = None,
+        user: str | None = None,
+        tty: bool = False,
+        rows: int = 24,
+        cols: int = 80,
+        timeout: float = 10.0,
+    ) -> ExecSession:
+        """Start a process in the guest; exec failures come back as ``session.result``."""
+        await asyncio.wait_for(self._synced.wait(), timeout)
+        fields: dict[str, str | int | list[str]] = {
+            "arg": argv,
+            "env": [f"{k}={v}" for k, v in (env or {}).items()],
+            "tty": int(tty),
+            "rows": rows,
+            "cols": cols,
+        }
+        fields |= {k: v for k, v in (("cwd", cwd), ("user", user)) if v is not None}
+        session = ExecSession(self, next(self._channels))
+        self._sessions[session.channel] = session
+        await self._send(Frame(MsgType.EXEC_START, session.channel, encode_record(fields)))
+        first = await asyncio.wait_for(session._frames.get(), timeout)
+        if first is None:
+            raise AgentDisconnected("agent connection closed during exec")
+        if first.type == MsgType.ERROR:
+            raise AgentError(str(first.json().get("message", "exec failed")))
+        if first.type == MsgType.EXEC_EXIT:
+            session.result = ExecResult.model_validate(first.json())
+        else:
+            session.pid = int(first.json().get("pid", 0))
+        return session
+
+    async def stat(self, path: str, follow: bool = False, timeout: float = 5.0) -> dict[str, Any]:
+        """lstat (or stat) in the guest: mode, size, uid, gid, mtime, link_target."""
+        record = encode_record({"path": path, "follow": int(follow)})
+        return (await self._request(MsgType.STAT, record, timeout)).json()
 
     async def close(self) -> None:
         self._task.cancel()
@@ -202,6 +331,8 @@ class AgentClient:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(AgentDisconnected("agent connection closed"))
+            for session in self._sessions.values():
+                session._deliver(None)
 
     def _resync(self) -> None:
         if self._synced.is_set() or self._closed.is_set():
@@ -216,6 +347,11 @@ class AgentClient:
             if frame.type == MsgType.HELLO_ACK and self._nonce.encode() in frame.payload:
                 self._synced.set()
                 self._set_status(AgentStatus.model_validate(frame.json()["status"]))
+            return
+        if (session := self._sessions.get(frame.channel)) is not None:
+            session._deliver(frame)
+            if frame.type == MsgType.EXEC_EXIT:
+                self._sessions.pop(frame.channel, None)
             return
         if frame.channel != CONTROL_CHANNEL:
             future = self._pending.get(frame.channel)

@@ -31,7 +31,7 @@ def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "bin").mkdir(parents=True)
     (root / "etc").mkdir()
     shutil.copy("/bin/busybox", root / "bin" / "busybox")
-    for applet in ("sh", "echo", "sleep", "cat", "id", "pwd", "env", "ls"):
+    for applet in ("sh", "echo", "sleep", "cat", "id", "pwd", "env", "ls", "stty", "tty"):
         (root / "bin" / applet).symlink_to("busybox")
     (root / "etc" / "passwd").write_text(
         "root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/nonexistent:/bin/sh\n"

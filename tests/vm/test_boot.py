@@ -87,10 +87,35 @@ async def test_readoption_and_graceful_stop(boot: Boot) -> None:
     assert "caught TERM" in vm.serial_log()
 
 
-async def test_pause_resume_and_kill_by_signal(boot: Boot) -> None:
-    vm = await boot(GuestConfig(entrypoint=["/bin/sleep", "600"]))
+async def test_exec_stat_pause_resume_and_kill_by_signal(boot: Boot) -> None:
+    vm = await boot(GuestConfig(entrypoint=["/bin/sleep", "600"], env={"BASE": "from-config"}))
     async with await AgentClient.connect(vm.handle.agent_socket) as agent:
         assert (await agent.wait_ready(BOOT_TIMEOUT)).state == "running"
+
+        script = 'echo "out $BASE $EXTRA $(pwd)"; echo err >&2; read line; echo "got $line"; exit 5'
+        session = await agent.exec(["sh", "-c", script], env={"EXTRA": "x"}, cwd="/tmp")
+        assert session.pid > 0
+        await session.write(b"typed\n")
+        await session.close_stdin()
+        result, out, err = await session.wait()
+        assert (result.exit_code, result.message) == (5, "exited with code 5")
+        assert out == b"out from-config x /tmp\ngot typed\n" and err == b"err\n"
+
+        # Bulk output beyond the credit window must arrive complete.
+        session = await agent.exec(["sh", "-c", "cat /bin/busybox"])
+        result, out, _ = await session.wait()
+        assert result.exit_code == 0 and len(out) == (await agent.stat("/bin/busybox"))["size"]
+
+        tty = await agent.exec(["sh", "-c", "tty; stty size"], tty=True, rows=40, cols=100)
+        _, out, _ = await tty.wait()
+        assert b"/dev/pts/" in out and b"40 100" in out
+
+        missing = await agent.exec(["nope"])
+        assert missing.result is not None and missing.result.exit_code == 127
+
+        info = await agent.stat("/bin/sh")
+        assert info["link_target"] == "busybox"
+
         await vm.hv.pause(vm.handle)
         async with await QMPClient.connect(vm.handle.qmp_socket) as qmp:
             assert (await qmp.execute("query-status"))["status"] == "paused"

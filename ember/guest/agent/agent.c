@@ -27,8 +27,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/types.h>
 #include <sys/wait.h>
@@ -46,7 +48,13 @@
 enum {
     T_HELLO = 0x01, T_HELLO_ACK = 0x02, T_STATUS = 0x03, T_READY = 0x04, T_EXIT = 0x05,
     T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_ERROR = 0x0F,
+    T_EXEC_START = 0x10, T_EXEC_STARTED = 0x11, T_STDIN = 0x12, T_STDOUT = 0x13,
+    T_STDERR = 0x14, T_RESIZE = 0x15, T_EXEC_EXIT = 0x16, T_CREDIT = 0x17, T_STAT = 0x20,
 };
+#define F_EOF 0x01
+#define MAX_SESSIONS 64
+#define WINDOW (256u << 10) /* initial per-channel credit, both directions */
+#define CHUNK (32u << 10)
 
 enum state { ST_STARTING, ST_RUNNING, ST_EXITED };
 static const char *state_names[] = {"starting", "running", "exited"};
@@ -74,6 +82,22 @@ static size_t inlen;
 static unsigned char *outq;
 static size_t outlen, outcap;
 static const char *config_dev;
+static sigset_t g_mask; /* signals the agent handles via signalfd */
+static struct kv cfg;   /* the instance config: exec sessions inherit its env */
+
+/* An exec session: one host channel, one process, its stdio and credits. */
+struct session {
+    uint32_t ch;
+    pid_t pid;
+    int in_fd, out_fd, err_fd; /* tty: in_fd == out_fd == pty master, err_fd -1 */
+    bool tty, in_eof, exited;
+    int status;
+    uint32_t credit; /* output bytes the host still accepts */
+    unsigned char *pending; /* stdin bytes not yet written */
+    size_t npending;
+};
+static struct session sessions[MAX_SESSIONS];
+static int nsessions;
 
 static void logmsg(const char *fmt, ...)
 {
@@ -376,14 +400,20 @@ static void mkdir_p(const char *path)
     mkdir(buf, 0755);
 }
 
-/* In the child: become the workload or report why not through `errfd`. */
+/* In the child: become the command or report why not through `errfd`.
+ * stdio[i] < 0 keeps fd i (stdin then reads /dev/null); tty makes stdio[0] the
+ * controlling terminal. */
 static void __attribute__((noreturn))
-exec_child(char **argv, char **env, const char *cwd, const char *user, int errfd, sigset_t *mask)
+exec_child(char **argv, char **env, const char *cwd, const char *user, int errfd,
+           const int stdio_in[3], bool tty)
 {
-    sigprocmask(SIG_UNBLOCK, mask, NULL);
+    sigprocmask(SIG_UNBLOCK, &g_mask, NULL);
     setsid();
-    int devnull = open("/dev/null", O_RDONLY);
-    if (devnull >= 0) { dup2(devnull, 0); if (devnull) close(devnull); }
+    int stdio[3] = {stdio_in[0], stdio_in[1], stdio_in[2]};
+    if (stdio[0] < 0) stdio[0] = open("/dev/null", O_RDONLY);
+    if (tty) ioctl(stdio[0], TIOCSCTTY, 0);
+    for (int i = 0; i < 3; i++)
+        if (stdio[i] >= 0 && stdio[i] != i) dup2(stdio[i], i);
     struct user u;
     const char *err = resolve_user(user, &u);
     char msg[300];
@@ -413,7 +443,7 @@ exec_child(char **argv, char **env, const char *cwd, const char *user, int errfd
 }
 
 /* Fork+exec with a close-on-exec pipe: EOF means exec succeeded. */
-static void start_workload(struct kv *cfg, sigset_t *mask)
+static void start_workload(struct kv *cfg)
 {
     char **argv = kv_list(cfg, "arg"), **env = kv_list(cfg, "env");
     const char *cwd = kv_get(cfg, "cwd"), *user = kv_get(cfg, "user");
@@ -427,7 +457,10 @@ static void start_workload(struct kv *cfg, sigset_t *mask)
     int pfd[2];
     if (pipe2(pfd, O_CLOEXEC) < 0) { logmsg("pipe: %s", strerror(errno)); return; }
     pid_t pid = fork();
-    if (pid == 0) { close(pfd[0]); exec_child(argv, env, cwd, user, pfd[1], mask); }
+    if (pid == 0) {
+        close(pfd[0]);
+        exec_child(argv, env, cwd, user, pfd[1], (int[3]){-1, -1, -1}, false);
+    }
     close(pfd[1]);
     wl.pid = pid;
     char buf[400];
@@ -447,6 +480,236 @@ static void start_workload(struct kv *cfg, sigset_t *mask)
     wl.state = ST_RUNNING;
 }
 
+/* ---------- exec sessions ---------- */
+
+static struct session *find_session(uint32_t ch)
+{
+    for (int i = 0; i < nsessions; i++)
+        if (sessions[i].ch == ch) return &sessions[i];
+    return NULL;
+}
+
+static void close_fd(int *fd)
+{
+    if (*fd >= 0) close(*fd);
+    *fd = -1;
+}
+
+static void drop_session(struct session *s)
+{
+    if (s->in_fd >= 0 && s->in_fd != s->out_fd) close(s->in_fd);
+    close_fd(&s->out_fd);
+    close_fd(&s->err_fd);
+    free(s->pending);
+    *s = sessions[--nsessions];
+}
+
+/* Session env: the instance's env, overridden by the request's. */
+static char **session_env(char **extra)
+{
+    char **base = kv_list(&cfg, "env");
+    size_t nb = 0, ne = 0;
+    while (base[nb]) nb++;
+    while (extra[ne]) ne++;
+    char **out = calloc(nb + ne + 1, sizeof(char *));
+    size_t n = 0;
+    for (size_t i = 0; i < nb; i++) {
+        size_t klen = strcspn(base[i], "=");
+        bool overridden = false;
+        for (size_t j = 0; j < ne && !overridden; j++)
+            overridden = !strncmp(extra[j], base[i], klen + 1);
+        if (!overridden) out[n++] = base[i];
+    }
+    for (size_t j = 0; j < ne; j++) out[n++] = extra[j];
+    free(base);
+    return out;
+}
+
+static void set_winsize(int fd, struct kv *req)
+{
+    const char *rows = kv_get(req, "rows"), *cols = kv_get(req, "cols");
+    struct winsize ws = {.ws_row = (unsigned short)(rows ? atoi(rows) : 24),
+                         .ws_col = (unsigned short)(cols ? atoi(cols) : 80)};
+    ioctl(fd, TIOCSWINSZ, &ws);
+}
+
+static void exec_start(uint32_t ch, struct kv *req)
+{
+    char **argv = kv_list(req, "arg"), **extra = kv_list(req, "env");
+    const char *cwd = kv_get(req, "cwd"), *user = kv_get(req, "user"), *tty = kv_get(req, "tty");
+    bool use_tty = tty && !strcmp(tty, "1");
+    if (!argv[0] || find_session(ch) || nsessions == MAX_SESSIONS) {
+        send_error(ch, !argv[0] ? "no command" : "channel busy or too many sessions");
+        goto out;
+    }
+    if (!cwd || !*cwd) cwd = kv_get(&cfg, "cwd");
+    if (!user) user = kv_get(&cfg, "user");
+    int child[3] = {-1, -1, -1}, parent[3] = {-1, -1, -1}, pfd[2];
+    if (use_tty) {
+        int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
+        if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0) {
+            send_error(ch, "cannot allocate a pty");
+            if (master >= 0) close(master);
+            goto out;
+        }
+        set_winsize(master, req);
+        int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
+        child[0] = child[1] = child[2] = slave;
+        parent[0] = parent[1] = master;
+    } else {
+        for (int i = 0; i < 3; i++) {
+            int p[2];
+            if (pipe2(p, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); goto out; }
+            child[i] = i == 0 ? p[0] : p[1];
+            parent[i] = i == 0 ? p[1] : p[0];
+        }
+    }
+    char **env = session_env(extra);
+    if (pipe2(pfd, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); free(env); goto out; }
+    pid_t pid = fork();
+    if (pid == 0) {
+        close(pfd[0]);
+        exec_child(argv, env, cwd && *cwd ? cwd : "/", user, pfd[1], child, use_tty);
+    }
+    free(env);
+    close(pfd[1]);
+    for (int i = 0; i < 3; i++)
+        if (child[i] >= 0 && (i == 0 || child[i] != child[0])) close(child[i]);
+    struct session *s = &sessions[nsessions++];
+    *s = (struct session){.ch = ch, .pid = pid, .in_fd = parent[0], .out_fd = parent[1],
+                          .err_fd = parent[2], .tty = use_tty, .credit = WINDOW};
+    for (int i = 0; i < 3; i++)
+        if (parent[i] >= 0) fcntl(parent[i], F_SETFL, O_NONBLOCK);
+    char buf[400];
+    ssize_t n;
+    do n = read(pfd[0], buf, sizeof buf - 1); while (n < 0 && errno == EINTR);
+    close(pfd[0]);
+    if (n > 0) { /* exec failed: the child reported "code message" and exits */
+        buf[n] = '\0';
+        char *sp = strchr(buf, ' '), js[600], out[700];
+        json_str(js, sizeof js, sp ? sp + 1 : "cannot execute");
+        snprintf(out, sizeof out, "{\"exit_code\":%d,\"signal\":0,\"message\":%s}", atoi(buf), js);
+        kill(pid, SIGKILL);
+        waitpid(pid, NULL, 0);
+        send_json(T_EXEC_EXIT, ch, out);
+        drop_session(s);
+        goto out;
+    }
+    snprintf(buf, sizeof buf, "{\"pid\":%d}", (int)pid);
+    send_json(T_EXEC_STARTED, ch, buf);
+out:
+    free(argv);
+    free(extra);
+}
+
+static void session_write_stdin(struct session *s)
+{
+    while (s->npending && s->in_fd >= 0) {
+        ssize_t w = write(s->in_fd, s->pending, s->npending);
+        if (w < 0) {
+            if (errno == EINTR) continue;
+            if (errno != EAGAIN) s->npending = 0; /* reader gone: discard */
+            break;
+        }
+        memmove(s->pending, s->pending + w, s->npending - (size_t)w);
+        s->npending -= (size_t)w;
+        char grant[32];
+        int k = snprintf(grant, sizeof grant, "credit=%zd", w);
+        send_frame(T_CREDIT, 0, s->ch, grant, (uint32_t)k + 1);
+    }
+    if (!s->npending && s->in_eof && s->in_fd >= 0 && !s->tty) close_fd(&s->in_fd);
+}
+
+static void session_stdin(struct session *s, uint8_t flags, unsigned char *p, uint32_t n)
+{
+    if (n) {
+        s->pending = realloc(s->pending, s->npending + n);
+        memcpy(s->pending + s->npending, p, n);
+        s->npending += n;
+    }
+    if (flags & F_EOF) {
+        s->in_eof = true;
+        if (s->tty && s->in_fd >= 0) { /* a terminal's EOF is ^D */
+            s->pending = realloc(s->pending, s->npending + 1);
+            s->pending[s->npending++] = 4;
+        }
+    }
+    session_write_stdin(s);
+}
+
+/* Forward up to `credit` bytes of output; EOF (or EIO on a pty) closes the fd. */
+static void session_read(struct session *s, int *fd, uint8_t type)
+{
+    unsigned char buf[CHUNK];
+    while (*fd >= 0 && s->credit > 0 && outlen < MAX_OUTQ / 2) {
+        size_t want = s->credit < sizeof buf ? s->credit : sizeof buf;
+        ssize_t r = read(*fd, buf, want);
+        if (r > 0) {
+            send_frame(type, 0, s->ch, buf, (uint32_t)r);
+            s->credit -= (uint32_t)r;
+            continue;
+        }
+        if (r < 0 && (errno == EINTR)) continue;
+        if (r < 0 && errno == EAGAIN) return;
+        if (s->tty && *fd == s->in_fd) s->in_fd = -1;
+        close_fd(fd);
+    }
+}
+
+/* A session ends once its process exited and its output is drained. */
+static void session_finish(struct session *s)
+{
+    if (!s->exited || s->out_fd >= 0 || s->err_fd >= 0) return;
+    char js[300], out[400];
+    int code, sig = 0;
+    char msg[200];
+    if (WIFEXITED(s->status)) {
+        code = WEXITSTATUS(s->status);
+        snprintf(msg, sizeof msg, "exited with code %d", code);
+    } else {
+        sig = WTERMSIG(s->status);
+        code = 128 + sig;
+        const char *abbrev = sigabbrev_np(sig);
+        snprintf(msg, sizeof msg, "killed by signal %d (SIG%s)", sig, abbrev ? abbrev : "?");
+    }
+    json_str(js, sizeof js, msg);
+    snprintf(out, sizeof out, "{\"exit_code\":%d,\"signal\":%d,\"message\":%s}", code, sig, js);
+    send_json(T_EXEC_EXIT, s->ch, out);
+    drop_session(s);
+}
+
+static void kill_sessions(void)
+{
+    while (nsessions) {
+        if (!sessions[0].exited) kill(-sessions[0].pid, SIGKILL);
+        drop_session(&sessions[0]);
+    }
+}
+
+static void stat_path(uint32_t ch, struct kv *req)
+{
+    const char *path = kv_get(req, "path"), *follow = kv_get(req, "follow");
+    struct stat st;
+    int r = !path ? -1 : follow && !strcmp(follow, "1") ? stat(path, &st) : lstat(path, &st);
+    if (r < 0) {
+        char js[600], out[700];
+        json_str(js, sizeof js, path ? strerror(errno) : "no path");
+        snprintf(out, sizeof out, "{\"message\":%s,\"errno\":%d}", js, path ? errno : EINVAL);
+        send_json(T_ERROR, ch, out);
+        return;
+    }
+    char target[4096] = "", js[8300], out[8600];
+    if (S_ISLNK(st.st_mode)) {
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+    }
+    json_str(js, sizeof js, target);
+    snprintf(out, sizeof out,
+             "{\"mode\":%u,\"size\":%lld,\"uid\":%u,\"gid\":%u,\"mtime\":%lld,\"link_target\":%s}",
+             st.st_mode, (long long)st.st_size, st.st_uid, st.st_gid, (long long)st.st_mtime, js);
+    send_json(T_STAT, ch, out);
+}
+
 /* ---------- host requests ---------- */
 
 static void handle_signal_req(uint32_t ch, struct kv *req)
@@ -454,6 +717,14 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
     const char *s = kv_get(req, "signal");
     int sig = s ? atoi(s) : 0;
     if (sig <= 0 || sig >= 65) { send_error(ch, "missing or invalid signal"); return; }
+    const char *target = kv_get(req, "channel");
+    if (target) { /* to an exec session's process group */
+        struct session *s = find_session((uint32_t)strtoul(target, NULL, 10));
+        if (!s || s->exited) send_error(ch, "no such running session");
+        else if (kill(-s->pid, sig) < 0) send_error(ch, strerror(errno));
+        else send_json(T_STATUS, ch, "{}");
+        return;
+    }
     if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
     /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
     if (wl.init_mode && sig == SIGTERM) sig = SIGRTMIN + 4;
@@ -465,13 +736,13 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
 
 static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
 {
-    (void)flags;
     char buf[2048];
     struct kv req;
     switch (type) {
     case T_HELLO: {
-        /* A (re)connected host: forget the old connection's half-sent data. */
+        /* A (re)connected host: forget the old connection's data and sessions. */
         outlen = 0;
+        kill_sessions();
         char nonce[64] = "";
         snprintf(nonce, sizeof nonce, "%.*s", (int)(n < 63 ? n : 63), (char *)p);
         int k = snprintf(buf, sizeof buf, "{\"nonce\":");
@@ -493,6 +764,26 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
         kv_parse((char *)p, n, &req);
         handle_signal_req(ch, &req);
         break;
+    case T_EXEC_START:
+        kv_parse((char *)p, n, &req);
+        exec_start(ch, &req);
+        break;
+    case T_STAT:
+        kv_parse((char *)p, n, &req);
+        stat_path(ch, &req);
+        break;
+    case T_STDIN:
+    case T_RESIZE:
+    case T_CREDIT: {
+        struct session *s = find_session(ch);
+        if (!s) break; /* the session ended meanwhile */
+        if (type == T_STDIN) { session_stdin(s, flags, p, n); break; }
+        kv_parse((char *)p, n, &req);
+        if (type == T_RESIZE && s->tty) set_winsize(s->in_fd, &req);
+        const char *c = kv_get(&req, "credit");
+        if (type == T_CREDIT && c) s->credit += (uint32_t)strtoul(c, NULL, 10);
+        break;
+    }
     default:
         snprintf(buf, sizeof buf, "unknown message type %u", type);
         send_error(ch, buf);
@@ -554,8 +845,11 @@ static void open_port(void)
 static void reap(void)
 {
     int status;
-    for (pid_t pid; (pid = waitpid(-1, &status, WNOHANG)) > 0;)
+    for (pid_t pid; (pid = waitpid(-1, &status, WNOHANG)) > 0;) {
         if (pid == wl.pid && wl.state == ST_RUNNING) workload_exited(status);
+        for (int i = 0; i < nsessions; i++)
+            if (sessions[i].pid == pid) { sessions[i].exited = true; sessions[i].status = status; }
+    }
 }
 
 static void handle_signals(int sfd)
@@ -595,7 +889,16 @@ static void loop(int sfd)
 {
     for (;;) {
         if (wl.state == ST_EXITED && !wl.init_mode && getpid() == 1) power_off();
-        struct pollfd fds[2] = {{.fd = sfd, .events = POLLIN}, {.fd = -1}};
+        struct pollfd fds[2 + 2 * MAX_SESSIONS] = {{.fd = sfd, .events = POLLIN}, {.fd = -1}};
+        int nfds = 2;
+        for (int i = 0; i < nsessions; i++) {
+            struct session *s = &sessions[i];
+            /* Without credit, leave output fds out: their HUP would spin the loop. */
+            fds[nfds++] = (struct pollfd){.fd = s->credit ? s->out_fd : -1, .events = POLLIN};
+            fds[nfds++] = (struct pollfd){.fd = s->credit ? s->err_fd : -1, .events = POLLIN};
+            if (s->npending && s->in_fd >= 0 && s->in_fd != s->out_fd)
+                fds[nfds - 1] = (struct pollfd){.fd = s->in_fd, .events = POLLOUT};
+        }
         int timeout = -1;
         if (port_fd >= 0) {
             /* While no host is attached the port polls HUP forever: probe slowly. */
@@ -603,10 +906,19 @@ static void loop(int sfd)
             if (!host_up && poll(&probe, 1, 0) >= 0 && (probe.revents & POLLHUP)) timeout = 200;
             else fds[1] = (struct pollfd){.fd = port_fd, .events = POLLIN | (outlen ? POLLOUT : 0)};
         }
-        if (poll(fds, 2, timeout) < 0 && errno != EINTR) logmsg("poll: %s", strerror(errno));
+        if (poll(fds, (nfds_t)nfds, timeout) < 0 && errno != EINTR)
+            logmsg("poll: %s", strerror(errno));
         if (fds[0].revents & POLLIN) handle_signals(sfd);
         if (fds[1].revents & POLLHUP) { host_down(); continue; }
         if (fds[1].revents & POLLIN) read_port();
+        /* Sessions: cheap non-blocking attempts on every iteration. */
+        for (int i = nsessions - 1; i >= 0; i--) {
+            struct session *s = &sessions[i];
+            session_write_stdin(s);
+            session_read(s, &s->out_fd, T_STDOUT);
+            session_read(s, &s->err_fd, T_STDERR);
+            session_finish(s);
+        }
         flush_out();
         if (fds[1].revents & POLLOUT) flush_out();
     }
@@ -639,7 +951,6 @@ int main(int argc, char **argv)
     size_t clen;
     char *craw = read_config(config_dev, &clen);
     if (!craw) { logmsg("cannot read config %s: %s", config_dev, strerror(errno)); return 1; }
-    static struct kv cfg;
     kv_parse(craw, clen, &cfg);
     inbuf = malloc(HDR + MAX_PAYLOAD);
 
@@ -649,6 +960,7 @@ int main(int argc, char **argv)
         if (s != SIGKILL && s != SIGSTOP && s != SIGSEGV && s != SIGBUS && s != SIGFPE && s != SIGILL)
             sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, NULL);
+    g_mask = mask;
     /* The kernel drops signals to PID 1 that have no handler, even blocked ones. */
     struct sigaction sa = {.sa_handler = noop_handler};
     for (int s = 1; s < 32; s++)
@@ -670,7 +982,7 @@ int main(int argc, char **argv)
         wl.pid = 1;
         wl.state = ST_RUNNING;
     } else {
-        start_workload(&cfg, &mask);
+        start_workload(&cfg);
     }
     free(args);
     int sfd = signalfd(-1, &mask, SFD_NONBLOCK | SFD_CLOEXEC);
