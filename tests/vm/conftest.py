@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.guest.config import GuestConfig, write_config_disk
+from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
 from ember.hypervisor import DiskSpec, VMHandle, VMSpec, get_hypervisor
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.system import BootArtifacts, prepare
@@ -62,9 +62,7 @@ async def boot(artifacts: BootArtifacts, rootfs: Path, tmp_path: Path) -> AsyncI
 
     async def start(config: GuestConfig) -> BootedVM:
         overlay = tmp_path / "overlay.ext4"
-        with overlay.open("wb") as f:
-            f.truncate(256 << 20)  # sparse
-        subprocess.run(["mkfs.ext4", "-q", "-F", str(overlay)], check=True)
+        create_overlay_disk(overlay, 256 << 20)
         config_disk = tmp_path / "config.img"
         write_config_disk(config_disk, config)
         spec = VMSpec(
