@@ -25,12 +25,16 @@ from pydantic import BaseModel
 from ember.config import Settings
 from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
 from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
-from ember.guest.config import GuestConfig, read_exit_record, write_config_disk
+from ember.guest.config import (
+    GuestConfig,
+    create_overlay_disk,
+    read_exit_record,
+    write_config_disk,
+)
 from ember.hypervisor import DiskSpec, Hypervisor, VMHandle, VMSpec, get_hypervisor
 from ember.ids import is_id, new_id
 from ember.images.manager import ImageManager
 from ember.images.models import ImageRecord
-from ember.instances.disks import create_overlay_disk
 from ember.instances.logs import LogSource, log_path, read_log, record_event
 from ember.instances.models import InstanceRecord
 from ember.instances.state import ACTIVE, State, check_transition

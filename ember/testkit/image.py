@@ -102,7 +102,8 @@ def layer_tar(layer: Layer) -> bytes:
     """A gzip-compressed tar of `layer`, deterministic (fixed mtimes, sorted paths)."""
     raw = io.BytesIO()
     with tarfile.open(fileobj=raw, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for path in sorted(layer):
+        # Hard links after everything else: their targets must already be in the archive.
+        for path in sorted(layer, key=lambda p: (layer[p].kind == "hardlink", p)):
             entry = layer[path]
             info = tarfile.TarInfo(path)
             info.mode, info.uid, info.gid, info.mtime = (

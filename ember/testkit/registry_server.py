@@ -49,8 +49,13 @@ class RegistryServer:
             self.process.wait()
 
 
-def start_registry(root: Path, htpasswd: Path | None = None, timeout: float = 20) -> RegistryServer:
-    """Start a registry storing under `root`; with `htpasswd`, it requires Basic auth."""
+def start_registry(
+    root: Path, htpasswd: Path | None = None, extra_config: str = "", timeout: float = 20
+) -> RegistryServer:
+    """Start a registry storing under `root`; with `htpasswd`, it requires Basic auth.
+
+    `extra_config` is appended to the YAML config (e.g. an `auth: token:` section).
+    """
     binary = shutil.which(BINARY) or "/usr/bin/docker-registry"
     port = free_port()
     root.mkdir(parents=True, exist_ok=True)
@@ -62,7 +67,7 @@ def start_registry(root: Path, htpasswd: Path | None = None, timeout: float = 20
         f"storage:\n  filesystem:\n    rootdirectory: {root / 'data'}\n"
         "  delete:\n    enabled: true\n"
         f"http:\n  addr: 127.0.0.1:{port}\n"
-        f"{auth}"
+        f"{auth}{extra_config}"
     )
     log = (root / "registry.log").open("ab")
     process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)

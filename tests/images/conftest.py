@@ -1,0 +1,120 @@
+"""Independent registries for pull tests: Debian's docker-registry, open or behind auth."""
+
+from __future__ import annotations
+
+import base64
+import datetime
+import json
+import secrets
+import subprocess
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import bcrypt
+import jwt
+import pytest
+
+from ember.testkit.registry_server import RegistryServer, free_port, start_registry
+
+USER, PASSWORD = "tester", "s3cret-pass"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    server = start_registry(tmp_path_factory.mktemp("registry"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def basic_registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    root = tmp_path_factory.mktemp("basic-registry")
+    htpasswd = root / "htpasswd"
+    htpasswd.write_text(f"{USER}:{bcrypt.hashpw(PASSWORD.encode(), bcrypt.gensalt()).decode()}\n")
+    server = start_registry(root, htpasswd=htpasswd)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+class TokenService:
+    """A bearer token service like Docker Hub's: Basic credentials in, signed JWT out."""
+
+    def __init__(self, root: Path) -> None:
+        self.key, self.cert = root / "token.key", root / "token.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=ember-test-token", "-keyout", str(self.key), "-out", str(self.cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        der = subprocess.run(
+            ["openssl", "x509", "-in", str(self.cert), "-outform", "DER"],
+            check=True, capture_output=True,
+        ).stdout  # fmt: skip
+        self.x5c = base64.b64encode(der).decode()
+        self.port = free_port()
+        self.requests: list[dict[str, list[str]]] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", self.port), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def realm(self) -> str:
+        return f"http://127.0.0.1:{self.port}/token"
+
+    def token(self, scope: str) -> str:
+        kind, name, actions = scope.split(":")
+        now = datetime.datetime.now(datetime.UTC)
+        claims = {
+            "iss": "ember-test-issuer", "sub": USER, "aud": "ember-test",
+            "iat": now, "nbf": now - datetime.timedelta(seconds=30),
+            "exp": now + datetime.timedelta(minutes=5), "jti": secrets.token_hex(8),
+            "access": [{"type": kind, "name": name, "actions": actions.split(",")}],
+        }  # fmt: skip
+        return jwt.encode(claims, self.key.read_bytes(), "RS256", headers={"x5c": [self.x5c]})
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        service = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                query = parse_qs(urlparse(self.path).query)
+                service.requests.append(query)
+                expected = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+                if self.headers.get("Authorization") != f"Basic {expected}":
+                    self.send_response(401)
+                    self.end_headers()
+                    return
+                body = json.dumps({"token": service.token(query["scope"][0])}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture(scope="module")
+def token_registry(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[tuple[RegistryServer, TokenService]]:
+    root = tmp_path_factory.mktemp("token-registry")
+    tokens = TokenService(root)
+    auth = (
+        f"auth:\n  token:\n    realm: {tokens.realm}\n    service: ember-test\n"
+        f"    issuer: ember-test-issuer\n    rootcertbundle: {tokens.cert}\n"
+    )
+    server = start_registry(root, extra_config=auth)
+    try:
+        yield server, tokens
+    finally:
+        server.stop()
+        tokens.server.shutdown()
