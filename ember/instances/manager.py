@@ -23,7 +23,14 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from ember.config import Settings
-from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
+from ember.errors import (
+    Conflict,
+    EmberError,
+    InvalidArgument,
+    InvalidState,
+    NotFound,
+    Unavailable,
+)
 from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
 from ember.guest.config import (
     GuestConfig,
@@ -162,6 +169,22 @@ class InstanceManager:
             for r in self.repo.all()
             if (state is None or r.state == state) and wanted <= r.tags.items()
         ]
+
+    def agent(self, ref: str) -> tuple[InstanceRecord, AgentClient]:
+        """The live guest agent connection of a running instance, for exec, stat and copy."""
+        record = self.get(ref)
+        if record.skip_guest_agent:
+            raise InvalidState(
+                f"instance {record.name!r} was created with skip_guest_agent: "
+                "exec, stat and copy need the guest agent",
+                code="agent_unavailable",
+            )
+        if record.state not in (State.RUNNING, State.INITIALIZING):
+            raise _invalid(record, "reach the guest of", "it is not running")
+        agent = self._agents.get(record.id)
+        if agent is None or not agent.connected:
+            raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
+        return record, agent
 
     def _image_users(self, image: ImageRecord) -> list[str]:
         return [r.name for r in self.repo.all() if r.image == image.name]
