@@ -10,7 +10,7 @@ import httpx
 import pytest
 
 from ember.testkit import BuiltImage, hello_image, push
-from tests.server import EmberServer
+from ember.testkit.ember_server import EmberServer
 
 os.environ.setdefault("EMBER_SYSTEM_DIR", "/var/lib/ember/system")
 

@@ -13,7 +13,7 @@ from pydantic import BaseModel, Field
 
 from ember.api.errors import install_error_handlers
 from ember.errors import Conflict, NotFound
-from tests.server import EmberServer
+from ember.testkit.ember_server import EmberServer
 
 
 def test_health_and_auth_with_official_client(ember_server: EmberServer) -> None:

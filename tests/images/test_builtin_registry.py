@@ -10,9 +10,9 @@ import pytest
 from hypeman import Hypeman
 
 from ember.testkit import build_image, busybox_layer, hello_image, padded_image, push
+from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import file, write_oci_layout
 from tests.conftest import wait_image
-from tests.server import EmberServer
 
 
 @pytest.fixture

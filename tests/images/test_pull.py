@@ -14,11 +14,11 @@ import pytest
 from hypeman import BadRequestError, Hypeman, NotFoundError
 
 from ember.testkit import build_image, build_index, busybox_layer, hello_image, push
+from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import Layer, directory, file, hardlink, opaque, symlink, whiteout
 from ember.testkit.registry_server import RegistryServer
 from tests.conftest import short_tmp, wait_image
 from tests.images.conftest import PASSWORD, USER, TokenService
-from tests.server import EmberServer
 
 
 @pytest.fixture(scope="module")

@@ -11,7 +11,7 @@ import httpx
 import pytest
 from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
 
-from tests.server import EmberServer
+from ember.testkit.ember_server import EmberServer
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"  # TCG on a shared 2-core machine

@@ -1,10 +1,9 @@
-"""Run a real `ember serve` process for end-to-end tests."""
+"""Run a real `ember serve` process: for end-to-end tests, benchmarks and the demo."""
 
 from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,13 +13,7 @@ from pathlib import Path
 import httpx
 
 from ember.api.auth import load_or_create_secret, mint_token
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+from ember.testkit.registry_server import free_port
 
 
 @dataclass
@@ -44,6 +37,7 @@ class EmberServer:
             "EMBER_LISTEN": f"127.0.0.1:{self.port}",
             **self.env,
         }
+        self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir.parent / f"ember-{self.port}.log", "ab")  # noqa: SIM115
         self.process = subprocess.Popen(
             [sys.executable, "-m", "ember.cli.main", "serve"], env=env, stdout=log, stderr=log
