@@ -1,6 +1,5 @@
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from collections.abc import Iterator
@@ -11,8 +10,6 @@ import pytest
 
 from ember.testkit import BuiltImage, hello_image, push
 from ember.testkit.ember_server import EmberServer
-
-os.environ.setdefault("EMBER_SYSTEM_DIR", "/var/lib/ember/system")
 
 
 def short_tmp() -> Path:

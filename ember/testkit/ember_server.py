@@ -13,6 +13,7 @@ from pathlib import Path
 import httpx
 
 from ember.api.auth import load_or_create_secret, mint_token
+from ember.system import DEFAULT_SYSTEM_DIR
 from ember.testkit.registry_server import free_port
 
 
@@ -35,6 +36,8 @@ class EmberServer:
             **os.environ,
             "EMBER_DATA_DIR": str(self.data_dir),
             "EMBER_LISTEN": f"127.0.0.1:{self.port}",
+            # Boot artifacts are shared: `make setup` prepares them once for every data dir.
+            "EMBER_SYSTEM_DIR": os.environ.get("EMBER_SYSTEM_DIR", str(DEFAULT_SYSTEM_DIR)),
             **self.env,
         }
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
