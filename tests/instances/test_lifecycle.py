@@ -11,7 +11,9 @@ import httpx
 import pytest
 from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
 
+from ember.testkit import build_image, busybox_layer
 from ember.testkit.ember_server import EmberServer
+from tests.conftest import push_to_ember
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"  # TCG on a shared 2-core machine
@@ -136,3 +138,27 @@ def test_sse_format(shared_server: EmberServer, hello: str) -> None:
     headers = {"Authorization": f"Bearer {shared_server.token()}"}
     answer = httpx.get(f"{shared_server.url}/instances/nope/logs", headers=headers)
     assert answer.status_code == 404 and answer.json()["code"] == "not_found"
+
+
+def test_failed_create_leaves_nothing(client: Hypeman, shared_server: EmberServer) -> None:
+    image = build_image([busybox_layer()])  # no entrypoint, no cmd: nothing to run
+    name = push_to_ember(shared_server, image, "nothing/to-run", "v1")
+    before = sorted(p.name for p in (shared_server.data_dir / "instances").iterdir())
+    with pytest.raises(BadRequestError, match="no entrypoint or cmd"):
+        client.instances.create(name="empty", image=name, vcpus=1, size="256MB")
+    with pytest.raises(NotFoundError):
+        client.instances.get("empty")
+    after = sorted(p.name for p in (shared_server.data_dir / "instances").iterdir())
+    assert after == before
+    assert subprocess.run(["pgrep", "-f", "guest=empty"], check=False).returncode != 0
+
+
+def test_lookup_by_prefix_and_tag_filters(client: Hypeman, hello: str) -> None:
+    inst = client.instances.create(
+        name="tagged", image=hello, vcpus=1, size="256MB", tags={"team": "core", "env": "ci"},
+        cmd=["/hello"],
+    )  # fmt: skip
+    assert client.instances.get(inst.id[:10]).id == inst.id
+    assert [i.id for i in client.instances.list(tags={"team": "core"})] == [inst.id]
+    assert client.instances.list(tags={"team": "other"}) == []
+    client.instances.delete("tagged")
