@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -58,7 +59,9 @@ class BlobStore:
         self.blobs_dir = root / "sha256"
         self.tmp_dir = root / "tmp"
         self.blobs_dir.mkdir(parents=True, exist_ok=True)
-        self.tmp_dir.mkdir(parents=True, exist_ok=True)
+        # Whatever a killed server was writing is garbage: nothing reads from tmp/.
+        shutil.rmtree(self.tmp_dir, ignore_errors=True)
+        self.tmp_dir.mkdir(parents=True)
 
     def path(self, digest: str) -> Path:
         return self.blobs_dir / _hex(digest)

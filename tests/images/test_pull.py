@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import shutil
+import signal
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,7 +15,14 @@ import httpx
 import pytest
 from hypeman import BadRequestError, Hypeman, NotFoundError
 
-from ember.testkit import build_image, build_index, busybox_layer, hello_image, push
+from ember.testkit import (
+    build_image,
+    build_index,
+    busybox_layer,
+    hello_image,
+    padded_image,
+    push,
+)
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import Layer, directory, file, hardlink, opaque, symlink, whiteout
 from ember.testkit.registry_server import RegistryServer
@@ -206,3 +215,25 @@ def test_bad_requests_tag_and_delete(
     )
     assert all(i["name"] != name for i in listed.json())
     shutil.rmtree(registry.root / "data" / "docker" / "registry" / "v2" / "repositories" / "to")
+
+
+def test_server_restart_mid_pull_resumes(registry: RegistryServer) -> None:
+    image = padded_image(60 * 1024 * 1024, layers=3)
+    push(image, registry.url, "big/resume", "v1")
+    name = f"{registry.host}/big/resume:v1"
+    ember = EmberServer(short_tmp() / "data").start()
+    try:
+        client = Hypeman(base_url=ember.url, api_key=ember.token(), max_retries=0)
+        client.images.create(name=name)
+        deadline = time.monotonic() + 30
+        while client.images.get(name).status == "pending":
+            assert time.monotonic() < deadline
+            time.sleep(0.01)
+        ember.stop(signal.SIGKILL)  # mid-pull (or mid-conversion): no clean shutdown
+        ember.start()
+        resumed = wait_image(ember, name, timeout=120)
+        assert resumed["status"] == "ready", resumed
+        assert resumed["digest"] == image.digest
+        assert list((ember.data_dir / "blobs" / "tmp").iterdir()) == []
+    finally:
+        ember.stop()
