@@ -7,8 +7,10 @@ import json
 import shutil
 import signal
 import subprocess
+import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import httpx
@@ -237,3 +239,34 @@ def test_server_restart_mid_pull_resumes(registry: RegistryServer) -> None:
         assert list((ember.data_dir / "blobs" / "tmp").iterdir()) == []
     finally:
         ember.stop()
+
+
+class RateLimited(BaseHTTPRequestHandler):
+    """A registry that always answers 429, asking to retry at once."""
+
+    hits = 0
+
+    def do_GET(self) -> None:
+        type(self).hits += 1
+        self.send_response(429)
+        self.send_header("Retry-After", "0")
+        self.send_header("Content-Length", "0")
+        self.end_headers()
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_rate_limited_registry_is_retried_then_reported(
+    client: Hypeman, server: EmberServer
+) -> None:
+    busy = ThreadingHTTPServer(("127.0.0.1", 0), RateLimited)
+    threading.Thread(target=busy.serve_forever, daemon=True).start()
+    try:
+        name = f"127.0.0.1:{busy.server_address[1]}/busy/app:v1"
+        failed = pull(client, server, name)
+        assert failed["status"] == "failed"
+        assert "rate limited (429)" in str(failed["error"])
+        assert RateLimited.hits == 4  # retried, within bounds
+    finally:
+        busy.shutdown()
