@@ -112,6 +112,11 @@ class InstanceManager:
         """Adopt the VMs that kept running while the server was down."""
         self.instances_dir.mkdir(parents=True, exist_ok=True)
         self.runtime_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            system = self._system()
+            log.info("guest kernel %s, initrd %s", system.kernel_version, system.initrd_hash)
+        except Unavailable as exc:  # the API still serves; creates will say the same
+            log.warning("instances cannot boot: %s", exc.message)
         for record in self.repo.all():
             try:
                 await self._adopt(record)
