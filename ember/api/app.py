@@ -11,12 +11,12 @@ from ember import __version__
 from ember.api.deps import require_auth
 from ember.api.errors import install_error_handlers
 from ember.api.middleware import RequestIdMiddleware
-from ember.api.routes import health, images, instances, registry
+from ember.api.routes import guest_access, health, images, instances, registry
 from ember.api.services import Services
 from ember.config import Settings
 
 # Routers that need a valid bearer token, one per resource.
-PROTECTED_ROUTERS: list[APIRouter] = [images.router, instances.router]
+PROTECTED_ROUTERS: list[APIRouter] = [images.router, instances.router, guest_access.router]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -41,6 +41,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
     app.include_router(registry.router)  # checks tokens itself, as registry clients expect
+    app.include_router(guest_access.sockets)  # WebSockets check tokens before the upgrade
     for router in PROTECTED_ROUTERS:
         app.include_router(router, dependencies=[Depends(require_auth)])
     return app

@@ -45,6 +45,7 @@ from ember.images.models import ImageRecord
 from ember.instances.logs import LogSource, log_path, read_log, record_event
 from ember.instances.models import InstanceRecord
 from ember.instances.state import ACTIVE, State, check_transition
+from ember.instances.stats import ProcessStats, process_stats
 from ember.store import Repository, Store
 from ember.system import BootArtifacts, load
 from ember.units import parse_rate, parse_size
@@ -190,6 +191,12 @@ class InstanceManager:
         if agent is None or not agent.connected:
             raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
         return record, agent
+
+    def stats(self, ref: str) -> tuple[InstanceRecord, ProcessStats]:
+        """What the VMM process spends now (zeros while no VMM runs)."""
+        record = self.get(ref)
+        usage = process_stats(record.pid) if record.pid is not None else None
+        return record, usage or ProcessStats(cpu_seconds=0.0, rss_bytes=0, vms_bytes=0)
 
     def _image_users(self, image: ImageRecord) -> list[str]:
         return [r.name for r in self.repo.all() if r.image == image.name]

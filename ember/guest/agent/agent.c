@@ -18,7 +18,9 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <ftw.h>
 #include <grp.h>
+#include <libgen.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -944,8 +946,130 @@ static char *read_config(const char *dev, size_t *len)
     return buf;
 }
 
+/* ---------- copy: `agent cp-out PATH FOLLOW` and `agent cp-in PATH MODE UID GID ISDIR` ----------
+ * The host runs these as exec sessions, so copies ride the exec channel and its
+ * credit-based flow control instead of needing a protocol of their own.
+ * cp-out writes, for each entry of the tree (parents first), one JSON header
+ * line, then exactly `size` bytes of content for regular files. cp-in writes
+ * stdin to PATH through a temporary file and answers {"bytes_written":N}. */
+
+static char cp_prefix[4096];
+static size_t cp_root_len;
+
+static int cp_emit(const char *path, const struct stat *st, int flag, struct FTW *ftw)
+{
+    (void)ftw;
+    if (flag == FTW_NS || flag == FTW_DNR) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    bool reg = S_ISREG(st->st_mode), dir = S_ISDIR(st->st_mode), link = S_ISLNK(st->st_mode);
+    if (!reg && !dir && !link) return 0; /* devices, fifos and sockets are not copied */
+    char rel[8192], target[4096] = "", jp[16400], jt[8300];
+    snprintf(rel, sizeof rel, "%s%s", cp_prefix, path + cp_root_len);
+    if (link) {
+        ssize_t n = readlink(path, target, sizeof target - 1);
+        target[n > 0 ? n : 0] = '\0';
+    }
+    json_str(jp, sizeof jp, rel);
+    json_str(jt, sizeof jt, target);
+    printf("{\"path\":%s,\"mode\":%u,\"is_dir\":%s,\"is_symlink\":%s,\"link_target\":%s,"
+           "\"size\":%lld,\"mtime\":%lld,\"uid\":%u,\"gid\":%u}\n",
+           jp, st->st_mode & 0777, dir ? "true" : "false", link ? "true" : "false", jt,
+           reg ? (long long)st->st_size : 0LL, (long long)st->st_mtime, st->st_uid, st->st_gid);
+    if (!reg) return 0;
+    int fd = open(path, O_RDONLY | O_CLOEXEC);
+    if (fd < 0) {
+        fprintf(stderr, "%s: %s\n", path, strerror(errno));
+        return -1;
+    }
+    char buf[65536];
+    for (off_t left = st->st_size; left > 0;) {
+        ssize_t n = read(fd, buf, left < (off_t)sizeof buf ? (size_t)left : sizeof buf);
+        if (n <= 0) {
+            fprintf(stderr, "%s: changed size while being copied\n", path);
+            close(fd);
+            return -1;
+        }
+        fwrite(buf, 1, (size_t)n, stdout);
+        left -= n;
+    }
+    close(fd);
+    return 0;
+}
+
+static int cp_out(int argc, char **argv)
+{
+    if (argc < 2) { fprintf(stderr, "usage: agent cp-out PATH FOLLOW\n"); return 2; }
+    char root[4096], name[4096];
+    struct stat st;
+    snprintf(name, sizeof name, "%s", argv[0]);
+    if (lstat(argv[0], &st) < 0) { fprintf(stderr, "%s: %s\n", argv[0], strerror(errno)); return 1; }
+    /* Following links applies to the path asked for; links inside a tree are copied as links. */
+    if (!strcmp(argv[1], "1") ? !realpath(argv[0], root) : !snprintf(root, sizeof root, "%s", argv[0])) {
+        fprintf(stderr, "%s: %s\n", argv[0], strerror(errno));
+        return 1;
+    }
+    snprintf(cp_prefix, sizeof cp_prefix, "%s", basename(name));
+    size_t len = strlen(root);
+    while (len > 1 && root[len - 1] == '/') root[--len] = '\0';
+    cp_root_len = len;
+    int r = nftw(root, cp_emit, 64, FTW_PHYS);
+    if (fflush(stdout) != 0 || ferror(stdout)) { fprintf(stderr, "write failed\n"); return 1; }
+    return r == 0 ? 0 : 1;
+}
+
+static int cp_in(int argc, char **argv)
+{
+    if (argc < 5) { fprintf(stderr, "usage: agent cp-in PATH MODE UID GID ISDIR\n"); return 2; }
+    const char *path = argv[0];
+    mode_t mode = (mode_t)strtol(argv[1], NULL, 8) & 07777;
+    long uid = strcmp(argv[2], "-") ? atol(argv[2]) : -1, gid = strcmp(argv[3], "-") ? atol(argv[3]) : -1;
+    char parent[4096];
+    snprintf(parent, sizeof parent, "%s", path);
+    mkdir_p(dirname(parent));
+    if (!strcmp(argv[4], "1")) {
+        if ((mkdir(path, mode) < 0 && errno != EEXIST) || chmod(path, mode) < 0 ||
+            (uid >= 0 && chown(path, (uid_t)uid, (gid_t)gid) < 0)) {
+            fprintf(stderr, "%s: %s\n", path, strerror(errno));
+            return 1;
+        }
+        printf("{\"bytes_written\":0}\n");
+        return 0;
+    }
+    char tmp[4200];
+    snprintf(tmp, sizeof tmp, "%s.ember-cp-%d", path, getpid());
+    int fd = open(tmp, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+    if (fd < 0) { fprintf(stderr, "%s: %s\n", path, strerror(errno)); return 1; }
+    char buf[65536];
+    long long total = 0;
+    ssize_t n;
+    while ((n = read(0, buf, sizeof buf)) > 0) {
+        for (ssize_t off = 0; off < n;) {
+            ssize_t w = write(fd, buf + off, (size_t)(n - off));
+            if (w < 0) goto fail;
+            off += w;
+        }
+        total += n;
+    }
+    if (n < 0 || fchmod(fd, mode) < 0 || (uid >= 0 && fchown(fd, (uid_t)uid, (gid_t)gid) < 0) ||
+        close(fd) < 0 || rename(tmp, path) < 0) {
+        fd = -1;
+        goto fail;
+    }
+    printf("{\"bytes_written\":%lld}\n", total);
+    return 0;
+fail:
+    fprintf(stderr, "%s: %s\n", path, strerror(errno));
+    if (fd >= 0) close(fd);
+    unlink(tmp);
+    return 1;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc >= 2 && !strcmp(argv[1], "cp-out")) return cp_out(argc - 2, argv + 2);
+    if (argc >= 2 && !strcmp(argv[1], "cp-in")) return cp_in(argc - 2, argv + 2);
     if (argc < 2) { logmsg("usage: agent CONFIG_DEVICE"); return 2; }
     config_dev = argv[1];
     size_t clen;

@@ -1,0 +1,142 @@
+"""exec, cp, stat and stats against a real VM, through the official client's helpers."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypeman import ConflictError, Hypeman
+from hypeman.lib.cp import CopyProtocolError, cp_from_instance, cp_to_instance
+from hypeman.lib.exec import exec as hm_exec
+from hypeman.lib.exec import exec_async
+from websockets.exceptions import InvalidStatus
+
+from ember.testkit.ember_server import EmberServer
+
+pytestmark = pytest.mark.vm
+
+
+@pytest.fixture(scope="module")
+def client(shared_server: EmberServer) -> Hypeman:
+    return Hypeman(base_url=shared_server.url, api_key=shared_server.token(), max_retries=0)
+
+
+@pytest.fixture(scope="module")
+def vm(client: Hypeman, hello: str) -> Iterator[str]:
+    inst = client.instances.create(
+        name="inside", image=hello, vcpus=1, size="512MB", cmd=["/hello", "serve", "8080"],
+        env={"FROM_IMAGE_RUN": "yes"},
+    )  # fmt: skip
+    assert client.instances.wait(inst.id, state="Running", api_timeout="120s").state == "Running"
+    yield inst.id
+    client.instances.delete(inst.id)
+
+
+def test_exit_codes_env_cwd_and_stdin(client: Hypeman, vm: str) -> None:
+    assert hm_exec(client, vm, ["true"], wait_for_agent=30).exit_code == 0
+    assert hm_exec(client, vm, ["sh", "-c", "exit 7"]).exit_code == 7
+    missing = hm_exec(client, vm, ["/no/such/binary"])
+    assert missing.exit_code == 127
+    result = hm_exec(client, vm, ["sh", "-c", "echo $GREETING; pwd"], env={"GREETING": "hi"},
+                     cwd="/tmp")  # fmt: skip
+    assert result.output == b"hi\n/tmp\n"
+    echoed = hm_exec(client, vm, ["head", "-c", "11"], stdin=b"hello world and more")
+    assert (echoed.exit_code, echoed.output) == (0, b"hello world")
+    timed_out = hm_exec(client, vm, ["sleep", "30"], timeout=1)
+    assert timed_out.exit_code == 124
+
+
+def test_tty_and_resize(client: Hypeman, vm: str) -> None:
+    result = hm_exec(client, vm, ["sh", "-c", "test -t 0 && echo tty; stty size"], tty=True,
+                     rows=33, cols=101)  # fmt: skip
+    assert b"tty" in result.output and b"33 101" in result.output
+    resized = hm_exec(
+        client, vm, ["sh", "-c", "sleep 1; stty size"], tty=True, rows=10, cols=20,
+        resize=[(50, 120)],
+    )  # fmt: skip
+    assert b"50 120" in resized.output
+
+
+def test_large_output_streams_intact(client: Hypeman, vm: str) -> None:
+    size = 50 * 1024 * 1024
+    result = hm_exec(client, vm, ["sh", "-c", f"head -c {size} /dev/urandom > /tmp/big"])
+    assert result.exit_code == 0
+    streamed = hm_exec(client, vm, ["cat", "/tmp/big"])
+    assert len(streamed.output) == size
+    expected = hm_exec(client, vm, ["sha256sum", "/tmp/big"]).output.split()[0].decode()
+    assert hashlib.sha256(streamed.output).hexdigest() == expected
+
+
+def test_concurrent_execs(client: Hypeman, vm: str) -> None:
+    async def run_all() -> list[tuple[int, bytes]]:
+        runs = [exec_async(client, vm, ["sh", "-c", f"sleep 0.2; echo {i}; exit {i % 5}"])
+                for i in range(20)]  # fmt: skip
+        return [(r.exit_code, r.output) for r in await asyncio.gather(*runs)]
+
+    results = asyncio.run(run_all())
+    assert results == [(i % 5, f"{i}\n".encode()) for i in range(20)]
+
+
+def test_copy_tree_both_ways(client: Hypeman, vm: str, tmp_path: Path) -> None:
+    tree = tmp_path / "tree"
+    (tree / "sub" / "deeper").mkdir(parents=True)
+    (tree / "a.txt").write_text("alpha\n")
+    (tree / "run.sh").write_text("#!/bin/sh\necho run\n")
+    (tree / "run.sh").chmod(0o750)
+    (tree / "sub" / "deeper" / "data.bin").write_bytes(os.urandom(300_000))
+    (tree / "link").symlink_to("a.txt")
+    cp_to_instance(client, vm, tree, "/srv/tree")
+    listed = hm_exec(client, vm, ["sh", "-c", "cd /srv/tree && ls -l run.sh && cat a.txt"])
+    assert b"-rwxr-x---" in listed.output and b"alpha" in listed.output
+    assert hm_exec(client, vm, ["/srv/tree/run.sh"]).output == b"run\n"
+
+    back = tmp_path / "back"
+    cp_from_instance(client, vm, "/srv/tree", back)
+    copied = back / "tree"
+    assert (copied / "a.txt").read_text() == "alpha\n"
+    assert (copied / "run.sh").stat().st_mode & 0o777 == 0o750
+    data = (tree / "sub" / "deeper" / "data.bin").read_bytes()
+    assert (copied / "sub" / "deeper" / "data.bin").read_bytes() == data
+    with pytest.raises(CopyProtocolError, match="No such file"):
+        cp_from_instance(client, vm, "/does/not/exist", tmp_path / "nothing")
+
+
+def test_stat(client: Hypeman, vm: str) -> None:
+    hm_exec(client, vm, ["sh", "-c", "mkdir -p /s && echo x > /s/f && ln -sf f /s/l"])
+    file_info = client.instances.stat(vm, path="/s/f")
+    assert file_info.exists and file_info.is_file and file_info.size == 2
+    assert client.instances.stat(vm, path="/s").is_dir
+    link = client.instances.stat(vm, path="/s/l")
+    assert link.is_symlink and link.link_target == "f"
+    followed = client.instances.stat(vm, path="/s/l", follow_links=True)
+    assert followed.is_file and not followed.is_symlink
+    missing = client.instances.stat(vm, path="/nope")
+    assert not missing.exists and missing.error is None
+
+
+def test_stats(client: Hypeman, vm: str) -> None:
+    stats = client.instances.stats(vm)
+    assert stats.instance_id == vm and stats.allocated_vcpus == 1
+    assert stats.allocated_memory_bytes == 512 * 1024 * 1024
+    assert stats.cpu_seconds > 0 and stats.memory_rss_bytes > 0
+    assert 0 < (stats.memory_utilization_ratio or 0) <= 1.5
+
+
+def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str) -> None:
+    inst = client.instances.create(
+        name="agentless", image=hello, vcpus=1, size="256MB", skip_guest_agent=True,
+        cmd=["/hello", "serve", "80"],
+    )  # fmt: skip
+    try:
+        with pytest.raises(ConflictError, match="skip_guest_agent"):
+            client.instances.stat(inst.id, path="/")
+        with pytest.raises(InvalidStatus) as refused:
+            hm_exec(client, inst.id, ["true"])
+        assert refused.value.response.status_code == 409
+        assert b"skip_guest_agent" in refused.value.response.body
+    finally:
+        client.instances.delete(inst.id)
