@@ -7,7 +7,7 @@ line, and waits for the same agent READY on the same socket protocol. Runs
 alternate between the two so machine noise hits both alike. Also printed:
 the create request alone (Ember's API overhead before the VMM runs).
 
-    .venv/bin/python bench/boot.py [--runs 5]
+    .venv/bin/python -m bench.boot [--runs 5]
 """
 
 from __future__ import annotations
@@ -16,31 +16,23 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import subprocess
 import tempfile
 import time
 from pathlib import Path
 
 import httpx
 
-from ember.guest.client import AgentClient
-from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
-from ember.hypervisor import DiskSpec, VMSpec
-from ember.hypervisor.accel import detect_accel
-from ember.hypervisor.qemu import build_command
-from ember.system import load
-from ember.testkit import hello_image, push
+from bench.common import WORKLOAD, bare_vm, push_hello
 from ember.testkit.ember_server import EmberServer
 
-MEMORY, VCPUS = 256 * 1024 * 1024, 1
-WORKLOAD = ["/hello", "serve", "8080"]
+VCPUS = 1
 
 
 def ember_boot(http: httpx.Client, image: str, run: int) -> tuple[float, float]:
     started = time.perf_counter()
     created = http.post(
         "/instances",
-        json={"name": f"bench-{run}", "image": image, "vcpus": VCPUS, "size": "256MB",
+        json={"name": f"bench-{run}", "image": image, "vcpus": VCPUS, "size": "512MB",
               "cmd": WORKLOAD},
     )  # fmt: skip
     if created.status_code != 201:
@@ -58,34 +50,8 @@ def ember_boot(http: httpx.Client, image: str, run: int) -> tuple[float, float]:
 
 
 async def bare_boot(rootfs: Path, work: Path) -> float:
-    """Bare QEMU with the same boot artifacts; disks are prepared before the clock starts."""
-    system = load(Path("/var/lib/ember/system"))
-    shutil.rmtree(work, ignore_errors=True)
-    work.mkdir(parents=True)
-    create_overlay_disk(work / "overlay.ext4", 10 * 1024**3)
-    write_config_disk(work / "config.disk", GuestConfig(cmd=WORKLOAD))
-    spec = VMSpec(
-        instance_dir=work, kernel=system.kernel, initrd=system.initrd, cmdline=system.cmdline,
-        vcpus=VCPUS, memory_bytes=MEMORY, serial_log=work / "app.log",
-        agent_socket=work / "agent.sock", qmp_socket=work / "qmp.sock",
-        pid_file=work / "qemu.pid", name="bare",
-        disks=[DiskSpec(rootfs, "ember-root", readonly=True),
-               DiskSpec(work / "overlay.ext4", "ember-overlay"),
-               DiskSpec(work / "config.disk", "ember-config")],
-    )  # fmt: skip
-    command = build_command(spec, detect_accel("auto"))
-    command.remove("-daemonize")
-    started = time.perf_counter()
-    qemu = subprocess.Popen(command, cwd=work)
-    try:
-        agent = await AgentClient.connect(work / "agent.sock", timeout=30)
-        await agent.wait_ready(120)
-        elapsed = time.perf_counter() - started
-        await agent.close()
-        return elapsed
-    finally:
-        qemu.kill()
-        qemu.wait()
+    async with bare_vm(rootfs, work) as (_, booted):
+        return booted
 
 
 def main() -> None:
@@ -97,11 +63,7 @@ def main() -> None:
     try:
         headers = {"Authorization": f"Bearer {server.token()}"}
         http = httpx.Client(base_url=server.url, headers=headers, timeout=60)
-        image_digest = push(hello_image(), server.url, "bench/hello", "v1", token=server.token())
-        image = f"127.0.0.1:{server.port}/bench/hello:v1"
-        while http.get(f"/images/{image.replace('/', '%2F')}").json()["status"] != "ready":
-            time.sleep(0.05)
-        rootfs = server.data_dir / "images" / image_digest / "rootfs.erofs"
+        image, rootfs = push_hello(server, http)
 
         ember_totals, api_times, bare_times = [], [], []
         for run in range(args.runs):

@@ -5,7 +5,7 @@ docker-registry on loopback) and end with an erofs root disk, in the same run.
 Ember's figure is from `POST /images` until the image reads `ready`. The
 second pull of the same digest is timed as a `POST /images` answering ready.
 
-    .venv/bin/python bench/images.py [--size-mb 120] [--runs 2]
+    .venv/bin/python -m bench.images [--size-mb 120] [--runs 2]
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import subprocess
 import tempfile
 import time
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 import httpx
@@ -78,12 +79,12 @@ def main() -> None:
         for run in range(args.runs):
             work = root / f"baseline-{run}"
             work.mkdir()
-            baseline_times.append(timed(lambda w=work: baseline(registry, "bench/big:v1", w)))
+            baseline_times.append(timed(partial(baseline, registry, "bench/big:v1", work)))
             shutil.rmtree(work)
             server = EmberServer(root / f"ember-{run}" / "data").start()
             try:
-                ember_times.append(timed(lambda s=server: ember_pull(s, name)))
-                again_times.append(timed(lambda s=server: ember_pull(s, name)))
+                ember_times.append(timed(partial(ember_pull, server, name)))
+                again_times.append(timed(partial(ember_pull, server, name)))
             finally:
                 server.stop()
                 shutil.rmtree(root / f"ember-{run}")
