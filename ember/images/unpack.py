@@ -3,9 +3,12 @@
 Each layer is a tar (plain, gzip or zstd: detected by magic bytes, not by the
 media type, which registries get wrong). Whiteouts follow the OCI image spec:
 `.wh.<name>` deletes `<name>` from lower layers, `.wh..wh..opq` empties a
-directory of what lower layers put there. Every path is resolved component by
-component with `lstat`, so an entry can never write through a symlink or `..`
-out of the root, and hard links must point inside it.
+directory of what lower layers put there. Entry names with `..` are refused.
+Parent directories are resolved component by component with `lstat`, and a
+symlink met on the way is followed as if the root were `/` (what Docker's
+chrooted unpack, containerd and umoci do, so merged-usr `lib -> usr/lib`
+works): nothing is ever written outside the root, and hard links must point
+inside it.
 """
 
 from __future__ import annotations
@@ -26,8 +29,11 @@ from ember.errors import EmberError
 
 WHITEOUT_PREFIX = ".wh."
 OPAQUE_MARKER = ".wh..wh..opq"
+MAX_SYMLINKS = 40  # as Linux's path resolution: a loop is an error, not a hang
+_XATTR_PREFIX = "SCHILY.xattr."
 _GZIP_MAGIC = b"\x1f\x8b"
 _ZSTD_MAGIC = b"\x28\xb5\x2f\xfd"
+_TAR_BUFFER = 1 << 20  # tarfile's stream mode reads 10 KiB at a time by default
 
 
 class UnsafeLayer(EmberError):
@@ -67,8 +73,11 @@ class Unpacker:
         self._dir_times: dict[Path, tuple[float, float]] = {}
 
     def apply(self, layer: Path) -> None:
-        created: set[PurePosixPath] = set()  # opaque markers keep this layer's own entries
-        with open_layer(layer) as stream, tarfile.open(fileobj=stream, mode="r|") as tar:
+        created: set[Path] = set()  # an opaque marker keeps this layer's own entries
+        with (
+            open_layer(layer) as stream,
+            tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar,
+        ):
             for member in tar:
                 rel = _relative(member.name)
                 if rel.name == OPAQUE_MARKER:
@@ -76,8 +85,7 @@ class Unpacker:
                 elif rel.name.startswith(WHITEOUT_PREFIX):
                     self._remove(rel.parent / rel.name[len(WHITEOUT_PREFIX) :])
                 elif str(rel) != ".":
-                    self._extract(tar, member, rel)
-                    created.add(rel)
+                    created.add(self._extract(tar, member, rel))
 
     def finish(self) -> None:
         """Restore directory mtimes, which writing their children changed."""
@@ -87,43 +95,65 @@ class Unpacker:
 
     # ---- path safety -----------------------------------------------------------------
 
-    def _parent(self, rel: PurePosixPath) -> Path:
-        """The host directory that will hold `rel`, created as needed, never via a symlink."""
-        current = self.root
-        for part in rel.parent.parts:
-            current = current / part
-            try:
-                mode = os.lstat(current).st_mode
-            except FileNotFoundError:
-                os.mkdir(current, 0o755)
+    def _resolve_dir(self, rel_dir: PurePosixPath, create: bool) -> Path | None:
+        """The real directory `rel_dir` names inside the root, symlinks followed in scope.
+
+        Every component of the result was seen by `lstat` as a real directory, so
+        the returned path crosses no symlink. Missing components are created when
+        `create` is set (a non-directory in the way is replaced, as Docker does);
+        otherwise None says there is nothing there.
+        """
+        pending = list(reversed(rel_dir.parts))
+        resolved: list[str] = []
+        followed = 0
+        while pending:
+            part = pending.pop()
+            if part in ("", "."):
                 continue
-            if stat.S_ISLNK(mode):
-                raise UnsafeLayer(f"layer entry {str(rel)!r} would be written through a symlink")
-            if not stat.S_ISDIR(mode):
-                os.unlink(current)
+            if part == "..":
+                if resolved:
+                    resolved.pop()  # `..` at the root stays at the root, as in a chroot
+                continue
+            current = self.root.joinpath(*resolved, part)
+            info = _lstat(current)
+            if info is not None and stat.S_ISLNK(info.st_mode):
+                followed += 1
+                if followed > MAX_SYMLINKS:
+                    raise UnsafeLayer(f"too many levels of symlinks in {str(rel_dir)!r}")
+                target = os.readlink(current)
+                if target.startswith("/"):
+                    resolved = []
+                pending.extend(reversed(target.split("/")))
+                continue
+            if info is None or not stat.S_ISDIR(info.st_mode):
+                if not create:
+                    return None
+                if info is not None:
+                    os.unlink(current)
                 os.mkdir(current, 0o755)
-        return current
+            resolved.append(part)
+        return self.root.joinpath(*resolved)
+
+    def _target(self, rel: PurePosixPath, create: bool = True) -> Path | None:
+        """Where entry `rel` lives on the host: its parent resolved, its own name not followed."""
+        parent = self._resolve_dir(rel.parent, create)
+        return None if parent is None else parent / rel.name
 
     def _remove(self, rel: PurePosixPath) -> None:
-        target = self._parent(rel) / rel.name
-        with contextlib.suppress(FileNotFoundError):
-            if stat.S_ISDIR(os.lstat(target).st_mode):
-                shutil.rmtree(target)
-            else:
-                os.unlink(target)
+        target = self._target(rel, create=False)
+        if target is not None:
+            _remove_path(target)
 
-    def _make_opaque(self, rel_dir: PurePosixPath, created: set[PurePosixPath]) -> None:
-        directory = self.root if str(rel_dir) == "." else self._parent(rel_dir) / rel_dir.name
-        if not directory.is_dir() or directory.is_symlink():
-            return
-        for child in os.listdir(directory):
-            if rel_dir / child not in created:
-                self._remove(rel_dir / child)
+    def _make_opaque(self, rel_dir: PurePosixPath, created: set[Path]) -> None:
+        directory = self._resolve_dir(rel_dir, create=False)
+        if directory is not None:
+            _remove_lower(directory, created)
 
     # ---- extraction ------------------------------------------------------------------
 
-    def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath) -> None:
-        target = self._parent(rel) / rel.name
+    def _extract(self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath) -> Path:
+        target = self._target(rel)
+        assert target is not None  # created on demand
         existing = _lstat(target)
         if member.isdir():
             if existing is not None and not stat.S_ISDIR(existing.st_mode):
@@ -134,9 +164,10 @@ class Unpacker:
             self._dir_times[target] = (member.mtime, member.mtime)
         else:
             if existing is not None:
-                self._remove(rel)
+                _remove_path(target)
             self._create(tar, member, rel, target)
         self._set_attributes(member, target)
+        return target
 
     def _create(
         self, tar: tarfile.TarFile, member: tarfile.TarInfo, rel: PurePosixPath, target: Path
@@ -146,13 +177,13 @@ class Unpacker:
             assert source is not None
             fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
             with os.fdopen(fd, "wb") as out:
-                shutil.copyfileobj(source, out, 1 << 20)
+                shutil.copyfileobj(source, out, _TAR_BUFFER)
         elif member.issym():
             os.symlink(member.linkname, target)
         elif member.islnk():
-            link_rel = _relative(member.linkname)
-            source_path = self._parent(link_rel) / link_rel.name
-            if _lstat(source_path) is None:
+            source_path = self._target(_relative(member.linkname), create=False)
+            source_info = None if source_path is None else _lstat(source_path)
+            if source_path is None or source_info is None or stat.S_ISDIR(source_info.st_mode):
                 raise UnsafeLayer(f"hard link {str(rel)!r} points at missing {member.linkname!r}")
             os.link(source_path, target, follow_symlinks=False)
         elif member.ischr() or member.isblk():
@@ -170,6 +201,13 @@ class Unpacker:
         os.lchown(target, member.uid, member.gid)
         if not member.issym():
             os.chmod(target, member.mode & 0o7777)  # after chown, which clears setuid
+        for key, value in member.pax_headers.items():
+            if key.startswith(_XATTR_PREFIX):  # e.g. security.capability; after chown too
+                with contextlib.suppress(OSError):  # a filesystem without that namespace
+                    name = key[len(_XATTR_PREFIX) :]
+                    data = value.encode("utf-8", "surrogateescape")
+                    os.setxattr(target, name, data, follow_symlinks=False)
+        if not member.issym():
             os.utime(target, (member.mtime, member.mtime))
 
 
@@ -178,6 +216,24 @@ def _lstat(path: Path) -> os.stat_result | None:
         return os.lstat(path)
     except FileNotFoundError:
         return None
+
+
+def _remove_path(path: Path) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        if stat.S_ISDIR(os.lstat(path).st_mode):
+            shutil.rmtree(path)
+        else:
+            os.unlink(path)
+
+
+def _remove_lower(directory: Path, keep: set[Path]) -> None:
+    """Remove everything under `directory` not in `keep`, at any depth (opaque semantics)."""
+    for child in os.listdir(directory):
+        path = directory / child
+        if path not in keep:
+            _remove_path(path)
+        elif stat.S_ISDIR(os.lstat(path).st_mode):
+            _remove_lower(path, keep)
 
 
 def unpack_layers(layers: list[Path], root: Path) -> None:

@@ -9,6 +9,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+import zstandard
 
 from ember.images.unpack import UnsafeLayer, unpack_layers
 from ember.testkit.image import (
@@ -24,6 +25,7 @@ from ember.testkit.image import (
 
 
 def write_layers(tmp_path: Path, *layers: Layer) -> list[Path]:
+    tmp_path.mkdir(exist_ok=True)
     paths = []
     for i, layer in enumerate(layers):
         path = tmp_path / f"layer{i}.tar.gz"
@@ -104,17 +106,96 @@ def test_path_traversal_is_refused(tmp_path: Path, name: str) -> None:
     assert not (tmp_path / "escape").exists()
 
 
-def test_writing_through_a_symlink_is_refused(tmp_path: Path) -> None:
+@pytest.mark.parametrize("link", ["ABS", "../../../..", "/"])
+def test_symlinked_parents_are_followed_inside_the_root(tmp_path: Path, link: str) -> None:
     outside = tmp_path / "outside"
     outside.mkdir()
+    target = str(outside) if link == "ABS" else link
     layer = raw_tar(
         tmp_path,
-        (entry("link", tarfile.SYMTYPE, str(outside)), b""),
-        (entry("link/owned"), b"pwned"),
+        (entry("link", tarfile.SYMTYPE, target), b""),
+        (entry("link/owned"), b"contained"),
     )
-    with pytest.raises(UnsafeLayer, match="symlink"):
-        unpack_layers([layer], tmp_path / "root")
+    root = tmp_path / "root"
+    unpack_layers([layer], root)
     assert not (outside / "owned").exists()
+    landed = root / str(outside).lstrip("/") / "owned" if link == "ABS" else root / "owned"
+    assert landed.read_text() == "contained"
+    assert os.readlink(root / "link") == target  # the link itself is kept as written
+
+
+def test_merged_usr_layout(tmp_path: Path) -> None:
+    base: Layer = {"usr": directory(), "usr/lib": directory(), "lib": symlink("usr/lib")}
+    top: Layer = {"lib/libx.so": file("x"), **dict([whiteout("lib/gone")])}
+    first = write_layers(tmp_path, base, {"usr/lib/gone": file("g")})
+    root = tmp_path / "root"
+    unpack_layers([*first, *write_layers(tmp_path / "top", top)], root)
+    assert (root / "usr/lib/libx.so").read_text() == "x"
+    assert not (root / "usr/lib/gone").exists()
+    assert os.readlink(root / "lib") == "usr/lib"
+
+
+def test_symlink_loop_is_refused(tmp_path: Path) -> None:
+    layer = raw_tar(
+        tmp_path,
+        (entry("a", tarfile.SYMTYPE, "b"), b""),
+        (entry("b", tarfile.SYMTYPE, "a"), b""),
+        (entry("a/file"), b"x"),
+    )
+    with pytest.raises(UnsafeLayer, match="symlinks"):
+        unpack_layers([layer], tmp_path / "root")
+
+
+def test_whiteout_of_missing_path_creates_nothing(tmp_path: Path) -> None:
+    layer: Layer = dict([whiteout("no/such/dir/file")])
+    root = tmp_path / "root"
+    unpack_layers(write_layers(tmp_path, layer), root)
+    assert os.listdir(root) == []
+
+
+def test_opaque_marker_in_any_order_hides_lower_content_at_every_depth(tmp_path: Path) -> None:
+    base: Layer = {
+        "d": directory(),
+        "d/old": file("old"),
+        "d/sub": directory(),
+        "d/sub/lower": file("lower"),
+    }
+    # The marker comes after this layer's own entries: they must survive it.
+    upper = raw_tar(
+        tmp_path,
+        (entry("d/sub", tarfile.DIRTYPE), b""),
+        (entry("d/sub/upper"), b"upper"),
+        (entry("d/.wh..wh..opq"), b""),
+    )
+    root = tmp_path / "root"
+    unpack_layers([*write_layers(tmp_path / "base", base), upper], root)
+    assert sorted(os.listdir(root / "d")) == ["sub"]
+    assert sorted(os.listdir(root / "d/sub")) == ["upper"]
+
+
+def test_zstd_layers_devices_and_xattrs(tmp_path: Path) -> None:
+    info = entry("dev/null", tarfile.CHRTYPE)
+    info.devmajor, info.devminor = 1, 3
+    capable = entry("bin/ping")
+    capable.pax_headers = {"SCHILY.xattr.trusted.ember": "yes"}
+    plain = raw_tar(tmp_path, (entry("dev", tarfile.DIRTYPE), b""), (info, b""), (capable, b"p"))
+    compressed = tmp_path / "layer.tar.zst"
+    compressed.write_bytes(zstandard.ZstdCompressor().compress(plain.read_bytes()))
+    root = tmp_path / "root"
+    unpack_layers([compressed], root)
+    device = os.lstat(root / "dev/null")
+    assert stat.S_ISCHR(device.st_mode) and os.major(device.st_rdev) == 1
+    assert os.getxattr(root / "bin/ping", "trusted.ember") == b"yes"
+
+
+def test_hard_links_across_layers_and_to_directories(tmp_path: Path) -> None:
+    base: Layer = {"data": file("shared"), "dir": directory()}
+    root = tmp_path / "root"
+    unpack_layers(write_layers(tmp_path, base, {"again": hardlink("data")}), root)
+    assert os.stat(root / "again").st_ino == os.stat(root / "data").st_ino
+    to_dir = raw_tar(tmp_path, (entry("alias", tarfile.LNKTYPE, "dir"), b""))
+    with pytest.raises(UnsafeLayer, match="hard link"):
+        unpack_layers([to_dir], root)
 
 
 def test_hard_link_out_of_the_root_is_refused(tmp_path: Path) -> None:
