@@ -35,6 +35,7 @@ from ember.guest.protocol import (
     encode,
     encode_record,
 )
+from ember.sockets import connect_unix
 
 log = logging.getLogger(__name__)
 
@@ -163,15 +164,7 @@ class AgentClient:
     @classmethod
     async def connect(cls, path: Path, timeout: float = 10.0) -> AgentClient:
         """Attach to the agent socket, retrying until QEMU has created it."""
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if time.monotonic() >= deadline:
-                    raise Unavailable(f"agent socket {path} is not accepting: {exc}") from exc
-                await asyncio.sleep(0.05)
+        reader, writer = await connect_unix(path, timeout, "agent")
         client = cls(reader, writer)
         await client._send(Frame(MsgType.HELLO, CONTROL_CHANNEL, client._nonce.encode()))
         return client

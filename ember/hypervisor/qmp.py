@@ -10,11 +10,11 @@ import asyncio
 import contextlib
 import itertools
 import json
-import time
 from pathlib import Path
 from typing import Any
 
 from ember.errors import EmberError, Unavailable
+from ember.sockets import connect_unix
 
 
 class QMPError(EmberError):
@@ -32,15 +32,7 @@ class QMPClient:
 
     @classmethod
     async def connect(cls, path: Path, timeout: float = 5.0) -> QMPClient:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                reader, writer = await asyncio.open_unix_connection(str(path))
-                break
-            except (FileNotFoundError, ConnectionRefusedError) as exc:
-                if time.monotonic() >= deadline:
-                    raise Unavailable(f"QMP socket {path} is not accepting: {exc}") from exc
-                await asyncio.sleep(0.05)
+        reader, writer = await connect_unix(path, timeout, "QMP")
         client = cls(reader, writer)
         try:
             greeting = json.loads(await asyncio.wait_for(reader.readline(), timeout))
