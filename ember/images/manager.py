@@ -72,13 +72,11 @@ class ImageManager:
         # Borrowed registry credentials: memory only, dropped once the pull ends.
         self._credentials: dict[str, Credentials] = {}
         self._workers: list[asyncio.Task[None]] = []
-        self._changed: asyncio.Condition | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
 
     async def open(self) -> None:
         self._queue = asyncio.Queue()
-        self._changed = asyncio.Condition()
         self._workers = [asyncio.create_task(self._work()) for _ in range(self.concurrency)]
         for record in self.repo.all():
             if record.status in IN_PROGRESS:
@@ -126,13 +124,6 @@ class ImageManager:
                 code="image_not_ready",
             )
         return self.images_dir / record.digest / ROOTFS_NAME
-
-    async def wait(self, name: str, timeout: float) -> ImageRecord:
-        """Block until the image leaves the build pipeline (or the timeout passes)."""
-        assert self._changed is not None
-        async with asyncio.timeout(timeout), self._changed:
-            await self._changed.wait_for(lambda: self.get(name).status not in IN_PROGRESS)
-        return self.get(name)
 
     # ---- commands --------------------------------------------------------------------
 
@@ -230,7 +221,6 @@ class ImageManager:
                 self._fail(record_id, f"internal error: {exc}")
             finally:
                 self._credentials.pop(record_id, None)
-                await self._notify()
 
     async def _build(self, record_id: str) -> None:
         record = self.repo.get(record_id)
@@ -238,13 +228,11 @@ class ImageManager:
             return
         ref = parse_reference(record.name)
         self._set_status(record_id, ImageStatus.PULLING)
-        await self._notify()
         pulled = await self._fetch(record, ref)
         record = self.repo.update(record_id, lambda r: _apply_metadata(r, pulled))
         rootfs_dir = self.images_dir / pulled.digest
         if not (rootfs_dir / ROOTFS_NAME).exists():
             self._set_status(record_id, ImageStatus.CONVERTING)
-            await self._notify()
             await asyncio.to_thread(convert, pulled, self.blobs, rootfs_dir)
         size = (rootfs_dir / ROOTFS_NAME).stat().st_size
         self.repo.update(record_id, lambda r: _ready(r, size))
@@ -270,11 +258,6 @@ class ImageManager:
         with contextlib.suppress(NotFound):
             self.repo.update(record_id, lambda r: _failed(r, message))
         log.warning("image failed", extra={"image_id": record_id, "error": message})
-
-    async def _notify(self) -> None:
-        if self._changed is not None:
-            async with self._changed:
-                self._changed.notify_all()
 
 
 def _apply_metadata(record: ImageRecord, pulled: PulledImage) -> None:

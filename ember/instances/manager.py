@@ -75,6 +75,23 @@ class CreateRequest(BaseModel):
     skip_guest_agent: bool = False
 
 
+class Changes:
+    """Wakes every waiter when some state changed; callable from synchronous code."""
+
+    def __init__(self) -> None:
+        self._event = asyncio.Event()
+
+    def notify(self) -> None:
+        self._event.set()
+        self._event = asyncio.Event()
+
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once `predicate()` holds; TimeoutError after `timeout` seconds."""
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await self._event.wait()
+
+
 class Paths:
     """Where one instance's files live: disks and logs in the data dir, sockets at a short path."""
 
@@ -103,7 +120,7 @@ class InstanceManager:
         self._monitors: dict[str, asyncio.Task[None]] = {}
         self._agents: dict[str, AgentClient] = {}
         self._locks: dict[str, asyncio.Lock] = {}
-        self._changed = asyncio.Condition()
+        self._changed = Changes()
         self._stopping: set[str] = set()
         images.in_use = self._image_users
 
@@ -205,8 +222,7 @@ class InstanceManager:
         """Block until the instance is in `state`; the bool says whether the wait timed out."""
         record_id = self.get(ref).id
         try:
-            async with asyncio.timeout(timeout), self._changed:
-                await self._changed.wait_for(lambda: self._current(record_id).state == state)
+            await self._changed.wait_for(lambda: self._current(record_id).state == state, timeout)
         except TimeoutError:
             return self._current(record_id), True
         return self._current(record_id), False
@@ -327,12 +343,8 @@ class InstanceManager:
 
     def _update(self, instance_id: str, change: Callable[[InstanceRecord], None]) -> InstanceRecord:
         record = self.repo.update(instance_id, change)
-        asyncio.get_running_loop().create_task(self._notify())
+        self._changed.notify()
         return record
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
 
     def _transition(self, instance_id: str, target: State, **fields: object) -> InstanceRecord:
         def change(record: InstanceRecord) -> None:
@@ -515,7 +527,7 @@ class InstanceManager:
         shutil.rmtree(paths.run, ignore_errors=True)
         shutil.rmtree(paths.dir, ignore_errors=True)
         self.repo.delete(record.id)
-        await self._notify()
+        self._changed.notify()
 
 
 def _append(path: Path, line: str) -> None:
