@@ -33,7 +33,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(
         title="Ember API",
         version=__version__,
-        description="Run OCI images as QEMU microVMs. Compatible with the Hypeman API.",
+        description=(
+            "Run OCI images as QEMU microVMs. Compatible with the Hypeman API.\n\n"
+            "WebSocket endpoints (not listed as paths): `GET /instances/{id}/exec` and "
+            "`GET /instances/{id}/cp`, speaking the protocols of the official client's "
+            "`hypeman.lib.exec` and `hypeman.lib.cp`. `/v2/` is an OCI distribution registry."
+        ),
         lifespan=lifespan,
     )
     app.state.services = services
