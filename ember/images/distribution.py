@@ -41,6 +41,7 @@ INDEX_TYPES = set(MANIFEST_TYPES[:2])
 DOCKER_HUB = "registry-1.docker.io"
 MAX_ATTEMPTS = 4
 MAX_RETRY_AFTER = 30.0
+MAX_MANIFEST_BYTES = 4 << 20  # containerd's limit: a manifest is JSON, never this big
 CHUNK = 1 << 20
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
@@ -65,7 +66,10 @@ class Manifest:
     body: bytes
 
     def json(self) -> dict[str, Any]:
-        value = json.loads(self.body)
+        try:
+            value = json.loads(self.body)
+        except ValueError:
+            value = None
         if not isinstance(value, dict):
             raise RegistryError(f"manifest {self.digest} is not a JSON object")
         return value
@@ -93,9 +97,14 @@ def docker_config_credentials(registry: str, path: Path | None = None) -> Creden
     if registry == "docker.io":
         keys.append("https://index.docker.io/v1/")
     for key in keys:
-        encoded = auths.get(key, {}).get("auth")
+        entry = auths.get(key)
+        encoded = entry.get("auth") if isinstance(entry, dict) else None
         if encoded:
-            user, _, password = base64.b64decode(encoded).decode().partition(":")
+            try:
+                user, _, password = base64.b64decode(encoded).decode().partition(":")
+            except ValueError:
+                log.warning("ignoring malformed auth for %s in %s", key, config_path)
+                continue
             return Credentials(username=user, password=password)
     return None
 
@@ -124,14 +133,17 @@ class RegistryClient:
         headers = {"Accept": ", ".join(MANIFEST_TYPES)}
         response = await self._request(ref, f"manifests/{reference}", headers)
         body = response.content
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise RegistryError(f"registry {ref.registry}: manifest {reference} is too large")
         digest = "sha256:" + hashlib.sha256(body).hexdigest()
         if reference.startswith("sha256:") and digest != reference:
             raise RegistryError(
                 f"registry {ref.registry}: manifest {reference} failed verification ({digest})"
             )
-        media_type = response.headers.get("content-type", "").split(";")[0].strip()
-        media_type = str(json.loads(body).get("mediaType") or media_type)
-        return Manifest(digest, media_type, body)
+        manifest = Manifest(digest, "", body)
+        header_type = response.headers.get("content-type", "").split(";")[0].strip()
+        manifest.media_type = str(manifest.json().get("mediaType") or header_type)
+        return manifest
 
     async def fetch_blob(
         self,
@@ -158,7 +170,7 @@ class RegistryClient:
             except (httpx.TransportError, _Retryable) as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise self._unreachable(ref, exc) from exc
-                await asyncio.sleep(0.5 * 2**attempt)
+                await asyncio.sleep(_backoff(exc, attempt))
 
     # ---- transport -------------------------------------------------------------------
 
@@ -173,7 +185,7 @@ class RegistryClient:
     def _unreachable(self, ref: ImageRef, exc: Exception) -> RegistryError:
         if isinstance(exc, _Retryable):
             return RegistryError(f"registry {ref.registry}: {exc}")
-        return RegistryError(f"cannot reach registry {ref.registry}: {exc or type(exc).__name__}")
+        return RegistryError(f"cannot reach registry {ref.registry}: {_transport_reason(exc)}")
 
     async def _request(self, ref: ImageRef, path: str, headers: dict[str, str]) -> httpx.Response:
         for attempt in range(1, MAX_ATTEMPTS + 1):
@@ -185,8 +197,7 @@ class RegistryClient:
             except (httpx.TransportError, _Retryable) as exc:
                 if attempt == MAX_ATTEMPTS:
                     raise self._unreachable(ref, exc) from exc
-                delay = exc.retry_after if isinstance(exc, _Retryable) else None
-                await asyncio.sleep(delay if delay is not None else 0.5 * 2**attempt)
+                await asyncio.sleep(_backoff(exc, attempt))
         raise AssertionError("unreachable")
 
     def _stream(self, ref: ImageRef, path: str) -> _StreamContext:
@@ -202,9 +213,12 @@ class RegistryClient:
         auth = self._cached_auth(ref.registry, scope)
         request = self._http.build_request(method, url, headers={**headers, **auth})
         response = await self._http.send(request, stream=True)
-        if response.status_code == 401 and not auth:
+        fixed_token = self.credentials is not None and self.credentials.token
+        # Challenged anonymously, or a cached token has expired (Docker Hub's last 5 min).
+        if response.status_code == 401 and not fixed_token:
             challenge = response.headers.get("www-authenticate", "")
             await response.aclose()
+            self._tokens.pop((ref.registry, scope), None)
             auth = await self._answer_challenge(ref, challenge, scope)
             request = self._http.build_request(method, url, headers={**headers, **auth})
             response = await self._http.send(request, stream=True)
@@ -250,14 +264,18 @@ class RegistryClient:
         try:
             response = await self._http.get(params["realm"], params=query, auth=auth)
         except httpx.TransportError as exc:
-            raise RegistryError(f"cannot reach token service {params['realm']}: {exc}") from exc
+            reason = _transport_reason(exc)
+            raise RegistryError(f"cannot reach token service {params['realm']}: {reason}") from exc
         if response.status_code != 200:
             raise RegistryError(
                 f"registry {ref.registry}: token service refused ({response.status_code}): "
                 f"{response.text[:200]}"
             )
-        body = response.json()
-        token = body.get("token") or body.get("access_token")
+        try:
+            body = response.json()
+        except ValueError:
+            body = None
+        token = (body.get("token") or body.get("access_token")) if isinstance(body, dict) else None
         if not token:
             raise RegistryError(f"registry {ref.registry}: token service answered no token")
         return str(token)
@@ -280,6 +298,25 @@ class RegistryClient:
             kind = "manifest" if path.startswith("manifests/") else "blob"
             raise RegistryError(f"registry {ref.registry}: {kind} for {what} not found (404)")
         raise RegistryError(f"registry {ref.registry}: unexpected {status} for {what}")
+
+
+def _backoff(exc: Exception, attempt: int) -> float:
+    """Seconds before the next attempt: the server's Retry-After if it gave one."""
+    if isinstance(exc, _Retryable) and exc.retry_after is not None:
+        return exc.retry_after
+    return 0.25 * 2.0**attempt
+
+
+def _transport_reason(exc: Exception) -> str:
+    """`connection refused` rather than `[Errno 111] Connection refused`."""
+    cause: BaseException | None = exc
+    while cause is not None:
+        if isinstance(cause, OSError) and cause.strerror:
+            return cause.strerror.lower()
+        cause = cause.__cause__ or cause.__context__
+    if isinstance(exc, httpx.TimeoutException):
+        return "timed out"
+    return str(exc) or type(exc).__name__
 
 
 class _Retryable(Exception):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,9 @@ from ember.images.unpack import unpack_layers
 
 ROOTFS_NAME = "rootfs.erofs"
 PARALLEL_DOWNLOADS = 4
+
+PullProgress = Callable[[int, int], None]
+"""Called with (bytes downloaded, bytes to download) as missing layers arrive."""
 
 
 @dataclass(frozen=True)
@@ -103,7 +107,11 @@ def _describe(
 
 
 async def fetch(
-    ref: ImageRef, client: RegistryClient, blobs: BlobStore, platform: str
+    ref: ImageRef,
+    client: RegistryClient,
+    blobs: BlobStore,
+    platform: str,
+    progress: PullProgress | None = None,
 ) -> PulledImage:
     """Resolve `ref` and download its config and missing layers into `blobs`."""
     top = await client.get_manifest(ref)
@@ -120,20 +128,43 @@ async def fetch(
     await client.fetch_blob(ref, str(config_desc["digest"]), blobs, config_desc.get("size"))
     config = blobs.read_json(str(config_desc["digest"]))
     pulled = _describe(top.digest, body, config, platform)
-    await _fetch_layers(ref, client, blobs, pulled.layers)
+    await _fetch_layers(ref, client, blobs, pulled.layers, progress)
     return pulled
 
 
 async def _fetch_layers(
-    ref: ImageRef, client: RegistryClient, blobs: BlobStore, layers: list[Layer]
+    ref: ImageRef,
+    client: RegistryClient,
+    blobs: BlobStore,
+    layers: list[Layer],
+    progress: PullProgress | None,
 ) -> None:
+    # A digest listed twice (empty layers often are) is downloaded once.
+    missing = {layer.digest: layer for layer in layers if not blobs.has(layer.digest)}
+    total = sum(layer.size or 0 for layer in missing.values())
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress:
+            progress(min(done, total), total)  # a retried blob is not counted twice
+
     limit = asyncio.Semaphore(PARALLEL_DOWNLOADS)
 
     async def one(layer: Layer) -> None:
         async with limit:
-            await client.fetch_blob(ref, layer.digest, blobs, layer.size)
+            await client.fetch_blob(ref, layer.digest, blobs, layer.size, advance)
 
-    await asyncio.gather(*(one(layer) for layer in layers if not blobs.has(layer.digest)))
+    tasks = [asyncio.ensure_future(one(layer)) for layer in missing.values()]
+    try:
+        await asyncio.gather(*tasks)
+    except BaseException:
+        # The first failure ends the pull: stop the other downloads (their temp files go).
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        raise
 
 
 def load_local(digest: str, blobs: BlobStore, platform: str = "linux/amd64") -> PulledImage:

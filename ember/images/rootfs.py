@@ -19,18 +19,21 @@ class RootfsError(EmberError):
     code = "conversion_failed"
 
 
-def _tree_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
+def _tree_usage(root: Path) -> tuple[int, int]:
+    """(bytes allocated, inodes) of the tree: what an ext4 copy of it needs at least."""
+    total, inodes = 0, 1
+    for dirpath, dirs, files in os.walk(root):
+        inodes += len(dirs) + len(files)
         for name in files:
             try:
                 total += os.lstat(os.path.join(dirpath, name)).st_blocks * 512
             except OSError:
                 continue
-    return total
+    return total, inodes
 
 
 def _mkfs_erofs(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
+    # No --all-root / --force-uid: file ownership is part of the image.
     return subprocess.run(
         ["mkfs.erofs", "--quiet", "-zlz4", str(out), str(src)],
         capture_output=True, text=True, check=False,
@@ -38,11 +41,13 @@ def _mkfs_erofs(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
 
 
 def _mkfs_ext4(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
-    size = int(_tree_size(src) * 1.3) + 64 * 1024 * 1024
+    used, inodes = _tree_usage(src)
+    # Room for metadata (block maps, directories) beside the data, and inodes for every entry.
+    size = int(used * 1.3) + inodes * 512 + 64 * 1024 * 1024
     with out.open("wb") as disk:
         disk.truncate(size)
     return subprocess.run(
-        ["mkfs.ext4", "-q", "-F", "-m", "0", "-d", str(src), str(out)],
+        ["mkfs.ext4", "-q", "-F", "-m", "0", "-N", str(inodes + 1024), "-d", str(src), str(out)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
 
