@@ -17,6 +17,7 @@ import hashlib
 import ipaddress
 import json
 import logging
+import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -311,8 +312,9 @@ def _transport_reason(exc: Exception) -> str:
     """`connection refused` rather than `[Errno 111] Connection refused`."""
     cause: BaseException | None = exc
     while cause is not None:
-        if isinstance(cause, OSError) and cause.strerror:
-            return cause.strerror.lower()
+        if isinstance(cause, OSError) and (cause.errno or cause.strerror):
+            # asyncio's strerror is "Connect call failed (...)"; the errno says why.
+            return (os.strerror(cause.errno) if cause.errno else str(cause.strerror)).lower()
         cause = cause.__cause__ or cause.__context__
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"

@@ -19,6 +19,7 @@ import os
 import shutil
 import stat
 import tarfile
+import zlib
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from typing import IO, cast
@@ -38,6 +39,10 @@ _TAR_BUFFER = 1 << 20  # tarfile's stream mode reads 10 KiB at a time by default
 
 class UnsafeLayer(EmberError):
     code = "unsafe_layer"
+
+
+class CorruptLayer(EmberError):
+    code = "corrupt_layer"
 
 
 @contextlib.contextmanager
@@ -73,19 +78,28 @@ class Unpacker:
         self._dir_times: dict[Path, tuple[float, float]] = {}
 
     def apply(self, layer: Path) -> None:
+        try:
+            with (
+                open_layer(layer) as stream,
+                tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar,
+            ):
+                self._apply_entries(tar)
+        except tarfile.ReadError as exc:
+            if str(exc) != "empty file":  # a zero-byte tar stream is a layer with no entries
+                raise CorruptLayer(f"layer {layer.name} is not a valid tar: {exc}") from exc
+        except (gzip.BadGzipFile, zlib.error, EOFError, zstandard.ZstdError) as exc:
+            raise CorruptLayer(f"layer {layer.name} cannot be decompressed: {exc}") from exc
+
+    def _apply_entries(self, tar: tarfile.TarFile) -> None:
         created: set[Path] = set()  # an opaque marker keeps this layer's own entries
-        with (
-            open_layer(layer) as stream,
-            tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar,
-        ):
-            for member in tar:
-                rel = _relative(member.name)
-                if rel.name == OPAQUE_MARKER:
-                    self._make_opaque(rel.parent, created)
-                elif rel.name.startswith(WHITEOUT_PREFIX):
-                    self._remove(rel.parent / rel.name[len(WHITEOUT_PREFIX) :])
-                elif str(rel) != ".":
-                    created.add(self._extract(tar, member, rel))
+        for member in tar:
+            rel = _relative(member.name)
+            if rel.name == OPAQUE_MARKER:
+                self._make_opaque(rel.parent, created)
+            elif rel.name.startswith(WHITEOUT_PREFIX):
+                self._remove(rel.parent / rel.name[len(WHITEOUT_PREFIX) :])
+            elif str(rel) != ".":
+                created.add(self._extract(tar, member, rel))
 
     def finish(self) -> None:
         """Restore directory mtimes, which writing their children changed."""

@@ -6,6 +6,7 @@ from ember.testkit.image import (
     build_index,
     busybox_layer,
     hello_image,
+    multilayer_image,
     padded_image,
     write_oci_layout,
 )
@@ -17,6 +18,7 @@ __all__ = [
     "build_index",
     "busybox_layer",
     "hello_image",
+    "multilayer_image",
     "padded_image",
     "push",
     "write_oci_layout",

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import argparse
 
-from ember.testkit import hello_image, padded_image, push
+from ember.testkit import BuiltImage, hello_image, multilayer_image, padded_image, push
+
+KINDS = {
+    "hello": hello_image,
+    "multilayer": multilayer_image,
+    "big": lambda: padded_image(100 * 1024 * 1024),
+}
 
 
 def main() -> None:
@@ -14,11 +20,14 @@ def main() -> None:
     push_cmd.add_argument("reference", help="REPOSITORY:TAG inside the registry")
     push_cmd.add_argument("--registry", required=True, help="base URL, e.g. http://127.0.0.1:4973")
     push_cmd.add_argument("--token", help="bearer token (Ember's: `ember token`)")
-    push_cmd.add_argument("--kind", choices=["hello", "big"], default="hello")
+    push_cmd.add_argument("--kind", choices=sorted(KINDS), default="hello")
+    push_cmd.add_argument("--user", help="Basic auth as USER:PASSWORD (instead of --token)")
     args = parser.parse_args()
     repository, _, tag = args.reference.partition(":")
-    image = hello_image() if args.kind == "hello" else padded_image(100 * 1024 * 1024)
-    digest = push(image, args.registry, repository, tag or "latest", token=args.token)
+    image: BuiltImage = KINDS[args.kind]()
+    user, _, password = (args.user or "").partition(":")
+    basic = (user, password) if args.user else None
+    digest = push(image, args.registry, repository, tag or "latest", token=args.token, basic=basic)
     print(digest)
 
 

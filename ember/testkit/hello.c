@@ -1,8 +1,9 @@
 /* A tiny static workload for Ember's tests, demo and benchmarks.
  *
  *   hello                 print a greeting (argv and $GREETING), then exit 0
- *   hello serve PORT      also serve HTTP on PORT, answering every request with
- *                         "hello from ember\n", until SIGTERM
+ *   hello serve [PORT]    also serve HTTP on PORT (default $PORT, else 8080),
+ *                         answering every request with "hello from ember\n",
+ *                         until SIGTERM
  *   hello exit N          print the greeting and exit with status N
  */
 #include <arpa/inet.h>
@@ -53,7 +54,10 @@ int main(int argc, char **argv) {
     for (int i = 1; i < argc; i++) printf("%s%s", i > 1 ? "," : "", argv[i]);
     printf("\n");
     fflush(stdout);
-    if (argc > 2 && strcmp(argv[1], "serve") == 0) return serve(atoi(argv[2]));
+    if (argc > 1 && strcmp(argv[1], "serve") == 0) {
+        const char *port = argc > 2 ? argv[2] : getenv("PORT");
+        return serve(port ? atoi(port) : 8080);
+    }
     if (argc > 2 && strcmp(argv[1], "exit") == 0) return atoi(argv[2]);
     return 0;
 }

@@ -156,6 +156,7 @@ def build_image(
     entrypoint: list[str] | None = None,
     env: dict[str, str] | None = None,
     working_dir: str | None = None,
+    user: str | None = None,
     architecture: str = "amd64",
 ) -> BuiltImage:
     blobs: dict[str, bytes] = {}
@@ -175,6 +176,8 @@ def build_image(
         settings["Entrypoint"] = entrypoint
     if working_dir:
         settings["WorkingDir"] = working_dir
+    if user:
+        settings["User"] = user
     config = json.dumps(
         {
             "architecture": architecture,
@@ -223,6 +226,35 @@ def hello_image(**config: Any) -> BuiltImage:
     app: Layer = {"hello": file(hello_binary(), 0o755)}
     config.setdefault("cmd", ["/hello"])
     return build_image([busybox_layer(), app], **config)
+
+
+def multilayer_layers() -> list[Layer]:
+    """busybox, then an app layer, then one that edits it with whiteouts and an opaque dir."""
+    return [
+        busybox_layer(),
+        {
+            "app": directory(),
+            "app/config": file("v1"),
+            "app/old": file("remove me"),
+            "cache": directory(),
+            "cache/a": file("a"),
+            "cache/b": file("b"),
+        },
+        {
+            **dict([whiteout("app/old"), opaque("cache")]),
+            "app/config": file("v2", 0o640, uid=1000, gid=1000),
+            "app/link": symlink("config"),
+            "app/hard": hardlink("bin/busybox"),
+            "cache/fresh": file("fresh"),
+            "hello": file(hello_binary(), 0o755),
+        },
+    ]
+
+
+def multilayer_image(**config: Any) -> BuiltImage:
+    """`multilayer_layers()` as an image that runs `cat /app/config` (it prints `v2`)."""
+    config.setdefault("cmd", ["/bin/cat", "/app/config"])
+    return build_image(multilayer_layers(), **config)
 
 
 def padded_image(total_bytes: int, layers: int = 4) -> BuiltImage:

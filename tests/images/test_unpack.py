@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import io
 import os
 import stat
@@ -11,7 +12,7 @@ from pathlib import Path
 import pytest
 import zstandard
 
-from ember.images.unpack import UnsafeLayer, unpack_layers
+from ember.images.unpack import CorruptLayer, UnsafeLayer, unpack_layers
 from ember.testkit.image import (
     Layer,
     directory,
@@ -210,3 +211,21 @@ def test_uncompressed_and_absolute_paths(tmp_path: Path) -> None:
     unpack_layers([layer], root)
     assert (root / "etc/hostname").read_text() == "box\n"
     assert (root / "a/b").read_text() == "b"
+
+
+def test_empty_and_corrupt_layers(tmp_path: Path) -> None:
+    empty = tmp_path / "empty"
+    empty.write_bytes(b"")
+    gzipped_empty = tmp_path / "empty.gz"
+    gzipped_empty.write_bytes(gzip.compress(b""))
+    root = tmp_path / "root"
+    unpack_layers([empty, gzipped_empty], root)  # no entries: nothing to do
+    assert os.listdir(root) == []
+    truncated = tmp_path / "truncated.gz"
+    truncated.write_bytes(layer_tar({"a": file("x" * 100_000)})[:-40])
+    with pytest.raises(CorruptLayer, match=r"layer truncated\.gz"):
+        unpack_layers([truncated], root)
+    garbage = tmp_path / "garbage"
+    garbage.write_bytes(b"\x1f\x8bnot really gzip" * 10)
+    with pytest.raises(CorruptLayer, match="cannot be decompressed"):
+        unpack_layers([garbage], root)
