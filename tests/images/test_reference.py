@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import hashlib
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -63,3 +65,23 @@ def test_never_crashes(text: str) -> None:
     except InvalidArgument:
         return
     assert ref.name
+
+
+hosts = st.sampled_from(["", "localhost:5000/", "127.0.0.1:4973/", "registry.example.com/"])
+
+
+@given(hosts, st.lists(components, min_size=1, max_size=3), st.binary(min_size=1, max_size=8))
+def test_digest_references_round_trip(host: str, parts: list[str], seed: bytes) -> None:
+    digest = "sha256:" + hashlib.sha256(seed).hexdigest()
+    ref = parse_reference(f"{host}{'/'.join(parts)}@{digest}")
+    assert ref.digest == digest and ref.reference == digest
+    assert ref.name.endswith(f"@{digest}")
+    assert parse_reference(ref.name) == ref
+
+
+@given(hosts, st.lists(components, min_size=1, max_size=3))
+def test_uppercase_repositories_are_refused(host: str, parts: list[str]) -> None:
+    # The last component is always part of the repository (a first one may be a host).
+    parts[-1] += "X"
+    with pytest.raises(InvalidArgument, match="invalid repository"):
+        parse_reference(f"{host}{'/'.join(parts)}")
