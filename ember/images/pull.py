@@ -25,6 +25,9 @@ from ember.images.unpack import unpack_layers
 
 ROOTFS_NAME = "rootfs.erofs"
 PARALLEL_DOWNLOADS = 4
+# Layers that gzip/zstd shrank by less than this are mostly compressed data already
+# (media, archives, weights): lz4 will not shrink them either.
+INCOMPRESSIBLE_RATIO = 0.9
 
 PullProgress = Callable[[int, int], None]
 """Called with (bytes downloaded, bytes to download) as missing layers arrive."""
@@ -188,9 +191,11 @@ def convert(pulled: PulledImage, blobs: BlobStore, image_dir: Path) -> int:
     work = blobs.scratch_dir()
     try:
         tree = work / "rootfs"
-        unpack_layers([blobs.path(layer.digest) for layer in pulled.layers], tree)
+        stats = unpack_layers([blobs.path(layer.digest) for layer in pulled.layers], tree)
         staged = work / ROOTFS_NAME
-        build_rootfs(tree, staged)
+        # Uncompressed layers say nothing about compressibility: then compress.
+        worth_it = stats.compressed < INCOMPRESSIBLE_RATIO * stats.expanded or not stats.expanded
+        build_rootfs(tree, staged, compress=worth_it)
         image_dir.mkdir(parents=True, exist_ok=True)
         staged.replace(image_dir / ROOTFS_NAME)
         return (image_dir / ROOTFS_NAME).stat().st_size

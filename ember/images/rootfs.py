@@ -32,15 +32,15 @@ def _tree_usage(root: Path) -> tuple[int, int]:
     return total, inodes
 
 
-def _mkfs_erofs(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def _mkfs_erofs(src: Path, out: Path, compress: bool) -> subprocess.CompletedProcess[str]:
     # No --all-root / --force-uid: file ownership is part of the image.
     return subprocess.run(
-        ["mkfs.erofs", "--quiet", "-zlz4", str(out), str(src)],
+        ["mkfs.erofs", "--quiet", *(["-zlz4"] if compress else []), str(out), str(src)],
         capture_output=True, text=True, check=False,
     )  # fmt: skip
 
 
-def _mkfs_ext4(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
+def _mkfs_ext4(src: Path, out: Path, compress: bool) -> subprocess.CompletedProcess[str]:
     used, inodes = _tree_usage(src)
     # Room for metadata (block maps, directories) beside the data, and inodes for every entry.
     size = int(used * 1.3) + inodes * 512 + 64 * 1024 * 1024
@@ -52,15 +52,19 @@ def _mkfs_ext4(src: Path, out: Path) -> subprocess.CompletedProcess[str]:
     )  # fmt: skip
 
 
-def build_rootfs(src: Path, out: Path) -> str:
-    """Write `out` atomically from the tree at `src`; return the filesystem type used."""
+def build_rootfs(src: Path, out: Path, compress: bool = True) -> str:
+    """Write `out` atomically from the tree at `src`; return the filesystem type used.
+
+    `compress=False` builds an uncompressed erofs: for data lz4 cannot shrink,
+    trying costs most of the build time and gains nothing.
+    """
     tmp = out.with_name(out.name + ".tmp")
     attempts = [("erofs", _mkfs_erofs)] if shutil.which("mkfs.erofs") else []
     attempts.append(("ext4", _mkfs_ext4))
     errors = []
     for fs_type, build in attempts:
         tmp.unlink(missing_ok=True)
-        result = build(src, tmp)
+        result = build(src, tmp, compress)
         if result.returncode == 0:
             os.replace(tmp, out)
             return fs_type

@@ -21,6 +21,7 @@ import stat
 import tarfile
 import zlib
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, cast
 
@@ -45,20 +46,28 @@ class CorruptLayer(EmberError):
     code = "corrupt_layer"
 
 
+@dataclass
+class UnpackStats:
+    """How well the compressed (gzip, zstd) layers compressed: a hint for the root disk."""
+
+    compressed: int = 0  # bytes of those layers as stored
+    expanded: int = 0  # bytes they decompressed to
+
+
 @contextlib.contextmanager
-def open_layer(path: Path) -> Iterator[IO[bytes]]:
-    """The layer's uncompressed tar stream, whatever its compression."""
+def open_layer(path: Path) -> Iterator[tuple[IO[bytes], bool]]:
+    """The layer's uncompressed tar stream, whatever its compression, and whether it had any."""
     with path.open("rb") as raw:
         magic = raw.read(4)
         raw.seek(0)
         if magic.startswith(_GZIP_MAGIC):
             with gzip.GzipFile(fileobj=raw) as stream:
-                yield cast(IO[bytes], stream)
+                yield cast(IO[bytes], stream), True
         elif magic == _ZSTD_MAGIC:
             with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
-                yield zstream
+                yield zstream, True
         else:
-            yield raw
+            yield raw, False
 
 
 def _relative(name: str) -> PurePosixPath:
@@ -76,14 +85,16 @@ class Unpacker:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dir_times: dict[Path, tuple[float, float]] = {}
+        self.stats = UnpackStats()
 
     def apply(self, layer: Path) -> None:
         try:
-            with (
-                open_layer(layer) as stream,
-                tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar,
-            ):
-                self._apply_entries(tar)
+            with open_layer(layer) as (stream, compressed):
+                with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar:
+                    self._apply_entries(tar)
+                if compressed:
+                    self.stats.compressed += layer.stat().st_size
+                    self.stats.expanded += stream.tell()
         except tarfile.ReadError as exc:
             if str(exc) != "empty file":  # a zero-byte tar stream is a layer with no entries
                 raise CorruptLayer(f"layer {layer.name} is not a valid tar: {exc}") from exc
@@ -250,8 +261,9 @@ def _remove_lower(directory: Path, keep: set[Path]) -> None:
             _remove_lower(path, keep)
 
 
-def unpack_layers(layers: list[Path], root: Path) -> None:
+def unpack_layers(layers: list[Path], root: Path) -> UnpackStats:
     unpacker = Unpacker(root)
     for layer in layers:
         unpacker.apply(layer)
     unpacker.finish()
+    return unpacker.stats

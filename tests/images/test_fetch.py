@@ -19,10 +19,17 @@ import pytest
 
 from ember.images.blobs import BlobStore
 from ember.images.distribution import Credentials, RegistryClient, RegistryError
-from ember.images.pull import ROOTFS_NAME, Layer, PulledImage, convert, fetch
+from ember.images.pull import ROOTFS_NAME, Layer, PulledImage, convert, fetch, load_local
 from ember.images.reference import parse_reference
 from ember.images.unpack import UnsafeLayer
-from ember.testkit import build_image, build_index, busybox_layer, hello_image, push
+from ember.testkit import (
+    build_image,
+    build_index,
+    busybox_layer,
+    hello_image,
+    padded_image,
+    push,
+)
 from ember.testkit.image import BuiltImage, file, multilayer_image
 from ember.testkit.registry_server import RegistryServer
 from tests.images.conftest import PASSWORD, USER, TokenService
@@ -52,6 +59,12 @@ def erofs_inode(rootfs: Path, path: str) -> str:
         ["dump.erofs", f"--path={path}", str(rootfs)], check=True, capture_output=True, text=True
     ).stdout
     return next(line.split()[1] for line in info.splitlines() if line.startswith("NID:"))
+
+
+def erofs_compressed(rootfs: Path) -> bool:
+    info = subprocess.run(["dump.erofs", "-s", str(rootfs)], check=True, capture_output=True,
+                          text=True).stdout  # fmt: skip
+    return "0padding" in info  # the on-disk feature lz4 extents need
 
 
 async def test_multilayer_fetch_and_convert(
@@ -86,6 +99,7 @@ async def test_multilayer_fetch_and_convert(
     size = convert(pulled, blobs, image_dir)
     assert size == (image_dir / ROOTFS_NAME).stat().st_size
     assert os.listdir(image_dir) == [ROOTFS_NAME]
+    assert erofs_compressed(image_dir / ROOTFS_NAME)
     assert os.listdir(blobs.tmp_dir) == []  # the unpacked tree is gone
     root = extract(image_dir / ROOTFS_NAME, tmp_path / "out")
     assert (root / "app/config").read_text() == "v2"
@@ -249,6 +263,16 @@ async def test_server_errors_on_blobs_are_retried(
     host, handler = flaky
     pulled = await pull(f"{host}/flaky/app:v1", blobs)
     assert handler.failures == 0 and all(blobs.has(x.digest) for x in pulled.layers)
+
+
+def test_incompressible_images_skip_lz4(blobs: BlobStore, tmp_path: Path) -> None:
+    image = padded_image(16 * 1024 * 1024, layers=2)
+    for digest, data in {**image.blobs, image.digest: image.manifest}.items():
+        blobs.put_bytes(data, digest)
+    pulled = load_local(image.digest, blobs)
+    size = convert(pulled, blobs, tmp_path / "image")
+    assert size >= 16 * 1024 * 1024
+    assert not erofs_compressed(tmp_path / "image" / ROOTFS_NAME)
 
 
 def test_failed_conversion_leaves_nothing_ready(blobs: BlobStore, tmp_path: Path) -> None:
