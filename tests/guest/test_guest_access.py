@@ -40,7 +40,7 @@ def test_exit_codes_env_cwd_and_stdin(client: Hypeman, vm: str) -> None:
     assert hm_exec(client, vm, ["true"], wait_for_agent=30).exit_code == 0
     assert hm_exec(client, vm, ["sh", "-c", "exit 7"]).exit_code == 7
     missing = hm_exec(client, vm, ["/no/such/binary"])
-    assert missing.exit_code == 127
+    assert (missing.exit_code, missing.output) == (127, b"command not found: /no/such/binary\r\n")
     result = hm_exec(client, vm, ["sh", "-c", "echo $GREETING; pwd"], env={"GREETING": "hi"},
                      cwd="/tmp")  # fmt: skip
     assert result.output == b"hi\n/tmp\n"
@@ -48,6 +48,25 @@ def test_exit_codes_env_cwd_and_stdin(client: Hypeman, vm: str) -> None:
     assert (echoed.exit_code, echoed.output) == (0, b"hello world")
     timed_out = hm_exec(client, vm, ["sleep", "30"], timeout=1)
     assert timed_out.exit_code == 124
+    merged = hm_exec(client, vm, ["sh", "-c", "echo out; echo err >&2"])
+    assert sorted(merged.output.split()) == [b"err", b"out"]
+
+
+def test_stdin_larger_than_the_flow_control_window(client: Hypeman, vm: str) -> None:
+    data = os.urandom(3 * 1024 * 1024)  # twelve times the agent's 256 KiB window
+    command = ["sh", "-c", f"head -c {len(data)} | sha256sum"]
+    result = hm_exec(client, vm, command, stdin=data)
+    assert result.output.split()[0].decode() == hashlib.sha256(data).hexdigest()
+
+
+def test_refusals_before_the_upgrade(client: Hypeman, vm: str) -> None:
+    with pytest.raises(InvalidStatus) as missing:
+        hm_exec(client, "no-such-instance", ["true"])
+    assert missing.value.response.status_code == 404
+    stranger = client.with_options(api_key="not-a-token")
+    with pytest.raises(InvalidStatus) as unauthorized:
+        hm_exec(stranger, vm, ["true"])
+    assert unauthorized.value.response.status_code == 401
 
 
 def test_tty_and_resize(client: Hypeman, vm: str) -> None:
@@ -93,6 +112,7 @@ def test_copy_tree_both_ways(client: Hypeman, vm: str, tmp_path: Path) -> None:
     listed = hm_exec(client, vm, ["sh", "-c", "cd /srv/tree && ls -l run.sh && cat a.txt"])
     assert b"-rwxr-x---" in listed.output and b"alpha" in listed.output
     assert hm_exec(client, vm, ["/srv/tree/run.sh"]).output == b"run\n"
+    hm_exec(client, vm, ["sh", "-c", "ln -s a.txt /srv/tree/guest-link"])
 
     back = tmp_path / "back"
     cp_from_instance(client, vm, "/srv/tree", back)
@@ -101,8 +121,23 @@ def test_copy_tree_both_ways(client: Hypeman, vm: str, tmp_path: Path) -> None:
     assert (copied / "run.sh").stat().st_mode & 0o777 == 0o750
     data = (tree / "sub" / "deeper" / "data.bin").read_bytes()
     assert (copied / "sub" / "deeper" / "data.bin").read_bytes() == data
+    assert (copied / "guest-link").readlink() == Path("a.txt")  # links come out as links
+    assert not (copied / "link").is_symlink()  # the client uploads what a link points to
+
+
+def test_copy_single_files_and_errors(client: Hypeman, vm: str, tmp_path: Path) -> None:
+    source = tmp_path / "notes.txt"
+    source.write_bytes(b"one file\n")
+    source.chmod(0o600)
+    cp_to_instance(client, vm, source, "/srv/new/parent/notes.txt")
+    info = client.instances.stat(vm, path="/srv/new/parent/notes.txt")
+    assert (info.is_file, info.mode, info.size) == (True, 0o600, 9)
+    cp_from_instance(client, vm, "/srv/new/parent/notes.txt", tmp_path / "out")
+    assert (tmp_path / "out" / "notes.txt").read_bytes() == b"one file\n"
     with pytest.raises(CopyProtocolError, match="No such file"):
         cp_from_instance(client, vm, "/does/not/exist", tmp_path / "nothing")
+    with pytest.raises(CopyProtocolError, match="Not a directory"):
+        cp_to_instance(client, vm, source, "/srv/new/parent/notes.txt/inside")
 
 
 def test_stat(client: Hypeman, vm: str) -> None:
@@ -126,7 +161,7 @@ def test_stats(client: Hypeman, vm: str) -> None:
     assert 0 < (stats.memory_utilization_ratio or 0) <= 1.5
 
 
-def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str) -> None:
+def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str, tmp_path: Path) -> None:
     inst = client.instances.create(
         name="agentless", image=hello, vcpus=1, size="256MB", skip_guest_agent=True,
         cmd=["/hello", "serve", "80"],
@@ -138,5 +173,8 @@ def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str) -> Non
             hm_exec(client, inst.id, ["true"])
         assert refused.value.response.status_code == 409
         assert b"skip_guest_agent" in refused.value.response.body
+        with pytest.raises(InvalidStatus) as copy_refused:
+            cp_from_instance(client, inst.id, "/hello", tmp_path)
+        assert copy_refused.value.response.status_code == 409
     finally:
         client.instances.delete(inst.id)

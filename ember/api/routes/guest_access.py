@@ -182,6 +182,8 @@ async def exec_socket(websocket: WebSocket, ref: InstanceRef) -> None:
             request.command, env=request.env, cwd=request.cwd, tty=request.tty,
             rows=request.rows or 24, cols=request.cols or 80,
         )  # fmt: skip
+        if session.result is not None:  # it never started: say why, as a shell would
+            await websocket.send_bytes(f"{session.result.message}\r\n".encode())
         exit_code = await _relay_exec(websocket, session, request.timeout)
         await websocket.send_text(json.dumps({"exitCode": exit_code}))
         await websocket.close()
