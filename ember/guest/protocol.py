@@ -38,7 +38,7 @@ class MsgType(enum.IntEnum):
     PONG = 0x07
     SIGNAL = 0x08  # host->guest: signal=N to the workload (graceful stop: 15)
     ERROR = 0x0F  # guest->host: {"message"} answering a request on its channel
-    # Reserved for the next steps (exec, copy, stat); channels are per session.
+    # Requests on host-chosen channels; an exec session keeps its channel until EXEC_EXIT.
     EXEC_START = 0x10  # host->guest: arg=.. env=.. cwd= user= tty=0|1 rows= cols=
     EXEC_STARTED = 0x11  # guest->host: {"pid"}
     STDIN = 0x12  # host->guest data; flag EOF closes stdin
@@ -48,8 +48,10 @@ class MsgType(enum.IntEnum):
     EXEC_EXIT = 0x16  # guest->host: {"exit_code", "signal", "message"}
     CREDIT = 0x17  # either way: credit=N more data bytes may be sent on the channel
     STAT = 0x20  # host->guest: path= follow=0|1 -> STAT reply JSON
-    FILE_READ = 0x21  # host->guest: path= -> FILE_DATA frames, last one flagged EOF
-    FILE_WRITE = 0x22  # host->guest: path= mode= uid= gid= then FILE_DATA ... EOF -> STATUS
+    # Reserved, unused: copies run the agent's cp-in/cp-out modes as exec sessions
+    # (copy.py), so they share exec's flow control instead of needing their own.
+    FILE_READ = 0x21
+    FILE_WRITE = 0x22
     FILE_DATA = 0x23
 
 
