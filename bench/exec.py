@@ -5,7 +5,7 @@
   socket of a bare-QEMU VM of the same image;
 - throughput: `cat` of a 100 MB file in the guest, through both paths.
 
-    .venv/bin/python bench/exec.py [--runs 100] [--size-mb 100]
+    .venv/bin/python -m bench.exec [--runs 100] [--size-mb 100]
 """
 
 from __future__ import annotations
@@ -14,13 +14,9 @@ import argparse
 import asyncio
 import shutil
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
-
-# Run as a script (`python bench/exec.py`), the repository root is not on the path.
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import httpx
 from hypeman import Hypeman
