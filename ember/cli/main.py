@@ -45,6 +45,9 @@ def serve() -> None:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=10,
+        # Exec and copy streams are mostly incompressible; deflate cost a third
+        # of exec throughput (ember/guest/README.md).
+        ws_per_message_deflate=False,
     )
 
 

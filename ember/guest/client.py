@@ -12,6 +12,7 @@ without having seen the events.
 from __future__ import annotations
 
 import asyncio
+import collections
 import contextlib
 import itertools
 import logging
@@ -79,7 +80,8 @@ class ExecSession:
         self.channel = channel
         self.pid = 0
         self.result: ExecResult | None = None
-        self._frames: asyncio.Queue[Frame | None] = asyncio.Queue()
+        self._frames: collections.deque[Frame | None] = collections.deque()
+        self._arrived = asyncio.Event()
         self._send_credit = WINDOW
         self._credit_changed = asyncio.Event()
         self._consumed = 0
@@ -87,7 +89,7 @@ class ExecSession:
     async def read(self) -> tuple[str, bytes] | None:
         """Next ("stdout" | "stderr", bytes); None once the process exited and output ended."""
         while self.result is None:
-            frame = await self._frames.get()
+            frame = await self._next_frame()
             if frame is None:
                 raise AgentDisconnected("agent connection closed during exec")
             if frame.type in (MsgType.STDOUT, MsgType.STDERR):
@@ -98,6 +100,25 @@ class ExecSession:
             elif frame.type == MsgType.ERROR:
                 raise AgentError(str(frame.json().get("message", "exec failed")))
         return None
+
+    async def read_merged(self, limit: int = 256 * 1024) -> bytes | None:
+        """stdout and stderr as one stream: the next chunk joined with whatever output
+        has already arrived behind it, up to about ``limit`` bytes; None at the end.
+
+        A relay that forwards one message per agent frame pays its per-message cost
+        every 32 KiB; joining what is queued pays it once per burst."""
+        first = await self.read()
+        if first is None:
+            return None
+        merged = bytearray(first[1])
+        while len(merged) < limit and self._frames:
+            frame = self._frames[0]  # only output frames are taken here; read() handles the rest
+            if frame is None or frame.type not in (MsgType.STDOUT, MsgType.STDERR):
+                break
+            self._frames.popleft()
+            await self._grant(len(frame.payload))
+            merged += frame.payload
+        return bytes(merged)
 
     async def wait(self) -> tuple[ExecResult, bytes, bytes]:
         """Drain the output; returns (result, stdout, stderr)."""
@@ -144,7 +165,14 @@ class ExecSession:
             self._send_credit += int(fields.get("credit", 0))
             self._credit_changed.set()
             return
-        self._frames.put_nowait(frame)
+        self._frames.append(frame)
+        self._arrived.set()
+
+    async def _next_frame(self) -> Frame | None:
+        while not self._frames:
+            self._arrived.clear()
+            await self._arrived.wait()
+        return self._frames.popleft()
 
 
 class AgentClient:
@@ -224,7 +252,7 @@ class AgentClient:
         session = ExecSession(self, next(self._channels))
         self._sessions[session.channel] = session
         await self._send(Frame(MsgType.EXEC_START, session.channel, encode_record(fields)))
-        first = await asyncio.wait_for(session._frames.get(), timeout)
+        first = await asyncio.wait_for(session._next_frame(), timeout)
         if first is None:
             raise AgentDisconnected("agent connection closed during exec")
         if first.type == MsgType.ERROR:

@@ -209,8 +209,8 @@ async def _relay_exec(websocket: WebSocket, session: ExecSession, timeout: int |
     stdin = asyncio.create_task(_pump_stdin(websocket, session))
     try:
         async with asyncio.timeout(timeout or None):
-            while (chunk := await session.read()) is not None:
-                await websocket.send_bytes(chunk[1])
+            while (data := await session.read_merged()) is not None:
+                await websocket.send_bytes(data)
     except TimeoutError:
         with contextlib.suppress(EmberError):
             await session.signal(signal.SIGKILL)
