@@ -9,13 +9,25 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
 import typer
-from rich.console import Console
+from rich import filesize
+from rich.console import Console, RenderableType
+from rich.progress import (
+    BarColumn,
+    DownloadColumn,
+    Progress,
+    ProgressColumn,
+    Task,
+    TaskID,
+    TextColumn,
+    TimeRemainingColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 from ember.client import ApiError, EmberClient
 from ember.config import Settings
@@ -94,6 +106,93 @@ def coloured(value: str) -> str:
     return f"[{colour}]{value}[/{colour}]"
 
 
+class _BytesOnly(ProgressColumn):
+    """A column shown only for phases measured in bytes (download, unpack)."""
+
+    def __init__(self, column: ProgressColumn) -> None:
+        super().__init__()
+        self.column = column
+
+    def render(self, task: Task) -> RenderableType:
+        if task.fields.get("bytes") and task.total is not None:
+            return self.column.render(task)
+        return Text("")
+
+
+class _Rate(ProgressColumn):
+    """Bytes per second: rich's recent estimate while running; once finished, the average
+    since the bar appeared (a phase's last poll lands after its end, in one jump)."""
+
+    def render(self, task: Task) -> RenderableType:
+        speed = task.speed
+        if task.finished:
+            elapsed = task.elapsed or 0
+            moved = task.completed - task.fields.get("first", 0)
+            speed = moved / elapsed if elapsed > 0 and moved > 0 else None
+        text = f"{filesize.decimal(int(speed))}/s" if speed else "?"
+        return Text(text, style="progress.data.speed")
+
+
+def show_pull(
+    updates: Iterable[dict[str, Any]], out: Console, *, transient: bool = False
+) -> dict[str, Any]:
+    """Render an image's progress (queue, then one bar per phase) until it settles."""
+    image: dict[str, Any] = {}
+    tasks: dict[str, TaskID] = {}
+    columns = (
+        TextColumn("{task.description:<12}"),
+        BarColumn(),
+        _BytesOnly(DownloadColumn()),
+        _BytesOnly(_Rate()),
+        _BytesOnly(TimeRemainingColumn(elapsed_when_finished=True)),
+        TextColumn("{task.fields[note]}"),
+    )
+    with Progress(*columns, console=out, transient=transient) as bars:
+
+        def finish_others(phase: str | None) -> None:
+            for other, task_id in tasks.items():
+                task = bars.tasks[task_id]
+                if other != phase and not task.finished:
+                    total = task.total if task.total is not None else 1
+                    waiting = other in ("queued", "resolving")  # no work to show once over
+                    bars.update(task_id, total=total, completed=total, note="", visible=not waiting)
+
+        for image in updates:
+            status, progress = image["status"], image.get("progress") or {}
+            if status in ("ready", "failed"):
+                if status == "ready":
+                    finish_others(None)
+                break
+            phase = "queued" if status == "pending" else progress.get("phase") or status
+            done, total = progress.get("bytes_done"), progress.get("bytes_total")
+            where = image.get("queue_position")
+            note = f"position {where}" if where else ""
+            finish_others(phase)
+            if phase not in tasks:
+                tasks[phase] = bars.add_task(
+                    phase, total=total, completed=done or 0, bytes=total is not None, note=note,
+                    first=done or 0,  # cached layers are not part of the rate
+                )  # fmt: skip
+            else:
+                bars.update(
+                    tasks[phase], total=total, completed=done or 0, bytes=total is not None,
+                    note=note,
+                )  # fmt: skip
+    return image
+
+
+def _pull(api: EmberClient, name: str, platform: str | None, *, quiet: bool) -> dict[str, Any]:
+    """Pull with progress; print the outcome unless `quiet` (the caller prints JSON)."""
+    api.pull(name, platform)
+    image = show_pull(api.watch_image(name), console, transient=quiet)
+    if quiet:
+        return image
+    if image["status"] == "ready":
+        size = image.get("size_bytes") or 0
+        console.print(f"{coloured('ready')} {image['name']} {image['digest']} {size:,} bytes")
+    return image
+
+
 @app.command()
 def pull(
     name: str,
@@ -102,21 +201,12 @@ def pull(
 ) -> None:
     """Pull an image and convert it to a VM disk, showing progress."""
     with client() as api:
-        api.pull(name, platform)
-        image: dict[str, Any] = {}
-        with console.status(f"pulling {name}") as status:
-            for image in api.watch_image(name):
-                where = image.get("queue_position")
-                suffix = f" (queue position {where})" if where else ""
-                status.update(f"{name}: {image['status']}{suffix}")
-        if as_json:
-            emit_json(image)
-        elif image["status"] == "ready":
-            size = image.get("size_bytes") or 0
-            console.print(f"{coloured('ready')} {image['name']} {image['digest']} {size:,} bytes")
-        if image["status"] == "failed":
-            console.print(f"[red]failed:[/red] {image.get('error')}")
-            raise typer.Exit(1)
+        image = _pull(api, name, platform, quiet=as_json)
+    if as_json:
+        emit_json(image)
+    if image["status"] == "failed":
+        console.print(f"[red]failed:[/red] {image.get('error')}")
+        raise typer.Exit(1)
 
 
 @app.command()
@@ -160,7 +250,11 @@ def run(
 ) -> None:
     """Pull an image (if needed) and boot it as a new instance."""
     if pull_first:
-        pull(image, platform=None, as_json=False)
+        with client() as api:
+            pulled = _pull(api, image, None, quiet=as_json)
+        if pulled["status"] == "failed":
+            console.print(f"[red]failed:[/red] {pulled.get('error')}")
+            raise typer.Exit(1)
     body: dict[str, Any] = {"name": name, "image": image, "size": size, "vcpus": vcpus}
     if env:
         body["env"] = dict(item.split("=", 1) for item in env)

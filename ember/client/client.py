@@ -78,11 +78,12 @@ class EmberClient:
         self._call("DELETE", f"/images/{_quote(name)}")
 
     def watch_image(self, name: str, interval: float = 0.2) -> Iterator[JSON]:
-        """Yield the image each time its status or queue position changes, until it settles."""
-        last: tuple[object, object] | None = None
+        """Yield the image each time its status, queue position or progress changes, until
+        it settles (ready or failed)."""
+        last: tuple[object, object, object] | None = None
         while True:
             image = self.image(name)
-            seen = (image["status"], image.get("queue_position"))
+            seen = (image["status"], image.get("queue_position"), image.get("progress"))
             if seen != last:
                 last = seen
                 yield image

@@ -47,6 +47,7 @@ CHUNK = 1 << 20
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 
 Progress = Callable[[int], None]
+"""Called with each chunk's size as a blob arrives; negative to take back a failed attempt."""
 
 
 @dataclass(frozen=True)
@@ -158,17 +159,21 @@ class RegistryClient:
         if blobs.has(digest):
             return
         for attempt in range(1, MAX_ATTEMPTS + 1):
+            received = 0
             try:
                 async with self._stream(ref, f"blobs/{digest}") as response:
                     with blobs.writer(digest, size) as blob:
                         async for chunk in response.aiter_bytes(CHUNK):
                             blob.write(chunk)
+                            received += len(chunk)
                             if progress:
                                 progress(len(chunk))
                 return
             except DigestMismatch as exc:
                 raise RegistryError(f"registry {ref.registry}: {exc.message}") from exc
             except (httpx.TransportError, _Retryable) as exc:
+                if progress and received:
+                    progress(-received)  # the next attempt starts from zero
                 if attempt == MAX_ATTEMPTS:
                     raise self._unreachable(ref, exc) from exc
                 await asyncio.sleep(_backoff(exc, attempt))

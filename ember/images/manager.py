@@ -14,14 +14,22 @@ import contextlib
 import logging
 import shutil
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
 from ember.ids import new_id
 from ember.images.blobs import BlobStore
 from ember.images.distribution import Credentials, RegistryClient
-from ember.images.models import IN_PROGRESS, ImageRecord, ImageSource, ImageStatus
-from ember.images.pull import PulledImage, convert, fetch, load_local
+from ember.images.models import (
+    IN_PROGRESS,
+    BuildPhase,
+    BuildProgress,
+    ImageRecord,
+    ImageSource,
+    ImageStatus,
+)
+from ember.images.pull import PulledImage, StepProgress, convert, fetch, load_local
 from ember.images.reference import ImageRef, parse_reference
 from ember.store import Repository, Store
 from ember.validation import validate_tags
@@ -71,6 +79,9 @@ class ImageManager:
         self._waiting: list[str] = []
         # Borrowed registry credentials: memory only, dropped once the pull ends.
         self._credentials: dict[str, Credentials] = {}
+        # How far each image being built has got: memory only, gone when the build ends.
+        # Each report replaces the entry whole, so a reader never sees half an update.
+        self._progress: dict[str, BuildProgress] = {}
         self._workers: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -116,6 +127,12 @@ class ImageManager:
 
     def queue_position(self, record: ImageRecord) -> int | None:
         return self._waiting.index(record.id) + 1 if record.id in self._waiting else None
+
+    def progress(self, record: ImageRecord) -> BuildProgress | None:
+        """A snapshot of the build's progress while it is pulling or converting, else None."""
+        if record.status not in (ImageStatus.PULLING, ImageStatus.CONVERTING):
+            return None
+        return self._progress.get(record.id)
 
     def rootfs_path(self, record: ImageRecord) -> Path:
         if record.status != ImageStatus.READY:
@@ -221,24 +238,36 @@ class ImageManager:
                 self._fail(record_id, f"internal error: {exc}")
             finally:
                 self._credentials.pop(record_id, None)
+                self._progress.pop(record_id, None)
 
     async def _build(self, record_id: str) -> None:
         record = self.repo.get(record_id)
         if record is None:  # deleted while queued
             return
         ref = parse_reference(record.name)
+        report = partial(self._report, record_id)
+        report("resolving", None, None)
         self._set_status(record_id, ImageStatus.PULLING)
-        pulled = await self._fetch(record, ref)
+        pulled = await self._fetch(record, ref, report)
         record = self.repo.update(record_id, lambda r: _apply_metadata(r, pulled))
         rootfs_dir = self.images_dir / pulled.digest
         if not (rootfs_dir / ROOTFS_NAME).exists():
+            report("unpacking", 0, pulled.size or None)
             self._set_status(record_id, ImageStatus.CONVERTING)
-            await asyncio.to_thread(convert, pulled, self.blobs, rootfs_dir)
+            await asyncio.to_thread(convert, pulled, self.blobs, rootfs_dir, report)
         size = (rootfs_dir / ROOTFS_NAME).stat().st_size
         self.repo.update(record_id, lambda r: _ready(r, size))
         log.info("image ready", extra={"image": record.name, "digest": pulled.digest})
 
-    async def _fetch(self, record: ImageRecord, ref: ImageRef) -> PulledImage:
+    def _report(
+        self, record_id: str, phase: BuildPhase, done: int | None, total: int | None
+    ) -> None:
+        """Progress of a build (also called from the conversion's thread)."""
+        self._progress[record_id] = BuildProgress.model_construct(
+            phase=phase, bytes_done=done, bytes_total=total
+        )
+
+    async def _fetch(self, record: ImageRecord, ref: ImageRef, report: StepProgress) -> PulledImage:
         if record.source == ImageSource.PUSH:
             return await asyncio.to_thread(load_local, record.digest, self.blobs)
         if ref.registry in self.local_hosts and self.local_resolver is not None:
@@ -249,7 +278,7 @@ class ImageManager:
         async with RegistryClient(
             insecure=self.insecure, credentials=self._credentials.get(record.id)
         ) as client:
-            return await fetch(ref, client, self.blobs, record.requested_platform)
+            return await fetch(ref, client, self.blobs, record.requested_platform, report)
 
     def _set_status(self, record_id: str, status: ImageStatus) -> None:
         self.repo.update(record_id, lambda r: setattr(r, "status", status))

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from enum import StrEnum
+from typing import Literal
 
-from pydantic import Field
+from pydantic import BaseModel, Field
 
 from ember.store import StoredRecord
 
@@ -47,3 +48,25 @@ class ImageRecord(StoredRecord):
     size_bytes: int | None = None
     tags: dict[str, str] = Field(default_factory=dict)
     created_at: datetime = Field(default_factory=utcnow)
+
+
+BuildPhase = Literal["resolving", "downloading", "unpacking", "building"]
+
+
+class BuildProgress(BaseModel):
+    """How far an image in progress has got: kept in memory only, never stored."""
+
+    phase: BuildPhase = Field(
+        default="resolving",
+        description="resolving (manifest), downloading (config and layers), unpacking "
+        "(layers into a tree), building (the root disk)",
+    )
+    bytes_done: int | None = Field(
+        default=None,
+        description="Bytes of the current phase done: downloading counts config and layer "
+        "bytes in the blob store (cached ones included), unpacking counts layer bytes read; "
+        "null where not measurable (resolving, building)",
+    )
+    bytes_total: int | None = Field(
+        default=None, description="Bytes the current phase has to do in all (null if unknown)"
+    )

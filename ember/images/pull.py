@@ -19,6 +19,7 @@ from typing import Any
 from ember.errors import EmberError
 from ember.images.blobs import BlobStore
 from ember.images.distribution import INDEX_TYPES, Manifest, RegistryClient, RegistryError
+from ember.images.models import BuildPhase
 from ember.images.reference import ImageRef
 from ember.images.rootfs import build_rootfs
 from ember.images.unpack import unpack_layers
@@ -29,8 +30,13 @@ PARALLEL_DOWNLOADS = 4
 # (media, archives, weights): lz4 will not shrink them either.
 INCOMPRESSIBLE_RATIO = 0.9
 
-PullProgress = Callable[[int, int], None]
-"""Called with (bytes downloaded, bytes to download) as missing layers arrive."""
+StepProgress = Callable[[BuildPhase, int | None, int | None], None]
+"""Called with (phase, bytes done, bytes in all) as work advances: `downloading`
+counts the config and layers in the store (cached ones from the start),
+`unpacking` the layer bytes read, `building` measures nothing (None, None)."""
+Keep = Callable[[str], None]
+"""Called with each digest a pull is about to rely on, before it looks for it in
+the store: the garbage collector keeps these until the pull ends."""
 
 
 @dataclass(frozen=True)
@@ -114,25 +120,69 @@ async def fetch(
     client: RegistryClient,
     blobs: BlobStore,
     platform: str,
-    progress: PullProgress | None = None,
+    progress: StepProgress | None = None,
+    keep: Keep | None = None,
 ) -> PulledImage:
     """Resolve `ref` and download its config and missing layers into `blobs`."""
+    keep = keep or _keep_nothing
     top = await client.get_manifest(ref)
+    keep(top.digest)
     blobs.put_bytes(top.body, top.digest)
     manifest = top
     if top.media_type in INDEX_TYPES:
         entry = select_platform(top.json(), platform)
         manifest = await client.get_manifest(ref, str(entry["digest"]))
+        keep(manifest.digest)
         blobs.put_bytes(manifest.body, manifest.digest)
     body = manifest.json()
     config_desc = body.get("config") or {}
     if "digest" not in config_desc:
         raise RegistryError(f"manifest {manifest.digest} has no config")
-    await client.fetch_blob(ref, str(config_desc["digest"]), blobs, config_desc.get("size"))
-    config = blobs.read_json(str(config_desc["digest"]))
+    config_digest = str(config_desc["digest"])
+    # A digest listed twice (empty layers often are) is downloaded, and counted, once.
+    wanted = {config_digest: config_desc.get("size")}
+    for layer in body.get("layers", []):
+        wanted.setdefault(str(layer["digest"]), layer.get("size"))
+    for digest in wanted:
+        keep(digest)  # before looking: a blob found here must still be here when used
+    counter = _ByteCounter(progress, {d: s for d, s in wanted.items() if blobs.has(d)}, wanted)
+    await client.fetch_blob(ref, config_digest, blobs, config_desc.get("size"), counter.advance)
+    config = blobs.read_json(config_digest)
     pulled = _describe(top.digest, body, config, platform)
-    await _fetch_layers(ref, client, blobs, pulled.layers, progress)
+    await _fetch_layers(ref, client, blobs, pulled.layers, counter.advance)
+    counter.finish()  # everything is here now, some of it perhaps fetched by another pull
     return pulled
+
+
+def _keep_nothing(_digest: str) -> None:
+    pass
+
+
+class _ByteCounter:
+    """Bytes of an image's config and layers in the store, out of all it needs."""
+
+    def __init__(
+        self,
+        progress: StepProgress | None,
+        present: dict[str, int | None],
+        wanted: dict[str, int | None],
+    ) -> None:
+        self.progress = progress
+        self.total = sum(size or 0 for size in wanted.values())
+        self.done = sum(size or 0 for size in present.values())
+        self.report()
+
+    def advance(self, count: int) -> None:
+        self.done += count  # negative when a failed attempt is rolled back
+        self.report()
+
+    def finish(self) -> None:
+        self.done = self.total
+        self.report()
+
+    def report(self) -> None:
+        if self.progress:
+            self.progress("downloading", max(0, min(self.done, self.total)), self.total)
 
 
 async def _fetch_layers(
@@ -140,19 +190,9 @@ async def _fetch_layers(
     client: RegistryClient,
     blobs: BlobStore,
     layers: list[Layer],
-    progress: PullProgress | None,
+    advance: Callable[[int], None],
 ) -> None:
-    # A digest listed twice (empty layers often are) is downloaded once.
     missing = {layer.digest: layer for layer in layers if not blobs.has(layer.digest)}
-    total = sum(layer.size or 0 for layer in missing.values())
-    done = 0
-
-    def advance(count: int) -> None:
-        nonlocal done
-        done += count
-        if progress:
-            progress(min(done, total), total)  # a retried blob is not counted twice
-
     limit = asyncio.Semaphore(PARALLEL_DOWNLOADS)
 
     async def one(layer: Layer) -> None:
@@ -186,12 +226,24 @@ def load_local(digest: str, blobs: BlobStore, platform: str = "linux/amd64") -> 
     return pulled
 
 
-def convert(pulled: PulledImage, blobs: BlobStore, image_dir: Path) -> int:
+def convert(
+    pulled: PulledImage, blobs: BlobStore, image_dir: Path, progress: StepProgress | None = None
+) -> int:
     """Unpack the layers and build `image_dir/rootfs.erofs`; return its size in bytes."""
     work = blobs.scratch_dir()
     try:
         tree = work / "rootfs"
-        stats = unpack_layers([blobs.path(layer.digest) for layer in pulled.layers], tree)
+        paths = [blobs.path(layer.digest) for layer in pulled.layers]
+        total = sum(path.stat().st_size for path in paths)
+
+        def unpacked(done: int) -> None:
+            if progress:
+                progress("unpacking", min(done, total), total)
+
+        unpacked(0)
+        stats = unpack_layers(paths, tree, unpacked)
+        if progress:
+            progress("building", None, None)
         staged = work / ROOTFS_NAME
         # Uncompressed layers say nothing about compressibility: then compress.
         worth_it = stats.compressed < INCOMPRESSIBLE_RATIO * stats.expanded or not stats.expanded

@@ -20,7 +20,7 @@ import shutil
 import stat
 import tarfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import IO, cast
@@ -57,17 +57,22 @@ class UnpackStats:
 @contextlib.contextmanager
 def open_layer(path: Path) -> Iterator[tuple[IO[bytes], bool]]:
     """The layer's uncompressed tar stream, whatever its compression, and whether it had any."""
-    with path.open("rb") as raw:
-        magic = raw.read(4)
-        raw.seek(0)
-        if magic.startswith(_GZIP_MAGIC):
-            with gzip.GzipFile(fileobj=raw) as stream:
-                yield cast(IO[bytes], stream), True
-        elif magic == _ZSTD_MAGIC:
-            with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
-                yield zstream, True
-        else:
-            yield raw, False
+    with path.open("rb") as raw, _decompressed(raw) as opened:
+        yield opened
+
+
+@contextlib.contextmanager
+def _decompressed(raw: IO[bytes]) -> Iterator[tuple[IO[bytes], bool]]:
+    magic = raw.read(4)
+    raw.seek(0)
+    if magic.startswith(_GZIP_MAGIC):
+        with gzip.GzipFile(fileobj=raw) as stream:
+            yield cast(IO[bytes], stream), True
+    elif magic == _ZSTD_MAGIC:
+        with zstandard.ZstdDecompressor().stream_reader(raw) as zstream:
+            yield zstream, True
+    else:
+        yield raw, False
 
 
 def _relative(name: str) -> PurePosixPath:
@@ -81,17 +86,26 @@ def _relative(name: str) -> PurePosixPath:
 class Unpacker:
     """Apply layers one after another to `root`."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, progress: Callable[[int], None] | None = None) -> None:
         self.root = root
         root.mkdir(parents=True, exist_ok=True)
         self._dir_times: dict[Path, tuple[float, float]] = {}
         self.stats = UnpackStats()
+        self.progress = progress
+        self.bytes_read = 0  # of the layer files as stored, all layers so far
 
     def apply(self, layer: Path) -> None:
+        before = self.bytes_read
         try:
-            with open_layer(layer) as (stream, compressed):
+            with layer.open("rb") as raw, _decompressed(raw) as (stream, compressed):
+
+                def read() -> None:
+                    self.bytes_read = before + raw.tell()
+                    if self.progress:
+                        self.progress(self.bytes_read)
+
                 with tarfile.open(fileobj=stream, mode="r|", bufsize=_TAR_BUFFER) as tar:
-                    self._apply_entries(tar)
+                    self._apply_entries(tar, read)
                 if compressed:
                     self.stats.compressed += layer.stat().st_size
                     self.stats.expanded += stream.tell()
@@ -100,10 +114,14 @@ class Unpacker:
                 raise CorruptLayer(f"layer {layer.name} is not a valid tar: {exc}") from exc
         except (gzip.BadGzipFile, zlib.error, EOFError, zstandard.ZstdError) as exc:
             raise CorruptLayer(f"layer {layer.name} cannot be decompressed: {exc}") from exc
+        self.bytes_read = before + layer.stat().st_size
+        if self.progress:
+            self.progress(self.bytes_read)
 
-    def _apply_entries(self, tar: tarfile.TarFile) -> None:
+    def _apply_entries(self, tar: tarfile.TarFile, read: Callable[[], None]) -> None:
         created: set[Path] = set()  # an opaque marker keeps this layer's own entries
         for member in tar:
+            read()
             rel = _relative(member.name)
             if rel.name == OPAQUE_MARKER:
                 self._make_opaque(rel.parent, created)
@@ -261,8 +279,11 @@ def _remove_lower(directory: Path, keep: set[Path]) -> None:
             _remove_lower(path, keep)
 
 
-def unpack_layers(layers: list[Path], root: Path) -> UnpackStats:
-    unpacker = Unpacker(root)
+def unpack_layers(
+    layers: list[Path], root: Path, progress: Callable[[int], None] | None = None
+) -> UnpackStats:
+    """Apply `layers` in order; `progress` is told the bytes of layer files read so far."""
+    unpacker = Unpacker(root, progress)
     for layer in layers:
         unpacker.apply(layer)
     unpacker.finish()

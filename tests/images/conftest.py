@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import bcrypt
+import httpx
 import jwt
 import pytest
 
@@ -118,3 +119,66 @@ def token_registry(
     finally:
         server.stop()
         tokens.server.shutdown()
+
+
+class GatedProxy:
+    """A proxy in front of a registry that sends each blob only when the test allows it.
+
+    Manifests pass straight through; a blob GET waits for a permit (`release`) before
+    its body is sent, so a test can hold a pull at a known point: no sleeps, no timing.
+    `served` lists the blobs sent in full, in order.
+    """
+
+    def __init__(self, upstream: RegistryServer) -> None:
+        self.upstream = upstream
+        self.permits = threading.Semaphore(0)
+        self.served: list[str] = []
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    @property
+    def host(self) -> str:
+        return f"127.0.0.1:{self.server.server_address[1]}"
+
+    def release(self, count: int = 1) -> None:
+        self.permits.release(count)
+
+    def stop(self) -> None:
+        self.release(1000)  # nothing stays blocked
+        self.server.shutdown()
+
+    def _handler(self) -> type[BaseHTTPRequestHandler]:
+        proxy = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                wanted = ("accept", "authorization")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in wanted}
+                answer = httpx.get(f"{proxy.upstream.url}{self.path}", headers=headers)
+                blob = "/blobs/sha256:" in self.path and answer.status_code == 200
+                if blob:
+                    proxy.permits.acquire(timeout=120)
+                self.send_response(answer.status_code)
+                for key in ("content-type", "docker-content-digest", "www-authenticate"):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", str(len(answer.content)))
+                self.end_headers()
+                self.wfile.write(answer.content)
+                self.wfile.flush()
+                if blob:
+                    proxy.served.append(self.path.rsplit("/", 1)[1])
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        return Handler
+
+
+@pytest.fixture
+def gated(registry: RegistryServer) -> Iterator[GatedProxy]:
+    proxy = GatedProxy(registry)
+    try:
+        yield proxy
+    finally:
+        proxy.stop()

@@ -73,11 +73,9 @@ async def test_multilayer_fetch_and_convert(
     image = multilayer_image(env={"A": "1", "B": "x=y"}, working_dir="/app", user="1000:1000")
     push(image, registry.url, "fetch/multi", "v1")
     ref = parse_reference(f"{registry.host}/fetch/multi:v1")
-    seen: list[tuple[int, int]] = []
+    seen: list[tuple[str, int | None, int | None]] = []
     async with RegistryClient() as client:
-        pulled = await fetch(
-            ref, client, blobs, AMD64, lambda done, total: seen.append((done, total))
-        )
+        pulled = await fetch(ref, client, blobs, AMD64, lambda *step: seen.append(step))
     assert pulled.digest == image.digest and pulled.platform == AMD64
     assert pulled.cmd == ["/bin/cat", "/app/config"] and pulled.entrypoint is None
     assert (pulled.env, pulled.working_dir, pulled.user) == (
@@ -86,18 +84,31 @@ async def test_multilayer_fetch_and_convert(
     assert len(pulled.layers) == 3 and pulled.size == sum(
         len(image.blobs[x.digest]) for x in pulled.layers
     )
-    assert seen[-1] == (pulled.size, pulled.size)
+    # Progress counts the config and the layers, from nothing to all of them.
+    assert image.size == len(image.blobs[pulled.config_digest]) + pulled.size
+    assert seen[0] == ("downloading", 0, image.size)
+    assert seen[-1] == ("downloading", image.size, image.size)
+    done = [step[1] or 0 for step in seen]
+    assert done == sorted(done) and len(set(done)) > 2
     assert all(blobs.has(layer.digest) for layer in pulled.layers)
 
-    # Pulled again: every layer is already here, nothing is downloaded.
-    again: list[tuple[int, int]] = []
+    # Pulled again: every layer is already here, nothing is downloaded, all counts as done.
+    again: list[tuple[str, int | None, int | None]] = []
     async with RegistryClient() as client:
-        await fetch(ref, client, blobs, AMD64, lambda done, total: again.append((done, total)))
-    assert again == []
+        await fetch(ref, client, blobs, AMD64, lambda *step: again.append(step))
+    assert again and set(again) == {("downloading", image.size, image.size)}
 
     image_dir = tmp_path / "images" / pulled.digest
-    size = convert(pulled, blobs, image_dir)
+    steps: list[tuple[str, int | None, int | None]] = []
+    size = convert(pulled, blobs, image_dir, lambda *step: steps.append(step))
     assert size == (image_dir / ROOTFS_NAME).stat().st_size
+    # Unpacking counts the layer bytes read, from none to all; building measures nothing.
+    assert steps[0] == ("unpacking", 0, pulled.size)
+    unpacked = [step for step in steps if step[0] == "unpacking"]
+    assert unpacked[-1] == ("unpacking", pulled.size, pulled.size)
+    read = [step[1] or 0 for step in unpacked]
+    assert read == sorted(read) and len(set(read)) > len(pulled.layers) + 1  # within layers too
+    assert steps[-1] == ("building", None, None) and steps[len(unpacked)] == steps[-1]
     assert os.listdir(image_dir) == [ROOTFS_NAME]
     assert erofs_compressed(image_dir / ROOTFS_NAME)
     assert os.listdir(blobs.tmp_dir) == []  # the unpacked tree is gone

@@ -12,7 +12,7 @@ from ember.api.deps import ServicesDep
 from ember.api.query import tag_filter
 from ember.images.distribution import Credentials
 from ember.images.manager import ImageManager
-from ember.images.models import ImageRecord
+from ember.images.models import BuildProgress, ImageRecord
 
 router = APIRouter(prefix="/images", tags=["images"])
 ImageName = Annotated[str, Path(description="Image reference (normalized or not) or digest")]
@@ -32,12 +32,18 @@ class Image(BaseModel):
     env: dict[str, str] | None = None
     working_dir: str | None = None
     tags: dict[str, str] | None = None
+    progress: BuildProgress | None = Field(
+        default=None,
+        description="Ember extension: how far a pull or conversion has got "
+        "(null unless the status is pulling or converting)",
+    )
 
     @classmethod
     def of(cls, record: ImageRecord, manager: ImageManager) -> Image:
         return cls(
             **record.model_dump(exclude={"id", "source", "requested_platform", "user"}),
             queue_position=manager.queue_position(record),
+            progress=manager.progress(record),
         )
 
 
