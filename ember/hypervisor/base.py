@@ -42,6 +42,9 @@ class VMSpec:
     tap: str | None = None
     mac: str | None = None
     name: str = "ember"
+    # Appended to, never truncated: what the VMM itself says (command line, warnings,
+    # why it exited). None discards it.
+    vmm_log: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,4 +82,8 @@ class Hypervisor(Protocol):
 
     async def wait_exit(self, vm: VMHandle, timeout: float | None = None) -> bool:
         """Wait for the VM process to exit; False on timeout."""
+        ...
+
+    def collect_output(self, instance_dir: Path, vmm_log: Path) -> None:
+        """Once the VM has exited: append what the VMM printed while it ran to ``vmm_log``."""
         ...

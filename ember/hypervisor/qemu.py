@@ -11,8 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shlex
 import signal
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ember.errors import Unavailable
@@ -23,6 +25,7 @@ from ember.hypervisor.qmp import QMPClient
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
 _MIB = 1024 * 1024
+RUNTIME_OUTPUT = "qemu.out"  # QEMU's stderr once daemonized; truncated by each boot
 
 
 def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
@@ -79,8 +82,18 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
         "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
         "-daemonize", "-pidfile", str(spec.pid_file),
+        # Daemonized QEMU points its stderr at /dev/null, or at the -D file if there is one.
+        "-D", str(spec.instance_dir / RUNTIME_OUTPUT),
     ]  # fmt: skip
     return cmd
+
+
+def _append_lines(log: Path | None, lines: list[str]) -> None:
+    if log is None or not lines:
+        return
+    stamp = datetime.now(UTC).isoformat()
+    with log.open("a") as out:
+        out.writelines(f"{stamp} {line}\n" for line in lines)
 
 
 def _opt(path: Path) -> str:
@@ -101,20 +114,30 @@ class QemuHypervisor:
         spec.instance_dir.mkdir(parents=True, exist_ok=True)
         for stale in (spec.agent_socket, spec.qmp_socket, spec.pid_file):
             stale.unlink(missing_ok=True)
+        command = build_command(spec, self.accel, self.binary)
+        _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
-            *build_command(spec, self.accel, self.binary),
+            *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.STDOUT,
             cwd=spec.instance_dir,
         )
         # With -daemonize the parent exits once the VM is set up (or failed).
-        out, err = await proc.communicate()
+        out, _ = await proc.communicate()
+        said = out.decode(errors="replace").strip()
+        _append_lines(spec.vmm_log, said.splitlines())
         if proc.returncode != 0:
-            detail = (err or out).decode(errors="replace").strip()
-            raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {detail}")
+            raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {said}")
         pid = int(spec.pid_file.read_text().strip())
+        _append_lines(spec.vmm_log, [f"started pid {pid} ({self.accel})"])
         return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)
+
+    def collect_output(self, instance_dir: Path, vmm_log: Path) -> None:
+        runtime = instance_dir / RUNTIME_OUTPUT
+        with contextlib.suppress(FileNotFoundError):
+            _append_lines(vmm_log, runtime.read_text(errors="replace").splitlines())
+            runtime.unlink()
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):

@@ -404,12 +404,12 @@ class InstanceManager:
             pid_file=paths.pid_file,
             disks=disks,
             name=record.name,
+            vmm_log=paths.vmm_log,
         )
         hypervisor = self._hypervisor(record.hypervisor)
         record_event(paths.dir, f"starting {hypervisor.name} VMM ({system.kernel_version})")
         handle = await hypervisor.start(spec)
         record_event(paths.dir, f"VMM running (pid {handle.pid})")
-        _append(paths.vmm_log, f"started pid {handle.pid}")
         record = self._transition(
             record.id,
             State.INITIALIZING,
@@ -481,6 +481,7 @@ class InstanceManager:
             record.pid, record.stopped_at, record.state_error = None, datetime.now(UTC), None
 
         record = self._update(instance_id, settle)
+        self._hypervisor(record.hypervisor).collect_output(paths.dir, paths.vmm_log)
         shutil.rmtree(paths.run, ignore_errors=True)
         record_event(paths.dir, f"state -> Stopped ({record.exit_message or 'no exit status'})")
 
@@ -528,12 +529,6 @@ class InstanceManager:
         shutil.rmtree(paths.dir, ignore_errors=True)
         self.repo.delete(record.id)
         self._changed.notify()
-
-
-def _append(path: Path, line: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as out:
-        out.write(f"{datetime.now(UTC).isoformat()} {line}\n")
 
 
 def _exited(record: InstanceRecord, status: AgentStatus) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import time
@@ -42,6 +43,9 @@ def test_create_run_exit_and_logs(client: Hypeman, hello: str, shared_server: Em
     operations = list(client.instances.logs(inst.id, source="hypeman"))
     assert any("state -> Running" in line for line in operations)
     assert any("state -> Stopped" in line for line in operations)
+    vmm = list(client.instances.logs(inst.id, source="vmm"))
+    assert any("qemu-system-x86_64 -name guest=exits" in line for line in vmm)
+    assert any("started pid" in line for line in vmm)
     # Stopped -> stop is a conflict; unknown ids are 404.
     with pytest.raises(ConflictError):
         client.instances.stop(inst.id)
@@ -82,6 +86,17 @@ def test_stop_start_wait_and_follow(
     assert restarted.state in ("Initializing", "Running")
     assert client.instances.wait(inst.id, state="Running", api_timeout=BOOT).state == "Running"
     assert client.instances.get(inst.id).exit_code is None
+
+    # A VMM killed behind Ember's back: Stopped, and what QEMU said is in the vmm log.
+    pid = int(Path(f"/run/ember/{inst.id}/vmm.pid").read_text())
+    os.kill(pid, signal.SIGTERM)
+    gone = client.instances.wait(inst.id, state="Stopped", api_timeout=BOOT)
+    assert gone.state == "Stopped"
+    assert client.instances.get(inst.id).exit_message == (
+        "the VMM exited before the workload reported an exit"
+    )
+    vmm = list(client.instances.logs(inst.id, source="vmm"))
+    assert any("terminating on signal 15" in line for line in vmm)
     client.instances.delete(inst.id)
     assert not (shared_server.data_dir / "instances" / inst.id).exists()
     assert not any(p for p in Path("/run/ember").glob(f"{inst.id}*"))
