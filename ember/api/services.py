@@ -37,6 +37,7 @@ class Services:
         images.local_resolver = lambda repository, reference: registry.resolve(
             repository, reference
         )[0]
+        images.gc_roots = registry.gc_roots  # the blob store is shared: so is collection
         return cls(
             settings=settings,
             store=store,

@@ -72,6 +72,24 @@ class BlobStore:
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
 
+    def digests(self) -> list[str]:
+        """Every blob at its final path (temp files and work dirs are not blobs)."""
+        return [
+            DIGEST_PREFIX + entry.name
+            for entry in os.scandir(self.blobs_dir)
+            if len(entry.name) == 64 and all(c in "0123456789abcdef" for c in entry.name)
+        ]
+
+    def remove(self, digest: str) -> int:
+        """Delete a blob; return the bytes freed (0 if it was not there)."""
+        path = self.path(digest)
+        try:
+            size = path.stat().st_size
+            path.unlink()
+        except FileNotFoundError:
+            return 0
+        return size
+
     def read_json(self, digest: str) -> Any:
         return json.loads(self.path(digest).read_bytes())
 

@@ -13,12 +13,13 @@ import asyncio
 import contextlib
 import logging
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
 from ember.ids import new_id
+from ember.images import gc
 from ember.images.blobs import BlobStore
 from ember.images.distribution import Credentials, RegistryClient
 from ember.images.models import (
@@ -29,7 +30,7 @@ from ember.images.models import (
     ImageSource,
     ImageStatus,
 )
-from ember.images.pull import PulledImage, StepProgress, convert, fetch, load_local
+from ember.images.pull import Keep, PulledImage, StepProgress, convert, fetch, load_local
 from ember.images.reference import ImageRef, parse_reference
 from ember.store import Repository, Store
 from ember.validation import validate_tags
@@ -43,6 +44,8 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 InUseCheck = Callable[[ImageRecord], list[str]]
 # (repository, tag or digest) -> manifest digest, from the built-in registry.
 LocalResolver = Callable[[str, str], str]
+# Digests the built-in registry needs kept: its manifests, and blobs pushed but not yet named.
+GcRoots = Callable[[], Iterable[str]]
 
 
 def validate_platform(platform: str | None) -> str:
@@ -75,6 +78,7 @@ class ImageManager:
         # The built-in registry: references to these hosts resolve locally, with no HTTP.
         self.local_hosts: set[str] = set()
         self.local_resolver: LocalResolver | None = None
+        self.gc_roots: GcRoots = lambda: ()
         self._queue: asyncio.Queue[str] | None = None
         self._waiting: list[str] = []
         # Borrowed registry credentials: memory only, dropped once the pull ends.
@@ -82,6 +86,9 @@ class ImageManager:
         # How far each image being built has got: memory only, gone when the build ends.
         # Each report replaces the entry whole, so a reader never sees half an update.
         self._progress: dict[str, BuildProgress] = {}
+        # Digests each build relies on, named before it looks for them in the store: the
+        # garbage collector keeps them (and what they refer to) until the build ends.
+        self._pins: dict[str, set[str]] = {}
         self._workers: list[asyncio.Task[None]] = []
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -194,6 +201,30 @@ class ImageManager:
         self.repo.delete(record.id)
         if record.digest and not any(r.digest == record.digest for r in self.repo.all()):
             shutil.rmtree(self.images_dir / record.digest, ignore_errors=True)
+        self.collect_garbage()
+
+    def collect_garbage(self) -> gc.Collected:
+        """Remove the blobs nothing needs any more (the rule is in the package README).
+
+        Runs on the event loop with no await, so no pull or push step interleaves with it;
+        it never raises: a failure only leaves garbage for the next time.
+        """
+        records = self.repo.all()
+        ready = [r.digest for r in records if r.status == ImageStatus.READY and r.digest]
+        roots = [r.digest for r in records if r.status != ImageStatus.FAILED and r.digest]
+        roots += [digest for pins in self._pins.values() for digest in pins]
+        try:
+            roots += self.gc_roots()
+            collected = gc.sweep(self.blobs, gc.reachable(self.blobs, roots, ready))
+        except gc.MissingManifest as exc:
+            log.warning("blob collection skipped: %s", exc.message)
+            return gc.Collected()
+        except Exception:
+            log.exception("blob collection failed")
+            return gc.Collected()
+        if collected.blobs:
+            log.info("blobs collected", extra={"blobs": collected.blobs, "bytes": collected.bytes})
+        return collected
 
     def import_pushed(self, name: str, manifest_digest: str) -> ImageRecord:
         """A manifest pushed to the built-in registry: convert it from local blobs."""
@@ -227,28 +258,37 @@ class ImageManager:
         while True:
             record_id = await self._queue.get()
             self._waiting.remove(record_id)
+            failed = False
             try:
                 await self._build(record_id)
             except asyncio.CancelledError:
                 raise
             except EmberError as exc:
+                failed = True
                 self._fail(record_id, exc.message)
             except Exception as exc:
+                failed = True
                 log.exception("image build failed", extra={"image_id": record_id})
                 self._fail(record_id, f"internal error: {exc}")
             finally:
                 self._credentials.pop(record_id, None)
                 self._progress.pop(record_id, None)
+                self._pins.pop(record_id, None)
+            if failed:  # what the failed pull fetched goes, unless something else uses it
+                self.collect_garbage()
 
     async def _build(self, record_id: str) -> None:
         record = self.repo.get(record_id)
         if record is None:  # deleted while queued
             return
         ref = parse_reference(record.name)
+        keep = self._pins.setdefault(record_id, set()).add
+        if record.digest:
+            keep(record.digest)  # a pushed image: its manifest is known from the start
         report = partial(self._report, record_id)
         report("resolving", None, None)
         self._set_status(record_id, ImageStatus.PULLING)
-        pulled = await self._fetch(record, ref, report)
+        pulled = await self._fetch(record, ref, report, keep)
         record = self.repo.update(record_id, lambda r: _apply_metadata(r, pulled))
         rootfs_dir = self.images_dir / pulled.digest
         if not (rootfs_dir / ROOTFS_NAME).exists():
@@ -267,18 +307,21 @@ class ImageManager:
             phase=phase, bytes_done=done, bytes_total=total
         )
 
-    async def _fetch(self, record: ImageRecord, ref: ImageRef, report: StepProgress) -> PulledImage:
+    async def _fetch(
+        self, record: ImageRecord, ref: ImageRef, report: StepProgress, keep: Keep
+    ) -> PulledImage:
         if record.source == ImageSource.PUSH:
             return await asyncio.to_thread(load_local, record.digest, self.blobs)
         if ref.registry in self.local_hosts and self.local_resolver is not None:
             digest = self.local_resolver(ref.repository, ref.reference)
+            keep(digest)  # kept with all it names, before the thread reads any of it
             return await asyncio.to_thread(
                 load_local, digest, self.blobs, record.requested_platform
             )
         async with RegistryClient(
             insecure=self.insecure, credentials=self._credentials.get(record.id)
         ) as client:
-            return await fetch(ref, client, self.blobs, record.requested_platform, report)
+            return await fetch(ref, client, self.blobs, record.requested_platform, report, keep)
 
     def _set_status(self, record_id: str, status: ImageStatus) -> None:
         self.repo.update(record_id, lambda r: setattr(r, "status", status))

@@ -12,6 +12,7 @@ import hashlib
 import json
 import re
 import shutil
+import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +28,9 @@ REPOSITORY_RE = re.compile(
 TAG_RE = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}$")
 DIGEST_RE = re.compile(r"^sha256:[a-f0-9]{64}$")
 MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# A push sends its blobs before the manifest that names them: a blob uploaded, mounted or
+# looked up (HEAD/GET) here is kept this long even if no manifest names it yet.
+UNNAMED_BLOB_GRACE_SECONDS = 3600.0
 IMAGE_MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -63,6 +67,9 @@ class Registry:
         shutil.rmtree(self.uploads_dir, ignore_errors=True)  # uploads do not survive restarts
         self.uploads_dir.mkdir(parents=True)
         self._uploads: dict[str, Upload] = {}
+        self.grace = UNNAMED_BLOB_GRACE_SECONDS
+        # digest -> time.monotonic() when a client last uploaded it or was told it exists.
+        self._announced: dict[str, float] = {}
 
     # ---- names -----------------------------------------------------------------------
 
@@ -84,7 +91,26 @@ class Registry:
         self.check_digest(digest)
         if not self.blobs.has(digest):
             raise DistributionError(404, "BLOB_UNKNOWN", f"blob {digest} not found")
+        self._announce(digest)  # a pusher that finds it here will not upload it again
         return self.blobs.path(digest)
+
+    def mount(self, digest: str) -> bool:
+        """A cross-repository mount: free, since blobs are shared; False if it is absent."""
+        if not self.blobs.has(self.check_digest(digest)):
+            return False
+        self._announce(digest)
+        return True
+
+    def _announce(self, digest: str) -> None:
+        self._announced[digest] = time.monotonic()
+
+    def gc_roots(self) -> list[str]:
+        """What the blob collector must keep for the registry: every manifest it holds,
+        and blobs announced to a client within the grace period (a push in flight)."""
+        now = time.monotonic()
+        self._announced = {d: t for d, t in self._announced.items() if now - t < self.grace}
+        rows = self.store.query("SELECT DISTINCT digest FROM registry_manifests")
+        return [*(str(row[0]) for row in rows), *self._announced]
 
     def start_upload(self) -> Upload:
         upload_id = str(uuid.uuid4())
@@ -118,6 +144,7 @@ class Registry:
                     400, "DIGEST_INVALID", f"uploaded content has digest {actual}, not {digest}"
                 )
             self.blobs.adopt(upload.path, digest)
+            self._announce(digest)
         finally:
             self.cancel_upload(upload)
 

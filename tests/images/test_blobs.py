@@ -58,3 +58,15 @@ def test_leftovers_from_a_killed_writer_are_cleared(tmp_path: Path) -> None:
 def test_malformed_digests_are_refused(tmp_path: Path, digest: str) -> None:
     with pytest.raises(InvalidArgument):
         BlobStore(tmp_path).path(digest)
+
+
+def test_listing_and_removing_blobs(tmp_path: Path) -> None:
+    store = BlobStore(tmp_path)
+    data = b"some blob"
+    store.put_bytes(data, digest_of(data))
+    (store.tmp_dir / "blob-in-flight").write_bytes(b"partial")
+    (store.blobs_dir / "not-a-digest").write_bytes(b"stray")
+    assert store.digests() == [digest_of(data)]  # temp files and strays are not blobs
+    assert store.remove(digest_of(data)) == len(data)
+    assert store.remove(digest_of(data)) == 0
+    assert store.digests() == []

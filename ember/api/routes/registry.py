@@ -116,7 +116,7 @@ async def get_blob(request: Request, svc: Services, params: dict[str, str]) -> R
 async def start_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
     name, query = params["name"], request.query_params
     mount = query.get("mount")
-    if mount and svc.registry.blobs.has(Registry.check_digest(mount)):
+    if mount and svc.registry.mount(mount):
         # Blobs are shared by every repository, so a cross-repository mount is free.
         return Response(
             status_code=201,
@@ -200,6 +200,7 @@ async def get_manifest(request: Request, svc: Services, params: dict[str, str]) 
 @route("DELETE", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 async def delete_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
     svc.registry.delete_manifest(params["name"], params["reference"])
+    svc.images.collect_garbage()  # blobs only that manifest named may go now
     return Response(status_code=202)
 
 
