@@ -43,8 +43,11 @@ def run_demo(settings: Settings, url: str) -> None:
     print("demo: pushing a test image (busybox + hello) into the built-in registry")
     push(hello_image(), url, "demo/hello", "latest", token=token)
     image = f"{settings.listen}/demo/hello:latest"
+    last = None
     for state in api.watch_image(image):
-        print(f"demo: image {image}: {state['status']}")
+        if state["status"] != last:  # the watch also reports progress within a status
+            last = state["status"]
+            print(f"demo: image {image}: {last}")
     with contextlib.suppress(ApiError):  # a demo instance left by an earlier run
         api.delete_instance(DEMO_NAME)
     started = time.monotonic()
