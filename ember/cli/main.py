@@ -11,7 +11,7 @@ import json
 import os
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich import filesize
@@ -34,6 +34,14 @@ from ember.config import Settings
 
 app = typer.Typer(no_args_is_help=True, help="Ember: run OCI images as QEMU microVMs.")
 console = Console()
+errors = Console(stderr=True)  # keeps stdout clean for --json readers
+
+
+def fail(message: str) -> NoReturn:
+    errors.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(1)
+
+
 JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
 
 
@@ -88,8 +96,7 @@ def client() -> Iterator[EmberClient]:
     try:
         yield api
     except ApiError as exc:
-        console.print(f"[red]error:[/red] {exc.message} [dim]({exc.code})[/dim]")
-        raise typer.Exit(1) from exc
+        fail(f"{exc.message} [dim]({exc.code})[/dim]")
     finally:
         api.close()
 
@@ -205,8 +212,7 @@ def pull(
     if as_json:
         emit_json(image)
     if image["status"] == "failed":
-        console.print(f"[red]failed:[/red] {image.get('error')}")
-        raise typer.Exit(1)
+        fail(f"pull failed: {image.get('error')}")
 
 
 @app.command()
@@ -253,8 +259,7 @@ def run(
         with client() as api:
             pulled = _pull(api, image, None, quiet=as_json)
         if pulled["status"] == "failed":
-            console.print(f"[red]failed:[/red] {pulled.get('error')}")
-            raise typer.Exit(1)
+            fail(f"pull failed: {pulled.get('error')}")
     body: dict[str, Any] = {"name": name, "image": image, "size": size, "vcpus": vcpus}
     if env:
         body["env"] = dict(item.split("=", 1) for item in env)

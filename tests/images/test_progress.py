@@ -190,3 +190,15 @@ def test_cli_pull_json_prints_only_the_final_object(
     final = json.loads(result.stdout)
     assert final["status"] == "ready" and final["digest"] == image.digest
     assert final["progress"] is None
+
+
+@pytest.mark.usefixtures("released_as_watched")
+def test_cli_pull_failure_keeps_stdout_json_and_says_why_on_stderr(
+    cli_env: dict[str, str], gated: GatedProxy
+) -> None:
+    name = f"{gated.host}/progress/absent:v1"
+    result = CliRunner().invoke(app, ["pull", "--json", name], env=cli_env)
+    assert result.exit_code == 1
+    final = json.loads(result.stdout)
+    assert final["status"] == "failed" and final["error"]
+    assert "pull failed:" in result.stderr
