@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from pathlib import Path
 
@@ -23,3 +24,14 @@ async def connect_unix(
             if time.monotonic() >= deadline:
                 raise Unavailable(f"{what} socket {path} is not accepting: {exc}") from exc
             await asyncio.sleep(RETRY_INTERVAL)
+
+
+async def close_connection(writer: asyncio.StreamWriter, reader: asyncio.Task[None] | None) -> None:
+    """Stop the task reading the connection, then close it (a peer already gone is fine)."""
+    if reader is not None:
+        reader.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await reader
+    writer.close()
+    with contextlib.suppress(OSError):
+        await writer.wait_closed()

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import collections
-import contextlib
 import itertools
 import logging
 import secrets
@@ -36,7 +35,7 @@ from ember.guest.protocol import (
     encode,
     encode_record,
 )
-from ember.sockets import connect_unix
+from ember.sockets import close_connection, connect_unix
 
 log = logging.getLogger(__name__)
 
@@ -269,12 +268,7 @@ class AgentClient:
         return (await self._request(MsgType.STAT, record, timeout)).json()
 
     async def close(self) -> None:
-        self._task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self._task
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        await close_connection(self._writer, self._task)
 
     async def __aenter__(self) -> AgentClient:
         return self

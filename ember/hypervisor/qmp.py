@@ -7,14 +7,13 @@ QEMU's wire protocol is newline-delimited JSON.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import json
 from pathlib import Path
 from typing import Any
 
 from ember.errors import EmberError, Unavailable
-from ember.sockets import connect_unix
+from ember.sockets import close_connection, connect_unix
 
 
 class QMPError(EmberError):
@@ -66,13 +65,7 @@ class QMPClient:
         return reply.get("return")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-        self._writer.close()
-        with contextlib.suppress(OSError):
-            await self._writer.wait_closed()
+        await close_connection(self._writer, self._task)
 
     async def __aenter__(self) -> QMPClient:
         return self

@@ -22,11 +22,12 @@ from ember.testkit import (
     build_index,
     busybox_layer,
     hello_image,
+    multilayer_image,
     padded_image,
     push,
 )
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.image import Layer, directory, file, hardlink, opaque, symlink, whiteout
+from ember.testkit.image import file
 from ember.testkit.registry_server import RegistryServer
 from tests.conftest import short_tmp, wait_image
 from tests.images.conftest import PASSWORD, USER, TokenService
@@ -65,32 +66,10 @@ def extract(server: EmberServer, digest: str, tmp_path: Path) -> Path:
     return out
 
 
-MULTI_LAYER: list[Layer] = [
-    busybox_layer(),
-    {
-        "app": directory(),
-        "app/config": file("v1"),
-        "app/old": file("remove me"),
-        "cache": directory(),
-        "cache/a": file("a"),
-        "cache/b": file("b"),
-    },
-    {
-        **dict([whiteout("app/old"), opaque("cache")]),
-        "app/config": file("v2", 0o640, uid=1000, gid=1000),
-        "app/link": symlink("config"),
-        "app/hard": hardlink("bin/busybox"),
-        "cache/fresh": file("fresh"),
-    },
-]
-
-
 def test_multi_layer_image_with_whiteouts(
     client: Hypeman, server: EmberServer, registry: RegistryServer, tmp_path: Path
 ) -> None:
-    image = build_image(
-        MULTI_LAYER, cmd=["/bin/sh"], env={"A": "1", "PATH": "/bin"}, working_dir="/app"
-    )
+    image = multilayer_image(cmd=["/bin/sh"], env={"A": "1", "PATH": "/bin"}, working_dir="/app")
     push(image, registry.url, "team/multi", "v1")
     name = f"{registry.host}/team/multi:v1"
     ready = pull(client, server, name)
