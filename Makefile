@@ -9,13 +9,14 @@ BIN := $(VENV)/bin
 export EMBER_DATA_DIR ?= /var/lib/ember
 export EMBER_SYSTEM_DIR ?= /var/lib/ember/system
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static erofs-utils e2fsprogs kmod cpio \
-	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl
+	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl debootstrap
 
 .PHONY: setup run test lint typecheck unit clean-venv
 
 setup: $(VENV)/.installed $(EMBER_SYSTEM_DIR)/.prepared
 
-.apt-installed:
+# Re-checked when this file (the package list) changes.
+.apt-installed: Makefile
 	@missing=$$(for p in $(APT_PACKAGES); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
 	if [ -n "$$missing" ]; then \
 		echo "setup: installing apt packages: $$missing"; \

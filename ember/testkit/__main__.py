@@ -4,12 +4,20 @@ from __future__ import annotations
 
 import argparse
 
-from ember.testkit import BuiltImage, hello_image, multilayer_image, padded_image, push
+from ember.testkit import (
+    BuiltImage,
+    debian_systemd_image,
+    hello_image,
+    multilayer_image,
+    padded_image,
+    push,
+)
 
 KINDS = {
     "hello": hello_image,
     "multilayer": multilayer_image,
     "big": lambda: padded_image(100 * 1024 * 1024),
+    "systemd": debian_systemd_image,
 }
 
 

@@ -1,19 +1,24 @@
 """Build OCI images in memory, from files on this host: no registry or internet needed.
 
-An image is a list of layers (each a mapping of path -> `Entry`) plus a
-config. `busybox_layer()` gives a small working userland from Debian's
-`busybox-static`; `hello_binary()` compiles the test workload (`hello.c`).
+An image is a list of layers (each a mapping of path -> `Entry`, or an already
+packed `PackedLayer`) plus a config. `busybox_layer()` gives a small working
+userland from Debian's `busybox-static`; `hello_binary()` compiles the test
+workload (`hello.c`); `debian_systemd_layer()` packs a debootstrapped Debian
+with systemd (built once per machine, then cached).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gzip
 import hashlib
 import io
 import json
 import os
+import shutil
 import subprocess
 import tarfile
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +33,20 @@ BUSYBOX_APPLETS = (
     "touch", "sha256sum", "head", "dd", "wc", "kill", "ps", "uname", "hostname", "grep", "test",
 )  # fmt: skip
 HELLO_SOURCE = Path(__file__).with_name("hello.c")
+CACHE_DIR = Path("/var/cache/ember-testkit")
+DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
+# On top of debootstrap's minbase: systemd as /sbin/init, and udev, without which
+# no device unit ever appears (the serial getty would wait 90 s for ttyS0).
+DEBIAN_SYSTEMD_PACKAGES = ("systemd", "systemd-sysv", "udev")
+# Bump when `_trim_debian_root` or what the layer holds changes: it keys the cache.
+DEBIAN_RECIPE_VERSION = 1
+# Left out of the Debian layer: what the kernel, systemd or Ember provide at boot
+# (device nodes, /run, /tmp, hostname, resolv.conf) and what only apt or people
+# read (package lists and caches, docs, translations): 127 MB of tar are left of 240.
+DEBIAN_TRIM = (
+    "dev", "run", "tmp", "var/cache/apt", "var/lib/apt/lists",
+    "usr/share/doc", "usr/share/man", "usr/share/info", "usr/share/locale",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -43,6 +62,14 @@ class Entry:
 
 
 Layer = dict[str, Entry]
+
+
+@dataclass(frozen=True)
+class PackedLayer:
+    """A layer already packed: its gzip blob and the digest of the uncompressed tar."""
+
+    blob: bytes
+    diff_id: str
 
 
 def file(data: bytes | str, mode: int = 0o644, uid: int = 0, gid: int = 0) -> Entry:
@@ -86,7 +113,7 @@ def busybox_layer() -> Layer:
     return layer
 
 
-def hello_binary(cache_dir: Path = Path("/var/cache/ember-testkit")) -> bytes:
+def hello_binary(cache_dir: Path = CACHE_DIR) -> bytes:
     """`hello.c` compiled statically; cached by source hash."""
     source = HELLO_SOURCE.read_bytes()
     out = cache_dir / f"hello-{hashlib.sha256(source).hexdigest()[:16]}"
@@ -150,7 +177,7 @@ class BuiltImage:
 
 
 def build_image(
-    layers: list[Layer],
+    layers: Sequence[Layer | PackedLayer],
     *,
     cmd: list[str] | None = None,
     entrypoint: list[str] | None = None,
@@ -163,8 +190,11 @@ def build_image(
     layer_descriptors: list[dict[str, Any]] = []
     diff_ids = []
     for layer in layers:
-        compressed = layer_tar(layer)
-        diff_ids.append(_digest(gzip.decompress(compressed)))
+        if not isinstance(layer, PackedLayer):
+            packed = layer_tar(layer)
+            layer = PackedLayer(packed, _digest(gzip.decompress(packed)))
+        compressed = layer.blob
+        diff_ids.append(layer.diff_id)
         blobs[_digest(compressed)] = compressed
         layer_descriptors.append(
             {"mediaType": OCI_LAYER_GZIP, "digest": _digest(compressed), "size": len(compressed)}
@@ -267,6 +297,116 @@ def padded_image(total_bytes: int, layers: int = 4) -> BuiltImage:
     return build_image(
         [busybox_layer(), {"hello": file(hello_binary(), 0o755)}, *padding], cmd=["/hello"]
     )
+
+
+def debian_mirror(sources: Path = Path("/etc/apt")) -> str:
+    """The Debian mirror this host's apt uses (deb822 `.sources` or one-line lists)."""
+    files = [sources / "sources.list", *sorted((sources / "sources.list.d").glob("*"))]
+    for path in files:
+        if not path.is_file() or path.suffix not in (".list", ".sources"):
+            continue
+        for line in path.read_text(errors="replace").splitlines():
+            words = line.split("#", 1)[0].split()
+            if path.suffix == ".sources" and words[:1] == ["URIs:"]:
+                uris = words[1:]
+            elif path.suffix == ".list" and words[:1] == ["deb"]:
+                uris = [w for w in words[1:] if not w.startswith("[")][:1]
+            else:
+                continue
+            for uri in uris:
+                if uri.startswith(("http://", "https://")) and uri.rstrip("/").endswith("/debian"):
+                    return uri.rstrip("/")
+    return DEFAULT_DEBIAN_MIRROR
+
+
+def _trim_debian_root(root: Path) -> None:
+    """Make a debootstrapped tree an image: no host leftovers, a fresh identity per VM."""
+    for relative in DEBIAN_TRIM:
+        for path in (root / relative).glob("*"):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    for leftover in ("etc/hostname", "etc/resolv.conf"):  # the build host's
+        (root / leftover).unlink(missing_ok=True)
+    # Empty machine-id: systemd makes up one on each instance's first boot and
+    # keeps it in the overlay. Such a boot counts as "first boot", whose wizard
+    # would wait for answers on the serial console: mask it.
+    (root / "etc/machine-id").write_bytes(b"")
+    (root / "var/lib/dbus/machine-id").unlink(missing_ok=True)
+    (root / "etc/systemd/system/systemd-firstboot.service").symlink_to("/dev/null")
+
+
+def directory_layer(root: Path, out: Path) -> str:
+    """Write a gzip tar of the tree under `root` to `out`; return its diff_id.
+
+    Paths sorted, numeric owners, hard links kept; mtimes as on disk.
+    """
+    raw = out.with_name(out.name + ".tar")
+    with tarfile.open(raw, "w", format=tarfile.PAX_FORMAT) as tar:
+        for dirpath, dirs, files in os.walk(root):
+            dirs.sort()
+            for name in sorted(dirs + files):
+                path = Path(dirpath, name)
+                info = tar.gettarinfo(str(path), str(path.relative_to(root)))
+                info.uname = info.gname = ""
+                if info.isreg():
+                    with path.open("rb") as data:
+                        tar.addfile(info, data)
+                else:
+                    tar.addfile(info)
+    digest = hashlib.sha256()
+    with (
+        raw.open("rb") as src,
+        out.open("wb") as sink,
+        gzip.GzipFile("", "wb", compresslevel=1, fileobj=sink, mtime=0) as dst,
+    ):
+        while chunk := src.read(1 << 20):
+            digest.update(chunk)
+            dst.write(chunk)
+    raw.unlink()
+    return "sha256:" + digest.hexdigest()
+
+
+def debian_systemd_layer(
+    suite: str = "bookworm", mirror: str | None = None, cache_dir: Path = CACHE_DIR
+) -> PackedLayer:
+    """Debian `suite` (minbase + `DEBIAN_SYSTEMD_PACKAGES`) as one layer, built without Docker.
+
+    `debootstrap` runs once per machine (it needs root and the mirror; about a
+    minute); the packed layer is cached under `cache_dir`, keyed by the recipe.
+    """
+    recipe = json.dumps([suite, DEBIAN_SYSTEMD_PACKAGES, DEBIAN_RECIPE_VERSION, DEBIAN_TRIM])
+    done = cache_dir / f"debian-{suite}-systemd-{hashlib.sha256(recipe.encode()).hexdigest()[:16]}"
+    if not done.is_dir():
+        if shutil.which("debootstrap") is None:
+            raise RuntimeError("debootstrap is not installed: run `make setup`")
+        work = done.with_name(f"{done.name}.build-{os.getpid()}")
+        shutil.rmtree(work, ignore_errors=True)
+        work.mkdir(parents=True)
+        try:
+            root = work / "root"
+            include = ",".join(DEBIAN_SYSTEMD_PACKAGES)
+            subprocess.run(
+                ["debootstrap", "--variant=minbase", f"--include={include}", suite, str(root),
+                 mirror or debian_mirror()],
+                check=True, stdout=subprocess.DEVNULL,
+            )  # fmt: skip
+            _trim_debian_root(root)
+            (work / "diff-id").write_text(directory_layer(root, work / "layer.tar.gz"))
+            shutil.rmtree(root)
+            # Blob and diff_id appear together; a concurrent build that won keeps its own.
+            with contextlib.suppress(OSError):
+                work.rename(done)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return PackedLayer((done / "layer.tar.gz").read_bytes(), (done / "diff-id").read_text())
+
+
+def debian_systemd_image(**config: Any) -> BuiltImage:
+    """`debian_systemd_layer()` as an image that boots systemd (CMD ["/sbin/init"])."""
+    config.setdefault("cmd", ["/sbin/init"])
+    return build_image([debian_systemd_layer()], **config)
 
 
 def write_oci_layout(image: BuiltImage, directory_path: Path, tag: str = "latest") -> None:

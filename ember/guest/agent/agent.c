@@ -21,6 +21,7 @@
 #include <ftw.h>
 #include <grp.h>
 #include <libgen.h>
+#include <limits.h>
 #include <poll.h>
 #include <signal.h>
 #include <stdarg.h>
@@ -86,6 +87,8 @@ static size_t outlen, outcap;
 static const char *config_dev;
 static sigset_t g_mask; /* signals the agent handles via signalfd */
 static struct kv cfg;   /* the instance config: exec sessions inherit its env */
+static int init_pending_sig; /* init mode: a signal for systemd, held until it catches it */
+static time_t init_pending_until;
 
 /* An exec session: one host channel, one process, its stdio and credits. */
 struct session {
@@ -714,6 +717,33 @@ static void stat_path(uint32_t ch, struct kv *req)
 
 /* ---------- host requests ---------- */
 
+/* Whether PID 1 takes `sig`: blocks it (systemd reads signals from a
+ * signalfd) or has a handler (SigBlk, SigCgt in /proc/1/status). */
+static bool pid1_takes(int sig)
+{
+    char line[256];
+    unsigned long long mask = 0;
+    FILE *f = fopen("/proc/1/status", "re");
+    if (!f) return false;
+    while (fgets(line, sizeof line, f))
+        if (!strncmp(line, "SigBlk:", 7) || !strncmp(line, "SigCgt:", 7))
+            mask |= strtoull(line + 7, NULL, 16);
+    fclose(f);
+    return (mask >> (sig - 1)) & 1;
+}
+
+/* The kernel drops signals to PID 1 that it neither blocks nor handles: a stop
+ * that arrives while systemd is still starting would be lost. So the signal
+ * waits (the main loop retries every 100 ms) until systemd takes it. */
+static void deliver_init_signal(void)
+{
+    if (!init_pending_sig) return;
+    if (pid1_takes(init_pending_sig)) kill(1, init_pending_sig);
+    else if (time(NULL) < init_pending_until) return;
+    else logmsg("systemd does not handle signal %d: dropped", init_pending_sig);
+    init_pending_sig = 0;
+}
+
 static void handle_signal_req(uint32_t ch, struct kv *req)
 {
     const char *s = kv_get(req, "signal");
@@ -728,9 +758,13 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
         return;
     }
     if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
-    /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
-    if (wl.init_mode && sig == SIGTERM) sig = SIGRTMIN + 4;
-    if (kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
+    if (wl.init_mode) {
+        /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
+        if (sig == SIGTERM) sig = SIGRTMIN + 4;
+        init_pending_sig = sig;
+        init_pending_until = time(NULL) + 300;
+        deliver_init_signal();
+    } else if (kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
     char buf[1024];
     status_json(buf, sizeof buf);
     send_json(T_STATUS, ch, buf);
@@ -854,19 +888,10 @@ static void reap(void)
     }
 }
 
-static void handle_signals(int sfd)
+/* Give an attached host up to a second to hear about the exit: it may have
+ * connected but not yet said HELLO (a workload that failed at once). */
+static void tell_host_exit(void)
 {
-    struct signalfd_siginfo si;
-    while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
-        if (si.ssi_signo == SIGCHLD) reap();
-        else if (wl.state == ST_RUNNING) kill(wl.pid, (int)si.ssi_signo); /* forward */
-    }
-}
-
-static void __attribute__((noreturn)) power_off(void)
-{
-    /* Give an attached host up to a second to hear about the exit: it may have
-     * connected but not yet said HELLO (a workload that failed at once). */
     struct timespec start, now;
     clock_gettime(CLOCK_MONOTONIC, &start);
     for (;;) {
@@ -881,10 +906,65 @@ static void __attribute__((noreturn)) power_off(void)
         }
         flush_out();
     }
+}
+
+static void __attribute__((noreturn)) power_off(void)
+{
+    tell_host_exit();
     kill(-1, SIGKILL);
     sync();
     reboot(RB_POWER_OFF);
     _exit(1);
+}
+
+/* systemd-shutdown's verb ("poweroff", "reboot", ...) once it has replaced
+ * systemd as PID 1, else false. */
+static bool shutdown_verb(char *verb, size_t cap)
+{
+    char cmdline[512];
+    int fd = open("/proc/1/cmdline", O_RDONLY | O_CLOEXEC);
+    if (fd < 0) return false;
+    ssize_t n = read(fd, cmdline, sizeof cmdline - 1);
+    close(fd);
+    if (n <= 0) return false;
+    cmdline[n] = '\0';
+    const char *name = strrchr(cmdline, '/');
+    if (strcmp(name ? name + 1 : cmdline, "systemd-shutdown")) return false;
+    size_t len = strlen(cmdline);
+    snprintf(verb, cap, "%s", (ssize_t)len + 1 < n ? cmdline + len + 1 : "shutdown");
+    return true;
+}
+
+/* Init mode: we are systemd's child and forward nothing to it (SIGTERM would
+ * make it re-execute itself). The SIGTERM that systemd-shutdown sends every
+ * remaining process is our cue: record how the system ends, tell the host and
+ * get out of the way (it would otherwise wait ~90 s for us). */
+static void init_mode_signal(int sig)
+{
+    char verb[64];
+    if ((sig != SIGTERM && sig != SIGINT && sig != SIGHUP) || !shutdown_verb(verb, sizeof verb))
+        return;
+    wl.state = ST_EXITED;
+    wl.exit_code = 0;
+    wl.signal = 0;
+    snprintf(wl.message, sizeof wl.message, "systemd shut the system down (%s)", verb);
+    write_exit_record();
+    char buf[1024];
+    status_json(buf, sizeof buf);
+    send_json(T_EXIT, 0, buf);
+    kill_sessions();
+    tell_host_exit();
+    _exit(0);
+}
+
+static void handle_signals(int sfd)
+{
+    struct signalfd_siginfo si;
+    while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
+        if (si.ssi_signo == SIGCHLD) reap();
+        else if (wl.init_mode) init_mode_signal((int)si.ssi_signo);
+        else if (wl.state == ST_RUNNING) kill(wl.pid, (int)si.ssi_signo); /* forward */
+    }
 }
 
 static void loop(int sfd)
@@ -901,11 +981,13 @@ static void loop(int sfd)
             if (s->npending && s->in_fd >= 0 && s->in_fd != s->out_fd)
                 fds[nfds - 1] = (struct pollfd){.fd = s->in_fd, .events = POLLOUT};
         }
-        int timeout = -1;
+        deliver_init_signal();
+        int timeout = init_pending_sig ? 100 : -1;
         if (port_fd >= 0) {
             /* While no host is attached the port polls HUP forever: probe slowly. */
             struct pollfd probe = {.fd = port_fd, .events = POLLIN};
-            if (!host_up && poll(&probe, 1, 0) >= 0 && (probe.revents & POLLHUP)) timeout = 200;
+            if (!host_up && poll(&probe, 1, 0) >= 0 && (probe.revents & POLLHUP))
+                timeout = init_pending_sig ? 100 : 200;
             else fds[1] = (struct pollfd){.fd = port_fd, .events = POLLIN | (outlen ? POLLOUT : 0)};
         }
         if (poll(fds, (nfds_t)nfds, timeout) < 0 && errno != EINTR)
@@ -1098,7 +1180,11 @@ int main(int argc, char **argv)
             char **env = kv_list(&cfg, "env");
             sigprocmask(SIG_UNBLOCK, &mask, NULL);
             environ = workload_env(env, &(struct user){.home = "/root"});
-            execv(args[0], args);
+            /* Exec the file /sbin/init points to, as systemd itself does when it
+             * leaves an initrd: PID 1 is then named "systemd" (/proc/1/comm),
+             * which tools that detect the init system look at. argv stays. */
+            char path[PATH_MAX];
+            execv(realpath(args[0], path) ? path : args[0], args);
             logmsg("cannot exec %s: %s", args[0], strerror(errno));
             _exit(1);
         }
