@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypeman import Hypeman
+from hypeman.lib.cp import cp_to_instance
 from hypeman.lib.exec import exec as hm_exec
 
 from ember.testkit import debian_systemd_image
@@ -73,7 +75,9 @@ def assert_powered_off_by_systemd(client: Hypeman, ref: str) -> None:
     assert not any("forcing the VM off" in line for line in operations), operations
 
 
-def test_systemd_boots_as_pid_1_serves_exec_and_powers_off(client: Hypeman, image: str) -> None:
+def test_systemd_boots_as_pid_1_serves_exec_and_powers_off(
+    client: Hypeman, image: str, tmp_path: Path
+) -> None:
     inst = client.instances.create(name="systemd", image=image, vcpus=1, size="512MB")
     assert client.instances.wait(inst.id, state="Running", api_timeout=BOOT).state == "Running"
 
@@ -89,6 +93,10 @@ def test_systemd_boots_as_pid_1_serves_exec_and_powers_off(client: Hypeman, imag
     assert code == 0 and len(machine_id) == 32, machine_id
     code, units = run(client, inst.id, "systemctl", "list-units", "--no-pager", "--plain")
     assert code == 0 and "multi-user.target" in units
+    # Copies ride exec sessions of the agent binary: they work from under systemd too.
+    (tmp_path / "note").write_text("from the host")
+    cp_to_instance(client, inst.id, str(tmp_path / "note"), "/root/note")
+    assert run(client, inst.id, "cat", "/root/note") == (0, "from the host")
 
     stopped = client.instances.stop(inst.id)
     assert stopped.state == "Stopped"
