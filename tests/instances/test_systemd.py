@@ -43,6 +43,14 @@ def client(server: EmberServer) -> Hypeman:
     return Hypeman(base_url=server.url, api_key=server.token(), max_retries=0, timeout=300)
 
 
+@pytest.fixture(autouse=True)
+def delete_instances(client: Hypeman) -> Iterator[None]:
+    """VMs outlive the server: a failed test must not leave its VM running."""
+    yield
+    for inst in client.instances.list():
+        client.instances.delete(inst.id)
+
+
 @pytest.fixture(scope="module")
 def image(server: EmberServer) -> str:
     # The first run on a machine debootstraps (about a minute); later ones use the cache.
@@ -101,7 +109,6 @@ def test_systemd_boots_as_pid_1_serves_exec_and_powers_off(
     stopped = client.instances.stop(inst.id)
     assert stopped.state == "Stopped"
     assert_powered_off_by_systemd(client, inst.id)
-    client.instances.delete(inst.id)
 
 
 def test_stop_right_after_running_still_reaches_systemd(client: Hypeman, image: str) -> None:
@@ -111,4 +118,3 @@ def test_stop_right_after_running_still_reaches_systemd(client: Hypeman, image: 
     assert client.instances.wait(inst.id, state="Running", api_timeout=BOOT).state == "Running"
     assert client.instances.stop(inst.id).state == "Stopped"
     assert_powered_off_by_systemd(client, inst.id)
-    client.instances.delete(inst.id)
