@@ -113,9 +113,12 @@ def test_bytes_done_rises_blob_by_blob_to_bytes_total(
     assert sorted(gated.served) == sorted(image.blobs)
     downloading = [i["progress"] for i in get.seen if phase(i) == "downloading"]
     done = [p["bytes_done"] for p in downloading]
-    assert done == sorted(done) and len(set(done)) == len(image.blobs)
+    # Never backwards, never past the total, and every blob but the last was seen
+    # counted whole (mid-blob values and the final total may or may not be caught).
+    assert done == sorted(done) and done[-1] <= image.size
+    counted = [sum(blob_sizes[d] for d in gated.served[:k]) for k in range(len(image.blobs))]
+    assert set(counted) <= set(done)
     assert {p["bytes_total"] for p in downloading} == {image.size}
-    assert image.size - done[-1] == blob_sizes[gated.served[-1]]
     phases = [phase(i) for i in get.seen if i["progress"]]
     order = ["resolving", "downloading", "unpacking", "building"]
     assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases)
