@@ -1167,7 +1167,8 @@ int main(int argc, char **argv)
             sigaddset(&mask, s);
     sigprocmask(SIG_BLOCK, &mask, NULL);
     g_mask = mask;
-    /* The kernel drops signals to PID 1 that have no handler, even blocked ones. */
+    /* Blocked signals queue for the signalfd; the kernel drops only unblocked, unhandled
+       ones sent to PID 1, and the no-op handlers cover any moment they are unblocked. */
     struct sigaction sa = {.sa_handler = noop_handler};
     for (int s = 1; s < 32; s++)
         if (sigismember(&mask, s)) sigaction(s, &sa, NULL);
