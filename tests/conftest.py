@@ -16,6 +16,15 @@ def short_tmp() -> Path:
     return Path(tempfile.mkdtemp(prefix="ember-test-", dir="/tmp"))
 
 
+def unallocatable_memory() -> str:
+    """A `size` QEMU cannot back: far beyond RAM + swap (needs heuristic overcommit)."""
+    if Path("/proc/sys/vm/overcommit_memory").read_text().strip() == "1":
+        pytest.skip("vm.overcommit_memory=1: the kernel grants any allocation")
+    meminfo = dict(line.split(":", 1) for line in Path("/proc/meminfo").read_text().splitlines())
+    kib = sum(int(meminfo[key].split()[0]) for key in ("MemTotal", "SwapTotal"))
+    return f"{(kib // 1024**2 + 1) * 8}GB"
+
+
 @pytest.fixture
 def ember_server() -> Iterator[EmberServer]:
     server = EmberServer(short_tmp() / "data").start()

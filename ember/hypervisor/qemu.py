@@ -114,6 +114,11 @@ class QemuHypervisor:
         spec.instance_dir.mkdir(parents=True, exist_ok=True)
         for stale in (spec.agent_socket, spec.qmp_socket, spec.pid_file):
             stale.unlink(missing_ok=True)
+        # Whatever an earlier run left there belongs to that run, not to this start.
+        runtime = spec.instance_dir / RUNTIME_OUTPUT
+        if spec.vmm_log is not None:
+            self.collect_output(spec.instance_dir, spec.vmm_log)
+        runtime.unlink(missing_ok=True)
         command = build_command(spec, self.accel, self.binary)
         _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
@@ -126,9 +131,19 @@ class QemuHypervisor:
         # With -daemonize the parent exits once the VM is set up (or failed).
         out, _ = await proc.communicate()
         said = out.decode(errors="replace").strip()
-        _append_lines(spec.vmm_log, said.splitlines())
         if proc.returncode != 0:
-            raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {said}")
+            # A daemonized QEMU reports most start-up errors (e.g. "cannot set up guest
+            # memory") on its -D file, not on the pipe: take both, as the failed create
+            # deletes the instance directory with the file in it.
+            with contextlib.suppress(OSError):
+                said = "\n".join(
+                    part for part in (said, runtime.read_text(errors="replace").strip()) if part
+                )
+                runtime.unlink()
+            _append_lines(spec.vmm_log, said.splitlines())
+            reason = "; ".join(said.splitlines()) or "no output"
+            raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {reason}")
+        _append_lines(spec.vmm_log, said.splitlines())
         pid = int(spec.pid_file.read_text().strip())
         _append_lines(spec.vmm_log, [f"started pid {pid} ({self.accel})"])
         return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)

@@ -10,11 +10,11 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
+from hypeman import BadRequestError, ConflictError, Hypeman, InternalServerError, NotFoundError
 
 from ember.testkit import build_image, busybox_layer
 from ember.testkit.ember_server import EmberServer
-from tests.conftest import push_to_ember
+from tests.conftest import push_to_ember, unallocatable_memory
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"  # TCG on a shared 2-core machine
@@ -177,3 +177,15 @@ def test_lookup_by_prefix_and_tag_filters(client: Hypeman, hello: str) -> None:
     assert [i.id for i in client.instances.list(tags={"team": "core"})] == [inst.id]
     assert client.instances.list(tags={"team": "other"}) == []
     client.instances.delete("tagged")
+
+
+def test_qemu_start_failure_says_why(
+    client: Hypeman, hello: str, shared_server: EmberServer
+) -> None:
+    before = sorted(p.name for p in (shared_server.data_dir / "instances").iterdir())
+    with pytest.raises(InternalServerError, match="Cannot allocate memory") as failed:
+        client.instances.create(name="too-big", image=hello, vcpus=1, size=unallocatable_memory())
+    assert failed.value.status_code == 503
+    with pytest.raises(NotFoundError):
+        client.instances.get("too-big")
+    assert sorted(p.name for p in (shared_server.data_dir / "instances").iterdir()) == before

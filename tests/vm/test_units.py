@@ -6,13 +6,15 @@ from pathlib import Path
 
 import pytest
 
-from ember.errors import InvalidArgument
+from ember.errors import InvalidArgument, Unavailable
 from ember.guest.config import GuestConfig, GuestNetwork, read_exit_record, write_config_disk
 from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
 from ember.hypervisor import DiskSpec, VMSpec, get_hypervisor
 from ember.hypervisor.accel import detect_accel, host_tsc_khz
 from ember.hypervisor.qemu import build_command
 from ember.system.kernel import load_order
+from ember.units import parse_size
+from tests.conftest import unallocatable_memory
 
 
 def test_frames_roundtrip_across_split_reads_and_garbage() -> None:
@@ -101,3 +103,26 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     assert "readonly=on,throttling.bps-total=1000" in joined
     assert "virtio-net-device,netdev=net0,mac=02:00:00:00:00:01" in joined
     assert cmd[cmd.index("-append") + 1] == "console=ttyS0"
+
+
+async def test_qemu_start_failure_reports_qemu_own_words(tmp_path: Path) -> None:
+    # A daemonized QEMU writes this error to its -D file, not to the pipe Ember reads.
+    spec = VMSpec(
+        instance_dir=tmp_path,
+        kernel=tmp_path / "vmlinuz",
+        initrd=tmp_path / "initrd.gz",
+        cmdline="console=ttyS0",
+        vcpus=1,
+        memory_bytes=parse_size(unallocatable_memory(), field="size"),
+        serial_log=tmp_path / "app.log",
+        agent_socket=tmp_path / "agent.sock",
+        qmp_socket=tmp_path / "qmp.sock",
+        pid_file=tmp_path / "qemu.pid",
+        vmm_log=tmp_path / "vmm.log",
+    )
+    (tmp_path / "qemu.out").write_text("left over from an earlier run\n")
+    with pytest.raises(Unavailable, match=r"cannot set up guest memory.*Cannot allocate memory"):
+        await get_hypervisor("qemu", accel="tcg").start(spec)
+    vmm = (tmp_path / "vmm.log").read_text()
+    assert "Cannot allocate memory" in vmm and "left over from an earlier run" in vmm
+    assert not (tmp_path / "qemu.out").exists()
