@@ -13,6 +13,7 @@ the C agent with one ``pread``, with no parser beyond splitting on NUL.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import json
 import os
@@ -23,6 +24,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from ember.errors import InvalidArgument, Unavailable
 from ember.guest.protocol import encode_record
+from ember.units import format_size
 
 EXIT_RECORD_SIZE = 4096
 CONFIG_OFFSET = 4096
@@ -126,8 +128,18 @@ def create_overlay_disk(path: Path, size_bytes: int) -> None:
     inode-table and journal init keep creation instant at any size.
     """
     tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("wb") as f:
-        f.truncate(max(size_bytes, MIN_OVERLAY_BYTES))
+    size = max(size_bytes, MIN_OVERLAY_BYTES)
+    try:
+        with tmp.open("wb") as f:
+            f.truncate(size)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        if exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EINVAL):
+            raise InvalidArgument(
+                f"overlay_size: {format_size(size)} is more than the host filesystem can hold "
+                f"as a single disk file ({os.strerror(exc.errno)}); ask for a smaller overlay"
+            ) from exc
+        raise
     proc = subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-m", "0",
          "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(tmp)],

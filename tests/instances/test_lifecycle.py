@@ -189,3 +189,21 @@ def test_qemu_start_failure_says_why(
     with pytest.raises(NotFoundError):
         client.instances.get("too-big")
     assert sorted(p.name for p in (shared_server.data_dir / "instances").iterdir()) == before
+
+
+def test_overlay_too_large_for_the_host_is_a_bad_request(
+    client: Hypeman, hello: str, shared_server: EmberServer
+) -> None:
+    instances = shared_server.data_dir / "instances"
+    before = sorted(p.name for p in instances.iterdir())
+    runtime_before = sorted(p.name for p in Path("/run/ember").iterdir())
+    with pytest.raises(BadRequestError, match="overlay_size: 999TB") as refused:
+        client.instances.create(
+            name="huge-overlay", image=hello, vcpus=1, size="256MB", overlay_size="999TB"
+        )
+    assert refused.value.status_code == 400
+    with pytest.raises(NotFoundError):
+        client.instances.get("huge-overlay")
+    assert all(i.name != "huge-overlay" for i in client.instances.list())
+    assert sorted(p.name for p in instances.iterdir()) == before
+    assert sorted(p.name for p in Path("/run/ember").iterdir()) == runtime_before

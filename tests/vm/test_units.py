@@ -7,7 +7,13 @@ from pathlib import Path
 import pytest
 
 from ember.errors import InvalidArgument, Unavailable
-from ember.guest.config import GuestConfig, GuestNetwork, read_exit_record, write_config_disk
+from ember.guest.config import (
+    GuestConfig,
+    GuestNetwork,
+    create_overlay_disk,
+    read_exit_record,
+    write_config_disk,
+)
 from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
 from ember.hypervisor import DiskSpec, VMSpec, get_hypervisor
 from ember.hypervisor.accel import detect_accel, host_tsc_khz
@@ -126,3 +132,9 @@ async def test_qemu_start_failure_reports_qemu_own_words(tmp_path: Path) -> None
     vmm = (tmp_path / "vmm.log").read_text()
     assert "Cannot allocate memory" in vmm and "left over from an earlier run" in vmm
     assert not (tmp_path / "qemu.out").exists()
+
+
+def test_overlay_larger_than_the_filesystem_allows_is_invalid(tmp_path: Path) -> None:
+    with pytest.raises(InvalidArgument, match="overlay_size: 999TB"):
+        create_overlay_disk(tmp_path / "overlay.ext4", parse_size("999TB", field="overlay_size"))
+    assert list(tmp_path.iterdir()) == []
