@@ -42,6 +42,7 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 # Returns the names of instances using an image; wired in by the server (instances depend
 # on images, never the reverse).
 InUseCheck = Callable[[ImageRecord], list[str]]
+DigestUsers = Callable[[str], list[str]]
 # (repository, tag or digest) -> manifest digest, from the built-in registry.
 LocalResolver = Callable[[str, str], str]
 # Digests the built-in registry needs kept: its manifests, and blobs pushed but not yet named.
@@ -75,6 +76,8 @@ class ImageManager:
         self.concurrency = concurrency
         self.insecure = insecure_registries or []
         self.in_use: InUseCheck = lambda _record: []
+        # Instances booting from a digest's root disk (kept while there are any).
+        self.digest_in_use: DigestUsers = lambda _digest: []
         # The built-in registry: references to these hosts resolve locally, with no HTTP.
         self.local_hosts: set[str] = set()
         self.local_resolver: LocalResolver | None = None
@@ -149,6 +152,22 @@ class ImageManager:
             )
         return self.images_dir / record.digest / ROOTFS_NAME
 
+    def rootfs_of(self, digest: str) -> Path:
+        """The root disk built for `digest`, which outlives its image record while in use."""
+        path = self.images_dir / digest / ROOTFS_NAME
+        if not digest or not path.exists():
+            raise Conflict(
+                f"the root disk of image {digest or '(none)'} is gone", code="image_gone"
+            )
+        return path
+
+    def release_rootfs(self, digest: str) -> None:
+        """Remove a digest's root disk once no image record and no instance needs it."""
+        if not digest or any(r.digest == digest for r in self.repo.all()):
+            return
+        if not self.digest_in_use(digest):
+            shutil.rmtree(self.images_dir / digest, ignore_errors=True)
+
     # ---- commands --------------------------------------------------------------------
 
     def create(
@@ -199,8 +218,7 @@ class ImageManager:
         if record.status in IN_PROGRESS:
             raise Conflict(f"image {record.name!r} is still being pulled ({record.status})")
         self.repo.delete(record.id)
-        if record.digest and not any(r.digest == record.digest for r in self.repo.all()):
-            shutil.rmtree(self.images_dir / record.digest, ignore_errors=True)
+        self.release_rootfs(record.digest)
         self.collect_garbage()
 
     def collect_garbage(self) -> gc.Collected:
@@ -240,6 +258,7 @@ class ImageManager:
             if existing.status in IN_PROGRESS:
                 raise Conflict(f"image {ref.name!r} is being pulled; push again when it is done")
             self.repo.delete(existing.id)
+            self.release_rootfs(existing.digest)  # instances made from it keep theirs
         record = self.repo.insert(
             ImageRecord(id=new_id(), name=ref.name, digest=manifest_digest, source=ImageSource.PUSH)
         )

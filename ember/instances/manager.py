@@ -123,6 +123,7 @@ class InstanceManager:
         self._changed = Changes()
         self._stopping: set[str] = set()
         images.in_use = self._image_users
+        images.digest_in_use = self._digest_users
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -218,6 +219,9 @@ class InstanceManager:
     def _image_users(self, image: ImageRecord) -> list[str]:
         return [r.name for r in self.repo.all() if r.image == image.name]
 
+    def _digest_users(self, digest: str) -> list[str]:
+        return [r.name for r in self.repo.all() if r.image_digest == digest]
+
     async def wait(self, ref: str, state: State, timeout: float) -> tuple[InstanceRecord, bool]:
         """Block until the instance is in `state`; the bool says whether the wait timed out."""
         record_id = self.get(ref).id
@@ -236,19 +240,25 @@ class InstanceManager:
     async def create(self, request: CreateRequest) -> InstanceRecord:
         record = self._validate(request)
         image = self.images.get(request.image)
-        rootfs = self.images.rootfs_path(image)  # refuses images that are not ready
+        self.images.rootfs_path(image)  # refuses images that are not ready
         record.image, record.image_digest = image.name, image.digest
-        self.repo.insert(record)
+        # The instance keeps what it was created from, even if the tag moves later.
+        record.guest = self._guest_config(record, image)
         paths = self._paths(record.id)
-        try:
-            paths.dir.mkdir(parents=True)
-            record_event(paths.dir, f"creating from image {image.name} ({image.digest})")
-            await asyncio.to_thread(create_overlay_disk, paths.overlay, record.overlay_bytes)
-            await self._boot(record, rootfs, image)
-        except BaseException as exc:
-            log.warning("create failed, cleaning up", extra={"instance": record.id, "error": exc})
-            await self._discard(self._current(record.id))
-            raise
+        # Held from the insert on: a delete that finds the record waits for the boot.
+        async with self._lock(record.id):
+            self.repo.insert(record)
+            try:
+                paths.dir.mkdir(parents=True)
+                record_event(paths.dir, f"creating from image {image.name} ({image.digest})")
+                await asyncio.to_thread(create_overlay_disk, paths.overlay, record.overlay_bytes)
+                await self._boot(record)
+            except BaseException as exc:
+                log.warning(
+                    "create failed, cleaning up", extra={"instance": record.id, "error": exc}
+                )
+                await self._discard(self.repo.get(record.id) or record)
+                raise
         return self._current(record.id)
 
     async def start(self, ref: str) -> InstanceRecord:
@@ -257,8 +267,7 @@ class InstanceManager:
             record = self._current(record.id)
             if record.state != State.STOPPED:
                 raise _invalid(record, "start", "only a Stopped instance can start")
-            image = self.images.get(record.image)
-            await self._boot(record, self.images.rootfs_path(image), image)
+            await self._boot(record)
         return self._current(record.id)
 
     async def stop(self, ref: str) -> InstanceRecord:
@@ -379,11 +388,13 @@ class InstanceManager:
             hostname=record.name,
         )
 
-    async def _boot(self, record: InstanceRecord, rootfs: Path, image: ImageRecord) -> None:
+    async def _boot(self, record: InstanceRecord) -> None:
         """Write the config disk and start the VMM: Created/Stopped -> Initializing."""
         paths = self._paths(record.id)
         system = self._system()
-        write_config_disk(paths.config, self._guest_config(record, image))
+        rootfs = self.images.rootfs_of(record.image_digest)
+        guest = record.guest or self._guest_config(record, self.images.get(record.image))
+        write_config_disk(paths.config, guest)
         paths.run.mkdir(parents=True, exist_ok=True)
         paths.app_log.parent.mkdir(parents=True, exist_ok=True)
         disks = [
@@ -517,10 +528,12 @@ class InstanceManager:
     async def _discard(self, record: InstanceRecord) -> None:
         """Remove every trace of an instance: VMM, sockets, disks, logs and record."""
         paths = self._paths(record.id)
-        if record.pid is not None:
+        # No pid in the record: the VMM may still have started (a create cut short).
+        pid = record.pid or _read_pid(paths.pid_file)
+        if pid is not None:
             hypervisor = self._hypervisor(record.hypervisor)
-            handle = paths.handle(record.pid)
-            hypervisor.kill(handle)
+            handle = paths.handle(pid)
+            hypervisor.kill(handle)  # only if it is alive and ours (is_alive checks)
             await hypervisor.wait_exit(handle, timeout=10)
         task = self._monitors.pop(record.id, None)
         if task is not None:
@@ -528,7 +541,15 @@ class InstanceManager:
         shutil.rmtree(paths.run, ignore_errors=True)
         shutil.rmtree(paths.dir, ignore_errors=True)
         self.repo.delete(record.id)
+        self.images.release_rootfs(record.image_digest)
         self._changed.notify()
+
+
+def _read_pid(pid_file: Path) -> int | None:
+    try:
+        return int(pid_file.read_text().strip())
+    except (OSError, ValueError):
+        return None
 
 
 def _exited(record: InstanceRecord, status: AgentStatus) -> None:

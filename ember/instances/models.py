@@ -6,6 +6,7 @@ from datetime import datetime
 
 from pydantic import Field
 
+from ember.guest.config import GuestConfig
 from ember.images.models import utcnow
 from ember.instances.state import State
 from ember.store import StoredRecord
@@ -28,6 +29,8 @@ class InstanceRecord(StoredRecord):
     env: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     skip_guest_agent: bool = False
+    # The image config merged with the request at create (None: made before this was kept).
+    guest: GuestConfig | None = None
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     stopped_at: datetime | None = None
