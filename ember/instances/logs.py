@@ -61,28 +61,39 @@ def _tail(path: Path, count: int) -> tuple[list[str], int]:
 
 
 async def read_log(path: Path, *, tail: int = 100, follow: bool = False) -> AsyncIterator[str]:
-    """Yield the last `tail` lines, then (if `follow`) new lines as they are written."""
-    if not path.exists():
-        if not follow:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.touch()
-    lines, offset = await asyncio.to_thread(_tail, path, tail)
+    """Yield the last `tail` lines, then (if `follow`) new lines as they are written.
+
+    The file (or its instance directory) vanishing means the instance was deleted:
+    the stream then simply ends.
+    """
+    try:
+        if not path.exists():
+            if not follow:
+                return
+            # Not parents=True: a deleted instance's directory must not come back.
+            path.parent.mkdir(exist_ok=True)
+            path.touch()
+        lines, offset = await asyncio.to_thread(_tail, path, tail)
+    except FileNotFoundError:
+        return
     for line in lines:
         yield line
     if not follow:
         return
     pending = b""
     while True:
-        size = await asyncio.to_thread(os.path.getsize, path)
-        if size < offset:  # truncated or replaced: start from its beginning
-            offset, pending = 0, b""
-        if size == offset:
-            await asyncio.sleep(FOLLOW_POLL_SECONDS)
-            continue
-        with path.open("rb") as src:
-            src.seek(offset)
-            chunk = src.read(min(size - offset, READ_CHUNK))
+        try:
+            size = await asyncio.to_thread(os.path.getsize, path)
+            if size < offset:  # truncated or replaced: start from its beginning
+                offset, pending = 0, b""
+            if size == offset:
+                await asyncio.sleep(FOLLOW_POLL_SECONDS)
+                continue
+            with path.open("rb") as src:
+                src.seek(offset)
+                chunk = src.read(min(size - offset, READ_CHUNK))
+        except FileNotFoundError:
+            return
         offset += len(chunk)
         *complete, pending = (pending + chunk).split(b"\n")
         for raw in complete:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -207,3 +208,30 @@ def test_overlay_too_large_for_the_host_is_a_bad_request(
     assert all(i.name != "huge-overlay" for i in client.instances.list())
     assert sorted(p.name for p in instances.iterdir()) == before
     assert sorted(p.name for p in Path("/run/ember").iterdir()) == runtime_before
+
+
+def test_follow_ends_cleanly_when_the_instance_is_deleted(
+    client: Hypeman, hello: str, shared_server: EmberServer
+) -> None:
+    inst = client.instances.create(
+        name="followed", image=hello, vcpus=1, size="256MB", cmd=["/hello", "serve", "8080"]
+    )
+    stream = client.instances.logs(inst.id, follow=True, tail=100, source="hypeman")
+    seen: list[str] = []
+    errors: list[Exception] = []
+
+    def read() -> None:
+        try:
+            seen.extend(stream)
+        except Exception as exc:  # e.g. httpx.RemoteProtocolError: incomplete chunked read
+            errors.append(exc)
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    time.sleep(0.5)
+    client.instances.delete(inst.id)
+    reader.join(15)
+    assert not reader.is_alive(), "the log stream did not end after the delete"
+    assert errors == []
+    assert any("creating from image" in line for line in seen)
+    assert not (shared_server.data_dir / "instances" / inst.id).exists()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import shutil
 from pathlib import Path
 
 import pytest
@@ -77,3 +78,24 @@ def test_operations_log_lines(tmp_path: Path) -> None:
     record_event(tmp_path, "state -> Running")
     line = (tmp_path / "logs" / "hypeman.log").read_text()
     assert line.endswith("Z state -> Running\n")
+
+
+async def test_follow_ends_when_the_instance_is_deleted(tmp_path: Path) -> None:
+    instance = tmp_path / "instance"
+    log = instance / "logs" / "hypeman.log"
+    record_event(instance, "state -> Running")
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for line in read_log(log, tail=10, follow=True):
+            seen.append(line)
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)
+    shutil.rmtree(instance)
+    await asyncio.wait_for(task, 5)  # ends cleanly, no FileNotFoundError
+    assert len(seen) == 1 and seen[0].endswith("state -> Running")
+    # Following a log whose instance directory is already gone ends at once and
+    # does not bring the directory back.
+    assert await asyncio.wait_for(collect(log, tail=10, follow=True), 5) == []
+    assert not instance.exists()
