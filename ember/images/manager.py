@@ -145,8 +145,8 @@ class ImageManager:
         return self._progress.get(record.id)
 
     def rootfs_path(self, record: ImageRecord) -> Path:
-        if record.status != ImageStatus.READY:
-            raise Conflict(
+        if record.status != ImageStatus.READY:  # 400 as in Hypeman: the request names it
+            raise InvalidArgument(
                 f"image {record.name!r} is not ready (status: {record.status})",
                 code="image_not_ready",
             )

@@ -44,7 +44,7 @@ from ember.images.manager import ImageManager
 from ember.images.models import ImageRecord
 from ember.instances.logs import LogSource, log_path, read_log, record_event
 from ember.instances.models import InstanceRecord
-from ember.instances.state import ACTIVE, State, check_transition
+from ember.instances.state import ACTIVE, SETTLED, State, check_transition
 from ember.instances.stats import ProcessStats, process_stats
 from ember.store import Repository, Store
 from ember.system import BootArtifacts, load
@@ -223,10 +223,16 @@ class InstanceManager:
         return [r.name for r in self.repo.all() if r.image_digest == digest]
 
     async def wait(self, ref: str, state: State, timeout: float) -> tuple[InstanceRecord, bool]:
-        """Block until the instance is in `state`; the bool says whether the wait timed out."""
+        """Block until the instance is in `state`, or in a settled state it will not leave on
+        its own (a crashed workload: Stopped); the bool says whether the wait timed out."""
         record_id = self.get(ref).id
+
+        def reached() -> bool:
+            current = self._current(record_id).state
+            return current == state or current in SETTLED
+
         try:
-            await self._changed.wait_for(lambda: self._current(record_id).state == state, timeout)
+            await self._changed.wait_for(reached, timeout)
         except TimeoutError:
             return self._current(record_id), True
         return self._current(record_id), False
@@ -280,12 +286,12 @@ class InstanceManager:
             await self._shutdown(record, graceful=True)
         return self._current(record.id)
 
-    async def delete(self, ref: str) -> None:
+    async def delete(self, ref: str, *, graceful: bool = False) -> None:
         record = self.get(ref)
         async with self._lock(record.id):
             record = self._current(record.id)
             if record.pid is not None:
-                await self._shutdown(record, graceful=False)
+                await self._shutdown(record, graceful=graceful)
             await self._discard(self._current(record.id))
         self._locks.pop(record.id, None)
 

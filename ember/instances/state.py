@@ -36,6 +36,8 @@ _NEXT: dict[State, set[State]] = {
 }
 # A VMM is (or should be) alive in these states.
 ACTIVE = {State.INITIALIZING, State.RUNNING, State.PAUSED, State.SHUTDOWN}
+# States that last until someone acts: a wait for any other state ends on them.
+SETTLED = {State.STOPPED, State.STANDBY, State.UNKNOWN}
 
 
 def can_transition(current: State, target: State) -> bool:

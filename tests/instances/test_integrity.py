@@ -133,3 +133,21 @@ def test_a_stopped_instance_keeps_its_image_when_the_tag_moves(
     assert (images / second.digest).exists()
     client.images.delete(name)
     assert not (images / second.digest).exists()
+
+
+def test_wait_ends_when_the_state_can_no_longer_come(shared_server: EmberServer) -> None:
+    client = Hypeman(base_url=shared_server.url, api_key=shared_server.token(), max_retries=0)
+    image = push_to_ember(shared_server, hello_image(), "integrity", "crash")
+    inst = client.instances.create(
+        name="crasher", image=image, size="128MB", cmd=["/hello", "exit", "9"]
+    )
+    # The workload exits at once: Running may never be seen, and Stopped will not change.
+    waited = client.instances.wait(inst.id, state="Running", api_timeout="300s")
+    assert not waited.timed_out
+    if waited.state != "Running":
+        assert waited.state == "Stopped"
+    stopped = client.instances.wait(inst.id, state="Stopped", api_timeout=BOOT)
+    assert stopped.state == "Stopped" and client.instances.get(inst.id).exit_code == 9
+    again = client.instances.wait(inst.id, state="Running", api_timeout="300s")
+    assert (again.state, again.timed_out) == ("Stopped", False)
+    client.instances.delete(inst.id, graceful_shutdown=True)

@@ -154,8 +154,14 @@ async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and delete an instance")
-async def delete_instance(ref: InstanceRef, svc: ServicesDep) -> Response:
-    await svc.instances.delete(ref)
+async def delete_instance(
+    ref: InstanceRef,
+    svc: ServicesDep,
+    graceful_shutdown: Annotated[
+        bool, Query(description="Stop the workload gracefully (SIGTERM, then force) first")
+    ] = False,
+) -> Response:
+    await svc.instances.delete(ref, graceful=graceful_shutdown)
     return Response(status_code=204)
 
 
