@@ -1,4 +1,4 @@
-"""Validation rules from the Hypeman spec: resource names and user tags."""
+"""Validation rules from the Hypeman spec: resource names, user tags, environments."""
 
 from __future__ import annotations
 
@@ -45,3 +45,24 @@ def validate_tags(tags: dict[str, str] | None, *, field: str = "tags") -> dict[s
                 "A-Z a-z 0-9 space _ . : / = + @ -)"
             )
     return dict(tags)
+
+
+def validate_env(env: dict[str, str] | None) -> dict[str, str]:
+    """Environment variables for a guest process (instance create and exec alike).
+
+    A name must be non-empty without '=' or NUL, a value without NUL: the guest
+    receives them as ``NAME=value`` C strings.
+    """
+    for key, value in (env or {}).items():
+        if not key or "=" in key or "\0" in key:
+            raise InvalidArgument(f"invalid environment variable name {key!r}")
+        if "\0" in value:
+            raise InvalidArgument(f"environment variable {key} contains a NUL byte")
+    return dict(env or {})
+
+
+def validate_c_string(value: str, *, field: str) -> str:
+    """Arguments and paths reach the guest as C strings: no NUL bytes."""
+    if "\0" in value:
+        raise InvalidArgument(f"{field}: {value!r} contains a NUL byte")
+    return value

@@ -6,7 +6,13 @@ from hypothesis import strategies as st
 
 from ember.errors import InvalidArgument
 from ember.ids import ID_LENGTH, is_id, new_id
-from ember.validation import NAME_RE, validate_name, validate_tags
+from ember.validation import (
+    NAME_RE,
+    validate_c_string,
+    validate_env,
+    validate_name,
+    validate_tags,
+)
 
 names = st.from_regex(r"\A[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?\Z")
 
@@ -55,3 +61,14 @@ def test_ids_are_cuid2_shaped_and_unique() -> None:
     assert len(ids) == 5000
     assert all(len(i) == ID_LENGTH and is_id(i) for i in ids)
     assert not is_id("A" * 24) and not is_id("1" + "a" * 23) and not is_id("abc")
+
+
+def test_env_names_and_c_strings() -> None:
+    assert validate_env({"A": "1", "B_2": ""}) == {"A": "1", "B_2": ""}
+    assert validate_env(None) == {}
+    for bad in ({"A=B": "1"}, {"": "1"}, {"A\0": "1"}, {"A": "x\0y"}):
+        with pytest.raises(InvalidArgument):
+            validate_env(bad)
+    assert validate_c_string("/tmp", field="cwd") == "/tmp"
+    with pytest.raises(InvalidArgument, match=r"cwd: .* contains a NUL byte"):
+        validate_c_string("/a\0b", field="cwd")

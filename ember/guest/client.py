@@ -23,7 +23,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel
 
-from ember.errors import EmberError, Unavailable
+from ember.errors import EmberError, InvalidArgument, Unavailable
 from ember.guest.protocol import (
     CONTROL_CHANNEL,
     HEADER_SIZE,
@@ -248,14 +248,22 @@ class AgentClient:
             "cols": cols,
         }
         fields |= {k: v for k, v in (("cwd", cwd), ("user", user)) if v is not None}
+        try:  # before registering a session: a refused request must leave none behind
+            record = encode_record(fields)
+        except ValueError as exc:
+            raise InvalidArgument(f"invalid exec request: {exc}") from exc
         session = ExecSession(self, next(self._channels))
         self._sessions[session.channel] = session
-        await self._send(Frame(MsgType.EXEC_START, session.channel, encode_record(fields)))
-        first = await asyncio.wait_for(session._next_frame(), timeout)
-        if first is None:
-            raise AgentDisconnected("agent connection closed during exec")
-        if first.type == MsgType.ERROR:
-            raise AgentError(str(first.json().get("message", "exec failed")))
+        try:
+            await self._send(Frame(MsgType.EXEC_START, session.channel, record))
+            first = await asyncio.wait_for(session._next_frame(), timeout)
+            if first is None:
+                raise AgentDisconnected("agent connection closed during exec")
+            if first.type == MsgType.ERROR:
+                raise AgentError(str(first.json().get("message", "exec failed")))
+        except BaseException:
+            self._sessions.pop(session.channel, None)
+            raise
         if first.type == MsgType.EXEC_EXIT:
             session.result = ExecResult.model_validate(first.json())
         else:

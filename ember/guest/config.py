@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ember.errors import InvalidArgument, Unavailable
 from ember.guest.protocol import encode_record
 from ember.units import format_size
+from ember.validation import validate_env
 
 EXIT_RECORD_SIZE = 4096
 CONFIG_OFFSET = 4096
@@ -80,11 +81,7 @@ class GuestConfig(BaseModel):
             fields |= {"net.ip": net.ip, "net.prefix": str(net.prefix), "net.dns": net.dns}
             if net.gateway:
                 fields["net.gateway"] = net.gateway
-        for key, value in self.env.items():
-            if not key or "=" in key:
-                raise InvalidArgument(f"invalid environment variable name {key!r}")
-            if "\0" in value:
-                raise InvalidArgument(f"environment variable {key} contains a NUL byte")
+        validate_env(self.env)
         try:
             return encode_record(fields)
         except ValueError as exc:

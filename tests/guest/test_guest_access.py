@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypeman import ConflictError, Hypeman
+from hypeman import BadRequestError, ConflictError, Hypeman
 from hypeman.lib.cp import CopyProtocolError, cp_from_instance, cp_to_instance
 from hypeman.lib.exec import exec as hm_exec
 from hypeman.lib.exec import exec_async
@@ -178,3 +178,33 @@ def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str, tmp_pa
         assert copy_refused.value.response.status_code == 409
     finally:
         client.instances.delete(inst.id)
+
+
+@pytest.mark.parametrize(
+    ("command", "env", "cwd", "reason"),
+    [
+        (["echo", "a\0b"], None, None, "command[1]: 'a\\x00b' contains a NUL byte"),
+        (["env"], {"A": "x\0y"}, None, "environment variable A contains a NUL byte"),
+        (["env"], {"A=B": "1"}, None, "invalid environment variable name 'A=B'"),
+        (["env"], {"": "1"}, None, "invalid environment variable name ''"),
+        (["pwd"], None, "/tmp\0x", "cwd: '/tmp\\x00x' contains a NUL byte"),
+    ],
+)
+def test_exec_refuses_what_the_guest_cannot_take(
+    client: Hypeman,
+    vm: str,
+    command: list[str],
+    env: dict[str, str] | None,
+    cwd: str | None,
+    reason: str,
+) -> None:
+    # The same rule (and message) as instance create; told as the protocol's error output.
+    result = hm_exec(client, vm, command, env=env, cwd=cwd, wait_for_agent=30)
+    assert result.exit_code == 127
+    assert result.output.decode() == f"Error: {reason}\r\n"
+    assert hm_exec(client, vm, ["echo", "still fine"]).output == b"still fine\n"
+
+
+def test_create_refuses_the_same_env_names(client: Hypeman, hello: str) -> None:
+    with pytest.raises(BadRequestError, match="invalid environment variable name 'A=B'"):
+        client.instances.create(name="bad-env", image=hello, size="256MB", env={"A=B": "1"})

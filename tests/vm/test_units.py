@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
+import socket
 from pathlib import Path
 
 import pytest
 
 from ember.errors import InvalidArgument, Unavailable
+from ember.guest.client import AgentClient
 from ember.guest.config import (
     GuestConfig,
     GuestNetwork,
@@ -138,3 +141,21 @@ def test_overlay_larger_than_the_filesystem_allows_is_invalid(tmp_path: Path) ->
     with pytest.raises(InvalidArgument, match="overlay_size: 999TB"):
         create_overlay_disk(tmp_path / "overlay.ext4", parse_size("999TB", field="overlay_size"))
     assert list(tmp_path.iterdir()) == []
+
+
+async def test_agent_exec_refusals_leave_no_session() -> None:
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    client = AgentClient(reader, writer)
+    client._synced.set()  # as if the agent had answered HELLO
+    try:
+        with pytest.raises(InvalidArgument, match="NUL"):
+            await client.exec(["echo", "a\0b"])
+        with pytest.raises(InvalidArgument, match="NUL"):
+            await client.exec(["env"], env={"A": "x\0y"})
+        with pytest.raises(TimeoutError):  # the agent never answers
+            await client.exec(["true"], timeout=0.1)
+        assert client._sessions == {}
+    finally:
+        await client.close()
+        theirs.close()

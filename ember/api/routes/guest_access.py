@@ -18,7 +18,7 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, WebSocket, WebSocketDisconnect
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ember.api.auth import bearer_token, verify_token
 from ember.api.deps import ServicesDep
@@ -26,6 +26,7 @@ from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
 from ember.guest.client import AgentClient, AgentError, ExecSession
 from ember.guest.copy import Header, cp_in_argv, cp_out_argv, read_tree
+from ember.validation import validate_c_string, validate_env
 
 router = APIRouter(prefix="/instances", tags=["guest"])
 sockets = APIRouter(prefix="/instances")  # authenticates itself: no HTTP dependencies
@@ -43,6 +44,23 @@ class ExecRequest(BaseModel):
     wait_for_agent: int | None = Field(default=None, ge=0)
     rows: int | None = Field(default=None, gt=0)
     cols: int | None = Field(default=None, gt=0)
+
+    # InvalidArgument (not ValueError) passes through pydantic: the message is the same
+    # one instance create gives for the same environment.
+    @field_validator("env")
+    @classmethod
+    def _env(cls, env: dict[str, str] | None) -> dict[str, str] | None:
+        return None if env is None else validate_env(env)
+
+    @field_validator("command")
+    @classmethod
+    def _command(cls, command: list[str]) -> list[str]:
+        return [validate_c_string(arg, field=f"command[{i}]") for i, arg in enumerate(command)]
+
+    @field_validator("cwd")
+    @classmethod
+    def _cwd(cls, cwd: str | None) -> str | None:
+        return None if cwd is None else validate_c_string(cwd, field="cwd")
 
 
 class CopyRequest(BaseModel):
