@@ -73,6 +73,7 @@ class CreateRequest(BaseModel):
     tags: dict[str, str] | None = None
     hypervisor: str | None = None
     skip_guest_agent: bool = False
+    platform: str | None = None
 
 
 class Changes:
@@ -247,9 +248,16 @@ class InstanceManager:
         record = self._validate(request)
         image = self.images.get(request.image)
         self.images.rootfs_path(image)  # refuses images that are not ready
+        if request.platform and request.platform != image.platform:
+            raise InvalidArgument(
+                f"platform: image {image.name!r} is {image.platform}, not {request.platform}; "
+                "pull it for that platform first"
+            )
         record.image, record.image_digest = image.name, image.digest
+        record.platform = image.platform
         # The instance keeps what it was created from, even if the tag moves later.
-        record.guest = self._guest_config(record, image)
+        record.image_config = _image_config(image)
+        _guest_config(record, record.image_config)  # refuses a request with nothing to run
         paths = self._paths(record.id)
         # Held from the insert on: a delete that finds the record waits for the boot.
         async with self._lock(record.id):
@@ -267,12 +275,24 @@ class InstanceManager:
                 raise
         return self._current(record.id)
 
-    async def start(self, ref: str) -> InstanceRecord:
+    async def start(
+        self, ref: str, cmd: list[str] | None = None, entrypoint: list[str] | None = None
+    ) -> InstanceRecord:
+        """Boot a Stopped instance; `cmd`/`entrypoint` replace the instance's from now on."""
         record = self.get(ref)
         async with self._lock(record.id):
             record = self._current(record.id)
             if record.state != State.STOPPED:
                 raise _invalid(record, "start", "only a Stopped instance can start")
+            updates = {k: v for k, v in (("cmd", cmd), ("entrypoint", entrypoint)) if v is not None}
+            changed = record.model_copy(update=updates)
+            _guest_config(changed, self._base_config(changed))  # refuses nothing to run
+            if updates:
+
+                def run_with(r: InstanceRecord) -> None:
+                    r.cmd, r.entrypoint = changed.cmd, changed.entrypoint
+
+                record = self._update(record.id, run_with)
             await self._boot(record)
         return self._current(record.id)
 
@@ -372,35 +392,16 @@ class InstanceManager:
         record_event(self._paths(instance_id).dir, f"state -> {target}")
         return record
 
-    def _guest_config(self, record: InstanceRecord, image: ImageRecord) -> GuestConfig:
-        """Merge the request over the image config the way `docker run` does."""
-        entrypoint = record.entrypoint if record.entrypoint is not None else image.entrypoint
-        if record.cmd is not None:
-            cmd = record.cmd
-        elif record.entrypoint is not None:
-            cmd = []  # a new entrypoint drops the image's CMD, as in Docker
-        else:
-            cmd = image.cmd or []
-        if not entrypoint and not cmd:
-            raise InvalidArgument(
-                f"image {image.name!r} has no entrypoint or cmd: give `cmd` or `entrypoint`"
-            )
-        return GuestConfig(
-            entrypoint=entrypoint or [],
-            cmd=cmd,
-            env={**(image.env or {}), **record.env},
-            working_dir=image.working_dir or "/",
-            user=image.user or "",
-            hostname=record.name,
-        )
+    def _base_config(self, record: InstanceRecord) -> GuestConfig:
+        """The image's config the instance was made from (older records: the image's now)."""
+        return record.image_config or _image_config(self.images.get(record.image))
 
     async def _boot(self, record: InstanceRecord) -> None:
         """Write the config disk and start the VMM: Created/Stopped -> Initializing."""
         paths = self._paths(record.id)
         system = self._system()
         rootfs = self.images.rootfs_of(record.image_digest)
-        guest = record.guest or self._guest_config(record, self.images.get(record.image))
-        write_config_disk(paths.config, guest)
+        write_config_disk(paths.config, _guest_config(record, self._base_config(record)))
         paths.run.mkdir(parents=True, exist_ok=True)
         paths.app_log.parent.mkdir(parents=True, exist_ok=True)
         disks = [
@@ -549,6 +550,35 @@ class InstanceManager:
         self.repo.delete(record.id)
         self.images.release_rootfs(record.image_digest)
         self._changed.notify()
+
+
+def _image_config(image: ImageRecord) -> GuestConfig:
+    return GuestConfig(
+        entrypoint=image.entrypoint or [],
+        cmd=image.cmd or [],
+        env=image.env or {},
+        working_dir=image.working_dir or "/",
+        user=image.user or "",
+    )
+
+
+def _guest_config(record: InstanceRecord, image: GuestConfig) -> GuestConfig:
+    """Merge the request over the image config the way `docker run` does."""
+    entrypoint = record.entrypoint if record.entrypoint is not None else image.entrypoint
+    if record.cmd is not None:
+        cmd = record.cmd
+    elif record.entrypoint is not None:
+        cmd = []  # a new entrypoint drops the image's CMD, as in Docker
+    else:
+        cmd = image.cmd
+    if not entrypoint and not cmd:
+        raise InvalidArgument(
+            f"image {record.image!r} has no entrypoint or cmd: give `cmd` or `entrypoint`"
+        )
+    return image.model_copy(
+        update={"entrypoint": entrypoint, "cmd": cmd, "env": {**image.env, **record.env},
+                "hostname": record.name}
+    )  # fmt: skip
 
 
 def _read_pid(pid_file: Path) -> int | None:

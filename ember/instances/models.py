@@ -29,8 +29,10 @@ class InstanceRecord(StoredRecord):
     env: dict[str, str] = Field(default_factory=dict)
     tags: dict[str, str] = Field(default_factory=dict)
     skip_guest_agent: bool = False
-    # The image config merged with the request at create (None: made before this was kept).
-    guest: GuestConfig | None = None
+    # The image's own config (entrypoint, cmd, env, working dir, user) at create, so the
+    # instance keeps it when the tag moves (None: made before this was kept).
+    image_config: GuestConfig | None = None
+    platform: str | None = None  # the image's, e.g. "linux/amd64"
     created_at: datetime = Field(default_factory=utcnow)
     started_at: datetime | None = None
     stopped_at: datetime | None = None

@@ -13,7 +13,7 @@ from typing import Any
 
 import httpx
 import pytest
-from hypeman import Hypeman
+from hypeman import BadRequestError, Hypeman
 
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
@@ -151,3 +151,42 @@ def test_wait_ends_when_the_state_can_no_longer_come(shared_server: EmberServer)
     again = client.instances.wait(inst.id, state="Running", api_timeout="300s")
     assert (again.state, again.timed_out) == ("Stopped", False)
     client.instances.delete(inst.id, graceful_shutdown=True)
+
+
+def test_start_overrides_and_fields_the_server_cannot_honour(shared_server: EmberServer) -> None:
+    client = Hypeman(base_url=shared_server.url, api_key=shared_server.token(), max_retries=0)
+    image = push_to_ember(shared_server, hello_image(), "integrity", "start")
+    inst = client.instances.create(
+        name="rerun", image=image, size="128MB", cmd=["/hello", "exit", "0"]
+    )
+    assert inst.platform == "linux/amd64"
+    assert client.instances.wait(inst.id, state="Stopped", api_timeout=BOOT).state == "Stopped"
+
+    # start's cmd replaces the instance's from then on (Hypeman: "omit to keep").
+    client.instances.start(inst.id, cmd=["/hello", "exit", "7"])
+    client.instances.wait(inst.id, state="Stopped", api_timeout=BOOT)
+    assert client.instances.get(inst.id).exit_code == 7
+    client.instances.start(inst.id)
+    client.instances.wait(inst.id, state="Stopped", api_timeout=BOOT)
+    assert client.instances.get(inst.id).exit_code == 7
+    with pytest.raises(BadRequestError, match="cmd"):
+        client.instances.start(inst.id, extra_body={"cmd": "not a list"})
+    with pytest.raises(BadRequestError, match="entrypoint or cmd"):
+        client.instances.start(inst.id, cmd=[])  # the image has no entrypoint: nothing to run
+    assert client.instances.get(inst.id).state == "Stopped"
+
+    # Fields of features this server lacks are refused by name, never ignored.
+    with pytest.raises(BadRequestError, match="ttl"):
+        client.instances.create(name="expiring", image=image, ttl="1s")
+    with pytest.raises(BadRequestError, match="restart_policy"):
+        client.instances.create(name="restarting", image=image, restart_policy={"policy": "always"})
+    with pytest.raises(BadRequestError, match="no_such_field"):
+        client.instances.create(name="typo", image=image, extra_body={"no_such_field": 1})
+    with pytest.raises(BadRequestError, match="platform"):
+        client.instances.create(name="arm", image=image, platform="linux/arm64")
+    with pytest.raises(BadRequestError, match="ttl"):
+        client.instances.update(inst.id, ttl="1h")
+    assert client.instances.update(inst.id).id == inst.id
+    assert {i.name for i in client.instances.list()} >= {"rerun"}
+    assert not {"expiring", "restarting", "typo", "arm"} & {i.name for i in client.instances.list()}
+    client.instances.delete(inst.id)

@@ -35,7 +35,8 @@ class NetworkRequest(BaseModel):
 
 
 class CreateInstanceRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # Unknown fields are a 400 naming them: a typo must not be silently ignored.
+    model_config = ConfigDict(extra="forbid")
 
     name: str = Field(description="Lowercase letters, digits and dashes; at most 63")
     image: str = Field(min_length=1, description="OCI image reference (must be pulled)")
@@ -51,8 +52,26 @@ class CreateInstanceRequest(BaseModel):
     hypervisor: Hypervisor | None = None
     network: NetworkRequest | None = None
     skip_guest_agent: bool = False
+    platform: str | None = Field(default=None, description="Must match the image's platform")
+    skip_kernel_headers: bool | None = None  # nothing to install: the guest kernel is Ember's
+    # Accepted by Hypeman; refused here with a clear reason (see _NOT_YET).
     volumes: list[dict[str, Any]] | None = None
     devices: list[str] | None = None
+    gpu: dict[str, Any] | None = None
+    credentials: dict[str, Any] | None = None
+    ttl: str | None = None
+    expires_at: datetime | None = None
+    restart_policy: dict[str, Any] | None = None
+    health_check: dict[str, Any] | None = None
+    auto_standby: dict[str, Any] | None = None
+    snapshot_policy: dict[str, Any] | None = None
+
+
+class StartInstanceRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    cmd: list[str] | None = Field(default=None, description="Replaces the CMD from now on")
+    entrypoint: list[str] | None = Field(default=None, description="Replaces the entrypoint")
 
 
 class NetworkInfo(BaseModel):
@@ -101,6 +120,7 @@ class Instance(BaseModel):
                     "stopped_at",
                     "exit_code",
                     "exit_message",
+                    "platform",
                 },
             ),
             size=format_size(record.memory_bytes),
@@ -122,6 +142,14 @@ MAX_WAIT_SECONDS = 300.0
 _NOT_YET = {
     "volumes": "volumes are not available yet",
     "devices": "device passthrough is not available on this host",
+    "gpu": "GPUs are not available on this host",
+    "credentials": "credential injection is not available yet",
+    "ttl": "instance expiry is not available yet",
+    "expires_at": "instance expiry is not available yet",
+    "restart_policy": "restart policies are not available yet",
+    "health_check": "health checks are not available yet",
+    "auto_standby": "standby is not available yet",
+    "snapshot_policy": "snapshots are not available yet",
 }
 
 
@@ -135,7 +163,7 @@ async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Inst
             "network: guest networking is not available yet", code="not_supported"
         )
     request = CreateRequest.model_validate(
-        body.model_dump(exclude={"network", "volumes", "devices"})
+        body.model_dump(exclude={"network", "skip_kernel_headers", *_NOT_YET})
     )
     return Instance.of(await svc.instances.create(request))
 
@@ -151,6 +179,24 @@ async def list_instances(
 @router.get("/{id}", response_model=Instance, summary="Get an instance")
 async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
     return Instance.of(svc.instances.get(ref))
+
+
+@router.patch("/{id}", response_model=Instance, summary="Update an instance's policies")
+async def update_instance(ref: InstanceRef, svc: ServicesDep, request: Request) -> Instance:
+    """Every field Hypeman can update (expiry, restart and health policies, standby, credential
+    env) belongs to a feature this server does not have yet: each is refused by name."""
+    record = svc.instances.get(ref)
+    try:
+        body = json.loads(await request.body() or b"{}")
+    except ValueError as exc:
+        raise InvalidArgument(f"body: not valid JSON ({exc})") from exc
+    if not isinstance(body, dict):
+        raise InvalidArgument("body: expected a JSON object")
+    if body:
+        names = ", ".join(sorted(body))
+        message = f"{names}: cannot be updated on this server yet"
+        raise InvalidArgument(message, code="not_supported")
+    return Instance.of(record)
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and delete an instance")
@@ -171,8 +217,11 @@ async def stop_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 
 
 @router.post("/{id}/start", response_model=Instance, summary="Start a stopped instance")
-async def start_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
-    return Instance.of(await svc.instances.start(ref))
+async def start_instance(
+    ref: InstanceRef, svc: ServicesDep, body: StartInstanceRequest | None = None
+) -> Instance:
+    body = body or StartInstanceRequest()
+    return Instance.of(await svc.instances.start(ref, cmd=body.cmd, entrypoint=body.entrypoint))
 
 
 @router.get("/{id}/wait", response_model=WaitResponse, summary="Wait for a state")
