@@ -33,6 +33,7 @@ from ember.errors import (
 )
 from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
 from ember.guest.config import (
+    MIN_OVERLAY_BYTES,
     GuestConfig,
     create_overlay_disk,
     read_exit_record,
@@ -48,7 +49,7 @@ from ember.instances.state import ACTIVE, SETTLED, State, check_transition
 from ember.instances.stats import ProcessStats, process_stats
 from ember.store import Repository, Store
 from ember.system import BootArtifacts, load
-from ember.units import parse_rate, parse_size
+from ember.units import format_size, parse_rate, parse_size
 from ember.validation import validate_name, validate_tags
 
 log = logging.getLogger("ember.instances")
@@ -333,6 +334,11 @@ class InstanceManager:
         if memory < 64 * 1024**2:
             raise InvalidArgument("size: at least 64MB of memory is needed to boot")
         overlay = parse_size(request.overlay_size, field="overlay_size")
+        if overlay < MIN_OVERLAY_BYTES:
+            raise InvalidArgument(
+                f"overlay_size: at least {format_size(MIN_OVERLAY_BYTES)} (the ext4 journal "
+                "and metadata need room)"
+            )
         io_limit = (
             parse_rate(request.disk_io_bps, field="disk_io_bps") if request.disk_io_bps else None
         )

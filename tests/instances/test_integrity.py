@@ -182,6 +182,8 @@ def test_start_overrides_and_fields_the_server_cannot_honour(shared_server: Embe
         client.instances.create(name="restarting", image=image, restart_policy={"policy": "always"})
     with pytest.raises(BadRequestError, match="no_such_field"):
         client.instances.create(name="typo", image=image, extra_body={"no_such_field": 1})
+    with pytest.raises(BadRequestError, match="overlay_size: at least 64MB"):
+        client.instances.create(name="cramped", image=image, overlay_size="1MB")
     with pytest.raises(BadRequestError, match="platform"):
         client.instances.create(name="arm", image=image, platform="linux/arm64")
     with pytest.raises(BadRequestError, match="ttl"):
