@@ -28,7 +28,7 @@ import httpx
 
 from ember.errors import EmberError
 from ember.images.blobs import BlobStore, DigestMismatch
-from ember.images.reference import ImageRef
+from ember.images.reference import DIGEST_RE, ImageRef
 
 log = logging.getLogger("ember.images.registry")
 
@@ -147,6 +147,20 @@ class RegistryClient:
         manifest.media_type = str(manifest.json().get("mediaType") or header_type)
         return manifest
 
+    async def resolve_digest(self, ref: ImageRef, attempts: int = MAX_ATTEMPTS) -> str:
+        """The digest `ref` names now, from a `HEAD` of its manifest (no body, and no pull
+        counted against Docker Hub's rate limit); a `GET` if the registry gives no digest."""
+        headers = {"Accept": ", ".join(MANIFEST_TYPES)}
+        path = f"manifests/{ref.reference}"
+        try:
+            response = await self._request(ref, path, headers, method="HEAD", attempts=attempts)
+            digest = str(response.headers.get("docker-content-digest", ""))
+        except _HeadRefused:
+            digest = ""
+        if DIGEST_RE.match(digest):
+            return digest
+        return (await self.get_manifest(ref)).digest
+
     async def fetch_blob(
         self,
         ref: ImageRef,
@@ -193,15 +207,22 @@ class RegistryClient:
             return RegistryError(f"registry {ref.registry}: {exc}")
         return RegistryError(f"cannot reach registry {ref.registry}: {_transport_reason(exc)}")
 
-    async def _request(self, ref: ImageRef, path: str, headers: dict[str, str]) -> httpx.Response:
-        for attempt in range(1, MAX_ATTEMPTS + 1):
+    async def _request(
+        self,
+        ref: ImageRef,
+        path: str,
+        headers: dict[str, str],
+        method: str = "GET",
+        attempts: int = MAX_ATTEMPTS,
+    ) -> httpx.Response:
+        for attempt in range(1, attempts + 1):
             try:
-                response = await self._send(ref, "GET", path, headers)
+                response = await self._send(ref, method, path, headers)
                 await response.aread()
                 self._raise_for(ref, path, response)
                 return response
             except (httpx.TransportError, _Retryable) as exc:
-                if attempt == MAX_ATTEMPTS:
+                if attempt == attempts:
                     raise self._unreachable(ref, exc) from exc
                 await asyncio.sleep(_backoff(exc, attempt))
         raise AssertionError("unreachable")
@@ -291,6 +312,8 @@ class RegistryClient:
         if status < 400:
             return
         what = f"{ref.repository}:{path.split('/', 1)[1]}" if "/" in path else path
+        if status in (405, 501) and response.request.method == "HEAD":
+            raise _HeadRefused(f"registry {ref.registry}: HEAD refused ({status}) for {what}")
         if status == 429 or status >= 500:
             retry_after = response.headers.get("retry-after", "")
             delay = min(float(retry_after), MAX_RETRY_AFTER) if retry_after.isdigit() else None
@@ -324,6 +347,10 @@ def _transport_reason(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+class _HeadRefused(RegistryError):
+    """A registry (or proxy) that does not answer HEAD: ask with GET instead."""
 
 
 class _Retryable(Exception):

@@ -39,6 +39,9 @@ log = logging.getLogger("ember.images")
 
 ROOTFS_NAME = "rootfs.erofs"
 SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
+# A `POST /images` of a ready tag asks the registry once, this long at most, whether the
+# tag has moved; no answer keeps the image pulled before.
+RESOLVE_TIMEOUT = 5.0
 # Returns the names of instances using an image; wired in by the server (instances depend
 # on images, never the reverse).
 InUseCheck = Callable[[ImageRecord], list[str]]
@@ -120,16 +123,33 @@ class ImageManager:
     # ---- queries ---------------------------------------------------------------------
 
     def get(self, name: str) -> ImageRecord:
-        """Find an image by reference (normalized or not), or by digest."""
+        """Find an image by reference (normalized or not), or by digest.
+
+        `repo@digest` also finds an image pulled by tag whose digest that is; a reference
+        that does not parse (and is not a bare digest) is an InvalidArgument naming why.
+        """
         record = self.repo.by_name(name)
         if record is None and name.startswith("sha256:"):
             record = next((r for r in self.repo.all() if r.digest == name), None)
-        if record is None:
-            with contextlib.suppress(InvalidArgument):
-                record = self.repo.by_name(parse_reference(name).name)
+        elif record is None:
+            ref = parse_reference(name)
+            record = self.repo.by_name(ref.name)
+            if record is None and ref.digest is not None:
+                record = self._by_digest(ref.registry, ref.repository, ref.digest)
         if record is None:
             raise NotFound(f"image {name!r} not found")
         return record
+
+    def _by_digest(self, registry: str, repository: str, digest: str) -> ImageRecord | None:
+        """A ready image of `registry/repository` (under any tag) whose digest is `digest`."""
+        for record in self.repo.all():
+            if record.status != ImageStatus.READY or record.digest != digest:
+                continue
+            with contextlib.suppress(InvalidArgument):
+                ref = parse_reference(record.name)
+                if (ref.registry, ref.repository) == (registry, repository):
+                    return record
+        return None
 
     def find(self, tags: dict[str, str] | None = None) -> list[ImageRecord]:
         wanted = (tags or {}).items()
@@ -170,7 +190,7 @@ class ImageManager:
 
     # ---- commands --------------------------------------------------------------------
 
-    def create(
+    async def create(
         self,
         name: str,
         *,
@@ -178,12 +198,40 @@ class ImageManager:
         platform: str | None = None,
         credentials: Credentials | None = None,
     ) -> ImageRecord:
+        """Pull `name`, unless it is pulled (and its tag still names that digest) or in progress.
+
+        A ready image named by tag is checked against its registry (a manifest `HEAD`, or
+        the built-in registry's own table): if the tag has moved, the old record steps
+        aside as `repository@old-digest` and a new pull takes the name. The request's
+        `tags` are merged into whichever record is answered.
+        """
         ref = parse_reference(name)
         tags = validate_tags(tags)
+        asked_platform = platform
         platform = validate_platform(platform)
         existing = self.repo.by_name(ref.name)
+        if existing is not None and existing.status == ImageStatus.READY and ref.digest is None:
+            current = await self._current_digest(ref, credentials)
+            existing = self.repo.by_name(ref.name)  # another request may have acted meanwhile
+            if (
+                current is not None
+                and existing is not None
+                and existing.status == ImageStatus.READY
+                and existing.digest != current
+            ):
+                log.info(
+                    "tag moved: pulling again",
+                    extra={"image": ref.name, "old": existing.digest, "new": current},
+                )
+                tags = {**existing.tags, **tags}
+                platform = platform if asked_platform else existing.requested_platform
+                self._step_aside(existing, ref)
+                existing = None
         if existing is not None and existing.status != ImageStatus.FAILED:
-            return existing  # pulled or being pulled: no work
+            # pulled or being pulled: no work, but the request's tags are kept
+            if tags and not tags.items() <= existing.tags.items():
+                return self.repo.update(existing.id, lambda r: _merge_tags(r, tags))
+            return existing
         if existing is not None:
             self.repo.delete(existing.id)
         record = self.repo.insert(
@@ -193,6 +241,30 @@ class ImageManager:
             self._credentials[record.id] = credentials
         self._enqueue(record.id)
         return record
+
+    async def _current_digest(self, ref: ImageRef, credentials: Credentials | None) -> str | None:
+        """The digest the tag names now, or None (with a warning) if that cannot be known."""
+        try:
+            if ref.registry in self.local_hosts and self.local_resolver is not None:
+                return self.local_resolver(ref.repository, ref.reference)
+            async with RegistryClient(
+                insecure=self.insecure, credentials=credentials, timeout=RESOLVE_TIMEOUT
+            ) as client:
+                return await client.resolve_digest(ref, attempts=1)
+        except EmberError as exc:
+            log.warning(
+                "cannot check the tag for a newer digest; answering the image pulled before",
+                extra={"image": ref.name, "error": exc.message},
+            )
+            return None
+
+    def _step_aside(self, record: ImageRecord, ref: ImageRef) -> None:
+        """A ready image whose tag moved keeps its content as `registry/repository@digest`."""
+        digest_name = f"{ref.registry}/{ref.repository}@{record.digest}"
+        if self.repo.by_name(digest_name) is None:
+            self.repo.update(record.id, lambda r: setattr(r, "name", digest_name))
+        else:  # that record already keeps the digest (and its root disk and blobs)
+            self.repo.delete(record.id)
 
     def tag(self, name: str, target: str) -> ImageRecord:
         """Point another reference at an existing image's digest, without pulling."""
@@ -367,6 +439,10 @@ def _ready(record: ImageRecord, size: int) -> None:
 
 def _failed(record: ImageRecord, message: str) -> None:
     record.status, record.error = ImageStatus.FAILED, message
+
+
+def _merge_tags(record: ImageRecord, tags: dict[str, str]) -> None:
+    record.tags = {**record.tags, **tags}
 
 
 def _assign(record: ImageRecord, fields: dict[str, object]) -> None:

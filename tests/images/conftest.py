@@ -126,13 +126,14 @@ class GatedProxy:
 
     Manifests pass straight through; a blob GET waits for a permit (`release`) before
     its body is sent, so a test can hold a pull at a known point: no sleeps, no timing.
-    `served` lists the blobs sent in full, in order.
+    `served` lists the blobs sent in full, in order; `heads` the HEAD requests.
     """
 
     def __init__(self, upstream: RegistryServer) -> None:
         self.upstream = upstream
         self.permits = threading.Semaphore(0)
         self.served: list[str] = []
+        self.heads: list[str] = []  # HEAD requests, passed through ungated
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
 
@@ -168,6 +169,18 @@ class GatedProxy:
                 self.wfile.flush()
                 if blob:
                     proxy.served.append(self.path.rsplit("/", 1)[1])
+
+            def do_HEAD(self) -> None:
+                wanted = ("accept", "authorization")
+                headers = {k: v for k, v in self.headers.items() if k.lower() in wanted}
+                answer = httpx.head(f"{proxy.upstream.url}{self.path}", headers=headers)
+                proxy.heads.append(self.path)
+                self.send_response(answer.status_code)
+                for key in ("content-type", "docker-content-digest", "www-authenticate"):
+                    if key in answer.headers:
+                        self.send_header(key, answer.headers[key])
+                self.send_header("Content-Length", answer.headers.get("content-length", "0"))
+                self.end_headers()
 
             def log_message(self, *args: object) -> None:
                 pass

@@ -302,3 +302,42 @@ def test_failed_conversion_leaves_nothing_ready(blobs: BlobStore, tmp_path: Path
         convert(pulled, blobs, image_dir)
     assert not (image_dir / ROOTFS_NAME).exists()
     assert os.listdir(blobs.tmp_dir) == []
+
+
+async def test_resolve_digest_heads_the_manifest_or_falls_back_to_get(
+    registry: RegistryServer,
+) -> None:
+    index = build_index({"amd64": hello_image()})
+    push(index, registry.url, "resolve/app", "v1")
+    async with RegistryClient() as client:
+        ref = parse_reference(f"{registry.host}/resolve/app:v1")
+        assert await client.resolve_digest(ref, attempts=1) == index.digest  # the index's
+        with pytest.raises(RegistryError, match="not found"):
+            await client.resolve_digest(parse_reference(f"{registry.host}/resolve/app:no"))
+
+    manifest = index.manifest
+
+    class NoHead(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(405)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def do_GET(self) -> None:
+            self.send_response(200)
+            self.send_header("Content-Type", index.media_type)
+            self.send_header("Content-Length", str(len(manifest)))
+            self.end_headers()
+            self.wfile.write(manifest)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), NoHead)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        async with RegistryClient() as client:
+            ref = parse_reference(f"127.0.0.1:{server.server_address[1]}/no/head:v1")
+            assert await client.resolve_digest(ref, attempts=1) == index.digest
+    finally:
+        server.shutdown()

@@ -191,12 +191,12 @@ async def test_a_pull_in_progress_keeps_the_cached_layer_it_relies_on(
     push(first, registry.url, "race/first", "v1")
     push(second, registry.url, "race/second", "v1")
     first_name, second_name = (f"{gated.host}/race/{n}:v1" for n in ("first", "second"))
-    images.create(first_name)
+    await images.create(first_name)
     gated.release(len(first.blobs))
     assert (await settled(images, first_name)).status == "ready"
 
     # The second pull found the base layer cached and is waiting for its own blobs...
-    images.create(second_name)
+    await images.create(second_name)
     await downloading(images, second_name)
     # ...when the only ready image using that layer is deleted: the layer must stay.
     images.delete(first_name)

@@ -72,7 +72,7 @@ async def create_image(body: CreateImageRequest, svc: ServicesDep) -> Image:
         if creds and (creds.username or creds.registry_token)
         else None
     )
-    record = svc.images.create(
+    record = await svc.images.create(
         body.name, tags=body.tags, platform=body.platform, credentials=credentials
     )
     return Image.of(record, svc.images)
