@@ -13,12 +13,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hashlib
 import ipaddress
 import json
 import logging
 import os
 import re
+import ssl
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -77,6 +79,13 @@ class Manifest:
         return value
 
 
+@functools.cache
+def _tls_context() -> ssl.SSLContext:
+    """httpx's default context (certifi's CAs), built once: building one costs ~20 ms,
+    most of the time a `POST /images` of a ready tag takes to ask if the tag moved."""
+    return httpx.create_ssl_context()
+
+
 def _is_loopback(host: str) -> bool:
     name = host.rsplit(":", 1)[0] if not host.endswith("]") else host
     name = name.strip("[]")
@@ -121,7 +130,9 @@ class RegistryClient:
     _http: httpx.AsyncClient | None = None
 
     async def __aenter__(self) -> RegistryClient:
-        self._http = httpx.AsyncClient(timeout=self.timeout, follow_redirects=True)
+        self._http = httpx.AsyncClient(
+            timeout=self.timeout, follow_redirects=True, verify=_tls_context()
+        )
         return self
 
     async def __aexit__(self, *exc: object) -> None:

@@ -131,3 +131,22 @@ def test_a_bad_reference_is_a_400_naming_the_problem(ember_server: EmberServer) 
         assert http.get("/images/Upper%2FCase:x").status_code == 400
         assert http.get("/images/sha256:" + "0" * 64).status_code == 404
         assert http.get("/images/never%2Fpulled:here").status_code == 404
+
+
+def test_a_moved_tag_whose_digest_was_pulled_by_name_leaves_that_image(
+    ember_server: EmberServer, gated: GatedProxy
+) -> None:
+    gated.release(1000)
+    v1, v2 = version("pinned-1"), version("pinned-2")
+    push(v1, gated.upstream.url, "pinned/app", "latest")
+    tag, pinned = f"{gated.host}/pinned/app:latest", f"{gated.host}/pinned/app@{v1.digest}"
+    with api(ember_server) as http:
+        for name in (pinned, tag):
+            http.post("/images", json={"name": name}).raise_for_status()
+            assert wait_image(ember_server, name)["status"] == "ready"
+        push(v2, gated.upstream.url, "pinned/app", "latest")
+        http.post("/images", json={"name": tag}).raise_for_status()
+        assert wait_image(ember_server, tag)["digest"] == v2.digest
+        names = sorted(i["name"] for i in http.get("/images").json())
+    assert names == sorted([tag, pinned])  # the old tag record went: `pinned` keeps v1
+    assert (ember_server.data_dir / "images" / v1.digest / "rootfs.erofs").exists()
