@@ -44,7 +44,6 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 RESOLVE_TIMEOUT = 5.0
 # Returns the names of instances using an image; wired in by the server (instances depend
 # on images, never the reverse).
-InUseCheck = Callable[[ImageRecord], list[str]]
 DigestUsers = Callable[[str], list[str]]
 # (repository, tag or digest) -> manifest digest, from the built-in registry.
 LocalResolver = Callable[[str, str], str]
@@ -78,8 +77,7 @@ class ImageManager:
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.concurrency = concurrency
         self.insecure = insecure_registries or []
-        self.in_use: InUseCheck = lambda _record: []
-        # Instances booting from a digest's root disk (kept while there are any).
+        # Instances booting from a digest: its images cannot be deleted, its disk stays.
         self.digest_in_use: DigestUsers = lambda _digest: []
         # The built-in registry: references to these hosts resolve locally, with no HTTP.
         self.local_hosts: set[str] = set()
@@ -282,7 +280,7 @@ class ImageManager:
 
     def delete(self, name: str) -> None:
         record = self.get(name)
-        if users := self.in_use(record):
+        if record.digest and (users := self.digest_in_use(record.digest)):
             raise Conflict(
                 f"image {record.name!r} is used by instance(s) {', '.join(users)}",
                 code="image_in_use",

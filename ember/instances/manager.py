@@ -124,7 +124,6 @@ class InstanceManager:
         self._locks: dict[str, asyncio.Lock] = {}
         self._changed = Changes()
         self._stopping: set[str] = set()
-        images.in_use = self._image_users
         images.digest_in_use = self._digest_users
 
     # ---- server lifecycle ------------------------------------------------------------
@@ -217,9 +216,6 @@ class InstanceManager:
         record = self.get(ref)
         usage = process_stats(record.pid) if record.pid is not None else None
         return record, usage or ProcessStats(cpu_seconds=0.0, rss_bytes=0, vms_bytes=0)
-
-    def _image_users(self, image: ImageRecord) -> list[str]:
-        return [r.name for r in self.repo.all() if r.image == image.name]
 
     def _digest_users(self, digest: str) -> list[str]:
         return [r.name for r in self.repo.all() if r.image_digest == digest]
