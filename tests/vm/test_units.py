@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -88,18 +89,28 @@ def test_unavailable_hypervisors_are_refused_clearly() -> None:
     assert not hv.capabilities.hotplug_memory and hv.capabilities.disk_io_limit
 
 
+def spec_in(directory: Path, **fields: Any) -> VMSpec:
+    """A VMSpec with everything under `directory`; `fields` override."""
+    defaults: dict[str, Any] = {
+        "instance_dir": directory,
+        "kernel": directory / "vmlinuz",
+        "initrd": directory / "initrd.gz",
+        "cmdline": "console=ttyS0",
+        "vcpus": 1,
+        "memory_bytes": 512 << 20,
+        "serial_log": directory / "app.log",
+        "agent_socket": directory / "agent.sock",
+        "qmp_socket": directory / "qmp.sock",
+        "pid_file": directory / "qemu.pid",
+    }
+    return VMSpec(**(defaults | fields))
+
+
 def test_qemu_command_line(tmp_path: Path) -> None:
-    spec = VMSpec(
-        instance_dir=tmp_path,
-        kernel=tmp_path / "vmlinuz",
-        initrd=tmp_path / "initrd.gz",
-        cmdline="console=ttyS0",
+    spec = spec_in(
+        tmp_path,
         vcpus=2,
-        memory_bytes=512 << 20,
         serial_log=tmp_path / "a,b.log",
-        agent_socket=tmp_path / "agent.sock",
-        qmp_socket=tmp_path / "qmp.sock",
-        pid_file=tmp_path / "qemu.pid",
         disks=[DiskSpec(tmp_path / "root", "ember-root", readonly=True, bps_limit=1000)],
         tap="tap0",
         mac="02:00:00:00:00:01",
@@ -116,17 +127,9 @@ def test_qemu_command_line(tmp_path: Path) -> None:
 
 async def test_qemu_start_failure_reports_qemu_own_words(tmp_path: Path) -> None:
     # A daemonized QEMU writes this error to its -D file, not to the pipe Ember reads.
-    spec = VMSpec(
-        instance_dir=tmp_path,
-        kernel=tmp_path / "vmlinuz",
-        initrd=tmp_path / "initrd.gz",
-        cmdline="console=ttyS0",
-        vcpus=1,
+    spec = spec_in(
+        tmp_path,
         memory_bytes=parse_size(unallocatable_memory(), field="size"),
-        serial_log=tmp_path / "app.log",
-        agent_socket=tmp_path / "agent.sock",
-        qmp_socket=tmp_path / "qmp.sock",
-        pid_file=tmp_path / "qemu.pid",
         vmm_log=tmp_path / "vmm.log",
     )
     (tmp_path / "qemu.out").write_text("left over from an earlier run\n")
