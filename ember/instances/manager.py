@@ -269,6 +269,7 @@ class InstanceManager:
                     "create failed, cleaning up", extra={"instance": record.id, "error": exc}
                 )
                 await self._discard(self.repo.get(record.id) or record)
+                self._locks.pop(record.id, None)
                 raise
         return self._current(record.id)
 
