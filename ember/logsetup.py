@@ -1,4 +1,5 @@
-"""Structured logging: one JSON object per line (or readable text) on stderr."""
+"""Structured logging: one JSON object per line (or readable text) on stderr; and the
+timestamped plain lines of the per-instance log files."""
 
 from __future__ import annotations
 
@@ -6,6 +7,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from pathlib import Path
 
 # Attributes every LogRecord has; anything else was passed in `extra=` and is structured data.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {
@@ -50,3 +54,10 @@ def configure_logging(level: str = "info", fmt: str = "text") -> None:
     # uvicorn's own access log duplicates ours, which carries the request id.
     logging.getLogger("uvicorn.access").disabled = True
     logging.getLogger("httpx").setLevel(logging.WARNING)  # one line per registry request
+
+
+def append_stamped(path: Path, lines: Iterable[str]) -> None:
+    """Append `lines` to a plain log file, each after the same UTC timestamp."""
+    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
+    with path.open("a") as out:
+        out.writelines(f"{stamp} {line}\n" for line in lines)

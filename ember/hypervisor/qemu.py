@@ -14,13 +14,13 @@ import os
 import shlex
 import signal
 import time
-from datetime import UTC, datetime
 from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
 from ember.hypervisor.base import Capabilities, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
+from ember.logsetup import append_stamped
 
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
@@ -89,11 +89,18 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
 
 
 def _append_lines(log: Path | None, lines: list[str]) -> None:
-    if log is None or not lines:
-        return
-    stamp = datetime.now(UTC).isoformat()
-    with log.open("a") as out:
-        out.writelines(f"{stamp} {line}\n" for line in lines)
+    if log is not None and lines:
+        append_stamped(log, lines)
+
+
+def _take(path: Path) -> str:
+    """What QEMU wrote to its -D file, which is then removed ("" if there is none)."""
+    try:
+        said = path.read_text(errors="replace").strip()
+    except FileNotFoundError:
+        return ""
+    path.unlink(missing_ok=True)
+    return said
 
 
 def _opt(path: Path) -> str:
@@ -116,9 +123,7 @@ class QemuHypervisor:
             stale.unlink(missing_ok=True)
         # Whatever an earlier run left there belongs to that run, not to this start.
         runtime = spec.instance_dir / RUNTIME_OUTPUT
-        if spec.vmm_log is not None:
-            self.collect_output(spec.instance_dir, spec.vmm_log)
-        runtime.unlink(missing_ok=True)
+        _append_lines(spec.vmm_log, _take(runtime).splitlines())
         command = build_command(spec, self.accel, self.binary)
         _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
@@ -135,24 +140,17 @@ class QemuHypervisor:
             # A daemonized QEMU reports most start-up errors (e.g. "cannot set up guest
             # memory") on its -D file, not on the pipe: take both, as the failed create
             # deletes the instance directory with the file in it.
-            with contextlib.suppress(OSError):
-                said = "\n".join(
-                    part for part in (said, runtime.read_text(errors="replace").strip()) if part
-                )
-                runtime.unlink()
-            _append_lines(spec.vmm_log, said.splitlines())
+            said = "\n".join(part for part in (said, _take(runtime)) if part)
+        _append_lines(spec.vmm_log, said.splitlines())
+        if proc.returncode != 0:
             reason = "; ".join(said.splitlines()) or "no output"
             raise Unavailable(f"QEMU failed to start (exit {proc.returncode}): {reason}")
-        _append_lines(spec.vmm_log, said.splitlines())
         pid = int(spec.pid_file.read_text().strip())
         _append_lines(spec.vmm_log, [f"started pid {pid} ({self.accel})"])
         return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)
 
     def collect_output(self, instance_dir: Path, vmm_log: Path) -> None:
-        runtime = instance_dir / RUNTIME_OUTPUT
-        with contextlib.suppress(FileNotFoundError):
-            _append_lines(vmm_log, runtime.read_text(errors="replace").splitlines())
-            runtime.unlink()
+        _append_lines(vmm_log, _take(instance_dir / RUNTIME_OUTPUT).splitlines())
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):

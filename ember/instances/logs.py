@@ -12,9 +12,10 @@ import asyncio
 import os
 from collections import deque
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
 from enum import StrEnum
 from pathlib import Path
+
+from ember.logsetup import append_stamped
 
 FOLLOW_POLL_SECONDS = 0.1
 READ_CHUNK = 64 * 1024
@@ -34,9 +35,7 @@ def record_event(instance_dir: Path, message: str) -> None:
     """Append one line to the instance's operations log (the `hypeman` source)."""
     path = log_path(instance_dir, LogSource.HYPEMAN)
     path.parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%S.%fZ")
-    with path.open("a") as out:
-        out.write(f"{stamp} {message}\n")
+    append_stamped(path, [message])
 
 
 def _clean(line: bytes) -> str:
