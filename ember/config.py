@@ -33,6 +33,22 @@ class Settings(BaseSettings):
     # How long a graceful stop waits for the workload before the VM is forced off.
     stop_timeout_seconds: float = Field(default=10.0, gt=0)
 
+    # --- network (ember/network; validated by ember.network.NetworkSettings) ---
+    # The guests' subnet: must not overlap any route of the host (checked at start).
+    network_subnet: str = "10.100.0.0/16"
+    network_gateway: str | None = None  # None: the subnet's first host
+    network_bridge: str = "ember0"
+    # Guests resolve <instance-name>.<domain> through Ember's DNS responder.
+    network_dns_domain: str = "ember.internal"
+    # Resolvers (ip[:port]) for other names; empty: those of /etc/resolv.conf.
+    network_dns_upstream: list[str] = Field(default_factory=list)
+    # The responder's host-side address (ingress resolves instance names there).
+    network_dns_listen: str = "127.0.0.1:4953"
+    # VM-to-VM isolation (bridge port isolation + no routing between guests).
+    network_isolation: bool = True
+    network_nft_table: str = "ember"  # Ember's own nftables table (family inet)
+    # --- end network ---
+
     @property
     def system_path(self) -> Path:
         return self.system_dir or self.data_dir / "system"

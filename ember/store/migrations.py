@@ -36,4 +36,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " repository TEXT NOT NULL, tag TEXT NOT NULL, digest TEXT NOT NULL,"
         " PRIMARY KEY (repository, tag))",
     ),
+    # 5: network leases (ember/network): one address, MAC and TAP per instance.
+    (
+        "CREATE TABLE network_leases ("
+        " instance_id TEXT PRIMARY KEY,"
+        " name TEXT NOT NULL,"
+        " ip TEXT NOT NULL UNIQUE,"
+        " mac TEXT NOT NULL UNIQUE,"
+        " tap TEXT NOT NULL UNIQUE,"
+        " download_rate INTEGER,"  # bytes/s, NULL: unlimited
+        " upload_rate INTEGER,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        "CREATE INDEX network_leases_name ON network_leases (name)",
+    ),
 ]
