@@ -49,4 +49,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
         "CREATE INDEX network_leases_name ON network_leases (name)",
     ),
+    # 6: volumes, and which instance mounts which volume (one row per pair).
+    (
+        _resource_table("volumes"),
+        "CREATE TABLE volume_attachments ("
+        " volume_id TEXT NOT NULL REFERENCES volumes(id),"
+        " instance_id TEXT NOT NULL,"
+        " data TEXT NOT NULL,"
+        " PRIMARY KEY (volume_id, instance_id))",
+        "CREATE INDEX volume_attachments_instance ON volume_attachments (instance_id)",
+    ),
 ]
