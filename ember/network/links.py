@@ -91,7 +91,7 @@ def overlapping_routes(subnet: ipaddress.IPv4Network, own_bridge: str) -> list[R
     clashes = []
     with netlink() as ipr:
         names = {int(link["index"]): link.get("IFLA_IFNAME") for link in ipr.get_links()}
-        for route in ipr.get_routes(family=socket.AF_INET, table=0):
+        for route in ipr.get_routes(family=socket.AF_INET):  # every table
             if route["dst_len"] == 0:
                 continue
             dst = ipaddress.IPv4Network(f"{route.get('RTA_DST')}/{route['dst_len']}", strict=False)
