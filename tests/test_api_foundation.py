@@ -2,16 +2,24 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import pytest
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
 from fastapi.testclient import TestClient
 from hypeman import AuthenticationError, Hypeman
 from pydantic import BaseModel, Field
 
+from ember.api.app import create_app
 from ember.api.errors import install_error_handlers
+from ember.api.middleware import BodyLimitMiddleware
+from ember.config import Settings
 from ember.errors import Conflict, NotFound
 from ember.testkit.ember_server import EmberServer
 
@@ -128,3 +136,138 @@ def test_settings_from_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Pa
     monkeypatch.setenv("EMBER_LISTEN", "0.0.0.0:9000")
     settings = Settings()
     assert settings.data_dir == tmp_path and settings.port == 9000 and settings.host == "0.0.0.0"
+
+
+# ---- request body limit ----------------------------------------------------------------
+
+
+def limited_app(limit: int = 1024) -> TestClient:
+    app = FastAPI()
+    install_error_handlers(app)
+    app.add_middleware(BodyLimitMiddleware, limit=limit, exempt=("/v2/",))
+
+    @app.post("/things")
+    def create(body: Body) -> Body:
+        return body
+
+    @app.post("/v2/blob")
+    async def blob(request: Request) -> dict[str, int]:
+        return {"size": sum([len(chunk) async for chunk in request.stream()])}
+
+    @app.post("/stream")
+    async def stream(request: Request) -> dict[str, int]:
+        return {"size": sum([len(chunk) async for chunk in request.stream()])}
+
+    return TestClient(app, raise_server_exceptions=False)
+
+
+def pieces(total: int, size: int = 256) -> Iterator[bytes]:
+    for _ in range(total // size):
+        yield b"x" * size
+
+
+def test_body_over_the_limit_is_a_413() -> None:
+    client = limited_app()
+    assert client.post("/things", json={"size": 1, "name": "a"}).status_code == 200
+    declared = client.post("/things", content=b"x" * 2048, headers={"content-type": "json"})
+    assert declared.status_code == 413
+    assert declared.json() == {
+        "code": "payload_too_large",
+        "message": "request body is larger than 1024 bytes",
+    }
+    # No Content-Length (chunked): counted as it is read, refused past the limit.
+    chunked = client.post("/things", content=pieces(4096))
+    assert chunked.status_code == 413 and chunked.json()["code"] == "payload_too_large"
+    streamed = client.post("/stream", content=pieces(4096))  # read by the route itself
+    assert streamed.status_code == 413 and streamed.json()["code"] == "payload_too_large"
+    assert client.post("/stream", content=pieces(512)).json() == {"size": 512}
+
+
+def test_body_limit_spares_exempt_paths() -> None:
+    client = limited_app()
+    assert client.post("/v2/blob", content=b"x" * 10_000).json() == {"size": 10_000}
+    assert client.post("/v2/blob", content=pieces(10_240)).json() == {"size": 10_240}
+
+
+def raw_request(server: EmberServer, head: str, body: bytes = b"") -> bytes:
+    """Send a request by hand (a body may be absent though declared) and read the answer."""
+    with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
+        sock.sendall(head.encode() + body)
+        answer = b""
+        while b"\r\n\r\n" not in answer or not answer.rstrip().endswith(b"}"):
+            data = sock.recv(65536)
+            if not data:
+                break
+            answer += data
+    return answer
+
+
+def test_server_refuses_a_large_body_before_reading_it(ember_server: EmberServer) -> None:
+    token = ember_server.token()
+    # 50 MB announced, none sent: the answer comes at once, from the headers alone.
+    answer = raw_request(
+        ember_server,
+        f"POST /images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nContent-Length: 50000000\r\n\r\n",
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    assert b'"code":"payload_too_large"' in answer
+    # Chunked: refused once the limit (1 MiB by default) is passed.
+    chunk = b"x" * 65536
+    body = (f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n") * 17
+    answer = raw_request(
+        ember_server,
+        f"POST /images HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\n"
+        "Content-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n",
+        body,
+    )
+    assert answer.startswith(b"HTTP/1.1 413"), answer
+    # Blob uploads to the registry are not limited.
+    blob = os.urandom(3 * 1024 * 1024)
+    digest = "sha256:" + hashlib.sha256(blob).hexdigest()
+    pushed = httpx.post(
+        f"{ember_server.url}/v2/big/blob/blobs/uploads/?digest={digest}",
+        content=blob,
+        headers={"Authorization": f"Bearer {token}"},
+    )
+    assert pushed.status_code == 201
+
+
+# ---- OpenAPI ---------------------------------------------------------------------------
+
+
+def test_openapi_documents_auth_and_real_errors(tmp_path: Path) -> None:
+    spec = create_app(Settings(data_dir=tmp_path, runtime_dir=tmp_path / "run")).openapi()
+    assert spec["components"]["securitySchemes"]["bearerAuth"] == {
+        "type": "http",
+        "scheme": "bearer",
+        "bearerFormat": "JWT",
+        "description": "A token minted by `ember token` (HS256 JWT)",
+    }
+    assert set(spec["components"]["schemas"]["Error"]["required"]) == {"code", "message"}
+    assert "HTTPValidationError" not in spec["components"]["schemas"]
+    assert '"422"' not in json.dumps(spec)  # validation errors are answered as 400
+
+    error = {"$ref": "#/components/schemas/Error"}
+    operations = [
+        (path, method, op)
+        for path, item in spec["paths"].items()
+        for method, op in item.items()
+        if not path.startswith("/v2/")
+    ]
+    for path, method, op in operations:
+        for status, answer in op["responses"].items():
+            if status.startswith(("4", "5")):
+                assert answer["content"]["application/json"]["schema"] == error, (path, status)
+        if path != "/health":
+            assert op["security"] == [{"bearerAuth": []}], (path, method)
+            assert "401" in op["responses"], (path, method)
+        if "requestBody" in op:
+            assert "413" in op["responses"] and "400" in op["responses"], (path, method)
+
+    images = spec["paths"]["/images/{name}"]
+    assert {"400", "401", "404", "409"} <= images["delete"]["responses"].keys()
+    assert {"400", "401", "404"} <= images["get"]["responses"].keys()
+    assert "security" not in spec["paths"]["/health"]["get"]
+    registry = spec["paths"]["/v2/{path}"]["get"]
+    assert {"bearerAuth": []} in registry["security"] and "416" in registry["responses"]

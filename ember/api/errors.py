@@ -3,16 +3,22 @@
 Bad input is always a 400 naming the field (pydantic's 422 is folded into
 400: Hypeman's clients treat 422 as unexpected), and nothing leaks a stack
 trace: unexpected errors answer 500 with the request id to look up in the log.
+
+The same shape is documented in `/openapi.json`: routes list their error
+statuses with `error_responses(...)`, and `document_errors` rewrites the 422
+FastAPI documents for every route with a body or parameters into that 400.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
 
 from ember.errors import EmberError
@@ -29,6 +35,91 @@ _HTTP_CODES = {
     413: "payload_too_large",
     415: "unsupported_media_type",
 }
+
+# What each status means in Ember's answers, for the OpenAPI document.
+_DESCRIPTIONS = {
+    400: "Bad request: a field is invalid (the message names it)",
+    401: "Missing, invalid or expired bearer token",
+    403: "Forbidden",
+    404: "Not found",
+    409: "Conflict with the resource's current state",
+    413: "Request body too large",
+    415: "Unsupported media type",
+    416: "Range not satisfiable",
+    429: "Too many requests",
+    500: "Internal error (the message carries the request id)",
+    503: "Temporarily unavailable",
+}
+ERROR_SCHEMA = "Error"
+
+
+class ErrorDetail(BaseModel):
+    code: str = Field(description="Machine-readable code of this problem", examples=["invalid"])
+    message: str = Field(description="What is wrong, naming the field")
+
+
+class Error(BaseModel):
+    """Every error answer's body (Hypeman's `Error`)."""
+
+    code: str = Field(description="Machine-readable error code", examples=["bad_request"])
+    message: str = Field(description="Human-readable description, naming the field")
+    details: list[ErrorDetail] | None = Field(
+        default=None, description="One entry per problem when a request has several"
+    )
+
+
+def error_responses(*statuses: int, model: type[BaseModel] = Error) -> dict[int | str, Any]:
+    """`responses=` for a route decorator: each status with the error body it carries.
+
+    401 and 413 need not be listed: the OpenAPI generation adds them to routes behind
+    the token and to routes with a body."""
+    return {
+        status: {"model": model, "description": _DESCRIPTIONS.get(status, "Error")}
+        for status in statuses
+    }
+
+
+def _error_content() -> dict[str, Any]:
+    return {"application/json": {"schema": {"$ref": f"#/components/schemas/{ERROR_SCHEMA}"}}}
+
+
+def error_response_doc(status: int) -> dict[str, Any]:
+    """One documented error answer in raw OpenAPI form (for generated documents)."""
+    return {"description": _DESCRIPTIONS.get(status, "Error"), "content": _error_content()}
+
+
+def document_errors(spec: dict[str, Any]) -> dict[str, Any]:
+    """Make a generated OpenAPI document tell the truth about errors: FastAPI's 422
+    (never sent: validation errors are folded into 400) becomes the 400 with `Error`,
+    and the schemas only that 422 used are dropped."""
+    schemas = spec.setdefault("components", {}).setdefault("schemas", {})
+    schemas.setdefault(ERROR_SCHEMA, _component(Error))
+    schemas.setdefault("ErrorDetail", _component(ErrorDetail))
+    for operation in _operations(spec):
+        responses = operation.setdefault("responses", {})
+        if responses.pop("422", None) is not None:
+            responses.setdefault("400", error_response_doc(400))
+    for name in ("HTTPValidationError", "ValidationError"):  # the user before the used
+        others = {key: value for key, value in schemas.items() if key != name}
+        if f'"#/components/schemas/{name}"' not in json.dumps([spec["paths"], others]):
+            schemas.pop(name, None)
+    return spec
+
+
+def _component(model: type[BaseModel]) -> dict[str, Any]:
+    schema = model.model_json_schema(ref_template="#/components/schemas/{model}")
+    schema.pop("$defs", None)  # each nested model is its own component
+    return schema
+
+
+def _operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    methods = {"get", "put", "post", "delete", "patch", "head", "options", "trace"}
+    return [
+        operation
+        for item in spec.get("paths", {}).values()
+        for method, operation in item.items()
+        if method in methods
+    ]
 
 
 def error_response(

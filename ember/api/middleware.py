@@ -1,4 +1,4 @@
-"""Request ids and access logging as plain ASGI middleware.
+"""Request ids, access logging and the request body limit, as plain ASGI middleware.
 
 Plain ASGI (not Starlette's BaseHTTPMiddleware) so streaming responses (SSE
 logs, registry blobs) and WebSockets pass through untouched.
@@ -11,6 +11,7 @@ import re
 import secrets
 import time
 
+from starlette.exceptions import HTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 log = logging.getLogger("ember.access")
@@ -53,3 +54,66 @@ class RequestIdMiddleware:
                     "ms": round((time.perf_counter() - started) * 1000, 1),
                 },
             )
+
+
+class BodyTooLarge(HTTPException):
+    """Raised from `receive` once a body passes the limit; FastAPI lets HTTPExceptions
+    out of body parsing as they are, and the error handlers shape the 413."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(413, f"request body is larger than {limit} bytes")
+
+
+class BodyLimitMiddleware:
+    """Refuse request bodies over `limit` bytes with 413, before they fill memory.
+
+    A declared `Content-Length` over the limit is refused before the app runs; a
+    chunked body is counted as it is read and stops at the limit. Paths under
+    `exempt` (routes that stream large bodies to disk themselves) and WebSockets
+    are not limited.
+    """
+
+    def __init__(self, app: ASGIApp, *, limit: int, exempt: tuple[str, ...] = ()) -> None:
+        self.app, self.limit, self.exempt = app, limit, exempt
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["path"].startswith(self.exempt):
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope["headers"]).get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > self.limit:
+            await self._refuse(scope, receive, send)
+            return
+        received = 0
+        started = False
+
+        async def counting_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.limit:
+                    raise BodyTooLarge(self.limit)
+            return message
+
+        async def tracking_send(message: Message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, counting_receive, tracking_send)
+        except BodyTooLarge:
+            # Read outside FastAPI's body parsing (a route streaming the body itself).
+            if started:
+                raise
+            await self._refuse(scope, receive, send)
+
+    async def _refuse(self, scope: Scope, receive: Receive, send: Send) -> None:
+        # Imported here: errors.py imports FastAPI's app machinery, this module does not.
+        from ember.api.errors import error_response
+
+        message = str(BodyTooLarge(self.limit).detail)
+        response = error_response(413, "payload_too_large", message)
+        response.headers["Connection"] = "close"  # the rest of the body is not read
+        await response(scope, receive, send)

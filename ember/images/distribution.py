@@ -28,7 +28,7 @@ from typing import Any
 
 import httpx
 
-from ember.errors import EmberError
+from ember.errors import EmberError, InvalidArgument
 from ember.images.blobs import BlobStore, DigestMismatch
 from ember.images.reference import DIGEST_RE, ImageRef
 
@@ -47,6 +47,8 @@ MAX_RETRY_AFTER = 30.0
 MAX_MANIFEST_BYTES = 4 << 20  # containerd's limit: a manifest is JSON, never this big
 CHUNK = 1 << 20
 _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+_TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
 Progress = Callable[[int], None]
 """Called with each chunk's size as a blob arrives; negative to take back a failed attempt."""
@@ -54,9 +56,27 @@ Progress = Callable[[int], None]
 
 @dataclass(frozen=True)
 class Credentials:
+    """Registry credentials, checked when made so a request carrying bad ones is a 400
+    naming the field (as the API spells it), not a pull that fails later inside httpx."""
+
     username: str | None = None
     password: str | None = None
     token: str | None = None  # a bearer token to send as is
+
+    def __post_init__(self) -> None:
+        # Basic auth carries UTF-8 (RFC 7617), but no control characters, and the user
+        # name ends at the first colon.
+        for name, value in (("username", self.username), ("password", self.password)):
+            if value is not None and _CONTROL.search(value):
+                raise InvalidArgument(f"credentials.{name}: must not contain control characters")
+        if self.username and ":" in self.username:
+            raise InvalidArgument("credentials.username: must not contain ':'")
+        # A bearer token goes into a header as is: visible ASCII only (RFC 6750 b64token).
+        if self.token is not None and not _TOKEN.match(self.token):
+            raise InvalidArgument(
+                "credentials.registry_token: must be printable ASCII with no spaces "
+                "(letters, digits and -._~+/=)"
+            )
 
 
 class RegistryError(EmberError):
@@ -113,10 +133,9 @@ def docker_config_credentials(registry: str, path: Path | None = None) -> Creden
         if encoded:
             try:
                 user, _, password = base64.b64decode(encoded).decode().partition(":")
-            except ValueError:
+                return Credentials(username=user, password=password)
+            except (ValueError, InvalidArgument):
                 log.warning("ignoring malformed auth for %s in %s", key, config_path)
-                continue
-            return Credentials(username=user, password=password)
     return None
 
 

@@ -16,6 +16,7 @@ import shutil
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
+from typing import Protocol
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
 from ember.ids import new_id
@@ -42,13 +43,30 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 # A `POST /images` of a ready tag asks the registry once, this long at most, whether the
 # tag has moved; no answer keeps the image pulled before.
 RESOLVE_TIMEOUT = 5.0
-# Returns the names of instances using an image; wired in by the server (instances depend
-# on images, never the reverse).
+# The names of the instances booting from a digest; passed in by the server (instances
+# depend on images, never the reverse).
 DigestUsers = Callable[[str], list[str]]
-# (repository, tag or digest) -> manifest digest, from the built-in registry.
-LocalResolver = Callable[[str, str], str]
-# Digests the built-in registry needs kept: its manifests, and blobs pushed but not yet named.
-GcRoots = Callable[[], Iterable[str]]
+
+
+class LocalRegistry(Protocol):
+    """The built-in registry, as the image manager needs it (`ember.registry.Registry`).
+
+    A Protocol, not an import: the registry stores its blobs in this package's
+    `BlobStore`, so this package must not depend on it.
+    """
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        """The `host[:port]` names of this server: references to them resolve locally."""
+        ...
+
+    def manifest_digest(self, repository: str, reference: str) -> str:
+        """(repository, tag or digest) -> manifest digest; NotFound-like error if absent."""
+        ...
+
+    def gc_roots(self) -> Iterable[str]:
+        """Digests the registry needs kept: its manifests, and blobs pushed but not named."""
+        ...
 
 
 def validate_platform(platform: str | None) -> str:
@@ -67,22 +85,26 @@ class ImageManager:
         self,
         store: Store,
         data_dir: Path,
+        blobs: BlobStore,
         *,
+        local_registry: LocalRegistry,
+        digest_users: DigestUsers,
         concurrency: int = 2,
         insecure_registries: list[str] | None = None,
     ) -> None:
+        """Both links are required, with no default: a default of "no registry" or "no
+        instance uses anything" would silently switch off the registry's GC roots and the
+        image-in-use check when a caller forgot to wire them."""
         self.repo = Repository(store, "images", ImageRecord, "image")
-        self.blobs = BlobStore(data_dir / "blobs")
+        self.blobs = blobs  # shared with the built-in registry: one store, one collector
         self.images_dir = data_dir / "images"
         self.images_dir.mkdir(parents=True, exist_ok=True)
         self.concurrency = concurrency
         self.insecure = insecure_registries or []
         # Instances booting from a digest: its images cannot be deleted, its disk stays.
-        self.digest_in_use: DigestUsers = lambda _digest: []
-        # The built-in registry: references to these hosts resolve locally, with no HTTP.
-        self.local_hosts: set[str] = set()
-        self.local_resolver: LocalResolver | None = None
-        self.gc_roots: GcRoots = lambda: ()
+        self._digest_users = digest_users
+        # References to its hosts resolve from its tables, with no HTTP.
+        self._local = local_registry
         self._queue: asyncio.Queue[str] | None = None
         self._waiting: list[str] = []
         # Borrowed registry credentials: memory only, dropped once the pull ends.
@@ -183,7 +205,7 @@ class ImageManager:
         """Remove a digest's root disk once no image record and no instance needs it."""
         if not digest or any(r.digest == digest for r in self.repo.all()):
             return
-        if not self.digest_in_use(digest):
+        if not self._digest_users(digest):
             shutil.rmtree(self.images_dir / digest, ignore_errors=True)
 
     # ---- commands --------------------------------------------------------------------
@@ -243,8 +265,8 @@ class ImageManager:
     async def _current_digest(self, ref: ImageRef, credentials: Credentials | None) -> str | None:
         """The digest the tag names now, or None (with a warning) if that cannot be known."""
         try:
-            if ref.registry in self.local_hosts and self.local_resolver is not None:
-                return self.local_resolver(ref.repository, ref.reference)
+            if ref.registry in self._local.hosts:
+                return self._local.manifest_digest(ref.repository, ref.reference)
             async with RegistryClient(
                 insecure=self.insecure, credentials=credentials, timeout=RESOLVE_TIMEOUT
             ) as client:
@@ -280,7 +302,7 @@ class ImageManager:
 
     def delete(self, name: str) -> None:
         record = self.get(name)
-        if record.digest and (users := self.digest_in_use(record.digest)):
+        if record.digest and (users := self._digest_users(record.digest)):
             raise Conflict(
                 f"image {record.name!r} is used by instance(s) {', '.join(users)}",
                 code="image_in_use",
@@ -302,7 +324,7 @@ class ImageManager:
         roots = [r.digest for r in records if r.status != ImageStatus.FAILED and r.digest]
         roots += [digest for pins in self._pins.values() for digest in pins]
         try:
-            roots += self.gc_roots()
+            roots += self._local.gc_roots()
             collected = gc.sweep(self.blobs, gc.reachable(self.blobs, roots, ready))
         except gc.MissingManifest as exc:
             log.warning("blob collection skipped: %s", exc.message)
@@ -401,8 +423,8 @@ class ImageManager:
     ) -> PulledImage:
         if record.source == ImageSource.PUSH:
             return await asyncio.to_thread(load_local, record.digest, self.blobs)
-        if ref.registry in self.local_hosts and self.local_resolver is not None:
-            digest = self.local_resolver(ref.repository, ref.reference)
+        if ref.registry in self._local.hosts:
+            digest = self._local.manifest_digest(ref.repository, ref.reference)
             keep(digest)  # kept with all it names, before the thread reads any of it
             return await asyncio.to_thread(
                 load_local, digest, self.blobs, record.requested_platform

@@ -14,6 +14,7 @@ import re
 import shutil
 import time
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -31,6 +32,9 @@ MAX_MANIFEST_BYTES = 4 * 1024 * 1024
 # A push sends its blobs before the manifest that names them: a blob uploaded, mounted or
 # looked up (HEAD/GET) here is kept this long even if no manifest names it yet.
 UNNAMED_BLOB_GRACE_SECONDS = 3600.0
+# `Content-Range` of a chunk (distribution spec: `<start>-<end>`, inclusive). The HTTP
+# response form `bytes <start>-<end>/<total>` is tolerated, as some clients send it.
+CONTENT_RANGE_RE = re.compile(r"^(?:bytes[ =])?(\d{1,19})-(\d{1,19})(?:/(?:\d{1,19}|\*))?$")
 IMAGE_MANIFEST_TYPES = {
     "application/vnd.oci.image.manifest.v1+json",
     "application/vnd.docker.distribution.manifest.v2+json",
@@ -42,12 +46,35 @@ INDEX_TYPES = {
 
 
 class DistributionError(EmberError):
-    """An error in the OCI distribution spec's vocabulary (`BLOB_UNKNOWN`, ...)."""
+    """An error in the OCI distribution spec's vocabulary (`BLOB_UNKNOWN`, ...).
 
-    def __init__(self, status: int, oci_code: str, message: str) -> None:
+    `headers` go on the answer: a 416 on an upload says where the upload stands.
+    """
+
+    def __init__(
+        self, status: int, oci_code: str, message: str, headers: dict[str, str] | None = None
+    ) -> None:
         super().__init__(message, code=oci_code.lower())
         self.status = status
         self.oci_code = oci_code
+        self.headers = headers or {}
+
+
+def parse_content_range(value: str) -> tuple[int, int]:
+    """A chunk's `Content-Range` -> (first byte, last byte), or a 400 naming the header."""
+    match = CONTENT_RANGE_RE.match(value.strip())
+    if match is None:
+        raise DistributionError(
+            400,
+            "BLOB_UPLOAD_INVALID",
+            f"Content-Range: {value!r} is not '<start>-<end>' (byte offsets, inclusive)",
+        )
+    start, end = int(match[1]), int(match[2])
+    if end < start:
+        raise DistributionError(
+            416, "BLOB_UPLOAD_INVALID", f"Content-Range: {value!r} ends before it starts"
+        )
+    return start, end
 
 
 @dataclass
@@ -58,11 +85,23 @@ class Upload:
     path: Path
     hasher: Any = field(default_factory=hashlib.sha256)
     size: int = 0
+    # time.monotonic() of the last byte received: idle uploads expire (`expire_uploads`).
+    touched: float = field(default_factory=time.monotonic)
+    # Set when the upload ends (finished, cancelled or expired): a request still
+    # streaming into it then fails instead of writing to a file nobody owns.
+    closed: bool = False
 
 
 class Registry:
-    def __init__(self, store: Store, blobs: BlobStore, data_dir: Path) -> None:
+    """The registry's storage. It satisfies `ember.images.manager.LocalRegistry`."""
+
+    def __init__(
+        self, store: Store, blobs: BlobStore, data_dir: Path, *, hosts: Collection[str]
+    ) -> None:
+        """`hosts`: the `host[:port]` names clients reach this server by; an image
+        reference to one of them is resolved here, not over HTTP."""
         self.store, self.blobs = store, blobs
+        self._hosts = frozenset(hosts)
         self.uploads_dir = data_dir / "registry" / "uploads"
         shutil.rmtree(self.uploads_dir, ignore_errors=True)  # uploads do not survive restarts
         self.uploads_dir.mkdir(parents=True)
@@ -70,6 +109,10 @@ class Registry:
         self.grace = UNNAMED_BLOB_GRACE_SECONDS
         # digest -> time.monotonic() when a client last uploaded it or was told it exists.
         self._announced: dict[str, float] = {}
+
+    @property
+    def hosts(self) -> frozenset[str]:
+        return self._hosts
 
     # ---- names -----------------------------------------------------------------------
 
@@ -125,11 +168,22 @@ class Registry:
             raise DistributionError(404, "BLOB_UPLOAD_UNKNOWN", f"upload {upload_id} not found")
         return upload
 
-    def append(self, upload: Upload, chunk: bytes, start: int | None = None) -> None:
-        if start is not None and start != upload.size:
+    def check_chunk(self, upload: Upload, start: int) -> None:
+        """A chunk must continue the upload where it stands (416 otherwise, per the spec)."""
+        if start != upload.size:
             raise DistributionError(
-                416, "BLOB_UPLOAD_INVALID", f"chunk starts at {start}, expected {upload.size}"
+                416,
+                "BLOB_UPLOAD_INVALID",
+                f"chunk starts at {start}, expected {upload.size}",
+                headers={"Range": f"0-{max(upload.size - 1, 0)}"},
             )
+
+    def append(self, upload: Upload, chunk: bytes, start: int | None = None) -> None:
+        if upload.closed:
+            raise DistributionError(404, "BLOB_UPLOAD_UNKNOWN", f"upload {upload.id} has ended")
+        if start is not None:
+            self.check_chunk(upload, start)
+        upload.touched = time.monotonic()
         with upload.path.open("ab") as out:
             out.write(chunk)
         upload.hasher.update(chunk)
@@ -137,6 +191,8 @@ class Registry:
 
     def finish_upload(self, upload: Upload, digest: str) -> None:
         self.check_digest(digest)
+        if upload.closed:
+            raise DistributionError(404, "BLOB_UPLOAD_UNKNOWN", f"upload {upload.id} has ended")
         actual = f"sha256:{upload.hasher.hexdigest()}"
         try:
             if actual != digest:
@@ -149,8 +205,19 @@ class Registry:
             self.cancel_upload(upload)
 
     def cancel_upload(self, upload: Upload) -> None:
+        upload.closed = True
         self._uploads.pop(upload.id, None)
         upload.path.unlink(missing_ok=True)
+
+    def expire_uploads(self, max_age: float) -> int:
+        """End the uploads that received nothing for `max_age` seconds (clients that gave
+        up mid-push); return how many. A client that comes back gets a 404 and starts over,
+        which the spec allows."""
+        now = time.monotonic()
+        idle = [u for u in self._uploads.values() if now - u.touched >= max_age]
+        for upload in idle:
+            self.cancel_upload(upload)
+        return len(idle)
 
     # ---- manifests and tags ----------------------------------------------------------
 
@@ -225,6 +292,9 @@ class Registry:
                 404, "MANIFEST_UNKNOWN", f"manifest {repository}:{reference} not found"
             )
         return str(rows[0][0]), str(rows[0][1])
+
+    def manifest_digest(self, repository: str, reference: str) -> str:
+        return self.resolve(repository, reference)[0]
 
     def tags(self, repository: str) -> list[str]:
         rows = self.store.query(

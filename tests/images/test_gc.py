@@ -14,14 +14,17 @@ import json
 import os
 import time
 from collections.abc import AsyncIterator
+from functools import partial
 from pathlib import Path
 
 import httpx
 import pytest
 from hypeman import Hypeman
 
+from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
 from ember.images.models import IN_PROGRESS, ImageRecord
+from ember.instances.usage import digest_users
 from ember.registry import Registry
 from ember.store import Store
 from ember.testkit import build_image, busybox_layer, push
@@ -155,9 +158,15 @@ def test_pushed_blobs_stay_while_the_registry_holds_the_manifest(
 async def manager(tmp_path: Path) -> AsyncIterator[tuple[ImageManager, Registry]]:
     """An image manager and a registry sharing one blob store, wired as the server does."""
     store = Store(tmp_path / "ember.db")
-    images = ImageManager(store, tmp_path)
-    registry = Registry(store, images.blobs, tmp_path)
-    images.gc_roots = registry.gc_roots
+    blobs = BlobStore(tmp_path / "blobs")
+    registry = Registry(store, blobs, tmp_path, hosts={"127.0.0.1:1"})
+    images = ImageManager(
+        store,
+        tmp_path,
+        blobs,
+        local_registry=registry,
+        digest_users=partial(digest_users, store),
+    )
     await images.open()
     try:
         yield images, registry

@@ -90,20 +90,19 @@ def test_bytes_done_rises_blob_by_blob_to_bytes_total(
     # The official client still parses the image, extra field and all.
     parsed = client.images.get(name)
     assert parsed.status == "pulling" and parsed.digest == ""
-    assert parsed.to_dict()["progress"]["bytes_total"] == image.size
+    extension: Image = parsed.to_dict()["progress"]  # type: ignore[assignment]
+    assert extension["bytes_total"] == image.size
     assert any(i.name == name for i in client.images.list())
 
     blob_sizes = sizes(image)
     for count in range(1, len(image.blobs)):  # all but the last: the pull stays in download
         gated.release()
-        wait_for(
-            get,
-            lambda i, count=count: (
-                len(gated.served) == count
-                and i["progress"]["bytes_done"] == sum(blob_sizes[d] for d in gated.served)
-            ),
-            f"blob {count} counted",
-        )
+
+        def counted_whole(i: Image, count: int = count) -> bool:
+            served = sum(blob_sizes[d] for d in gated.served)
+            return len(gated.served) == count and i["progress"]["bytes_done"] == served
+
+        wait_for(get, counted_whole, f"blob {count} counted")
     gated.release()
     ready = wait_for(get, lambda i: i["status"] in ("ready", "failed"), "the end")
     assert ready["status"] == "ready", ready
@@ -119,7 +118,7 @@ def test_bytes_done_rises_blob_by_blob_to_bytes_total(
     counted = [sum(blob_sizes[d] for d in gated.served[:k]) for k in range(len(image.blobs))]
     assert set(counted) <= set(done)
     assert {p["bytes_total"] for p in downloading} == {image.size}
-    phases = [phase(i) for i in get.seen if i["progress"]]
+    phases = [str(phase(i)) for i in get.seen if i["progress"]]
     order = ["resolving", "downloading", "unpacking", "building"]
     assert [order.index(p) for p in phases] == sorted(order.index(p) for p in phases)
     unpacking = [i["progress"] for i in get.seen if phase(i) == "unpacking"]

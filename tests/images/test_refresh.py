@@ -114,7 +114,7 @@ def test_repo_at_digest_finds_an_image_pulled_by_tag(ember_server: EmberServer) 
     assert (found.name, found.digest) == (name, digest)
     # Instance creation finds it too: it gets as far as comparing the image's platform.
     with pytest.raises(BadRequestError, match="is linux/amd64, not linux/arm64"):
-        client.instances.create(name="by-digest", image=by_digest, platform="linux/arm64")  # type: ignore[call-arg]
+        client.instances.create(name="by-digest", image=by_digest, platform="linux/arm64")
     # Another repository with that digest, or a digest nothing has: not found.
     with api(ember_server) as http:
         other = f"127.0.0.1:{ember_server.port}/other/app@{digest}".replace("/", "%2F")

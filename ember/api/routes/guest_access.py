@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ember.api.auth import bearer_token, verify_token
 from ember.api.deps import ServicesDep
+from ember.api.errors import error_responses
 from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
 from ember.guest.client import AgentClient, AgentError, ExecSession
@@ -100,7 +101,12 @@ class InstanceStats(BaseModel):
 # ---- plain HTTP ------------------------------------------------------------------------
 
 
-@router.get("/{id}/stat", response_model=PathInfo, summary="Stat a path in the guest")
+@router.get(
+    "/{id}/stat",
+    response_model=PathInfo,
+    summary="Stat a path in the guest",
+    responses=error_responses(400, 404, 409, 503),
+)
 async def stat_path(
     ref: InstanceRef,
     svc: ServicesDep,
@@ -126,7 +132,12 @@ async def stat_path(
     )
 
 
-@router.get("/{id}/stats", response_model=InstanceStats, summary="Resource use of the VM")
+@router.get(
+    "/{id}/stats",
+    response_model=InstanceStats,
+    summary="Resource use of the VM",
+    responses=error_responses(400, 404),
+)
 async def instance_stats(ref: InstanceRef, svc: ServicesDep) -> InstanceStats:
     record, usage = svc.instances.stats(ref)
     return InstanceStats(

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Path, Request, Response
 from pydantic import BaseModel, Field
 
 from ember.api.deps import ServicesDep
+from ember.api.errors import error_responses
 from ember.api.query import tag_filter
 from ember.images.distribution import Credentials
 from ember.images.manager import ImageManager
@@ -64,7 +65,13 @@ class TagImageRequest(BaseModel):
     target: str = Field(min_length=1, description="Reference the new tag should have")
 
 
-@router.post("", status_code=202, response_model=Image, summary="Pull and convert an image")
+@router.post(
+    "",
+    status_code=202,
+    response_model=Image,
+    summary="Pull and convert an image",
+    responses=error_responses(400),
+)
 async def create_image(body: CreateImageRequest, svc: ServicesDep) -> Image:
     creds = body.credentials
     credentials = (
@@ -78,23 +85,38 @@ async def create_image(body: CreateImageRequest, svc: ServicesDep) -> Image:
     return Image.of(record, svc.images)
 
 
-@router.get("", response_model=list[Image], summary="List images")
+@router.get("", response_model=list[Image], summary="List images", responses=error_responses(400))
 async def list_images(request: Request, svc: ServicesDep) -> list[Image]:
     records = svc.images.find(tag_filter(request))
     return [Image.of(record, svc.images) for record in records]
 
 
-@router.get("/{name:path}", response_model=Image, summary="Get an image")
+@router.get(
+    "/{name:path}",
+    response_model=Image,
+    summary="Get an image",
+    responses=error_responses(400, 404),
+)
 async def get_image(name: ImageName, svc: ServicesDep) -> Image:
     return Image.of(svc.images.get(name), svc.images)
 
 
-@router.post("/{name:path}/tag", response_model=Image, summary="Tag an image locally")
+@router.post(
+    "/{name:path}/tag",
+    response_model=Image,
+    summary="Tag an image locally",
+    responses=error_responses(400, 404, 409),
+)
 async def tag_image(name: ImageName, body: TagImageRequest, svc: ServicesDep) -> Image:
     return Image.of(svc.images.tag(name, body.target), svc.images)
 
 
-@router.delete("/{name:path}", status_code=204, summary="Delete an image")
+@router.delete(
+    "/{name:path}",
+    status_code=204,
+    summary="Delete an image",
+    responses=error_responses(400, 404, 409),
+)
 async def delete_image(name: ImageName, svc: ServicesDep) -> Response:
     svc.images.delete(name)
     return Response(status_code=204)

@@ -13,16 +13,30 @@ from collections.abc import Awaitable, Callable
 
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
+from pydantic import BaseModel
 
 from ember.api.auth import verify_token
 from ember.api.deps import ServicesDep
+from ember.api.errors import error_responses
 from ember.api.services import Services
 from ember.errors import EmberError, Unauthorized
 from ember.registry import DistributionError, Registry
+from ember.registry.registry import MAX_MANIFEST_BYTES
 
 router = APIRouter(tags=["registry"])
 Handler = Callable[[Request, Services, dict[str, str]], Awaitable[Response]]
 _ROUTES: list[tuple[str, re.Pattern[str], Handler]] = []
+
+
+class OciError(BaseModel):
+    code: str
+    message: str
+
+
+class OciErrors(BaseModel):
+    """The distribution spec's error body, which registry clients read."""
+
+    errors: list[OciError]
 
 
 def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
@@ -33,8 +47,12 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def oci_error(status: int, code: str, message: str) -> JSONResponse:
-    headers = {"WWW-Authenticate": 'Basic realm="ember"'} if status == 401 else None
+def oci_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="ember"'
     body = {"errors": [{"code": code, "message": message}]}
     return JSONResponse(body, status_code=status, headers=headers)
 
@@ -59,6 +77,10 @@ def authenticate(request: Request, svc: Services) -> None:
     "/v2/{path:path}",
     methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
     summary="OCI distribution API (push and pull)",
+    responses=error_responses(400, 401, 404, 413, 415, 416, model=OciErrors),
+    # A bearer token, or (as `docker login` and `skopeo --creds` send it) Basic auth with
+    # the token as the password.
+    openapi_extra={"security": [{"bearerAuth": []}, {"registryBasic": []}]},
 )
 async def distribution(path: str, request: Request, svc: ServicesDep) -> Response:
     try:
@@ -75,7 +97,7 @@ async def distribution(path: str, request: Request, svc: ServicesDep) -> Respons
             404, "UNSUPPORTED", f"no such endpoint: {request.method} /v2/{path}"
         )
     except DistributionError as exc:
-        return oci_error(exc.status, exc.oci_code, exc.message)
+        return oci_error(exc.status, exc.oci_code, exc.message, exc.headers)
     except Unauthorized as exc:
         return oci_error(401, "UNAUTHORIZED", exc.message)
     except EmberError as exc:
@@ -90,21 +112,29 @@ def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
     }
 
 
-async def _receive(request: Request, registry: Registry, upload_id: str) -> int:
-    upload = registry.upload(upload_id)
-    start = None
-    if content_range := request.headers.get("content-range"):
-        start = int(content_range.split("-")[0] or 0)
-    async for chunk in request.stream():
-        if chunk:
-            registry.append(upload, chunk, start)
-            start = None
+async def _receive(request: Request, svc: Services, upload_id: str) -> int:
+    upload = await svc.registry.receive(
+        upload_id,
+        request.stream(),
+        request.headers.get("content-range"),
+        request.headers.get("content-length"),
+    )
     return upload.size
+
+
+async def _manifest_body(request: Request) -> bytes:
+    """The manifest, read no further than the largest one accepted (413 past it)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_MANIFEST_BYTES:
+            raise DistributionError(413, "SIZE_INVALID", "manifest is larger than 4 MiB")
+    return bytes(body)
 
 
 @route("GET", r"(?P<name>.+)/blobs/(?P<digest>sha256:[a-f0-9]{64})")
 async def get_blob(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    path = svc.registry.blob_path(params["digest"])
+    path = svc.registry.storage.blob_path(params["digest"])
     headers = {"Docker-Content-Digest": params["digest"]}
     if request.method == "HEAD":
         headers["Content-Length"] = str(path.stat().st_size)
@@ -116,16 +146,16 @@ async def get_blob(request: Request, svc: Services, params: dict[str, str]) -> R
 async def start_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
     name, query = params["name"], request.query_params
     mount = query.get("mount")
-    if mount and svc.registry.mount(mount):
+    if mount and svc.registry.storage.mount(mount):
         # Blobs are shared by every repository, so a cross-repository mount is free.
         return Response(
             status_code=201,
             headers={"Location": f"/v2/{name}/blobs/{mount}", "Docker-Content-Digest": mount},
         )
-    upload = svc.registry.start_upload()
+    upload = svc.registry.storage.start_upload()
     if digest := query.get("digest"):  # monolithic: the whole blob in this request
-        await _receive(request, svc.registry, upload.id)
-        svc.registry.finish_upload(upload, digest)
+        await _receive(request, svc, upload.id)
+        svc.registry.storage.finish_upload(upload, digest)
         return Response(
             status_code=201,
             headers={"Location": f"/v2/{name}/blobs/{digest}", "Docker-Content-Digest": digest},
@@ -135,7 +165,7 @@ async def start_upload(request: Request, svc: Services, params: dict[str, str]) 
 
 @route("PATCH", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
 async def patch_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    size = await _receive(request, svc.registry, params["upload"])
+    size = await _receive(request, svc, params["upload"])
     return Response(
         status_code=202, headers=_upload_headers(params["name"], params["upload"], size)
     )
@@ -146,8 +176,9 @@ async def finish_upload(request: Request, svc: Services, params: dict[str, str])
     digest = request.query_params.get("digest")
     if not digest:
         raise DistributionError(400, "DIGEST_INVALID", "the digest query parameter is required")
-    await _receive(request, svc.registry, params["upload"])
-    svc.registry.finish_upload(svc.registry.upload(params["upload"]), digest)
+    await _receive(request, svc, params["upload"])
+    storage = svc.registry.storage
+    storage.finish_upload(storage.upload(params["upload"]), digest)
     return Response(
         status_code=201,
         headers={
@@ -159,7 +190,7 @@ async def finish_upload(request: Request, svc: Services, params: dict[str, str])
 
 @route("GET", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
 async def upload_status(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    upload = svc.registry.upload(params["upload"])
+    upload = svc.registry.storage.upload(params["upload"])
     return Response(
         status_code=204, headers=_upload_headers(params["name"], upload.id, upload.size)
     )
@@ -167,20 +198,17 @@ async def upload_status(request: Request, svc: Services, params: dict[str, str])
 
 @route("DELETE", r"(?P<name>.+)/blobs/uploads/(?P<upload>[A-Za-z0-9-]+)")
 async def cancel_upload(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    svc.registry.cancel_upload(svc.registry.upload(params["upload"]))
+    storage = svc.registry.storage
+    storage.cancel_upload(storage.upload(params["upload"]))
     return Response(status_code=204)
 
 
 @route("PUT", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 async def put_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
     name, reference = params["name"], params["reference"]
-    body = await request.body()
-    digest, _ = svc.registry.put_manifest(
-        name, reference, body, request.headers.get("content-type", "")
-    )
-    if not reference.startswith("sha256:"):
-        # The pushed image becomes an Ember image named as a pull from this server would be.
-        svc.images.import_pushed(f"{request.url.netloc}/{name}:{reference}", digest)
+    body = await _manifest_body(request)
+    media_type = request.headers.get("content-type", "")
+    digest = svc.registry.push_manifest(request.url.netloc, name, reference, body, media_type)
     return Response(
         status_code=201,
         headers={"Location": f"/v2/{name}/manifests/{digest}", "Docker-Content-Digest": digest},
@@ -189,8 +217,9 @@ async def put_manifest(request: Request, svc: Services, params: dict[str, str]) 
 
 @route("GET", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 async def get_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    digest, media_type = svc.registry.resolve(params["name"], params["reference"])
-    body = svc.registry.blobs.path(digest).read_bytes()
+    storage = svc.registry.storage
+    digest, media_type = storage.resolve(params["name"], params["reference"])
+    body = storage.blobs.path(digest).read_bytes()
     headers = {"Docker-Content-Digest": digest, "Content-Length": str(len(body))}
     if request.method == "HEAD":
         return Response(headers=headers, media_type=media_type)
@@ -200,10 +229,10 @@ async def get_manifest(request: Request, svc: Services, params: dict[str, str]) 
 @route("DELETE", r"(?P<name>.+)/manifests/(?P<reference>[^/]+)")
 async def delete_manifest(request: Request, svc: Services, params: dict[str, str]) -> Response:
     svc.registry.delete_manifest(params["name"], params["reference"])
-    svc.images.collect_garbage()  # blobs only that manifest named may go now
     return Response(status_code=202)
 
 
 @route("GET", r"(?P<name>.+)/tags/list")
 async def list_tags(request: Request, svc: Services, params: dict[str, str]) -> Response:
-    return JSONResponse({"name": params["name"], "tags": svc.registry.tags(params["name"])})
+    tags = svc.registry.storage.tags(params["name"])
+    return JSONResponse({"name": params["name"], "tags": tags})
