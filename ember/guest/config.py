@@ -51,6 +51,33 @@ class GuestNetwork(BaseModel):
         return value
 
 
+class GuestVolume(BaseModel):
+    """One volume disk for init to mount before the workload starts.
+
+    Sent as a ``vol=<serial> <rw|ro|ov> <overlay serial or -> <mount path>``
+    record: the path comes last so init's ``read`` keeps any spaces in it.
+    """
+
+    model_config = ConfigDict(frozen=True)
+
+    serial: str  # the volume's disk: ember-vol-N
+    mount_path: str
+    readonly: bool = False
+    overlay: bool = False  # lower = the volume (read-only), upper = overlay_serial's disk
+    overlay_serial: str | None = None  # ember-volov-N, required when overlay is set
+
+    @property
+    def record(self) -> str:
+        if any(c.isspace() for c in self.serial) or any(ord(c) < 32 for c in self.mount_path):
+            raise ValueError(f"volume {self.mount_path!r}: a space in its serial or a control "
+                             "character in its path")  # fmt: skip
+        if self.overlay:
+            if not self.overlay_serial:
+                raise ValueError(f"volume {self.mount_path!r}: overlay needs an overlay_serial")
+            return f"{self.serial} ov {self.overlay_serial} {self.mount_path}"
+        return f"{self.serial} {'ro' if self.readonly else 'rw'} - {self.mount_path}"
+
+
 class GuestConfig(BaseModel):
     """What `docker run` would need: the image config merged with the request."""
 
@@ -63,6 +90,7 @@ class GuestConfig(BaseModel):
     user: str = ""  # "", "uid[:gid]" or "name[:group]"
     hostname: str = "ember"
     network: GuestNetwork | None = None
+    volumes: list[GuestVolume] = Field(default_factory=list)  # mounted in this order
 
     @property
     def argv(self) -> list[str]:
@@ -83,6 +111,8 @@ class GuestConfig(BaseModel):
                 fields["net.gateway"] = net.gateway
         validate_env(self.env)
         try:
+            if self.volumes:
+                fields["vol"] = [volume.record for volume in self.volumes]
             return encode_record(fields)
         except ValueError as exc:
             raise InvalidArgument(f"invalid guest config: {exc}") from exc
@@ -124,26 +154,51 @@ def create_overlay_disk(path: Path, size_bytes: int) -> None:
     forced stop (QMP quit, SIGKILL) gives the guest no chance to sync; lazy
     inode-table and journal init keep creation instant at any size.
     """
+    create_ext4_disk(path, max(size_bytes, MIN_OVERLAY_BYTES), field="overlay_size")
+
+
+def create_ext4_disk(
+    path: Path, size_bytes: int, *, field: str, populate_from: Path | None = None
+) -> None:
+    """A sparse ext4 disk of ``size_bytes`` at ``path``, written under a temporary name.
+
+    Shared by overlay disks and volumes. ``populate_from`` fills it with a
+    directory tree (``mkfs.ext4 -d``: contents, modes, owners, symlinks and hard
+    links copied in one pass, no mount needed). ``field`` names the request
+    field in the error when the host filesystem cannot hold a file that large.
+    A ``mkfs.ext4 -d`` that runs out of room raises ``DiskFull``.
+    """
     tmp = path.with_name(path.name + ".tmp")
-    size = max(size_bytes, MIN_OVERLAY_BYTES)
     try:
         with tmp.open("wb") as f:
-            f.truncate(size)
+            f.truncate(size_bytes)
     except OSError as exc:
         tmp.unlink(missing_ok=True)
         if exc.errno in (errno.EFBIG, errno.ENOSPC, errno.EINVAL):
             raise InvalidArgument(
-                f"overlay_size: {format_size(size)} is more than the host filesystem can hold "
-                f"as a single disk file ({os.strerror(exc.errno)}); ask for a smaller overlay"
+                f"{field}: {format_size(size_bytes)} is more than the host filesystem can hold "
+                f"as a single disk file ({os.strerror(exc.errno)}); ask for a smaller "
+                f"{'overlay' if field == 'overlay_size' else 'size'}"
             ) from exc
         raise
+    populate = ["-d", str(populate_from)] if populate_from is not None else []
     proc = subprocess.run(
         ["mkfs.ext4", "-q", "-F", "-m", "0",
-         "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", str(tmp)],
+         "-E", "lazy_itable_init=1,lazy_journal_init=1,nodiscard", *populate, str(tmp)],
         capture_output=True,
         text=True,
     )  # fmt: skip
     if proc.returncode != 0:
         tmp.unlink(missing_ok=True)
-        raise Unavailable(f"mkfs.ext4 failed: {proc.stderr.strip()}")
+        err = proc.stderr.strip()
+        full = ("could not allocate", "no space", "not enough space")
+        if populate_from is not None and any(text in err.lower() for text in full):
+            raise DiskFull(f"{field}: the content does not fit in {format_size(size_bytes)}")
+        raise Unavailable(f"mkfs.ext4 failed: {err}")
     os.replace(tmp, path)
+
+
+class DiskFull(InvalidArgument):
+    """The tree given to ``create_ext4_disk`` does not fit in the disk's size."""
+
+    code = "disk_full"
