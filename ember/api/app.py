@@ -11,12 +11,17 @@ from ember import __version__
 from ember.api.deps import require_auth
 from ember.api.errors import install_error_handlers
 from ember.api.middleware import RequestIdMiddleware
-from ember.api.routes import guest_access, health, images, instances, registry
+from ember.api.routes import guest_access, health, images, instances, registry, volumes
 from ember.api.services import Services
 from ember.config import Settings
 
 # Routers that need a valid bearer token, one per resource.
-PROTECTED_ROUTERS: list[APIRouter] = [images.router, instances.router, guest_access.router]
+PROTECTED_ROUTERS: list[APIRouter] = [
+    images.router,
+    instances.router,
+    guest_access.router,
+    volumes.router,
+]
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:

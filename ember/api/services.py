@@ -10,6 +10,7 @@ from ember.images.manager import ImageManager
 from ember.instances.manager import InstanceManager
 from ember.registry import Registry
 from ember.store import Store
+from ember.volumes import VolumeManager
 
 
 @dataclass
@@ -20,6 +21,7 @@ class Services:
     images: ImageManager
     registry: Registry
     instances: InstanceManager
+    volumes: VolumeManager
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -45,6 +47,7 @@ class Services:
             images=images,
             registry=registry,
             instances=InstanceManager(store, settings, images),
+            volumes=VolumeManager(store, settings.data_dir),
         )
 
     async def start(self) -> None:
