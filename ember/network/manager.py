@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import ipaddress
 import logging
 import os
 import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import ParamSpec, TypeVar
 
 from ember.errors import InvalidArgument, NotFound, Unavailable
 from ember.guest.config import GuestNetwork
@@ -18,11 +23,34 @@ from ember.store import Store
 from ember.units import parse_rate
 
 log = logging.getLogger(__name__)
+P = ParamSpec("P")
+R = TypeVar("R")
 
 VHOST_NET = Path("/dev/vhost-net")
 MIN_RATE = 1000  # bytes/s (8 kbit/s): below that HTB cannot shape meaningfully
 # meta key: set when Ember itself turned IPv4 forwarding on (uninstall turns it off again).
 _FORWARDING_MARK = "network.forwarding_enabled_by_ember"
+
+
+def off_event_loop(fn: Callable[P, R]) -> Callable[P, R]:
+    """Run ``fn`` in a helper thread when called from a thread running an event loop.
+
+    pyroute2's synchronous IPRoute drives an event loop of its own and refuses to
+    run inside a running one. The helper thread starts in the caller's network
+    namespace. It blocks the caller's loop for the call (netlink round trips, a few
+    ms): async callers should prefer ``await asyncio.to_thread(method, ...)``.
+    """
+
+    @functools.wraps(fn)
+    def wrapper(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            return fn(*args, **kwargs)
+        with ThreadPoolExecutor(1, thread_name_prefix="netlink") as pool:
+            return pool.submit(fn, *args, **kwargs).result()
+
+    return wrapper
 
 
 def parse_limits(
@@ -70,6 +98,7 @@ class NetworkManager:
         """Fixed and derived from the gateway, so it is the same after every restart."""
         return "02:00:" + ":".join(f"{b:02x}" for b in self.settings.gateway_ip.packed)
 
+    @off_event_loop
     def open(self) -> None:
         """Set up the bridge, forwarding and the nftables table; idempotent.
 
@@ -143,6 +172,7 @@ class NetworkManager:
     def lease_by_name(self, name: str) -> Lease | None:
         return self.leases.by_name(name)
 
+    @off_event_loop
     def release(self, instance_id: str) -> None:
         """Unplug and forget the lease; idempotent (nothing to release is fine)."""
         with self._lock:
@@ -151,6 +181,7 @@ class NetworkManager:
 
     # --- devices ---------------------------------------------------------------------
 
+    @off_event_loop
     def plug(self, lease: Lease) -> str:
         """Create (or check) the instance's TAP on the bridge with its shaping; its name.
 
@@ -167,6 +198,7 @@ class NetworkManager:
             shaping.apply(lease.tap, lease.ifb, lease.download_rate, lease.upload_rate)
             return lease.tap
 
+    @off_event_loop
     def unplug(self, instance_id: str) -> None:
         """Remove the instance's TAP, IFB and their qdiscs (they go with the devices)."""
         lease = self.leases.get(instance_id)
@@ -176,6 +208,7 @@ class NetworkManager:
             links.delete_link(lease.tap)
             links.delete_link(lease.ifb)
 
+    @off_event_loop
     def counters(self, instance_id: str) -> tuple[int, int] | None:
         """(rx_bytes, tx_bytes) as the guest sees them; None when it has no TAP."""
         lease = self.leases.get(instance_id)
@@ -230,6 +263,7 @@ class NetworkManager:
 
     # --- restart and teardown --------------------------------------------------------
 
+    @off_event_loop
     def adopt(self) -> list[str]:
         """After a restart: keep (and re-check) every lease's TAP that still exists.
 
@@ -251,6 +285,7 @@ class NetworkManager:
                     links.delete_link(IFB_PREFIX + port.removeprefix(TAP_PREFIX))
         return adopted
 
+    @off_event_loop
     def uninstall(self, *, drop_leases: bool = True) -> list[str]:
         """Remove everything the network made: TAPs, IFBs, bridge, nft table; what went.
 
