@@ -11,7 +11,15 @@ from ember import __version__
 from ember.api.deps import require_auth
 from ember.api.errors import install_error_handlers
 from ember.api.middleware import RequestIdMiddleware
-from ember.api.routes import guest_access, health, images, instances, registry, volumes
+from ember.api.routes import (
+    guest_access,
+    health,
+    images,
+    ingresses,
+    instances,
+    registry,
+    volumes,
+)
 from ember.api.services import Services
 from ember.config import Settings
 
@@ -21,6 +29,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     instances.router,
     guest_access.router,
     volumes.router,
+    ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
 ]
 
 

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
+from ember.errors import NotFound
 from ember.images.manager import ImageManager
+from ember.ingress import IngressManager
 from ember.instances.manager import InstanceManager
 from ember.registry import Registry
 from ember.store import Store
@@ -21,7 +23,19 @@ class Services:
     images: ImageManager
     registry: Registry
     instances: InstanceManager
+    ingresses: IngressManager = field(init=False)  # built from the fields above
     volumes: VolumeManager
+
+    def __post_init__(self) -> None:
+        self.ingresses = IngressManager(self.store, self.settings, self._instance_exists)
+
+    def _instance_exists(self, ref: str) -> bool:
+        """Whether an instance name or id names an instance (ingress rules must)."""
+        try:
+            self.instances.get(ref)
+        except NotFound:
+            return False
+        return True
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -54,8 +68,10 @@ class Services:
         """Start background work (queues, reconcilers) once the event loop runs."""
         await self.images.open()
         await self.instances.open()
+        await self.ingresses.open()
 
     async def stop(self) -> None:
+        await self.ingresses.close()  # leaves Caddy serving: it outlives a restart
         await self.instances.close()
         await self.images.close()
         self.store.close()

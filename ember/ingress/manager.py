@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from ember.config import Settings
-from ember.errors import Conflict, InvalidArgument, NotFound
+from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
 from ember.ids import is_id, new_id
 from ember.ingress.caddy_config import (
     JSON,
@@ -93,9 +93,16 @@ class IngressManager:
     # ---- lifecycle --------------------------------------------------------------------
 
     async def open(self) -> None:
-        """Bring Caddy in line with the store: adopt or start it, or stop a stray one."""
+        """Bring Caddy in line with the store: adopt or start it, or stop a stray one.
+
+        A Caddy that cannot start (a port taken meanwhile) does not stop Ember from
+        serving its API: the error is logged, and the next ingress change tries again.
+        """
         async with self._lock:
-            await self._apply(self.repo.all())
+            try:
+                await self._apply(self.repo.all())
+            except EmberError as exc:
+                log.error("ingress: caddy could not be brought up: %s", exc.message)
 
     async def close(self) -> None:
         """Nothing to stop: Caddy keeps serving while Ember restarts."""
