@@ -27,6 +27,14 @@ class DiskSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class NicSpec:
+    """One network interface: a TAP device that exists already (see ember/network)."""
+
+    tap: str
+    mac: str  # the guest's MAC (locally administered, from the lease)
+
+
+@dataclass(frozen=True, slots=True)
 class VMSpec:
     instance_dir: Path
     kernel: Path
@@ -39,6 +47,9 @@ class VMSpec:
     qmp_socket: Path
     pid_file: Path
     disks: list[DiskSpec] = field(default_factory=list)
+    # Network interfaces, eth0 first; empty: the VM has no network device at all.
+    nics: list[NicSpec] = field(default_factory=list)
+    # Deprecated single NIC (kept for callers not yet on `nics`): comes before `nics`.
     tap: str | None = None
     mac: str | None = None
     name: str = "ember"

@@ -18,12 +18,13 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, VMHandle, VMSpec
+from ember.hypervisor.base import Capabilities, NicSpec, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
+VHOST_NET = Path("/dev/vhost-net")
 _MIB = 1024 * 1024
 RUNTIME_OUTPUT = "qemu.out"  # QEMU's stderr once daemonized; truncated by each boot
 
@@ -68,14 +69,7 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         if disk.bps_limit:
             drive += f",throttling.bps-total={disk.bps_limit}"
         cmd += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}"]
-    if spec.tap:
-        nic = "virtio-net-device,netdev=net0" + (f",mac={spec.mac}" if spec.mac else "")
-        cmd += [
-            "-netdev",
-            f"tap,id=net0,ifname={spec.tap},script=no,downscript=no",
-            "-device",
-            nic,
-        ]
+    cmd += _nic_args(spec)
     cmd += [
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=agent,path={_opt(spec.agent_socket)},server=on,wait=off",
@@ -101,6 +95,25 @@ def _take(path: Path) -> str:
         return ""
     path.unlink(missing_ok=True)
     return said
+
+
+def vhost_net_usable() -> bool:
+    """vhost-net only where /dev/vhost-net can be opened: QEMU 7.2 *aborts* (an
+    assertion in net_client_init1, not an error) on ``vhost=on`` without it."""
+    return os.access(VHOST_NET, os.R_OK | os.W_OK)
+
+
+def _nic_args(spec: VMSpec) -> list[str]:
+    nics = [NicSpec(spec.tap, spec.mac or "")] if spec.tap else []
+    nics += spec.nics
+    vhost = ",vhost=on" if nics and vhost_net_usable() else ""
+    args: list[str] = []
+    for i, nic in enumerate(nics):
+        # script=no/downscript=no: the TAP is made and wired by ember/network, not QEMU.
+        args += ["-netdev", f"tap,id=net{i},ifname={nic.tap},script=no,downscript=no{vhost}"]
+        device = f"virtio-net-device,netdev=net{i}" + (f",mac={nic.mac}" if nic.mac else "")
+        args += ["-device", device]
+    return args
 
 
 def _opt(path: Path) -> str:
