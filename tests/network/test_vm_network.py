@@ -1,0 +1,169 @@
+"""A real VM on the network, all inside a namespace the test creates.
+
+One QEMU microVM with a NIC on a plugged TAP: the host pings it, fetches over HTTP
+from it, the guest resolves its own name through Ember's DNS on the gateway, and
+the tc limits are measured with timed transfers in both directions.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import shutil
+import socket
+import subprocess
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
+from ember.hypervisor.accel import detect_accel
+from ember.hypervisor.base import DiskSpec, NicSpec, VMSpec
+from ember.hypervisor.qemu import QemuHypervisor
+from ember.system import BootArtifacts, prepare
+from tests.network.conftest import make_manager
+from tests.network.netns import in_netns
+
+pytestmark = pytest.mark.vm
+SYSTEM_DIR = Path("/var/lib/ember/system")
+VM_ID = "v" + "9" * 23
+RATE = 2_000_000  # bytes/s, both directions (well under what TCG moves here: 30+ MiB/s)
+DOWNLOAD_BYTES = 6_000_000
+BLOB_MB = 8
+BOOT_TIMEOUT = 90
+APPLETS = ("sh", "dd", "httpd", "nc", "nslookup", "echo", "sleep", "cat", "true")
+GUEST_SCRIPT = f"""
+dd if=/dev/zero of=/srv/blob bs=1M count={BLOB_MB} 2>/dev/null
+echo hello-from-guest > /srv/hello
+httpd -p 8080 -h /srv
+nslookup vm.ember.internal
+echo guest-ready
+while true; do nc -l -p 5001 > /dev/null; done
+"""
+
+
+@pytest.fixture(scope="module")
+def artifacts() -> BootArtifacts:
+    return prepare(SYSTEM_DIR)
+
+
+@pytest.fixture(scope="module")
+def rootfs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    base = tmp_path_factory.mktemp("netroot")
+    root = base / "root"
+    for d in ("bin", "etc", "srv", "tmp"):
+        (root / d).mkdir(parents=True)
+    shutil.copy("/bin/busybox", root / "bin" / "busybox")
+    for applet in APPLETS:
+        (root / "bin" / applet).symlink_to("busybox")
+    (root / "etc" / "passwd").write_text("root:x:0:0:root:/root:/bin/sh\n")
+    (root / "etc" / "group").write_text("root:x:0:\n")
+    image = base / "rootfs.erofs"
+    subprocess.run(["mkfs.erofs", "--quiet", str(image), str(root)], check=True)
+    return image
+
+
+def _timed_download(ip: str) -> float:
+    """Host -> guest: send DOWNLOAD_BYTES, wait until the guest has them all (its EOF)."""
+    chunk = b"\0" * 65536
+    with socket.create_connection((ip, 5001), timeout=60) as conn:
+        started = time.monotonic()
+        sent = 0
+        while sent < DOWNLOAD_BYTES:
+            sent += conn.send(chunk[: DOWNLOAD_BYTES - sent])
+        conn.shutdown(socket.SHUT_WR)
+        while conn.recv(4096):  # nc exits once it has read everything: EOF
+            pass
+        return DOWNLOAD_BYTES / (time.monotonic() - started)
+
+
+def _timed_upload(ip: str) -> float:
+    """Guest -> host: an HTTP GET of the guest's blob."""
+    started = time.monotonic()
+    with urllib.request.urlopen(f"http://{ip}:8080/blob", timeout=60) as response:
+        size = len(response.read())
+    assert size == BLOB_MB << 20
+    return size / (time.monotonic() - started)
+
+
+async def _wait_for(log: Path, text: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not (log.exists() and text in log.read_text(errors="replace")):
+        assert time.monotonic() < deadline, f"{text!r} never appeared in the serial log"
+        await asyncio.sleep(0.2)
+
+
+async def _scenario(
+    db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
+) -> dict[str, object]:
+    manager = make_manager(db, dns_upstream=[])
+    manager.open()
+    lease = manager.allocate(VM_ID, "vm", RATE, RATE)
+    tap = manager.plug(lease)
+    dns = manager.dns_server()
+    await dns.start()
+    hv = QemuHypervisor(detect_accel("auto"))
+    overlay, config = work / "overlay.ext4", work / "config.img"
+    create_overlay_disk(overlay, 128 << 20)
+    write_config_disk(
+        config,
+        GuestConfig(
+            entrypoint=["/bin/sh", "-c", GUEST_SCRIPT],
+            hostname="vm",
+            network=manager.guest_config(lease),
+        ),
+    )
+    spec = VMSpec(
+        instance_dir=work, kernel=artifacts.kernel, initrd=artifacts.initrd,
+        cmdline=artifacts.cmdline, vcpus=1, memory_bytes=256 << 20,
+        serial_log=work / "app.log", agent_socket=work / "agent.sock",
+        qmp_socket=work / "qmp.sock", pid_file=work / "qemu.pid",
+        disks=[DiskSpec(rootfs, "ember-root", readonly=True),
+               DiskSpec(overlay, "ember-overlay"), DiskSpec(config, "ember-config")],
+        nics=[NicSpec(tap, lease.mac)],
+    )  # fmt: skip
+    handle = await hv.start(spec)
+    try:
+        await _wait_for(spec.serial_log, "guest-ready", BOOT_TIMEOUT)
+        ping_cmd = ["busybox", "ping", "-c", "3", "-W", "5", lease.ip]
+        ping = await asyncio.to_thread(subprocess.run, ping_cmd, capture_output=True, text=True)
+        hello = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://{lease.ip}:8080/hello", timeout=30).read()
+        )
+        download = await asyncio.to_thread(_timed_download, lease.ip)
+        upload = await asyncio.to_thread(_timed_upload, lease.ip)
+        counters = manager.counters(VM_ID)
+        return {
+            "ping": ping.returncode,
+            "ping_out": ping.stdout + ping.stderr,
+            "hello": hello,
+            "download": download,
+            "upload": upload,
+            "counters": counters,
+            "serial": spec.serial_log.read_text(errors="replace"),
+            "ip": lease.ip,
+        }
+    finally:
+        hv.kill(handle)
+        await hv.wait_exit(handle, timeout=10)
+        await dns.stop()
+        manager.release(VM_ID)
+        manager.uninstall()
+
+
+def test_vm_is_reachable_resolves_its_name_and_is_shaped(
+    ns: str, db: Path, tmp_path: Path, artifacts: BootArtifacts, rootfs: Path
+) -> None:
+    r = in_netns(ns, lambda: asyncio.run(_scenario(db, tmp_path, artifacts, rootfs)))
+    print(f"download {r['download']:.0f} B/s, upload {r['upload']:.0f} B/s (limit {RATE})")
+    assert r["ping"] == 0, r["ping_out"]
+    assert r["hello"] == b"hello-from-guest\n"
+    serial = str(r["serial"])
+    # The guest's resolver is the gateway, where Ember's DNS answers the instance's name.
+    assert f"Address: {r['ip']}" in serial.split("guest-ready")[0], serial[-2000:]
+    # Shaped within 20% of the limit (shaping queues, so it does not fall far below).
+    assert 0.8 * RATE <= float(r["download"]) <= 1.2 * RATE  # type: ignore[arg-type]
+    assert 0.8 * RATE <= float(r["upload"]) <= 1.2 * RATE  # type: ignore[arg-type]
+    rx, tx = r["counters"]  # type: ignore[misc]
+    assert rx >= DOWNLOAD_BYTES and tx >= BLOB_MB << 20  # the guest's point of view
