@@ -45,6 +45,13 @@ class InvalidState(Conflict):
     code = "invalid_state"
 
 
+class InsufficientResources(EmberError):
+    """The host cannot take this now (memory, CPU): retry later or free something."""
+
+    status = 429
+    code = "insufficient_resources"
+
+
 class Unavailable(EmberError):
     status = 503
     code = "unavailable"

@@ -33,6 +33,8 @@ _BIT_RATE_UNITS = {"bps": 1, "kbps": 10**3, "mbps": 10**6, "gbps": 10**9}
 _NUMBER = r"(\d+(?:\.\d+)?)"
 _SIZE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
 _RATE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*(/s)?\s*$")
+# Far beyond any disk or memory: larger values are typos (or 40-digit fuzz), not requests.
+MAX_SIZE = 1 << 60
 
 
 def parse_size(value: str | int, *, field: str = "size") -> int:
@@ -40,12 +42,19 @@ def parse_size(value: str | int, *, field: str = "size") -> int:
     if isinstance(value, int) and not isinstance(value, bool):
         if value < 0:
             raise InvalidArgument(f"{field}: size must not be negative")
-        return value
+        return _in_range(value, value, field)
     match = _SIZE_RE.fullmatch(str(value))
     unit = match.group(2).lower() if match else None
     if not match or unit not in _SIZE_UNITS:
         raise InvalidArgument(f"{field}: invalid size {value!r} (expected e.g. 512MB, 2GB, 1G)")
-    return int(float(match.group(1)) * _SIZE_UNITS[unit])
+    return _in_range(float(match.group(1)) * _SIZE_UNITS[unit], value, field)
+
+
+def _in_range(number: float, value: object, field: str) -> int:
+    if not number <= MAX_SIZE:  # also catches inf from a number too long for a float
+        shown = str(value) if len(str(value)) <= 24 else f"{str(value)[:20]}..."
+        raise InvalidArgument(f"{field}: {shown!r} is out of range (at most 1024PB)")
+    return int(number)
 
 
 def parse_rate(value: str, *, field: str = "rate") -> int:
@@ -54,9 +63,9 @@ def parse_rate(value: str, *, field: str = "rate") -> int:
     if match:
         number, unit, per_second = float(match.group(1)), match.group(2).lower(), match.group(3)
         if unit in _BIT_RATE_UNITS and not per_second:
-            return int(number * _BIT_RATE_UNITS[unit] / 8)
+            return _in_range(number * _BIT_RATE_UNITS[unit] / 8, value, field)
         if unit in _SIZE_UNITS and per_second:
-            return int(number * _SIZE_UNITS[unit])
+            return _in_range(number * _SIZE_UNITS[unit], value, field)
     raise InvalidArgument(f"{field}: invalid rate {value!r} (expected e.g. 100MB/s or 1Gbps)")
 
 

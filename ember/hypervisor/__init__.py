@@ -1,8 +1,14 @@
-"""Hypervisor backends behind one interface; only QEMU exists on this host."""
+"""Hypervisor backends behind one interface; only QEMU exists on this host.
+
+`resolve_hypervisors` runs once at server start: it detects the accelerator
+and builds every backend this host can run, and remembers for the others why
+they cannot run. Everything else asks the resulting `Hypervisors` map.
+"""
 
 from __future__ import annotations
 
 import shutil
+from typing import Literal, get_args
 
 from ember.errors import InvalidArgument
 from ember.hypervisor.accel import detect_accel
@@ -10,36 +16,64 @@ from ember.hypervisor.base import Capabilities, DiskSpec, Hypervisor, VMHandle, 
 from ember.hypervisor.qemu import QEMU_BINARY, QemuHypervisor
 
 __all__ = [
-    "HYPERVISOR_TYPES",
+    "HYPERVISOR_NAMES",
     "Capabilities",
     "DiskSpec",
     "Hypervisor",
+    "HypervisorName",
+    "Hypervisors",
     "VMHandle",
     "VMSpec",
-    "get_hypervisor",
+    "resolve_hypervisors",
 ]
 
-# The `hypervisor` values of the Hypeman API.
-HYPERVISOR_TYPES = ("cloud-hypervisor", "firecracker", "qemu", "vz")
-_UNAVAILABLE = {
+# The `hypervisor` values of the Hypeman API (`qemu-microvm` names the board Ember
+# always uses for QEMU, so it is the same backend as `qemu`).
+HypervisorName = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
+HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
+DEFAULT_HYPERVISOR = "qemu"
+_ALIASES = {"qemu-microvm": "qemu"}
+_NOT_HERE = {
     "cloud-hypervisor": "Cloud Hypervisor is not installed and needs working KVM",
     "firecracker": "Firecracker is not installed and needs working KVM",
     "vz": "Virtualization.framework exists only on macOS",
 }
 
 
-def get_hypervisor(name: str = "qemu", accel: str = "auto") -> Hypervisor:
-    """The backend for a Hypeman ``hypervisor`` value; InvalidArgument if unusable here."""
-    if name not in HYPERVISOR_TYPES:
-        raise InvalidArgument(
-            f"unknown hypervisor {name!r}: expected one of {', '.join(HYPERVISOR_TYPES)}"
-        )
-    if name != "qemu":
-        raise InvalidArgument(
-            f"hypervisor '{name}' is not available on this host: {_UNAVAILABLE[name]}; use 'qemu'"
-        )
+class Hypervisors:
+    """The backends this server can run, by name, and why the others cannot."""
+
+    def __init__(self, backends: dict[str, Hypervisor], unavailable: dict[str, str]) -> None:
+        self._backends = backends
+        self.unavailable = unavailable
+
+    def get(self, name: str | None = None) -> Hypervisor:
+        """The backend for a Hypeman `hypervisor` value; InvalidArgument if unusable here."""
+        requested = name or DEFAULT_HYPERVISOR
+        if requested not in HYPERVISOR_NAMES:
+            raise InvalidArgument(
+                f"hypervisor: unknown {requested!r}; expected one of {', '.join(HYPERVISOR_NAMES)}"
+            )
+        canonical = _ALIASES.get(requested, requested)
+        backend = self._backends.get(canonical)
+        if backend is None:
+            raise InvalidArgument(
+                f"hypervisor: '{requested}' is not available on this host: "
+                f"{self.unavailable[canonical]}"
+            )
+        return backend
+
+    @property
+    def available(self) -> dict[str, Hypervisor]:
+        return dict(self._backends)
+
+
+def resolve_hypervisors(accel: str = "auto") -> Hypervisors:
+    """Detect the accelerator once and build the backends this host can run."""
+    backends: dict[str, Hypervisor] = {}
+    unavailable = {name: f"{why}; use 'qemu'" for name, why in _NOT_HERE.items()}
     if shutil.which(QEMU_BINARY) is None:
-        raise InvalidArgument(
-            f"hypervisor 'qemu' is not available on this host: {QEMU_BINARY} is not installed"
-        )
-    return QemuHypervisor(detect_accel(accel))
+        unavailable["qemu"] = f"{QEMU_BINARY} is not installed"
+    else:
+        backends["qemu"] = QemuHypervisor(detect_accel(accel))
+    return Hypervisors(backends, unavailable)

@@ -56,6 +56,9 @@ class VMSpec:
     # Appended to, never truncated: what the VMM itself says (command line, warnings,
     # why it exited). None discards it.
     vmm_log: Path | None = None
+    # Where the VMM writes what it says after start-up (its stderr once detached); read
+    # into `vmm_log` by `collect_output`.
+    vmm_output: Path | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,6 +98,6 @@ class Hypervisor(Protocol):
         """Wait for the VM process to exit; False on timeout."""
         ...
 
-    def collect_output(self, instance_dir: Path, vmm_log: Path) -> None:
+    def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         """Once the VM has exited: append what the VMM printed while it ran to ``vmm_log``."""
         ...

@@ -26,7 +26,6 @@ QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
 VHOST_NET = Path("/dev/vhost-net")
 _MIB = 1024 * 1024
-RUNTIME_OUTPUT = "qemu.out"  # QEMU's stderr once daemonized; truncated by each boot
 
 
 def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
@@ -77,7 +76,7 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
         "-daemonize", "-pidfile", str(spec.pid_file),
         # Daemonized QEMU points its stderr at /dev/null, or at the -D file if there is one.
-        "-D", str(spec.instance_dir / RUNTIME_OUTPUT),
+        "-D", str(_runtime_output(spec)),
     ]  # fmt: skip
     return cmd
 
@@ -95,6 +94,10 @@ def _take(path: Path) -> str:
         return ""
     path.unlink(missing_ok=True)
     return said
+
+
+def _runtime_output(spec: VMSpec) -> Path:
+    return spec.vmm_output or spec.instance_dir / "qemu.out"
 
 
 def vhost_net_usable() -> bool:
@@ -135,7 +138,7 @@ class QemuHypervisor:
         for stale in (spec.agent_socket, spec.qmp_socket, spec.pid_file):
             stale.unlink(missing_ok=True)
         # Whatever an earlier run left there belongs to that run, not to this start.
-        runtime = spec.instance_dir / RUNTIME_OUTPUT
+        runtime = _runtime_output(spec)
         _append_lines(spec.vmm_log, _take(runtime).splitlines())
         command = build_command(spec, self.accel, self.binary)
         _append_lines(spec.vmm_log, [shlex.join(command)])
@@ -162,8 +165,8 @@ class QemuHypervisor:
         _append_lines(spec.vmm_log, [f"started pid {pid} ({self.accel})"])
         return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)
 
-    def collect_output(self, instance_dir: Path, vmm_log: Path) -> None:
-        _append_lines(vmm_log, _take(instance_dir / RUNTIME_OUTPUT).splitlines())
+    def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
+        _append_lines(vmm_log, _take(vmm_output).splitlines())
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):

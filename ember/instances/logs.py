@@ -27,13 +27,8 @@ class LogSource(StrEnum):
     HYPEMAN = "hypeman"
 
 
-def log_path(instance_dir: Path, source: LogSource) -> Path:
-    return instance_dir / "logs" / f"{source}.log"
-
-
-def record_event(instance_dir: Path, message: str) -> None:
-    """Append one line to the instance's operations log (the `hypeman` source)."""
-    path = log_path(instance_dir, LogSource.HYPEMAN)
+def record_event(path: Path, message: str) -> None:
+    """Append one stamped line to an instance's operations log (the `hypeman` source)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     append_stamped(path, [message])
 

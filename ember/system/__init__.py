@@ -6,7 +6,9 @@ checks they exist. ``current.json`` names the artifacts of the last prepare.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,6 +17,8 @@ from ember.errors import Unavailable
 from ember.system.agent import build_agent
 from ember.system.initrd import build_initrd
 from ember.system.kernel import prepare_kernel
+
+log = logging.getLogger("ember.system")
 
 DEFAULT_SYSTEM_DIR = Path("/var/lib/ember/system")
 # Appended to by the hypervisor; `quiet` keeps kernel chatter out of app logs.
@@ -33,9 +37,13 @@ class BootArtifacts:
 def prepare(system_dir: Path = DEFAULT_SYSTEM_DIR) -> BootArtifacts:
     """Fetch the kernel, build agent and initrd (each step idempotent)."""
     system_dir.mkdir(parents=True, exist_ok=True)
+    log.info("system: guest kernel in %s", system_dir)
     kernel = prepare_kernel(system_dir)
+    log.info("system: guest kernel %s; building the guest agent", kernel.version)
     agent = build_agent(system_dir)
+    log.info("system: building the initrd")
     initrd, digest = build_initrd(system_dir, kernel, agent)
+    log.info("system: initrd %s ready", digest)
     artifacts = BootArtifacts(kernel.vmlinuz, initrd, kernel.version, digest)
     current = {"kernel_version": kernel.version, "initrd_hash": digest}
     tmp = system_dir / "current.json.tmp"
@@ -63,3 +71,46 @@ def load(system_dir: Path = DEFAULT_SYSTEM_DIR) -> BootArtifacts:
         if not path.is_file():
             raise Unavailable(f"{path} is missing: run `make setup`")
     return artifacts
+
+
+class BootSystem:
+    """The boot artifacts a server uses, prepared at its start when they are missing.
+
+    A server on a new data dir needs no `make setup` of its own: it reuses the
+    artifacts of the default location when they exist there, and otherwise
+    prepares its own in the background (creates answer 503 until then).
+    """
+
+    def __init__(self, system_dir: Path) -> None:
+        self.system_dir = system_dir
+        self._artifacts: BootArtifacts | None = None
+        self._problem = f"the guest kernel and initrd in {system_dir} are being prepared"
+        self._task: asyncio.Task[None] | None = None
+
+    async def open(self) -> None:
+        for candidate in dict.fromkeys((self.system_dir, DEFAULT_SYSTEM_DIR)):
+            try:
+                self._artifacts = load(candidate)
+            except Unavailable:
+                continue
+            log.info("system: kernel %s, initrd %s from %s", self._artifacts.kernel_version,
+                     self._artifacts.initrd_hash, candidate)  # fmt: skip
+            return
+        log.warning("system: no prepared guest kernel and initrd; preparing %s", self.system_dir)
+        self._task = asyncio.create_task(self._prepare())
+
+    async def _prepare(self) -> None:
+        try:
+            self._artifacts = await asyncio.to_thread(prepare, self.system_dir)
+        except Exception as exc:
+            log.exception("system: cannot prepare the guest kernel and initrd")
+            self._problem = f"the guest kernel and initrd could not be prepared: {exc}"
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+
+    def current(self) -> BootArtifacts:
+        if self._artifacts is None:
+            raise Unavailable(self._problem)
+        return self._artifacts

@@ -180,13 +180,13 @@ def test_lookup_by_prefix_and_tag_filters(client: Hypeman, hello: str) -> None:
     client.instances.delete("tagged")
 
 
-def test_qemu_start_failure_says_why(
+def test_more_memory_than_the_host_has_is_refused_before_qemu_starts(
     client: Hypeman, hello: str, shared_server: EmberServer
 ) -> None:
     before = sorted(p.name for p in (shared_server.data_dir / "instances").iterdir())
-    with pytest.raises(InternalServerError, match="Cannot allocate memory") as failed:
+    with pytest.raises(BadRequestError, match="more than this host's") as failed:
         client.instances.create(name="too-big", image=hello, vcpus=1, size=unallocatable_memory())
-    assert failed.value.status_code == 503
+    assert failed.value.status_code == 400
     with pytest.raises(NotFoundError):
         client.instances.get("too-big")
     assert sorted(p.name for p in (shared_server.data_dir / "instances").iterdir()) == before

@@ -75,7 +75,7 @@ async def test_follow_streams_new_lines(tmp_path: Path) -> None:
 
 
 def test_operations_log_lines(tmp_path: Path) -> None:
-    record_event(tmp_path, "state -> Running")
+    record_event(tmp_path / "logs" / "hypeman.log", "state -> Running")
     line = (tmp_path / "logs" / "hypeman.log").read_text()
     assert line.endswith("Z state -> Running\n")
 
@@ -83,7 +83,7 @@ def test_operations_log_lines(tmp_path: Path) -> None:
 async def test_follow_ends_when_the_instance_is_deleted(tmp_path: Path) -> None:
     instance = tmp_path / "instance"
     log = instance / "logs" / "hypeman.log"
-    record_event(instance, "state -> Running")
+    record_event(log, "state -> Running")
     seen: list[str] = []
 
     async def follow() -> None:

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
-from ember.hypervisor import DiskSpec, VMHandle, VMSpec, get_hypervisor
+from ember.hypervisor import DiskSpec, VMHandle, VMSpec, resolve_hypervisors
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.system import BootArtifacts, prepare
 
@@ -57,7 +57,7 @@ class BootedVM:
 async def boot(artifacts: BootArtifacts, rootfs: Path, tmp_path: Path) -> AsyncIterator[object]:
     """``await boot(config)`` starts a VM; every VM is killed at teardown."""
     booted: list[BootedVM] = []
-    hv = get_hypervisor("qemu")
+    hv = resolve_hypervisors().get("qemu")
     assert isinstance(hv, QemuHypervisor)
 
     async def start(config: GuestConfig) -> BootedVM:

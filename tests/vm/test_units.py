@@ -19,7 +19,7 @@ from ember.guest.config import (
     write_config_disk,
 )
 from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
-from ember.hypervisor import DiskSpec, VMSpec, get_hypervisor
+from ember.hypervisor import DiskSpec, VMSpec, resolve_hypervisors
 from ember.hypervisor.accel import detect_accel, host_tsc_khz
 from ember.hypervisor.qemu import build_command
 from ember.system.kernel import load_order
@@ -84,8 +84,8 @@ def test_accel_detection(tmp_path: Path) -> None:
 
 def test_unavailable_hypervisors_are_refused_clearly() -> None:
     with pytest.raises(InvalidArgument, match="'firecracker' is not available on this host"):
-        get_hypervisor("firecracker")
-    hv = get_hypervisor("qemu", accel="tcg")
+        resolve_hypervisors("tcg").get("firecracker")
+    hv = resolve_hypervisors("tcg").get("qemu")
     assert not hv.capabilities.hotplug_memory and hv.capabilities.disk_io_limit
 
 
@@ -134,7 +134,7 @@ async def test_qemu_start_failure_reports_qemu_own_words(tmp_path: Path) -> None
     )
     (tmp_path / "qemu.out").write_text("left over from an earlier run\n")
     with pytest.raises(Unavailable, match=r"cannot set up guest memory.*Cannot allocate memory"):
-        await get_hypervisor("qemu", accel="tcg").start(spec)
+        await resolve_hypervisors("tcg").get("qemu").start(spec)
     vmm = (tmp_path / "vmm.log").read_text()
     assert "Cannot allocate memory" in vmm and "left over from an earlier run" in vmm
     assert not (tmp_path / "qemu.out").exists()

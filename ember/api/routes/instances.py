@@ -9,15 +9,14 @@ from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
 
 from ember.api.deps import ServicesDep
 from ember.api.query import tag_filter
 from ember.errors import InvalidArgument
+from ember.hypervisor import HypervisorName
+from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
 from ember.instances.logs import LogSource
-from ember.instances.manager import CreateRequest
-from ember.instances.models import InstanceRecord
-from ember.instances.state import State
 from ember.units import format_size, parse_duration
 
 router = APIRouter(prefix="/instances", tags=["instances"])
@@ -25,60 +24,20 @@ InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or 
 StateName = Literal[
     "Created", "Initializing", "Running", "Paused", "Shutdown", "Stopped", "Standby", "Unknown"
 ]
-Hypervisor = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
-
-
-class NetworkRequest(BaseModel):
-    enabled: bool | None = None
-    bandwidth_download: str | None = None
-    bandwidth_upload: str | None = None
-
-
-class CreateInstanceRequest(BaseModel):
-    # Unknown fields are a 400 naming them: a typo must not be silently ignored.
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(description="Lowercase letters, digits and dashes; at most 63")
-    image: str = Field(min_length=1, description="OCI image reference (must be pulled)")
-    size: str = Field(default="1GB", description='Memory, e.g. "1GB", "512MB"')
-    hotplug_size: str | None = None
-    overlay_size: str = Field(default="10GB", description="Writable overlay disk size")
-    disk_io_bps: str | None = Field(default=None, description='Disk I/O limit, e.g. "100MB/s"')
-    vcpus: int = Field(default=2, ge=1, le=64)
-    env: dict[str, str] | None = None
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-    tags: dict[str, str] | None = None
-    hypervisor: Hypervisor | None = None
-    network: NetworkRequest | None = None
-    skip_guest_agent: bool = False
-    platform: str | None = Field(default=None, description="Must match the image's platform")
-    skip_kernel_headers: bool | None = None  # nothing to install: the guest kernel is Ember's
-    # Accepted by Hypeman; refused here with a clear reason (see _NOT_YET).
-    volumes: list[dict[str, Any]] | None = None
-    devices: list[str] | None = None
-    gpu: dict[str, Any] | None = None
-    credentials: dict[str, Any] | None = None
-    ttl: str | None = None
-    expires_at: datetime | None = None
-    restart_policy: dict[str, Any] | None = None
-    health_check: dict[str, Any] | None = None
-    auto_standby: dict[str, Any] | None = None
-    snapshot_policy: dict[str, Any] | None = None
-
-
-class StartInstanceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    cmd: list[str] | None = Field(default=None, description="Replaces the CMD from now on")
-    entrypoint: list[str] | None = Field(default=None, description="Replaces the entrypoint")
 
 
 class NetworkInfo(BaseModel):
     enabled: bool = False
 
 
+# The spec types these as strings, not nullable: omitted from the answer when unset.
+OMIT_WHEN_UNSET = ("hotplug_size", "disk_io_bps", "exit_message", "size", "overlay_size")
+
+
 class Instance(BaseModel):
+    """The instance answer. String fields the spec types as non-nullable are omitted when
+    unset (see `dump`), never sent as null."""
+
     id: str
     name: str
     image: str
@@ -92,7 +51,7 @@ class Instance(BaseModel):
     vcpus: int | None = None
     env: dict[str, str] | None = None
     tags: dict[str, str] | None = None
-    hypervisor: Hypervisor | None = None
+    hypervisor: HypervisorName | None = None
     network: NetworkInfo | None = None
     started_at: datetime | None = None
     stopped_at: datetime | None = None
@@ -100,6 +59,15 @@ class Instance(BaseModel):
     exit_message: str | None = None
     has_snapshot: bool = False
     platform: str | None = None
+    expires_at: datetime | None = None  # null: no automatic expiry
+
+    @model_serializer(mode="wrap")
+    def _omit_unset_strings(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in OMIT_WHEN_UNSET:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
 
     @classmethod
     def of(cls, record: InstanceRecord) -> Instance:
@@ -138,34 +106,11 @@ class WaitResponse(BaseModel):
 
 
 MAX_WAIT_SECONDS = 300.0
-# Features whose API shape is accepted but that this server cannot provide yet.
-_NOT_YET = {
-    "volumes": "volumes are not available yet",
-    "devices": "device passthrough is not available on this host",
-    "gpu": "GPUs are not available on this host",
-    "credentials": "credential injection is not available yet",
-    "ttl": "instance expiry is not available yet",
-    "expires_at": "instance expiry is not available yet",
-    "restart_policy": "restart policies are not available yet",
-    "health_check": "health checks are not available yet",
-    "auto_standby": "standby is not available yet",
-    "snapshot_policy": "snapshots are not available yet",
-}
 
 
 @router.post("", status_code=201, response_model=Instance, summary="Create and start an instance")
 async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
-    for field, reason in _NOT_YET.items():
-        if getattr(body, field):
-            raise InvalidArgument(f"{field}: {reason}", code="not_supported")
-    if body.network is not None and body.network.enabled:
-        raise InvalidArgument(
-            "network: guest networking is not available yet", code="not_supported"
-        )
-    request = CreateRequest.model_validate(
-        body.model_dump(exclude={"network", "skip_kernel_headers", *_NOT_YET})
-    )
-    return Instance.of(await svc.instances.create(request))
+    return Instance.of(await svc.instances.create(body))
 
 
 @router.get("", response_model=list[Instance], summary="List instances")

@@ -1,0 +1,42 @@
+"""One boot of an instance: Created/Stopped -> Initializing, shared by create and start."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ember.guest.config import write_config_disk
+from ember.instances.core import InstanceCore
+from ember.instances.models import InstanceRecord
+from ember.instances.monitor import watch
+from ember.instances.plan import guest_config, vm_spec
+from ember.instances.state import State
+
+
+async def boot(core: InstanceCore, record: InstanceRecord) -> InstanceRecord:
+    """Plug in what the instance holds, write its config disk and start the VMM."""
+    paths = core.paths(record.id)
+    system = core.system()
+    rootfs = core.images.rootfs_of(record.image_digest)
+    hypervisor = core.hypervisor(record)
+    devices = await core.resources.attach(record, paths)
+    try:
+        write_config_disk(paths.config, guest_config(record, devices.network))
+        paths.run.mkdir(parents=True, exist_ok=True)
+        spec = vm_spec(record, paths, system, rootfs, devices)
+        core.event(record.id, f"starting {hypervisor.name} VMM ({system.kernel_version})")
+        handle = await hypervisor.start(spec)
+    except BaseException:
+        await core.resources.detach(record, paths)
+        raise
+    core.event(record.id, f"VMM running (pid {handle.pid})")
+    record = core.transition(
+        record.id,
+        State.INITIALIZING,
+        pid=handle.pid,
+        started_at=datetime.now(UTC),
+        stopped_at=None,
+        exit_code=None,
+        exit_message=None,
+    )
+    watch(core, record, handle)
+    return record

@@ -1,0 +1,289 @@
+"""Turn a create request into a plan of the VM, refusing anything invalid first.
+
+`plan_create` is pure: it reads the request, the image record, the host's
+limits and the hypervisor map, and returns an immutable `CreatePlan` or raises
+InvalidArgument naming the field. Nothing is written, started or inserted
+before a plan exists, so a bad request leaves no trace. `guest_config` and
+`vm_spec` are pure too: what a boot runs and the VM that runs it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from ember.errors import InvalidArgument
+from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork
+from ember.hypervisor import DiskSpec, Hypervisors, VMSpec
+from ember.ids import is_id
+from ember.images.models import ImageRecord
+from ember.instances.layout import InstanceLayout
+from ember.instances.logs import LogSource
+from ember.instances.models import InstanceRecord
+from ember.instances.request import CreateInstanceRequest, NetworkRequest, VolumeMountRequest
+from ember.system import BootArtifacts
+from ember.units import format_size, parse_rate, parse_size
+from ember.validation import validate_env, validate_name, validate_tags
+
+# Below this the guest kernel and initrd do not fit: the VM dies before its init runs.
+MIN_MEMORY_BYTES = 128 << 20
+# Fields of Hypeman's create request for features this server does not provide.
+NOT_PROVIDED = {
+    "devices": "device passthrough is not available on this host",
+    "gpu": "GPUs are not available on this host",
+    "credentials": "credential injection is not available yet",
+    "ttl": "instance expiry is not available yet",
+    "expires_at": "instance expiry is not available yet",
+    "restart_policy": "restart policies are not available yet",
+    "health_check": "health checks are not available yet",
+    "auto_standby": "standby is not available yet",
+    "snapshot_policy": "snapshots are not available yet",
+}
+
+
+@dataclass(frozen=True, slots=True)
+class HostLimits:
+    """What one instance may ask of this host."""
+
+    max_vcpus: int  # per instance
+    host_cpus: int
+    memory_bytes: int  # physical memory: no single instance can have more
+
+    @classmethod
+    def detect(cls, max_vcpus: int | None = None) -> HostLimits:
+        """The host's cores and memory; instances get at most `max_vcpus` (default: every
+        core, since under TCG more vCPUs than cores only slow a guest down)."""
+        pages, page_size = os.sysconf("SC_PHYS_PAGES"), os.sysconf("SC_PAGE_SIZE")
+        cpus = os.cpu_count() or 1
+        return cls(max_vcpus=max_vcpus or cpus, host_cpus=cpus, memory_bytes=pages * page_size)
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkPlan:
+    download_bps: int | None = None
+    upload_bps: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class VolumePlan:
+    volume: str  # id or name, resolved when attached
+    mount_path: str
+    readonly: bool
+    overlay_bytes: int | None  # a private writable layer of this size
+
+
+@dataclass(frozen=True, slots=True)
+class CreatePlan:
+    """Everything a create will do, decided before it does any of it."""
+
+    record: InstanceRecord  # inserted as is (state Created)
+    network: NetworkPlan | None
+    volumes: tuple[VolumePlan, ...] = ()
+
+
+def plan_create(
+    request: CreateInstanceRequest,
+    *,
+    instance_id: str,
+    image: ImageRecord,
+    hypervisors: Hypervisors,
+    limits: HostLimits,
+) -> CreatePlan:
+    """Validate the whole request against the image and host; InvalidArgument on the first
+    field that cannot be honoured."""
+    for name, reason in NOT_PROVIDED.items():
+        if getattr(request, name):
+            raise InvalidArgument(f"{name}: {reason}", code="not_supported")
+    name = validate_name(request.name)
+    if is_id(name):
+        raise InvalidArgument(
+            f"name: {name!r} has the shape of an instance id; choose a name that does not, "
+            "so that lookups by id and by name cannot be confused"
+        )
+    hypervisor = hypervisors.get(request.hypervisor)
+    hotplug = _size(request.hotplug_size, "hotplug_size") if request.hotplug_size else 0
+    if hotplug and not hypervisor.capabilities.hotplug_memory:
+        raise InvalidArgument(
+            f"hotplug_size: memory hotplug is not supported by the {hypervisor.name} "
+            "microvm machine type; size the instance with `size` instead"
+        )
+    memory = _memory(request.size, limits)
+    overlay = _size(request.overlay_size, "overlay_size")
+    if overlay < MIN_OVERLAY_BYTES:
+        raise InvalidArgument(
+            f"overlay_size: at least {format_size(MIN_OVERLAY_BYTES)} (the ext4 journal "
+            "and metadata need room)"
+        )
+    if not 1 <= request.vcpus <= limits.max_vcpus:
+        raise InvalidArgument(
+            f"vcpus: {request.vcpus} is out of range: this host allows 1 to "
+            f"{limits.max_vcpus} per instance"
+        )
+    if request.platform and request.platform != image.platform:
+        raise InvalidArgument(
+            f"platform: image {image.name!r} is {image.platform}, not {request.platform}; "
+            "pull it for that platform first"
+        )
+    record = InstanceRecord(
+        id=instance_id,
+        name=name,
+        image=image.name,
+        image_digest=image.digest,
+        platform=image.platform,
+        hypervisor=hypervisor.name,
+        vcpus=request.vcpus,
+        memory_bytes=memory,
+        overlay_bytes=overlay,
+        hotplug_bytes=hotplug,
+        disk_io_bps=(
+            parse_rate(request.disk_io_bps, field="disk_io_bps") if request.disk_io_bps else None
+        ),
+        entrypoint=request.entrypoint,
+        cmd=request.cmd,
+        env=validate_env(request.env),
+        tags=validate_tags(request.tags),
+        skip_guest_agent=request.skip_guest_agent,
+        # The instance keeps what it was created from, even if the tag moves later.
+        image_config=image_config(image),
+    )
+    # The whole guest config must encode: env, argv and sizes are checked here, not at boot.
+    guest_config(record).to_record()
+    return CreatePlan(
+        record=record,
+        network=_network(request.network),
+        volumes=tuple(_volume(i, v) for i, v in enumerate(request.volumes or ())),
+    )
+
+
+def _size(value: str, field: str) -> int:
+    return parse_size(value, field=field)
+
+
+def _memory(value: str, limits: HostLimits) -> int:
+    memory = _size(value, "size")
+    if memory < MIN_MEMORY_BYTES:
+        raise InvalidArgument(
+            f"size: at least {format_size(MIN_MEMORY_BYTES)} of memory is needed to boot"
+        )
+    if memory > limits.memory_bytes:
+        raise InvalidArgument(
+            f"size: {format_size(memory)} is more than this host's "
+            f"{format_size(limits.memory_bytes)} of memory"
+        )
+    return memory
+
+
+def _network(request: NetworkRequest | None) -> NetworkPlan | None:
+    request = request or NetworkRequest()
+    if not request.enabled:
+        if request.bandwidth_download or request.bandwidth_upload:
+            raise InvalidArgument("network: bandwidth limits need `enabled: true`")
+        return None
+    if request.egress is not None and request.egress.enabled:
+        raise InvalidArgument(
+            "network.egress: mediated egress is not available yet", code="not_supported"
+        )
+
+    def rate(value: str | None, name: str) -> int | None:
+        return parse_rate(value, field=f"network.{name}") if value else None
+
+    return NetworkPlan(
+        download_bps=rate(request.bandwidth_download, "bandwidth_download"),
+        upload_bps=rate(request.bandwidth_upload, "bandwidth_upload"),
+    )
+
+
+def _volume(index: int, request: VolumeMountRequest) -> VolumePlan:
+    where = f"volumes[{index}]"
+    if request.overlay and not request.readonly:
+        raise InvalidArgument(f"{where}.overlay: needs `readonly: true` (a layer over it)")
+    if request.overlay and not request.overlay_size:
+        raise InvalidArgument(f"{where}.overlay_size: required with `overlay: true`")
+    if request.overlay_size and not request.overlay:
+        raise InvalidArgument(f"{where}.overlay_size: only with `overlay: true`")
+    overlay = _size(request.overlay_size, f"{where}.overlay_size") if request.overlay_size else None
+    return VolumePlan(request.volume_id, request.mount_path, request.readonly, overlay)
+
+
+def image_config(image: ImageRecord) -> GuestConfig:
+    return GuestConfig(
+        entrypoint=image.entrypoint or [],
+        cmd=image.cmd or [],
+        env=image.env or {},
+        working_dir=image.working_dir or "/",
+        user=image.user or "",
+    )
+
+
+def guest_config(record: InstanceRecord, network: GuestNetwork | None = None) -> GuestConfig:
+    """What the guest runs: the request merged over the image config as `docker run` does."""
+    image = record.image_config or GuestConfig()
+    entrypoint = record.entrypoint if record.entrypoint is not None else image.entrypoint
+    if record.cmd is not None:
+        cmd = record.cmd
+    elif record.entrypoint is not None:
+        cmd = []  # a new entrypoint drops the image's CMD, as in Docker
+    else:
+        cmd = image.cmd
+    if not entrypoint and not cmd:
+        raise InvalidArgument(
+            f"image {record.image!r} has no entrypoint or cmd: give `cmd` or `entrypoint`"
+        )
+    return image.model_copy(
+        update={"entrypoint": entrypoint, "cmd": cmd, "env": {**image.env, **record.env},
+                "hostname": record.name, "network": network}
+    )  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class BootDevices:
+    """What the resources an instance holds add to one boot of its VM."""
+
+    disks: tuple[DiskSpec, ...] = ()
+    tap: str | None = None
+    mac: str | None = None
+    network: GuestNetwork | None = None
+
+    def merge(self, other: BootDevices) -> BootDevices:
+        return BootDevices(
+            disks=self.disks + other.disks,
+            tap=other.tap or self.tap,
+            mac=other.mac or self.mac,
+            network=other.network or self.network,
+        )
+
+
+def vm_spec(
+    record: InstanceRecord,
+    layout: InstanceLayout,
+    system: BootArtifacts,
+    rootfs: Path,
+    devices: BootDevices,
+) -> VMSpec:
+    """The VM one boot of `record` runs (pure: no file is touched)."""
+    limit = record.disk_io_bps
+    disks = [
+        DiskSpec(rootfs, "ember-root", readonly=True, bps_limit=limit),
+        DiskSpec(layout.overlay, "ember-overlay", bps_limit=limit),
+        DiskSpec(layout.config, "ember-config"),
+        *devices.disks,
+    ]
+    return VMSpec(
+        instance_dir=layout.dir,
+        kernel=system.kernel,
+        initrd=system.initrd,
+        cmdline=system.cmdline,
+        vcpus=record.vcpus,
+        memory_bytes=record.memory_bytes,
+        serial_log=layout.log(LogSource.APP),
+        agent_socket=layout.agent,
+        qmp_socket=layout.qmp,
+        pid_file=layout.pid_file,
+        disks=disks,
+        tap=devices.tap,
+        mac=devices.mac,
+        name=record.name,
+        vmm_log=layout.log(LogSource.VMM),
+        vmm_output=layout.vmm_output,
+    )

@@ -1,0 +1,81 @@
+"""The one typed model of what `POST /instances` asks for.
+
+Types are strict (`vcpus: "2"` or `true` is refused, not coerced) and unknown
+fields are refused by name: a typo must never be silently ignored. Values that
+need parsing (sizes, rates) stay strings here; `plan.py` turns them into a
+plan or refuses them, before anything is created.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
+
+from ember.hypervisor import HypervisorName
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class NetworkEgressRequest(_Strict):
+    enabled: StrictBool = False
+    enforcement: dict[str, Any] | None = None
+
+
+class NetworkRequest(_Strict):
+    enabled: StrictBool = Field(default=True, description="Attach to the default network")
+    bandwidth_download: StrictStr | None = Field(
+        default=None, description='Download limit (external -> VM), e.g. "1Gbps", "125MB/s"'
+    )
+    bandwidth_upload: StrictStr | None = Field(
+        default=None, description='Upload limit (VM -> external), e.g. "1Gbps", "125MB/s"'
+    )
+    egress: NetworkEgressRequest | None = None
+
+
+class VolumeMountRequest(_Strict):
+    volume_id: StrictStr = Field(description="Volume id or name")
+    mount_path: StrictStr = Field(description="Absolute path in the guest")
+    readonly: StrictBool = False
+    overlay: StrictBool = Field(
+        default=False, description="A private writable layer over a read-only volume"
+    )
+    overlay_size: StrictStr | None = Field(default=None, description="Required with overlay")
+
+
+class CreateInstanceRequest(_Strict):
+    name: StrictStr = Field(description="Lowercase letters, digits and dashes; at most 63")
+    image: StrictStr = Field(min_length=1, description="OCI image reference (must be pulled)")
+    size: StrictStr = Field(default="1GB", description='Memory, e.g. "1GB", "512MB"')
+    hotplug_size: StrictStr | None = None
+    overlay_size: StrictStr = Field(default="10GB", description="Writable overlay disk size")
+    disk_io_bps: StrictStr | None = Field(default=None, description='e.g. "100MB/s"')
+    vcpus: StrictInt = Field(default=2, description="Virtual CPUs")
+    env: dict[StrictStr, StrictStr] | None = None
+    entrypoint: list[StrictStr] | None = None
+    cmd: list[StrictStr] | None = None
+    tags: dict[StrictStr, StrictStr] | None = None
+    hypervisor: HypervisorName | None = None
+    network: NetworkRequest | None = None
+    volumes: list[VolumeMountRequest] | None = None
+    skip_guest_agent: StrictBool = False
+    platform: StrictStr | None = Field(default=None, description="Must match the image's")
+    skip_kernel_headers: StrictBool | None = None  # nothing to install: the kernel is Ember's
+    # Hypeman's shapes for features this server does not provide (yet): refused by name.
+    devices: list[StrictStr] | None = None
+    gpu: dict[str, Any] | None = None
+    credentials: dict[str, Any] | None = None
+    ttl: StrictStr | None = None
+    expires_at: datetime | None = None
+    restart_policy: dict[str, Any] | None = None
+    health_check: dict[str, Any] | None = None
+    auto_standby: dict[str, Any] | None = None
+    snapshot_policy: dict[str, Any] | None = None
+
+
+class StartInstanceRequest(_Strict):
+    cmd: list[StrictStr] | None = Field(default=None, description="Replaces the CMD from now on")
+    entrypoint: list[StrictStr] | None = Field(default=None, description="Replaces the entrypoint")

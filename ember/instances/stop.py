@@ -1,0 +1,48 @@
+"""Stop: SIGTERM to the workload through the agent, then force the VM off."""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+
+from ember.errors import EmberError
+from ember.instances.core import InstanceCore, invalid
+from ember.instances.models import InstanceRecord
+from ember.instances.monitor import await_monitor
+from ember.instances.state import ACTIVE, State
+
+
+async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
+    async with core.lock(instance_id):
+        record = core.current(instance_id)
+        if record.state not in ACTIVE:
+            raise invalid(record, "stop", "it is not running")
+        await shutdown(core, record, graceful=True)
+    return core.current(instance_id)
+
+
+async def shutdown(core: InstanceCore, record: InstanceRecord, *, graceful: bool) -> None:
+    """Bring the VMM down and wait until the monitor has recorded Stopped.
+
+    Graceful: SIGTERM to the workload, wait `stop_timeout_seconds`, then QMP
+    `quit` (which the hypervisor follows with SIGKILL if need be).
+    """
+    paths = core.paths(record.id)
+    hypervisor = core.hypervisor(record)
+    handle = paths.handle(record.pid or 0)
+    core.stopping.add(record.id)
+    try:
+        agent = core.agents.get(record.id)
+        if graceful and agent is not None and record.state != State.PAUSED:
+            core.event(record.id, "stop: SIGTERM to the workload")
+            with contextlib.suppress(EmberError, OSError):
+                await agent.signal(signal.SIGTERM)
+            timeout = core.settings.stop_timeout_seconds
+            if await hypervisor.wait_exit(handle, timeout=timeout):
+                await await_monitor(core, record.id)
+                return
+            core.event(record.id, "stop: timed out, forcing the VM off")
+        await hypervisor.quit(handle)
+        await await_monitor(core, record.id)
+    finally:
+        core.stopping.discard(record.id)
