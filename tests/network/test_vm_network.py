@@ -19,11 +19,12 @@ import pytest
 
 from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
 from ember.hypervisor.accel import detect_accel
-from ember.hypervisor.base import DiskSpec, NicSpec, VMSpec
+from ember.hypervisor.base import DiskSpec, NicSpec, VMHandle, VMSpec
 from ember.hypervisor.qemu import QemuHypervisor
+from ember.network import Lease, NetworkManager
 from ember.system import BootArtifacts, prepare
 from tests.network.conftest import make_manager
-from tests.network.netns import in_netns
+from tests.network.netns import in_netns, netns
 
 pytestmark = pytest.mark.vm
 SYSTEM_DIR = Path("/var/lib/ember/system")
@@ -32,7 +33,20 @@ RATE = 2_000_000  # bytes/s, both directions (well under what TCG moves here: 30
 DOWNLOAD_BYTES = 6_000_000
 BLOB_MB = 8
 BOOT_TIMEOUT = 90
-APPLETS = ("sh", "dd", "httpd", "nc", "nslookup", "echo", "sleep", "cat", "true")
+APPLETS = (
+    "sh",
+    "dd",
+    "httpd",
+    "nc",
+    "nslookup",
+    "echo",
+    "sleep",
+    "cat",
+    "true",
+    "ping",
+    "grep",
+    "printf",
+)
 GUEST_SCRIPT = f"""
 dd if=/dev/zero of=/srv/blob bs=1M count={BLOB_MB} 2>/dev/null
 echo hello-from-guest > /srv/hello
@@ -94,26 +108,25 @@ async def _wait_for(log: Path, text: str, timeout: float) -> None:
         await asyncio.sleep(0.2)
 
 
-async def _scenario(
-    db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
-) -> dict[str, object]:
-    manager = make_manager(db, dns_upstream=[])
-    manager.open()
-    lease = manager.allocate(VM_ID, "vm", RATE, RATE)
-    tap = manager.plug(lease)
-    dns = manager.dns_server()
-    await dns.start()
-    hv = QemuHypervisor(detect_accel("auto"))
+async def _boot(
+    hv: QemuHypervisor,
+    work: Path,
+    artifacts: BootArtifacts,
+    rootfs: Path,
+    manager: NetworkManager,
+    lease: Lease,
+    script: str,
+) -> tuple[VMHandle, VMSpec]:
+    """Start a VM running ``script`` with one NIC on the lease's (plugged) TAP."""
+    work.mkdir(parents=True, exist_ok=True)
     overlay, config = work / "overlay.ext4", work / "config.img"
     create_overlay_disk(overlay, 128 << 20)
-    write_config_disk(
-        config,
-        GuestConfig(
-            entrypoint=["/bin/sh", "-c", GUEST_SCRIPT],
-            hostname="vm",
-            network=manager.guest_config(lease),
-        ),
+    guest = GuestConfig(
+        entrypoint=["/bin/sh", "-c", script],
+        hostname=lease.name,
+        network=manager.guest_config(lease),
     )
+    write_config_disk(config, guest)
     spec = VMSpec(
         instance_dir=work, kernel=artifacts.kernel, initrd=artifacts.initrd,
         cmdline=artifacts.cmdline, vcpus=1, memory_bytes=256 << 20,
@@ -121,9 +134,22 @@ async def _scenario(
         qmp_socket=work / "qmp.sock", pid_file=work / "qemu.pid",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),
                DiskSpec(overlay, "ember-overlay"), DiskSpec(config, "ember-config")],
-        nics=[NicSpec(tap, lease.mac)],
+        nics=[NicSpec(lease.tap, lease.mac)],
     )  # fmt: skip
-    handle = await hv.start(spec)
+    return await hv.start(spec), spec
+
+
+async def _scenario(
+    db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
+) -> dict[str, object]:
+    manager = make_manager(db, dns_upstream=[])
+    manager.open()
+    lease = manager.allocate(VM_ID, "vm", RATE, RATE)
+    manager.plug(lease)
+    dns = manager.dns_server()
+    await dns.start()
+    hv = QemuHypervisor(detect_accel("auto"))
+    handle, spec = await _boot(hv, work, artifacts, rootfs, manager, lease, GUEST_SCRIPT)
     try:
         await _wait_for(spec.serial_log, "guest-ready", BOOT_TIMEOUT)
         ping_cmd = ["busybox", "ping", "-c", "3", "-W", "5", lease.ip]
@@ -167,3 +193,94 @@ def test_vm_is_reachable_resolves_its_name_and_is_shaped(
     assert 0.8 * RATE <= float(r["upload"]) <= 1.2 * RATE  # type: ignore[arg-type]
     rx, tx = r["counters"]  # type: ignore[misc]
     assert rx >= DOWNLOAD_BYTES and tx >= BLOB_MB << 20  # the guest's point of view
+
+
+# A server in a second namespace ("the internet") that answers with the peer address
+# it sees: behind Ember's masquerade, a guest appears as the host's address.
+PEER_SERVER = """
+import socket
+srv = socket.socket()
+srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+srv.bind(("198.51.100.2", 7000))
+srv.listen()
+while True:
+    conn, peer = srv.accept()
+    conn.recv(4096)
+    body = ("peer=" + peer[0]).encode()
+    conn.sendall(b"HTTP/1.0 200 OK\\r\\nContent-Length: %d\\r\\n\\r\\n" % len(body) + body)
+    conn.close()
+"""
+PROBE_SCRIPT = """
+ping -c 2 -W 2 {other} >/dev/null 2>&1 && echo PING-OTHER-OK || echo PING-OTHER-FAIL
+printf 'GET /hello HTTP/1.0\\r\\n\\r\\n' | nc -w 3 {other} 8080 | grep -q hello-from-guest \\
+    && echo HTTP-OTHER-OK || echo HTTP-OTHER-FAIL
+ping -c 1 -W 5 {gateway} >/dev/null 2>&1 && echo PING-GW-OK || echo PING-GW-FAIL
+echo "outside: $(printf 'GET / HTTP/1.0\\r\\n\\r\\n' | nc -w 5 198.51.100.2 7000 | grep peer=)"
+echo probe-done
+sleep 600
+"""
+
+
+async def _isolation_scenario(
+    db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path, outside: str
+) -> dict[str, object]:
+    # The host namespace's uplink: a veth to the "outside" namespace.
+    for command in (
+        f"ip link add veth-up type veth peer name veth-out netns {outside}",
+        "ip addr add 198.51.100.1/24 dev veth-up",
+        "ip link set veth-up up",
+        f"ip -n {outside} addr add 198.51.100.2/24 dev veth-out",
+        f"ip -n {outside} link set veth-out up",
+    ):
+        subprocess.run(command.split(), check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", outside, "/work/main/.venv/bin/python", "-c", PEER_SERVER]
+    )
+    manager = make_manager(db, dns_upstream=[])
+    manager.open()
+    hv = QemuHypervisor(detect_accel("auto"))
+    target = manager.allocate("t" + "1" * 23, "target")
+    probe = manager.allocate("p" + "2" * 23, "probe")
+    handles = []
+    try:
+        for lease in (target, probe):
+            manager.plug(lease)
+        handle, target_spec = await _boot(
+            hv, work / "target", artifacts, rootfs, manager, target, GUEST_SCRIPT
+        )
+        handles.append(handle)
+        await _wait_for(target_spec.serial_log, "guest-ready", BOOT_TIMEOUT)
+        script = PROBE_SCRIPT.format(other=target.ip, gateway=manager.settings.gateway_ip)
+        handle, probe_spec = await _boot(
+            hv, work / "probe", artifacts, rootfs, manager, probe, script
+        )
+        handles.append(handle)
+        await _wait_for(probe_spec.serial_log, "probe-done", BOOT_TIMEOUT)
+        host_ping = subprocess.run(
+            ["busybox", "ping", "-c", "1", "-W", "5", target.ip], capture_output=True
+        )
+        return {
+            "probe": probe_spec.serial_log.read_text(errors="replace"),
+            "host_reaches_target": host_ping.returncode == 0,
+        }
+    finally:
+        for handle in handles:
+            hv.kill(handle)
+            await hv.wait_exit(handle, timeout=10)
+        server.kill()
+        server.wait()
+        manager.uninstall()
+
+
+def test_guests_are_isolated_and_reach_out_through_nat(
+    ns: str, db: Path, tmp_path: Path, artifacts: BootArtifacts, rootfs: Path
+) -> None:
+    with netns() as outside:
+        r = in_netns(
+            ns, lambda: asyncio.run(_isolation_scenario(db, tmp_path, artifacts, rootfs, outside))
+        )
+    probe = str(r["probe"])
+    assert "PING-OTHER-FAIL" in probe and "HTTP-OTHER-FAIL" in probe, probe[-2000:]
+    assert "PING-GW-OK" in probe, probe[-2000:]
+    assert "outside: peer=198.51.100.1" in probe, probe[-2000:]  # masqueraded
+    assert r["host_reaches_target"]
