@@ -59,6 +59,19 @@ class VMSpec:
     # Where the VMM writes what it says after start-up (its stderr once detached); read
     # into `vmm_log` by `collect_output`.
     vmm_output: Path | None = None
+    # Guest RAM in this file (shared mapping) instead of anonymous memory: a save then
+    # writes only device state and leaves the RAM in the file. A restore must use the
+    # same choice as the boot it continues.
+    memory_file: Path | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class SavedState:
+    """What `Hypervisor.save` wrote: the device state and, without a memory file, the RAM."""
+
+    state_file: Path
+    bytes: int
+    seconds: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,4 +113,15 @@ class Hypervisor(Protocol):
 
     def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         """Once the VM has exited: append what the VMM printed while it ran to ``vmm_log``."""
+        ...
+
+    async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:
+        """Pause the VM and write its state to `state_file` (all of its RAM too unless the
+        VM runs on a `memory_file`); the VM stays paused: quit or resume it after."""
+        ...
+
+    async def restore(self, spec: VMSpec, state_file: Path) -> VMHandle:
+        """Start a VM from `spec` (the boot's own spec, memory file included) in the state
+        `save` wrote, and resume it; on failure nothing of it runs and `state_file` and
+        the memory file are left as they were."""
         ...

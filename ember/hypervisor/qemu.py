@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, NicSpec, VMHandle, VMSpec
+from ember.hypervisor.base import Capabilities, NicSpec, SavedState, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -26,9 +26,14 @@ QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
 VHOST_NET = Path("/dev/vhost-net")
 _MIB = 1024 * 1024
+_RAM_ID = "ram0"
+_UNCAPPED = 100 << 30  # bytes per second
 
 
-def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list[str]:
+def build_command(
+    spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY, *, incoming: bool = False
+) -> list[str]:
+    """The command line of one VM; `incoming`: wait paused for a restore (`migrate-incoming`)."""
     # pit/pic on: under TCG the guest kernel calibrates its clock against the PIT; without
     # it, it stops at "tsc: Marking TSC unstable" and never reaches init.
     if accel == "kvm":
@@ -40,7 +45,8 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         "-name",
         f"guest={spec.name}",
         "-M",
-        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on",
+        "microvm,x-option-roms=off,isa-serial=on,rtc=on,pit=on,pic=on"
+        + (f",memory-backend={_RAM_ID}" if spec.memory_file else ""),
         *accel_args,
         "-m",
         f"{max(spec.memory_bytes // _MIB, 64)}M",
@@ -78,7 +84,44 @@ def build_command(spec: VMSpec, accel: Accel, binary: str = QEMU_BINARY) -> list
         # Daemonized QEMU points its stderr at /dev/null, or at the -D file if there is one.
         "-D", str(_runtime_output(spec)),
     ]  # fmt: skip
+    cmd += _memory_args(spec)
+    if incoming:
+        cmd += ["-incoming", "defer"]
     return cmd
+
+
+def _memory_args(spec: VMSpec) -> list[str]:
+    """Guest RAM as a shared file mapping: with `x-ignore-shared` a save leaves it in the
+    file and writes only device state (~60 KB), and a restore maps it back."""
+    if spec.memory_file is None:
+        return []
+    size = f"{max(spec.memory_bytes // _MIB, 64)}M"
+    backend = f"memory-backend-file,id={_RAM_ID},size={size},mem-path={_opt(spec.memory_file)}"
+    return ["-object", backend + ",share=on"]
+
+
+async def _migration_setup(qmp: QMPClient, *, ignore_shared: bool) -> None:
+    """Both ends of a migration must agree on `x-ignore-shared` (RAM left in its file)."""
+    capability = {"capability": "x-ignore-shared", "state": ignore_shared}
+    await qmp.execute("migrate-set-capabilities", {"capabilities": [capability]})
+    # The default bandwidth cap (128 MB/s) would slow a streamed save of RAM to a file.
+    await qmp.execute("migrate-set-parameters", {"max-bandwidth": _UNCAPPED})
+
+
+async def _wait_migration(qmp: QMPClient, what: str, timeout: float = 600.0) -> None:
+    """Poll `query-migrate` until it completes; Unavailable with QEMU's reason if not."""
+    deadline = time.monotonic() + timeout
+    while True:
+        info = await qmp.execute("query-migrate")
+        status = info.get("status", "none")
+        if status == "completed":
+            return
+        if status in ("failed", "cancelled"):
+            why = info.get("error-desc", status)
+            raise Unavailable(f"QEMU {what} failed: {why}")
+        if time.monotonic() > deadline:
+            raise Unavailable(f"QEMU {what} did not complete in {timeout:.0f} s ({status})")
+        await asyncio.sleep(0.005)
 
 
 def _append_lines(log: Path | None, lines: list[str]) -> None:
@@ -126,21 +169,24 @@ def _opt(path: Path) -> str:
 
 class QemuHypervisor:
     name = "qemu"
-    # microvm has no memory/device hotplug; memory snapshots are not wired yet.
-    capabilities = Capabilities(disk_io_limit=True)
+    # microvm has no memory/device hotplug.
+    capabilities = Capabilities(snapshot=True, disk_io_limit=True)
 
     def __init__(self, accel: Accel, binary: str = QEMU_BINARY) -> None:
         self.accel: Accel = accel
         self.binary = binary
 
     async def start(self, spec: VMSpec) -> VMHandle:
+        return await self._launch(spec, incoming=False)
+
+    async def _launch(self, spec: VMSpec, *, incoming: bool) -> VMHandle:
         spec.instance_dir.mkdir(parents=True, exist_ok=True)
         for stale in (spec.agent_socket, spec.qmp_socket, spec.pid_file):
             stale.unlink(missing_ok=True)
         # Whatever an earlier run left there belongs to that run, not to this start.
         runtime = _runtime_output(spec)
         _append_lines(spec.vmm_log, _take(runtime).splitlines())
-        command = build_command(spec, self.accel, self.binary)
+        command = build_command(spec, self.accel, self.binary, incoming=incoming)
         _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
             *command,
@@ -167,6 +213,46 @@ class QemuHypervisor:
 
     def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         _append_lines(vmm_log, _take(vmm_output).splitlines())
+
+    async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:
+        """`stop`, then QEMU's migration stream into `state_file` (through a temporary name:
+        a failed save leaves no state file behind). QEMU 7.2 has no `file:` URI, so the
+        stream goes through `cat`."""
+        started = time.monotonic()
+        partial = state_file.with_name(state_file.name + ".partial")
+        partial.unlink(missing_ok=True)
+        try:
+            async with await QMPClient.connect(vm.qmp_socket) as qmp:
+                await qmp.execute("stop")
+                await _migration_setup(qmp, ignore_shared=memory_file)
+                await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"})
+                await _wait_migration(qmp, "save")
+            os.replace(partial, state_file)
+        except BaseException:
+            partial.unlink(missing_ok=True)
+            raise
+        size = state_file.stat().st_size
+        return SavedState(state_file, size, time.monotonic() - started)
+
+    async def restore(self, spec: VMSpec, state_file: Path) -> VMHandle:
+        """`-incoming defer`, `migrate-incoming` from `state_file`, wait, `cont`. Nothing is
+        written to `state_file`; the memory file is only written once the guest runs."""
+        if not state_file.is_file():
+            raise Unavailable(f"no saved state at {state_file}")
+        handle = await self._launch(spec, incoming=True)
+        try:
+            async with await QMPClient.connect(handle.qmp_socket) as qmp:
+                await _migration_setup(qmp, ignore_shared=spec.memory_file is not None)
+                uri = f"exec:cat {shlex.quote(str(state_file))}"
+                await qmp.execute("migrate-incoming", {"uri": uri})
+                await _wait_migration(qmp, "restore")
+                await qmp.execute("cont")
+        except BaseException:
+            self.kill(handle)
+            await self.wait_exit(handle, timeout=10)
+            raise
+        _append_lines(spec.vmm_log, [f"restored from {state_file.name}"])
+        return handle
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):
