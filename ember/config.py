@@ -32,8 +32,15 @@ class Settings(BaseSettings):
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     # How long a graceful stop waits for the workload before the VM is forced off.
     stop_timeout_seconds: float = Field(default=10.0, gt=0)
+    # Instances: vCPUs one instance may have (default: the host's cores), and how far the
+    # sums over running instances may exceed the host's cores and memory.
+    max_vcpus: int | None = Field(default=None, ge=1)
+    cpu_oversubscription: float = Field(default=4.0, gt=0)
+    memory_oversubscription: float = Field(default=1.0, gt=0)
 
     # --- network (ember/network; validated by ember.network.NetworkSettings) ---
+    # Off: no bridge, NAT or DNS is set up and instances get no network device.
+    network_enabled: bool = True
     # The guests' subnet: must not overlap any route of the host (checked at start).
     network_subnet: str = "10.100.0.0/16"
     network_gateway: str | None = None  # None: the subnet's first host
@@ -62,6 +69,13 @@ class Settings(BaseSettings):
     ingress_acme_domain: str | None = None
     ingress_acme_ca: str | None = None  # ACME directory URL; None: Let's Encrypt
     # --- end ingress ---
+
+    # Built-in registry: an upload that receives nothing this long is dropped (the client
+    # gave up mid-push); its partial file goes with it.
+    registry_upload_max_age_seconds: float = Field(default=3600.0, gt=0)
+    # Largest request body accepted (413 beyond it), except where a route streams large
+    # bodies itself: `/v2/` blob uploads and volume archives.
+    max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
     @property
     def system_path(self) -> Path:

@@ -1,17 +1,28 @@
-"""The long-lived parts of a running server, built once and shared by all requests."""
+"""The long-lived parts of a running server, built once and shared by all requests.
+
+This is the composition root: every cross-manager link is passed here, at
+construction, explicitly (no attribute wiring afterwards).
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import asyncio
+from dataclasses import dataclass
+from functools import partial
 
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
 from ember.errors import NotFound
+from ember.hypervisor import Hypervisors, resolve_hypervisors
+from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
 from ember.ingress import IngressManager
-from ember.instances.manager import InstanceManager
-from ember.registry import Registry
+from ember.instances import InstanceManager
+from ember.instances.usage import digest_users
+from ember.network import DnsServer, NetworkManager, NetworkSettings
+from ember.registry import Registry, RegistryService
 from ember.store import Store
+from ember.system import BootSystem
 from ember.volumes import VolumeManager
 
 
@@ -21,57 +32,102 @@ class Services:
     store: Store
     jwt_secret: bytes
     images: ImageManager
-    registry: Registry
+    registry: RegistryService
+    hypervisors: Hypervisors
+    system: BootSystem
+    network: NetworkManager | None  # None: networking is off on this server
     instances: InstanceManager
-    ingresses: IngressManager = field(init=False)  # built from the fields above
+    ingresses: IngressManager
     volumes: VolumeManager
-
-    def __post_init__(self) -> None:
-        self.ingresses = IngressManager(self.store, self.settings, self._instance_exists)
-
-    def _instance_exists(self, ref: str) -> bool:
-        """Whether an instance name or id names an instance (ingress rules must)."""
-        try:
-            self.instances.get(ref)
-        except NotFound:
-            return False
-        return True
+    dns: DnsServer | None = None
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
         store = Store(settings.db_path)
+        # One blob store for pulls and pushes, so one collector (the image manager's).
+        blobs = BlobStore(settings.data_dir / "blobs")
+        port = settings.port
+        storage = Registry(
+            store,
+            blobs,
+            settings.data_dir,
+            hosts={settings.listen, f"localhost:{port}", f"127.0.0.1:{port}"},
+        )
         images = ImageManager(
             store,
             settings.data_dir,
+            blobs,
+            local_registry=storage,
+            digest_users=partial(digest_users, store),
             concurrency=settings.build_concurrency,
             insecure_registries=settings.insecure_registries,
         )
-        registry = Registry(store, images.blobs, settings.data_dir)
-        port = settings.port
-        images.local_hosts = {settings.listen, f"localhost:{port}", f"127.0.0.1:{port}"}
-        images.local_resolver = lambda repository, reference: registry.resolve(
-            repository, reference
-        )[0]
-        images.gc_roots = registry.gc_roots  # the blob store is shared: so is collection
+        registry = RegistryService(
+            storage, images, upload_max_age=settings.registry_upload_max_age_seconds
+        )
+        hypervisors = resolve_hypervisors(settings.accel)  # detects the accelerator once
+        system = BootSystem(settings.system_path)
+        network = (
+            NetworkManager(store, NetworkSettings.from_settings(settings))
+            if settings.network_enabled
+            else None
+        )
+        volumes = VolumeManager(store, settings.data_dir)
+        instances = InstanceManager(
+            store,
+            settings,
+            images=images,
+            hypervisors=hypervisors,
+            system=system.current,
+            network=network,
+            volumes=volumes,
+        )
         return cls(
             settings=settings,
             store=store,
             jwt_secret=load_or_create_secret(settings.data_dir),
             images=images,
             registry=registry,
-            instances=InstanceManager(store, settings, images),
-            volumes=VolumeManager(store, settings.data_dir),
+            hypervisors=hypervisors,
+            system=system,
+            network=network,
+            instances=instances,
+            ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
+            volumes=volumes,
         )
 
     async def start(self) -> None:
-        """Start background work (queues, reconcilers) once the event loop runs."""
+        """Start background work (queues, reconcilers) once the event loop runs.
+
+        The network comes up before instances are adopted (their TAPs hang on the
+        bridge); a network that cannot come up stops the server with its reason."""
         await self.images.open()
+        await self.registry.open()
+        await self.system.open()
+        if self.network is not None:
+            await asyncio.to_thread(self.network.open)
+            await asyncio.to_thread(self.network.adopt)
+            self.dns = self.network.dns_server()
+            await self.dns.start()
         await self.instances.open()
         await self.ingresses.open()
 
     async def stop(self) -> None:
         await self.ingresses.close()  # leaves Caddy serving: it outlives a restart
         await self.instances.close()
+        if self.dns is not None:
+            await self.dns.stop()
+        await self.system.close()
+        await self.registry.close()
         await self.images.close()
         self.store.close()
+
+
+def _instance_exists(instances: InstanceManager, ref: str) -> bool:
+    """Whether an instance name or id names an instance (ingress rules must)."""
+    try:
+        instances.get(ref)
+    except NotFound:
+        return False
+    return True

@@ -49,9 +49,6 @@ class VMSpec:
     disks: list[DiskSpec] = field(default_factory=list)
     # Network interfaces, eth0 first; empty: the VM has no network device at all.
     nics: list[NicSpec] = field(default_factory=list)
-    # Deprecated single NIC (kept for callers not yet on `nics`): comes before `nics`.
-    tap: str | None = None
-    mac: str | None = None
     name: str = "ember"
     # Appended to, never truncated: what the VMM itself says (command line, warnings,
     # why it exited). None discards it.

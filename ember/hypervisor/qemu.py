@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, NicSpec, SavedState, VMHandle, VMSpec
+from ember.hypervisor.base import Capabilities, SavedState, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -150,8 +150,7 @@ def vhost_net_usable() -> bool:
 
 
 def _nic_args(spec: VMSpec) -> list[str]:
-    nics = [NicSpec(spec.tap, spec.mac or "")] if spec.tap else []
-    nics += spec.nics
+    nics = spec.nics
     vhost = ",vhost=on" if nics and vhost_net_usable() else ""
     args: list[str] = []
     for i, nic in enumerate(nics):

@@ -20,7 +20,7 @@ async def boot(core: InstanceCore, record: InstanceRecord) -> InstanceRecord:
     hypervisor = core.hypervisor(record)
     devices = await core.resources.attach(record, paths)
     try:
-        write_config_disk(paths.config, guest_config(record, devices.network))
+        write_config_disk(paths.config, guest_config(record, devices))
         paths.run.mkdir(parents=True, exist_ok=True)
         spec = vm_spec(record, paths, system, rootfs, devices)
         core.event(record.id, f"starting {hypervisor.name} VMM ({system.kernel_version})")

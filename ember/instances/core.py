@@ -56,6 +56,7 @@ class InstanceCore:
     resources: Resources
     limits: HostLimits
     system: Callable[[], BootArtifacts]
+    networking: bool  # this server puts instances on a network
     changes: Changes = field(default_factory=Changes)
     # One monitor task per booted VM; it owns the agent connection.
     monitors: dict[str, asyncio.Task[None]] = field(default_factory=dict)

@@ -32,10 +32,12 @@ async def create(core: InstanceCore, request: CreateInstanceRequest) -> Instance
         image=image,
         hypervisors=core.hypervisors,
         limits=core.limits,
+        networking=core.networking,
     )
     record = the_plan.record
     if core.repo.by_name(record.name) is not None:
         raise Conflict(f"instance {record.name!r} already exists", code="already_exists")
+    core.resources.check(the_plan)
     admit(core, record)
     core.system()  # the guest kernel and initrd are there
     paths = core.paths(record.id)

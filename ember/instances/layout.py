@@ -8,6 +8,13 @@
     logs/app.log                    serial console
     logs/vmm.log                    hypervisor command line, start-up output, exit words
     logs/hypeman.log                what Ember did (one stamped line per operation)
+    memory.ram                      guest RAM (a shared file mapping, sparse): kept across
+                                    standby, so a save writes only device state
+    standby/                        the standby snapshot, while the instance is in Standby
+        vmstate                     QEMU's migration stream (device state; all RAM when
+                                    the VM ran without memory.ram)
+        manifest.json               what the restore needs (kernel, initrd, memory mode)
+        memory.ram.zst|.lz4         memory.ram compressed in the background
 <runtime_dir>/<id>/                 only while a VMM runs; short path for Unix sockets
     qmp.sock  agent.sock  vmm.pid
 ```
@@ -36,6 +43,25 @@ class InstanceLayout:
     @property
     def config(self) -> Path:
         return self.dir / "config.disk"
+
+    @property
+    def memory(self) -> Path:
+        return self.dir / "memory.ram"
+
+    @property
+    def standby(self) -> Path:
+        return self.dir / "standby"
+
+    @property
+    def standby_state(self) -> Path:
+        return self.standby / "vmstate"
+
+    @property
+    def standby_manifest(self) -> Path:
+        return self.standby / "manifest.json"
+
+    def compressed_memory(self, algorithm: str) -> Path:
+        return self.standby / f"memory.ram.{'zst' if algorithm == 'zstd' else algorithm}"
 
     @property
     def vmm_output(self) -> Path:

@@ -17,19 +17,23 @@ from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
 from ember.ids import is_id
-from ember.instances import create, delete, monitor, start, stop
+from ember.instances import create, delete, monitor, mounts, start, stop
+from ember.instances.attachments import VolumeAttachments
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
 from ember.instances.layout import Layout
 from ember.instances.logs import LogSource, read_log
 from ember.instances.models import InstanceRecord
+from ember.instances.networking import NetworkLease
 from ember.instances.plan import HostLimits
 from ember.instances.request import CreateInstanceRequest
 from ember.instances.resources import InstanceResource, Resources
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
+from ember.network import Lease, NetworkManager
 from ember.store import Repository, Store
 from ember.system import BootArtifacts
+from ember.volumes import Attachment, VolumeManager
 
 log = logging.getLogger("ember.instances")
 
@@ -43,20 +47,29 @@ class InstanceManager:
         images: RootDiskSource,
         hypervisors: Hypervisors,
         system: Callable[[], BootArtifacts],
-        resources: list[InstanceResource],
+        network: NetworkManager | None,
+        volumes: VolumeManager,
+        resources: list[InstanceResource] | None = None,
     ) -> None:
-        """`resources` are what other domains lend an instance (network lease, volumes),
-        acquired after its own files and root disk, released before them."""
+        """`network` is None when networking is off on this server. What an instance
+        holds is acquired in this order and released in reverse: its files, its root
+        disk, its network lease, its volume attachments, then `resources`."""
         layout = Layout(settings.data_dir / "instances", settings.runtime_dir)
+        held: list[InstanceResource] = [InstanceFiles(layout), RootDisk(images)]
+        if network is not None:
+            held.append(NetworkLease(network))
+        held.append(VolumeAttachments(volumes))
+        self.network, self.volumes = network, volumes
         self.core = InstanceCore(
             repo=Repository(store, "instances", InstanceRecord, "instance"),
             settings=settings,
             layout=layout,
             hypervisors=hypervisors,
             images=images,
-            resources=Resources([InstanceFiles(layout), RootDisk(images), *resources]),
+            resources=Resources([*held, *(resources or [])]),
             limits=HostLimits.detect(settings.max_vcpus),
             system=system,
+            networking=network is not None,
         )
 
     # ---- server lifecycle ------------------------------------------------------------
@@ -131,6 +144,20 @@ class InstanceManager:
             raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
         return record, agent
 
+    def lease(self, record: InstanceRecord) -> Lease | None:
+        """The instance's network lease (None: no network)."""
+        return self.network.lease(record.id) if self.network is not None else None
+
+    async def network_counters(self, record: InstanceRecord) -> tuple[int, int]:
+        """(rx, tx) bytes as the guest sees them; zeros without a network device."""
+        if self.lease(record) is None or self.network is None:
+            return 0, 0
+        counters = await asyncio.to_thread(self.network.counters, record.id)
+        return counters or (0, 0)
+
+    def attachments(self, record: InstanceRecord) -> list[Attachment]:
+        return self.volumes.attachments_of(record.id)
+
     def stats(self, ref: str) -> tuple[InstanceRecord, ProcessStats]:
         """What the VMM process spends now (zeros while no VMM runs)."""
         record = self.get(ref)
@@ -171,3 +198,13 @@ class InstanceManager:
 
     async def delete(self, ref: str, *, graceful: bool = False) -> None:
         await delete.delete(self.core, self.get(ref).id, graceful=graceful)
+
+    async def attach_volume(
+        self, ref: str, volume: str, mount_path: str, *, readonly: bool = False
+    ) -> InstanceRecord:
+        return await mounts.attach_volume(
+            self.core, self.volumes, self.get(ref).id, volume, mount_path, readonly=readonly
+        )
+
+    async def detach_volume(self, ref: str, volume: str) -> InstanceRecord:
+        return await mounts.detach_volume(self.core, self.volumes, self.get(ref).id, volume)

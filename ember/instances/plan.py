@@ -14,8 +14,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.errors import InvalidArgument
-from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork
-from ember.hypervisor import DiskSpec, Hypervisors, VMSpec
+from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork, GuestVolume
+from ember.hypervisor import DiskSpec, Hypervisors, NicSpec, VMSpec
 from ember.ids import is_id
 from ember.images.models import ImageRecord
 from ember.instances.layout import InstanceLayout
@@ -25,6 +25,7 @@ from ember.instances.request import CreateInstanceRequest, NetworkRequest, Volum
 from ember.system import BootArtifacts
 from ember.units import format_size, parse_rate, parse_size
 from ember.validation import validate_env, validate_name, validate_tags
+from ember.volumes.mounts import validate_mount_path
 
 # Below this the guest kernel and initrd do not fit: the VM dies before its init runs.
 MIN_MEMORY_BYTES = 128 << 20
@@ -89,6 +90,7 @@ def plan_create(
     image: ImageRecord,
     hypervisors: Hypervisors,
     limits: HostLimits,
+    networking: bool,
 ) -> CreatePlan:
     """Validate the whole request against the image and host; InvalidArgument on the first
     field that cannot be honoured."""
@@ -151,7 +153,7 @@ def plan_create(
     guest_config(record).to_record()
     return CreatePlan(
         record=record,
-        network=_network(request.network),
+        network=_network(request.network, networking),
         volumes=tuple(_volume(i, v) for i, v in enumerate(request.volumes or ())),
     )
 
@@ -174,7 +176,15 @@ def _memory(value: str, limits: HostLimits) -> int:
     return memory
 
 
-def _network(request: NetworkRequest | None) -> NetworkPlan | None:
+def _network(request: NetworkRequest | None, networking: bool) -> NetworkPlan | None:
+    """The instance's network; with networking off on this server, only an explicit
+    `enabled: true` is refused (the default, like `enabled: false`, means none)."""
+    if not networking:
+        if request is not None and "enabled" in request.model_fields_set and request.enabled:
+            raise InvalidArgument(
+                "network.enabled: networking is turned off on this server (EMBER_NETWORK_ENABLED)"
+            )
+        request = NetworkRequest(enabled=False)
     request = request or NetworkRequest()
     if not request.enabled:
         if request.bandwidth_download or request.bandwidth_upload:
@@ -203,7 +213,10 @@ def _volume(index: int, request: VolumeMountRequest) -> VolumePlan:
     if request.overlay_size and not request.overlay:
         raise InvalidArgument(f"{where}.overlay_size: only with `overlay: true`")
     overlay = _size(request.overlay_size, f"{where}.overlay_size") if request.overlay_size else None
-    return VolumePlan(request.volume_id, request.mount_path, request.readonly, overlay)
+    if overlay is not None and overlay < MIN_OVERLAY_BYTES:
+        raise InvalidArgument(f"{where}.overlay_size: at least {format_size(MIN_OVERLAY_BYTES)}")
+    mount_path = validate_mount_path(request.mount_path, field=f"{where}.mount_path")
+    return VolumePlan(request.volume_id, mount_path, request.readonly, overlay)
 
 
 def image_config(image: ImageRecord) -> GuestConfig:
@@ -216,8 +229,10 @@ def image_config(image: ImageRecord) -> GuestConfig:
     )
 
 
-def guest_config(record: InstanceRecord, network: GuestNetwork | None = None) -> GuestConfig:
-    """What the guest runs: the request merged over the image config as `docker run` does."""
+def guest_config(record: InstanceRecord, devices: BootDevices | None = None) -> GuestConfig:
+    """What the guest runs: the request merged over the image config as `docker run` does,
+    with the network and volumes of this boot."""
+    devices = devices or BootDevices()
     image = record.image_config or GuestConfig()
     entrypoint = record.entrypoint if record.entrypoint is not None else image.entrypoint
     if record.cmd is not None:
@@ -232,7 +247,8 @@ def guest_config(record: InstanceRecord, network: GuestNetwork | None = None) ->
         )
     return image.model_copy(
         update={"entrypoint": entrypoint, "cmd": cmd, "env": {**image.env, **record.env},
-                "hostname": record.name, "network": network}
+                "hostname": record.name, "network": devices.network,
+                "volumes": list(devices.volumes)}
     )  # fmt: skip
 
 
@@ -241,16 +257,16 @@ class BootDevices:
     """What the resources an instance holds add to one boot of its VM."""
 
     disks: tuple[DiskSpec, ...] = ()
-    tap: str | None = None
-    mac: str | None = None
+    nics: tuple[NicSpec, ...] = ()
     network: GuestNetwork | None = None
+    volumes: tuple[GuestVolume, ...] = ()
 
     def merge(self, other: BootDevices) -> BootDevices:
         return BootDevices(
             disks=self.disks + other.disks,
-            tap=other.tap or self.tap,
-            mac=other.mac or self.mac,
+            nics=self.nics + other.nics,
             network=other.network or self.network,
+            volumes=self.volumes + other.volumes,
         )
 
 
@@ -281,8 +297,7 @@ def vm_spec(
         qmp_socket=layout.qmp,
         pid_file=layout.pid_file,
         disks=disks,
-        tap=devices.tap,
-        mac=devices.mac,
+        nics=list(devices.nics),
         name=record.name,
         vmm_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,

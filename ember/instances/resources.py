@@ -27,6 +27,10 @@ class InstanceResource:
 
     name = "resource"
 
+    def check(self, plan: CreatePlan) -> None:
+        """Before any side effect of a create: refuse what this resource cannot give
+        (queries only, no change)."""
+
     async def acquire(self, plan: CreatePlan, layout: InstanceLayout) -> None:
         """At create, before the first boot."""
 
@@ -49,6 +53,10 @@ class Resources:
 
     def __init__(self, resources: Sequence[InstanceResource]) -> None:
         self._resources = tuple(resources)
+
+    def check(self, plan: CreatePlan) -> None:
+        for resource in self._resources:
+            resource.check(plan)
 
     async def acquire(self, plan: CreatePlan, layout: InstanceLayout) -> None:
         held: list[InstanceResource] = []

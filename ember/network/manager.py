@@ -231,8 +231,9 @@ class NetworkManager:
         )
 
     def resolve(self, name: str) -> str | None:
-        """The address of the instance called ``name`` (for the DNS responder)."""
-        lease = self.leases.by_name(name)
+        """The address of the instance called ``name``, or whose id it is (for the DNS
+        responder: an ingress rule may name its instance either way)."""
+        lease = self.leases.by_name(name) or self.leases.get(name)
         return lease.ip if lease else None
 
     def dns_server(self) -> DnsServer:

@@ -14,6 +14,7 @@ import httpx
 
 from ember.api.auth import load_or_create_secret, mint_token
 from ember.system import DEFAULT_SYSTEM_DIR
+from ember.testkit.netns import in_netns
 from ember.testkit.registry_server import free_port
 
 
@@ -22,6 +23,7 @@ class EmberServer:
     data_dir: Path
     port: int = field(default_factory=free_port)
     env: dict[str, str] = field(default_factory=dict)
+    netns: str | None = None  # run inside this network namespace (`ip netns add`)
     process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -38,23 +40,34 @@ class EmberServer:
             "EMBER_LISTEN": f"127.0.0.1:{self.port}",
             # Boot artifacts are shared: `make setup` prepares them once for every data dir.
             "EMBER_SYSTEM_DIR": os.environ.get("EMBER_SYSTEM_DIR", str(DEFAULT_SYSTEM_DIR)),
+            # Servers in the host's namespace run without guest networking: a test that
+            # needs it runs its server inside a namespace it made (see `netns`).
+            "EMBER_NETWORK_ENABLED": "true" if self.netns else "false",
             **self.env,
         }
         self.data_dir.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.data_dir.parent / f"ember-{self.port}.log", "ab")  # noqa: SIM115
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "ember.cli.main", "serve"], env=env, stdout=log, stderr=log
-        )
+        command = [sys.executable, "-m", "ember.cli.main", "serve"]
+        if self.netns:
+            command = ["ip", "netns", "exec", self.netns, *command]
+        self.process = subprocess.Popen(command, env=env, stdout=log, stderr=log)
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"ember serve exited with {self.process.returncode}")
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return self
-            except httpx.HTTPError:
-                time.sleep(0.1)
+            if self._healthy():
+                return self
+            time.sleep(0.1)
         raise TimeoutError("ember serve did not become healthy")
+
+    def _healthy(self) -> bool:
+        def probe() -> bool:
+            try:
+                return httpx.get(f"{self.url}/health", timeout=1).status_code == 200
+            except httpx.HTTPError:
+                return False
+
+        return in_netns(self.netns, probe) if self.netns else probe()
 
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:

@@ -31,6 +31,7 @@ BUSYBOX = Path("/bin/busybox")
 BUSYBOX_APPLETS = (
     "sh", "echo", "cat", "env", "sleep", "ls", "id", "pwd", "true", "false", "mkdir", "rm",
     "touch", "sha256sum", "head", "dd", "wc", "kill", "ps", "uname", "hostname", "grep", "test",
+    "nc", "ping", "nslookup", "httpd", "ip",
 )  # fmt: skip
 HELLO_SOURCE = Path(__file__).with_name("hello.c")
 CACHE_DIR = Path("/var/cache/ember-testkit")

@@ -302,6 +302,11 @@ class VolumeManager:
         if cur.rowcount == 0:
             raise NotFound(f"volume {volume.name!r} is not attached to instance {instance_id!r}")
 
+    def attached_instance_ids(self) -> set[str]:
+        """Every instance that has an attachment (to release those of deleted instances)."""
+        rows = self.store.query("SELECT DISTINCT instance_id FROM volume_attachments")
+        return {row["instance_id"] for row in rows}
+
     def release_instance(self, instance_id: str) -> None:
         """Drop every attachment of a deleted instance (idempotent)."""
         with self.store.transaction() as conn:

@@ -10,7 +10,7 @@ import pytest
 
 from ember.network import NetworkManager, NetworkSettings
 from ember.store import Store
-from tests.network.netns import netns
+from ember.testkit.netns import netns
 
 if os.geteuid() != 0:
     pytest.skip("network tests need root (namespaces, bridges, nftables)", allow_module_level=True)

@@ -14,8 +14,8 @@ import dns.rdatatype
 import dns.reversename
 
 from ember.network.dns import DnsResolver, DnsServer, resolv_conf_upstreams
+from ember.testkit.netns import in_netns
 from tests.network.conftest import make_manager
-from tests.network.netns import in_netns
 
 WEB_ID = "w" + "1" * 23
 UPSTREAM = ("127.0.0.1", 5300)

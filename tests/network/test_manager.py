@@ -11,8 +11,8 @@ import pytest
 
 from ember.errors import InvalidArgument, Unavailable
 from ember.network import NetworkSettings, links, nft, parse_limits, shaping
+from ember.testkit.netns import in_netns, sh
 from tests.network.conftest import make_manager
-from tests.network.netns import in_netns, sh
 
 ID_A = "a" + "1" * 23
 ID_B = "b" + "2" * 23

@@ -23,8 +23,8 @@ from ember.hypervisor.base import DiskSpec, NicSpec, VMHandle, VMSpec
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.network import Lease, NetworkManager
 from ember.system import BootArtifacts, prepare
+from ember.testkit.netns import in_netns, netns
 from tests.network.conftest import make_manager
-from tests.network.netns import in_netns, netns
 
 pytestmark = pytest.mark.vm
 SYSTEM_DIR = Path("/var/lib/ember/system")

@@ -19,7 +19,7 @@ from ember.guest.config import (
     write_config_disk,
 )
 from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
-from ember.hypervisor import DiskSpec, VMSpec, resolve_hypervisors
+from ember.hypervisor import DiskSpec, NicSpec, VMSpec, resolve_hypervisors
 from ember.hypervisor.accel import detect_accel, host_tsc_khz
 from ember.hypervisor.qemu import build_command
 from ember.system.kernel import load_order
@@ -112,8 +112,7 @@ def test_qemu_command_line(tmp_path: Path) -> None:
         vcpus=2,
         serial_log=tmp_path / "a,b.log",
         disks=[DiskSpec(tmp_path / "root", "ember-root", readonly=True, bps_limit=1000)],
-        tap="tap0",
-        mac="02:00:00:00:00:01",
+        nics=[NicSpec("tap0", "02:00:00:00:00:01")],
     )
     cmd = build_command(spec, "kvm")
     joined = " ".join(cmd)

@@ -140,6 +140,7 @@ async def stat_path(
 )
 async def instance_stats(ref: InstanceRef, svc: ServicesDep) -> InstanceStats:
     record, usage = svc.instances.stats(ref)
+    rx, tx = await svc.instances.network_counters(record)
     return InstanceStats(
         instance_id=record.id,
         instance_name=record.name,
@@ -149,6 +150,8 @@ async def instance_stats(ref: InstanceRef, svc: ServicesDep) -> InstanceStats:
         memory_rss_bytes=usage.rss_bytes,
         memory_vms_bytes=usage.vms_bytes,
         memory_utilization_ratio=round(usage.rss_bytes / record.memory_bytes, 4),
+        network_rx_bytes=rx,
+        network_tx_bytes=tx,
     )
 
 

@@ -5,19 +5,30 @@ from __future__ import annotations
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import BaseModel, SerializerFunctionWrapHandler, model_serializer
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    StrictBool,
+    StrictStr,
+    model_serializer,
+)
 
 from ember.api.deps import ServicesDep
 from ember.api.query import tag_filter
+from ember.api.services import Services
 from ember.errors import InvalidArgument
 from ember.hypervisor import HypervisorName
 from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
 from ember.instances.logs import LogSource
+from ember.network import Lease
 from ember.units import format_size, parse_duration
+from ember.volumes import Attachment
 
 router = APIRouter(prefix="/instances", tags=["instances"])
 InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
@@ -26,17 +37,77 @@ StateName = Literal[
 ]
 
 
-class NetworkInfo(BaseModel):
+class OmitsUnsetStrings(BaseModel):
+    """An answer whose listed fields the spec types as plain strings (not nullable): they are
+    left out when unset rather than sent as null."""
+
+    omit_when_unset: ClassVar[tuple[str, ...]] = ()
+
+    @model_serializer(mode="wrap")
+    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data: dict[str, Any] = handler(self)
+        for key in self.omit_when_unset:
+            if data.get(key) is None:
+                data.pop(key, None)
+        return data
+
+
+class NetworkInfo(OmitsUnsetStrings):
+    omit_when_unset = ("name", "bandwidth_download", "bandwidth_upload")
+
     enabled: bool = False
+    name: str | None = None
+    ip: str | None = None
+    mac: str | None = None
+    bandwidth_download: str | None = None
+    bandwidth_upload: str | None = None
+
+    @classmethod
+    def of(cls, lease: Lease | None) -> NetworkInfo:
+        if lease is None:
+            return cls(enabled=False)
+        return cls(
+            enabled=True,
+            name="default",
+            ip=lease.ip,
+            mac=lease.mac,
+            bandwidth_download=_rate(lease.download_rate),
+            bandwidth_upload=_rate(lease.upload_rate),
+        )
 
 
-# The spec types these as strings, not nullable: omitted from the answer when unset.
-OMIT_WHEN_UNSET = ("hotplug_size", "disk_io_bps", "exit_message", "size", "overlay_size")
+class VolumeMount(BaseModel):
+    volume_id: str
+    mount_path: str
+    readonly: bool = False
+    overlay: bool = False
+    overlay_size: str | None = None
+
+    @classmethod
+    def of(cls, attachment: Attachment) -> VolumeMount:
+        size = attachment.overlay_size_bytes
+        return cls(
+            volume_id=attachment.volume_id,
+            mount_path=attachment.mount_path,
+            readonly=attachment.readonly,
+            overlay=attachment.overlay,
+            overlay_size=format_size(size) if size else None,
+        )
 
 
-class Instance(BaseModel):
-    """The instance answer. String fields the spec types as non-nullable are omitted when
-    unset (see `dump`), never sent as null."""
+class AttachVolumeRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    mount_path: StrictStr = Field(description="Absolute path in the guest")
+    readonly: StrictBool = False
+
+
+def _rate(bytes_per_second: int | None) -> str | None:
+    return f"{format_size(bytes_per_second)}/s" if bytes_per_second else None
+
+
+class Instance(OmitsUnsetStrings):
+    omit_when_unset = ("hotplug_size", "disk_io_bps", "exit_message", "size", "overlay_size")
 
     id: str
     name: str
@@ -53,6 +124,7 @@ class Instance(BaseModel):
     tags: dict[str, str] | None = None
     hypervisor: HypervisorName | None = None
     network: NetworkInfo | None = None
+    volumes: list[VolumeMount] = []
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     exit_code: int | None = None
@@ -61,16 +133,13 @@ class Instance(BaseModel):
     platform: str | None = None
     expires_at: datetime | None = None  # null: no automatic expiry
 
-    @model_serializer(mode="wrap")
-    def _omit_unset_strings(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for key in OMIT_WHEN_UNSET:
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
-
     @classmethod
-    def of(cls, record: InstanceRecord) -> Instance:
+    def of(
+        cls,
+        record: InstanceRecord,
+        lease: Lease | None = None,
+        attachments: list[Attachment] | None = None,
+    ) -> Instance:
         return cls(
             **record.model_dump(
                 include={
@@ -94,9 +163,14 @@ class Instance(BaseModel):
             size=format_size(record.memory_bytes),
             hotplug_size=format_size(record.hotplug_bytes) if record.hotplug_bytes else None,
             overlay_size=format_size(record.overlay_bytes),
-            disk_io_bps=f"{format_size(record.disk_io_bps)}/s" if record.disk_io_bps else None,
-            network=NetworkInfo(enabled=False),
+            disk_io_bps=_rate(record.disk_io_bps),
+            network=NetworkInfo.of(lease),
+            volumes=[VolumeMount.of(a) for a in attachments or []],
         )
+
+
+def answer(svc: Services, record: InstanceRecord) -> Instance:
+    return Instance.of(record, svc.instances.lease(record), svc.instances.attachments(record))
 
 
 class WaitResponse(BaseModel):
@@ -110,7 +184,7 @@ MAX_WAIT_SECONDS = 300.0
 
 @router.post("", status_code=201, response_model=Instance, summary="Create and start an instance")
 async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
-    return Instance.of(await svc.instances.create(body))
+    return answer(svc, await svc.instances.create(body))
 
 
 @router.get("", response_model=list[Instance], summary="List instances")
@@ -118,12 +192,12 @@ async def list_instances(
     request: Request, svc: ServicesDep, state: StateName | None = None
 ) -> list[Instance]:
     records = svc.instances.find(state=State(state) if state else None, tags=tag_filter(request))
-    return [Instance.of(record) for record in records]
+    return [answer(svc, record) for record in records]
 
 
 @router.get("/{id}", response_model=Instance, summary="Get an instance")
 async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
-    return Instance.of(svc.instances.get(ref))
+    return answer(svc, svc.instances.get(ref))
 
 
 @router.patch("/{id}", response_model=Instance, summary="Update an instance's policies")
@@ -141,7 +215,7 @@ async def update_instance(ref: InstanceRef, svc: ServicesDep, request: Request) 
         names = ", ".join(sorted(body))
         message = f"{names}: cannot be updated on this server yet"
         raise InvalidArgument(message, code="not_supported")
-    return Instance.of(record)
+    return answer(svc, record)
 
 
 @router.delete("/{id}", status_code=204, summary="Stop and delete an instance")
@@ -158,7 +232,7 @@ async def delete_instance(
 
 @router.post("/{id}/stop", response_model=Instance, summary="Stop gracefully, then force")
 async def stop_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
-    return Instance.of(await svc.instances.stop(ref))
+    return answer(svc, await svc.instances.stop(ref))
 
 
 @router.post("/{id}/start", response_model=Instance, summary="Start a stopped instance")
@@ -166,7 +240,7 @@ async def start_instance(
     ref: InstanceRef, svc: ServicesDep, body: StartInstanceRequest | None = None
 ) -> Instance:
     body = body or StartInstanceRequest()
-    return Instance.of(await svc.instances.start(ref, cmd=body.cmd, entrypoint=body.entrypoint))
+    return answer(svc, await svc.instances.start(ref, cmd=body.cmd, entrypoint=body.entrypoint))
 
 
 @router.get("/{id}/wait", response_model=WaitResponse, summary="Wait for a state")
@@ -206,3 +280,26 @@ async def instance_logs(
         media_type="text/event-stream",
         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
     )
+
+
+@router.post(
+    "/{id}/volumes/{volume_id}",
+    response_model=Instance,
+    summary="Attach a volume to a stopped instance",
+)
+async def attach_volume(
+    ref: InstanceRef, volume_id: str, body: AttachVolumeRequest, svc: ServicesDep
+) -> Instance:
+    record = await svc.instances.attach_volume(
+        ref, volume_id, body.mount_path, readonly=body.readonly
+    )
+    return answer(svc, record)
+
+
+@router.delete(
+    "/{id}/volumes/{volume_id}",
+    response_model=Instance,
+    summary="Detach a volume from a stopped instance",
+)
+async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> Instance:
+    return answer(svc, await svc.instances.detach_volume(ref, volume_id))

@@ -1,0 +1,54 @@
+"""The volumes an instance mounts, as an instance resource.
+
+Attachments are recorded at create (the sharing rules are checked atomically
+by the volume manager), plugged in as extra disks at each boot (with a
+private overlay disk per `overlay: true` attachment, made on first boot) and
+dropped at delete. The volumes themselves outlive the instance.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+from ember.instances.layout import InstanceLayout
+from ember.instances.models import InstanceRecord
+from ember.instances.plan import BootDevices, CreatePlan
+from ember.instances.resources import InstanceResource
+from ember.volumes import VolumeManager
+
+
+class VolumeAttachments(InstanceResource):
+    name = "volume attachments"
+
+    def __init__(self, volumes: VolumeManager) -> None:
+        self.volumes = volumes
+
+    def check(self, plan: CreatePlan) -> None:
+        for volume in plan.volumes:
+            self.volumes.get(volume.volume)  # 404 for a volume that does not exist
+
+    async def acquire(self, plan: CreatePlan, layout: InstanceLayout) -> None:
+        record = plan.record
+        for volume in plan.volumes:
+            self.volumes.attach(
+                volume.volume, record.id, record.name, volume.mount_path,
+                readonly=volume.readonly, overlay=volume.overlay_bytes is not None,
+                overlay_size=volume.overlay_bytes,
+            )  # fmt: skip
+
+    async def release(self, record: InstanceRecord, layout: InstanceLayout) -> None:
+        self.volumes.release_instance(record.id)
+
+    async def attach(self, record: InstanceRecord, layout: InstanceLayout) -> BootDevices:
+        attachments = self.volumes.attachments_of(record.id)
+        if not attachments:
+            return BootDevices()
+        await asyncio.to_thread(self.volumes.prepare_overlay_disks, attachments, layout.dir)
+        return BootDevices(
+            disks=tuple(self.volumes.plan_disks(attachments, layout.dir)),
+            volumes=tuple(self.volumes.guest_mounts(attachments)),
+        )
+
+    def sweep(self, live_ids: set[str]) -> None:
+        for instance_id in self.volumes.attached_instance_ids() - live_ids:
+            self.volumes.release_instance(instance_id)
