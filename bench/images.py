@@ -81,7 +81,10 @@ def main() -> None:
         name = f"{registry.host}/bench/big:v1"
         print(f"image: {image.size / 2**20:.1f} MiB in {len(image.blobs) - 1} layers")
 
-        baseline_times, plain_times, ember_times, again_times = [], [], [], []
+        baseline_times: list[float] = []
+        plain_times: list[float] = []
+        ember_times: list[float] = []
+        again_times: list[float] = []
         for run in range(args.runs):
             for lz4, times in ((True, baseline_times), (False, plain_times)):
                 work = root / f"baseline-{run}"

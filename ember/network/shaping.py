@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pyroute2.netlink.exceptions import NetlinkError  # type: ignore[import-untyped]
+from pyroute2.netlink.exceptions import NetlinkError
 
 from ember.network import links
 

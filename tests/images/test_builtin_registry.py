@@ -93,6 +93,7 @@ def test_registry_errors_and_auth(shared_server: EmberServer, http: httpx.Client
     assert http.head(f"/v2/bad/upload/blobs/{wrong}").status_code == 404
 
 
+@pytest.mark.vm  # boots the pushed image
 def test_pushed_image_runs(shared_server: EmberServer) -> None:
     image = build_image(
         [busybox_layer(), {"greeting.txt": file("pushed and booted\n")}],

@@ -6,11 +6,12 @@ import ctypes
 import json
 import subprocess
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
 from ember.errors import InvalidArgument, Unavailable
-from ember.network import NetworkSettings, links, nft, parse_limits, shaping
+from ember.network import Lease, NetworkSettings, links, nft, parse_limits, shaping
 from ember.testkit.netns import in_netns, sh
 from tests.network.conftest import make_manager
 
@@ -25,6 +26,36 @@ def link_names() -> set[str]:
 
 def nft_tables() -> list[str]:
     return [line.strip() for line in sh("nft list tables").splitlines()]
+
+
+# What each scenario brings back out of its namespace's child process.
+class PlugResult(TypedDict):
+    tap: str
+    same_device: bool
+    link: str
+    qdisc_tap: str
+    class_tap: str
+    plain_qdisc: str
+    names: set[str]
+    counters: tuple[int, int] | None
+
+
+class UninstallResult(TypedDict):
+    after_unplug: set[str]
+    lease_kept: bool
+    removed: list[str]
+    names: set[str]
+    tables: list[str]
+    forwarding: str
+    leases: list[Lease | None]
+    qdiscs: str
+
+
+class AdoptResult(TypedDict):
+    adopted: list[str]
+    same: bool
+    shaping: dict[str, object]
+    names: set[str]
 
 
 def test_open_is_idempotent_and_leaves_other_tables_alone(ns: str, db: Path) -> None:
@@ -141,7 +172,7 @@ def test_settings_are_validated() -> None:
 
 
 def test_plug_makes_an_isolated_shaped_tap(ns: str, db: Path) -> None:
-    def scenario() -> dict[str, object]:
+    def scenario() -> PlugResult:
         manager = make_manager(db)
         manager.open()
         lease = manager.allocate(ID_A, "web", 2_000_000, 1_000_000)
@@ -180,14 +211,14 @@ def test_plug_makes_an_isolated_shaped_tap(ns: str, db: Path) -> None:
     assert "rate 16Mbit" in shaped["tap_class"]  # 2 MB/s download
 
     result = in_netns(ns, scenario)
-    link = str(result["link"])
+    link = result["link"]
     assert "master ember0" in link and "isolated on" in link and "tun type tap" in link
     assert "persist on" in link and ",UP>" in link  # up (no carrier until QEMU opens it)
     assert result["same_device"]
-    assert "htb 1:" in str(result["qdisc_tap"]) and "rate 24Mbit" in str(result["class_tap"])
-    assert "ingress" not in str(result["qdisc_tap"])  # upload limit dropped...
+    assert "htb 1:" in result["qdisc_tap"] and "rate 24Mbit" in result["class_tap"]
+    assert "ingress" not in result["qdisc_tap"]  # upload limit dropped...
     assert "ifb-a1111111111" not in result["names"]  # ...and its IFB with it
-    assert "htb" not in str(result["plain_qdisc"]) and "ifb-b2222222222" not in result["names"]
+    assert "htb" not in result["plain_qdisc"] and "ifb-b2222222222" not in result["names"]
     assert result["counters"] == (0, 0)
 
 
@@ -199,7 +230,7 @@ def _ifindex(name: str) -> int:
 
 
 def test_unplug_and_uninstall_leave_nothing(ns: str, db: Path) -> None:
-    def scenario() -> dict[str, object]:
+    def scenario() -> UninstallResult:
         sh("nft add table inet other")
         manager = make_manager(db)
         manager.open()
@@ -227,7 +258,7 @@ def test_unplug_and_uninstall_leave_nothing(ns: str, db: Path) -> None:
     assert r["tables"] == ["table inet other"]
     assert r["forwarding"] == "0"  # Ember turned it on, so uninstall turned it off
     assert r["leases"] == [None, None]
-    assert "htb" not in str(r["qdiscs"]) and "ingress" not in str(r["qdiscs"])
+    assert "htb" not in r["qdiscs"] and "ingress" not in r["qdiscs"]
     assert "nft table inet ember" in r["removed"] and "ember0" in r["removed"]
 
 
@@ -243,7 +274,7 @@ def test_uninstall_keeps_forwarding_it_did_not_enable(ns: str, db: Path) -> None
 
 
 def test_adopt_keeps_live_taps_and_removes_strays(ns: str, db: Path) -> None:
-    def scenario() -> dict[str, object]:
+    def scenario() -> AdoptResult:
         manager = make_manager(db)
         manager.open()
         lease = manager.allocate(ID_A, "a", 1_000_000, 1_000_000)
@@ -264,7 +295,7 @@ def test_adopt_keeps_live_taps_and_removes_strays(ns: str, db: Path) -> None:
 
     r = in_netns(ns, scenario)
     assert r["adopted"] == [ID_A] and r["same"]
-    assert r["shaping"]["rate"] == 1_000_000 and r["shaping"]["ingress"]  # type: ignore[index]
+    assert r["shaping"]["rate"] == 1_000_000 and r["shaping"]["ingress"]
     assert "tap-zzzzzzzzzzz" not in r["names"] and "tap-notours" in r["names"]
 
 

@@ -14,6 +14,7 @@ import subprocess
 import time
 import urllib.request
 from pathlib import Path
+from typing import TypedDict
 
 import pytest
 
@@ -55,6 +56,24 @@ nslookup vm.ember.internal
 echo guest-ready
 while true; do nc -l -p 5001 > /dev/null; done
 """
+
+
+class ShapedResult(TypedDict):
+    """What the first scenario brings back out of its namespace's child process."""
+
+    ping: int
+    ping_out: str
+    hello: bytes
+    download: float
+    upload: float
+    counters: tuple[int, int] | None
+    serial: str
+    ip: str
+
+
+class IsolationResult(TypedDict):
+    probe: str
+    host_reaches_target: bool
 
 
 @pytest.fixture(scope="module")
@@ -139,9 +158,7 @@ async def _boot(
     return await hv.start(spec), spec
 
 
-async def _scenario(
-    db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
-) -> dict[str, object]:
+async def _scenario(db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path) -> ShapedResult:
     manager = make_manager(db, dns_upstream=[])
     manager.open()
     lease = manager.allocate(VM_ID, "vm", RATE, RATE)
@@ -185,13 +202,14 @@ def test_vm_is_reachable_resolves_its_name_and_is_shaped(
     print(f"download {r['download']:.0f} B/s, upload {r['upload']:.0f} B/s (limit {RATE})")
     assert r["ping"] == 0, r["ping_out"]
     assert r["hello"] == b"hello-from-guest\n"
-    serial = str(r["serial"])
+    serial = r["serial"]
     # The guest's resolver is the gateway, where Ember's DNS answers the instance's name.
     assert f"Address: {r['ip']}" in serial.split("guest-ready")[0], serial[-2000:]
     # Shaped within 20% of the limit (shaping queues, so it does not fall far below).
-    assert 0.8 * RATE <= float(r["download"]) <= 1.2 * RATE  # type: ignore[arg-type]
-    assert 0.8 * RATE <= float(r["upload"]) <= 1.2 * RATE  # type: ignore[arg-type]
-    rx, tx = r["counters"]  # type: ignore[misc]
+    assert 0.8 * RATE <= r["download"] <= 1.2 * RATE
+    assert 0.8 * RATE <= r["upload"] <= 1.2 * RATE
+    assert r["counters"] is not None
+    rx, tx = r["counters"]
     assert rx >= DOWNLOAD_BYTES and tx >= BLOB_MB << 20  # the guest's point of view
 
 
@@ -223,7 +241,7 @@ sleep 600
 
 async def _isolation_scenario(
     db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path, outside: str
-) -> dict[str, object]:
+) -> IsolationResult:
     # The host namespace's uplink: a veth to the "outside" namespace.
     for command in (
         f"ip link add veth-up type veth peer name veth-out netns {outside}",
@@ -241,7 +259,7 @@ async def _isolation_scenario(
     hv = QemuHypervisor(detect_accel("auto"))
     target = manager.allocate("t" + "1" * 23, "target")
     probe = manager.allocate("p" + "2" * 23, "probe")
-    handles = []
+    handles: list[VMHandle] = []
     try:
         for lease in (target, probe):
             manager.plug(lease)
@@ -279,7 +297,7 @@ def test_guests_are_isolated_and_reach_out_through_nat(
         r = in_netns(
             ns, lambda: asyncio.run(_isolation_scenario(db, tmp_path, artifacts, rootfs, outside))
         )
-    probe = str(r["probe"])
+    probe = r["probe"]
     assert "PING-OTHER-FAIL" in probe and "HTTP-OTHER-FAIL" in probe, probe[-2000:]
     assert "PING-GW-OK" in probe, probe[-2000:]
     assert "outside: peer=198.51.100.1" in probe, probe[-2000:]  # masqueraded

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
+from hypeman.types import IngressRuleParam
 
 from ember.ingress import admin_socket_path
 from ember.testkit.ember_server import EmberServer
@@ -49,7 +50,7 @@ def server() -> Iterator[EmberServer]:
 def test_create_list_get_delete_with_the_official_client(server: EmberServer) -> None:
     client = Hypeman(base_url=server.url, api_key=server.token())
     http_port, tls_port = free_port(), free_port()
-    rule = {
+    rule: IngressRuleParam = {
         "match": {"hostname": "{instance}.apps.test", "port": http_port},
         "target": {"instance": "{instance}", "port": 8080},
     }
@@ -60,9 +61,14 @@ def test_create_list_get_delete_with_the_official_client(server: EmberServer) ->
 
     secure = client.ingresses.create(
         name="secure",
-        rules=[{**rule, "match": {"hostname": "{app}.tls.test", "port": tls_port},
-                "target": {"instance": "{app}", "port": 8443}, "tls": True}],
-    )  # fmt: skip
+        rules=[
+            {
+                "match": {"hostname": "{app}.tls.test", "port": tls_port},
+                "target": {"instance": "{app}", "port": 8443},
+                "tls": True,
+            }
+        ],
+    )
     assert [i.name for i in client.ingresses.list()] == ["apps", "secure"]
     assert [i.name for i in client.ingresses.list(tags={"team": "a"})] == ["apps"]
     assert client.ingresses.get("apps").id == created.id
