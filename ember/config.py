@@ -77,6 +77,14 @@ class Settings(BaseSettings):
     # bodies itself: `/v2/` blob uploads and volume archives.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
 
+    # --- snapshots (ember/instances/standby.py, ember/snapshots) ---
+    # Standby memory compression when neither the request nor the instance's
+    # snapshot_policy says: "none", "zstd[:level]" (1-19) or "lz4[:level]" (0-9).
+    snapshot_compression: str = "none"
+    # Seconds between a standby and the start of its compression (request and policy win).
+    snapshot_compression_delay_seconds: float = Field(default=0.0, ge=0)
+    # --- end snapshots ---
+
     @property
     def system_path(self) -> Path:
         return self.system_dir or self.data_dir / "system"

@@ -226,6 +226,12 @@ class AgentClient:
         """Send a signal to the workload (SIGTERM = graceful stop)."""
         await self._request(MsgType.SIGNAL, encode_record({"signal": signum}), timeout)
 
+    async def set_time(self, when: float | None = None, timeout: float = 5.0) -> None:
+        """Set the guest's wall clock (default: the host's now), which lags after a restore."""
+        now = time.time_ns() if when is None else int(when * 1e9)
+        record = encode_record({"sec": now // 1_000_000_000, "nsec": now % 1_000_000_000})
+        await self._request(MsgType.SET_TIME, record, timeout)
+
     async def exec(
         self,
         argv: list[str],

@@ -13,8 +13,8 @@
     standby/                        the standby snapshot, while the instance is in Standby
         vmstate                     QEMU's migration stream (device state; all RAM when
                                     the VM ran without memory.ram)
-        manifest.json               what the restore needs (kernel, initrd, memory mode)
-        memory.ram.zst|.lz4         memory.ram compressed in the background
+        memory.ram.zst|.lz4         the memory payload (memory.ram, or vmstate when it
+        vmstate.zst|.lz4            holds the RAM) compressed in the background
 <runtime_dir>/<id>/                 only while a VMM runs; short path for Unix sockets
     qmp.sock  agent.sock  vmm.pid
 ```
@@ -56,12 +56,9 @@ class InstanceLayout:
     def standby_state(self) -> Path:
         return self.standby / "vmstate"
 
-    @property
-    def standby_manifest(self) -> Path:
-        return self.standby / "manifest.json"
-
-    def compressed_memory(self, algorithm: str) -> Path:
-        return self.standby / f"memory.ram.{'zst' if algorithm == 'zstd' else algorithm}"
+    def compressed(self, payload: Path, algorithm: str) -> Path:
+        """Where the standby's memory payload (`memory` or `standby_state`) goes compressed."""
+        return self.standby / f"{payload.name}.{'zst' if algorithm == 'zstd' else algorithm}"
 
     @property
     def vmm_output(self) -> Path:

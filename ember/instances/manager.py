@@ -17,7 +17,7 @@ from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
 from ember.ids import is_id
-from ember.instances import create, delete, monitor, mounts, start, stop
+from ember.instances import create, delete, monitor, mounts, restore, standby, start, stop
 from ember.instances.attachments import VolumeAttachments
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
@@ -31,6 +31,7 @@ from ember.instances.resources import InstanceResource, Resources
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
 from ember.network import Lease, NetworkManager
+from ember.snapshots.compression import BackgroundJobs, CompressionConfig
 from ember.store import Repository, Store
 from ember.system import BootArtifacts
 from ember.volumes import Attachment, VolumeManager
@@ -71,6 +72,8 @@ class InstanceManager:
             system=system,
             networking=network is not None,
         )
+        # Background compression of standby snapshots, one job per instance.
+        self.snapshot_jobs = BackgroundJobs()
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -85,6 +88,7 @@ class InstanceManager:
                     await delete.discard(core, record)
                 else:
                     await monitor.adopt(core, record)
+                    standby.recover(core, core.current(record.id))
             except Exception as exc:
                 log.exception("cannot adopt instance", extra={"instance": record.id})
                 message = f"cannot adopt the VM after a server restart: {exc}"
@@ -93,6 +97,7 @@ class InstanceManager:
 
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
+        await self.snapshot_jobs.close()  # a standby keeps its raw memory then
         for task in self.core.monitors.values():
             task.cancel()
         for task in list(self.core.monitors.values()):
@@ -197,7 +202,27 @@ class InstanceManager:
         return await stop.stop(self.core, self.get(ref).id)
 
     async def delete(self, ref: str, *, graceful: bool = False) -> None:
-        await delete.delete(self.core, self.get(ref).id, graceful=graceful)
+        record_id = self.get(ref).id
+        await self.snapshot_jobs.cancel(record_id)  # before its files go
+        await delete.delete(self.core, record_id, graceful=graceful)
+
+    async def standby(
+        self,
+        ref: str,
+        *,
+        compression: CompressionConfig | None = None,
+        compression_delay: str | None = None,
+    ) -> InstanceRecord:
+        return await standby.standby(
+            self.core,
+            self.snapshot_jobs,
+            self.get(ref).id,
+            compression=compression,
+            compression_delay=compression_delay,
+        )
+
+    async def restore(self, ref: str) -> InstanceRecord:
+        return await restore.restore(self.core, self.snapshot_jobs, self.get(ref).id)
 
     async def attach_volume(
         self, ref: str, volume: str, mount_path: str, *, readonly: bool = False

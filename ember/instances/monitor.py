@@ -76,8 +76,11 @@ def _exited(record: InstanceRecord, status: AgentStatus) -> None:
 
 async def finish_stop(core: InstanceCore, instance_id: str) -> None:
     """The VMM is gone: record how the workload ended, settle in Stopped, let go of the
-    boot's resources."""
+    boot's resources. A VMM that a standby brought down leaves the instance in Standby."""
     paths = core.paths(instance_id)
+    if core.current(instance_id).state == State.STANDBY:
+        await _finish_standby(core, instance_id)
+        return
     exit_record = read_exit_record(paths.config) if paths.config.exists() else None
     requested = instance_id in core.stopping
     record = core.current(instance_id)
@@ -92,6 +95,15 @@ async def finish_stop(core: InstanceCore, instance_id: str) -> None:
         record = core.update(instance_id, lambda r: _assign(r, fields))
     else:
         record = core.transition(instance_id, State.STOPPED, message or "no exit status", **fields)
+    core.hypervisor(record).collect_output(paths.vmm_output, paths.log(LogSource.VMM))
+    await core.resources.detach(record, paths)
+    paths.memory.unlink(missing_ok=True)  # the guest RAM of a VM that will not come back
+
+
+async def _finish_standby(core: InstanceCore, instance_id: str) -> None:
+    """The saved VM's VMM is gone: the snapshot stays, the boot's resources go."""
+    paths = core.paths(instance_id)
+    record = core.update(instance_id, lambda r: setattr(r, "pid", None))
     core.hypervisor(record).collect_output(paths.vmm_output, paths.log(LogSource.VMM))
     await core.resources.detach(record, paths)
 
@@ -113,10 +125,16 @@ async def await_monitor(core: InstanceCore, instance_id: str) -> None:
 
 async def adopt(core: InstanceCore, record: InstanceRecord) -> None:
     """After a server restart: follow a VMM still alive, settle one that is gone."""
-    if record.state not in ACTIVE and record.state != State.UNKNOWN:
-        return
     paths = core.paths(record.id)
     hypervisor = core.hypervisor(record)
+    if record.state == State.STANDBY and record.pid is not None:
+        # The server died between a standby's save and the end of its VMM: the state is
+        # saved, so that (paused) VMM can go.
+        await hypervisor.quit(paths.handle(record.pid))
+        await finish_stop(core, record.id)
+        return
+    if record.state not in ACTIVE and record.state != State.UNKNOWN:
+        return
     if record.pid is not None and hypervisor.is_alive(paths.handle(record.pid)):
         core.event(record.id, f"adopted running VMM (pid {record.pid}) after server restart")
         watch(core, record, paths.handle(record.pid))

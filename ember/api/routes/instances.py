@@ -27,6 +27,7 @@ from ember.hypervisor import HypervisorName
 from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
 from ember.instances.logs import LogSource
 from ember.network import Lease
+from ember.snapshots.compression import CompressionConfig
 from ember.units import format_size, parse_duration
 from ember.volumes import Attachment
 
@@ -166,6 +167,7 @@ class Instance(OmitsUnsetStrings):
             disk_io_bps=_rate(record.disk_io_bps),
             network=NetworkInfo.of(lease),
             volumes=[VolumeMount.of(a) for a in attachments or []],
+            has_snapshot=record.standby is not None,
         )
 
 
@@ -241,6 +243,37 @@ async def start_instance(
 ) -> Instance:
     body = body or StartInstanceRequest()
     return answer(svc, await svc.instances.start(ref, cmd=body.cmd, entrypoint=body.entrypoint))
+
+
+class StandbyRequest(BaseModel):
+    """Hypeman's `InstanceStandbyParams`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    compression: CompressionConfig | None = None
+    compression_delay: str | None = None  # Go duration, e.g. "30s"
+
+
+@router.post(
+    "/{id}/standby",
+    response_model=Instance,
+    summary="Put in standby (pause, save memory and device state, stop the VMM)",
+)
+async def standby_instance(
+    ref: InstanceRef, svc: ServicesDep, body: StandbyRequest | None = None
+) -> Instance:
+    body = body or StandbyRequest()
+    record = await svc.instances.standby(
+        ref, compression=body.compression, compression_delay=body.compression_delay
+    )
+    return answer(svc, record)
+
+
+@router.post(
+    "/{id}/restore", response_model=Instance, summary="Restore from standby (resume the VM)"
+)
+async def restore_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
+    return answer(svc, await svc.instances.restore(ref))
 
 
 @router.get("/{id}/wait", response_model=WaitResponse, summary="Wait for a state")

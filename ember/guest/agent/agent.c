@@ -50,7 +50,7 @@
 
 enum {
     T_HELLO = 0x01, T_HELLO_ACK = 0x02, T_STATUS = 0x03, T_READY = 0x04, T_EXIT = 0x05,
-    T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_ERROR = 0x0F,
+    T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_SET_TIME = 0x09, T_ERROR = 0x0F,
     T_EXEC_START = 0x10, T_EXEC_STARTED = 0x11, T_STDIN = 0x12, T_STDOUT = 0x13,
     T_STDERR = 0x14, T_RESIZE = 0x15, T_EXEC_EXIT = 0x16, T_CREDIT = 0x17, T_STAT = 0x20,
 };
@@ -770,6 +770,18 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
     send_json(T_STATUS, ch, buf);
 }
 
+/* After a restore the guest's wall clock lags by the time it spent saved: the host
+ * sends its own time (sec=, nsec=) and the guest takes it. */
+static void set_time(uint32_t ch, struct kv *req)
+{
+    const char *sec = kv_get(req, "sec"), *nsec = kv_get(req, "nsec");
+    if (!sec) { send_error(ch, "missing sec"); return; }
+    struct timespec ts = {.tv_sec = (time_t)strtoll(sec, NULL, 10),
+                          .tv_nsec = nsec ? strtol(nsec, NULL, 10) : 0};
+    if (clock_settime(CLOCK_REALTIME, &ts) < 0) { send_error(ch, strerror(errno)); return; }
+    send_json(T_STATUS, ch, "{}");
+}
+
 static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
 {
     char buf[2048];
@@ -799,6 +811,10 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
     case T_SIGNAL:
         kv_parse((char *)p, n, &req);
         handle_signal_req(ch, &req);
+        break;
+    case T_SET_TIME:
+        kv_parse((char *)p, n, &req);
+        set_time(ch, &req);
         break;
     case T_EXEC_START:
         kv_parse((char *)p, n, &req);

@@ -1,0 +1,1 @@
+"""Snapshots: standby memory compression, named snapshots and forks (see README.md)."""
