@@ -9,7 +9,8 @@ BIN := $(VENV)/bin
 export EMBER_DATA_DIR ?= /var/lib/ember
 export EMBER_SYSTEM_DIR ?= /var/lib/ember/system
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static erofs-utils e2fsprogs kmod cpio \
-	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl debootstrap
+	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl debootstrap \
+	wrk iperf3
 
 .PHONY: setup run test lint typecheck unit clean-venv
 

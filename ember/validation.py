@@ -55,9 +55,9 @@ def validate_env(env: dict[str, str] | None) -> dict[str, str]:
     """
     for key, value in (env or {}).items():
         if not key or "=" in key or "\0" in key:
-            raise InvalidArgument(f"invalid environment variable name {key!r}")
+            raise InvalidArgument(f"env: invalid environment variable name {key!r}")
         if "\0" in value:
-            raise InvalidArgument(f"environment variable {key} contains a NUL byte")
+            raise InvalidArgument(f"env: environment variable {key} contains a NUL byte")
     return dict(env or {})
 
 

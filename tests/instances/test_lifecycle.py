@@ -11,7 +11,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypeman import BadRequestError, ConflictError, Hypeman, InternalServerError, NotFoundError
+from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
 
 from ember.testkit import build_image, busybox_layer
 from ember.testkit.ember_server import EmberServer

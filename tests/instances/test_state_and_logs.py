@@ -40,8 +40,8 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text, field="timeout")
 
 
-async def collect(path: Path, **kwargs: object) -> list[str]:
-    return [line async for line in read_log(path, **kwargs)]  # type: ignore[arg-type]
+async def collect(path: Path, *, tail: int, follow: bool = False) -> list[str]:
+    return [line async for line in read_log(path, tail=tail, follow=follow)]
 
 
 async def test_tail_returns_last_complete_lines(tmp_path: Path) -> None:
