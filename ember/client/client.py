@@ -1,26 +1,28 @@
 """`EmberClient`: thin, typed wrappers over the HTTP API (answers are plain dicts).
 
 The official `hypeman` client works against Ember too; this one exists so the
-CLI needs nothing beyond httpx and covers Ember's own additions.
+CLI needs nothing beyond httpx and websockets and covers Ember's own additions.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 from urllib.parse import quote
 
 import httpx
 
-from ember.config import DEFAULT_LISTEN
+from ember.client.config import ClientConfig, config_from_env
 
 JSON = dict[str, Any]
 
 
 class ApiError(Exception):
+    """An error answer of the API (Hypeman's `{code, message}` body), or no answer at all
+    (`status` 0: the server could not be reached)."""
+
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(f"{message} ({code}, HTTP {status})")
         self.status, self.code, self.message = status, code, message
@@ -30,27 +32,67 @@ def _quote(name: str) -> str:
     return quote(name, safe="")
 
 
+def error_of(status: int, body: bytes) -> ApiError:
+    """The ApiError an error answer describes (its JSON body, or its text)."""
+    text = body.decode(errors="replace").strip()
+    try:
+        decoded = json.loads(body)
+    except ValueError:
+        decoded = None
+    if isinstance(decoded, dict):
+        message = decoded.get("message") or decoded.get("detail") or text
+        errors = decoded.get("errors")  # the registry's (distribution) error shape
+        if not decoded.get("message") and isinstance(errors, list) and errors:
+            first = errors[0]
+            return ApiError(status, str(first.get("code", "error")), str(first.get("message")))
+        return ApiError(status, str(decoded.get("code", "error")), str(message))
+    return ApiError(status, "error", text or f"HTTP {status}")
+
+
 class EmberClient:
     def __init__(
-        self, base_url: str | None = None, token: str | None = None, timeout: float = 60
+        self,
+        base_url: str | None = None,
+        token: str | None = None,
+        timeout: float = 60,
+        *,
+        config: ClientConfig | None = None,
     ) -> None:
-        base_url = base_url or os.environ.get("EMBER_URL") or f"http://{DEFAULT_LISTEN}"
-        token = token if token is not None else os.environ.get("EMBER_TOKEN", "")
-        headers = {"Authorization": f"Bearer {token}"} if token else {}
-        self.http = httpx.Client(base_url=base_url, headers=headers, timeout=timeout)
+        config = config or config_from_env()
+        self.base_url = (base_url or config.base_url).rstrip("/")
+        self.token = token if token is not None else (config.api_key or "")
+        headers = {"Authorization": f"Bearer {self.token}"} if self.token else {}
+        self.http = httpx.Client(base_url=self.base_url, headers=headers, timeout=timeout)
 
     def close(self) -> None:
         self.http.close()
 
-    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = self.http.request(method, path, **kwargs)
+    def __enter__(self) -> EmberClient:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def auth_headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"} if self.token else {}
+
+    def unreachable(self, exc: Exception) -> ApiError:
+        reason = str(exc) or type(exc).__name__
+        return ApiError(0, "unreachable", f"cannot reach Ember at {self.base_url}: {reason}")
+
+    def request(self, method: str, path: str, **kwargs: Any) -> httpx.Response:
+        """One request; ApiError for an error answer or no answer."""
+        try:
+            response = self.http.request(method, path, **kwargs)
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from exc
         if response.status_code >= 400:
-            try:
-                body = response.json()
-                code, message = body.get("code", "error"), body.get("message", response.text)
-            except ValueError:
-                code, message = "error", response.text
-            raise ApiError(response.status_code, code, message)
+            raise error_of(response.status_code, response.content)
+        return response
+
+    def _call(self, method: str, path: str, **kwargs: Any) -> Any:
+        response = self.request(method, path, **kwargs)
         return response.json() if response.content else None
 
     # ---- health and images -----------------------------------------------------------
@@ -106,29 +148,130 @@ class EmberClient:
         result: list[JSON] = self._call("GET", "/instances", params=params)
         return result
 
-    def instance_action(self, ref: str, action: str) -> JSON:
-        result: JSON = self._call("POST", f"/instances/{_quote(ref)}/{action}")
+    def instance_action(self, ref: str, action: str, body: JSON | None = None) -> JSON:
+        """POST /instances/{ref}/{action}: stop, start, standby, restore, fork."""
+        kwargs: JSON = {} if body is None else {"json": body}
+        result: JSON = self._call("POST", f"/instances/{_quote(ref)}/{action}", **kwargs)
         return result
 
-    def delete_instance(self, ref: str) -> None:
-        self._call("DELETE", f"/instances/{_quote(ref)}")
+    def delete_instance(self, ref: str, *, graceful: bool = False) -> None:
+        params = {"graceful_shutdown": "true"} if graceful else {}
+        self._call("DELETE", f"/instances/{_quote(ref)}", params=params)
 
     def wait(self, ref: str, state: str, timeout: str = "60s") -> JSON:
         params = {"state": state, "timeout": timeout}
-        result: JSON = self._call("GET", f"/instances/{_quote(ref)}/wait", params=params)
+        # The server holds the answer up to `timeout` (at most 5 minutes).
+        result: JSON = self._call(
+            "GET", f"/instances/{_quote(ref)}/wait", params=params, timeout=330
+        )
+        return result
+
+    def stats(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/instances/{_quote(ref)}/stats")
+        return result
+
+    def stat_path(self, ref: str, path: str, *, follow_links: bool = False) -> JSON:
+        params = {"path": path, "follow_links": str(follow_links).lower()}
+        result: JSON = self._call("GET", f"/instances/{_quote(ref)}/stat", params=params)
         return result
 
     def logs(
         self, ref: str, *, source: str = "app", tail: int = 100, follow: bool = False
     ) -> Iterator[str]:
+        """Log lines (Server-Sent Events, one JSON string per `data:` line)."""
         params = {"source": source, "tail": str(tail), "follow": str(follow).lower()}
-        with self.http.stream(
-            "GET", f"/instances/{_quote(ref)}/logs", params=params, timeout=None
-        ) as response:
-            if response.status_code >= 400:
-                response.read()
-                body = response.json()
-                raise ApiError(response.status_code, body["code"], body["message"])
-            for line in response.iter_lines():
-                if line.startswith("data: "):
-                    yield str(json.loads(line[6:]))
+        path = f"/instances/{_quote(ref)}/logs"
+        try:
+            with self.http.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    raise error_of(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        yield str(json.loads(line[6:]))
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    # ---- snapshots (the official client's shapes) ------------------------------------
+
+    def create_snapshot(self, ref: str, kind: str, name: str | None = None) -> JSON:
+        body: JSON = {"kind": kind, **({"name": name} if name else {})}
+        result: JSON = self._call("POST", f"/instances/{_quote(ref)}/snapshots", json=body)
+        return result
+
+    def restore_snapshot(self, ref: str, snapshot: str, target_state: str | None = None) -> JSON:
+        body: JSON = {"target_state": target_state} if target_state else {}
+        path = f"/instances/{_quote(ref)}/snapshots/{_quote(snapshot)}/restore"
+        result: JSON = self._call("POST", path, json=body)
+        return result
+
+    def snapshots(self, **filters: str) -> list[JSON]:
+        params = {key: value for key, value in filters.items() if value}
+        result: list[JSON] = self._call("GET", "/snapshots", params=params)
+        return result
+
+    def snapshot(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/snapshots/{_quote(ref)}")
+        return result
+
+    def delete_snapshot(self, ref: str) -> None:
+        self._call("DELETE", f"/snapshots/{_quote(ref)}")
+
+    def fork_snapshot(self, ref: str, name: str, target_state: str | None = None) -> JSON:
+        body: JSON = {"name": name, **({"target_state": target_state} if target_state else {})}
+        result: JSON = self._call("POST", f"/snapshots/{_quote(ref)}/fork", json=body)
+        return result
+
+    # ---- volumes ---------------------------------------------------------------------
+
+    def create_volume(self, name: str, size_gb: int) -> JSON:
+        result: JSON = self._call("POST", "/volumes", json={"name": name, "size_gb": size_gb})
+        return result
+
+    def volume_from_archive(self, name: str, size_gb: int, data: Iterable[bytes]) -> JSON:
+        params = {"name": name, "size_gb": str(size_gb)}
+        headers = {"Content-Type": "application/gzip"}
+        result: JSON = self._call(
+            "POST", "/volumes/from-archive", params=params, content=data, headers=headers,
+            timeout=None,
+        )  # fmt: skip
+        return result
+
+    def volumes(self) -> list[JSON]:
+        result: list[JSON] = self._call("GET", "/volumes")
+        return result
+
+    def volume(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/volumes/{_quote(ref)}")
+        return result
+
+    def delete_volume(self, ref: str) -> None:
+        self._call("DELETE", f"/volumes/{_quote(ref)}")
+
+    # ---- ingresses -------------------------------------------------------------------
+
+    def create_ingress(
+        self, name: str, rules: list[JSON], tags: dict[str, str] | None = None
+    ) -> JSON:
+        body: JSON = {"name": name, "rules": rules, **({"tags": tags} if tags else {})}
+        result: JSON = self._call("POST", "/ingresses", json=body)
+        return result
+
+    def ingresses(self, tags: dict[str, str] | None = None) -> list[JSON]:
+        # Hypeman's tag filter: deepObject style, tags[key]=value.
+        params = {f"tags[{key}]": value for key, value in (tags or {}).items()}
+        result: list[JSON] = self._call("GET", "/ingresses", params=params)
+        return result
+
+    def ingress(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/ingresses/{_quote(ref)}")
+        return result
+
+    def delete_ingress(self, ref: str) -> None:
+        self._call("DELETE", f"/ingresses/{_quote(ref)}")
+
+    # ---- WebSockets (exec and cp live in ember.client.streams) ------------------------
+
+    def websocket_url(self, ref: str, kind: str) -> str:
+        scheme, _, rest = self.base_url.partition("://")
+        ws_scheme = "wss" if scheme == "https" else "ws"
+        return f"{ws_scheme}://{rest}/instances/{_quote(ref)}/{kind}"

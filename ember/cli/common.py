@@ -1,0 +1,163 @@
+"""What every command shares: the Typer app, consoles, errors, the client, JSON output."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any, NoReturn
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+
+from ember.client import ApiError, EmberClient
+from ember.client.config import ClientConfig, config_from_env
+from ember.client.push import SourceError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    help="Ember: run OCI images as QEMU microVMs.",
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+console = Console(highlight=False)
+# stderr keeps stdout clean for --json readers; soft_wrap keeps an error on one line.
+errors = Console(stderr=True, highlight=False, soft_wrap=True)
+
+# Exit codes: 1 for an error, 2 for a bad command line (click's); `run` and `exec` pass
+# the workload's code on, so their own failures use 125 as docker does.
+EXIT_ERROR = 1
+EXIT_USAGE = 2
+EXIT_EMBER = 125
+
+JsonOption = typer.Option(False, "--json", help="Print machine-readable JSON.")
+
+
+class CliError(Exception):
+    """A failure to report as one line on stderr."""
+
+    def __init__(self, message: str, code: int = EXIT_ERROR) -> None:
+        super().__init__(message)
+        self.message, self.code = message, code
+
+
+def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
+    one_line = "; ".join(part.strip() for part in message.splitlines() if part.strip())
+    errors.print(f"[red]error:[/red] {escape(one_line)}")
+    raise typer.Exit(code)
+
+
+def describe(exc: ApiError, config: ClientConfig) -> str:
+    """One line for an API error, with what to do about it when that is known."""
+    if exc.status == 0:
+        hint = (
+            f" (set EMBER_BASE_URL, now {config.base_url_source})"
+            if config.base_url_source != "default"
+            else " (is `ember serve` running? set EMBER_BASE_URL for another server)"
+        )
+        return exc.message + hint
+    if exc.status == 401:
+        where = f"the key in {config.api_key_source}" if config.api_key_source else "no API key"
+        return (
+            f"{exc.message}: {where} was refused; set EMBER_API_KEY "
+            "(`ember token` on the server host mints one)"
+        )
+    return exc.message
+
+
+def local_token(config: ClientConfig) -> str | None:
+    """A short-lived token signed with a local server's secret, when this user can read it
+    (root on the server host): the same trust as reading the server's database."""
+    if config.api_key or not config.is_local:
+        return None
+    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
+    from ember.config import Settings
+
+    secret_path = Settings().data_dir / SECRET_FILE
+    if not os.access(secret_path, os.R_OK):
+        return None
+
+    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
+
+
+def make_client(timeout: float = 60) -> tuple[EmberClient, ClientConfig]:
+    config = config_from_env()
+    token = config.api_key or local_token(config)
+    return EmberClient(config.base_url, token or "", timeout, config=config), config
+
+
+@contextmanager
+def client(code: int = EXIT_ERROR) -> Iterator[EmberClient]:
+    """A client; any API, source or local file error ends the command with one line."""
+    api, config = make_client()
+    try:
+        yield api
+    except ApiError as exc:
+        fail(describe(exc, config), code)
+    except (CliError, SourceError) as exc:
+        fail(str(exc), getattr(exc, "code", code))
+    except OSError as exc:
+        fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", code)
+    finally:
+        api.close()
+
+
+def emit_json(value: Any) -> None:
+    typer.echo(json.dumps(value, indent=2, default=str))
+
+
+STATUS_COLOURS = {
+    "ready": "green", "failed": "red", "Running": "green", "Stopped": "dim",
+    "Standby": "cyan", "Paused": "cyan", "Shutdown": "dim", "Unknown": "red",
+}  # fmt: skip
+
+
+def coloured(value: str) -> str:
+    colour = STATUS_COLOURS.get(value, "yellow")
+    return f"[{colour}]{escape(value)}[/{colour}]"
+
+
+def short_id(value: str) -> str:
+    return value[:12]
+
+
+def parse_pairs(items: list[str], what: str) -> dict[str, str]:
+    """KEY=VALUE items (for env, `KEY` alone takes this shell's value, as docker does)."""
+    pairs: dict[str, str] = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            if what == "env" and key in os.environ:
+                value = os.environ[key]
+            else:
+                raise CliError(f"--{what} {item!r}: expected KEY=VALUE", EXIT_USAGE)
+        pairs[key] = value
+    return pairs
+
+
+def human_bytes(count: int | None) -> str:
+    if count is None:
+        return ""
+    value = float(count)
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if value < 1024 or unit == "GiB":
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+        value /= 1024
+    return f"{value:.1f} GiB"
+
+
+def ago(timestamp: str | None) -> str:
+    """'3 minutes ago' for an ISO timestamp, as docker ps says it."""
+    if not timestamp:
+        return ""
+    from datetime import UTC, datetime
+
+    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    seconds = int((datetime.now(UTC) - then).total_seconds())
+    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+        if seconds >= size:
+            count = seconds // size
+            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+    return "just now"

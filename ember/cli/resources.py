@@ -1,0 +1,314 @@
+"""Volumes, ingresses and snapshots: `ember volume|ingress|snapshot create|ls|inspect|rm`."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from ember.cli.common import (
+    EXIT_USAGE,
+    CliError,
+    JsonOption,
+    ago,
+    app,
+    client,
+    coloured,
+    console,
+    emit_json,
+    errors,
+    human_bytes,
+    parse_pairs,
+    short_id,
+)
+from ember.cli.progress import byte_bar
+
+volume_app = typer.Typer(no_args_is_help=True, help="Persistent volumes.")
+ingress_app = typer.Typer(no_args_is_help=True, help="HTTP(S) routes from host ports to instances.")
+snapshot_app = typer.Typer(no_args_is_help=True, help="Instance snapshots.")
+app.add_typer(volume_app, name="volume", rich_help_panel="Resources")
+app.add_typer(ingress_app, name="ingress", rich_help_panel="Resources")
+app.add_typer(snapshot_app, name="snapshot", rich_help_panel="Resources")
+
+
+def table(*headers: str) -> Table:
+    return Table(*headers, box=None, header_style="bold")
+
+
+def show_one(value: dict[str, Any], as_json: bool, line: str) -> None:
+    if as_json:
+        emit_json(value)
+    else:
+        console.print(line)
+
+
+# ---- volumes ---------------------------------------------------------------------------
+
+
+def volume_line(volume: dict[str, Any]) -> str:
+    status = volume.get("status", "")
+    return f"{volume['name']} {short_id(volume['id'])} {volume['size_gb']} GiB {status}"
+
+
+@volume_app.command("create")
+def volume_create(
+    name: str = typer.Argument(..., help="Volume name."),
+    size: int = typer.Option(1, "--size", "-s", help="Size in GiB."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create an empty volume."""
+    with client() as api:
+        volume = api.create_volume(name, size)
+    show_one(volume, as_json, f"created {volume_line(volume)}")
+
+
+def _read_chunks(stream: Any, step: Any) -> Iterator[bytes]:
+    while chunk := stream.read(1024 * 1024):
+        step(len(chunk))
+        yield chunk
+
+
+@volume_app.command("from-archive")
+def volume_from_archive(
+    name: str = typer.Argument(..., help="Volume name."),
+    archive: str = typer.Argument(..., help="A .tar.gz file, or - for stdin."),
+    size: int = typer.Option(1, "--size", "-s", help="Most the content may take, in GiB."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a volume holding a tar.gz archive's content."""
+    with client() as api:
+        if archive == "-":
+            stream, total = sys.stdin.buffer, None
+        else:
+            path = Path(archive)
+            stream, total = path.open("rb"), path.stat().st_size
+        show = not as_json and errors.is_terminal
+        with stream, byte_bar(errors, f"upload {archive}", total, show=show) as step:
+            volume = api.volume_from_archive(name, size, _read_chunks(stream, step))
+    show_one(volume, as_json, f"created {volume_line(volume)}")
+
+
+@volume_app.command("ls")
+def volume_ls(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List volumes."""
+    with client() as api:
+        rows = api.volumes()
+    if as_json:
+        emit_json(rows)
+        return
+    if quiet:
+        for row in rows:
+            typer.echo(row["id"])
+        return
+    out = table("ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "CREATED")
+    for row in rows:
+        attached = ", ".join(
+            f"{short_id(a['instance_id'])}:{a['mount_path']}{' (ro)' if a['readonly'] else ''}"
+            for a in row.get("attachments") or []
+        )
+        out.add_row(short_id(row["id"]), row["name"], f"{row['size_gb']} GiB",
+                    row.get("status", ""), attached, ago(row.get("created_at")))  # fmt: skip
+    console.print(out)
+
+
+@volume_app.command("inspect")
+def volume_inspect(ref: str = typer.Argument(..., help="Volume name or id.")) -> None:
+    """Show a volume as JSON."""
+    with client() as api:
+        emit_json(api.volume(ref))
+
+
+@volume_app.command("rm")
+def volume_rm(refs: list[str] = typer.Argument(..., help="Volume names or ids.")) -> None:
+    """Delete volumes (refused while attached)."""
+    with client() as api:
+        for ref in refs:
+            api.delete_volume(ref)
+            console.print(f"deleted {ref}")
+
+
+# ---- ingresses -------------------------------------------------------------------------
+
+
+def rule_text(rule: dict[str, Any]) -> str:
+    scheme = "https" if rule.get("tls") else "http"
+    match, target = rule["match"], rule["target"]
+    where = f"{scheme}://{match['hostname']}:{match.get('port')}"
+    return f"{where} -> {target['instance']}:{target['port']}"
+
+
+@ingress_app.command("create")
+def ingress_create(
+    instance: str = typer.Argument(..., help="Target instance (name or id)."),
+    port: int = typer.Option(..., "--port", "-p", help="Port the instance listens on."),
+    hostname: str = typer.Option(
+        ..., "--hostname", "-H", help="Host header to match; {instance}.example.com patterns work."
+    ),
+    host_port: int | None = typer.Option(
+        None, "--host-port", help="Host port to listen on (default 80, or 443 with --tls)."
+    ),
+    tls: bool = typer.Option(False, "--tls", help="Terminate TLS."),
+    redirect_http: bool = typer.Option(False, "--redirect-http", help="Redirect port 80 to HTTPS."),
+    name: str | None = typer.Option(None, "--name", help="Ingress name (default from hostname)."),
+    tag: list[str] = typer.Option([], "--tag", help="KEY=VALUE (repeatable)."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Route HTTP(S) for a hostname on a host port to an instance's port."""
+    match: dict[str, Any] = {"hostname": hostname}
+    if host_port is not None:
+        match["port"] = host_port
+    rule = {"match": match, "target": {"instance": instance, "port": port},
+            "tls": tls, "redirect_http": redirect_http}  # fmt: skip
+    default = "".join(c if c.isalnum() else "-" for c in hostname.lower()).strip("-")[:63]
+    with client() as api:
+        ingress = api.create_ingress(name or default, [rule], parse_pairs(tag, "tag") or None)
+    rules = "; ".join(rule_text(r) for r in ingress["rules"])
+    show_one(ingress, as_json, f"created {ingress['name']} {short_id(ingress['id'])}: {rules}")
+
+
+@ingress_app.command("ls")
+def ingress_ls(
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List ingresses."""
+    with client() as api:
+        rows = api.ingresses()
+    if as_json:
+        emit_json(rows)
+        return
+    if quiet:
+        for row in rows:
+            typer.echo(row["id"])
+        return
+    out = table("ID", "NAME", "RULES", "CREATED")
+    for row in rows:
+        rules = "\n".join(rule_text(rule) for rule in row["rules"])
+        out.add_row(short_id(row["id"]), row["name"], rules, ago(row.get("created_at")))
+    console.print(out)
+
+
+@ingress_app.command("inspect")
+def ingress_inspect(ref: str = typer.Argument(..., help="Ingress name, id or id prefix.")) -> None:
+    """Show an ingress as JSON."""
+    with client() as api:
+        emit_json(api.ingress(ref))
+
+
+@ingress_app.command("rm")
+def ingress_rm(refs: list[str] = typer.Argument(..., help="Ingress names or ids.")) -> None:
+    """Delete ingresses."""
+    with client() as api:
+        for ref in refs:
+            api.delete_ingress(ref)
+            console.print(f"deleted {ref}")
+
+
+# ---- snapshots -------------------------------------------------------------------------
+
+KINDS = ("Standby", "Stopped")
+
+
+def snapshot_line(snap: dict[str, Any]) -> str:
+    label = snap.get("name") or short_id(snap["id"])
+    return (f"{label} ({short_id(snap['id'])}) of {snap.get('source_instance_name')} "
+            f"{snap.get('kind')} {human_bytes(snap.get('size_bytes'))}")  # fmt: skip
+
+
+@snapshot_app.command("create")
+def snapshot_create(
+    instance: str = typer.Argument(..., help="Instance to snapshot."),
+    name: str | None = typer.Option(None, "--name", help="Snapshot name."),
+    kind: str = typer.Option("Standby", "--kind", help="Standby (memory too) or Stopped."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Snapshot an instance."""
+    if kind not in KINDS:
+        raise_usage(f"--kind {kind!r}: use Standby or Stopped")
+    with client() as api:
+        snap = api.create_snapshot(instance, kind, name)
+    show_one(snap, as_json, f"created {snapshot_line(snap)}")
+
+
+@snapshot_app.command("ls")
+def snapshot_ls(
+    instance: str | None = typer.Option(None, "--instance", help="Only this instance's."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
+    as_json: bool = JsonOption,
+) -> None:
+    """List snapshots."""
+    with client() as api:
+        source = api.instance(instance)["id"] if instance else ""
+        rows = api.snapshots(source_instance_id=source)
+    if as_json:
+        emit_json(rows)
+        return
+    if quiet:
+        for row in rows:
+            typer.echo(row["id"])
+        return
+    out = table("ID", "NAME", "INSTANCE", "KIND", "SIZE", "CREATED")
+    for row in rows:
+        out.add_row(short_id(row["id"]), row.get("name") or "", row.get("source_instance_name", ""),
+                    coloured(str(row.get("kind"))), human_bytes(row.get("size_bytes")),
+                    ago(row.get("created_at")))  # fmt: skip
+    console.print(out)
+
+
+@snapshot_app.command("inspect")
+def snapshot_inspect(ref: str = typer.Argument(..., help="Snapshot id.")) -> None:
+    """Show a snapshot as JSON."""
+    with client() as api:
+        emit_json(api.snapshot(ref))
+
+
+@snapshot_app.command("rm")
+def snapshot_rm(refs: list[str] = typer.Argument(..., help="Snapshot ids.")) -> None:
+    """Delete snapshots."""
+    with client() as api:
+        for ref in refs:
+            api.delete_snapshot(ref)
+            console.print(f"deleted {ref}")
+
+
+@snapshot_app.command("restore")
+def snapshot_restore(
+    instance: str = typer.Argument(..., help="Instance to restore."),
+    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    target_state: str | None = typer.Option(
+        None, "--target-state", help="Stopped, Standby or Running."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Restore an instance from one of its snapshots."""
+    with client() as api:
+        result = api.restore_snapshot(instance, snapshot, target_state)
+    show_one(result, as_json, f"{coloured(result['state'])} {result['name']}")
+
+
+@snapshot_app.command("fork")
+def snapshot_fork(
+    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    name: str = typer.Argument(..., help="Name of the new instance."),
+    target_state: str | None = typer.Option(
+        None, "--target-state", help="Stopped, Standby or Running."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Create a new instance from a snapshot."""
+    with client() as api:
+        result = api.fork_snapshot(snapshot, name, target_state)
+    show_one(result, as_json, f"{coloured(result['state'])} {result['name']} {result['id']}")
+
+
+def raise_usage(message: str) -> None:
+    raise_error = CliError(message, EXIT_USAGE)
+    errors.print(f"[red]error:[/red] {raise_error.message}")
+    raise typer.Exit(EXIT_USAGE)

@@ -1,0 +1,63 @@
+"""Where the API is and which key to send, from the environment.
+
+Ember's own names come first, then Hypeman's (so a Hypeman user's shell works
+unchanged), then the names earlier Ember versions read.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+DEFAULT_BASE_URL = "http://127.0.0.1:4973"
+BASE_URL_VARS = ("EMBER_BASE_URL", "HYPEMAN_BASE_URL", "EMBER_URL")
+API_KEY_VARS = ("EMBER_API_KEY", "HYPEMAN_API_KEY", "EMBER_TOKEN")
+LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    base_url: str
+    api_key: str | None
+    # Which variable each came from, for error messages ("set EMBER_API_KEY").
+    base_url_source: str = "default"
+    api_key_source: str | None = None
+
+    @property
+    def is_local(self) -> bool:
+        """The server is on this machine (a loopback address)."""
+        host = urlsplit(self.base_url).hostname or ""
+        return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def _first(env: Mapping[str, str], names: tuple[str, ...]) -> tuple[str, str] | None:
+    for name in names:
+        value = env.get(name, "").strip()
+        if value:
+            return name, value
+    return None
+
+
+def config_from_env(env: Mapping[str, str] | None = None) -> ClientConfig:
+    """The base URL and API key the environment names; the listen address of a local
+    server (`EMBER_LISTEN`) or the default port when it names none."""
+    env = os.environ if env is None else env
+    url = _first(env, BASE_URL_VARS)
+    if url is None:
+        listen = env.get("EMBER_LISTEN", "").strip()
+        base, source = (
+            (f"http://{listen}", "EMBER_LISTEN") if listen else (DEFAULT_BASE_URL, "default")
+        )
+    else:
+        source, base = url
+    if "://" not in base:
+        base = f"http://{base}"
+    key = _first(env, API_KEY_VARS)
+    return ClientConfig(
+        base_url=base.rstrip("/"),
+        api_key=key[1] if key else None,
+        base_url_source=source,
+        api_key_source=key[0] if key else None,
+    )

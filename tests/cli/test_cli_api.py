@@ -1,0 +1,157 @@
+"""The CLI against a real server, without booting VMs: configuration, errors, --json,
+push from each kind of local source, volumes."""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+import io
+import json
+import tarfile
+from pathlib import Path
+from typing import Any
+
+from ember.testkit import hello_image, write_oci_layout
+from ember.testkit.ember_server import EmberServer
+from ember.testkit.image import BuiltImage
+from ember.testkit.registry_server import free_port
+from tests.cli.conftest import Cli, cli_env, run_cli
+
+
+def test_unreachable_server_is_one_line_and_exit_1() -> None:
+    env = cli_env(None, EMBER_BASE_URL=f"http://127.0.0.1:{free_port()}", EMBER_API_KEY="x")
+    result = run_cli(["ps"], env)
+    assert result.code == 1
+    assert len(result.error_lines) == 1, result.err
+    assert "cannot reach Ember at http://127.0.0.1:" in result.err
+    assert "EMBER_BASE_URL" in result.err
+    assert result.out == ""
+
+
+def test_bad_flag_is_one_line_and_exit_2(cli: Cli) -> None:
+    result = cli("ps", "--no-such-flag")
+    assert result.code == 2
+    assert result.error_lines == [
+        "error: No such option: --no-such-flag (see `ember ps --help`)"
+    ] or (len(result.error_lines) == 1 and "--no-such-flag" in result.err), result.err
+
+
+def test_missing_instance_is_one_line_naming_it(cli: Cli) -> None:
+    for args, code in (
+        (["inspect", "no-such-box"], 1),
+        (["logs", "no-such-box"], 1),
+        (["stop", "no-such-box"], 1),
+        (["exec", "no-such-box", "true"], 125),  # exec passes the workload's codes on
+    ):
+        result = cli(*args)
+        assert result.code == code, (args, result)
+        assert len(result.error_lines) == 1, (args, result.err)
+        assert result.error_lines[0].startswith("error: ")
+        assert "no-such-box" in result.err, (args, result.err)
+
+
+def test_refused_key_says_which_variable(shared_server: EmberServer) -> None:
+    env = cli_env(shared_server, EMBER_API_KEY="not-a-token")
+    result = run_cli(["images"], env)
+    assert result.code == 1
+    assert len(result.error_lines) == 1
+    assert "EMBER_API_KEY" in result.err
+
+
+def test_hypeman_variables_configure_it(shared_server: EmberServer) -> None:
+    env = cli_env(None, HYPEMAN_BASE_URL=shared_server.url, HYPEMAN_API_KEY=shared_server.token())
+    result = run_cli(["ps", "-a", "--json"], env)
+    assert result.code == 0, result.err
+    assert isinstance(json.loads(result.out), list)
+
+
+def image_names(cli: Cli) -> dict[str, dict[str, Any]]:
+    result = cli("images", "--json")
+    assert result.code == 0, result.err
+    return {row["name"]: row for row in json.loads(result.out)}
+
+
+def test_push_an_oci_layout(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
+    image = hello_image(env={"FROM": "layout"})
+    write_oci_layout(image, tmp_path / "layout", "v1")
+    result = cli("push", str(tmp_path / "layout"), "cli/layout:v1", "--json")
+    assert result.code == 0, result.err
+    pushed = json.loads(result.out)
+    assert pushed["status"] == "ready"
+    assert pushed["pushed_digest"] == image.digest
+    assert f"127.0.0.1:{shared_server.port}/cli/layout:v1" in image_names(cli)
+
+
+def test_push_an_oci_archive(cli: Cli, tmp_path: Path) -> None:
+    image = hello_image(env={"FROM": "archive"})
+    write_oci_layout(image, tmp_path / "layout", "v2")
+    archive = tmp_path / "image.tar"
+    with tarfile.open(archive, "w") as tar:
+        tar.add(tmp_path / "layout", arcname=".")
+    result = cli("push", str(archive), "cli/archive:v2")
+    assert result.code == 0, result.err
+    assert "ready" in result.out
+    assert image.digest in result.out
+
+
+def docker_save(image: BuiltImage, path: Path, tag: str) -> None:
+    """A `docker save` tarball as Docker before 25 wrote it: manifest.json, the config
+    as <hex>.json, and each layer uncompressed as <id>/layer.tar."""
+    manifest = json.loads(image.manifest)
+    config = image.blobs[manifest["config"]["digest"]]
+    config_name = hashlib.sha256(config).hexdigest() + ".json"
+    files: dict[str, bytes] = {config_name: config}
+    layers = []
+    for index, layer in enumerate(manifest["layers"]):
+        tar = gzip.decompress(image.blobs[layer["digest"]])
+        files[f"layer{index}/layer.tar"] = tar
+        layers.append(f"layer{index}/layer.tar")
+    files["manifest.json"] = json.dumps(
+        [{"Config": config_name, "RepoTags": [tag], "Layers": layers}]
+    ).encode()
+    with tarfile.open(path, "w") as out:
+        for name, data in files.items():
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            out.addfile(info, io.BytesIO(data))
+
+
+def test_push_a_docker_save_tarball(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
+    docker_save(hello_image(env={"FROM": "docker"}), tmp_path / "saved.tar", "hello:old")
+    result = cli("push", str(tmp_path / "saved.tar"), "cli/docker:v3", "--json")
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["status"] == "ready"
+    assert image_names(cli)[f"127.0.0.1:{shared_server.port}/cli/docker:v3"]["status"] == "ready"
+
+
+def test_push_of_something_else_says_what_it_takes(cli: Cli, tmp_path: Path) -> None:
+    (tmp_path / "notes.txt").write_text("hello")
+    result = cli("push", str(tmp_path / "notes.txt"), "cli/nope:v1")
+    assert result.code == 1
+    assert len(result.error_lines) == 1
+    assert "docker save" in result.err
+
+
+def test_volumes_create_list_inspect_remove(cli: Cli, tmp_path: Path) -> None:
+    created = cli("volume", "create", "cli-data", "--size", "1", "--json")
+    assert created.code == 0, created.err
+    volume = json.loads(created.out)
+    assert volume["name"] == "cli-data"
+    listed = json.loads(cli("volume", "ls", "--json").out)
+    assert volume["id"] in {row["id"] for row in listed}
+    assert json.loads(cli("volume", "inspect", "cli-data").out)["id"] == volume["id"]
+
+    archive = tmp_path / "site.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        data = b"<h1>from an archive</h1>\n"
+        info = tarfile.TarInfo("index.html")
+        info.size = len(data)
+        tar.addfile(info, io.BytesIO(data))
+    filled = cli("volume", "from-archive", "cli-site", str(archive), "--json")
+    assert filled.code == 0, filled.err
+    assert json.loads(filled.out)["name"] == "cli-site"
+
+    for name in ("cli-data", "cli-site"):
+        assert cli("volume", "rm", name).code == 0
+    gone = cli("volume", "inspect", "cli-data")
+    assert gone.code == 1 and len(gone.error_lines) == 1
