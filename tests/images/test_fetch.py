@@ -43,9 +43,14 @@ def blobs(tmp_path: Path) -> BlobStore:
 
 
 async def pull(
-    name: str, blobs: BlobStore, platform: str = AMD64, **client_options: object
+    name: str,
+    blobs: BlobStore,
+    platform: str = AMD64,
+    *,
+    credentials: Credentials | None = None,
+    docker_config: Path | None = None,
 ) -> PulledImage:
-    async with RegistryClient(**client_options) as client:  # type: ignore[arg-type]
+    async with RegistryClient(credentials=credentials, docker_config=docker_config) as client:
         return await fetch(parse_reference(name), client, blobs, platform)
 
 

@@ -15,7 +15,8 @@ from pathlib import Path
 
 import httpx
 import pytest
-from hypeman import BadRequestError, Hypeman, NotFoundError
+from hypeman import BadRequestError, Hypeman, NotFoundError, Omit, omit
+from hypeman.types import PushCredentialsParam
 
 from ember.testkit import (
     build_image,
@@ -54,8 +55,14 @@ def client(server: EmberServer) -> Hypeman:
     return Hypeman(base_url=server.url, api_key=server.token(), max_retries=0)
 
 
-def pull(client: Hypeman, server: EmberServer, name: str, **kwargs: object) -> dict[str, object]:
-    client.images.create(name=name, **kwargs)  # type: ignore[arg-type]
+def pull(
+    client: Hypeman,
+    server: EmberServer,
+    name: str,
+    platform: str | Omit = omit,
+    credentials: PushCredentialsParam | Omit = omit,
+) -> dict[str, object]:
+    client.images.create(name=name, platform=platform, credentials=credentials)
     return wait_image(server, name)
 
 
@@ -175,7 +182,8 @@ def test_bad_requests_tag_and_delete(
         client.images.create(name="UPPER/case")
     with pytest.raises(BadRequestError, match="platform") as error:
         client.images.create(name="x:1", platform="windows/amd64")
-    assert error.value.body["code"] == "invalid_platform"  # type: ignore[index]
+    body = error.value.body
+    assert isinstance(body, dict) and body["code"] == "invalid_platform"
     with pytest.raises(NotFoundError):
         client.images.get("never/pulled:here")
 

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pytest
 
 from ember.network import NetworkManager, NetworkSettings
+from ember.network.settings import DEFAULT_SUBNET
 from ember.store import Store
 from ember.testkit.netns import netns
 
@@ -27,6 +28,9 @@ def db(tmp_path: Path) -> Path:
     return tmp_path / "ember.db"
 
 
-def make_manager(db: Path, **settings: object) -> NetworkManager:
+def make_manager(
+    db: Path, subnet: str = DEFAULT_SUBNET, dns_upstream: Sequence[str] = ()
+) -> NetworkManager:
     """A manager on the database at ``db`` (build it inside the namespace's child)."""
-    return NetworkManager(Store(db), NetworkSettings.from_values(**settings))  # type: ignore[arg-type]
+    settings = NetworkSettings.from_values(subnet, dns_upstream=dns_upstream)
+    return NetworkManager(Store(db), settings)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import dns.flags
 import dns.message
+import dns.name
 import dns.query
 import dns.rcode
 import dns.rdatatype
@@ -22,7 +23,7 @@ UPSTREAM = ("127.0.0.1", 5300)
 
 
 def ask(
-    name: str, rdtype: str, where: tuple[str, int], *, tcp: bool = False
+    name: dns.name.Name | str, rdtype: str, where: tuple[str, int], *, tcp: bool = False
 ) -> dns.message.Message:
     query = dns.message.make_query(name, rdtype)
     if tcp:
@@ -46,27 +47,29 @@ async def _scenario(db: Path) -> dict[str, object]:
     await server.start()
     loopback, gateway = ("127.0.0.1", 4953), ("10.100.0.1", 53)
 
-    def run(*args: object, **kw: bool) -> tuple[str, list[str], bool]:
-        return summary(ask(*args, **kw))  # type: ignore[arg-type]
+    def run(
+        name: dns.name.Name | str, rdtype: str, where: tuple[str, int], tcp: bool = False
+    ) -> tuple[str, list[str], bool]:
+        return summary(ask(name, rdtype, where, tcp=tcp))
 
     try:
         results: dict[str, object] = {}
-        calls = {
-            "web_loopback": (("web.ember.internal", "A", loopback), {}),
-            "web_gateway": (("WEB.ember.internal.", "A", gateway), {}),
-            "web_tcp": (("web.ember.internal", "A", gateway), {"tcp": True}),
-            "web_aaaa": (("web.ember.internal", "AAAA", loopback), {}),
-            "unknown": (("nope.ember.internal", "A", loopback), {}),
-            "deep": (("a.web.ember.internal", "A", loopback), {}),
-            "apex": (("ember.internal", "A", loopback), {}),
-            "forwarded": (("host.upstream.test", "A", gateway), {}),
-            "forwarded_tcp": (("host.upstream.test", "A", loopback), {"tcp": True}),
-            "forwarded_nx": (("other.upstream.test", "A", loopback), {}),
-            "ptr": ((dns.reversename.from_address("10.100.0.2"), "PTR", loopback), {}),
-            "ptr_free": ((dns.reversename.from_address("10.100.0.9"), "PTR", loopback), {}),
+        calls: dict[str, tuple[dns.name.Name | str, str, tuple[str, int], bool]] = {
+            "web_loopback": ("web.ember.internal", "A", loopback, False),
+            "web_gateway": ("WEB.ember.internal.", "A", gateway, False),
+            "web_tcp": ("web.ember.internal", "A", gateway, True),
+            "web_aaaa": ("web.ember.internal", "AAAA", loopback, False),
+            "unknown": ("nope.ember.internal", "A", loopback, False),
+            "deep": ("a.web.ember.internal", "A", loopback, False),
+            "apex": ("ember.internal", "A", loopback, False),
+            "forwarded": ("host.upstream.test", "A", gateway, False),
+            "forwarded_tcp": ("host.upstream.test", "A", loopback, True),
+            "forwarded_nx": ("other.upstream.test", "A", loopback, False),
+            "ptr": (dns.reversename.from_address("10.100.0.2"), "PTR", loopback, False),
+            "ptr_free": (dns.reversename.from_address("10.100.0.9"), "PTR", loopback, False),
         }
-        for key, (args, kw) in calls.items():
-            results[key] = await asyncio.to_thread(run, *args, **kw)
+        for key, (name, rdtype, where, tcp) in calls.items():
+            results[key] = await asyncio.to_thread(run, name, rdtype, where, tcp)
         manager.release(WEB_ID)
         results["released"] = await asyncio.to_thread(run, "web.ember.internal", "A", loopback)
         await upstream.stop()

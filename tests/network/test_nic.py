@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from ember.hypervisor.base import NicSpec, VMSpec
 from ember.hypervisor.qemu import build_command, vhost_net_usable
 
 
-def spec(directory: Path, **fields: object) -> VMSpec:
-    base: dict[str, object] = {
+def spec(directory: Path, **fields: Any) -> VMSpec:
+    base: dict[str, Any] = {
         "instance_dir": directory,
         "kernel": directory / "vmlinuz",
         "initrd": directory / "initrd",
@@ -21,7 +22,7 @@ def spec(directory: Path, **fields: object) -> VMSpec:
         "qmp_socket": directory / "qmp.sock",
         "pid_file": directory / "qemu.pid",
     }
-    return VMSpec(**(base | fields))  # type: ignore[arg-type]
+    return VMSpec(**(base | fields))
 
 
 def test_nics_become_tap_netdevs(tmp_path: Path) -> None:

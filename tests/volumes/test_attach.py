@@ -47,14 +47,15 @@ def test_empty_volume_is_a_sparse_ext4_disk(manager: VolumeManager) -> None:
 
 
 async def test_create_validation(manager: VolumeManager) -> None:
-    for kwargs, text in (
-        ({"name": "Bad_Name", "size_gb": 1}, "name:"),
-        ({"name": "ok", "size_gb": 0}, "size_gb"),
-        ({"name": "ok", "size_gb": 1, "id": "../x"}, "id:"),
-        ({"name": "ok", "size_gb": 1, "tags": {"bad key!": "v"}}, "tags"),
-    ):
+    cases: list[tuple[str, int, str | None, dict[str, str] | None, str]] = [
+        ("Bad_Name", 1, None, None, "name:"),
+        ("ok", 0, None, None, "size_gb"),
+        ("ok", 1, "../x", None, "id:"),
+        ("ok", 1, None, {"bad key!": "v"}, "tags"),
+    ]
+    for name, size_gb, volume_id, tags, text in cases:
         with pytest.raises(EmberError) as err:
-            await manager.create(**kwargs)  # type: ignore[arg-type]
+            await manager.create(name, size_gb, id=volume_id, tags=tags)
         assert err.value.status == 400 and text in err.value.message
     with pytest.raises(EmberError) as err:
         await manager.create("data", 1)
