@@ -57,13 +57,14 @@ def set_up(server: EmberServer, ca_file: str) -> dict[str, Any]:
                 break
             time.sleep(0.1)
         create_running(client, image, "web")
+        web = {"instance": "web", "port": 8080}
         rules = [
-            {"match": {"hostname": "web.test", "port": 80}, "target": {"instance": "web", "port": 8080}},
+            {"match": {"hostname": "web.test", "port": 80}, "target": web},
             {"match": {"hostname": "{instance}.apps.test", "port": 80},
              "target": {"instance": "{instance}", "port": 8080}},
-            {"match": {"hostname": "secure.test", "port": 443}, "target": {"instance": "web", "port": 8080},
+            {"match": {"hostname": "secure.test", "port": 443}, "target": web,
              "tls": True, "redirect_http": True},
-            {"match": {"hostname": "auth.test", "port": 80}, "target": {"instance": "web", "port": 8080},
+            {"match": {"hostname": "auth.test", "port": 80}, "target": web,
              "request_header_auth": {"header": "X-Ember-Key", "value": SECRET}},
         ]  # fmt: skip
         created = client.post("/ingresses", json={"name": "front", "rules": rules})
