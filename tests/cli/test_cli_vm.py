@@ -1,0 +1,245 @@
+"""The CLI with real VMs: `run` attached (logs followed, exit code passed on), `exec -it`
+through a pseudo-terminal this test plays, `cp` both ways, `logs -f`, `-p` ingresses.
+
+Two VMs in all (256 MB, one vCPU): one that exits 7, one long-lived `box`.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import select
+import struct
+import subprocess
+import termios
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from ember.testkit.ember_server import EmberServer
+from ember.testkit.registry_server import free_port
+from tests.cli.conftest import EMBER, Cli, cli_env
+from tests.conftest import short_tmp
+
+pytestmark = pytest.mark.vm
+SMALL = ["--memory", "256MB", "--cpus", "1"]
+BOX = "cli-box"
+INGRESS_PORT = free_port()
+# Ticks for `logs -f`; a web server for the ingress.
+BOX_SCRIPT = "/hello serve 8080 & i=0; while true; do echo tick $i; i=$((i+1)); sleep 1; done"
+
+
+@pytest.fixture(scope="module")
+def shared_server() -> Iterator[EmberServer]:
+    """This module's server: its ingresses listen on loopback only."""
+    env = {"EMBER_INGRESS_LISTEN_ADDRESS": "127.0.0.1"}
+    server = EmberServer(short_tmp() / "data", env=env).start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+def test_run_follows_the_output_and_exits_with_the_workload_code(cli: Cli, hello: str) -> None:
+    result = cli("run", "--name", "cli-seven", *SMALL, hello,
+                 "/bin/sh", "-c", "echo hi from the guest; echo to stderr >&2; exit 7")  # fmt: skip
+    assert result.code == 7, result
+    assert "hi from the guest" in result.out
+    assert "to stderr" in result.out
+    listed = json.loads(cli("ps", "-a", "--json").out)
+    (seven,) = [row for row in listed if row["name"] == "cli-seven"]
+    assert seven["exit_code"] == 7
+    assert "cli-seven" not in cli("ps").out  # only running ones without -a
+    assert cli("rm", "cli-seven").code == 0
+    missing = cli("inspect", "cli-seven")
+    assert missing.code == 1 and "cli-seven" in missing.err
+
+
+@pytest.fixture(scope="module")
+def box(cli: Cli, hello: str) -> Iterator[dict[str, object]]:
+    result = cli("run", "-d", "--json", "--name", BOX, *SMALL, "-p", f"{INGRESS_PORT}:8080",
+                 "-e", "GREETING=hello from env", hello, "/bin/sh", "-c", BOX_SCRIPT)  # fmt: skip
+    assert result.code == 0, result
+    instance: dict[str, object] = json.loads(result.out)
+    assert instance["state"] == "Running"
+    try:
+        yield instance
+    finally:
+        cli("rm", "-f", BOX)
+
+
+def test_inspect_by_id_prefix_and_json(cli: Cli, box: dict[str, object]) -> None:
+    prefix = str(box["id"])[:8]
+    result = cli("inspect", prefix)
+    assert result.code == 0, result.err
+    assert json.loads(result.out)["name"] == BOX
+    stats = json.loads(cli("stats", BOX, "--json").out)
+    assert stats[0]["instance_name"] == BOX and stats[0]["allocated_vcpus"] == 1
+
+
+def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) -> None:
+    result = cli("exec", BOX, "/bin/sh", "-c", "echo $GREETING; exit 3")
+    assert result.code == 3
+    assert result.out.strip() == "hello from env"
+    flags = cli("exec", "-e", "X=1", BOX, "/bin/sh", "-c", "echo x=$X; ls -d /tmp")
+    assert flags.code == 0 and flags.out.split() == ["x=1", "/tmp"]
+
+
+class Terminal:
+    """The far side of a pseudo-terminal `ember` runs in: type, read, resize."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.pid, self.fd = pty.fork()
+        if self.pid == 0:  # the child: `ember` with the pty as its controlling terminal
+            os.execve(EMBER[0], [*EMBER, *args], env)
+        self.seen = b""
+
+    def type(self, text: str | bytes) -> None:
+        os.write(self.fd, text.encode() if isinstance(text, str) else text)
+
+    def expect(self, needle: str, timeout: float = 120) -> str:
+        """Read until `needle` shows up; the deadline only stops a broken test hanging."""
+        found = self.read_until(needle, timeout)
+        assert found is not None, f"never saw {needle!r} in {self.seen[-2000:]!r}"
+        return found
+
+    def read_until(self, needle: str, timeout: float) -> str | None:
+        """What was read up to `needle`, or None if it did not come within `timeout`."""
+        deadline = time.monotonic() + timeout
+        while needle.encode() not in self.seen:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return None
+            ready, _, _ = select.select([self.fd], [], [], left)
+            if ready:
+                try:
+                    chunk = os.read(self.fd, 4096)
+                except OSError:  # EIO: the child closed the terminal
+                    chunk = b""
+                assert chunk, f"terminal closed before {needle!r}: {self.seen[-2000:]!r}"
+                self.seen += chunk
+        found = self.seen.decode(errors="replace")
+        self.seen = b""
+        return found
+
+    def resize(self, rows: int, cols: int) -> None:
+        fcntl.ioctl(self.fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
+
+    def exit_code(self) -> int:
+        while True:  # drain, so the child never blocks writing
+            try:
+                if not os.read(self.fd, 4096):
+                    break
+            except OSError:
+                break
+        _, status = os.waitpid(self.pid, 0)
+        os.close(self.fd)
+        return os.waitstatus_to_exitcode(status)
+
+
+def test_exec_it_is_an_interactive_terminal(
+    shared_server: EmberServer, box: dict[str, object]
+) -> None:
+    terminal = Terminal(["exec", "-it", BOX, "/bin/sh"], cli_env(shared_server))
+    terminal.resize(24, 80)
+    terminal.expect("# ")
+    terminal.type("echo $((6 * 7))\r")
+    assert "42" in terminal.expect("# ")
+    # A resize reaches the guest's terminal (SIGWINCH -> resize frame -> TIOCSWINSZ).
+    terminal.resize(33, 97)
+    for _ in range(20):  # the resize and the typing travel separately: ask until it shows
+        terminal.type("/bin/busybox stty size\r")
+        if "33 97" in terminal.expect("# "):
+            break
+    else:
+        pytest.fail("the guest terminal never became 33x97")
+    # Keys go through raw: Ctrl-C interrupts the guest's command, not `ember`.
+    terminal.type("sleep 600\r")
+    terminal.expect("sleep 600\r\n")
+    for _ in range(20):  # a Ctrl-C before sleep has started reaches only the shell: again
+        terminal.type(b"\x03")
+        if terminal.read_until("# ", 3) is not None:
+            break
+    else:
+        pytest.fail("Ctrl-C never interrupted the guest's sleep")
+    terminal.type("false\r")
+    terminal.expect("# ")
+    terminal.type(b"\x04")  # Ctrl-D: the shell ends with the last command's status
+    assert terminal.exit_code() == 1
+
+
+def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
+    (tmp_path / "note.txt").write_text("a note\n")
+    tree = tmp_path / "tree"
+    (tree / "sub").mkdir(parents=True)
+    (tree / "a.txt").write_text("A\n")
+    (tree / "sub" / "b.bin").write_bytes(os.urandom(200_000))
+    (tree / "sub" / "run.sh").write_text("#!/bin/sh\n")
+    (tree / "sub" / "run.sh").chmod(0o750)
+
+    assert cli("cp", str(tmp_path / "note.txt"), f"{BOX}:/tmp/").code == 0
+    assert cli("exec", BOX, "cat", "/tmp/note.txt").out == "a note\n"
+    into = cli("cp", str(tree), f"{BOX}:/tmp/copied")
+    assert into.code == 0, into.err
+    listing = cli("exec", BOX, "/bin/sh", "-c", "cat /tmp/copied/a.txt; ls /tmp/copied/sub")
+    assert listing.out.split() == ["A", "b.bin", "run.sh"]
+
+    out = tmp_path / "out"
+    out.mkdir()
+    back = cli("cp", f"{BOX}:/tmp/copied", str(out))
+    assert back.code == 0, back.err
+    assert (out / "copied" / "a.txt").read_text() == "A\n"
+    assert (out / "copied" / "sub" / "b.bin").read_bytes() == (tree / "sub" / "b.bin").read_bytes()
+    assert (out / "copied" / "sub" / "run.sh").stat().st_mode & 0o777 == 0o750
+    single = cli("cp", f"{BOX}:/tmp/note.txt", str(tmp_path / "renamed.txt"))
+    assert single.code == 0 and (tmp_path / "renamed.txt").read_text() == "a note\n"
+
+    missing = cli("cp", f"{BOX}:/no/such/file", str(out))
+    assert missing.code == 1 and len(missing.error_lines) == 1, missing.err
+
+
+def test_logs_follow_shows_new_lines(shared_server: EmberServer, box: dict[str, object]) -> None:
+    follower = subprocess.Popen(
+        [*EMBER, "logs", "-f", "--tail", "1", BOX], env=cli_env(shared_server),
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert follower.stdout is not None
+        ticks: list[int] = []
+        while len(ticks) < 3:  # the tail, then lines written after the command started
+            line = follower.stdout.readline()
+            assert line, "logs -f ended"
+            if line.startswith("tick "):
+                ticks.append(int(line.split()[1]))
+        assert ticks == sorted(ticks) and len(set(ticks)) == 3
+    finally:
+        follower.terminate()
+        follower.wait(10)
+
+
+def test_publish_made_an_ingress_that_rm_removes(
+    cli: Cli, shared_server: EmberServer, box: dict[str, object]
+) -> None:
+    ingresses = json.loads(cli("ingress", "ls", "--json").out)
+    (published,) = [i for i in ingresses if i["name"] == f"{BOX}-{INGRESS_PORT}"]
+    assert {r["match"]["hostname"] for r in published["rules"]} >= {"localhost", "127.0.0.1"}
+    assert {r["target"]["port"] for r in published["rules"]} == {8080}
+    network = box.get("network")
+    if isinstance(network, dict) and network.get("enabled"):
+        page = httpx.get(f"http://127.0.0.1:{INGRESS_PORT}/", timeout=30)
+        assert page.status_code == 200, page.text
+
+
+def test_rm_needs_force_while_running_and_removes_the_ingress(
+    cli: Cli, box: dict[str, object]
+) -> None:
+    refused = cli("rm", BOX)
+    assert refused.code == 1 and "rm -f" in refused.err
+    assert cli("rm", "-f", BOX).code == 0
+    names = {i["name"] for i in json.loads(cli("ingress", "ls", "--json").out)}
+    assert f"{BOX}-{INGRESS_PORT}" not in names
