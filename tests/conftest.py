@@ -31,6 +31,7 @@ def ember_server() -> Iterator[EmberServer]:
     try:
         yield server
     finally:
+        server.clean_up()
         server.stop()
 
 
@@ -41,6 +42,7 @@ def shared_server() -> Iterator[EmberServer]:
     try:
         yield server
     finally:
+        server.clean_up()
         server.stop()
 
 

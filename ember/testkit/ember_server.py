@@ -69,6 +69,24 @@ class EmberServer:
 
         return in_netns(self.netns, probe) if self.netns else probe()
 
+    def clean_up(self) -> None:
+        """Delete every instance and ingress (their VMs and Caddy outlive the server),
+        so that a test which failed halfway leaves nothing running."""
+        if self.process is None or self.process.poll() is not None:
+            return
+
+        def delete_all() -> None:
+            headers = {"Authorization": f"Bearer {self.token()}"}
+            with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client:
+                for kind in ("ingresses", "instances"):
+                    for item in client.get(f"/{kind}").json():
+                        client.delete(f"/{kind}/{item['id']}")
+
+        try:
+            in_netns(self.netns, delete_all) if self.netns else delete_all()
+        except Exception as exc:  # teardown goes on; the test's own failure says more
+            print(f"ember test server: clean-up failed: {exc!r}", file=sys.stderr)
+
     def stop(self, sig: int = signal.SIGTERM) -> None:
         if self.process and self.process.poll() is None:
             self.process.send_signal(sig)

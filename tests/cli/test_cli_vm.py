@@ -42,6 +42,7 @@ def shared_server() -> Iterator[EmberServer]:
     try:
         yield server
     finally:
+        server.clean_up()
         server.stop()
 
 
@@ -233,6 +234,18 @@ def test_publish_made_an_ingress_that_rm_removes(
     if isinstance(network, dict) and network.get("enabled"):
         page = httpx.get(f"http://127.0.0.1:{INGRESS_PORT}/", timeout=30)
         assert page.status_code == 200, page.text
+
+
+def test_standby_and_restore_keep_the_guest_as_it_was(cli: Cli, box: dict[str, object]) -> None:
+    assert cli("exec", BOX, "/bin/sh", "-c", "echo kept > /tmp/state").code == 0
+    standby = cli("standby", BOX)
+    assert standby.code == 0, standby.err
+    assert "Standby" in standby.out and " in " in standby.out  # how long it took
+    assert json.loads(cli("inspect", BOX).out)["state"] == "Standby"
+    restored = cli("restore", BOX, "--json")
+    assert restored.code == 0, restored.err
+    assert json.loads(restored.out)["state"] == "Running"
+    assert cli("exec", BOX, "cat", "/tmp/state").out == "kept\n"
 
 
 def test_rm_needs_force_while_running_and_removes_the_ingress(

@@ -146,6 +146,7 @@ def test_ingress_routes_to_vms_through_restarts_and_deletes(ns: str, tmp_path: P
         in_netns(ns, delete_ingresses, server)
         assert caddy_processes(server.data_dir) == []
     finally:
+        server.clean_up()
         server.stop()
         leftovers = subprocess.run(
             ["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True

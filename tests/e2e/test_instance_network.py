@@ -33,6 +33,7 @@ def server(ns: str) -> Iterator[EmberServer]:
     try:
         yield server
     finally:
+        server.clean_up()
         server.stop()
 
 

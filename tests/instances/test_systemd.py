@@ -35,6 +35,7 @@ def server() -> Iterator[EmberServer]:
     try:
         yield server
     finally:
+        server.clean_up()
         server.stop()
 
 
