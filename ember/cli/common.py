@@ -104,6 +104,18 @@ def client(code: int = EXIT_ERROR) -> Iterator[EmberClient]:
         api.close()
 
 
+def complete_instances(incomplete: str) -> list[str]:
+    """Shell completion: names of instances starting with what was typed (quietly nothing
+    when the server cannot be asked)."""
+    try:
+        api, _ = make_client(timeout=3)
+        with api:
+            names = [row["name"] for row in api.instances()]
+    except (ApiError, OSError):
+        return []
+    return [name for name in names if name.startswith(incomplete)]
+
+
 def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 

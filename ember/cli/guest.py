@@ -24,6 +24,7 @@ from ember.cli.common import (
     CliError,
     app,
     client,
+    complete_instances,
     errors,
     parse_pairs,
 )
@@ -120,7 +121,9 @@ def pump(session: ExecSession, *, send_stdin: bool, resizes: bool) -> int:
 
 @app.command(rich_help_panel=PANEL, context_settings={"allow_interspersed_args": False})
 def exec(
-    ref: str = typer.Argument(..., help="Instance name, id or id prefix."),
+    ref: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="Instance name, id or id prefix."
+    ),
     command: list[str] = typer.Argument(..., help="Command and arguments; no `--` needed."),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Send stdin."),
     terminal: bool = typer.Option(False, "--tty", "-t", help="Allocate a terminal (use -it)."),

@@ -23,6 +23,7 @@ from ember.cli.common import (
     app,
     client,
     coloured,
+    complete_instances,
     console,
     emit_json,
     errors,
@@ -267,11 +268,11 @@ def ps(
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
     as_json: bool = JsonOption,
 ) -> None:
-    """List running instances (all with -a)."""
+    """List instances that are not stopped (all with -a)."""
     with client() as api:
         rows = api.instances(state)
     if not all_ and state is None:
-        rows = [row for row in rows if row["state"] not in (*STOPPED, "Standby")]
+        rows = [row for row in rows if row["state"] not in STOPPED]
     if as_json:
         emit_json(rows)
         return
@@ -288,7 +289,9 @@ def ps(
 
 @app.command(rich_help_panel=PANEL)
 def inspect(
-    refs: list[str] = typer.Argument(..., help="Instance names, ids or id prefixes."),
+    refs: list[str] = typer.Argument(
+        ..., autocompletion=complete_instances, help="Instance names, ids or id prefixes."
+    ),
 ) -> None:
     """Show instances as JSON (one object, or a list for several)."""
     with client() as api:
@@ -298,7 +301,9 @@ def inspect(
 
 @app.command(rich_help_panel=PANEL)
 def logs(
-    ref: str = typer.Argument(..., help="Instance name, id or id prefix."),
+    ref: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="Instance name, id or id prefix."
+    ),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep printing new lines."),
     tail: int = typer.Option(100, "--tail", "-n", help="Lines from the end to start with."),
     source: str = typer.Option(
@@ -334,7 +339,8 @@ def timed_action(ref: str, action: str, as_json: bool, body: dict[str, Any] | No
 
 @app.command(rich_help_panel=PANEL)
 def stop(
-    refs: list[str] = typer.Argument(..., help="Instances."), as_json: bool = JsonOption
+    refs: list[str] = typer.Argument(..., autocompletion=complete_instances, help="Instances."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Stop instances (graceful, then forced)."""
     for ref in refs:
@@ -343,7 +349,8 @@ def stop(
 
 @app.command(rich_help_panel=PANEL)
 def start(
-    refs: list[str] = typer.Argument(..., help="Instances."), as_json: bool = JsonOption
+    refs: list[str] = typer.Argument(..., autocompletion=complete_instances, help="Instances."),
+    as_json: bool = JsonOption,
 ) -> None:
     """Start stopped instances."""
     for ref in refs:
@@ -351,20 +358,26 @@ def start(
 
 
 @app.command(rich_help_panel=PANEL)
-def standby(ref: str = typer.Argument(..., help="Instance."), as_json: bool = JsonOption) -> None:
+def standby(
+    ref: str = typer.Argument(..., autocompletion=complete_instances, help="Instance."),
+    as_json: bool = JsonOption,
+) -> None:
     """Pause an instance and snapshot its memory (restore resumes it where it was)."""
     timed_action(ref, "standby", as_json)
 
 
 @app.command(rich_help_panel=PANEL)
-def restore(ref: str = typer.Argument(..., help="Instance."), as_json: bool = JsonOption) -> None:
+def restore(
+    ref: str = typer.Argument(..., autocompletion=complete_instances, help="Instance."),
+    as_json: bool = JsonOption,
+) -> None:
     """Resume an instance from standby."""
     timed_action(ref, "restore", as_json)
 
 
 @app.command(rich_help_panel=PANEL)
 def fork(
-    source: str = typer.Argument(..., help="Instance to fork."),
+    source: str = typer.Argument(..., autocompletion=complete_instances, help="Instance to fork."),
     name: str = typer.Argument(..., help="Name of the new instance."),
     from_running: bool = typer.Option(
         False, "--from-running", help="Fork a running instance (standby, fork, restore)."
@@ -396,7 +409,7 @@ def remove_instance(api: EmberClient, ref: str, *, force: bool) -> str:
 
 @app.command(rich_help_panel=PANEL)
 def rm(
-    refs: list[str] = typer.Argument(..., help="Instances."),
+    refs: list[str] = typer.Argument(..., autocompletion=complete_instances, help="Instances."),
     force: bool = typer.Option(False, "--force", "-f", help="Also running instances."),
 ) -> None:
     """Delete instances and everything they own."""
@@ -407,7 +420,7 @@ def rm(
 
 @app.command(rich_help_panel=PANEL)
 def wait(
-    ref: str = typer.Argument(..., help="Instance."),
+    ref: str = typer.Argument(..., autocompletion=complete_instances, help="Instance."),
     state: str = typer.Option("Stopped", "--state", help="State to wait for."),
     timeout: float = typer.Option(0, "--timeout", help="Seconds; 0 waits forever."),
     as_json: bool = JsonOption,

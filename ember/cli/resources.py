@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from ember.cli.common import (
     app,
     client,
     coloured,
+    complete_instances,
     console,
     emit_json,
     errors,
@@ -224,7 +225,9 @@ def snapshot_line(snap: dict[str, Any]) -> str:
 
 @snapshot_app.command("create")
 def snapshot_create(
-    instance: str = typer.Argument(..., help="Instance to snapshot."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="Instance to snapshot."
+    ),
     name: str | None = typer.Option(None, "--name", help="Snapshot name."),
     kind: str = typer.Option("Standby", "--kind", help="Standby (memory too) or Stopped."),
     as_json: bool = JsonOption,
@@ -280,7 +283,9 @@ def snapshot_rm(refs: list[str] = typer.Argument(..., help="Snapshot ids.")) -> 
 
 @snapshot_app.command("restore")
 def snapshot_restore(
-    instance: str = typer.Argument(..., help="Instance to restore."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="Instance to restore."
+    ),
     snapshot: str = typer.Argument(..., help="Snapshot id."),
     target_state: str | None = typer.Option(
         None, "--target-state", help="Stopped, Standby or Running."
@@ -312,3 +317,15 @@ def raise_usage(message: str) -> None:
     raise_error = CliError(message, EXIT_USAGE)
     errors.print(f"[red]error:[/red] {raise_error.message}")
     raise typer.Exit(EXIT_USAGE)
+
+
+# Hypeman's names for the same subcommands (`volume list`, `ingress get`, ...), so its
+# users feel at home; hidden to keep the help short.
+ALIASES: tuple[tuple[typer.Typer, dict[str, Callable[..., None]]], ...] = (
+    (volume_app, {"list": volume_ls, "get": volume_inspect, "delete": volume_rm}),
+    (ingress_app, {"list": ingress_ls, "get": ingress_inspect, "delete": ingress_rm}),
+    (snapshot_app, {"list": snapshot_ls, "get": snapshot_inspect, "delete": snapshot_rm}),
+)
+for group, commands in ALIASES:
+    for alias, function in commands.items():
+        group.command(alias, hidden=True)(function)
