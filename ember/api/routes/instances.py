@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
@@ -20,18 +21,31 @@ from pydantic import (
 )
 
 from ember.api.deps import ServicesDep
+from ember.api.errors import error_responses
 from ember.api.query import tag_filter
 from ember.api.services import Services
-from ember.errors import InvalidArgument
 from ember.hypervisor import HypervisorName
-from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
+from ember.instances import (
+    CreateInstanceRequest,
+    InstanceRecord,
+    StartInstanceRequest,
+    State,
+    health,
+    phases,
+)
 from ember.instances.logs import LogSource
+from ember.instances.models import HealthCheck, RestartPolicy
+from ember.instances.request import UpdateInstanceRequest
 from ember.network import Lease
 from ember.snapshots.compression import CompressionConfig
 from ember.units import format_size, parse_duration
 from ember.volumes import Attachment
 
-router = APIRouter(prefix="/instances", tags=["instances"])
+# Every route resolves an instance reference (404) and validates its input (400).
+router = APIRouter(prefix="/instances", tags=["instances"], responses=error_responses(400, 404))
+# What commands that change an instance may answer beyond that: a state that does not allow
+# it or a name taken (409), a host that cannot take it now (429), a VMM that failed (503).
+LIFECYCLE_ERRORS = error_responses(409, 429, 503)
 InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
 StateName = Literal[
     "Created", "Initializing", "Running", "Paused", "Shutdown", "Stopped", "Standby", "Unknown"
@@ -107,6 +121,37 @@ def _rate(bytes_per_second: int | None) -> str | None:
     return f"{format_size(bytes_per_second)}/s" if bytes_per_second else None
 
 
+class RestartStatus(BaseModel):
+    """Hypeman's `RestartStatus` (the record keeps a little more, for the supervisor)."""
+
+    attempts: int = 0
+    blocked_reason: Literal["manual_stop", "max_attempts_exceeded"] | None = None
+    last_attempt_at: datetime | None = None
+    last_reason: Literal["health_check_failed"] | None = None
+    next_attempt_at: datetime | None = None
+
+    @classmethod
+    def of(cls, record: InstanceRecord) -> RestartStatus:
+        fields = set(cls.model_fields)
+        return cls.model_validate(record.restart_status.model_dump(include=fields))
+
+
+class HealthStatus(BaseModel):
+    """Hypeman's `InstanceHealthStatus`."""
+
+    status: Literal["disabled", "starting", "healthy", "unhealthy", "unknown"]
+    consecutive_failures: int = 0
+    consecutive_successes: int = 0
+    last_checked_at: datetime | None = None
+    last_error: str | None = None
+    last_failure_at: datetime | None = None
+    last_success_at: datetime | None = None
+
+    @classmethod
+    def of(cls, status: health.HealthStatus) -> HealthStatus:
+        return cls.model_validate(dataclasses.asdict(status))
+
+
 class Instance(OmitsUnsetStrings):
     omit_when_unset = ("hotplug_size", "disk_io_bps", "exit_message", "size", "overlay_size")
 
@@ -133,6 +178,13 @@ class Instance(OmitsUnsetStrings):
     has_snapshot: bool = False
     platform: str | None = None
     expires_at: datetime | None = None  # null: no automatic expiry
+    restart_policy: RestartPolicy | None = None
+    restart_status: RestartStatus | None = None
+    health_check: HealthCheck | None = None
+    health_status: HealthStatus | None = None
+    current_phase: str | None = None
+    current_phase_since: datetime | None = None
+    phase_durations_ms: dict[str, int] | None = None
 
     @classmethod
     def of(
@@ -140,7 +192,9 @@ class Instance(OmitsUnsetStrings):
         record: InstanceRecord,
         lease: Lease | None = None,
         attachments: list[Attachment] | None = None,
+        health: HealthStatus | None = None,
     ) -> Instance:
+        phase, phase_since, durations = phases.describe(record)
         return cls(
             **record.model_dump(
                 include={
@@ -159,8 +213,16 @@ class Instance(OmitsUnsetStrings):
                     "exit_code",
                     "exit_message",
                     "platform",
+                    "expires_at",
+                    "restart_policy",
+                    "health_check",
                 },
             ),
+            restart_status=RestartStatus.of(record) if record.restart_policy else None,
+            health_status=health,
+            current_phase=phase,
+            current_phase_since=phase_since,
+            phase_durations_ms=durations,
             size=format_size(record.memory_bytes),
             hotplug_size=format_size(record.hotplug_bytes) if record.hotplug_bytes else None,
             overlay_size=format_size(record.overlay_bytes),
@@ -172,7 +234,9 @@ class Instance(OmitsUnsetStrings):
 
 
 def answer(svc: Services, record: InstanceRecord) -> Instance:
-    return Instance.of(record, svc.instances.lease(record), svc.instances.attachments(record))
+    instances = svc.instances
+    health = HealthStatus.of(instances.health_status(record))
+    return Instance.of(record, instances.lease(record), instances.attachments(record), health)
 
 
 class WaitResponse(BaseModel):
@@ -184,7 +248,13 @@ class WaitResponse(BaseModel):
 MAX_WAIT_SECONDS = 300.0
 
 
-@router.post("", status_code=201, response_model=Instance, summary="Create and start an instance")
+@router.post(
+    "",
+    status_code=201,
+    response_model=Instance,
+    summary="Create and start an instance",
+    responses=LIFECYCLE_ERRORS,
+)
 async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.create(body))
 
@@ -203,24 +273,18 @@ async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 
 
 @router.patch("/{id}", response_model=Instance, summary="Update an instance's policies")
-async def update_instance(ref: InstanceRef, svc: ServicesDep, request: Request) -> Instance:
-    """Every field Hypeman can update (expiry, restart and health policies, standby, credential
-    env) belongs to a feature this server does not have yet: each is refused by name."""
-    record = svc.instances.get(ref)
-    try:
-        body = json.loads(await request.body() or b"{}")
-    except ValueError as exc:
-        raise InvalidArgument(f"body: not valid JSON ({exc})") from exc
-    if not isinstance(body, dict):
-        raise InvalidArgument("body: expected a JSON object")
-    if body:
-        names = ", ".join(sorted(body))
-        message = f"{names}: cannot be updated on this server yet"
-        raise InvalidArgument(message, code="not_supported")
-    return answer(svc, record)
+async def update_instance(
+    ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceRequest | None = None
+) -> Instance:
+    """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check` and `tags`, each
+    taking effect on the live instance; `auto_standby` and credential `env` are refused by
+    name (not available on this server)."""
+    return answer(svc, await svc.instances.update(ref, body or UpdateInstanceRequest()))
 
 
-@router.delete("/{id}", status_code=204, summary="Stop and delete an instance")
+@router.delete(
+    "/{id}", status_code=204, summary="Stop and delete an instance", responses=error_responses(409)
+)
 async def delete_instance(
     ref: InstanceRef,
     svc: ServicesDep,
@@ -232,12 +296,22 @@ async def delete_instance(
     return Response(status_code=204)
 
 
-@router.post("/{id}/stop", response_model=Instance, summary="Stop gracefully, then force")
+@router.post(
+    "/{id}/stop",
+    response_model=Instance,
+    summary="Stop gracefully, then force",
+    responses=LIFECYCLE_ERRORS,
+)
 async def stop_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.stop(ref))
 
 
-@router.post("/{id}/start", response_model=Instance, summary="Start a stopped instance")
+@router.post(
+    "/{id}/start",
+    response_model=Instance,
+    summary="Start a stopped instance",
+    responses=LIFECYCLE_ERRORS,
+)
 async def start_instance(
     ref: InstanceRef, svc: ServicesDep, body: StartInstanceRequest | None = None
 ) -> Instance:
@@ -258,6 +332,7 @@ class StandbyRequest(BaseModel):
     "/{id}/standby",
     response_model=Instance,
     summary="Put in standby (pause, save memory and device state, stop the VMM)",
+    responses=LIFECYCLE_ERRORS,
 )
 async def standby_instance(
     ref: InstanceRef, svc: ServicesDep, body: StandbyRequest | None = None
@@ -270,7 +345,10 @@ async def standby_instance(
 
 
 @router.post(
-    "/{id}/restore", response_model=Instance, summary="Restore from standby (resume the VM)"
+    "/{id}/restore",
+    response_model=Instance,
+    summary="Restore from standby (resume the VM)",
+    responses=LIFECYCLE_ERRORS,
 )
 async def restore_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.restore(ref))
@@ -319,6 +397,7 @@ async def instance_logs(
     "/{id}/volumes/{volume_id}",
     response_model=Instance,
     summary="Attach a volume to a stopped instance",
+    responses=error_responses(409),
 )
 async def attach_volume(
     ref: InstanceRef, volume_id: str, body: AttachVolumeRequest, svc: ServicesDep
@@ -333,6 +412,7 @@ async def attach_volume(
     "/{id}/volumes/{volume_id}",
     response_model=Instance,
     summary="Detach a volume from a stopped instance",
+    responses=error_responses(409),
 )
 async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.detach_volume(ref, volume_id))

@@ -73,15 +73,6 @@ def authenticate(request: Request, svc: Services) -> None:
     verify_token(svc.jwt_secret, token)
 
 
-@router.api_route(
-    "/v2/{path:path}",
-    methods=["GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"],
-    summary="OCI distribution API (push and pull)",
-    responses=error_responses(400, 401, 404, 413, 415, 416, model=OciErrors),
-    # A bearer token, or (as `docker login` and `skopeo --creds` send it) Basic auth with
-    # the token as the password.
-    openapi_extra={"security": [{"bearerAuth": []}, {"registryBasic": []}]},
-)
 async def distribution(path: str, request: Request, svc: ServicesDep) -> Response:
     try:
         authenticate(request, svc)
@@ -102,6 +93,21 @@ async def distribution(path: str, request: Request, svc: ServicesDep) -> Respons
         return oci_error(401, "UNAUTHORIZED", exc.message)
     except EmberError as exc:
         return oci_error(exc.status, exc.code.upper(), exc.message)
+
+
+# One route per method, each with its own operation id in the OpenAPI document.
+for _method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
+    router.add_api_route(
+        "/v2/{path:path}",
+        distribution,
+        methods=[_method],
+        operation_id=f"distribution_{_method.lower()}",
+        summary="OCI distribution API (push and pull)",
+        responses=error_responses(400, 401, 404, 413, 415, 416, model=OciErrors),
+        # A bearer token, or (as `docker login` and `skopeo --creds` send it) Basic auth
+        # with the token as the password.
+        openapi_extra={"security": [{"bearerAuth": []}, {"registryBasic": []}]},
+    )
 
 
 def _upload_headers(name: str, upload_id: str, size: int) -> dict[str, str]:
