@@ -82,25 +82,41 @@ def check_qemu() -> Check:
 
     path = shutil.which(QEMU_BINARY)
     if path is None:
-        return Check("QEMU", False, f"{QEMU_BINARY} not found",
-                     "apt-get install qemu-system-x86 (or `make setup`)")  # fmt: skip
+        return Check(
+            "QEMU",
+            False,
+            f"{QEMU_BINARY} not found",
+            "apt-get install qemu-system-x86 (or `make setup`)",
+        )
     try:
         version = subprocess.run([path, "--version"], capture_output=True, text=True,
-                                 timeout=10).stdout.splitlines()[0]  # fmt: skip
+                                 timeout=10).stdout.split("(")[0].strip()  # fmt: skip
     except (OSError, subprocess.TimeoutExpired, IndexError):
         version = path
     return Check("QEMU", True, version)
 
 
-def kvm_reason(root: Path = Path("/")) -> str:
-    """Why hardware KVM is not used (the same tests as ember.hypervisor.accel)."""
+def kvm_reason(root: Path = Path("/")) -> tuple[str, str]:
+    """Why hardware KVM is not used (the same tests as ember.hypervisor.accel), and the fix."""
     if (root / "sys/module/kvm_pvm").exists():
-        return "the KVM here is PVM (kvm_pvm loaded): stock guest kernels hang under it"
+        return (
+            "the KVM here is PVM (kvm_pvm loaded): stock guest kernels hang under it",
+            "none needed: TCG is right on a PVM host; a host with VT-x/AMD-V boots faster",
+        )
     if not (root / "dev/kvm").exists():
-        return "/dev/kvm does not exist (no virtualization extensions, or kvm not loaded)"
+        return (
+            "/dev/kvm does not exist",
+            "enable VT-x/AMD-V (or nested virtualization), modprobe kvm_intel or kvm_amd",
+        )
     if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is not readable and writable by this user"
-    return "the CPU flags show neither vmx nor svm (nested virtualization off?)"
+        return (
+            "/dev/kvm is not readable and writable by this user",
+            "run as root, or add this user to the kvm group",
+        )
+    return (
+        "the CPU flags show neither vmx nor svm",
+        "enable VT-x/AMD-V in the firmware, or nested virtualization in the hypervisor",
+    )
 
 
 def check_accel() -> Check:
@@ -111,12 +127,11 @@ def check_accel() -> Check:
     accel = detect_accel(requested)
     if accel == "kvm":
         if requested == "kvm" and not hardware_kvm_usable():
-            return Check("Accelerator", False, f"EMBER_ACCEL=kvm but {kvm_reason()}",
-                         "unset EMBER_ACCEL (auto) or fix KVM")  # fmt: skip
+            why, fix = kvm_reason()
+            return Check("Accelerator", False, f"EMBER_ACCEL=kvm but {why}", fix)
         return Check("Accelerator", True, "KVM (hardware virtualization)")
-    why = "EMBER_ACCEL=tcg" if requested == "tcg" else kvm_reason()
-    return Check("Accelerator", True, f"TCG (software emulation, slower): {why}",
-                 "load kvm_intel/kvm_amd, or enable nested virtualization for KVM",
+    why, fix = ("EMBER_ACCEL=tcg", "unset EMBER_ACCEL") if requested == "tcg" else kvm_reason()
+    return Check("Accelerator", True, f"TCG (software emulation, slower): {why}", fix,
                  warning=True)  # fmt: skip
 
 

@@ -155,3 +155,14 @@ def test_volumes_create_list_inspect_remove(cli: Cli, tmp_path: Path) -> None:
         assert cli("volume", "rm", name).code == 0
     gone = cli("volume", "inspect", "cli-data")
     assert gone.code == 1 and len(gone.error_lines) == 1
+
+
+def test_doctor_checks_the_host() -> None:
+    result = run_cli(["doctor", "--json"], cli_env(None))
+    checks = {check["name"]: check for check in json.loads(result.out)}
+    assert set(checks) >= {"QEMU", "Accelerator", "Kernel/initrd", "Bridge", "Caddy", "Disk"}
+    assert result.code == (0 if all(c["ok"] for c in checks.values()) else 1)
+    accel = checks["Accelerator"]
+    assert accel["detail"].startswith(("KVM", "TCG"))
+    if accel["detail"].startswith("TCG"):
+        assert accel["fix"]  # says why, and what would change it
