@@ -285,6 +285,34 @@ class QemuHypervisor:
         return state != "Z" and str(vm.qmp_socket).encode() in cmdline
 
     async def wait_exit(self, vm: VMHandle, timeout: float | None = None) -> bool:
+        """Woken by a pidfd when the process ends (a standby waits for its VMM to go: a
+        polling interval would add to it); polls where pidfds are not available."""
+        try:
+            pidfd = os.pidfd_open(vm.pid)
+        except OSError:
+            return await self._poll_exit(vm, timeout)
+        try:
+            if not self.is_alive(vm):  # checked with the pidfd held: not a reused pid
+                return True
+            loop = asyncio.get_running_loop()
+            ended: asyncio.Future[None] = loop.create_future()
+
+            def readable() -> None:
+                if not ended.done():
+                    ended.set_result(None)
+
+            loop.add_reader(pidfd, readable)
+            try:
+                await asyncio.wait_for(ended, timeout)
+            except TimeoutError:
+                return False
+            finally:
+                loop.remove_reader(pidfd)
+            return True
+        finally:
+            os.close(pidfd)
+
+    async def _poll_exit(self, vm: VMHandle, timeout: float | None) -> bool:
         deadline = None if timeout is None else time.monotonic() + timeout
         while self.is_alive(vm):
             if deadline is not None and time.monotonic() >= deadline:

@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hypeman import BadRequestError, ConflictError, Hypeman
+from hypeman import APIStatusError, BadRequestError, ConflictError, Hypeman
 from hypeman.lib.exec import exec as hm_exec
 
 from ember.testkit.ember_server import EmberServer
@@ -122,3 +122,21 @@ def test_bad_compression_is_refused(client: Hypeman, vm: str) -> None:
     with pytest.raises(BadRequestError, match="compression_delay"):
         client.instances.standby(vm, compression_delay="soon")
     assert client.instances.get(vm).state == "Running"
+
+
+def test_failed_restore_keeps_the_snapshot(
+    client: Hypeman, vm: str, shared_server: EmberServer
+) -> None:
+    client.instances.standby(vm)
+    state = standby_dir(shared_server, vm) / "vmstate"
+    aside = state.with_name("aside")
+    state.rename(aside)  # the restore cannot read it: it must fail cleanly
+    with pytest.raises(APIStatusError) as failed:
+        client.instances.restore(vm)
+    assert failed.value.status_code == 503 and "snapshot is kept" in str(failed.value)
+    inst = client.instances.get(vm)
+    assert (inst.state, inst.has_snapshot) == ("Standby", True)
+    assert inst.state_error and "restore failed" in inst.state_error
+    aside.rename(state)
+    assert client.instances.restore(vm).state == "Running"
+    assert client.instances.get(vm).state_error is None
