@@ -85,6 +85,16 @@ class Settings(BaseSettings):
     snapshot_compression_delay_seconds: float = Field(default=0.0, ge=0)
     # --- end snapshots ---
 
+    # --- supervision (ember/instances: expiry, supervisor, health, logs) ---
+    # The reaper looks for expired instances at least this often (and at each expiry).
+    expiry_poll_seconds: float = Field(default=1.0, gt=0)
+    # The supervisor re-checks restart schedules at least this often.
+    supervisor_poll_seconds: float = Field(default=1.0, gt=0)
+    # Each instance log file (app, vmm, hypeman) is rotated past this size; one rotated
+    # file is kept, so an instance's logs take at most about twice this per source.
+    instance_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
+    # --- end supervision ---
+
     @property
     def system_path(self) -> Path:
         return self.system_dir or self.data_dir / "system"

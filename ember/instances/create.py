@@ -12,6 +12,7 @@ import logging
 
 from ember.errors import Conflict
 from ember.ids import new_id
+from ember.instances import phases
 from ember.instances.admission import admit
 from ember.instances.boot import boot
 from ember.instances.core import InstanceCore
@@ -24,8 +25,10 @@ log = logging.getLogger("ember.instances")
 
 
 async def create(core: InstanceCore, request: CreateInstanceRequest) -> InstanceRecord:
+    began = phases.now()
     image = core.images.get(request.image)
     core.images.rootfs_path(image)  # refuses images that are not ready
+    image_ready = phases.now()
     the_plan = plan_create(
         request,
         instance_id=new_id(),
@@ -44,9 +47,10 @@ async def create(core: InstanceCore, request: CreateInstanceRequest) -> Instance
     async with core.lock(record.id):
         core.repo.insert(record)
         core.event(record.id, f"creating from image {record.image} ({record.image_digest})")
+        phases.begin(core, record.id, began, (("image", image_ready),))
         try:
             await core.resources.acquire(the_plan, paths)
-            record = await boot(core, core.current(record.id))
+            record = await boot(core, core.current(record.id), fresh_phases=False)
         except BaseException as exc:
             log.warning("create failed, cleaning up", extra={"instance": record.id, "error": exc})
             await discard(core, core.repo.get(record.id) or record)

@@ -4,14 +4,24 @@ Three sources, as in Hypeman: `app` (the guest's serial console), `vmm` (the
 hypervisor's own output) and `hypeman` (what Ember did to the instance).
 Following polls the file's size: simpler than inotify, works on every
 filesystem, and a 100 ms poll is far below a person's notice.
+
+Size cap: `rotate` moves a file past `instance_log_max_bytes` to `<name>.1`
+(replacing the previous one) and empties it in place ("copytruncate"): QEMU
+holds the app and vmm logs open with O_APPEND, so its next write lands at the
+start of the emptied file, and no process needs to reopen anything. Lines
+written between the copy and the truncate are lost; that window is one copy of
+at most the cap. A tail reads `<name>.1` first when the current file is short.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import logging
 import os
+import shutil
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from enum import StrEnum
 from pathlib import Path
 
@@ -19,6 +29,8 @@ from ember.logsetup import append_stamped
 
 FOLLOW_POLL_SECONDS = 0.1
 READ_CHUNK = 64 * 1024
+ROTATE_POLL_SECONDS = 1.0
+log = logging.getLogger("ember.instances")
 
 
 class LogSource(StrEnum):
@@ -37,13 +49,62 @@ def _clean(line: bytes) -> str:
     return line.decode(errors="replace").rstrip("\r\n").replace("\r", "")
 
 
+def rotated(path: Path) -> Path:
+    return path.with_name(path.name + ".1")
+
+
+def rotate(path: Path, max_bytes: int) -> bool:
+    """Past `max_bytes`: keep the file as `<name>.1` and empty it in place."""
+    try:
+        if path.stat().st_size <= max_bytes:
+            return False
+        partial = path.with_name(path.name + ".1.partial")
+        shutil.copyfile(path, partial)
+        partial.replace(rotated(path))
+        os.truncate(path, 0)
+    except FileNotFoundError:  # the instance was deleted meanwhile
+        return False
+    return True
+
+
+class LogRotator:
+    """Keeps every instance log under the cap: checks their sizes every second."""
+
+    def __init__(self, paths: Callable[[], Iterable[Path]], max_bytes: int) -> None:
+        self._paths, self.max_bytes = paths, max_bytes
+        self._task: asyncio.Task[None] | None = None
+
+    def run_once(self) -> list[Path]:
+        return [path for path in self._paths() if rotate(path, self.max_bytes)]
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await asyncio.to_thread(self.run_once)
+            except Exception:
+                log.exception("log rotation failed")
+            await asyncio.sleep(ROTATE_POLL_SECONDS)
+
+
 def _tail(path: Path, count: int) -> tuple[list[str], int]:
-    """The last `count` lines and the offset just past the last complete line."""
+    """The last `count` lines (from the rotated file too when this one has fewer) and the
+    offset just past the last complete line of `path`."""
     if count <= 0:
         with path.open("rb") as src:
             data = src.read()
         return [], data.rfind(b"\n") + 1
     lines: deque[bytes] = deque(maxlen=count)
+    with contextlib.suppress(FileNotFoundError), rotated(path).open("rb") as old:
+        lines.extend(line if line.endswith(b"\n") else line + b"\n" for line in old)
     offset = 0
     with path.open("rb") as src:
         for line in src:

@@ -11,25 +11,39 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 from ember.config import Settings
 from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
 from ember.ids import is_id
-from ember.instances import create, delete, monitor, mounts, restore, standby, start, stop
+from ember.instances import (
+    create,
+    delete,
+    monitor,
+    mounts,
+    restore,
+    standby,
+    start,
+    stop,
+    update,
+)
 from ember.instances.attachments import VolumeAttachments
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
+from ember.instances.expiry import Reaper
+from ember.instances.health import HealthMonitor, HealthStatus
 from ember.instances.layout import Layout
-from ember.instances.logs import LogSource, read_log
+from ember.instances.logs import LogRotator, LogSource, read_log
 from ember.instances.models import InstanceRecord
 from ember.instances.networking import NetworkLease
 from ember.instances.plan import HostLimits
-from ember.instances.request import CreateInstanceRequest
+from ember.instances.request import CreateInstanceRequest, UpdateInstanceRequest
 from ember.instances.resources import InstanceResource, Resources
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
+from ember.instances.supervisor import Supervisor
 from ember.network import Lease, NetworkManager
 from ember.snapshots.compression import BackgroundJobs, CompressionConfig
 from ember.store import Repository, Store
@@ -74,6 +88,11 @@ class InstanceManager:
         )
         # Background compression of standby snapshots, one job per instance.
         self.snapshot_jobs = BackgroundJobs()
+        # Supervision: restart policies, health checks, expiry, log size caps.
+        self.supervisor = Supervisor(self.core)
+        self.health = HealthMonitor(self.core, self._address)
+        self.reaper = Reaper(self.core, self.delete)
+        self.log_rotator = LogRotator(self._log_paths, settings.instance_log_max_bytes)
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -94,9 +113,16 @@ class InstanceManager:
                 message = f"cannot adopt the VM after a server restart: {exc}"
                 monitor.mark_unknown(core, record.id, message)
         core.resources.sweep({r.id for r in core.repo.all()})
+        await self.reaper.reap()  # those that expired while the server was down
+        self.supervisor.start()
+        self.health.start()
+        self.reaper.start()
+        self.log_rotator.start()
 
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
+        for background in (self.reaper, self.supervisor, self.health, self.log_rotator):
+            await background.close()
         await self.snapshot_jobs.close()  # a standby keeps its raw memory then
         for task in self.core.monitors.values():
             task.cancel()
@@ -160,6 +186,20 @@ class InstanceManager:
         counters = await asyncio.to_thread(self.network.counters, record.id)
         return counters or (0, 0)
 
+    def health_status(self, record: InstanceRecord) -> HealthStatus:
+        return self.health.status(record)
+
+    def _address(self, record: InstanceRecord) -> str | None:
+        lease = self.lease(record)
+        return lease.ip if lease is not None else None
+
+    def _log_paths(self) -> list[Path]:
+        return [
+            self.core.paths(record.id).log(source)
+            for record in self.core.repo.all()
+            for source in LogSource
+        ]
+
     def attachments(self, record: InstanceRecord) -> list[Attachment]:
         return self.volumes.attachments_of(record.id)
 
@@ -196,10 +236,26 @@ class InstanceManager:
     async def start(
         self, ref: str, cmd: list[str] | None = None, entrypoint: list[str] | None = None
     ) -> InstanceRecord:
-        return await start.start(self.core, self.get(ref).id, cmd=cmd, entrypoint=entrypoint)
+        record_id = self.get(ref).id
+        record = await start.start(self.core, record_id, cmd=cmd, entrypoint=entrypoint)
+        self.supervisor.manual_start(record_id)  # the owner's start: supervision starts over
+        return self.core.current(record.id)
 
     async def stop(self, ref: str) -> InstanceRecord:
-        return await stop.stop(self.core, self.get(ref).id)
+        """A stop is never undone by the supervisor; on a Stopped instance waiting for a
+        restart it cancels that restart."""
+        record = self.get(ref)
+        if record.state == State.STOPPED and self.supervisor.pending(record):
+            return self.supervisor.manual_stop(record.id)
+        return await stop.stop(self.core, record.id)
+
+    async def update(self, ref: str, request: UpdateInstanceRequest) -> InstanceRecord:
+        record = self.get(ref)
+        networked = self.lease(record) is not None
+        record, changed = update.update(self.core, record.id, request, networked=networked)
+        if "restart_policy" in changed:
+            self.supervisor.policy_changed(record.id)
+        return self.core.current(record.id)
 
     async def delete(self, ref: str, *, graceful: bool = False) -> None:
         record_id = self.get(ref).id

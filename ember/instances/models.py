@@ -41,6 +41,69 @@ class StandbySnapshot(BaseModel):
     compression_error: str | None = None
 
 
+class RestartPolicy(BaseModel):
+    """Hypeman's `restart_policy`, defaults filled in (durations kept as Go strings)."""
+
+    policy: Literal["never", "always", "on_failure"] = "never"
+    backoff: str = "5s"
+    max_attempts: int = 0  # 0: unlimited
+    stable_after: str | None = None
+
+
+class RestartStatus(BaseModel):
+    """What the supervisor decided so far (`supervisor.py`); kept in the record so a
+    restarted server goes on supervising."""
+
+    attempts: int = 0
+    blocked_reason: Literal["manual_stop", "max_attempts_exceeded"] | None = None
+    last_attempt_at: datetime | None = None
+    last_reason: Literal["health_check_failed"] | None = None
+    next_attempt_at: datetime | None = None
+    # Internal (not in the answer): the boot (its started_at) whose end was decided, and
+    # the boot a failing health check brought down.
+    decided_boot: datetime | None = None
+    health_failed_boot: datetime | None = None
+
+
+class HealthCheckHTTP(BaseModel):
+    port: int
+    path: str = "/"
+    expected_status: int | None = None  # None: any 2xx or 3xx
+    scheme: Literal["http", "https"] = "http"
+
+
+class HealthCheckTCP(BaseModel):
+    port: int
+
+
+class HealthCheckExec(BaseModel):
+    command: list[str]
+    working_dir: str | None = None
+
+
+class HealthCheck(BaseModel):
+    """Hypeman's `health_check`, validated and with defaults filled in (`policies.py`)."""
+
+    type: Literal["http", "tcp", "exec"]
+    http: HealthCheckHTTP | None = None
+    tcp: HealthCheckTCP | None = None
+    exec: HealthCheckExec | None = None
+    interval: str = "10s"
+    timeout: str = "5s"
+    start_period: str = "0s"
+    failure_threshold: int = 3
+    success_threshold: int = 1
+
+
+class BootPhases(BaseModel):
+    """Where the current (or last) boot is and spent its time (`phases.py`)."""
+
+    current: str
+    since: datetime
+    durations_ms: dict[str, int] = Field(default_factory=dict)
+    boot_started: datetime | None = None
+
+
 class InstanceRecord(StoredRecord):
     image: str  # normalized image reference
     image_digest: str
@@ -72,3 +135,9 @@ class InstanceRecord(StoredRecord):
     # Set while the instance is in Standby: what a restore starts from.
     standby: StandbySnapshot | None = None
     snapshot_policy: SnapshotPolicy | None = None
+    # None: no automatic expiry (`expiry.py` deletes the instance once it is passed).
+    expires_at: datetime | None = None
+    restart_policy: RestartPolicy | None = None
+    restart_status: RestartStatus = Field(default_factory=RestartStatus)
+    health_check: HealthCheck | None = None
+    phases: BootPhases | None = None

@@ -17,12 +17,15 @@ from ember.errors import EmberError
 from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
 from ember.guest.config import read_exit_record
 from ember.hypervisor import VMHandle
+from ember.instances import phases
 from ember.instances.core import AGENT_CONNECT_TIMEOUT, InstanceCore
 from ember.instances.logs import LogSource
 from ember.instances.models import InstanceRecord
 from ember.instances.state import ACTIVE, State
 
 log = logging.getLogger("ember.instances")
+# How long the first agent answer may take (a slow boot); the VMM's exit ends it sooner.
+AGENT_READY_TIMEOUT = 600.0
 
 
 def watch(core: InstanceCore, record: InstanceRecord, handle: VMHandle) -> None:
@@ -36,6 +39,7 @@ async def _monitor(core: InstanceCore, record: InstanceRecord, handle: VMHandle)
     agent_task = None
     if record.skip_guest_agent:
         if record.state == State.INITIALIZING:
+            phases.mark(core, record.id, "workload")
             core.transition(record.id, State.RUNNING, "no guest agent to wait for")
     else:
         agent_task = asyncio.create_task(_follow_agent(core, record.id, handle))
@@ -60,13 +64,23 @@ async def _follow_agent(core: InstanceCore, instance_id: str, handle: VMHandle) 
         core.update(instance_id, lambda r: setattr(r, "state_error", message))
         return
     core.agents[instance_id] = agent
+    measuring: asyncio.Task[None] | None = None
     try:
+        # The first answer through the agent: kernel, init and agent are up.
+        with contextlib.suppress(EmberError, TimeoutError):
+            await agent.ping(timeout=AGENT_READY_TIMEOUT)
+            phases.mark(core, instance_id, "guest")
         status = await agent.wait_ready()
         if core.current(instance_id).state == State.INITIALIZING:
+            phases.mark(core, instance_id, "workload")
             core.transition(instance_id, State.RUNNING, f"workload {status.state}")
+            measuring = asyncio.create_task(phases.measure_guest(core, instance_id, agent))
         status = await agent.wait_exit()
     except AgentDisconnected:
         return  # the VM is going away; the exit record on the config disk tells the rest
+    finally:
+        if measuring is not None:
+            measuring.cancel()
     core.update(instance_id, lambda r: _exited(r, status))
 
 

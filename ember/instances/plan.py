@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 
 from ember.errors import InvalidArgument
@@ -18,6 +19,7 @@ from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork, Gue
 from ember.hypervisor import DiskSpec, Hypervisors, NicSpec, VMSpec
 from ember.ids import is_id
 from ember.images.models import ImageRecord
+from ember.instances import policies
 from ember.instances.layout import InstanceLayout
 from ember.instances.logs import LogSource
 from ember.instances.models import InstanceRecord
@@ -34,10 +36,6 @@ NOT_PROVIDED = {
     "devices": "device passthrough is not available on this host",
     "gpu": "GPUs are not available on this host",
     "credentials": "credential injection is not available yet",
-    "ttl": "instance expiry is not available yet",
-    "expires_at": "instance expiry is not available yet",
-    "restart_policy": "restart policies are not available yet",
-    "health_check": "health checks are not available yet",
     "auto_standby": "standby is not available yet",
     "snapshot_policy": "snapshots are not available yet",
 }
@@ -127,6 +125,7 @@ def plan_create(
             f"platform: image {image.name!r} is {image.platform}, not {request.platform}; "
             "pull it for that platform first"
         )
+    network = _network(request.network, networking)
     record = InstanceRecord(
         id=instance_id,
         name=name,
@@ -148,12 +147,15 @@ def plan_create(
         skip_guest_agent=request.skip_guest_agent,
         # The instance keeps what it was created from, even if the tag moves later.
         image_config=image_config(image),
+        expires_at=policies.expiry(request.ttl, request.expires_at, datetime.now(UTC)),
+        restart_policy=policies.restart_policy(request.restart_policy),
+        health_check=policies.health_check(request.health_check, networked=network is not None),
     )
     # The whole guest config must encode: env, argv and sizes are checked here, not at boot.
     guest_config(record).to_record()
     return CreatePlan(
         record=record,
-        network=_network(request.network, networking),
+        network=network,
         volumes=tuple(_volume(i, v) for i, v in enumerate(request.volumes or ())),
     )
 

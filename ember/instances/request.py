@@ -9,7 +9,7 @@ plan or refuses them, before anything is created.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
@@ -46,6 +46,47 @@ class VolumeMountRequest(_Strict):
     overlay_size: StrictStr | None = Field(default=None, description="Required with overlay")
 
 
+class RestartPolicyRequest(_Strict):
+    """Hypeman's `restart_policy`."""
+
+    policy: Literal["never", "always", "on_failure"] = "never"
+    backoff: StrictStr | None = Field(default=None, description='Delay before each restart, "5s"')
+    max_attempts: StrictInt | None = Field(default=None, description="0: unlimited")
+    stable_after: StrictStr | None = Field(
+        default=None, description="Running this long resets the attempt count"
+    )
+
+
+class HealthCheckHTTPRequest(_Strict):
+    port: StrictInt
+    path: StrictStr | None = None
+    expected_status: StrictInt | None = None
+    scheme: Literal["http", "https"] | None = None
+
+
+class HealthCheckTCPRequest(_Strict):
+    port: StrictInt
+
+
+class HealthCheckExecRequest(_Strict):
+    command: list[StrictStr]
+    working_dir: StrictStr | None = None
+
+
+class HealthCheckRequest(_Strict):
+    """Hypeman's `health_check`; `type: none` (or no health_check) disables it."""
+
+    type: Literal["none", "http", "tcp", "exec"] | None = None
+    http: HealthCheckHTTPRequest | None = None
+    tcp: HealthCheckTCPRequest | None = None
+    exec: HealthCheckExecRequest | None = None
+    interval: StrictStr | None = None
+    timeout: StrictStr | None = None
+    start_period: StrictStr | None = None
+    failure_threshold: StrictInt | None = None
+    success_threshold: StrictInt | None = None
+
+
 class CreateInstanceRequest(_Strict):
     name: StrictStr = Field(description="Lowercase letters, digits and dashes; at most 63")
     image: StrictStr = Field(min_length=1, description="OCI image reference (must be pulled)")
@@ -70,8 +111,8 @@ class CreateInstanceRequest(_Strict):
     credentials: dict[str, Any] | None = None
     ttl: StrictStr | None = None
     expires_at: datetime | None = None
-    restart_policy: dict[str, Any] | None = None
-    health_check: dict[str, Any] | None = None
+    restart_policy: RestartPolicyRequest | None = None
+    health_check: HealthCheckRequest | None = None
     auto_standby: dict[str, Any] | None = None
     snapshot_policy: dict[str, Any] | None = None
 
@@ -79,3 +120,16 @@ class CreateInstanceRequest(_Strict):
 class StartInstanceRequest(_Strict):
     cmd: list[StrictStr] | None = Field(default=None, description="Replaces the CMD from now on")
     entrypoint: list[StrictStr] | None = Field(default=None, description="Replaces the entrypoint")
+
+
+class UpdateInstanceRequest(_Strict):
+    """`PATCH /instances/{id}`: Hypeman's `InstanceUpdateParams`; each field given takes
+    effect on the live instance, fields left out are unchanged."""
+
+    ttl: StrictStr | None = Field(default=None, description='From now; "0s" disables expiry')
+    expires_at: datetime | None = None
+    health_check: HealthCheckRequest | None = None
+    restart_policy: RestartPolicyRequest | None = None
+    auto_standby: dict[str, Any] | None = None
+    tags: dict[StrictStr, StrictStr] | None = None
+    env: dict[StrictStr, StrictStr] | None = None

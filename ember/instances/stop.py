@@ -17,6 +17,9 @@ async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
         record = core.current(instance_id)
         if record.state not in ACTIVE:
             raise invalid(record, "stop", "it is not running")
+        # Before the VM goes down: the supervisor must never undo a manual stop, even
+        # if this server dies before the monitor has recorded Stopped.
+        core.update(instance_id, _block_restarts)
         await shutdown(core, record, graceful=True)
     return core.current(instance_id)
 
@@ -46,3 +49,8 @@ async def shutdown(core: InstanceCore, record: InstanceRecord, *, graceful: bool
         await await_monitor(core, record.id)
     finally:
         core.stopping.discard(record.id)
+
+
+def _block_restarts(record: InstanceRecord) -> None:
+    record.restart_status.blocked_reason = "manual_stop"
+    record.restart_status.next_attempt_at = None

@@ -1,0 +1,65 @@
+"""Update (`PATCH /instances/{id}`): change an instance's policies while it runs.
+
+Every field is validated before any is applied, then all are written in one
+record update, which is all "taking effect" needs: the reaper, the supervisor
+and the health monitor read the record at each pass (the health monitor at
+its next probe). A field given as null clears the policy; fields left out stay.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from ember.errors import InvalidArgument
+from ember.instances import policies
+from ember.instances.core import InstanceCore
+from ember.instances.models import HealthCheck, InstanceRecord, RestartPolicy
+from ember.instances.request import UpdateInstanceRequest
+from ember.validation import validate_tags
+
+NOT_UPDATABLE = {
+    "env": "only credential-bound env can be updated, and credential injection is not "
+    "available on this server",
+    "auto_standby": "automatic standby is not available on this server yet "
+    "(POST /instances/{id}/standby puts an instance in standby)",
+}
+
+
+def update(
+    core: InstanceCore, instance_id: str, request: UpdateInstanceRequest, *, networked: bool
+) -> tuple[InstanceRecord, set[str]]:
+    """Apply the fields given; returns the record and the names of the changed fields.
+    `networked`: the instance has a network address (for http/tcp health checks)."""
+    given = request.model_fields_set
+    for name, reason in NOT_UPDATABLE.items():
+        if name in given:
+            raise InvalidArgument(f"{name}: {reason}", code="not_supported")
+    changes: dict[str, object] = {}
+    if "ttl" in given or "expires_at" in given:
+        changes["expires_at"] = policies.expiry(request.ttl, request.expires_at, datetime.now(UTC))
+    if "restart_policy" in given:
+        changes["restart_policy"] = policies.restart_policy(request.restart_policy)
+    if "health_check" in given:
+        changes["health_check"] = policies.health_check(request.health_check, networked=networked)
+    if "tags" in given:
+        changes["tags"] = validate_tags(request.tags)
+
+    def apply(record: InstanceRecord) -> None:
+        for key, value in changes.items():
+            setattr(record, key, value)
+
+    record = core.update(instance_id, apply) if changes else core.current(instance_id)
+    if changes:
+        described = ", ".join(_describe(k, v) for k, v in changes.items())
+        core.event(instance_id, f"updated: {described}")
+    return record, set(changes)
+
+
+def _describe(name: str, value: object) -> str:
+    if isinstance(value, RestartPolicy):
+        return f"restart_policy={value.policy}"
+    if isinstance(value, HealthCheck):
+        return f"health_check={value.type}"
+    if isinstance(value, datetime):
+        return f"expires_at={value.isoformat()}"
+    return f"{name}={value}"
