@@ -154,8 +154,11 @@ def follow_to_exit(api: EmberClient, ref: str) -> int:
     """Show the app log until the instance stops; its exit code."""
     follower = LogFollower(api, ref)
     try:
-        while api.wait(ref, "Stopped", "300s").get("timed_out"):
-            pass
+        while True:
+            answer = api.wait(ref, "Stopped", "300s")
+            # Done, or stuck where it will not stop by itself (a failed boot).
+            if not answer.get("timed_out") or answer.get("state") == "Unknown":
+                break
     except KeyboardInterrupt:
         errors.print(f"detached: {ref} keeps running (`ember stop {ref}` stops it)")
         raise typer.Exit(130) from None
