@@ -12,6 +12,7 @@ from urllib.parse import urlsplit
 
 import typer
 from rich.live import Live
+from rich.markup import escape
 from rich.table import Table
 
 from ember.cli.common import (
@@ -168,6 +169,9 @@ def follow_to_exit(api: EmberClient, ref: str) -> int:
         why = final.get("exit_message") or final.get("state_error") or "no exit code reported"
         errors.print(f"[red]error:[/red] {ref} stopped without an exit code: {why}")
         return EXIT_EMBER
+    message = final.get("exit_message") or ""
+    if final["exit_code"] != 0 and message and not message.startswith("exited with code"):
+        errors.print(f"[dim]{final['name']}: {escape(message)}[/dim]")  # e.g. command not found
     return int(final["exit_code"])
 
 

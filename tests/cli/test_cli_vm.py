@@ -60,6 +60,15 @@ def test_run_follows_the_output_and_exits_with_the_workload_code(cli: Cli, hello
     assert missing.code == 1 and "cli-seven" in missing.err
 
 
+def test_run_says_why_a_command_did_not_start_and_rm_removes_it(cli: Cli, hello: str) -> None:
+    before = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    result = cli("run", "--rm", *SMALL, hello, "no-such-command", "--flag-of-the-workload")
+    assert result.code == 127, result
+    assert "command not found: no-such-command" in result.err
+    after = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    assert after == before  # --rm deleted it
+
+
 @pytest.fixture(scope="module")
 def box(cli: Cli, hello: str) -> Iterator[dict[str, object]]:
     result = cli("run", "-d", "--json", "--name", BOX, *SMALL, "-p", f"{INGRESS_PORT}:8080",
