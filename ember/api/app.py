@@ -17,6 +17,7 @@ from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
     guest_access,
     health,
+    host,
     images,
     ingresses,
     instances,
@@ -33,6 +34,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     guest_access.router,
     volumes.router,
     ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
+    host.router,  # /resources, /capabilities
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

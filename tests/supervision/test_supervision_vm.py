@@ -84,10 +84,10 @@ def test_on_failure_restarts_with_backoff_then_blocks(client: Hypeman, image: st
         datetime.fromisoformat(line.split()[0])
         for line in operations
         if "restart attempt" in line and "failed" not in line
-    ]  # noqa: E501
+    ]
     stops = [
         datetime.fromisoformat(line.split()[0]) for line in operations if "state -> Stopped" in line
-    ]  # noqa: E501
+    ]
     # Each attempt waited the backoff after the boot before it ended.
     assert all((a - s).total_seconds() >= 1.0 for a, s in zip(attempts, stops, strict=False))
     client.instances.delete(inst.id)
@@ -209,3 +209,24 @@ def test_expired_while_down_is_deleted_at_start(image: str, server: EmberServer)
     finally:
         if server.process is None or server.process.poll() is not None:
             server.start()
+
+
+def test_resources_and_capabilities_parse(client: Hypeman, image: str) -> None:
+    inst = client.instances.create(
+        name="counted", image=image, cmd=["/hello", "serve", "8080"], vcpus=1, size="256MB",
+        disk_io_bps="10MB/s",
+    )  # fmt: skip
+    resources = client.resources.get()
+    assert resources.memory.allocated >= 256 << 20 and resources.cpu.allocated >= 1
+    assert resources.memory.oversub_ratio == 0.5  # the module server's setting
+    assert resources.memory.effective_limit == resources.memory.capacity // 2
+    mine = next(a for a in resources.allocations if a.instance_id == inst.id)
+    assert (mine.cpu, mine.memory_bytes, mine.disk_io_bps) == (1, 256 << 20, 10 << 20)
+    assert resources.disk.capacity > resources.disk.available > 0
+    capabilities = client.capabilities.get()
+    qemu = next(r for r in capabilities.runtimes if r.name == "qemu")
+    assert qemu.available and capabilities.default_runtime.name == "qemu"
+    assert (qemu.model_extra or {}).get("accelerator") in ("kvm", "tcg")
+    assert (qemu.model_extra or {}).get("accelerator_reason")
+    assert capabilities.server.version and "instances" in capabilities.features
+    client.instances.delete(inst.id)
