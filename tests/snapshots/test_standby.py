@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
 import pytest
 from hypeman import APIStatusError, BadRequestError, ConflictError, Hypeman
@@ -90,7 +91,7 @@ def test_standby_restore_keeps_processes_files_and_clock(
 
 @pytest.mark.parametrize("algorithm", ["zstd", "lz4"])
 def test_compressed_standby_restores(
-    client: Hypeman, vm: str, shared_server: EmberServer, algorithm: str
+    client: Hypeman, vm: str, shared_server: EmberServer, algorithm: Literal["zstd", "lz4"]
 ) -> None:
     wait_for(lambda: count(client, vm) > 3)
 
@@ -101,7 +102,10 @@ def test_compressed_standby_restores(
     assert before > 3
 
     # Restored once compressed: the memory is decompressed first.
-    client.instances.standby(vm, compression={"enabled": True, "algorithm": algorithm, "level": 1})
+    level = {"zstd": 3, "lz4": 1}[algorithm]
+    client.instances.standby(
+        vm, compression={"enabled": True, "algorithm": algorithm, "level": level}
+    )
     suffix = "zst" if algorithm == "zstd" else "lz4"
     snapshot = standby_dir(shared_server, vm)
     # The compressed file is renamed into place once complete; the raw payload then goes.
