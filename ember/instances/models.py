@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from ember.guest.config import GuestConfig
 from ember.images.models import utcnow
@@ -18,6 +18,8 @@ CompressionState = Literal["none", "compressing", "compressed", "error"]
 
 class SnapshotPolicy(BaseModel):
     """Hypeman's `snapshot_policy`: how this instance's snapshots are compressed."""
+
+    model_config = ConfigDict(extra="forbid")
 
     compression: CompressionConfig | None = None
     standby_compression_delay: str | None = None  # Go duration

@@ -37,7 +37,6 @@ NOT_PROVIDED = {
     "gpu": "GPUs are not available on this host",
     "credentials": "credential injection is not available yet",
     "auto_standby": "standby is not available yet",
-    "snapshot_policy": "snapshots are not available yet",
 }
 
 
@@ -149,6 +148,7 @@ def plan_create(
         image_config=image_config(image),
         expires_at=policies.expiry(request.ttl, request.expires_at, datetime.now(UTC)),
         restart_policy=policies.restart_policy(request.restart_policy),
+        snapshot_policy=policies.snapshot_policy(request.snapshot_policy),
         health_check=policies.health_check(request.health_check, networked=network is not None),
     )
     # The whole guest config must encode: env, argv and sizes are checked here, not at boot.
@@ -303,4 +303,6 @@ def vm_spec(
         name=record.name,
         vmm_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,
+        # Guest RAM in a shared file: a standby then saves only device state.
+        memory_file=layout.memory,
     )

@@ -17,6 +17,7 @@ from ember.instances.models import (
     HealthCheckHTTP,
     HealthCheckTCP,
     RestartPolicy,
+    SnapshotPolicy,
 )
 from ember.instances.request import HealthCheckRequest, RestartPolicyRequest
 from ember.units import parse_duration
@@ -124,3 +125,14 @@ def _port(port: int, kind: str) -> int:
     if not 1 <= port <= 65535:
         raise InvalidArgument(f"health_check.{kind}.port: {port} is not a port (1 to 65535)")
     return port
+
+
+def snapshot_policy(policy: SnapshotPolicy | None) -> SnapshotPolicy | None:
+    """Checked as a standby would use it: compression levels and the delay's duration."""
+    if policy is None:
+        return None
+    if policy.compression is not None:
+        policy.compression.resolve("snapshot_policy.compression")
+    if policy.standby_compression_delay is not None:
+        duration(policy.standby_compression_delay, "snapshot_policy.standby_compression_delay")
+    return policy

@@ -14,6 +14,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ember.hypervisor import HypervisorName
+from ember.instances.models import SnapshotPolicy
 
 
 class _Strict(BaseModel):
@@ -114,7 +115,7 @@ class CreateInstanceRequest(_Strict):
     restart_policy: RestartPolicyRequest | None = None
     health_check: HealthCheckRequest | None = None
     auto_standby: dict[str, Any] | None = None
-    snapshot_policy: dict[str, Any] | None = None
+    snapshot_policy: SnapshotPolicy | None = None
 
 
 class StartInstanceRequest(_Strict):

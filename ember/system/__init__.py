@@ -22,7 +22,7 @@ log = logging.getLogger("ember.system")
 
 DEFAULT_SYSTEM_DIR = Path("/var/lib/ember/system")
 # Appended to by the hypervisor; `quiet` keeps kernel chatter out of app logs.
-KERNEL_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet"
+KERNEL_CMDLINE = "console=ttyS0 reboot=t panic=-1 quiet pci=off"
 
 
 @dataclass(frozen=True, slots=True)

@@ -176,11 +176,17 @@ def test_start_overrides_and_fields_the_server_cannot_honour(shared_server: Embe
         client.instances.start(inst.id, cmd=[])  # the image has no entrypoint: nothing to run
     assert client.instances.get(inst.id).state == "Stopped"
 
-    # Fields of features this server lacks are refused by name, never ignored.
+    # Bad values and fields of features this server lacks are refused by name, never ignored.
     with pytest.raises(BadRequestError, match="ttl"):
-        client.instances.create(name="expiring", image=image, ttl="1s")
+        client.instances.create(name="expiring", image=image, ttl="soon")
     with pytest.raises(BadRequestError, match="restart_policy"):
-        client.instances.create(name="restarting", image=image, restart_policy={"policy": "always"})
+        client.instances.create(
+            name="restarting",
+            image=image,
+            extra_body={"restart_policy": {"policy": "sometimes"}},
+        )
+    with pytest.raises(BadRequestError, match="gpu"):
+        client.instances.create(name="gpu", image=image, gpu={"profile": "L40S-1Q"})
     with pytest.raises(BadRequestError, match="no_such_field"):
         client.instances.create(name="typo", image=image, extra_body={"no_such_field": 1})
     with pytest.raises(BadRequestError, match="overlay_size: at least 64MB"):
@@ -188,8 +194,9 @@ def test_start_overrides_and_fields_the_server_cannot_honour(shared_server: Embe
     with pytest.raises(BadRequestError, match="platform"):
         client.instances.create(name="arm", image=image, platform="linux/arm64")
     with pytest.raises(BadRequestError, match="ttl"):
-        client.instances.update(inst.id, ttl="1h")
+        client.instances.update(inst.id, ttl="-1h")
     assert client.instances.update(inst.id).id == inst.id
     assert {i.name for i in client.instances.list()} >= {"rerun"}
-    assert not {"expiring", "restarting", "typo", "arm"} & {i.name for i in client.instances.list()}
+    refused = {"expiring", "restarting", "gpu", "typo", "arm"}
+    assert not refused & {i.name for i in client.instances.list()}
     client.instances.delete(inst.id)
