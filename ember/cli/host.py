@@ -15,7 +15,7 @@ from pathlib import Path
 import typer
 from rich.table import Table
 
-from ember.cli.common import JsonOption, app, console, emit_json, errors
+from ember.cli.common import JsonOption, app, console, emit_json, errors, fail
 
 PANEL = "Server host"
 MIN_FREE_BYTES = 5 * 2**30
@@ -244,3 +244,44 @@ def doctor(as_json: bool = JsonOption) -> None:
     if not all(result.ok for result in results):
         errors.print("[red]doctor: some checks failed[/red]")
         raise typer.Exit(1)
+
+
+# ---- network uninstall -----------------------------------------------------------------
+
+network_app = typer.Typer(no_args_is_help=True, help="Ember's default network on this host.")
+app.add_typer(network_app, name="network", rich_help_panel=PANEL)
+
+
+@network_app.command("uninstall")
+def network_uninstall(
+    force: bool = typer.Option(False, "--force", help="Even while an Ember server answers."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Remove what Ember set up on this host's network: the ingress proxy (Caddy), the
+    bridge, TAP and IFB devices, Ember's nftables table and the leases. Other rules and
+    tables are left as they are."""
+    import asyncio
+
+    import httpx
+
+    from ember.config import Settings
+    from ember.ingress import IngressManager
+    from ember.network import NetworkSettings, uninstall
+    from ember.store import Store
+
+    settings = Settings()
+    if not force:
+        try:
+            httpx.get(f"http://{settings.listen}/health", timeout=1)
+        except httpx.HTTPError:
+            pass
+        else:
+            fail("an Ember server answers on " + settings.listen + ": stop it first (or --force)")
+    store = Store(settings.db_path)
+    ingress = IngressManager(store, settings, lambda _ref: False)
+    asyncio.run(ingress.shutdown_proxy())
+    removed = ["caddy", *uninstall(store, NetworkSettings.from_settings(settings))]
+    if as_json:
+        emit_json({"removed": removed})
+    else:
+        console.print("removed: " + (", ".join(removed) or "nothing"))

@@ -4,7 +4,10 @@ requires: no traffic to guests from the host's own namespace)."""
 
 from __future__ import annotations
 
+import os
+import sqlite3
 import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -135,3 +138,19 @@ def test_delete_and_restart_leave_nothing_behind(server: EmberServer, ns: str) -
     links = leftovers()
     assert "tap-" not in links and "ifb-" not in links
     assert "ember0" in links  # the network stays while the server runs
+    server.stop()
+    env = {**os.environ, "EMBER_DATA_DIR": str(server.data_dir)}
+    uninstall = subprocess.run(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "ember.cli.main", "network",
+         "uninstall", "--json"],
+        capture_output=True, text=True, env=env,
+    )  # fmt: skip
+    assert uninstall.returncode == 0, uninstall.stderr
+    assert "ember0" not in leftovers()
+    tables = subprocess.run(["ip", "netns", "exec", ns, "nft", "list", "tables"],
+                            capture_output=True, text=True).stdout  # fmt: skip
+    assert "ember" not in tables
+    leases = sqlite3.connect(server.data_dir / "ember.db").execute(
+        "SELECT count(*) FROM network_leases"
+    )
+    assert leases.fetchone()[0] == 0
