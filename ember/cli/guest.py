@@ -103,7 +103,8 @@ def pump(session: ExecSession, *, send_stdin: bool, resizes: bool) -> int:
                 data = os.read(stdin, 32 * 1024)
                 if data:
                     session.send_input(data)
-                else:  # end of input: the protocol cannot say so; keep relaying output
+                else:  # end of input: close the process's stdin, keep relaying output
+                    session.end_input()
                     watching.remove(stdin)
     except ConnectionClosed:
         reader.join(5)

@@ -84,6 +84,10 @@ class ExecSession:
     def resize(self, rows: int, cols: int) -> None:
         self.websocket.send(json.dumps({"resize": {"rows": rows, "cols": cols}}))
 
+    def end_input(self) -> None:
+        """Close the process's stdin (Ember's extension of the exec protocol)."""
+        self.websocket.send(json.dumps({"eof": True}))
+
     def output(self) -> Iterator[bytes]:
         """Output chunks until the process exits (then `exit_code` is set)."""
         while True:

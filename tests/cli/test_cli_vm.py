@@ -97,6 +97,9 @@ def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) 
     assert result.out.strip() == "hello from env"
     flags = cli("exec", "-e", "X=1", BOX, "/bin/sh", "-c", "echo x=$X; ls -d /tmp")
     assert flags.code == 0 and flags.out.split() == ["x=1", "/tmp"]
+    # The end of piped input reaches the process: `cat` ends instead of waiting forever.
+    piped = cli("exec", "-i", BOX, "cat", stdin="line one\nline two\n")
+    assert piped.code == 0 and piped.out == "line one\nline two\n"
 
 
 class Terminal:

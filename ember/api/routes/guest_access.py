@@ -254,7 +254,9 @@ async def _relay_exec(websocket: WebSocket, session: ExecSession, timeout: int |
 
 
 async def _pump_stdin(websocket: WebSocket, session: ExecSession) -> None:
-    """Binary frames are stdin; text frames are resizes. A client that leaves kills the process."""
+    """Binary frames are stdin; text frames are resizes, or (an Ember extension: the
+    official protocol has no way to end stdin) `{"eof": true}`, which closes the process's
+    stdin so `echo x | ember exec -i NAME cat` ends. A client that leaves kills it."""
     try:
         while True:
             message = await websocket.receive()
@@ -263,7 +265,10 @@ async def _pump_stdin(websocket: WebSocket, session: ExecSession) -> None:
             if message.get("bytes"):
                 await session.write(message["bytes"])
             elif message.get("text"):
-                resize = json.loads(message["text"]).get("resize") or {}
+                control = json.loads(message["text"])
+                if control.get("eof") is True:
+                    await session.close_stdin()
+                resize = control.get("resize") or {}
                 if resize.get("rows") and resize.get("cols"):
                     await session.resize(int(resize["rows"]), int(resize["cols"]))
     except (WebSocketDisconnect, ValueError, EmberError):
