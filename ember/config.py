@@ -85,6 +85,12 @@ class Settings(BaseSettings):
     snapshot_compression_delay_seconds: float = Field(default=0.0, ge=0)
     # --- end snapshots ---
 
+    # --- auto-standby (ember/instances/autostandby.py) ---
+    # The controller recounts inbound TCP flows (conntrack) at least this often; conntrack
+    # events, record changes and each countdown's end wake it sooner.
+    auto_standby_reconcile_seconds: float = Field(default=10.0, gt=0)
+    # --- end auto-standby ---
+
     # --- supervision (ember/instances: expiry, supervisor, health, logs) ---
     # The reaper looks for expired instances at least this often (and at each expiry).
     expiry_poll_seconds: float = Field(default=1.0, gt=0)

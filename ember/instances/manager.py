@@ -30,6 +30,7 @@ from ember.instances import (
     update,
 )
 from ember.instances.attachments import VolumeAttachments
+from ember.instances.autostandby import AutoStandby, Report
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
 from ember.instances.expiry import Reaper
@@ -93,6 +94,7 @@ class InstanceManager:
         self.health = HealthMonitor(self.core, self._address)
         self.reaper = Reaper(self.core, self.delete)
         self.log_rotator = LogRotator(self._log_paths, settings.instance_log_max_bytes)
+        self.auto_standby = AutoStandby(self.core, self._address, self.standby)
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -118,9 +120,11 @@ class InstanceManager:
         self.health.start()
         self.reaper.start()
         self.log_rotator.start()
+        self.auto_standby.start()
 
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
+        await self.auto_standby.close()  # first: it may be starting a standby
         for background in (self.reaper, self.supervisor, self.health, self.log_rotator):
             await background.close()
         await self.snapshot_jobs.close()  # a standby keeps its raw memory then
@@ -279,6 +283,13 @@ class InstanceManager:
 
     async def restore(self, ref: str) -> InstanceRecord:
         return await restore.restore(self.core, self.snapshot_jobs, self.get(ref).id)
+
+    async def auto_standby_status(self, ref: str) -> Report:
+        return await self.auto_standby.status(self.get(ref))
+
+    async def auto_standby_hold(self, ref: str) -> Report:
+        """409 when the instance is in (or entering) standby."""
+        return await self.auto_standby.hold(self.get(ref))
 
     async def attach_volume(
         self, ref: str, volume: str, mount_path: str, *, readonly: bool = False

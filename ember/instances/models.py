@@ -97,6 +97,24 @@ class HealthCheck(BaseModel):
     success_threshold: int = 1
 
 
+class AutoStandbyPolicy(BaseModel):
+    """Hypeman's `auto_standby`, validated (`policies.auto_standby`)."""
+
+    enabled: bool = False
+    idle_timeout: str | None = None  # Go duration; required when enabled
+    ignore_source_cidrs: list[str] = Field(default_factory=list)
+    ignore_destination_ports: list[int] = Field(default_factory=list)
+
+
+class AutoStandbyState(BaseModel):
+    """What the auto-standby controller observed (`autostandby.py`); kept in the record so
+    a restarted server goes on with the countdown."""
+
+    idle_since: datetime | None = None
+    last_inbound_activity_at: datetime | None = None
+    hold_until: datetime | None = None
+
+
 class BootPhases(BaseModel):
     """Where the current (or last) boot is and spent its time (`phases.py`)."""
 
@@ -143,3 +161,5 @@ class InstanceRecord(StoredRecord):
     restart_status: RestartStatus = Field(default_factory=RestartStatus)
     health_check: HealthCheck | None = None
     phases: BootPhases | None = None
+    auto_standby: AutoStandbyPolicy | None = None
+    auto_standby_state: AutoStandbyState = Field(default_factory=AutoStandbyState)

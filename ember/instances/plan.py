@@ -36,7 +36,6 @@ NOT_PROVIDED = {
     "devices": "device passthrough is not available on this host",
     "gpu": "GPUs are not available on this host",
     "credentials": "credential injection is not available yet",
-    "auto_standby": "standby is not available yet",
 }
 
 
@@ -150,6 +149,7 @@ def plan_create(
         restart_policy=policies.restart_policy(request.restart_policy),
         snapshot_policy=policies.snapshot_policy(request.snapshot_policy),
         health_check=policies.health_check(request.health_check, networked=network is not None),
+        auto_standby=policies.auto_standby(request.auto_standby),
     )
     # The whole guest config must encode: env, argv and sizes are checked here, not at boot.
     guest_config(record).to_record()

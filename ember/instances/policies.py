@@ -7,11 +7,13 @@ checked) or raises InvalidArgument naming the field, before anything changes.
 
 from __future__ import annotations
 
+import ipaddress
 from datetime import UTC, datetime, timedelta
 from typing import Literal
 
 from ember.errors import InvalidArgument
 from ember.instances.models import (
+    AutoStandbyPolicy,
     HealthCheck,
     HealthCheckExec,
     HealthCheckHTTP,
@@ -19,7 +21,11 @@ from ember.instances.models import (
     RestartPolicy,
     SnapshotPolicy,
 )
-from ember.instances.request import HealthCheckRequest, RestartPolicyRequest
+from ember.instances.request import (
+    AutoStandbyPolicyRequest,
+    HealthCheckRequest,
+    RestartPolicyRequest,
+)
 from ember.units import parse_duration
 
 ProbeKind = Literal["http", "tcp", "exec"]
@@ -135,4 +141,33 @@ def snapshot_policy(policy: SnapshotPolicy | None) -> SnapshotPolicy | None:
         policy.compression.resolve("snapshot_policy.compression")
     if policy.standby_compression_delay is not None:
         duration(policy.standby_compression_delay, "snapshot_policy.standby_compression_delay")
+    return policy
+
+
+def auto_standby(request: AutoStandbyPolicyRequest | None) -> AutoStandbyPolicy | None:
+    """`idle_timeout` is required when enabled (no silent default); CIDRs are normalised.
+    An instance without a network is accepted: its status says `network_disabled`."""
+    if request is None:
+        return None
+    policy = AutoStandbyPolicy(enabled=request.enabled)
+    if request.idle_timeout is not None:
+        duration(request.idle_timeout, "auto_standby.idle_timeout", positive=True)
+        policy.idle_timeout = request.idle_timeout
+    elif request.enabled:
+        raise InvalidArgument('auto_standby.idle_timeout: required when enabled (e.g. "5m")')
+    for index, cidr in enumerate(request.ignore_source_cidrs or ()):
+        try:
+            network = ipaddress.ip_network(cidr, strict=False)
+        except ValueError:
+            raise InvalidArgument(
+                f"auto_standby.ignore_source_cidrs[{index}]: {cidr!r} is not a CIDR "
+                '(e.g. "10.0.0.0/8" or "192.0.2.7/32")'
+            ) from None
+        policy.ignore_source_cidrs.append(str(network))
+    for index, port in enumerate(request.ignore_destination_ports or ()):
+        if not 1 <= port <= 65535:
+            raise InvalidArgument(
+                f"auto_standby.ignore_destination_ports[{index}]: {port} is not a port (1 to 65535)"
+            )
+        policy.ignore_destination_ports.append(port)
     return policy

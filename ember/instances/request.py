@@ -88,6 +88,15 @@ class HealthCheckRequest(_Strict):
     success_threshold: StrictInt | None = None
 
 
+class AutoStandbyPolicyRequest(_Strict):
+    """Hypeman's `auto_standby`: standby after `idle_timeout` without inbound TCP flows."""
+
+    enabled: StrictBool = False
+    idle_timeout: StrictStr | None = Field(default=None, description='Go duration, e.g. "5m"')
+    ignore_destination_ports: list[StrictInt] | None = None
+    ignore_source_cidrs: list[StrictStr] | None = None
+
+
 class CreateInstanceRequest(_Strict):
     name: StrictStr = Field(description="Lowercase letters, digits and dashes; at most 63")
     image: StrictStr = Field(min_length=1, description="OCI image reference (must be pulled)")
@@ -114,7 +123,7 @@ class CreateInstanceRequest(_Strict):
     expires_at: datetime | None = None
     restart_policy: RestartPolicyRequest | None = None
     health_check: HealthCheckRequest | None = None
-    auto_standby: dict[str, Any] | None = None
+    auto_standby: AutoStandbyPolicyRequest | None = None
     snapshot_policy: SnapshotPolicy | None = None
 
 
@@ -131,6 +140,6 @@ class UpdateInstanceRequest(_Strict):
     expires_at: datetime | None = None
     health_check: HealthCheckRequest | None = None
     restart_policy: RestartPolicyRequest | None = None
-    auto_standby: dict[str, Any] | None = None
+    auto_standby: AutoStandbyPolicyRequest | None = None
     tags: dict[StrictStr, StrictStr] | None = None
     env: dict[StrictStr, StrictStr] | None = None

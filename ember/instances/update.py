@@ -13,15 +13,13 @@ from datetime import UTC, datetime
 from ember.errors import InvalidArgument
 from ember.instances import policies
 from ember.instances.core import InstanceCore
-from ember.instances.models import HealthCheck, InstanceRecord, RestartPolicy
+from ember.instances.models import AutoStandbyPolicy, HealthCheck, InstanceRecord, RestartPolicy
 from ember.instances.request import UpdateInstanceRequest
 from ember.validation import validate_tags
 
 NOT_UPDATABLE = {
     "env": "only credential-bound env can be updated, and credential injection is not "
     "available on this server",
-    "auto_standby": "automatic standby is not available on this server yet "
-    "(POST /instances/{id}/standby puts an instance in standby)",
 }
 
 
@@ -41,6 +39,8 @@ def update(
         changes["restart_policy"] = policies.restart_policy(request.restart_policy)
     if "health_check" in given:
         changes["health_check"] = policies.health_check(request.health_check, networked=networked)
+    if "auto_standby" in given:
+        changes["auto_standby"] = policies.auto_standby(request.auto_standby)
     if "tags" in given:
         changes["tags"] = validate_tags(request.tags)
 
@@ -60,6 +60,8 @@ def _describe(name: str, value: object) -> str:
         return f"restart_policy={value.policy}"
     if isinstance(value, HealthCheck):
         return f"health_check={value.type}"
+    if isinstance(value, AutoStandbyPolicy):
+        return f"auto_standby=enabled:{value.enabled},idle_timeout:{value.idle_timeout}"
     if isinstance(value, datetime):
         return f"expires_at={value.isoformat()}"
     return f"{name}={value}"

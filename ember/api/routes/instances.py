@@ -30,6 +30,7 @@ from ember.instances import (
     InstanceRecord,
     StartInstanceRequest,
     State,
+    autostandby,
     health,
     phases,
 )
@@ -416,3 +417,49 @@ async def attach_volume(
 )
 async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.detach_volume(ref, volume_id))
+
+
+class AutoStandbyStatus(OmitsUnsetStrings):
+    """Hypeman's `AutoStandbyStatus` (`ember/instances/autostandby.py`)."""
+
+    omit_when_unset = ("idle_timeout", "countdown_remaining")
+
+    status: autostandby.Status
+    reason: autostandby.Reason
+    supported: bool
+    configured: bool
+    enabled: bool
+    eligible: bool
+    active_inbound_connections: int
+    tracking_mode: str
+    idle_timeout: str | None = None
+    idle_since: datetime | None = None
+    last_inbound_activity_at: datetime | None = None
+    hold_until: datetime | None = None
+    next_standby_at: datetime | None = None
+    countdown_remaining: str | None = None
+
+    @classmethod
+    def of(cls, report: autostandby.Report) -> AutoStandbyStatus:
+        return cls(**dataclasses.asdict(report))
+
+
+@router.get(
+    "/{id}/auto-standby/status",
+    response_model=AutoStandbyStatus,
+    summary="Auto-standby status: whether and when the instance goes to standby, and why",
+)
+async def auto_standby_status(ref: InstanceRef, svc: ServicesDep) -> AutoStandbyStatus:
+    return AutoStandbyStatus.of(await svc.instances.auto_standby_status(ref))
+
+
+@router.post(
+    "/{id}/auto-standby/hold",
+    response_model=AutoStandbyStatus,
+    summary="Hold off auto-standby for one idle_timeout from now",
+    responses=error_responses(409),
+)
+async def auto_standby_hold(ref: InstanceRef, svc: ServicesDep) -> AutoStandbyStatus:
+    """Each hold replaces the last; 409 when the instance is in (or entering) standby.
+    Without an enabled policy, nothing is held and the status is answered."""
+    return AutoStandbyStatus.of(await svc.instances.auto_standby_hold(ref))
