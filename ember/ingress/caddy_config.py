@@ -23,6 +23,18 @@ TEXT = {"Content-Type": ["text/plain; charset=utf-8"]}
 REGEXP_NAME = "ingress"  # placeholders read {http.regexp.ingress.<capture>}
 # How often Caddy re-resolves an instance name: an address change is seen within this.
 DNS_REFRESH = "1s"
+# How long Caddy keeps an idle connection to an instance. Caddy's default is 2 min, and
+# Go's transport pools even a connection whose dial finished after its request was
+# cancelled, one that never carries a request: a one-connection-at-a-time guest server
+# (the testkit's hello, many small apps) then sits in read() on it and answers nobody
+# else, measured here for the whole 2 min. 1 s bounds that, still reuses connections
+# under load (reuse happens within milliseconds), stays under the idle timeouts of
+# common servers (gunicorn 2 s, Node 5 s) so a pooled connection is not one the
+# instance is closing, and lets an idle instance's connections go (auto-standby).
+UPSTREAM_IDLE_TIMEOUT = "1s"
+# Caddy's own defaults, restated because giving `keep_alive` at all replaces them.
+UPSTREAM_MAX_IDLE_PER_HOST = 32
+UPSTREAM_PROBE_INTERVAL = "30s"
 
 
 @dataclass(frozen=True)
@@ -143,7 +155,15 @@ def _reverse_proxy(rule: IngressRule, settings: ProxySettings) -> JSON:
             "dial_timeout": _duration(settings.dial_timeout_seconds),
         },
         # A stopped or deleted instance must fail the request at once, not hang it.
-        "transport": {"protocol": "http", "dial_timeout": _duration(settings.dial_timeout_seconds)},
+        "transport": {
+            "protocol": "http",
+            "dial_timeout": _duration(settings.dial_timeout_seconds),
+            "keep_alive": {
+                "idle_timeout": UPSTREAM_IDLE_TIMEOUT,
+                "max_idle_conns_per_host": UPSTREAM_MAX_IDLE_PER_HOST,
+                "probe_interval": UPSTREAM_PROBE_INTERVAL,
+            },
+        },
     }
 
 

@@ -180,3 +180,22 @@ async def test_a_killed_caddy_is_started_again(manager: IngressManager, world: W
     assert manager.daemon.running_pid() not in (None, pid)
     _, body, _ = world.netns.curl("http://127.0.0.1/", "-H", "Host: web.example.com")
     assert body.startswith("web ")
+
+
+def caddy_upstream_connections(world: World, address: str) -> int:
+    listed = world.netns.run("ss", "-tanpH", "state", "established", "dst", f"{address}:8080")
+    return listed.stdout.count('"caddy"')
+
+
+async def test_idle_upstream_connections_are_let_go(manager: IngressManager, world: World) -> None:
+    # Caddy's default keeps an idle upstream connection 2 min; a one-connection-at-a-time
+    # instance would sit on it, answering nobody else. Ours goes within about a second.
+    await manager.create("site", [rule("web.example.com", "web")])
+    for _ in range(3):
+        status, _, _ = world.netns.curl("http://127.0.0.1/", "-H", "Host: web.example.com")
+        assert status == 200
+    for _ in range(100):  # a bound far above the 1 s idle timeout, not a timing check
+        if caddy_upstream_connections(world, "127.0.0.2") == 0:
+            break
+        time.sleep(0.1)
+    assert caddy_upstream_connections(world, "127.0.0.2") == 0
