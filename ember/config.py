@@ -83,6 +83,9 @@ class Settings(BaseSettings):
     snapshot_compression: str = "none"
     # Seconds between a standby and the start of its compression (request and policy win).
     snapshot_compression_delay_seconds: float = Field(default=0.0, ge=0)
+    # How often the snapshot scheduler looks for due schedules (tests shorten it; the
+    # schedules' own minimum interval of 1m does not change).
+    snapshot_schedule_tick_seconds: float = Field(default=5.0, gt=0)
     # --- end snapshots ---
 
     # --- auto-standby (ember/instances/autostandby.py) ---

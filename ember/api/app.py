@@ -22,6 +22,7 @@ from ember.api.routes import (
     ingresses,
     instances,
     registry,
+    snapshots,
     volumes,
 )
 from ember.api.services import Services
@@ -35,6 +36,8 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     volumes.router,
     ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
     host.router,  # /resources, /capabilities
+    snapshots.router,
+    snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

@@ -24,6 +24,7 @@ from typing import Any, Literal
 from pydantic import BaseModel
 
 from ember.errors import EmberError, InvalidArgument, Unavailable
+from ember.guest.config import GuestNetwork
 from ember.guest.protocol import (
     CONTROL_CHANNEL,
     HEADER_SIZE,
@@ -231,6 +232,23 @@ class AgentClient:
         now = time.time_ns() if when is None else int(when * 1e9)
         record = encode_record({"sec": now // 1_000_000_000, "nsec": now % 1_000_000_000})
         await self._request(MsgType.SET_TIME, record, timeout)
+
+    async def set_network(
+        self, network: GuestNetwork, hostname: str | None = None, timeout: float = 5.0
+    ) -> None:
+        """Give eth0 this MAC, address, default route and resolvers (and the guest this
+        hostname): a fork restored from another VM's memory starts with that VM's."""
+        fields: dict[str, str | int | list[str]] = {"iface": "eth0", "ip": network.ip,
+                                                     "prefix": network.prefix}  # fmt: skip
+        if network.mac:
+            fields["mac"] = network.mac
+        if network.gateway:
+            fields["gateway"] = network.gateway
+        if network.dns:
+            fields["dns"] = list(network.dns)
+        if hostname:
+            fields["hostname"] = hostname
+        await self._request(MsgType.SET_NETWORK, encode_record(fields), timeout)
 
     async def exec(
         self,

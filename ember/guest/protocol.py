@@ -38,6 +38,9 @@ class MsgType(enum.IntEnum):
     PONG = 0x07
     SIGNAL = 0x08  # host->guest: signal=N to the workload (graceful stop: 15)
     SET_TIME = 0x09  # host->guest: sec= nsec= (the wall clock after a restore); STATUS {}
+    # host->guest: iface= mac= ip= prefix= gateway= dns=.. hostname= (a fork's own network,
+    # applied over the one it inherited from the VM it was restored from); STATUS {}
+    SET_NETWORK = 0x0A
     ERROR = 0x0F  # guest->host: {"message"} answering a request on its channel
     # Requests on host-chosen channels; an exec session keeps its channel until EXEC_EXIT.
     EXEC_START = 0x10  # host->guest: arg=.. env=.. cwd= user= tty=0|1 rows= cols=

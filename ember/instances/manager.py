@@ -21,14 +21,15 @@ from ember.ids import is_id
 from ember.instances import (
     create,
     delete,
+    guestnet,
     monitor,
     mounts,
-    restore,
     standby,
     start,
     stop,
     update,
 )
+from ember.instances import fork as forking
 from ember.instances.attachments import VolumeAttachments
 from ember.instances.autostandby import AutoStandby, Report
 from ember.instances.core import InstanceCore, invalid
@@ -42,11 +43,16 @@ from ember.instances.networking import NetworkLease
 from ember.instances.plan import HostLimits
 from ember.instances.request import CreateInstanceRequest, UpdateInstanceRequest
 from ember.instances.resources import InstanceResource, Resources
+from ember.instances.snapshot import Snapshots
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
 from ember.instances.supervisor import Supervisor
 from ember.network import Lease, NetworkManager
 from ember.snapshots.compression import BackgroundJobs, CompressionConfig
+from ember.snapshots.layout import SnapshotLayout
+from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
+from ember.snapshots.schedule import Scheduler, ScheduleRequest, plan_schedule
+from ember.snapshots.store import SnapshotStore
 from ember.store import Repository, Store
 from ember.system import BootArtifacts
 from ember.volumes import Attachment, VolumeManager
@@ -89,6 +95,15 @@ class InstanceManager:
         )
         # Background compression of standby snapshots, one job per instance.
         self.snapshot_jobs = BackgroundJobs()
+        # Named snapshots, forks and snapshot schedules (snapshot.py, fork.py).
+        self.snapshots = Snapshots(
+            self.core, SnapshotStore(store), SnapshotLayout(settings.data_dir / "snapshots"),
+            self.snapshot_jobs, volumes, network,
+        )  # fmt: skip
+        self.scheduler = Scheduler(
+            self.snapshots.store, self._scheduled_snapshot, self.snapshots.delete,
+            lambda i: self.core.repo.get(i) is not None, settings.snapshot_schedule_tick_seconds,
+        )  # fmt: skip
         # Supervision: restart policies, health checks, expiry, log size caps.
         self.supervisor = Supervisor(self.core)
         self.health = HealthMonitor(self.core, self._address)
@@ -115,18 +130,22 @@ class InstanceManager:
                 message = f"cannot adopt the VM after a server restart: {exc}"
                 monitor.mark_unknown(core, record.id, message)
         core.resources.sweep({r.id for r in core.repo.all()})
+        self.snapshots.recover()
         await self.reaper.reap()  # those that expired while the server was down
         self.supervisor.start()
         self.health.start()
         self.reaper.start()
         self.log_rotator.start()
         self.auto_standby.start()
+        self.scheduler.start()
 
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
         await self.auto_standby.close()  # first: it may be starting a standby
         for background in (self.reaper, self.supervisor, self.health, self.log_rotator):
             await background.close()
+        await self.scheduler.close()
+        await self.snapshots.close()
         await self.snapshot_jobs.close()  # a standby keeps its raw memory then
         for task in self.core.monitors.values():
             task.cancel()
@@ -265,6 +284,7 @@ class InstanceManager:
         record_id = self.get(ref).id
         await self.snapshot_jobs.cancel(record_id)  # before its files go
         await delete.delete(self.core, record_id, graceful=graceful)
+        self.snapshots.store.delete_schedule(record_id)  # its snapshots stay
 
     async def standby(
         self,
@@ -282,7 +302,72 @@ class InstanceManager:
         )
 
     async def restore(self, ref: str) -> InstanceRecord:
-        return await restore.restore(self.core, self.snapshot_jobs, self.get(ref).id)
+        record_id = self.get(ref).id
+        async with self.core.lock(record_id):  # a fork's guest gets its own network back
+            return await guestnet.restore_own_network(
+                self.core, self.snapshot_jobs, self.network, record_id
+            )
+
+    # ---- snapshots, forks, schedules (snapshot.py, fork.py, ember/snapshots) -----------
+
+    async def create_snapshot(
+        self,
+        ref: str,
+        kind: SnapshotKind,
+        *,
+        name: str | None = None,
+        tags: dict[str, str] | None = None,
+        compression: CompressionConfig | None = None,
+    ) -> SnapshotRecord:
+        return await self.snapshots.create(
+            self.get(ref).id, kind, name=name, tags=tags, compression=compression
+        )
+
+    async def restore_snapshot(
+        self, ref: str, snapshot_id: str, target: State | None, hypervisor: str | None
+    ) -> InstanceRecord:
+        return await self.snapshots.restore(
+            self.get(ref).id, snapshot_id, target_state=target, target_hypervisor=hypervisor
+        )
+
+    async def fork(
+        self, ref: str, name: str, *, from_running: bool, target: State | None
+    ) -> InstanceRecord:
+        return await forking.fork_instance(
+            self.snapshots, self.get(ref).id, name, from_running=from_running, target_state=target
+        )
+
+    async def fork_snapshot(
+        self, snapshot_id: str, name: str, target: State | None, hypervisor: str | None
+    ) -> InstanceRecord:
+        return await forking.fork_snapshot(
+            self.snapshots, snapshot_id, name, target_state=target, target_hypervisor=hypervisor
+        )
+
+    def snapshot_schedule(self, ref: str) -> ScheduleRecord:
+        record = self.get(ref)
+        schedule = self.snapshots.store.schedule(record.id)
+        if schedule is None:
+            raise NotFound(f"instance {record.name!r} has no snapshot schedule")
+        return schedule
+
+    def set_snapshot_schedule(self, ref: str, request: ScheduleRequest) -> ScheduleRecord:
+        record_id = self.get(ref).id
+        current = self.snapshots.store.schedule(record_id)
+        return self.snapshots.store.put_schedule(plan_schedule(record_id, request, current))
+
+    def delete_snapshot_schedule(self, ref: str) -> None:
+        record = self.get(ref)
+        if not self.snapshots.store.delete_schedule(record.id):
+            raise NotFound(f"instance {record.name!r} has no snapshot schedule")
+
+    async def _scheduled_snapshot(self, schedule: ScheduleRecord, name: str) -> SnapshotRecord:
+        """As Hypeman: Standby from a Running or Standby instance, Stopped from a Stopped one."""
+        record = self.core.current(schedule.instance_id)
+        kind: SnapshotKind = "Stopped" if record.state == State.STOPPED else "Standby"
+        return await self.snapshots.create(
+            record.id, kind, name=name, tags=schedule.metadata, scheduled=True
+        )
 
     async def auto_standby_status(self, ref: str) -> Report:
         return await self.auto_standby.status(self.get(ref))

@@ -41,6 +41,9 @@ class StandbySnapshot(BaseModel):
     compression_state: CompressionState = "none"
     compressed_bytes: int | None = None
     compression_error: str | None = None
+    # The saved guest still has the network settings (MAC, IP, hostname) of the VM it was
+    # forked from: a restore keeps its TAP down until the agent has set the fork's own.
+    foreign_network: bool = False
 
 
 class RestartPolicy(BaseModel):

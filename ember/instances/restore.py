@@ -19,6 +19,7 @@ import asyncio
 import logging
 import shutil
 import time
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -36,28 +37,75 @@ log = logging.getLogger("ember.instances")
 CLOCK_AGENT_TIMEOUT = 10.0
 
 
-async def restore(core: InstanceCore, jobs: BackgroundJobs, instance_id: str) -> InstanceRecord:
+# Runs after the boot's resources are plugged in, before the VM resumes (a fork keeps its
+# network quiet until it has its own address).
+BeforeResume = Callable[[InstanceRecord], Awaitable[None]]
+
+
+async def restore(
+    core: InstanceCore,
+    jobs: BackgroundJobs,
+    instance_id: str,
+    *,
+    before_resume: BeforeResume | None = None,
+) -> InstanceRecord:
     async with core.lock(instance_id):
-        record = core.current(instance_id)
-        if record.state != State.STANDBY or record.standby is None:
-            raise invalid(record, "restore", "only an instance in Standby can be restored")
-        admit(core, record)
-        started = time.monotonic()
-        await jobs.cancel(instance_id)  # a compression still running: the raw payload stays
-        record = core.current(instance_id)
-        assert record.standby is not None
-        try:
-            await _ensure_raw(core, record, record.standby)
-            record = await _start_from_saved(core, record, record.standby)
-        except EmberError as exc:
-            message = f"restore failed, the snapshot is kept: {exc.message}"
-            core.update(instance_id, lambda r: setattr(r, "state_error", message))
-            core.event(instance_id, message)
-            raise Unavailable(message) from exc
-        core.event(instance_id, f"restored in {time.monotonic() - started:.3f} s")
+        return await restore_locked(core, jobs, instance_id, before_resume=before_resume)
+
+
+async def restore_locked(
+    core: InstanceCore,
+    jobs: BackgroundJobs,
+    instance_id: str,
+    *,
+    before_resume: BeforeResume | None = None,
+) -> InstanceRecord:
+    """`restore` for a caller that holds the instance's lock already."""
+    record = core.current(instance_id)
+    if record.state != State.STANDBY or record.standby is None:
+        raise invalid(record, "restore", "only an instance in Standby can be restored")
+    admit(core, record)
+    started = time.monotonic()
+    await jobs.cancel(instance_id)  # a compression still running: the raw payload stays
+    record = core.current(instance_id)
+    assert record.standby is not None
+    try:
+        await _ensure_raw(core, record, record.standby)
+        record = await _start_from_saved(core, record, record.standby, before_resume)
+    except EmberError as exc:
+        message = f"restore failed, the snapshot is kept: {exc.message}"
+        core.update(instance_id, lambda r: setattr(r, "state_error", message))
+        core.event(instance_id, message)
+        raise Unavailable(message) from exc
+    core.event(instance_id, f"restored in {time.monotonic() - started:.3f} s")
+    _discard_saved(core, instance_id)
+    if not record.skip_guest_agent:
+        asyncio.get_running_loop().create_task(_set_clock(core, instance_id))
+    return core.current(instance_id)
+
+
+async def restore_into_stopped(
+    core: InstanceCore, instance_id: str, saved: StandbySnapshot
+) -> InstanceRecord:
+    """A Stopped instance whose layout holds a saved VM (a snapshot copied back, its lock
+    held): Initializing -> Running from that state. On failure it is Stopped again with
+    `state_error`, the saved VM removed (the snapshot keeps its own)."""
+    record = core.transition(instance_id, State.INITIALIZING, "restoring a snapshot",
+                             standby=saved)  # fmt: skip
+    admit(core, record)
+    try:
+        record = await _start_from_saved(core, record, saved)
+    except BaseException as exc:
         _discard_saved(core, instance_id)
-        if not record.skip_guest_agent:
-            asyncio.get_running_loop().create_task(_set_clock(core, instance_id))
+        message = f"restore failed: {exc}"
+        core.transition(instance_id, State.STOPPED, message)
+        core.update(instance_id, lambda r: setattr(r, "state_error", message))
+        if isinstance(exc, EmberError):
+            raise Unavailable(f"restore failed: {exc.message}") from exc
+        raise
+    _discard_saved(core, instance_id)
+    if not record.skip_guest_agent:
+        asyncio.get_running_loop().create_task(_set_clock(core, instance_id))
     return core.current(instance_id)
 
 
@@ -75,13 +123,18 @@ async def _ensure_raw(core: InstanceCore, record: InstanceRecord, saved: Standby
 
 
 async def _start_from_saved(
-    core: InstanceCore, record: InstanceRecord, saved: StandbySnapshot
+    core: InstanceCore,
+    record: InstanceRecord,
+    saved: StandbySnapshot,
+    before_resume: BeforeResume | None = None,
 ) -> InstanceRecord:
     paths = core.paths(record.id)
     hypervisor = core.hypervisor(record)
     rootfs = core.images.rootfs_of(record.image_digest)
     devices = await core.resources.attach(record, paths)
     try:
+        if before_resume is not None:
+            await before_resume(record)
         paths.run.mkdir(parents=True, exist_ok=True)
         spec = vm_spec(record, paths, _booted_with(saved), rootfs, devices)
         spec = replace(spec, memory_file=paths.memory if saved.memory_in_file else None)

@@ -209,6 +209,25 @@ class NetworkManager:
             links.delete_link(lease.ifb)
 
     @off_event_loop
+    def set_carrier(self, instance_id: str, up: bool) -> None:
+        """Take the instance's TAP down or up. A fork restored from another VM's memory
+        first speaks with that VM's MAC and IP: its TAP stays down (the bridge drops and
+        learns nothing from a disabled port) until the guest has its own; going up also
+        forgets the host's neighbour entry for the lease's IP (it may name an old MAC)."""
+        lease = self.leases.get(instance_id)
+        if lease is None:
+            return
+        with self._lock, links.netlink() as ipr:
+            index = links.index_of(ipr, lease.tap)
+            if index is None:
+                raise Unavailable(f"network: TAP {lease.tap} is missing")
+            ipr.link("set", index=index, state="up" if up else "down")
+            bridge = links.index_of(ipr, self.settings.bridge)
+            if up and bridge is not None:
+                for entry in ipr.get_neighbours(ifindex=bridge, dst=lease.ip):
+                    ipr.neigh("del", ifindex=bridge, dst=lease.ip, lladdr=entry.get("NDA_LLADDR"))
+
+    @off_event_loop
     def counters(self, instance_id: str) -> tuple[int, int] | None:
         """(rx_bytes, tx_bytes) as the guest sees them; None when it has no TAP."""
         lease = self.leases.get(instance_id)

@@ -61,4 +61,16 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 7: ingresses (ember/ingress): routes from host ports to instances, as JSON records.
     (_resource_table("ingresses"),),
+    # 8: named snapshots (ember/snapshots): a name is unique per source instance (several
+    # may have none), so not a resource table; one snapshot schedule per instance.
+    (
+        "CREATE TABLE snapshots ("
+        " id TEXT PRIMARY KEY,"
+        " instance_id TEXT NOT NULL,"
+        " name TEXT,"
+        " data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        "CREATE UNIQUE INDEX snapshots_instance_name ON snapshots (instance_id, name)",
+        "CREATE TABLE snapshot_schedules (instance_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
+    ),
 ]

@@ -21,6 +21,10 @@
 #include <ftw.h>
 #include <grp.h>
 #include <libgen.h>
+#include <arpa/inet.h>
+#include <net/if.h>
+#include <net/route.h>
+#include <netinet/in.h>
 #include <limits.h>
 #include <poll.h>
 #include <signal.h>
@@ -33,6 +37,7 @@
 #include <sys/ioctl.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
+#include <sys/socket.h>
 #include <sys/sysmacros.h>
 #include <sys/stat.h>
 #include <sys/types.h>
@@ -50,7 +55,8 @@
 
 enum {
     T_HELLO = 0x01, T_HELLO_ACK = 0x02, T_STATUS = 0x03, T_READY = 0x04, T_EXIT = 0x05,
-    T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_SET_TIME = 0x09, T_ERROR = 0x0F,
+    T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_SET_TIME = 0x09, T_SET_NETWORK = 0x0A,
+    T_ERROR = 0x0F,
     T_EXEC_START = 0x10, T_EXEC_STARTED = 0x11, T_STDIN = 0x12, T_STDOUT = 0x13,
     T_STDERR = 0x14, T_RESIZE = 0x15, T_EXEC_EXIT = 0x16, T_CREDIT = 0x17, T_STAT = 0x20,
 };
@@ -782,6 +788,97 @@ static void set_time(uint32_t ch, struct kv *req)
     send_json(T_STATUS, ch, "{}");
 }
 
+/* A fork restored from another VM's memory still holds that VM's MAC, address and name:
+ * the host sends the fork's own (mac= ip= prefix= gateway= dns=... hostname= iface=) and
+ * the agent applies them with ioctls, so images without `ip` work too. The MAC goes first
+ * (virtio-net passes it to the device, whose receive filter must match), then the
+ * address (replacing the old one drops the routes through it), then the default route. */
+static int set_sockaddr(struct sockaddr *sa, const char *text)
+{
+    struct sockaddr_in *in = (struct sockaddr_in *)sa;
+    memset(in, 0, sizeof *in);
+    in->sin_family = AF_INET;
+    return inet_pton(AF_INET, text, &in->sin_addr) == 1 ? 0 : -1;
+}
+
+static const char *apply_network(struct kv *req)
+{
+    static char err[256];
+    const char *dev = kv_get(req, "iface"), *mac = kv_get(req, "mac"), *ip = kv_get(req, "ip");
+    const char *prefix = kv_get(req, "prefix"), *gw = kv_get(req, "gateway");
+    const char *host = kv_get(req, "hostname");
+    if (!dev) dev = "eth0";
+    int fd = socket(AF_INET, SOCK_DGRAM | SOCK_CLOEXEC, 0);
+    if (fd < 0) return strerror(errno);
+    struct ifreq ifr;
+    memset(&ifr, 0, sizeof ifr);
+    snprintf(ifr.ifr_name, IFNAMSIZ, "%s", dev);
+    const char *what = NULL;
+    if (mac) {
+        unsigned int b[6];
+        if (sscanf(mac, "%x:%x:%x:%x:%x:%x", &b[0], &b[1], &b[2], &b[3], &b[4], &b[5]) != 6) {
+            what = "invalid mac";
+            goto out;
+        }
+        ifr.ifr_hwaddr.sa_family = 1; /* ARPHRD_ETHER */
+        for (int i = 0; i < 6; i++) ifr.ifr_hwaddr.sa_data[i] = (char)b[i];
+        if (ioctl(fd, SIOCSIFHWADDR, &ifr) < 0) { what = "set mac"; goto fail; }
+    }
+    if (ip) {
+        int bits = prefix ? atoi(prefix) : 24;
+        if (bits < 0 || bits > 32 || set_sockaddr(&ifr.ifr_addr, ip) < 0) {
+            what = "invalid ip or prefix";
+            goto out;
+        }
+        if (ioctl(fd, SIOCSIFADDR, &ifr) < 0) { what = "set address"; goto fail; }
+        struct sockaddr_in *mask = (struct sockaddr_in *)&ifr.ifr_netmask;
+        memset(mask, 0, sizeof *mask);
+        mask->sin_family = AF_INET;
+        mask->sin_addr.s_addr = htonl(bits ? 0xffffffffu << (32 - bits) : 0);
+        if (ioctl(fd, SIOCSIFNETMASK, &ifr) < 0) { what = "set netmask"; goto fail; }
+        if (ioctl(fd, SIOCGIFFLAGS, &ifr) < 0) { what = "get flags"; goto fail; }
+        ifr.ifr_flags |= IFF_UP;
+        if (ioctl(fd, SIOCSIFFLAGS, &ifr) < 0) { what = "set up"; goto fail; }
+    }
+    if (gw) {
+        struct rtentry rt;
+        memset(&rt, 0, sizeof rt);
+        set_sockaddr(&rt.rt_dst, "0.0.0.0");
+        set_sockaddr(&rt.rt_genmask, "0.0.0.0");
+        if (set_sockaddr(&rt.rt_gateway, gw) < 0) { what = "invalid gateway"; goto out; }
+        rt.rt_flags = RTF_UP | RTF_GATEWAY;
+        rt.rt_dev = (char *)dev;
+        if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST) { what = "add default route"; goto fail; }
+    }
+    char **dns = kv_list(req, "dns");
+    if (dns[0]) {
+        FILE *f = fopen("/etc/resolv.conf.ember", "w");
+        if (f) {
+            for (int i = 0; dns[i]; i++) fprintf(f, "nameserver %s\n", dns[i]);
+            fclose(f);
+            if (rename("/etc/resolv.conf.ember", "/etc/resolv.conf") < 0) unlink("/etc/resolv.conf.ember");
+        }
+    }
+    free(dns);
+    if (host && sethostname(host, strlen(host)) < 0) { what = "set hostname"; goto fail; }
+    close(fd);
+    return NULL;
+fail:
+    snprintf(err, sizeof err, "%s: %s", what, strerror(errno));
+    close(fd);
+    return err;
+out:
+    close(fd);
+    return what;
+}
+
+static void set_network(uint32_t ch, struct kv *req)
+{
+    const char *why = apply_network(req);
+    if (why) send_error(ch, why);
+    else send_json(T_STATUS, ch, "{}");
+}
+
 static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
 {
     char buf[2048];
@@ -815,6 +912,10 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
     case T_SET_TIME:
         kv_parse((char *)p, n, &req);
         set_time(ch, &req);
+        break;
+    case T_SET_NETWORK:
+        kv_parse((char *)p, n, &req);
+        set_network(ch, &req);
         break;
     case T_EXEC_START:
         kv_parse((char *)p, n, &req);

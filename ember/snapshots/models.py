@@ -1,0 +1,94 @@
+"""Stored records of named snapshots and snapshot schedules.
+
+This package sits below `ember.instances` (which imports it), so nothing here
+imports the instance core: the source instance's record is kept as its JSON
+(`source`), read back as an `InstanceRecord` by the fork, and the saved VM's
+metadata has the same fields as the instance's `StandbySnapshot`.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any, Literal
+
+from pydantic import BaseModel, Field
+
+from ember.images.models import utcnow
+from ember.snapshots.compression import CompressionConfig
+
+SnapshotKind = Literal["Standby", "Stopped"]
+CompressionState = Literal["none", "compressing", "compressed", "error"]
+
+
+class SavedMemory(BaseModel):
+    """The saved VM of a Standby snapshot (same fields as the instance's StandbySnapshot)."""
+
+    created_at: datetime = Field(default_factory=utcnow)
+    memory_in_file: bool
+    state_bytes: int
+    memory_bytes: int  # the memory payload as allocated on disk, uncompressed
+    kernel: str
+    initrd: str
+    cmdline: str
+    compression: CompressionConfig | None = None
+    compression_state: CompressionState = "none"
+    compressed_bytes: int | None = None
+    compression_error: str | None = None
+    foreign_network: bool = False  # see StandbySnapshot
+
+
+class VolumeCopy(BaseModel):
+    """A read-only volume the source mounted; `overlay_disk` names its private upper disk,
+    copied into the snapshot (None: no overlay)."""
+
+    volume_id: str
+    mount_path: str
+    overlay_size_bytes: int | None = None
+    overlay_disk: str | None = None
+
+
+class NetworkCopy(BaseModel):
+    """The source had a network lease with these limits (a fork gets its own lease)."""
+
+    download_bps: int | None = None
+    upload_bps: int | None = None
+
+
+class SnapshotRecord(BaseModel):
+    id: str
+    name: str | None = None  # unique per source instance
+    kind: SnapshotKind
+    tags: dict[str, str] = Field(default_factory=dict)
+    source_instance_id: str
+    source_instance_name: str
+    source_hypervisor: str
+    created_at: datetime = Field(default_factory=utcnow)
+    size_bytes: int = 0  # every file of the snapshot, as allocated on disk
+    memory: SavedMemory | None = None  # Standby snapshots
+    volumes: list[VolumeCopy] = Field(default_factory=list)
+    network: NetworkCopy | None = None
+    # The source InstanceRecord as JSON at capture time (what a fork is made like).
+    source: dict[str, Any]
+    # Made by the instance's schedule: only these are pruned by its retention.
+    scheduled: bool = False
+
+
+class Retention(BaseModel):
+    max_count: int = 0  # 0: no count limit
+    max_age: str | None = None  # Go duration
+    max_age_seconds: float | None = None
+
+
+class ScheduleRecord(BaseModel):
+    instance_id: str
+    interval: str  # as given (Go duration)
+    interval_seconds: float
+    retention: Retention
+    name_prefix: str | None = None
+    metadata: dict[str, str] = Field(default_factory=dict)
+    created_at: datetime = Field(default_factory=utcnow)
+    updated_at: datetime = Field(default_factory=utcnow)
+    next_run_at: datetime
+    last_run_at: datetime | None = None
+    last_snapshot_id: str | None = None
+    last_error: str | None = None
