@@ -30,7 +30,7 @@ _NEXT: dict[State, set[State]] = {
     State.RUNNING: {State.PAUSED, State.SHUTDOWN, State.STOPPED, State.STANDBY},
     State.PAUSED: {State.RUNNING, State.STOPPED, State.STANDBY},
     State.SHUTDOWN: {State.STOPPED},
-    State.STOPPED: {State.INITIALIZING},
+    State.STOPPED: {State.INITIALIZING, State.STANDBY},  # STANDBY: a snapshot restored into it
     State.STANDBY: {State.INITIALIZING, State.RUNNING, State.STOPPED},
     State.UNKNOWN: set(State),
 }
