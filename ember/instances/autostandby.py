@@ -191,6 +191,7 @@ class _Seen:
     connections: int | None = None
     active_at: datetime | None = None  # last pass that found flows (in memory)
     event_at: datetime | None = None  # last qualifying event, not yet applied
+    event: Flow | None = None
 
 
 @dataclass
@@ -234,7 +235,8 @@ class AutoStandby:
         """The status now: a watched instance is counted afresh, not from the last pass."""
         if watched(record) and self.supported and self._address(record) is not None:
             await self._dump()
-            self._count(record)
+            # Moved as a pass would: what the status says is what the record keeps.
+            record = self._advance(self._count(record), datetime.now(UTC))
         return evaluate(record, self._observation(record), datetime.now(UTC))
 
     async def hold(self, record: InstanceRecord) -> Report:
@@ -323,6 +325,7 @@ class AutoStandby:
                     last = now
             elif event_at is not None and event_at > idle_since:
                 idle_since = last = event_at  # a flow came and went between two passes
+                self.core.event(record.id, f"auto-standby: countdown restarts ({_flow(seen)})")
         if (idle_since, last) == (state.idle_since, state.last_inbound_activity_at):
             return record
 
@@ -386,7 +389,8 @@ class AutoStandby:
             return
         if not qualifies(flow, flow.dst, record.auto_standby):
             return
-        self._seen.setdefault(record.id, _Seen()).event_at = datetime.now(UTC)
+        seen = self._seen.setdefault(record.id, _Seen())
+        seen.event_at, seen.event = datetime.now(UTC), flow
         self._wake.set()
 
     def _next_wait(self) -> float:
@@ -430,3 +434,10 @@ class AutoStandby:
         if spacing > 0:
             await asyncio.sleep(spacing)
         self._last_event_pass = time.monotonic()
+
+
+def _flow(seen: _Seen) -> str:
+    flow = seen.event
+    if flow is None:
+        return "inbound activity"
+    return f"inbound TCP {flow.src}:{flow.sport} -> :{flow.dport} {flow.state}".rstrip()

@@ -92,7 +92,7 @@ async def established() -> list[Flow]:
 
 
 class ConntrackEvents:
-    """Follows `conntrack -E -p tcp` and calls `on_flow` for every event, in the event
+    """Follows `conntrack -E -p tcp -e NEW,UPDATE` and calls `on_flow` for every event, in the event
     loop. Restarts the command if it dies (after a second), until `close()`."""
 
     RESTART_DELAY = 1.0
@@ -125,7 +125,9 @@ class ConntrackEvents:
         if command is None:
             raise ConntrackError("the conntrack command is not installed")
         process = await asyncio.create_subprocess_exec(
-            command, "-E", "-p", "tcp",
+            # NEW and UPDATE come from packets; DESTROY mostly from a timeout long after
+            # the last packet (TIME_WAIT ends 2 minutes later): not activity.
+            command, "-E", "-p", "tcp", "-e", "NEW,UPDATE",
             stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.DEVNULL,
         )  # fmt: skip
         try:
