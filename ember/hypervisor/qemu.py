@@ -79,6 +79,9 @@ def build_command(
         "-device", "virtio-serial-device",
         "-chardev", f"socket,id=agent,path={_opt(spec.agent_socket)},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
+        # The guest reports the pages it freed; QEMU punches them out of the memory file,
+        # so a standby keeps only what the guest uses (qemu-notes: 519 -> 121 MB).
+        "-device", "virtio-balloon-device,free-page-reporting=on",
         "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
         "-daemonize", "-pidfile", str(spec.pid_file),
         # Daemonized QEMU points its stderr at /dev/null, or at the -D file if there is one.

@@ -25,6 +25,7 @@ WANTED_MODULES = (
     "virtio_blk",
     "virtio_net",
     "virtio_console",
+    "virtio_balloon",  # free page reporting: standby memory files shrink
     "overlay",
     "erofs",
     "ext4",
@@ -105,7 +106,11 @@ def prepare_kernel(system_dir: Path) -> Kernel:
     package = resolve_package()
     version = package.removeprefix("linux-image-")
     kernel = Kernel(version, system_dir / "kernel" / version)
-    if (kernel.dir / "modules.load").exists():
+    # Rebuilt when the wanted modules changed: a new module must reach the initrd.
+    wanted = kernel.dir / "wanted"
+    if (kernel.dir / "modules.load").exists() and (
+        wanted.exists() and wanted.read_text().split() == list(WANTED_MODULES)
+    ):
         return kernel
     with tempfile.TemporaryDirectory(prefix="ember-kernel-") as tmp:
         work = Path(tmp)
@@ -135,5 +140,6 @@ def _install(root: Path, kernel: Kernel) -> None:
     shutil.copy2(root / "boot" / f"vmlinuz-{kernel.version}", staging / "vmlinuz")
     (staging / "modules.load").write_text("\n".join(order) + "\n")
     (staging / "version").write_text(kernel.version + "\n")
+    (staging / "wanted").write_text("\n".join(WANTED_MODULES) + "\n")
     shutil.rmtree(kernel.dir, ignore_errors=True)
     staging.rename(kernel.dir)
