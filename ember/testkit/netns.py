@@ -61,11 +61,20 @@ def in_netns(name: str, fn: Callable[..., T], *args: Any) -> T:
     return value  # type: ignore[no-any-return]
 
 
+_CREATED: list[str] = []
+
+
+def created_namespaces() -> list[str]:
+    """Every namespace `netns()` made in this process (to check none is left)."""
+    return list(_CREATED)
+
+
 @contextmanager
 def netns() -> Iterator[str]:
     """A fresh namespace (loopback up), deleted with everything in it afterwards."""
     name = f"ember-test-{secrets.token_hex(4)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
+    _CREATED.append(name)
     try:
         subprocess.run(["ip", "-n", name, "link", "set", "lo", "up"], check=True)
         yield name

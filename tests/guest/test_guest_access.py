@@ -184,9 +184,9 @@ def test_skip_guest_agent_is_refused_clearly(client: Hypeman, hello: str, tmp_pa
     ("command", "env", "cwd", "reason"),
     [
         (["echo", "a\0b"], None, None, "command[1]: 'a\\x00b' contains a NUL byte"),
-        (["env"], {"A": "x\0y"}, None, "environment variable A contains a NUL byte"),
-        (["env"], {"A=B": "1"}, None, "invalid environment variable name 'A=B'"),
-        (["env"], {"": "1"}, None, "invalid environment variable name ''"),
+        (["env"], {"A": "x\0y"}, None, "env: environment variable A contains a NUL byte"),
+        (["env"], {"A=B": "1"}, None, "env: invalid environment variable name 'A=B'"),
+        (["env"], {"": "1"}, None, "env: invalid environment variable name ''"),
         (["pwd"], None, "/tmp\0x", "cwd: '/tmp\\x00x' contains a NUL byte"),
     ],
 )

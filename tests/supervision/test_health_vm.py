@@ -90,9 +90,10 @@ def test_failing_health_check_turns_unhealthy_and_restarts(server: EmberServer, 
     assert good["health_status"]["status"] == "healthy"
     assert good["health_status"]["consecutive_successes"] >= 1
     assert good["restart_status"]["attempts"] == 0
-    assert "unhealthy" in out["sick_seen"]
+    # Unhealthy lasts only until the supervisor restarts the VM, which a loaded machine's
+    # polling can miss: the operations log records every health transition.
+    assert any("health: unhealthy" in line for line in out["sick_log"]), out["sick_seen"]
     status = sick["restart_status"]
     assert status["last_reason"] == "health_check_failed"
     assert status["attempts"] == 1 and status["blocked_reason"] == "max_attempts_exceeded"
-    assert any("health: unhealthy" in line for line in out["sick_log"])
     assert sum("VMM running" in line for line in out["sick_log"]) == 2  # first boot + restart

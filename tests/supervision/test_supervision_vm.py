@@ -11,7 +11,7 @@ from typing import TypeVar
 
 import pytest
 from hypeman import BadRequestError, Hypeman, RateLimitError
-from hypeman.types import Instance, InstanceHealthStatus
+from hypeman.types import AutoStandbyPolicyParam, Instance, InstanceHealthStatus
 
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
@@ -166,8 +166,11 @@ def test_ttl_patch_and_phases(client: Hypeman, image: str) -> None:
 
     healthy = eventually(healthy_status, timeout=30)
     assert healthy.consecutive_successes >= 1
-    with pytest.raises(BadRequestError, match="auto_standby"):
-        client.instances.update(inst.id, auto_standby={"enabled": True})
+    with pytest.raises(BadRequestError, match=r"auto_standby\.idle_timeout"):
+        client.instances.update(inst.id, auto_standby={"enabled": True})  # needs a timeout
+    policy: AutoStandbyPolicyParam = {"enabled": True, "idle_timeout": "10m"}
+    standby_policy = client.instances.update(inst.id, auto_standby=policy).auto_standby
+    assert standby_policy is not None and standby_policy.idle_timeout == "10m"
     with pytest.raises(BadRequestError, match="ttl, expires_at"):
         client.instances.update(inst.id, ttl="1h", expires_at="2099-01-01T00:00:00Z")
     with pytest.raises(BadRequestError, match="expires_at"):

@@ -35,7 +35,7 @@ from ember.instances import (
     phases,
 )
 from ember.instances.logs import LogSource
-from ember.instances.models import HealthCheck, RestartPolicy
+from ember.instances.models import AutoStandbyPolicy, HealthCheck, RestartPolicy, SnapshotPolicy
 from ember.instances.request import UpdateInstanceRequest
 from ember.network import Lease
 from ember.snapshots.compression import CompressionConfig
@@ -186,6 +186,8 @@ class Instance(OmitsUnsetStrings):
     current_phase: str | None = None
     current_phase_since: datetime | None = None
     phase_durations_ms: dict[str, int] | None = None
+    auto_standby: AutoStandbyPolicy | None = None
+    snapshot_policy: SnapshotPolicy | None = None
 
     @classmethod
     def of(
@@ -214,6 +216,8 @@ class Instance(OmitsUnsetStrings):
                     "exit_code",
                     "exit_message",
                     "platform",
+                    "auto_standby",
+                    "snapshot_policy",
                     "expires_at",
                     "restart_policy",
                     "health_check",
