@@ -42,6 +42,7 @@ from ember.instances.models import AutoStandbyPolicy, AutoStandbyState, Instance
 from ember.instances.state import State
 from ember.network import conntrack
 from ember.network.conntrack import ConntrackError, Flow
+from ember.tasks import PeriodicTask
 from ember.units import parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -215,18 +216,17 @@ class AutoStandby:
         self._events = conntrack.ConntrackEvents(self._on_flow)
         self._wake = asyncio.Event()
         self._last_event_pass = 0.0
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask(
+            "auto-standby pass", self.reconcile, self._next_wait, log=log, wake=self._sleep
+        )
 
     def start(self) -> None:
         if self.supported:
             self._events.start()
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.close()
         await self._events.close()
 
     # ---- what the API asks ---------------------------------------------------------
@@ -259,14 +259,6 @@ class AutoStandby:
         return await self.status(record)
 
     # ---- the loop ------------------------------------------------------------------
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.reconcile()
-            except Exception:
-                log.exception("auto-standby pass failed")
-            await self._sleep(self._next_wait())
 
     async def reconcile(self) -> None:
         """One pass: count every watched instance, move the countdowns, act on the due."""

@@ -10,14 +10,13 @@ for the instance to be gone at that time.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 
 from ember.errors import EmberError
 from ember.instances.core import InstanceCore
+from ember.tasks import PeriodicTask
 
 log = logging.getLogger("ember.instances")
 
@@ -27,7 +26,13 @@ Delete = Callable[[str], Awaitable[None]]
 class Reaper:
     def __init__(self, core: InstanceCore, delete: Delete) -> None:
         self.core, self._delete = core, delete
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask("reaper pass", self.reap, self._next_wait, log=log)
+
+    def start(self) -> None:
+        self._loop.start()
+
+    async def close(self) -> None:
+        await self._loop.close()
 
     async def reap(self) -> list[str]:
         """Delete every expired instance now; returns their ids."""
@@ -41,23 +46,6 @@ class Reaper:
             except EmberError as exc:  # already gone, or a racing delete: fine
                 log.info("expired instance not deleted: %s", exc, extra={"instance": record.id})
         return [r.id for r in expired]
-
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
-
-    async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self.reap()
-            except Exception:
-                log.exception("reaper pass failed")
-            await asyncio.sleep(self._next_wait())
 
     def _next_wait(self) -> float:
         poll = self.core.settings.expiry_poll_seconds

@@ -35,6 +35,7 @@ from ember.instances.core import InstanceCore
 from ember.instances.models import HealthCheck, InstanceRecord
 from ember.instances.state import State
 from ember.instances.stop import shutdown
+from ember.tasks import PeriodicTask
 from ember.units import parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -65,7 +66,10 @@ class HealthMonitor:
     def __init__(self, core: InstanceCore, address: Address) -> None:
         self.core, self._address = core, address
         self._probes: dict[str, _Probe] = {}
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask(
+            "health sync", self._sync_pass, 5.0, log=log,
+            wake=lambda timeout: core.changes.wait_for(self._out_of_sync, timeout),
+        )  # fmt: skip
         # Stops for the restart policy run apart from the probe tasks, which the sync
         # cancels as soon as the instance leaves Running.
         self._stops: set[asyncio.Task[None]] = set()
@@ -81,13 +85,12 @@ class HealthMonitor:
         return probe.status
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
+        await self._loop.close()  # first: a sync pass would start probes again
         tasks = [p.task for p in self._probes.values() if p.task is not None]
         tasks += list(self._stops)
-        if self._task is not None:
-            tasks.append(self._task)
         for task in tasks:
             task.cancel()
         for task in tasks:
@@ -97,14 +100,8 @@ class HealthMonitor:
 
     # ---- which instances are probed ------------------------------------------------
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                self.sync()
-            except Exception:
-                log.exception("health sync failed")
-            with contextlib.suppress(TimeoutError):
-                await self.core.changes.wait_for(self._out_of_sync, 5.0)
+    async def _sync_pass(self) -> None:
+        self.sync()
 
     def _wanted(self) -> dict[str, datetime]:
         return {

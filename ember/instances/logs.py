@@ -26,6 +26,7 @@ from enum import StrEnum
 from pathlib import Path
 
 from ember.logsetup import append_stamped
+from ember.tasks import PeriodicTask
 
 FOLLOW_POLL_SECONDS = 0.1
 READ_CHUNK = 64 * 1024
@@ -72,27 +73,18 @@ class LogRotator:
 
     def __init__(self, paths: Callable[[], Iterable[Path]], max_bytes: int) -> None:
         self._paths, self.max_bytes = paths, max_bytes
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask(
+            "log rotation", lambda: asyncio.to_thread(self.run_once), ROTATE_POLL_SECONDS, log=log
+        )
 
     def run_once(self) -> list[Path]:
         return [path for path in self._paths() if rotate(path, self.max_bytes)]
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-
-    async def _run(self) -> None:
-        while True:
-            try:
-                await asyncio.to_thread(self.run_once)
-            except Exception:
-                log.exception("log rotation failed")
-            await asyncio.sleep(ROTATE_POLL_SECONDS)
+        await self._loop.close()
 
 
 def _tail(path: Path, count: int) -> tuple[list[str], int]:

@@ -20,7 +20,6 @@ at the next due attempt (at most `supervisor_poll_seconds` apart).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 from datetime import UTC, datetime, timedelta
@@ -30,6 +29,7 @@ from ember.instances import start
 from ember.instances.core import InstanceCore
 from ember.instances.models import InstanceRecord, RestartPolicy, RestartStatus
 from ember.instances.state import State
+from ember.tasks import PeriodicTask
 from ember.units import parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -86,16 +86,16 @@ def decide(record: InstanceRecord, now: datetime) -> RestartStatus:
 class Supervisor:
     def __init__(self, core: InstanceCore) -> None:
         self.core = core
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask(
+            "supervisor pass", self.run_once, self._next_wait, log=log,
+            wake=lambda timeout: core.changes.wait_for(self._work_waiting, timeout),
+        )  # fmt: skip
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.close()
 
     # ---- what the commands tell it -------------------------------------------------
 
@@ -145,16 +145,6 @@ class Supervisor:
             if due(record, datetime.now(UTC)):
                 with contextlib.suppress(NotFound):  # deleted meanwhile
                     await self._restart(record.id)
-
-    async def _run(self) -> None:
-        core = self.core
-        while True:
-            try:
-                await self.run_once()
-            except Exception:
-                log.exception("supervisor pass failed")
-            with contextlib.suppress(TimeoutError):
-                await core.changes.wait_for(self._work_waiting, self._next_wait())
 
     def _work_waiting(self) -> bool:
         now = datetime.now(UTC)

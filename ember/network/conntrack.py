@@ -23,6 +23,8 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from ember.tasks import PeriodicTask
+
 log = logging.getLogger("ember.network")
 
 BINARY = "conntrack"
@@ -99,26 +101,23 @@ class ConntrackEvents:
 
     def __init__(self, on_flow: Callable[[Flow], None]) -> None:
         self._on_flow = on_flow
-        self._task: asyncio.Task[None] | None = None
         self.error: str | None = None  # why events are not being followed now
+        self._loop = PeriodicTask(
+            "conntrack events", self._follow_once, self.RESTART_DELAY, log=log
+        )
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._run())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await self._loop.close()
 
-    async def _run(self) -> None:
-        while True:
-            try:
-                await self._follow()
-            except (OSError, ConntrackError) as exc:
-                self.error = str(exc)
-                log.warning("conntrack events: %s", exc)
-            await asyncio.sleep(self.RESTART_DELAY)
+    async def _follow_once(self) -> None:
+        try:
+            await self._follow()
+        except (OSError, ConntrackError) as exc:
+            self.error = str(exc)
+            log.warning("conntrack events: %s", exc)
 
     async def _follow(self) -> None:
         command = binary()

@@ -14,8 +14,6 @@ below the instance core.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime, timedelta
@@ -26,6 +24,7 @@ from ember.errors import EmberError, InvalidArgument
 from ember.images.models import utcnow
 from ember.snapshots.models import Retention, ScheduleRecord, SnapshotRecord
 from ember.snapshots.store import SnapshotStore
+from ember.tasks import PeriodicTask
 from ember.units import parse_duration
 from ember.validation import validate_name, validate_tags
 
@@ -152,25 +151,13 @@ class Scheduler:
     ) -> None:
         self.store, self.take, self.delete, self.exists = store, take, delete, exists
         self.tick = tick_seconds
-        self._task: asyncio.Task[None] | None = None
+        self._loop = PeriodicTask("snapshot scheduler pass", self.run_due, self.tick, log=log)
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._loop())
+        self._loop.start()
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
-            self._task = None
-
-    async def _loop(self) -> None:
-        while True:
-            try:
-                await self.run_due()
-            except Exception:
-                log.exception("snapshot scheduler pass failed")
-            await asyncio.sleep(self.tick)
+        await self._loop.close()
 
     async def run_due(self) -> None:
         for schedule in self.store.schedules():

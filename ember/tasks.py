@@ -1,0 +1,67 @@
+"""Background loops: one task that runs a pass again and again until it is closed.
+
+Every controller of the server (supervisor, health sync, reaper, log rotation,
+auto-standby, snapshot scheduler, conntrack follower) has the same life: start in
+the running event loop, run a pass, wait (a fixed interval, a computed one, or
+less when something worth an early pass happens), and go on whatever one pass
+raised, since one bad pass must not end supervision for good. `close()` cancels
+the task and waits for it, so nothing of it runs after the server stops.
+
+Why a class holding the task and not a bare `create_task` in each controller: the
+start, the error logging and the cancel-and-await were written out seven times,
+and a controller that forgot the await in `close()` would leave a pass running
+into a closed store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+
+Step = Callable[[], Awaitable[object]]
+# Waits at most the given seconds; returns (or raises TimeoutError) when the next
+# pass is due. The default, `asyncio.sleep`, never wakes early.
+Wake = Callable[[float], Awaitable[object]]
+
+
+class PeriodicTask:
+    """Runs `step`, then waits `interval` seconds (a number, or computed after every
+    pass) through `wake`, over and over. An exception of a pass is logged on `log`
+    as "`what` failed" and the loop goes on."""
+
+    def __init__(
+        self,
+        what: str,
+        step: Step,
+        interval: float | Callable[[], float],
+        *,
+        log: logging.Logger,
+        wake: Wake = asyncio.sleep,
+    ) -> None:
+        self.what, self._step, self._interval = what, step, interval
+        self._log, self._wake = log, wake
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._run())
+
+    async def close(self) -> None:
+        task, self._task = self._task, None
+        if task is not None:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+
+    def _next_wait(self) -> float:
+        return self._interval() if callable(self._interval) else self._interval
+
+    async def _run(self) -> None:
+        while True:
+            try:
+                await self._step()
+            except Exception:
+                self._log.exception("%s failed", self.what)
+            with contextlib.suppress(TimeoutError):
+                await self._wake(self._next_wait())
