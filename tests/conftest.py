@@ -3,6 +3,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -10,6 +11,7 @@ import pytest
 
 from ember.testkit import BuiltImage, hello_image, push
 from ember.testkit.ember_server import EmberServer
+from ember.testkit.netns import netns
 
 
 def short_tmp() -> Path:
@@ -25,25 +27,38 @@ def unallocatable_memory() -> str:
     return f"{(kib // 1024**2 + 1) * 8}GB"
 
 
-@pytest.fixture
-def ember_server() -> Iterator[EmberServer]:
-    server = EmberServer(short_tmp() / "data").start()
+@contextmanager
+def running_server(
+    ns: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[EmberServer]:
+    """A started server on a fresh data directory (inside namespace `ns` when given);
+    afterwards its instances are cleaned up and it is stopped."""
+    server = EmberServer(short_tmp() / "data", netns=ns, env=env or {}).start()
     try:
         yield server
     finally:
         server.clean_up()
         server.stop()
+
+
+@pytest.fixture
+def ember_server() -> Iterator[EmberServer]:
+    with running_server() as server:
+        yield server
 
 
 @pytest.fixture(scope="module")
 def shared_server() -> Iterator[EmberServer]:
     """One server for a module of VM tests (booting is the slow part, not the server)."""
-    server = EmberServer(short_tmp() / "data").start()
-    try:
+    with running_server() as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
+
+
+@pytest.fixture(scope="module")
+def ns() -> Iterator[str]:
+    """A network namespace for a module whose server and guests live in it."""
+    with netns() as name:
+        yield name
 
 
 def wait_image(server: EmberServer, name: str, timeout: float = 60) -> dict[str, object]:
@@ -64,6 +79,17 @@ def push_to_ember(server: EmberServer, image: BuiltImage, repository: str, tag: 
     name = f"127.0.0.1:{server.port}/{repository}:{tag}"
     assert wait_image(server, name)["status"] == "ready"
     return name
+
+
+def fetch(ip: str, tries: int = 100) -> str:
+    """The HTTP answer of the hello server in the guest at `ip` (port 8080): it may take
+    a moment after Running. Call it inside the test's namespace (`in_netns`)."""
+    for _ in range(tries):
+        try:
+            return httpx.get(f"http://{ip}:8080/", timeout=2).text
+        except httpx.HTTPError:
+            time.sleep(0.2)
+    raise AssertionError(f"no HTTP answer from {ip}:8080")
 
 
 @pytest.fixture(scope="module")

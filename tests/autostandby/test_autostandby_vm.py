@@ -16,8 +16,8 @@ from hypeman.types import AutoStandbyPolicyParam, AutoStandbyStatus, Instance
 
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns, netns
-from tests.conftest import push_to_ember, short_tmp
+from ember.testkit.netns import in_netns
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 T = TypeVar("T")
@@ -28,19 +28,9 @@ ENV = {"EMBER_AUTO_STANDBY_RECONCILE_SECONDS": "0.5"}
 
 
 @pytest.fixture(scope="module")
-def ns() -> Iterator[str]:
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
 def server(ns: str) -> Iterator[EmberServer]:
-    server = EmberServer(short_tmp() / "data", netns=ns, env=ENV).start()
-    try:
+    with running_server(ns, env=ENV) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

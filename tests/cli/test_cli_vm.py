@@ -23,7 +23,7 @@ import pytest
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.registry_server import free_port
 from tests.cli.conftest import EMBER, Cli, cli_env
-from tests.conftest import short_tmp
+from tests.conftest import running_server
 
 pytestmark = pytest.mark.vm
 SMALL = ["--memory", "256MB", "--cpus", "1"]
@@ -37,12 +37,8 @@ BOX_SCRIPT = "/hello serve 8080 & i=0; while true; do echo tick $i; i=$((i+1)); 
 def shared_server() -> Iterator[EmberServer]:
     """This module's server: its ingresses listen on loopback only."""
     env = {"EMBER_INGRESS_LISTEN_ADDRESS": "127.0.0.1"}
-    server = EmberServer(short_tmp() / "data", env=env).start()
-    try:
+    with running_server(env=env) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 def test_run_follows_the_output_and_exits_with_the_workload_code(cli: Cli, hello: str) -> None:

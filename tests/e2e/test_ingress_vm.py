@@ -5,27 +5,20 @@ from __future__ import annotations
 
 import subprocess
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from ember.testkit import hello_image, push
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns, netns
-from tests.conftest import short_tmp
+from ember.testkit.netns import in_netns
+from tests.conftest import push_to_ember, running_server
 from tests.e2e.test_instance_network import api, create_running
 
 pytestmark = pytest.mark.vm
 HELLO = "hello from ember\n"
 SECRET = "s3cret-" + "x" * 30
-
-
-@pytest.fixture
-def ns() -> Iterator[str]:
-    with netns() as name:
-        yield name
 
 
 def curl(*args: str) -> tuple[int, str]:
@@ -49,13 +42,8 @@ def until_ok(*args: str) -> tuple[int, str]:
 
 
 def set_up(server: EmberServer, ca_file: str) -> dict[str, Any]:
-    push(hello_image(), server.url, "hello", "ingress", token=server.token())
-    image = f"127.0.0.1:{server.port}/hello:ingress"
+    image = push_to_ember(server, hello_image(), "hello", "ingress")
     with api(server) as client:
-        for _ in range(100):
-            if client.get(f"/images/{image.replace('/', '%2F')}").json()["status"] == "ready":
-                break
-            time.sleep(0.1)
         create_running(client, image, "web")
         web = {"instance": "web", "port": 8080}
         rules = [
@@ -122,8 +110,7 @@ def caddy_processes(data_dir: Path) -> list[str]:
 
 def test_ingress_routes_to_vms_through_restarts_and_deletes(ns: str, tmp_path: Path) -> None:
     ca_file = str(tmp_path / "ca.pem")
-    server = EmberServer(short_tmp() / "data", netns=ns).start()
-    try:
+    with running_server(ns) as server:
         refused = in_netns(ns, set_up, server, ca_file)
         assert refused == {"clash": 409, "unknown": 400}
         first = in_netns(ns, routes, ca_file)
@@ -145,10 +132,7 @@ def test_ingress_routes_to_vms_through_restarts_and_deletes(ns: str, tmp_path: P
         assert status in (502, 503) and took < 5
         in_netns(ns, delete_ingresses, server)
         assert caddy_processes(server.data_dir) == []
-    finally:
-        server.clean_up()
-        server.stop()
-        leftovers = subprocess.run(
-            ["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True
-        ).stdout
+    leftovers = subprocess.run(
+        ["ip", "-n", ns, "-o", "link", "show"], capture_output=True, text=True
+    ).stdout
     assert "tap-" not in leftovers

@@ -8,36 +8,25 @@ import os
 import sqlite3
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
-from ember.testkit import hello_image, push
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns, netns
-from tests.conftest import short_tmp
+from ember.testkit.netns import in_netns
+from tests.conftest import fetch, push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 SERVE = ["/hello", "serve", "8080"]
 
 
 @pytest.fixture(scope="module")
-def ns() -> Iterator[str]:
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
 def server(ns: str) -> Iterator[EmberServer]:
-    server = EmberServer(short_tmp() / "data", netns=ns).start()
-    try:
+    with running_server(ns) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 def api(server: EmberServer) -> httpx.Client:
@@ -55,16 +44,6 @@ def create_running(client: httpx.Client, image: str, name: str, **fields: Any) -
     return instance
 
 
-def fetch(ip: str, tries: int = 50) -> str:
-    """The guest's HTTP answer (its server may take a moment after Running)."""
-    for _ in range(tries):
-        try:
-            return httpx.get(f"http://{ip}:8080/", timeout=2).text
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(f"no HTTP answer from {ip}:8080")
-
-
 def guest_run(client: httpx.Client, name: str, *command: str) -> int:
     """Exit code of a command in the guest, through the official exec protocol."""
     from hypeman import Hypeman
@@ -75,13 +54,8 @@ def guest_run(client: httpx.Client, name: str, *command: str) -> int:
 
 
 def scenario(server: EmberServer) -> dict[str, Any]:
-    push(hello_image(), server.url, "hello", "net", token=server.token())
-    image = f"127.0.0.1:{server.port}/hello:net"
+    image = push_to_ember(server, hello_image(), "hello", "net")
     with api(server) as client:
-        for _ in range(100):
-            if client.get(f"/images/{image.replace('/', '%2F')}").json()["status"] == "ready":
-                break
-            time.sleep(0.1)
         a = create_running(client, image, "web-a", network={"bandwidth_download": "10MB/s"})
         b = create_running(client, image, "web-b")
         out: dict[str, Any] = {"a": a, "b": b}

@@ -18,7 +18,7 @@ from hypeman.lib.exec import exec as hm_exec
 
 from ember.testkit import debian_systemd_image
 from ember.testkit.ember_server import EmberServer
-from tests.conftest import push_to_ember, short_tmp
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"
@@ -31,12 +31,8 @@ BOOTED = ("running", "degraded", "maintenance", "stopping")  # is-system-running
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmberServer]:
     env = {"EMBER_STOP_TIMEOUT_SECONDS": str(STOP_TIMEOUT)}
-    server = EmberServer(short_tmp() / "data", env=env).start()
-    try:
+    with running_server(env=env) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 @pytest.fixture(scope="module")

@@ -7,15 +7,14 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-import httpx
 import pytest
 from hypeman import BadRequestError, ConflictError, Hypeman, NotFoundError
 from hypeman.lib.exec import exec as hm_exec
 
-from ember.testkit import hello_image, push
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns, netns
-from tests.conftest import short_tmp
+from ember.testkit.netns import in_netns
+from tests.conftest import fetch, push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"
@@ -23,20 +22,10 @@ SERVE = ["/hello", "serve", "8080"]
 
 
 @pytest.fixture(scope="module")
-def ns() -> Iterator[str]:
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
 def server(ns: str) -> Iterator[EmberServer]:
     env = {"EMBER_SNAPSHOT_SCHEDULE_TICK_SECONDS": "0.5"}  # the tick, not the 1m rule
-    server = EmberServer(short_tmp() / "data", netns=ns, env=env).start()
-    try:
+    with running_server(ns, env=env) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 def official(server: EmberServer) -> Hypeman:
@@ -47,15 +36,6 @@ def run(client: Hypeman, ref: str, command: str) -> str:
     result = hm_exec(client, ref, ["sh", "-c", command], wait_for_agent=30)
     assert result.exit_code == 0, result.output
     return result.output.decode().strip()
-
-
-def fetch(ip: str, tries: int = 100) -> str:
-    for _ in range(tries):
-        try:
-            return httpx.get(f"http://{ip}:8080/", timeout=2).text
-        except httpx.HTTPError:
-            time.sleep(0.2)
-    raise AssertionError(f"no HTTP answer from {ip}:8080")
 
 
 def ip(instance: Any) -> str:
@@ -70,14 +50,7 @@ def running(client: Hypeman, name: str, image: str) -> Any:
 
 
 def image(server: EmberServer) -> str:
-    push(hello_image(), server.url, "hello", "snap", token=server.token())
-    name = f"127.0.0.1:{server.port}/hello:snap"
-    client = official(server)
-    for _ in range(200):
-        if client.images.get(name).status == "ready":
-            return name
-        time.sleep(0.1)
-    raise AssertionError("image not ready")
+    return push_to_ember(server, hello_image(), "hello", "snap")
 
 
 def snapshots_and_forks(server: EmberServer) -> dict[str, Any]:

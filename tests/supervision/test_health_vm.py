@@ -12,40 +12,24 @@ import pytest
 from hypeman import Hypeman
 from hypeman.types import HealthCheckParam
 
-from ember.testkit import hello_image, push
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns, netns
-from tests.conftest import short_tmp
+from ember.testkit.netns import in_netns
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 SERVE = ["/hello", "serve", "8080"]
 
 
 @pytest.fixture(scope="module")
-def ns() -> Iterator[str]:
-    with netns() as name:
-        yield name
-
-
-@pytest.fixture(scope="module")
 def server(ns: str) -> Iterator[EmberServer]:
-    env = {"EMBER_SUPERVISOR_POLL_SECONDS": "0.2"}
-    server = EmberServer(short_tmp() / "data", netns=ns, env=env).start()
-    try:
+    with running_server(ns, env={"EMBER_SUPERVISOR_POLL_SECONDS": "0.2"}) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 def scenario(server: EmberServer) -> dict[str, Any]:
-    push(hello_image(), server.url, "hello", "health", token=server.token())
-    image = f"127.0.0.1:{server.port}/hello:health"
+    image = push_to_ember(server, hello_image(), "hello", "health")
     client = Hypeman(base_url=server.url, api_key=server.token(), max_retries=0)
-    for _ in range(100):
-        if client.images.get(image).status == "ready":
-            break
-        time.sleep(0.1)
     out: dict[str, Any] = {}
     good_check: HealthCheckParam = {
         "type": "http", "http": {"port": 8080, "path": "/"},

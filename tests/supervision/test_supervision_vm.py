@@ -15,7 +15,7 @@ from hypeman.types import AutoStandbyPolicyParam, Instance, InstanceHealthStatus
 
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from tests.conftest import push_to_ember, short_tmp
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 BOOT = "120s"
@@ -32,12 +32,8 @@ def server() -> Iterator[EmberServer]:
         # (under the host's memory) and is refused by admission, without any VM running.
         "EMBER_MEMORY_OVERSUBSCRIPTION": "0.5",
     }
-    server = EmberServer(short_tmp() / "data", env=env).start()
-    try:
+    with running_server(env=env) as server:
         yield server
-    finally:
-        server.clean_up()
-        server.stop()
 
 
 @pytest.fixture(scope="module")
