@@ -126,6 +126,19 @@ STATUS_COLOURS = {
 }  # fmt: skip
 
 
+def listed_briefly(rows: list[dict[str, Any]], as_json: bool, quiet: bool, key: str = "id") -> bool:
+    """The short forms of an `ls`: every row as JSON, or (`--quiet`) only each row's `key`,
+    one a line. True when printed (no table wanted)."""
+    if as_json:
+        emit_json(rows)
+        return True
+    if quiet:
+        for row in rows:
+            typer.echo(row[key])
+        return True
+    return False
+
+
 def coloured(value: str) -> str:
     colour = STATUS_COLOURS.get(value, "yellow")
     return f"[{colour}]{escape(value)}[/{colour}]"

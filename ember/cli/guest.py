@@ -26,6 +26,7 @@ from ember.cli.common import (
     client,
     complete_instances,
     errors,
+    fail,
     parse_pairs,
 )
 from ember.cli.progress import byte_bar
@@ -196,7 +197,7 @@ def cp(
     """
     remote_src, remote_dst = split_remote(src), split_remote(dst)
     if bool(remote_src) == bool(remote_dst):
-        raise_usage("cp: exactly one of SRC and DST must be INSTANCE:PATH")
+        fail("cp: exactly one of SRC and DST must be INSTANCE:PATH", EXIT_USAGE)
     show = not quiet and errors.is_terminal
     with client() as api:
         if remote_dst:
@@ -219,8 +220,3 @@ def cp(
             where = str(local)
     if not quiet:
         errors.print(f"copied {copied:,} bytes to {where}")
-
-
-def raise_usage(message: str) -> None:
-    errors.print(f"[red]error:[/red] {message}")
-    raise typer.Exit(EXIT_USAGE)

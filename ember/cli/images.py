@@ -20,6 +20,7 @@ from ember.cli.common import (
     errors,
     fail,
     human_bytes,
+    listed_briefly,
 )
 from ember.cli.progress import byte_bar, show_pull
 from ember.client import EmberClient
@@ -106,12 +107,7 @@ def images(
     """List images."""
     with client() as api:
         rows = api.images()
-    if as_json:
-        emit_json(rows)
-        return
-    if quiet:
-        for row in rows:
-            typer.echo(row["name"])
+    if listed_briefly(rows, as_json, quiet, key="name"):
         return
     table = Table("NAME", "STATUS", "DIGEST", "SIZE", box=None, header_style="bold")
     for row in rows:

@@ -30,6 +30,7 @@ from ember.cli.common import (
     errors,
     fail,
     human_bytes,
+    listed_briefly,
     parse_pairs,
     short_id,
 )
@@ -280,12 +281,7 @@ def ps(
         rows = api.instances(state)
     if not all_ and state is None:
         rows = [row for row in rows if row["state"] not in STOPPED]
-    if as_json:
-        emit_json(rows)
-        return
-    if quiet:
-        for row in rows:
-            typer.echo(row["id"])
+    if listed_briefly(rows, as_json, quiet):
         return
     table = Table("ID", "NAME", "IMAGE", "STATE", "SIZE", "CREATED", box=None,
                   header_style="bold")  # fmt: skip

@@ -12,7 +12,6 @@ from rich.table import Table
 
 from ember.cli.common import (
     EXIT_USAGE,
-    CliError,
     JsonOption,
     ago,
     app,
@@ -22,7 +21,9 @@ from ember.cli.common import (
     console,
     emit_json,
     errors,
+    fail,
     human_bytes,
+    listed_briefly,
     parse_pairs,
     short_id,
 )
@@ -101,12 +102,7 @@ def volume_ls(
     """List volumes."""
     with client() as api:
         rows = api.volumes()
-    if as_json:
-        emit_json(rows)
-        return
-    if quiet:
-        for row in rows:
-            typer.echo(row["id"])
+    if listed_briefly(rows, as_json, quiet):
         return
     out = table("ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "CREATED")
     for row in rows:
@@ -130,9 +126,7 @@ def volume_inspect(ref: str = typer.Argument(..., help="Volume name or id.")) ->
 def volume_rm(refs: list[str] = typer.Argument(..., help="Volume names or ids.")) -> None:
     """Delete volumes (refused while attached)."""
     with client() as api:
-        for ref in refs:
-            api.delete_volume(ref)
-            console.print(f"deleted {ref}")
+        delete_each(refs, api.delete_volume)
 
 
 # ---- ingresses -------------------------------------------------------------------------
@@ -182,12 +176,7 @@ def ingress_ls(
     """List ingresses."""
     with client() as api:
         rows = api.ingresses()
-    if as_json:
-        emit_json(rows)
-        return
-    if quiet:
-        for row in rows:
-            typer.echo(row["id"])
+    if listed_briefly(rows, as_json, quiet):
         return
     out = table("ID", "NAME", "RULES", "CREATED")
     for row in rows:
@@ -207,9 +196,7 @@ def ingress_inspect(ref: str = typer.Argument(..., help="Ingress name, id or id 
 def ingress_rm(refs: list[str] = typer.Argument(..., help="Ingress names or ids.")) -> None:
     """Delete ingresses."""
     with client() as api:
-        for ref in refs:
-            api.delete_ingress(ref)
-            console.print(f"deleted {ref}")
+        delete_each(refs, api.delete_ingress)
 
 
 # ---- snapshots -------------------------------------------------------------------------
@@ -234,7 +221,7 @@ def snapshot_create(
 ) -> None:
     """Snapshot an instance."""
     if kind not in KINDS:
-        raise_usage(f"--kind {kind!r}: use Standby or Stopped")
+        fail(f"--kind {kind!r}: use Standby or Stopped", EXIT_USAGE)
     with client() as api:
         snap = api.create_snapshot(instance, kind, name)
     show_one(snap, as_json, f"created {snapshot_line(snap)}")
@@ -250,12 +237,7 @@ def snapshot_ls(
     with client() as api:
         source = api.instance(instance)["id"] if instance else ""
         rows = api.snapshots(source_instance_id=source)
-    if as_json:
-        emit_json(rows)
-        return
-    if quiet:
-        for row in rows:
-            typer.echo(row["id"])
+    if listed_briefly(rows, as_json, quiet):
         return
     out = table("ID", "NAME", "INSTANCE", "KIND", "SIZE", "CREATED")
     for row in rows:
@@ -276,9 +258,7 @@ def snapshot_inspect(ref: str = typer.Argument(..., help="Snapshot id.")) -> Non
 def snapshot_rm(refs: list[str] = typer.Argument(..., help="Snapshot ids.")) -> None:
     """Delete snapshots."""
     with client() as api:
-        for ref in refs:
-            api.delete_snapshot(ref)
-            console.print(f"deleted {ref}")
+        delete_each(refs, api.delete_snapshot)
 
 
 @snapshot_app.command("restore")
@@ -313,10 +293,10 @@ def snapshot_fork(
     show_one(result, as_json, f"{coloured(result['state'])} {result['name']} {result['id']}")
 
 
-def raise_usage(message: str) -> None:
-    raise_error = CliError(message, EXIT_USAGE)
-    errors.print(f"[red]error:[/red] {raise_error.message}")
-    raise typer.Exit(EXIT_USAGE)
+def delete_each(refs: list[str], delete: Callable[[str], object]) -> None:
+    for ref in refs:
+        delete(ref)
+        console.print(f"deleted {ref}")
 
 
 # Hypeman's names for the same subcommands (`volume list`, `ingress get`, ...), so its
