@@ -240,9 +240,14 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--sizes", default="256,1024", help="guest sizes in MiB")
+    parser.add_argument(
+        "--memory-file", choices=("always", "never"), default="always",
+        help="guest RAM in a shared file (EMBER_GUEST_MEMORY_FILE) or streamed at standby",
+    )  # fmt: skip
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    server = EmberServer(root / "data").start()
+    env = {"EMBER_GUEST_MEMORY_FILE": args.memory_file}
+    server = EmberServer(root / "data", env=env).start()
     try:
         headers = {"Authorization": f"Bearer {server.token()}"}
         http = httpx.Client(base_url=server.url, headers=headers, timeout=60)

@@ -7,7 +7,7 @@ from ember.instances import phases
 from ember.instances.core import InstanceCore
 from ember.instances.models import InstanceRecord
 from ember.instances.monitor import watch
-from ember.instances.plan import guest_config, vm_spec
+from ember.instances.plan import guest_config, keeps_memory_in_file, vm_spec
 from ember.instances.state import State
 
 
@@ -28,7 +28,8 @@ async def boot(
         write_config_disk(paths.config, guest_config(record, devices))
         phases.mark(core, record.id, "disks")
         paths.run.mkdir(parents=True, exist_ok=True)
-        spec = vm_spec(record, paths, system, rootfs, devices)
+        memory_in_file = keeps_memory_in_file(record, core.settings.guest_memory_file)
+        spec = vm_spec(record, paths, system, rootfs, devices, memory_in_file=memory_in_file)
         core.event(record.id, f"starting {hypervisor.name} VMM ({system.kernel_version})")
         handle = await hypervisor.start(spec)
     except BaseException:

@@ -172,7 +172,7 @@ async def _materialize(
         await copy_disks(files, paths.overlay, paths.config, paths.dir)
         if with_memory:
             assert files.memory is not None
-            payload = paths.memory if files.memory.memory_in_file else paths.standby_state
+            payload = paths.standby_payload(files.memory.memory_in_file)
             paths.standby.mkdir(parents=True, exist_ok=True)
             saved = as_standby(await copy_memory(files, paths.standby_state, payload))
             # Its guest wakes up with the source's MAC and IP (see restore_own_network).

@@ -27,6 +27,7 @@ from pathlib import Path
 
 from ember.hypervisor import VMHandle
 from ember.instances.logs import LogSource
+from ember.snapshots.compression import compressed_name
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,9 +57,13 @@ class InstanceLayout:
     def standby_state(self) -> Path:
         return self.standby / "vmstate"
 
+    def standby_payload(self, memory_in_file: bool) -> Path:
+        """The standby's memory payload: the RAM file, or the stream when it carries the RAM."""
+        return self.memory if memory_in_file else self.standby_state
+
     def compressed(self, payload: Path, algorithm: str) -> Path:
         """Where the standby's memory payload (`memory` or `standby_state`) goes compressed."""
-        return self.standby / f"{payload.name}.{'zst' if algorithm == 'zstd' else algorithm}"
+        return self.standby / compressed_name(payload, algorithm)
 
     @property
     def vmm_output(self) -> Path:

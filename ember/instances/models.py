@@ -11,9 +11,8 @@ from ember.guest.config import GuestConfig
 from ember.images.models import utcnow
 from ember.instances.state import State
 from ember.snapshots.compression import CompressionConfig
+from ember.snapshots.models import SavedMemory
 from ember.store import StoredRecord
-
-CompressionState = Literal["none", "compressing", "compressed", "error"]
 
 
 class SnapshotPolicy(BaseModel):
@@ -25,25 +24,9 @@ class SnapshotPolicy(BaseModel):
     standby_compression_delay: str | None = None  # Go duration
 
 
-class StandbySnapshot(BaseModel):
-    """The saved VM of an instance in Standby (files under its layout's `standby`)."""
-
-    created_at: datetime = Field(default_factory=utcnow)
-    # Guest RAM stayed in the instance's memory file (x-ignore-shared); otherwise it is in
-    # the migration stream with the device state.
-    memory_in_file: bool
-    state_bytes: int
-    memory_bytes: int  # the memory payload as allocated on disk, uncompressed
-    kernel: str  # what the VM was booted with: the restore starts the same
-    initrd: str
-    cmdline: str
-    compression: CompressionConfig | None = None
-    compression_state: CompressionState = "none"
-    compressed_bytes: int | None = None
-    compression_error: str | None = None
-    # The saved guest still has the network settings (MAC, IP, hostname) of the VM it was
-    # forked from: a restore keeps its TAP down until the agent has set the fork's own.
-    foreign_network: bool = False
+# The saved VM of an instance in Standby: the same model as a Standby snapshot's, so a
+# snapshot of a standby and a restore from a snapshot copy it as it is.
+StandbySnapshot = SavedMemory
 
 
 class RestartPolicy(BaseModel):

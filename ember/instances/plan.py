@@ -278,6 +278,8 @@ def vm_spec(
     system: BootArtifacts,
     rootfs: Path,
     devices: BootDevices,
+    *,
+    memory_in_file: bool,
 ) -> VMSpec:
     """The VM one boot of `record` runs (pure: no file is touched)."""
     limit = record.disk_io_bps
@@ -303,6 +305,18 @@ def vm_spec(
         name=record.name,
         vmm_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,
-        # Guest RAM in a shared file: a standby then saves only device state.
-        memory_file=layout.memory,
+        memory_file=layout.memory if memory_in_file else None,
     )
+
+
+def keeps_memory_in_file(record: InstanceRecord, mode: str) -> bool:
+    """Whether this boot puts guest RAM in a shared file (`layout.memory`).
+
+    In a file, a standby saves only device state (~50 ms instead of ~175 ms, restore
+    ~120 ms instead of ~215 ms for 256 MB) but every page the guest touches is written
+    back to disk while it runs, which costs a boot ~15% (measured: 3.44 s vs 3.00 s).
+    `auto` pays that only for instances that auto-standby puts to sleep and wakes often.
+    """
+    if mode != "auto":
+        return mode == "always"
+    return record.auto_standby is not None and record.auto_standby.enabled

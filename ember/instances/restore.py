@@ -20,7 +20,6 @@ import logging
 import shutil
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import replace
 from pathlib import Path
 
 from ember.errors import EmberError, Unavailable
@@ -112,7 +111,7 @@ async def restore_into_stopped(
 async def _ensure_raw(core: InstanceCore, record: InstanceRecord, saved: StandbySnapshot) -> None:
     """Decompress the memory payload if only its compressed form is left."""
     paths = core.paths(record.id)
-    raw = paths.memory if saved.memory_in_file else paths.standby_state
+    raw = paths.standby_payload(saved.memory_in_file)
     if raw.exists() or saved.compression is None or saved.compression.algorithm is None:
         return
     compressed = paths.compressed(raw, saved.compression.algorithm)
@@ -136,8 +135,10 @@ async def _start_from_saved(
         if before_resume is not None:
             await before_resume(record)
         paths.run.mkdir(parents=True, exist_ok=True)
-        spec = vm_spec(record, paths, _booted_with(saved), rootfs, devices)
-        spec = replace(spec, memory_file=paths.memory if saved.memory_in_file else None)
+        spec = vm_spec(
+            record, paths, _booted_with(saved), rootfs, devices,
+            memory_in_file=saved.memory_in_file,
+        )  # fmt: skip
         handle = await hypervisor.restore(spec, paths.standby_state)
     except BaseException:
         await core.resources.detach(record, paths)

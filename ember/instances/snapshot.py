@@ -46,6 +46,7 @@ from ember.snapshots.compression import (
 from ember.snapshots.files import copy_payload, copy_sparse, tree_bytes
 from ember.snapshots.layout import SnapshotFiles, SnapshotLayout
 from ember.snapshots.models import (
+    CompressionState,
     NetworkCopy,
     SavedMemory,
     SnapshotKind,
@@ -102,8 +103,8 @@ def instance_files(
     saved = record.standby
     if record.state != State.STANDBY or saved is None:
         return SavedFiles(paths.overlay, paths.config, disks)
-    memory = SavedMemory.model_validate(saved.model_dump())
-    payload = paths.memory if saved.memory_in_file else paths.standby_state
+    memory = saved.model_copy(deep=True)
+    payload = paths.standby_payload(saved.memory_in_file)
     algorithm = saved.compression.algorithm if saved.compression else None
     compressed = paths.compressed(payload, algorithm) if algorithm else None
     return SavedFiles(paths.overlay, paths.config, disks, memory, paths.standby_state, payload,
@@ -127,14 +128,13 @@ async def copy_memory(src: SavedFiles, vmstate: Path, payload_dst: Path) -> Save
     if src.payload != src.vmstate:
         await copy_sparse(src.vmstate, vmstate)
     await copy_payload(src.payload, src.compressed, src.algorithm, payload_dst)
-    return src.memory.model_copy(
-        update={"compression": None, "compression_state": "none", "compressed_bytes": None,
-                "compression_error": None}
-    )  # fmt: skip
+    return src.memory.with_compression("none", None)
 
 
 def as_standby(memory: SavedMemory) -> StandbySnapshot:
-    return StandbySnapshot.model_validate(memory.model_dump())
+    """A snapshot's saved VM as an instance's own standby (a copy: the two records change
+    apart)."""
+    return memory.model_copy(deep=True)
 
 
 def default_target(kind: SnapshotKind) -> State:
@@ -367,7 +367,7 @@ class Snapshots:
     def _set_compression(
         self,
         snapshot_id: str,
-        state: str,
+        state: CompressionState,
         config: CompressionConfig | None,
         *,
         size: int | None = None,
@@ -376,10 +376,7 @@ class Snapshots:
         snapshot = self.store.get(snapshot_id)
         if snapshot.memory is None:
             return
-        snapshot.memory = snapshot.memory.model_copy(
-            update={"compression_state": state, "compression": config,
-                    "compressed_bytes": size, "compression_error": error}
-        )  # fmt: skip
+        snapshot.memory = snapshot.memory.with_compression(state, config, size=size, error=error)
         self.store.update(snapshot_id, snapshot)
 
     def _set_size(self, snapshot_id: str) -> None:
@@ -425,8 +422,7 @@ class Snapshots:
                 _drop_standby_files(paths)
                 memory = None
                 if snapshot.memory is not None and target != State.STOPPED:
-                    payload = paths.memory if snapshot.memory.memory_in_file else \
-                        paths.standby_state  # fmt: skip
+                    payload = paths.standby_payload(snapshot.memory.memory_in_file)
                     paths.standby.mkdir(parents=True, exist_ok=True)
                     memory = await copy_memory(source, paths.standby_state, payload)
             core.event(record.id, f"snapshot {snapshot.id} ({snapshot.kind}) copied back")

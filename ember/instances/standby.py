@@ -34,6 +34,7 @@ from ember.snapshots.compression import (
     compress_file,
     parse_default,
 )
+from ember.snapshots.models import CompressionState
 from ember.units import format_size, parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -116,7 +117,7 @@ async def _save(core: InstanceCore, record: InstanceRecord) -> StandbySnapshot:
         if isinstance(exc, EmberError):
             raise Unavailable(f"standby failed, the VM runs on: {exc.message}") from exc
         raise
-    payload = paths.memory if memory_in_file else paths.standby_state
+    payload = paths.standby_payload(memory_in_file)
     return StandbySnapshot(
         memory_in_file=memory_in_file,
         state_bytes=saved.bytes,
@@ -164,7 +165,7 @@ async def compress_standby(
     if record.state != State.STANDBY or snapshot is None:
         return
     paths = core.paths(instance_id)
-    raw = paths.memory if snapshot.memory_in_file else paths.standby_state
+    raw = paths.standby_payload(snapshot.memory_in_file)
     target = paths.compressed(raw, compression.algorithm)
     _set_compression(core, instance_id, "compressing", compression.config)
     core.event(instance_id, f"compressing the standby memory ({compression.algorithm})")
@@ -185,7 +186,7 @@ async def compress_standby(
 def _set_compression(
     core: InstanceCore,
     instance_id: str,
-    state: str,
+    state: CompressionState,
     config: CompressionConfig | None,
     *,
     compressed: int | None = None,
@@ -193,13 +194,8 @@ def _set_compression(
 ) -> None:
     def change(record: InstanceRecord) -> None:
         if record.standby is not None:
-            record.standby = record.standby.model_copy(
-                update={
-                    "compression_state": state,
-                    "compression": config,
-                    "compressed_bytes": compressed,
-                    "compression_error": error,
-                }
+            record.standby = record.standby.with_compression(
+                state, config, size=compressed, error=error
             )
 
     core.update(instance_id, change)
@@ -215,7 +211,7 @@ def recover(core: InstanceCore, record: InstanceRecord) -> None:
     paths = core.paths(record.id)
     for partial in paths.standby.glob("*.partial"):
         partial.unlink(missing_ok=True)
-    raw = paths.memory if snapshot.memory_in_file else paths.standby_state
+    raw = paths.standby_payload(snapshot.memory_in_file)
     if snapshot.compression_state == "compressing":
         _set_compression(core, record.id, "none", None)
         core.event(record.id, "standby compression cut short by a server restart; raw kept")

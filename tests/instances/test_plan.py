@@ -16,6 +16,7 @@ from ember.instances.plan import (
     BootDevices,
     HostLimits,
     guest_config,
+    keeps_memory_in_file,
     plan_create,
     vm_spec,
 )
@@ -118,10 +119,20 @@ def test_vm_spec_is_a_pure_function_of_the_plan(tmp_path: Any) -> None:
     record = plan(size="256MB", vcpus=1, disk_io_bps="10MB/s").record
     layout = Layout(tmp_path / "instances", tmp_path / "run").of(record.id)
     system = BootArtifacts(tmp_path / "vmlinuz", tmp_path / "initrd", "6.1", "abc")
-    spec = vm_spec(record, layout, system, tmp_path / "root.erofs", BootDevices())
+    root = tmp_path / "root.erofs"
+    spec = vm_spec(record, layout, system, root, BootDevices(), memory_in_file=False)
     assert spec.memory_bytes == 256 << 20 and spec.vcpus == 1 and spec.nics == []
     assert [d.serial for d in spec.disks] == ["ember-root", "ember-overlay", "ember-config"]
     assert all(d.bps_limit == 10 << 20 for d in spec.disks[:2])
     assert spec.qmp_socket == tmp_path / "run" / record.id / "qmp.sock"
     assert not (tmp_path / "instances").exists()  # nothing was written
-    assert MIN_MEMORY_BYTES == 128 << 20
+    assert MIN_MEMORY_BYTES == 128 << 20 and spec.memory_file is None
+    in_file = vm_spec(record, layout, system, root, BootDevices(), memory_in_file=True)
+    assert in_file.memory_file == layout.memory
+
+
+def test_guest_ram_goes_in_a_file_for_instances_that_auto_standby() -> None:
+    sleepy = plan(auto_standby={"enabled": True, "idle_timeout": "5m"}).record
+    awake = plan().record
+    assert keeps_memory_in_file(sleepy, "auto") and not keeps_memory_in_file(awake, "auto")
+    assert keeps_memory_in_file(awake, "always") and not keeps_memory_in_file(sleepy, "never")
