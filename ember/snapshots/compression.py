@@ -82,6 +82,12 @@ def parse_default(text: str) -> Compression | None:
     return config.resolve("snapshot_compression")
 
 
+def compressed_name(payload: Path, algorithm: str) -> str:
+    """The file name of `payload` compressed with `algorithm`: `memory.ram.zst`, `vmstate.lz4`
+    (the suffixes the zstd and lz4 commands use)."""
+    return f"{payload.name}.{'zst' if algorithm == 'zstd' else algorithm}"
+
+
 class Cancelled(Exception):
     """The compression was stopped by `cancel`."""
 

@@ -18,6 +18,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from ember.snapshots.compression import compressed_name
+
 
 @dataclass(frozen=True, slots=True)
 class SnapshotFiles:
@@ -47,7 +49,7 @@ class SnapshotFiles:
         return self.memory if memory_in_file else self.vmstate
 
     def compressed(self, payload: Path, algorithm: str) -> Path:
-        return self.dir / f"{payload.name}.{'zst' if algorithm == 'zstd' else algorithm}"
+        return self.dir / compressed_name(payload, algorithm)
 
 
 @dataclass(frozen=True, slots=True)

@@ -3,7 +3,7 @@
 This package sits below `ember.instances` (which imports it), so nothing here
 imports the instance core: the source instance's record is kept as its JSON
 (`source`), read back as an `InstanceRecord` by the fork, and the saved VM's
-metadata has the same fields as the instance's `StandbySnapshot`.
+metadata (`SavedMemory`) is the model of the instance's own standby too.
 """
 
 from __future__ import annotations
@@ -21,20 +21,39 @@ CompressionState = Literal["none", "compressing", "compressed", "error"]
 
 
 class SavedMemory(BaseModel):
-    """The saved VM of a Standby snapshot (same fields as the instance's StandbySnapshot)."""
+    """A saved VM: an instance's standby (`InstanceRecord.standby`, files under its layout's
+    `standby`) or a Standby snapshot's (files in the snapshot's directory)."""
 
     created_at: datetime = Field(default_factory=utcnow)
+    # Guest RAM stayed in the instance's memory file (x-ignore-shared); otherwise it is in
+    # the migration stream with the device state.
     memory_in_file: bool
     state_bytes: int
     memory_bytes: int  # the memory payload as allocated on disk, uncompressed
-    kernel: str
+    kernel: str  # what the VM was booted with: the restore starts the same
     initrd: str
     cmdline: str
     compression: CompressionConfig | None = None
     compression_state: CompressionState = "none"
     compressed_bytes: int | None = None
     compression_error: str | None = None
-    foreign_network: bool = False  # see StandbySnapshot
+    # The saved guest still has the network settings (MAC, IP, hostname) of the VM it was
+    # forked from: a restore keeps its TAP down until the agent has set the fork's own.
+    foreign_network: bool = False
+
+    def with_compression(
+        self,
+        state: CompressionState,
+        config: CompressionConfig | None,
+        *,
+        size: int | None = None,
+        error: str | None = None,
+    ) -> SavedMemory:
+        """A copy whose compression fields say `state` (the others are kept)."""
+        return self.model_copy(
+            update={"compression_state": state, "compression": config,
+                    "compressed_bytes": size, "compression_error": error}
+        )  # fmt: skip
 
 
 class VolumeCopy(BaseModel):

@@ -140,7 +140,7 @@ class RestartStatus(BaseModel):
 class HealthStatus(BaseModel):
     """Hypeman's `InstanceHealthStatus`."""
 
-    status: Literal["disabled", "starting", "healthy", "unhealthy", "unknown"]
+    status: health.HealthState
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     last_checked_at: datetime | None = None
