@@ -2,13 +2,18 @@
 
 For a 256 MB and a 1 GB guest, in the same run:
 - Ember: `POST /instances` -> Running (cold create), then rounds of
-  `POST /standby` (pause, save, VMM gone) and `POST /restore` (-> Running),
-  uncompressed, then zstd -1 and lz4 (size once compressed, restore from it).
+  `POST /standby` (pause, save: answered once the state is on disk) and, once
+  its VMM has gone, `POST /restore` (-> Running); uncompressed, then zstd -1
+  and lz4 (size once compressed, restore from it).
 - bare QEMU: the same VM (Ember's own command line, same kernel, initrd and
-  disks) booted by hand, then `stop` + `migrate` + `quit` and a new QEMU with
-  `-incoming defer` + `migrate-incoming` + `cont`, over raw QMP, by the same
-  mechanism Ember used (RAM in a shared memory file with x-ignore-shared when
-  Ember's VMM had one, the whole RAM streamed through `exec:cat` otherwise).
+  disks) booted by hand, then `stop` + `migrate` to the state being on disk
+  (timed), `quit`, and a new QEMU with `-incoming defer` + `migrate-incoming` +
+  `cont`, over raw QMP, by the same mechanism Ember used (RAM in a shared
+  memory file with x-ignore-shared when Ember's VMM had one, the whole RAM
+  streamed through `exec:cat` otherwise).
+
+Both sides time standby to the same point (the saved state on disk) and
+restore from the same point (no VMM left of the standby).
 
 Targets (issue 12): standby and restore at most 1.2x bare QEMU; restore at
 most 0.15x a cold create.
@@ -33,6 +38,7 @@ from typing import Any
 import httpx
 
 from bench.common import WORKLOAD, push_hello
+from ember.config import Settings
 from ember.guest.client import AgentClient
 from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
 from ember.hypervisor import DiskSpec, VMSpec
@@ -94,6 +100,14 @@ class EmberRun:
             files.append(self.dir / "memory.ram")
         return sum(p.stat().st_blocks * 512 for p in files)
 
+    def wait_vmm_gone(self) -> None:
+        """The standby's VMM has exited (its runtime dir goes with it)."""
+        deadline = time.monotonic() + 30
+        while (Settings().runtime_dir / self.id).exists():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the VMM did not exit after standby")
+            time.sleep(0.01)
+
     def wait_compressed(self, suffix: str) -> int:
         deadline = time.monotonic() + 300
         standby = self.dir / "standby"
@@ -106,6 +120,16 @@ class EmberRun:
 
     def delete(self) -> None:
         self.http.delete(f"/instances/{self.id}").raise_for_status()
+
+
+def api_round_trip(http: httpx.Client) -> float:
+    """The fixed cost of any call through the API, for reading the ratios above."""
+    times = []
+    for _ in range(20):
+        started = time.perf_counter()
+        http.get("/health").raise_for_status()
+        times.append(time.perf_counter() - started)
+    return median(times)
 
 
 # ---- bare QEMU -----------------------------------------------------------------------
@@ -149,9 +173,9 @@ async def bare_round(
                 await qmp.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30})
                 await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
                 await _wait(qmp)
+                figures["save"].append(time.perf_counter() - started)
                 await qmp.execute("quit")
             await _gone(pid)
-            figures["save"].append(time.perf_counter() - started)
             kept = state.stat().st_blocks * 512
             if in_file:
                 kept += (work / "memory.ram").stat().st_blocks * 512
@@ -205,6 +229,7 @@ def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path
     for _ in range(runs):
         took, _answer = ember.post("standby")
         standby.append(took)
+        ember.wait_vmm_gone()
         kept.append(ember.snapshot_bytes())
         took, _answer = ember.post("restore")
         restore.append(took)
@@ -228,6 +253,9 @@ def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path
     print(f"restore        ember {r * 1000:7.0f} ms   bare qemu {br * 1000:7.0f} ms   "
           f"ratio {r / br:.2f}x (target <= 1.2x)")  # fmt: skip
     print(f"cold create -> Running {cold:.2f} s; restore/create {r / cold:.3f}x (target <= 0.15x)")
+    print(
+        f"an API round trip (GET /health) costs {api_round_trip(http) * 1000:.1f} ms of the above"
+    )
     print(f"snapshot on disk ember {median(kept) / MIB:.1f} MiB, "
           f"bare qemu {median(bare['bytes']) / MIB:.1f} MiB")  # fmt: skip
     for algorithm, (size, took) in compressed.items():
