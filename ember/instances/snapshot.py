@@ -37,16 +37,15 @@ from ember.network import NetworkManager
 from ember.snapshots.compression import (
     Algorithm,
     BackgroundJobs,
-    Cancelled,
     Compression,
     CompressionConfig,
+    CompressionState,
     allocated_bytes,
-    compress_file,
+    compress_recorded,
 )
 from ember.snapshots.files import copy_payload, copy_sparse, tree_bytes
 from ember.snapshots.layout import SnapshotFiles, SnapshotLayout
 from ember.snapshots.models import (
-    CompressionState,
     NetworkCopy,
     SavedMemory,
     SnapshotKind,
@@ -349,15 +348,16 @@ class Snapshots:
         files = self.layout.of(snapshot_id)
         raw = files.payload(snapshot.memory.memory_in_file)
         target = files.compressed(raw, compression.algorithm)
-        self._set_compression(snapshot_id, "compressing", compression.config)
-        try:
-            size = await asyncio.to_thread(compress_file, raw, target, compression, cancel)
-        except (Cancelled, asyncio.CancelledError):
-            self._set_compression(snapshot_id, "none", None)
-            raise
-        except Exception as exc:
-            log.exception("snapshot compression failed", extra={"snapshot": snapshot_id})
-            self._set_compression(snapshot_id, "error", compression.config, error=str(exc))
+
+        def record(
+            state: CompressionState, config: CompressionConfig | None, size: int | None,
+            error: str | None,
+        ) -> None:  # fmt: skip
+            self._set_compression(snapshot_id, state, config, size=size, error=error)
+
+        what = f"snapshot {snapshot_id}"
+        size = await compress_recorded(raw, target, compression, cancel, record, what)
+        if size is None:
             return
         async with self.files_lock(snapshot_id):  # no copy is reading the raw payload
             self._set_compression(snapshot_id, "compressed", compression.config, size=size)

@@ -27,14 +27,13 @@ from ember.instances.monitor import await_monitor
 from ember.instances.state import State
 from ember.snapshots.compression import (
     BackgroundJobs,
-    Cancelled,
     Compression,
     CompressionConfig,
+    CompressionState,
     allocated_bytes,
-    compress_file,
+    compress_recorded,
     parse_default,
 )
-from ember.snapshots.models import CompressionState
 from ember.units import format_size, parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -186,18 +185,19 @@ async def compress_standby(
     paths = core.paths(instance_id)
     raw = paths.standby_payload(snapshot.memory_in_file)
     target = paths.compressed(raw, compression.algorithm)
-    _set_compression(core, instance_id, "compressing", compression.config)
+
+    def note(
+        state: CompressionState, config: CompressionConfig | None, size: int | None,
+        error: str | None,
+    ) -> None:  # fmt: skip
+        _set_compression(core, instance_id, state, config, compressed=size, error=error)
+
     core.event(instance_id, f"compressing the standby memory ({compression.algorithm})")
-    try:
-        size = await asyncio.to_thread(compress_file, raw, target, compression, cancel)
-    except (Cancelled, asyncio.CancelledError):
-        _set_compression(core, instance_id, "none", None)
-        raise
-    except Exception as exc:
-        log.exception("standby compression failed", extra={"instance": instance_id})
-        _set_compression(core, instance_id, "error", compression.config, error=str(exc))
+    what = f"standby of instance {instance_id}"
+    size = await compress_recorded(raw, target, compression, cancel, note, what)
+    if size is None:
         return
-    _set_compression(core, instance_id, "compressed", compression.config, compressed=size)
+    note("compressed", compression.config, size, None)
     raw.unlink(missing_ok=True)
     core.event(instance_id, f"standby memory compressed to {format_size(size)}")
 

@@ -26,6 +26,9 @@ from pydantic import BaseModel, ConfigDict
 from ember.errors import InvalidArgument
 
 log = logging.getLogger("ember.snapshots")
+CompressionState = Literal["none", "compressing", "compressed", "error"]
+# Records a compression's state (config, compressed size, error) wherever it is kept.
+RecordState = Callable[[CompressionState, "CompressionConfig | None", int | None, str | None], None]
 
 Algorithm = Literal["zstd", "lz4"]
 BLOCK = 1 << 20
@@ -214,3 +217,22 @@ class BackgroundJobs:
     async def close(self) -> None:
         for key in list(self._tasks):
             await self.cancel(key)
+
+
+async def compress_recorded(
+    raw: Path, target: Path, compression: Compression, cancel: threading.Event,
+    record: RecordState, what: str,
+) -> int | None:  # fmt: skip
+    """Compress `raw` into `target` off the event loop, recording `compressing`, then `none`
+    if cancelled (re-raised) or `error` if it failed (None returned); the compressed size
+    otherwise. The caller records `compressed` once it has let go of the raw payload."""
+    record("compressing", compression.config, None, None)
+    try:
+        return await asyncio.to_thread(compress_file, raw, target, compression, cancel)
+    except (Cancelled, asyncio.CancelledError):
+        record("none", None, None, None)
+        raise
+    except Exception as exc:
+        log.exception("%s compression failed", what)
+        record("error", compression.config, None, str(exc))
+        return None

@@ -14,10 +14,9 @@ from typing import Any, Literal
 from pydantic import BaseModel, Field
 
 from ember.images.models import utcnow
-from ember.snapshots.compression import CompressionConfig
+from ember.snapshots.compression import CompressionConfig, CompressionState
 
 SnapshotKind = Literal["Standby", "Stopped"]
-CompressionState = Literal["none", "compressing", "compressed", "error"]
 
 
 class SavedMemory(BaseModel):
