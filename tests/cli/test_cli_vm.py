@@ -263,6 +263,24 @@ def test_standby_and_restore_keep_the_guest_as_it_was(cli: Cli, box: dict[str, o
     assert cli("exec", BOX, "cat", "/tmp/state").out == "kept\n"
 
 
+def test_snapshots_and_forks_through_the_cli(cli: Cli, box: dict[str, object]) -> None:
+    assert cli("exec", BOX, "/bin/sh", "-c", "echo snapped > /tmp/mark").code == 0
+    made = cli("snapshot", "create", BOX, "--name", "cli-snap", "--json")
+    assert made.code == 0, made.err
+    snapshot = json.loads(made.out)
+    listed = json.loads(cli("snapshot", "ls", "--instance", BOX, "--json").out)
+    assert [s["id"] for s in listed] == [snapshot["id"]]
+    forked = cli("snapshot", "fork", snapshot["id"], "cli-clone", "--json")
+    assert forked.code == 0, forked.err
+    clone = json.loads(forked.out)
+    assert clone["name"] == "cli-clone" and clone["id"] != box["id"]
+    assert cli("wait", "cli-clone", "--state", "Running").code == 0
+    assert cli("exec", "cli-clone", "cat", "/tmp/mark").out == "snapped\n"  # memory kept
+    assert cli("rm", "-f", "cli-clone").code == 0
+    assert cli("snapshot", "rm", snapshot["id"]).code == 0
+    assert json.loads(cli("snapshot", "ls", "--json").out) == []
+
+
 def test_rm_needs_force_while_running_and_removes_the_ingress(
     cli: Cli, box: dict[str, object]
 ) -> None:

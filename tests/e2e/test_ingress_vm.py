@@ -89,6 +89,14 @@ def stop_start(server: EmberServer) -> str:
     return f"{stopped}"
 
 
+def standby_restore(server: EmberServer) -> str:
+    with api(server) as client:
+        client.post("/instances/web/standby").raise_for_status()
+        restored = client.post("/instances/web/restore")
+        restored.raise_for_status()
+    return str(restored.json()["state"])
+
+
 def delete_web(server: EmberServer) -> tuple[int, float]:
     with api(server) as client:
         client.delete("/instances/web").raise_for_status()
@@ -123,6 +131,9 @@ def test_ingress_routes_to_vms_through_restarts_and_deletes(ns: str, tmp_path: P
         assert first["tls"] == (200, HELLO)
         # A stopped instance answers at once, and its route works again after a start.
         assert in_netns(ns, stop_start, server) in ("502", "503")
+        assert in_netns(ns, routes, ca_file)["literal"] == (200, HELLO)
+        # A standby and restore keep the route (the guest keeps its address).
+        assert in_netns(ns, standby_restore, server) == "Running"
         assert in_netns(ns, routes, ca_file)["literal"] == (200, HELLO)
         # Ember restarts: the VM and Caddy keep running, routes keep working.
         server.stop()
