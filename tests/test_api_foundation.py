@@ -273,3 +273,17 @@ def test_openapi_documents_auth_and_real_errors(tmp_path: Path) -> None:
     assert "security" not in spec["paths"]["/health"]["get"]
     registry = spec["paths"]["/v2/{path}"]["get"]
     assert {"bearerAuth": []} in registry["security"] and "416" in registry["responses"]
+
+
+def test_openapi_describes_every_answer_field(tmp_path: Path) -> None:
+    """Answers that leave unset plain-string fields out still document all their fields."""
+    schemas = create_app(Settings(data_dir=tmp_path, runtime_dir=tmp_path / "run")).openapi()[
+        "components"
+    ]["schemas"]
+    for name in ("Instance", "InstanceNetwork", "AutoStandbyStatus", "HealthStatus"):
+        assert schemas[name].get("properties"), name
+    instance = schemas["Instance"]["properties"]
+    assert {"hotplug_size", "disk_io_bps", "exit_message", "network", "health_status"} <= set(
+        instance
+    )
+    assert set(schemas["Instance"]["required"]) == {"id", "name", "image", "state", "created_at"}

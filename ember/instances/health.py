@@ -46,7 +46,9 @@ Address = Callable[[InstanceRecord], str | None]
 
 @dataclass
 class HealthStatus:
-    status: HealthState = "starting"
+    """Hypeman's `InstanceHealthStatus`, served as it is in the instance answer."""
+
+    status: HealthState
     consecutive_failures: int = 0
     consecutive_successes: int = 0
     last_checked_at: datetime | None = None
@@ -58,7 +60,7 @@ class HealthStatus:
 @dataclass
 class _Probe:
     boot: datetime
-    status: HealthStatus = field(default_factory=HealthStatus)
+    status: HealthStatus = field(default_factory=lambda: HealthStatus(status="starting"))
     task: asyncio.Task[None] | None = None
 
 
@@ -81,7 +83,7 @@ class HealthMonitor:
         if record.state != State.RUNNING:
             return HealthStatus(status="unknown")
         if probe is None or probe.boot != record.started_at:
-            return HealthStatus()
+            return HealthStatus(status="starting")
         return probe.status
 
     def start(self) -> None:

@@ -6,7 +6,7 @@ import dataclasses
 import json
 from collections.abc import AsyncIterator
 from datetime import datetime
-from typing import Annotated, Any, ClassVar, Literal
+from typing import Annotated, Literal
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
@@ -14,10 +14,8 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
-    SerializerFunctionWrapHandler,
     StrictBool,
     StrictStr,
-    model_serializer,
 )
 
 from ember.api.deps import ServicesDep
@@ -53,33 +51,25 @@ StateName = Literal[
 ]
 
 
-class OmitsUnsetStrings(BaseModel):
-    """An answer whose listed fields the spec types as plain strings (not nullable): they are
-    left out when unset rather than sent as null."""
-
-    omit_when_unset: ClassVar[tuple[str, ...]] = ()
-
-    @model_serializer(mode="wrap")
-    def _omit_unset(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        data: dict[str, Any] = handler(self)
-        for key in self.omit_when_unset:
-            if data.get(key) is None:
-                data.pop(key, None)
-        return data
+def _unset(value: object) -> bool:
+    return value is None
 
 
-class NetworkInfo(OmitsUnsetStrings):
-    omit_when_unset = ("name", "bandwidth_download", "bandwidth_upload")
+# A field the spec types as a plain string (not nullable): left out of an answer when unset,
+# never sent as null. Per field, so the OpenAPI document still describes every field.
+OptionalString = Annotated[str | None, Field(exclude_if=_unset)]
 
+
+class InstanceNetwork(BaseModel):
     enabled: bool = False
-    name: str | None = None
+    name: OptionalString = None
     ip: str | None = None
     mac: str | None = None
-    bandwidth_download: str | None = None
-    bandwidth_upload: str | None = None
+    bandwidth_download: OptionalString = None
+    bandwidth_upload: OptionalString = None
 
     @classmethod
-    def of(cls, lease: Lease | None) -> NetworkInfo:
+    def of(cls, lease: Lease | None) -> InstanceNetwork:
         if lease is None:
             return cls(enabled=False)
         return cls(
@@ -137,52 +127,34 @@ class RestartStatus(BaseModel):
         return cls.model_validate(record.restart_status.model_dump(include=fields))
 
 
-class HealthStatus(BaseModel):
-    """Hypeman's `InstanceHealthStatus`."""
-
-    status: health.HealthState
-    consecutive_failures: int = 0
-    consecutive_successes: int = 0
-    last_checked_at: datetime | None = None
-    last_error: str | None = None
-    last_failure_at: datetime | None = None
-    last_success_at: datetime | None = None
-
-    @classmethod
-    def of(cls, status: health.HealthStatus) -> HealthStatus:
-        return cls.model_validate(dataclasses.asdict(status))
-
-
-class Instance(OmitsUnsetStrings):
-    omit_when_unset = ("hotplug_size", "disk_io_bps", "exit_message", "size", "overlay_size")
-
+class Instance(BaseModel):
     id: str
     name: str
     image: str
     state: StateName
     created_at: datetime
     state_error: str | None = None
-    size: str | None = None
-    hotplug_size: str | None = None
-    overlay_size: str | None = None
-    disk_io_bps: str | None = None
+    size: OptionalString = None
+    hotplug_size: OptionalString = None
+    overlay_size: OptionalString = None
+    disk_io_bps: OptionalString = None
     vcpus: int | None = None
     env: dict[str, str] | None = None
     tags: dict[str, str] | None = None
     hypervisor: HypervisorName | None = None
-    network: NetworkInfo | None = None
+    network: InstanceNetwork | None = None
     volumes: list[VolumeMount] = []
     started_at: datetime | None = None
     stopped_at: datetime | None = None
     exit_code: int | None = None
-    exit_message: str | None = None
+    exit_message: OptionalString = None
     has_snapshot: bool = False
     platform: str | None = None
     expires_at: datetime | None = None  # null: no automatic expiry
     restart_policy: RestartPolicy | None = None
     restart_status: RestartStatus | None = None
     health_check: HealthCheck | None = None
-    health_status: HealthStatus | None = None
+    health_status: health.HealthStatus | None = None
     current_phase: str | None = None
     current_phase_since: datetime | None = None
     phase_durations_ms: dict[str, int] | None = None
@@ -195,7 +167,7 @@ class Instance(OmitsUnsetStrings):
         record: InstanceRecord,
         lease: Lease | None = None,
         attachments: list[Attachment] | None = None,
-        health: HealthStatus | None = None,
+        health: health.HealthStatus | None = None,
     ) -> Instance:
         phase, phase_since, durations = phases.describe(record)
         return cls(
@@ -232,7 +204,7 @@ class Instance(OmitsUnsetStrings):
             hotplug_size=format_size(record.hotplug_bytes) if record.hotplug_bytes else None,
             overlay_size=format_size(record.overlay_bytes),
             disk_io_bps=_rate(record.disk_io_bps),
-            network=NetworkInfo.of(lease),
+            network=InstanceNetwork.of(lease),
             volumes=[VolumeMount.of(a) for a in attachments or []],
             has_snapshot=record.standby is not None,
         )
@@ -240,8 +212,10 @@ class Instance(OmitsUnsetStrings):
 
 def answer(svc: Services, record: InstanceRecord) -> Instance:
     instances = svc.instances
-    health = HealthStatus.of(instances.health_status(record))
-    return Instance.of(record, instances.lease(record), instances.attachments(record), health)
+    return Instance.of(
+        record, instances.lease(record), instances.attachments(record),
+        instances.health_status(record),
+    )  # fmt: skip
 
 
 class WaitResponse(BaseModel):
@@ -423,10 +397,8 @@ async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> I
     return answer(svc, await svc.instances.detach_volume(ref, volume_id))
 
 
-class AutoStandbyStatus(OmitsUnsetStrings):
+class AutoStandbyStatus(BaseModel):
     """Hypeman's `AutoStandbyStatus` (`ember/instances/autostandby.py`)."""
-
-    omit_when_unset = ("idle_timeout", "countdown_remaining")
 
     status: autostandby.Status
     reason: autostandby.Reason
@@ -436,12 +408,12 @@ class AutoStandbyStatus(OmitsUnsetStrings):
     eligible: bool
     active_inbound_connections: int
     tracking_mode: str
-    idle_timeout: str | None = None
+    idle_timeout: OptionalString = None
     idle_since: datetime | None = None
     last_inbound_activity_at: datetime | None = None
     hold_until: datetime | None = None
     next_standby_at: datetime | None = None
-    countdown_remaining: str | None = None
+    countdown_remaining: OptionalString = None
 
     @classmethod
     def of(cls, report: autostandby.Report) -> AutoStandbyStatus:
