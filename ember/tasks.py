@@ -11,6 +11,11 @@ Why a class holding the task and not a bare `create_task` in each controller: th
 start, the error logging and the cancel-and-await were written out seven times,
 and a controller that forgot the await in `close()` would leave a pass running
 into a closed store.
+
+`BackgroundJobs` is the one-off counterpart: at most one job per key, each
+with a cancel flag a worker thread can check, all cancelled by `close()`. Keys
+name what a job guards (`saved:<instance id>`, `snapshot:<id>`), so the code
+about to touch those files cancels exactly the job that reads them.
 """
 
 from __future__ import annotations
@@ -18,7 +23,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+import threading
+from collections.abc import Awaitable, Callable, Coroutine
+
+__all__ = ["BackgroundJobs", "PeriodicTask"]
 
 Step = Callable[[], Awaitable[object]]
 # Waits at most the given seconds; returns (or raises TimeoutError) when the next
@@ -65,3 +73,52 @@ class PeriodicTask:
                 self._log.exception("%s failed", self.what)
             with contextlib.suppress(TimeoutError):
                 await self._wake(self._next_wait())
+
+
+class Cancelled(Exception):
+    """A job was stopped through its cancel flag."""
+
+
+class BackgroundJobs:
+    """At most one background job per key, each with a cancel flag its worker thread
+    checks. A job that ends by raising `Cancelled` (or CancelledError) was stopped."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
+
+    def start(
+        self, key: str, job: Callable[[threading.Event], Coroutine[object, object, None]]
+    ) -> None:
+        cancel = threading.Event()
+        task = asyncio.get_running_loop().create_task(job(cancel))
+        self._tasks[key] = (task, cancel)
+
+        def forget(_: asyncio.Task[None]) -> None:
+            if self._tasks.get(key, (None,))[0] is task:
+                del self._tasks[key]
+
+        task.add_done_callback(forget)
+
+    def running(self, key: str) -> bool:
+        return key in self._tasks
+
+    async def cancel(self, key: str) -> None:
+        """Stop the job of `key` and wait until it has let go of its files."""
+        entry = self._tasks.get(key)
+        if entry is None:
+            return
+        task, flag = entry
+        flag.set()
+        task.cancel()  # a job still in its delay stops there
+        with contextlib.suppress(asyncio.CancelledError, Cancelled):
+            await task
+
+    async def wait(self, key: str) -> None:
+        entry = self._tasks.get(key)
+        if entry is not None:
+            with contextlib.suppress(asyncio.CancelledError, Cancelled):
+                await entry[0]
+
+    async def close(self) -> None:
+        for key in list(self._tasks):
+            await self.cancel(key)

@@ -112,6 +112,12 @@ class Hypervisor(Protocol):
         """Once the VM has exited: append what the VMM printed while it ran to ``vmm_log``."""
         ...
 
+    def device_set(self, spec: VMSpec) -> list[str]:
+        """The devices a VM of `spec` gets, in order, as the saved state depends on them
+        (driver names and the memory backend; no paths, MACs or ids). A saved VM restores
+        only into the same set."""
+        ...
+
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:
         """Pause the VM and write its state to `state_file` (all of its RAM too unless the
         VM runs on a `memory_file`); the VM stays paused: quit or resume it after."""

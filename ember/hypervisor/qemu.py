@@ -93,6 +93,14 @@ def build_command(
     return cmd
 
 
+def device_set(spec: VMSpec, accel: Accel) -> list[str]:
+    """The `-device` drivers of `spec`'s command line in order, and the memory backend:
+    what QEMU's migration stream must find again on restore."""
+    command = build_command(spec, accel)
+    devices = [command[i + 1].split(",")[0] for i, arg in enumerate(command) if arg == "-device"]
+    return devices + (["memory-backend-file"] if spec.memory_file is not None else [])
+
+
 def _memory_args(spec: VMSpec) -> list[str]:
     """Guest RAM as a shared file mapping: with `x-ignore-shared` a save leaves it in the
     file and writes only device state (~60 KB), and a restore maps it back."""
@@ -212,6 +220,9 @@ class QemuHypervisor:
         pid = int(spec.pid_file.read_text().strip())
         _append_lines(spec.vmm_log, [f"started pid {pid} ({self.accel})"])
         return VMHandle(pid=pid, qmp_socket=spec.qmp_socket, agent_socket=spec.agent_socket)
+
+    def device_set(self, spec: VMSpec) -> list[str]:
+        return device_set(spec, self.accel)
 
     def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         _append_lines(vmm_log, _take(vmm_output).splitlines())

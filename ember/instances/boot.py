@@ -46,6 +46,7 @@ async def boot(
         stopped_at=None,
         exit_code=None,
         exit_message=None,
+        vm_devices=hypervisor.device_set(spec),
     )
     watch(core, record, handle)
     return record

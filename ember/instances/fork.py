@@ -1,18 +1,18 @@
 """Fork: a new instance made like another one, from its saved VM or disks.
 
-From an instance (Stopped, Standby, or Running with `from_running`: standby,
-copy, restore the source) or from a snapshot. The fork gets its own id,
-name, disks (sparse copies), memory file, MAC and IP: it holds what any
-instance holds, acquired through the same `Resources` as a create, and its
-record is inserted last, in its final state (Stopped or Standby), once every
-file is in place. So a failure releases everything and leaves no record, and
-a server killed mid-fork leaves only orphans that the start sweep releases.
+    fork_instance:  check -> place the source's files into a new instance -> restore or boot
+    fork_snapshot:  check -> place the snapshot's files into a new instance -> restore or boot
+    from_running:   standby the source -> fork_instance -> restore the source
 
-A fork restored from a saved VM wakes up with the source's MAC, address and
-hostname in its memory. Its TAP stays down from before the VM resumes (the
-bridge learns and forwards nothing from it) until the agent has given eth0
-the fork's own MAC, address, route and resolvers (`SET_NETWORK`); then the
-TAP comes up. Source and fork then run side by side.
+The fork gets its own id, name, disks (sparse copies), memory file, MAC and
+IP: it holds what any instance holds, acquired through the same `Resources`
+as a create, and its record is inserted last, in Standby (with the saved VM)
+or Stopped, once every file is in place. So a failed placing releases
+everything and leaves no record, and a server killed mid-fork leaves only
+orphans that the start sweep releases. Its saved VM is marked
+`foreign_network`: the one restore gives the guest the fork's own network
+identity (`saved.identity`). A failed restore leaves the fork in Standby with
+`state_error`, like any restore.
 """
 
 from __future__ import annotations
@@ -22,28 +22,26 @@ import time
 from ember.errors import Conflict, InvalidArgument
 from ember.ids import is_id, new_id
 from ember.images.models import utcnow
-from ember.instances import restore as restoring
-from ember.instances import standby as standing
 from ember.instances.admission import admit
 from ember.instances.boot import boot
-from ember.instances.guestnet import restore_own_network
 from ember.instances.models import InstanceRecord, RestartStatus
 from ember.instances.plan import CreatePlan, NetworkPlan, VolumePlan
+from ember.instances.saved.place import place_saved_vm
+from ember.instances.saved.restore import restore
 from ember.instances.snapshot import (
-    SavedFiles,
     Snapshots,
-    as_standby,
     check_hypervisor,
     check_target,
-    copy_disks,
-    copy_memory,
     default_target,
-    instance_files,
-    snapshot_files,
+    volume_copy,
 )
+from ember.instances.standby import standby
 from ember.instances.state import State
-from ember.snapshots.models import NetworkCopy, SnapshotKind, VolumeCopy
+from ember.snapshots.layout import SavedVMFiles
+from ember.snapshots.models import NetworkCopy, SavedVM, SnapshotKind, VolumeCopy
 from ember.validation import validate_name
+
+__all__ = ["fork_instance", "fork_snapshot"]
 
 
 async def fork_instance(
@@ -72,22 +70,19 @@ async def fork_instance(
     check_target(kind, target)
     attachments = snaps.capturable(record)
     if was_running:
-        await standing.standby(core, snaps.instance_jobs, source_id)
+        await standby(core, snaps.jobs, source_id)
     try:
-        async with core.lock(source_id):
-            await snaps.instance_jobs.cancel(source_id)  # the raw payload must stay put
+        async with core.lock(source_id):  # the source's files stay put while copied
             record = core.current(source_id)
-            files = instance_files(record, core.paths(source_id), attachments)
-            fork = await _materialize(
-                snaps, record, files, name, target,
-                volumes=[_volume(a.volume_id, a.mount_path, a.overlay_size_bytes, files)
-                         for a in attachments],
-                network=snaps._network_of(record),
-            )  # fmt: skip
+            paths = core.paths(source_id)
+            volumes = [volume_copy(a, paths) for a in attachments]
+            saved = record.standby if record.state == State.STANDBY else None
+            fork = await _place_fork(snaps, record, paths, saved, name, target,
+                                     volumes=volumes, network=snaps.network_of(record))  # fmt: skip
     finally:
         if was_running:
-            await restoring.restore(core, snaps.instance_jobs, source_id)
-    return await _finish(snaps, fork, target)
+            await restore(core, snaps.jobs, snaps.network, source_id)
+    return await _bring_to(snaps, fork, target)
 
 
 async def fork_snapshot(
@@ -106,11 +101,11 @@ async def fork_snapshot(
     source = InstanceRecord.model_validate(snapshot.source)
     if target_hypervisor is not None:
         source.hypervisor = snaps.core.hypervisors.get(target_hypervisor).name
-    async with snaps.files_lock(snapshot.id):
-        files = snapshot_files(snapshot, snaps.layout.of(snapshot.id))
-        fork = await _materialize(snaps, source, files, name, target,
-                                  volumes=snapshot.volumes, network=snapshot.network)  # fmt: skip
-    return await _finish(snaps, fork, target)
+    slot = snaps.slot(snapshot.id)
+    async with slot.lock:
+        fork = await _place_fork(snaps, source, slot.files, snapshot.memory, name, target,
+                                 volumes=snapshot.volumes, network=snapshot.network)  # fmt: skip
+    return await _bring_to(snaps, fork, target)
 
 
 def _check_name(snaps: Snapshots, name: str) -> None:
@@ -119,12 +114,6 @@ def _check_name(snaps: Snapshots, name: str) -> None:
         raise InvalidArgument(f"name: {name!r} has the shape of an instance id")
     if snaps.core.repo.by_name(name) is not None:
         raise Conflict(f"instance {name!r} already exists", code="already_exists")
-
-
-def _volume(volume_id: str, mount_path: str, size: int | None, files: SavedFiles) -> VolumeCopy:
-    disk = next((n for n in files.volume_disks if volume_id in n), None)
-    return VolumeCopy(volume_id=volume_id, mount_path=mount_path, overlay_size_bytes=size,
-                      overlay_disk=disk)  # fmt: skip
 
 
 def _fork_record(source: InstanceRecord, name: str, state: State) -> InstanceRecord:
@@ -141,20 +130,21 @@ def _fork_record(source: InstanceRecord, name: str, state: State) -> InstanceRec
     )  # fmt: skip
 
 
-async def _materialize(
+async def _place_fork(
     snaps: Snapshots,
     source: InstanceRecord,
-    files: SavedFiles,
+    src: SavedVMFiles,
+    saved: SavedVM | None,
     name: str,
     target: State,
     *,
     volumes: list[VolumeCopy],
     network: NetworkCopy | None,
 ) -> InstanceRecord:
-    """Acquire the fork's resources, copy the files in, insert its record (Standby when it
+    """Acquire the fork's resources, place the files, insert its record (Standby when it
     gets the saved VM, else Stopped); on any failure release everything."""
     core = snaps.core
-    with_memory = files.memory is not None and target != State.STOPPED
+    with_memory = saved is not None and target != State.STOPPED
     record = _fork_record(source, name, State.STANDBY if with_memory else State.STOPPED)
     if target == State.RUNNING:
         admit(core, record)
@@ -169,14 +159,11 @@ async def _materialize(
     started = time.monotonic()
     await core.resources.acquire(plan, paths)
     try:
-        await copy_disks(files, paths.overlay, paths.config, paths.dir)
-        if with_memory:
-            assert files.memory is not None
-            payload = paths.standby_payload(files.memory.memory_in_file)
-            paths.standby.mkdir(parents=True, exist_ok=True)
-            saved = as_standby(await copy_memory(files, paths.standby_state, payload))
-            # Its guest wakes up with the source's MAC and IP (see restore_own_network).
-            record.standby = saved.model_copy(update={"foreign_network": network is not None})
+        disks = [v.overlay_disk for v in volumes if v.overlay_disk]
+        placed = await place_saved_vm(src, saved if with_memory else None, disks, paths)
+        if placed is not None:
+            # Its guest wakes up with the source's MAC and IP (see saved.identity).
+            record.standby = placed.model_copy(update={"foreign_network": network is not None})
         core.repo.insert(record)
     except BaseException:
         await core.resources.release(record, paths)
@@ -187,13 +174,12 @@ async def _materialize(
     return record
 
 
-async def _finish(snaps: Snapshots, fork: InstanceRecord, target: State) -> InstanceRecord:
-    """Bring the fork from its inserted state to `target`."""
+async def _bring_to(snaps: Snapshots, fork: InstanceRecord, target: State) -> InstanceRecord:
+    """From the fork's inserted state (Standby or Stopped) to `target`."""
     core = snaps.core
     if target != State.RUNNING:
         return core.current(fork.id)
     if fork.state == State.STOPPED:
         async with core.lock(fork.id):
             return await boot(core, core.current(fork.id))
-    async with core.lock(fork.id):
-        return await restore_own_network(core, snaps.instance_jobs, snaps.network, fork.id)
+    return await restore(core, snaps.jobs, snaps.network, fork.id)

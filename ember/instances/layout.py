@@ -8,13 +8,8 @@
     logs/app.log                    serial console
     logs/vmm.log                    hypervisor command line, start-up output, exit words
     logs/hypeman.log                what Ember did (one stamped line per operation)
-    memory.ram                      guest RAM (a shared file mapping, sparse): kept across
-                                    standby, so a save writes only device state
-    standby/                        the standby snapshot, while the instance is in Standby
-        vmstate                     QEMU's migration stream (device state; all RAM when
-                                    the VM ran without memory.ram)
-        memory.ram.zst|.lz4         the memory payload (memory.ram, or vmstate when it
-        vmstate.zst|.lz4            holds the RAM) compressed in the background
+    memory.ram  standby/            the saved VM, laid out by `SavedVMFiles`
+                                    (ember/snapshots/layout.py), as in a snapshot
 <runtime_dir>/<id>/                 only while a VMM runs; short path for Unix sockets
     qmp.sock  agent.sock  vmm.pid
 ```
@@ -27,43 +22,14 @@ from pathlib import Path
 
 from ember.hypervisor import VMHandle
 from ember.instances.logs import LogSource
-from ember.snapshots.compression import compressed_name
+from ember.snapshots.layout import SavedVMFiles
 
 
 @dataclass(frozen=True, slots=True)
-class InstanceLayout:
-    """The paths of one instance."""
+class InstanceLayout(SavedVMFiles):
+    """The paths of one instance: its saved-VM files, logs and runtime sockets."""
 
-    dir: Path
     run: Path
-
-    @property
-    def overlay(self) -> Path:
-        return self.dir / "overlay.ext4"
-
-    @property
-    def config(self) -> Path:
-        return self.dir / "config.disk"
-
-    @property
-    def memory(self) -> Path:
-        return self.dir / "memory.ram"
-
-    @property
-    def standby(self) -> Path:
-        return self.dir / "standby"
-
-    @property
-    def standby_state(self) -> Path:
-        return self.standby / "vmstate"
-
-    def standby_payload(self, memory_in_file: bool) -> Path:
-        """The standby's memory payload: the RAM file, or the stream when it carries the RAM."""
-        return self.memory if memory_in_file else self.standby_state
-
-    def compressed(self, payload: Path, algorithm: str) -> Path:
-        """Where the standby's memory payload (`memory` or `standby_state`) goes compressed."""
-        return self.standby / compressed_name(payload, algorithm)
 
     @property
     def vmm_output(self) -> Path:

@@ -18,18 +18,9 @@ from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
 from ember.ids import is_id
-from ember.instances import (
-    create,
-    delete,
-    guestnet,
-    monitor,
-    mounts,
-    standby,
-    start,
-    stop,
-    update,
-)
+from ember.instances import create, delete, monitor, mounts, start, stop, update
 from ember.instances import fork as forking
+from ember.instances import standby as standing
 from ember.instances.attachments import VolumeAttachments
 from ember.instances.autostandby import AutoStandby, Report
 from ember.instances.core import InstanceCore, invalid
@@ -43,18 +34,21 @@ from ember.instances.networking import NetworkLease
 from ember.instances.plan import HostLimits
 from ember.instances.request import CreateInstanceRequest, UpdateInstanceRequest
 from ember.instances.resources import InstanceResource, Resources
+from ember.instances.saved.restore import restore
+from ember.instances.saved.slots import cancel_instance_jobs
 from ember.instances.snapshot import Snapshots
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
 from ember.instances.supervisor import Supervisor
 from ember.network import Lease, NetworkManager
-from ember.snapshots.compression import BackgroundJobs, CompressionConfig
+from ember.snapshots.compression import CompressionConfig
 from ember.snapshots.layout import SnapshotLayout
 from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
 from ember.snapshots.schedule import Scheduler, ScheduleRequest, plan_schedule
 from ember.snapshots.store import SnapshotStore
 from ember.store import Repository, Store
 from ember.system import BootArtifacts
+from ember.tasks import BackgroundJobs
 from ember.volumes import Attachment, VolumeManager
 
 log = logging.getLogger("ember.instances")
@@ -93,12 +87,12 @@ class InstanceManager:
             system=system,
             networking=network is not None,
         )
-        # Background compression of standby snapshots, one job per instance.
-        self.snapshot_jobs = BackgroundJobs()
+        # One-off background jobs: saved-VM compressions and a restored guest's clock.
+        self.jobs = BackgroundJobs()
         # Named snapshots, forks and snapshot schedules (snapshot.py, fork.py).
         self.snapshots = Snapshots(
             self.core, SnapshotStore(store), SnapshotLayout(settings.data_dir / "snapshots"),
-            self.snapshot_jobs, volumes, network,
+            self.jobs, volumes, network,
         )  # fmt: skip
         self.scheduler = Scheduler(
             self.snapshots.store, self._scheduled_snapshot, self.snapshots.delete,
@@ -124,7 +118,6 @@ class InstanceManager:
                     await delete.discard(core, record)
                 else:
                     await monitor.adopt(core, record)
-                    standby.recover(core, core.current(record.id))
             except Exception as exc:
                 log.exception("cannot adopt instance", extra={"instance": record.id})
                 message = f"cannot adopt the VM after a server restart: {exc}"
@@ -145,8 +138,7 @@ class InstanceManager:
         for background in (self.reaper, self.supervisor, self.health, self.log_rotator):
             await background.close()
         await self.scheduler.close()
-        await self.snapshots.close()
-        await self.snapshot_jobs.close()  # a standby keeps its raw memory then
+        await self.jobs.close()  # a saved VM keeps its raw memory then
         for task in self.core.monitors.values():
             task.cancel()
         for task in list(self.core.monitors.values()):
@@ -282,7 +274,7 @@ class InstanceManager:
 
     async def delete(self, ref: str, *, graceful: bool = False) -> None:
         record_id = self.get(ref).id
-        await self.snapshot_jobs.cancel(record_id)  # before its files go
+        await cancel_instance_jobs(self.jobs, record_id)  # before its files go
         await delete.delete(self.core, record_id, graceful=graceful)
         self.snapshots.store.delete_schedule(record_id)  # its snapshots stay
 
@@ -293,20 +285,16 @@ class InstanceManager:
         compression: CompressionConfig | None = None,
         compression_delay: str | None = None,
     ) -> InstanceRecord:
-        return await standby.standby(
+        return await standing.standby(
             self.core,
-            self.snapshot_jobs,
+            self.jobs,
             self.get(ref).id,
             compression=compression,
             compression_delay=compression_delay,
         )
 
     async def restore(self, ref: str) -> InstanceRecord:
-        record_id = self.get(ref).id
-        async with self.core.lock(record_id):  # a fork's guest gets its own network back
-            return await guestnet.restore_own_network(
-                self.core, self.snapshot_jobs, self.network, record_id
-            )
+        return await restore(self.core, self.jobs, self.network, self.get(ref).id)
 
     # ---- snapshots, forks, schedules (snapshot.py, fork.py, ember/snapshots) -----------
 
@@ -326,7 +314,7 @@ class InstanceManager:
     async def restore_snapshot(
         self, ref: str, snapshot_id: str, target: State | None, hypervisor: str | None
     ) -> InstanceRecord:
-        return await self.snapshots.restore(
+        return await self.snapshots.restore_into(
             self.get(ref).id, snapshot_id, target_state=target, target_hypervisor=hypervisor
         )
 

@@ -11,7 +11,7 @@ from ember.guest.config import GuestConfig
 from ember.images.models import utcnow
 from ember.instances.state import State
 from ember.snapshots.compression import CompressionConfig
-from ember.snapshots.models import SavedMemory
+from ember.snapshots.models import SavedVM
 from ember.store import StoredRecord
 
 
@@ -22,11 +22,6 @@ class SnapshotPolicy(BaseModel):
 
     compression: CompressionConfig | None = None
     standby_compression_delay: str | None = None  # Go duration
-
-
-# The saved VM of an instance in Standby: the same model as a Standby snapshot's, so a
-# snapshot of a standby and a restore from a snapshot copy it as it is.
-StandbySnapshot = SavedMemory
 
 
 class RestartPolicy(BaseModel):
@@ -138,8 +133,12 @@ class InstanceRecord(StoredRecord):
     exit_message: str | None = None
     # The VMM process of the current boot; kept so a restarted server can re-adopt it.
     pid: int | None = None
-    # Set while the instance is in Standby: what a restore starts from.
-    standby: StandbySnapshot | None = None
+    # The devices the current (or last) boot's VM got (`Hypervisor.device_set`): a
+    # standby keeps them in its saved VM, a restore checks them.
+    vm_devices: list[str] | None = None
+    # Set while the instance is in Standby: its saved VM, what a restore starts from (the
+    # same model as a Standby snapshot's, copied as it is between them).
+    standby: SavedVM | None = None
     snapshot_policy: SnapshotPolicy | None = None
     # None: no automatic expiry (`expiry.py` deletes the instance once it is passed).
     expires_at: datetime | None = None

@@ -1,17 +1,20 @@
-"""Named snapshots: capture an instance into `<data_dir>/snapshots/<id>`, restore one
-into its instance, delete, compress in the background.
+"""Named snapshots: stored copies of a saved VM (kind Standby) or of the disks only
+(kind Stopped) in `<data_dir>/snapshots/<id>`, laid out as an instance's directory
+(`SavedVMFiles`).
 
-Kinds, as in Hypeman: **Standby** (memory + disks) from a Running, Paused or
-Standby instance; a running VM is paused, its device state saved (its RAM
-stays in its memory file), the memory file and disks copied sparsely while
-it is paused, then it resumes. **Stopped** (disks only) from a Stopped
-instance. Instances with read-write volumes are refused: the volume is not
-the instance's to copy, and a restore could not give it back as it was.
+Kinds, as in Hypeman: **Standby** from a Running, Paused or Standby instance;
+a running VM is captured with pause-copy-resume (`saved.capture`: its RAM file
+and disks copied while it is paused), a Standby one has its saved VM placed
+(`saved.place`). **Stopped** from a Stopped instance. Instances with
+read-write volumes are refused: the volume is not the instance's to copy, and
+a restore could not give it back as it was.
 
-Nothing half-made: every file is written under a temporary name, the record
-is inserted once all files are there, and a failed capture removes the
-snapshot's directory (a VM paused for it is resumed). Files without a record
-(a server killed mid-capture) are removed at the next start.
+Restore into its instance: place the snapshot's files over the instance's;
+with a saved VM it is then in Standby, and Running goes through the one
+`saved.restore`. Nothing half-made: every file is written under a temporary
+name, the record is inserted once all files are there, and a failed capture
+removes the snapshot's directory. Files without a record (a server killed
+mid-capture) are removed at the next start.
 """
 
 from __future__ import annotations
@@ -19,121 +22,37 @@ from __future__ import annotations
 import asyncio
 import logging
 import shutil
-import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 
-from ember.errors import EmberError, InvalidArgument, InvalidState, Unavailable
+from ember.errors import InvalidArgument, InvalidState
 from ember.ids import new_id
-from ember.instances import restore as restoring
 from ember.instances.boot import boot
 from ember.instances.core import InstanceCore, invalid
-from ember.instances.guestnet import restore_own_network
 from ember.instances.layout import InstanceLayout
-from ember.instances.models import InstanceRecord, StandbySnapshot
+from ember.instances.models import InstanceRecord
+from ember.instances.saved.capture import capture_saved_vm
+from ember.instances.saved.compress import SavedSlot, recover_saved, start_compression
+from ember.instances.saved.place import copy_disks, place_saved_vm
+from ember.instances.saved.restore import restore
+from ember.instances.saved.slots import instance_slot
 from ember.instances.standby import choose_compression
 from ember.instances.state import State, can_transition
 from ember.network import NetworkManager
-from ember.snapshots.compression import (
-    Algorithm,
-    BackgroundJobs,
-    Compression,
-    CompressionConfig,
-    CompressionState,
-    allocated_bytes,
-    compress_recorded,
-)
-from ember.snapshots.files import copy_payload, copy_sparse, tree_bytes
-from ember.snapshots.layout import SnapshotFiles, SnapshotLayout
-from ember.snapshots.models import (
-    NetworkCopy,
-    SavedMemory,
-    SnapshotKind,
-    SnapshotRecord,
-    VolumeCopy,
-)
+from ember.snapshots.compression import CompressionConfig
+from ember.snapshots.files import copy_sparse, tree_bytes
+from ember.snapshots.layout import SavedVMFiles, SnapshotLayout
+from ember.snapshots.models import NetworkCopy, SavedVM, SnapshotKind, SnapshotRecord, VolumeCopy
 from ember.snapshots.store import SnapshotStore
+from ember.tasks import BackgroundJobs
 from ember.units import format_size
 from ember.validation import validate_name, validate_tags
 from ember.volumes import Attachment, VolumeManager
 from ember.volumes.mounts import overlay_disk_path
 
+__all__ = ["Snapshots", "check_hypervisor", "check_target", "default_target", "volume_copy"]
+
 log = logging.getLogger("ember.snapshots")
-TargetState = State  # Running, Standby or Stopped
-
-
-@dataclass(frozen=True, slots=True)
-class SavedFiles:
-    """Where a saved VM's files are, in a snapshot or in an instance's layout."""
-
-    overlay: Path
-    config: Path
-    volume_disks: dict[str, Path]  # by file name
-    memory: SavedMemory | None = None
-    vmstate: Path | None = None
-    payload: Path | None = None  # the raw memory payload (RAM file, or the stream)
-    compressed: Path | None = None  # the payload compressed, when it is
-
-    @property
-    def algorithm(self) -> Algorithm | None:
-        compression = self.memory.compression if self.memory else None
-        return compression.algorithm if compression else None
-
-
-def snapshot_files(snapshot: SnapshotRecord, files: SnapshotFiles) -> SavedFiles:
-    disks = {v.overlay_disk: files.volume_disk(v.overlay_disk) for v in snapshot.volumes
-             if v.overlay_disk}  # fmt: skip
-    memory = snapshot.memory
-    if memory is None:
-        return SavedFiles(files.overlay, files.config, disks)
-    payload = files.payload(memory.memory_in_file)
-    algorithm = memory.compression.algorithm if memory.compression else None
-    compressed = files.compressed(payload, algorithm) if algorithm else None
-    return SavedFiles(files.overlay, files.config, disks, memory, files.vmstate, payload,
-                      compressed)  # fmt: skip
-
-
-def instance_files(
-    record: InstanceRecord, paths: InstanceLayout, attachments: list[Attachment]
-) -> SavedFiles:
-    """The files of an instance; with its standby's memory when it is in Standby."""
-    disks = {p.name: p for p in (overlay_disk_path(paths.dir, a) for a in attachments
-             if a.overlay) if p.exists()}  # fmt: skip
-    saved = record.standby
-    if record.state != State.STANDBY or saved is None:
-        return SavedFiles(paths.overlay, paths.config, disks)
-    memory = saved.model_copy(deep=True)
-    payload = paths.standby_payload(saved.memory_in_file)
-    algorithm = saved.compression.algorithm if saved.compression else None
-    compressed = paths.compressed(payload, algorithm) if algorithm else None
-    return SavedFiles(paths.overlay, paths.config, disks, memory, paths.standby_state, payload,
-                      compressed)  # fmt: skip
-
-
-async def copy_disks(src: SavedFiles, overlay: Path, config: Path, volumes: Path) -> None:
-    """The overlay, config and volume-overlay disks of `src` into place (volume disks into
-    the directory `volumes`)."""
-    await copy_sparse(src.overlay, overlay)
-    if src.config.exists():  # an instance that never booted has none yet
-        await copy_sparse(src.config, config)
-    for name, disk in src.volume_disks.items():
-        await copy_sparse(disk, volumes / name)
-
-
-async def copy_memory(src: SavedFiles, vmstate: Path, payload_dst: Path) -> SavedMemory:
-    """The saved VM of `src` as raw files (decompressed if need be); its metadata, reset to
-    uncompressed."""
-    assert src.memory is not None and src.vmstate is not None and src.payload is not None
-    if src.payload != src.vmstate:
-        await copy_sparse(src.vmstate, vmstate)
-    await copy_payload(src.payload, src.compressed, src.algorithm, payload_dst)
-    return src.memory.with_compression("none", None)
-
-
-def as_standby(memory: SavedMemory) -> StandbySnapshot:
-    """A snapshot's saved VM as an instance's own standby (a copy: the two records change
-    apart)."""
-    return memory.model_copy(deep=True)
 
 
 def default_target(kind: SnapshotKind) -> State:
@@ -161,24 +80,55 @@ class Snapshots:
     core: InstanceCore
     store: SnapshotStore
     layout: SnapshotLayout
-    instance_jobs: BackgroundJobs  # the instances' standby compressions
+    jobs: BackgroundJobs  # compressions (`saved:<instance>`, `snapshot:<id>`), clock jobs
     volumes: VolumeManager
     network: NetworkManager | None
-    jobs: BackgroundJobs = field(default_factory=BackgroundJobs)  # by snapshot id
     # Held while a snapshot's files are read, and by its compression's last step (which
     # removes the raw payload).
     file_locks: dict[str, asyncio.Lock] = field(default_factory=dict)
-
-    def files_lock(self, snapshot_id: str) -> asyncio.Lock:
-        return self.file_locks.setdefault(snapshot_id, asyncio.Lock())
 
     # ---- queries -----------------------------------------------------------------------
 
     def get(self, snapshot_id: str) -> SnapshotRecord:
         return self.store.get(snapshot_id)
 
-    def attachments(self, record: InstanceRecord) -> list[Attachment]:
-        return self.volumes.attachments_of(record.id)
+    def slot(self, snapshot_id: str) -> SavedSlot:
+        """A snapshot's saved VM as a `SavedSlot` (its compression and recovery)."""
+        files = self.layout.of(snapshot_id)
+
+        def read() -> SavedVM | None:
+            return self.store.get(snapshot_id).memory
+
+        def change(edit: Callable[[SavedVM], SavedVM]) -> None:
+            snapshot = self.store.get(snapshot_id)
+            if snapshot.memory is not None:
+                snapshot.memory = edit(snapshot.memory)
+                snapshot.size_bytes = tree_bytes(files.dir)
+                self.store.update(snapshot_id, snapshot)
+
+        lock = self.file_locks.setdefault(snapshot_id, asyncio.Lock())
+        return SavedSlot(f"snapshot:{snapshot_id}", files, lock, read, change,
+                         lambda m: log.info("snapshot %s: %s", snapshot_id, m))  # fmt: skip
+
+    def network_of(self, record: InstanceRecord) -> NetworkCopy | None:
+        """The limits of the instance's network lease, kept so a fork gets the same."""
+        lease = self.network.lease(record.id) if self.network is not None else None
+        if lease is None:
+            return None
+        return NetworkCopy(download_bps=lease.download_rate, upload_bps=lease.upload_rate)
+
+    def capturable(self, record: InstanceRecord) -> list[Attachment]:
+        """The instance's volume attachments, all read-only; refuses read-write ones."""
+        attachments = self.volumes.attachments_of(record.id)
+        writable = [a.volume_id for a in attachments if not a.readonly]
+        if writable:
+            raise InvalidState(
+                f"instance {record.name!r} has read-write volume(s) {', '.join(writable)}: a "
+                "snapshot or fork cannot capture a volume (it outlives the instance and is "
+                "not copied); detach it or attach it read-only",
+                code="volumes_not_supported",
+            )
+        return attachments
 
     # ---- create ------------------------------------------------------------------------
 
@@ -192,73 +142,45 @@ class Snapshots:
         compression: CompressionConfig | None = None,
         scheduled: bool = False,
     ) -> SnapshotRecord:
-        async with self.core.lock(instance_id):
-            return await self.create_locked(
-                instance_id, kind, name=name, tags=tags, compression=compression,
-                scheduled=scheduled,
-            )  # fmt: skip
-
-    async def create_locked(
-        self,
-        instance_id: str,
-        kind: SnapshotKind,
-        *,
-        name: str | None = None,
-        tags: dict[str, str] | None = None,
-        compression: CompressionConfig | None = None,
-        scheduled: bool = False,
-    ) -> SnapshotRecord:
         core = self.core
-        record = core.current(instance_id)
-        if name is not None:
-            validate_name(name)
-            if self.store.name_taken(record.id, name):
-                raise InvalidState(
-                    f"snapshot {name!r} already exists for instance {record.name!r}",
-                    code="already_exists",
-                )
-        tags = validate_tags(tags)
-        attachments = self.capturable(record)
-        self.check_kind(record, kind)
-        chosen, _ = choose_compression(core, record, compression, "0s")
-        snapshot_id = new_id()
-        files = self.layout.of(snapshot_id)
-        files.dir.mkdir(parents=True)
-        try:
-            memory = await self.capture(record, kind, attachments, files)
-            snapshot = SnapshotRecord(
-                id=snapshot_id, name=name, kind=kind, tags=tags, source_instance_id=record.id,
-                source_instance_name=record.name, source_hypervisor=record.hypervisor,
-                size_bytes=tree_bytes(files.dir), memory=memory,
-                volumes=[_volume_copy(a, core.paths(record.id)) for a in attachments],
-                network=self._network_of(record),
-                source=record.model_dump(mode="json", exclude={"standby"}),
-                scheduled=scheduled,
-            )  # fmt: skip
-            self.store.insert(snapshot)
-        except BaseException:
-            shutil.rmtree(files.dir, ignore_errors=True)
-            raise
+        async with core.lock(instance_id):
+            record = core.current(instance_id)
+            if name is not None:
+                validate_name(name)
+                if self.store.name_taken(record.id, name):
+                    raise InvalidState(
+                        f"snapshot {name!r} already exists for instance {record.name!r}",
+                        code="already_exists",
+                    )
+            tags = validate_tags(tags)
+            attachments = self.capturable(record)
+            self._check_kind(record, kind)
+            chosen, _ = choose_compression(core, record, compression, "0s")
+            snapshot_id = new_id()
+            files = self.layout.of(snapshot_id)
+            files.dir.mkdir(parents=True)
+            volumes = [volume_copy(a, core.paths(record.id)) for a in attachments]
+            try:
+                memory = await self._capture(record, kind, volumes, files)
+                snapshot = SnapshotRecord(
+                    id=snapshot_id, name=name, kind=kind, tags=tags,
+                    source_instance_id=record.id, source_instance_name=record.name,
+                    source_hypervisor=record.hypervisor, size_bytes=tree_bytes(files.dir),
+                    memory=memory, volumes=volumes, network=self.network_of(record),
+                    source=record.model_dump(mode="json", exclude={"standby"}),
+                    scheduled=scheduled,
+                )  # fmt: skip
+                self.store.insert(snapshot)
+            except BaseException:
+                shutil.rmtree(files.dir, ignore_errors=True)
+                raise
         core.event(record.id, f"snapshot {snapshot_id} ({kind}) taken: "
                               f"{format_size(snapshot.size_bytes)}")  # fmt: skip
         if chosen is not None and memory is not None:
-            self.start_compression(snapshot, chosen)
+            start_compression(self.jobs, self.slot(snapshot_id), chosen)
         return snapshot
 
-    def capturable(self, record: InstanceRecord) -> list[Attachment]:
-        """The instance's volume attachments, all read-only; refuses read-write ones."""
-        attachments = self.attachments(record)
-        writable = [a.volume_id for a in attachments if not a.readonly]
-        if writable:
-            raise InvalidState(
-                f"instance {record.name!r} has read-write volume(s) {', '.join(writable)}: a "
-                "snapshot or fork cannot capture a volume (it outlives the instance and is "
-                "not copied); detach it or attach it read-only",
-                code="volumes_not_supported",
-            )
-        return attachments
-
-    def check_kind(self, record: InstanceRecord, kind: SnapshotKind) -> None:
+    def _check_kind(self, record: InstanceRecord, kind: SnapshotKind) -> None:
         if kind == "Stopped" and record.state != State.STOPPED:
             raise invalid(record, "take a Stopped snapshot of", "stop it first (or take Standby)")
         if kind == "Standby":
@@ -269,120 +191,27 @@ class Snapshots:
             if not self.core.hypervisor(record).capabilities.snapshot:
                 raise InvalidState(f"the {record.hypervisor} hypervisor cannot save memory")
 
-    async def capture(
-        self,
-        record: InstanceRecord,
-        kind: SnapshotKind,
-        attachments: list[Attachment],
-        files: SnapshotFiles,
-    ) -> SavedMemory | None:
-        """The instance's files into `files` (its lock is held); the saved memory's
-        metadata for a Standby snapshot."""
+    async def _capture(
+        self, record: InstanceRecord, kind: SnapshotKind, volumes: list[VolumeCopy],
+        files: SavedVMFiles,
+    ) -> SavedVM | None:  # fmt: skip
+        """The instance's files into `files` (its lock is held); the saved VM's record for
+        a Standby snapshot."""
         paths = self.core.paths(record.id)
-        source = instance_files(record, paths, attachments)
-        volumes_dir = files.dir / "volumes"
+        disks = [v.overlay_disk for v in volumes if v.overlay_disk]
         if kind == "Stopped":
-            await copy_disks(source, files.overlay, files.config, volumes_dir)
+            await place_saved_vm(paths, None, disks, files)
             return None
         if record.state == State.STANDBY:
-            await self.instance_jobs.cancel(record.id)  # its raw payload must stay put
-            source = instance_files(self.core.current(record.id), paths, attachments)
-            assert source.memory is not None
-            await copy_disks(source, files.overlay, files.config, volumes_dir)
-            return await copy_memory(source, files.vmstate,
-                                     files.payload(source.memory.memory_in_file))  # fmt: skip
-        return await self._capture_running(record, source, files)
+            return await place_saved_vm(paths, record.standby, disks, files)
 
-    async def _capture_running(
-        self, record: InstanceRecord, source: SavedFiles, files: SnapshotFiles
-    ) -> SavedMemory:
-        """Pause and save the VM, copy its RAM file and disks while it is paused, resume."""
-        core = self.core
-        paths = core.paths(record.id)
-        hypervisor = core.hypervisor(record)
-        handle = paths.handle(record.pid or 0)
-        memory_in_file = paths.memory.exists()
-        system = core.system()
-        core.event(record.id, "snapshot: pausing the VM to save and copy it")
-        try:
-            saved = await hypervisor.save(handle, files.vmstate, memory_file=memory_in_file)
+        async def copy_while_paused(memory_in_file: bool) -> None:
             if memory_in_file:
                 await copy_sparse(paths.memory, files.memory)
-            await copy_disks(source, files.overlay, files.config, files.dir / "volumes")
-        finally:
-            if record.state == State.RUNNING:
-                try:
-                    await hypervisor.resume(handle)
-                except (EmberError, OSError) as exc:
-                    core.event(record.id, f"snapshot: cannot resume the VM: {exc}")
-                    raise Unavailable(f"the VM did not resume after the snapshot: {exc}") from exc
-        core.event(record.id, "snapshot: VM resumed")
-        return SavedMemory(
-            memory_in_file=memory_in_file,
-            state_bytes=saved.bytes,
-            memory_bytes=allocated_bytes(files.payload(memory_in_file)),
-            kernel=str(system.kernel),
-            initrd=str(system.initrd),
-            cmdline=system.cmdline,
-        )
+            await copy_disks(paths, files, disks)
 
-    def _network_of(self, record: InstanceRecord) -> NetworkCopy | None:
-        lease = self.network.lease(record.id) if self.network is not None else None
-        if lease is None:
-            return None
-        return NetworkCopy(download_bps=lease.download_rate, upload_bps=lease.upload_rate)
-
-    # ---- compression -------------------------------------------------------------------
-
-    def start_compression(self, snapshot: SnapshotRecord, compression: Compression) -> None:
-        async def job(cancel: threading.Event) -> None:
-            await self._compress(snapshot.id, compression, cancel)
-
-        self.jobs.start(snapshot.id, job)
-
-    async def _compress(
-        self, snapshot_id: str, compression: Compression, cancel: threading.Event
-    ) -> None:
-        snapshot = self.store.get(snapshot_id)
-        assert snapshot.memory is not None
-        files = self.layout.of(snapshot_id)
-        raw = files.payload(snapshot.memory.memory_in_file)
-        target = files.compressed(raw, compression.algorithm)
-
-        def record(
-            state: CompressionState, config: CompressionConfig | None, size: int | None,
-            error: str | None,
-        ) -> None:  # fmt: skip
-            self._set_compression(snapshot_id, state, config, size=size, error=error)
-
-        what = f"snapshot {snapshot_id}"
-        size = await compress_recorded(raw, target, compression, cancel, record, what)
-        if size is None:
-            return
-        async with self.files_lock(snapshot_id):  # no copy is reading the raw payload
-            self._set_compression(snapshot_id, "compressed", compression.config, size=size)
-            raw.unlink(missing_ok=True)
-            self._set_size(snapshot_id)
-
-    def _set_compression(
-        self,
-        snapshot_id: str,
-        state: CompressionState,
-        config: CompressionConfig | None,
-        *,
-        size: int | None = None,
-        error: str | None = None,
-    ) -> None:
-        snapshot = self.store.get(snapshot_id)
-        if snapshot.memory is None:
-            return
-        snapshot.memory = snapshot.memory.with_compression(state, config, size=size, error=error)
-        self.store.update(snapshot_id, snapshot)
-
-    def _set_size(self, snapshot_id: str) -> None:
-        snapshot = self.store.get(snapshot_id)
-        snapshot.size_bytes = tree_bytes(self.layout.of(snapshot_id).dir)
-        self.store.update(snapshot_id, snapshot)
+        return await capture_saved_vm(self.core, record, files, while_paused=copy_while_paused,
+                                      resume=True)  # fmt: skip
 
     # ---- delete ------------------------------------------------------------------------
 
@@ -390,15 +219,16 @@ class Snapshots:
         """The record first, then the files (a server killed between leaves files without
         a record, which `recover` removes)."""
         self.store.get(snapshot_id)  # 404
-        await self.jobs.cancel(snapshot_id)
-        async with self.files_lock(snapshot_id):  # a fork or restore copying from it
+        slot = self.slot(snapshot_id)
+        await self.jobs.cancel(slot.key)
+        async with slot.lock:  # a fork or restore copying from it
             self.store.delete(snapshot_id)
-            await asyncio.to_thread(shutil.rmtree, self.layout.of(snapshot_id).dir, True)
+            await asyncio.to_thread(shutil.rmtree, slot.files.dir, True)
         self.file_locks.pop(snapshot_id, None)
 
     # ---- restore into its instance -----------------------------------------------------
 
-    async def restore(
+    async def restore_into(
         self,
         instance_id: str,
         snapshot_id: str,
@@ -406,6 +236,8 @@ class Snapshots:
         target_state: State | None = None,
         target_hypervisor: str | None = None,
     ) -> InstanceRecord:
+        """Place the snapshot over its instance's files (Standby with a saved VM, else
+        Stopped), then restore, boot or stay, as `target_state` says."""
         snapshot = self.store.get(snapshot_id)
         target = target_state or default_target(snapshot.kind)
         check_target(snapshot.kind, target)
@@ -414,22 +246,36 @@ class Snapshots:
         async with core.lock(instance_id):
             record = core.current(instance_id)
             self._check_restore(record, snapshot, target)
-            await self.instance_jobs.cancel(record.id)  # the old standby is replaced
-            paths = core.paths(record.id)
-            async with self.files_lock(snapshot.id):
-                source = snapshot_files(snapshot, self.layout.of(snapshot.id))
-                await copy_disks(source, paths.overlay, paths.config, paths.dir)
-                _drop_standby_files(paths)
-                memory = None
-                if snapshot.memory is not None and target != State.STOPPED:
-                    payload = paths.standby_payload(snapshot.memory.memory_in_file)
-                    paths.standby.mkdir(parents=True, exist_ok=True)
-                    memory = await copy_memory(source, paths.standby_state, payload)
-            core.event(record.id, f"snapshot {snapshot.id} ({snapshot.kind}) copied back")
-            return await self._settle(record, memory, target)
+            await self.jobs.cancel(f"saved:{record.id}")  # the old saved VM is replaced
+            memory = snapshot.memory if target != State.STOPPED else None
+            slot = self.slot(snapshot.id)
+            async with slot.lock:
+                disks = [v.overlay_disk for v in snapshot.volumes if v.overlay_disk]
+                saved = await place_saved_vm(slot.files, memory, disks, core.paths(record.id))
+            core.event(record.id, f"snapshot {snapshot.id} ({snapshot.kind}) placed")
+            record = self._settle_placed(record, saved)
+            if target == State.RUNNING and saved is None:
+                return await boot(core, record)
+        if target == State.RUNNING:
+            return await restore(core, self.jobs, self.network, instance_id)
+        return core.current(instance_id)
 
-    def _check_restore(self, record: InstanceRecord, snapshot: SnapshotRecord,
-                       target: State) -> None:  # fmt: skip
+    def _settle_placed(self, record: InstanceRecord, saved: SavedVM | None) -> InstanceRecord:
+        """The instance's state once a snapshot's files are in place: Standby holding the
+        placed saved VM, or Stopped with disks only."""
+        core = self.core
+        if saved is not None:
+            if record.state == State.STANDBY:
+                return core.update(record.id, lambda r: setattr(r, "standby", saved))
+            return core.transition(record.id, State.STANDBY, "a snapshot placed", standby=saved)
+        if record.state == State.STANDBY:
+            return core.transition(record.id, State.STOPPED, "a snapshot's disks placed",
+                                   standby=None)  # fmt: skip
+        return record
+
+    def _check_restore(
+        self, record: InstanceRecord, snapshot: SnapshotRecord, target: State
+    ) -> None:
         if snapshot.source_instance_id != record.id:
             raise InvalidArgument(
                 f"snapshot {snapshot.id} was taken of instance {snapshot.source_instance_name!r}"
@@ -441,67 +287,46 @@ class Snapshots:
         if target == State.STANDBY and not can_transition(record.state, State.STANDBY):
             raise invalid(record, "restore a snapshot with target_state Standby into",
                           "restore it to Running and put it in standby instead")  # fmt: skip
-        self.capturable(record)
+        attachments = self.capturable(record)
         wanted = sorted((v.volume_id, v.mount_path) for v in snapshot.volumes)
-        held = sorted((a.volume_id, a.mount_path) for a in self.attachments(record))
+        held = sorted((a.volume_id, a.mount_path) for a in attachments)
         if snapshot.kind == "Standby" and target != State.STOPPED and wanted != held:
             raise InvalidState(
                 f"instance {record.name!r} mounts other volumes than when snapshot "
                 f"{snapshot.id} was taken: its saved VM needs the same disks"
             )
 
-    async def _settle(
-        self, record: InstanceRecord, memory: SavedMemory | None, target: State
-    ) -> InstanceRecord:
-        """Bring the instance, its files in place, to `target` (its lock is held)."""
-        core = self.core
-        if memory is not None:
-            standby = as_standby(memory)
-            if record.state == State.STOPPED and target == State.RUNNING:
-                return await restoring.restore_into_stopped(core, record.id, standby)
-            if record.state == State.STANDBY:
-                core.update(record.id, lambda r: setattr(r, "standby", standby))
-            else:  # checked in _check_restore: the state machine allows the hop
-                core.transition(record.id, State.STANDBY, "restored from a snapshot",
-                                standby=standby)  # fmt: skip
-            if target == State.RUNNING:
-                return await restore_own_network(core, self.instance_jobs, self.network,
-                                                 record.id)  # fmt: skip
-            return core.current(record.id)
-        if record.state == State.STANDBY:  # its saved VM is gone with the old files
-            core.transition(record.id, State.STOPPED, "restored from a snapshot (disks)",
-                            standby=None)  # fmt: skip
-        if target == State.RUNNING:
-            return await boot(core, core.current(record.id))
-        return core.current(record.id)
-
     # ---- server start ------------------------------------------------------------------
 
     def recover(self) -> None:
-        """Files without a record go (a capture cut short); a compression cut short leaves
-        the raw payload and says so; one that finished loses its raw payload now."""
+        """Files without a record go (a capture cut short); every saved VM is tidied
+        (`recover_saved`); instances' saved VMs too."""
         known = self.store.ids()
         for orphan in self.layout.ids_on_disk() - known:
             shutil.rmtree(self.layout.of(orphan).dir, ignore_errors=True)
         for snapshot in self.store.find():
-            files = self.layout.of(snapshot.id)
-            for partial in files.dir.rglob("*.partial"):
-                partial.unlink(missing_ok=True)
-            memory = snapshot.memory
-            if memory is None:
-                continue
-            if memory.compression_state == "compressing":
-                self._set_compression(snapshot.id, "none", None)
-            elif memory.compression_state == "compressed" and memory.compression is not None:
-                raw = files.payload(memory.memory_in_file)
-                if files.compressed(raw, memory.compression.algorithm or "zstd").exists():
-                    raw.unlink(missing_ok=True)
-
-    async def close(self) -> None:
-        await self.jobs.close()
+            _move_flat_layout(self.layout.of(snapshot.id))
+            recover_saved(self.slot(snapshot.id))
+        for record in self.core.repo.all():
+            recover_saved(instance_slot(self.core, record.id))
 
 
-def _volume_copy(attachment: Attachment, paths: InstanceLayout) -> VolumeCopy:
+def _move_flat_layout(files: SavedVMFiles) -> None:
+    """Snapshots taken before the layout was shared kept `vmstate` (and compressed payloads)
+    at the top and volume disks under `volumes/`: move them where `SavedVMFiles` looks."""
+    flat = [files.dir / n for n in ("vmstate", "vmstate.zst", "vmstate.lz4",
+                                    "memory.ram.zst", "memory.ram.lz4")]  # fmt: skip
+    for old in (p for p in flat if p.exists()):
+        files.saved_dir.mkdir(exist_ok=True)
+        old.rename(files.saved_dir / old.name)
+    volumes = files.dir / "volumes"
+    if volumes.is_dir():
+        for disk in volumes.iterdir():
+            disk.rename(files.volume_disk(disk.name))
+        volumes.rmdir()
+
+
+def volume_copy(attachment: Attachment, paths: InstanceLayout) -> VolumeCopy:
     disk = overlay_disk_path(paths.dir, attachment) if attachment.overlay else None
     return VolumeCopy(
         volume_id=attachment.volume_id,
@@ -509,8 +334,3 @@ def _volume_copy(attachment: Attachment, paths: InstanceLayout) -> VolumeCopy:
         overlay_size_bytes=attachment.overlay_size_bytes,
         overlay_disk=disk.name if disk is not None and disk.exists() else None,
     )
-
-
-def _drop_standby_files(paths: InstanceLayout) -> None:
-    shutil.rmtree(paths.standby, ignore_errors=True)
-    paths.memory.unlink(missing_ok=True)

@@ -4,17 +4,16 @@ Files are compressed whole as one standard frame (`zstd -d` / `lz4 -d` read
 them), and decompressed sparsely: all-zero blocks become holes again, so a
 1 GiB guest that touched 100 MiB comes back as a 100 MiB file, not 1 GiB.
 Compression checks a cancel flag between blocks, so a restore that cannot
-wait for it stops it within one block.
+wait for it stops it within one block (a job of `ember.tasks.BackgroundJobs`).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import threading
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO, Literal
@@ -24,6 +23,7 @@ import zstandard
 from pydantic import BaseModel, ConfigDict
 
 from ember.errors import InvalidArgument
+from ember.tasks import Cancelled
 
 log = logging.getLogger("ember.snapshots")
 CompressionState = Literal["none", "compressing", "compressed", "error"]
@@ -89,10 +89,6 @@ def compressed_name(payload: Path, algorithm: str) -> str:
     """The file name of `payload` compressed with `algorithm`: `memory.ram.zst`, `vmstate.lz4`
     (the suffixes the zstd and lz4 commands use)."""
     return f"{payload.name}.{'zst' if algorithm == 'zstd' else algorithm}"
-
-
-class Cancelled(Exception):
-    """The compression was stopped by `cancel`."""
 
 
 def compress_file(src: Path, dst: Path, compression: Compression, cancel: threading.Event) -> int:
@@ -172,51 +168,6 @@ def _read_full(reader: BinaryIO, size: int) -> bytes:
 def allocated_bytes(path: Path) -> int:
     """Bytes a (sparse) file really takes on disk."""
     return path.stat().st_blocks * 512
-
-
-class BackgroundJobs:
-    """At most one background job per key (an instance's standby, a snapshot), each with a
-    cancel flag its worker thread checks."""
-
-    def __init__(self) -> None:
-        self._tasks: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
-
-    def start(
-        self, key: str, job: Callable[[threading.Event], Coroutine[object, object, None]]
-    ) -> None:
-        cancel = threading.Event()
-        task = asyncio.get_running_loop().create_task(job(cancel))
-        self._tasks[key] = (task, cancel)
-
-        def forget(_: asyncio.Task[None]) -> None:
-            if self._tasks.get(key, (None,))[0] is task:
-                del self._tasks[key]
-
-        task.add_done_callback(forget)
-
-    def running(self, key: str) -> bool:
-        return key in self._tasks
-
-    async def cancel(self, key: str) -> None:
-        """Stop the job of `key` and wait until it has let go of its files."""
-        entry = self._tasks.get(key)
-        if entry is None:
-            return
-        task, flag = entry
-        flag.set()
-        task.cancel()  # a job still in its delay stops there
-        with contextlib.suppress(asyncio.CancelledError, Cancelled):
-            await task
-
-    async def wait(self, key: str) -> None:
-        entry = self._tasks.get(key)
-        if entry is not None:
-            with contextlib.suppress(asyncio.CancelledError, Cancelled):
-                await entry[0]
-
-    async def close(self) -> None:
-        for key in list(self._tasks):
-            await self.cancel(key)
 
 
 async def compress_recorded(

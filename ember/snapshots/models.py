@@ -3,7 +3,7 @@
 This package sits below `ember.instances` (which imports it), so nothing here
 imports the instance core: the source instance's record is kept as its JSON
 (`source`), read back as an `InstanceRecord` by the fork, and the saved VM's
-metadata (`SavedMemory`) is the model of the instance's own standby too.
+metadata (`SavedVM`) is the model of the instance's own standby too.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from ember.snapshots.compression import CompressionConfig, CompressionState
 SnapshotKind = Literal["Standby", "Stopped"]
 
 
-class SavedMemory(BaseModel):
-    """A saved VM: an instance's standby (`InstanceRecord.standby`, files under its layout's
-    `standby`) or a Standby snapshot's (files in the snapshot's directory)."""
+class SavedVM(BaseModel):
+    """What a VM needs to go on where it stopped: an instance's standby
+    (`InstanceRecord.standby`) or a Standby snapshot's (`SnapshotRecord.memory`). Its files
+    are laid out by `SavedVMFiles`, the same in an instance's directory and a snapshot's."""
 
     created_at: datetime = Field(default_factory=utcnow)
     # Guest RAM stayed in the instance's memory file (x-ignore-shared); otherwise it is in
@@ -29,6 +30,9 @@ class SavedMemory(BaseModel):
     memory_in_file: bool
     state_bytes: int
     memory_bytes: int  # the memory payload as allocated on disk, uncompressed
+    # The VM's devices as the hypervisor was given them (`Hypervisor.device_set`): a restore
+    # refuses a VM whose devices would differ (None: saved before this was kept).
+    devices: list[str] | None = None
     kernel: str  # what the VM was booted with: the restore starts the same
     initrd: str
     cmdline: str
@@ -47,7 +51,7 @@ class SavedMemory(BaseModel):
         *,
         size: int | None = None,
         error: str | None = None,
-    ) -> SavedMemory:
+    ) -> SavedVM:
         """A copy whose compression fields say `state` (the others are kept)."""
         return self.model_copy(
             update={"compression_state": state, "compression": config,
@@ -82,7 +86,7 @@ class SnapshotRecord(BaseModel):
     source_hypervisor: str
     created_at: datetime = Field(default_factory=utcnow)
     size_bytes: int = 0  # every file of the snapshot, as allocated on disk
-    memory: SavedMemory | None = None  # Standby snapshots
+    memory: SavedVM | None = None  # Standby snapshots
     volumes: list[VolumeCopy] = Field(default_factory=list)
     network: NetworkCopy | None = None
     # The source InstanceRecord as JSON at capture time (what a fork is made like).
