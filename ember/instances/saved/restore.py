@@ -12,6 +12,7 @@ differs between them is data in the saved VM (`foreign_network`), read by the
     start_from_saved    the VMM from the saved state, exactly the kernel, initrd,
                         memory mode and device set recorded   undo: kill the VMM
     mark_running        Standby -> Running, the monitor follows the VMM
+                                                        undo: unfollow, Standby
 
 Then, the VM running: the saved files go (`discard_saved`), a fork claims its
 network identity (awaited: the answer says whether it has its address), and
@@ -24,6 +25,8 @@ memory file writes it only once it runs).
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import shutil
 import threading
@@ -128,12 +131,23 @@ async def _mark_running(r: Restoring) -> None:
     watch(r.core, r.record, r.handle)
 
 
+async def _mark_standby(r: Restoring) -> None:
+    """Stop following the VMM (the next undo kills it) and be in Standby again."""
+    monitor = r.core.monitors.get(r.record.id)
+    if monitor is not None:
+        monitor.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await monitor
+    if r.core.current(r.record.id).state == State.RUNNING:
+        r.core.transition(r.record.id, State.STANDBY, "restore undone", pid=None)
+
+
 RESTORE_STEPS: tuple[Step, ...] = (
     Step("ensure_raw_memory", _ensure_raw_memory),
     Step("attach_resources", _attach_resources, _detach_resources),
     Step("quiet_network", _quiet_network),
     Step("start_from_saved", _start_from_saved, _kill_vmm),
-    Step("mark_running", _mark_running),
+    Step("mark_running", _mark_running, _mark_standby),
 )
 
 
@@ -169,8 +183,8 @@ async def _run_steps(run: Restoring, steps: Sequence[Step]) -> None:
     done: list[Step] = []
     try:
         for step in steps:
+            done.append(step)  # a step that fails halfway is undone too (undos are idempotent)
             await step.run(run)
-            done.append(step)
     except BaseException as exc:
         for step in reversed(done):
             if step.undo is not None:
