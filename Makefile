@@ -49,5 +49,9 @@ typecheck: setup
 test: lint typecheck
 	$(BIN)/pytest -q
 
+# The fast tier: no VM and no `ember serve` process (fakes in ember/testkit/fakevm.py).
+unit:
+	$(BIN)/pytest -q -m "not vm and not server"
+
 clean-venv:
 	rm -rf $(VENV) .apt-installed

@@ -23,6 +23,8 @@ from ember.config import Settings
 from ember.errors import Conflict, NotFound
 from ember.testkit.ember_server import EmberServer
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 def test_health_and_auth_with_official_client(ember_server: EmberServer) -> None:
     client = Hypeman(base_url=ember_server.url, api_key=ember_server.token(), max_retries=0)

@@ -11,11 +11,15 @@ import tarfile
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from ember.testkit import hello_image, write_oci_layout
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage
 from ember.testkit.registry_server import free_port
 from tests.cli.conftest import Cli, cli_env, run_cli
+
+pytestmark = pytest.mark.server  # starts a real `ember serve`
 
 
 def test_unreachable_server_is_one_line_and_exit_1() -> None:

@@ -14,6 +14,8 @@ from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import file, write_oci_layout
 from tests.conftest import wait_image
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 @pytest.fixture
 def http(shared_server: EmberServer) -> httpx.Client:

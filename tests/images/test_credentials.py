@@ -13,6 +13,8 @@ from ember.testkit.registry_server import RegistryServer
 from tests.conftest import wait_image
 from tests.images.conftest import PASSWORD, USER
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 @pytest.mark.parametrize(
     ("fields", "named"),

@@ -34,6 +34,8 @@ from ember.testkit.registry_server import RegistryServer
 from tests.conftest import wait_image
 from tests.images.conftest import GatedProxy
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 def on_base(marker: str) -> BuiltImage:
     """busybox (the shared base layer) plus one layer of its own."""

@@ -26,6 +26,8 @@ from ember.testkit.image import BuiltImage, file
 from ember.testkit.registry_server import RegistryServer
 from tests.images.conftest import GatedProxy
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 Image = dict[str, Any]
 
 

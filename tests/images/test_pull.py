@@ -33,6 +33,8 @@ from ember.testkit.registry_server import RegistryServer
 from tests.conftest import short_tmp, wait_image
 from tests.images.conftest import PASSWORD, USER, TokenService
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 @pytest.fixture(scope="module")
 def server(token_registry: tuple[RegistryServer, TokenService]) -> Iterator[EmberServer]:

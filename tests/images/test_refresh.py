@@ -17,6 +17,8 @@ from ember.testkit.registry_server import start_registry
 from tests.conftest import push_to_ember, wait_image
 from tests.images.conftest import GatedProxy
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 def api(server: EmberServer) -> httpx.Client:
     return httpx.Client(

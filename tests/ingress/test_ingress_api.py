@@ -22,6 +22,8 @@ from ember.testkit.registry_server import free_port
 from tests.conftest import short_tmp
 from tests.ingress.conftest import caddy_pids
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 @pytest.fixture
 def server() -> Iterator[EmberServer]:

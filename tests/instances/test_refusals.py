@@ -10,6 +10,8 @@ import pytest
 
 from ember.testkit.ember_server import EmberServer
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 def qemu_processes_under(directory: Path) -> list[int]:
     found = []

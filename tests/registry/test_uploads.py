@@ -20,6 +20,8 @@ from ember.store import Store
 from ember.testkit.ember_server import EmberServer
 from tests.conftest import short_tmp
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 # ---- in-process ------------------------------------------------------------------------
 
 

@@ -12,6 +12,8 @@ from hypeman import Hypeman
 from ember.testkit.ember_server import EmberServer
 from tests.volumes.archives import Entry, make_archive, zero_bomb
 
+pytestmark = pytest.mark.server  # starts a real `ember serve`
+
 
 def http(server: EmberServer) -> httpx.Client:
     return httpx.Client(
