@@ -251,26 +251,15 @@ class InstanceManager:
     async def start(
         self, ref: str, cmd: list[str] | None = None, entrypoint: list[str] | None = None
     ) -> InstanceRecord:
-        record_id = self.get(ref).id
-        record = await start.start(self.core, record_id, cmd=cmd, entrypoint=entrypoint)
-        self.supervisor.manual_start(record_id)  # the owner's start: supervision starts over
-        return self.core.current(record.id)
+        return await start.start(self.core, self.get(ref).id, cmd=cmd, entrypoint=entrypoint)
 
     async def stop(self, ref: str) -> InstanceRecord:
-        """A stop is never undone by the supervisor; on a Stopped instance waiting for a
-        restart it cancels that restart."""
-        record = self.get(ref)
-        if record.state == State.STOPPED and self.supervisor.pending(record):
-            return self.supervisor.manual_stop(record.id)
-        return await stop.stop(self.core, record.id)
+        return await stop.stop(self.core, self.get(ref).id)
 
     async def update(self, ref: str, request: UpdateInstanceRequest) -> InstanceRecord:
         record = self.get(ref)
         networked = self.lease(record) is not None
-        record, changed = update.update(self.core, record.id, request, networked=networked)
-        if "restart_policy" in changed:
-            self.supervisor.policy_changed(record.id)
-        return self.core.current(record.id)
+        return update.update(self.core, record.id, request, networked=networked)
 
     async def delete(self, ref: str, *, graceful: bool = False) -> None:
         record_id = self.get(ref).id

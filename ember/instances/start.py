@@ -7,6 +7,7 @@ from ember.instances.boot import boot
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.models import InstanceRecord
 from ember.instances.plan import guest_config
+from ember.instances.restarts import owner_started
 from ember.instances.state import State
 
 
@@ -15,8 +16,11 @@ async def start(
     instance_id: str,
     cmd: list[str] | None = None,
     entrypoint: list[str] | None = None,
+    *,
+    by_owner: bool = True,
 ) -> InstanceRecord:
-    """`cmd`/`entrypoint` replace the instance's from now on, as in Hypeman."""
+    """`cmd`/`entrypoint` replace the instance's from now on, as in Hypeman. The owner's
+    start (not the supervisor's restart) starts supervision over."""
     async with core.lock(instance_id):
         record = core.current(instance_id)
         if record.state != State.STOPPED:
@@ -32,4 +36,6 @@ async def start(
 
             record = core.update(record.id, run_with)
         await boot(core, record)
+        if by_owner:
+            core.update(instance_id, owner_started)
     return core.current(instance_id)

@@ -9,17 +9,22 @@ from ember.errors import EmberError
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.models import InstanceRecord
 from ember.instances.monitor import await_monitor
+from ember.instances.restarts import owner_stopped, restart_pending
 from ember.instances.state import ACTIVE, State
 
 
 async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
+    """A stop is never undone by the supervisor; on a Stopped instance waiting for a
+    restart it cancels that restart."""
     async with core.lock(instance_id):
         record = core.current(instance_id)
+        if record.state == State.STOPPED and restart_pending(record):
+            return core.update(instance_id, owner_stopped)
         if record.state not in ACTIVE:
             raise invalid(record, "stop", "it is not running")
         # Before the VM goes down: the supervisor must never undo a manual stop, even
         # if this server dies before the monitor has recorded Stopped.
-        core.update(instance_id, _block_restarts)
+        core.update(instance_id, owner_stopped)
         await shutdown(core, record, graceful=True)
     return core.current(instance_id)
 
@@ -49,8 +54,3 @@ async def shutdown(core: InstanceCore, record: InstanceRecord, *, graceful: bool
         await await_monitor(core, record.id)
     finally:
         core.stopping.discard(record.id)
-
-
-def _block_restarts(record: InstanceRecord) -> None:
-    record.restart_status.blocked_reason = "manual_stop"
-    record.restart_status.next_attempt_at = None

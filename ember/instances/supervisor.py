@@ -97,37 +97,6 @@ class Supervisor:
     async def close(self) -> None:
         await self._loop.close()
 
-    # ---- what the commands tell it -------------------------------------------------
-
-    def manual_stop(self, instance_id: str) -> InstanceRecord:
-        """The owner stopped the instance (or cancelled a pending restart)."""
-        return self._set(instance_id, blocked_reason="manual_stop", next_attempt_at=None)
-
-    def manual_start(self, instance_id: str) -> InstanceRecord:
-        """The owner started it: supervision starts over."""
-        return self._set(instance_id, attempts=0, blocked_reason=None, next_attempt_at=None)
-
-    def policy_changed(self, instance_id: str) -> None:
-        """A PATCH replaced the policy: a restart it no longer allows is dropped, and a
-        count it now allows unblocks."""
-
-        def change(record: InstanceRecord) -> None:
-            policy, status = record.restart_policy, record.restart_status
-            if policy is None or policy.policy == "never":
-                status.next_attempt_at = None
-            if status.blocked_reason == "max_attempts_exceeded" and (
-                policy is None or not policy.max_attempts or status.attempts < policy.max_attempts
-            ):
-                status.blocked_reason = None
-                status.decided_boot = None  # decide the last end again, under the new policy
-
-        self.core.update(instance_id, change)
-
-    def pending(self, record: InstanceRecord) -> bool:
-        """A restart is scheduled (a stop then cancels it)."""
-        status = record.restart_status
-        return status.next_attempt_at is not None and status.blocked_reason is None
-
     def _set(self, instance_id: str, **fields: object) -> InstanceRecord:
         def change(record: InstanceRecord) -> None:
             record.restart_status = record.restart_status.model_copy(update=fields)
@@ -179,7 +148,7 @@ class Supervisor:
         record = self._set(instance_id, attempts=attempts)
         core.event(instance_id, f"supervisor: restart attempt {attempts}")
         try:
-            await start.start(core, instance_id)
+            await start.start(core, instance_id, by_owner=False)
         except EmberError as exc:
             # Not booted (no room now, image gone, ...): counts as an attempt; try again
             # after the backoff unless the attempts are used up.

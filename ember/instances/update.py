@@ -15,6 +15,7 @@ from ember.instances import policies
 from ember.instances.core import InstanceCore
 from ember.instances.models import AutoStandbyPolicy, HealthCheck, InstanceRecord, RestartPolicy
 from ember.instances.request import UpdateInstanceRequest
+from ember.instances.restarts import policy_replaced
 from ember.validation import validate_tags
 
 NOT_UPDATABLE = {
@@ -25,9 +26,10 @@ NOT_UPDATABLE = {
 
 def update(
     core: InstanceCore, instance_id: str, request: UpdateInstanceRequest, *, networked: bool
-) -> tuple[InstanceRecord, set[str]]:
-    """Apply the fields given; returns the record and the names of the changed fields.
-    `networked`: the instance has a network address (for http/tcp health checks)."""
+) -> InstanceRecord:
+    """Apply the fields given (a replaced restart policy also re-decides a pending restart,
+    `restarts.policy_replaced`), in one record update. `networked`: the instance has a
+    network address (for http/tcp health checks)."""
     given = request.model_fields_set
     for name, reason in NOT_UPDATABLE.items():
         if name in given:
@@ -47,12 +49,14 @@ def update(
     def apply(record: InstanceRecord) -> None:
         for key, value in changes.items():
             setattr(record, key, value)
+        if "restart_policy" in changes:
+            policy_replaced(record)
 
     record = core.update(instance_id, apply) if changes else core.current(instance_id)
     if changes:
         described = ", ".join(_describe(k, v) for k, v in changes.items())
         core.event(instance_id, f"updated: {described}")
-    return record, set(changes)
+    return record
 
 
 def _describe(name: str, value: object) -> str:
