@@ -27,6 +27,7 @@ from ember.api.routes import (
 )
 from ember.api.services import Services
 from ember.config import Settings
+from ember.server import build
 
 # Routers that need a valid bearer token, one per resource.
 PROTECTED_ROUTERS: list[APIRouter] = [
@@ -56,16 +57,15 @@ SECURITY_SCHEMES = {
 }
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
-    services = Services.build(settings or Settings())
+def create_app(settings: Settings | None = None, services: Services | None = None) -> FastAPI:
+    """The app over `services` (default: `ember.server.build(settings)`); its lifespan
+    starts and stops them."""
+    services = services or build(settings or Settings())
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
-        await services.start()
-        try:
+        async with services.running():
             yield
-        finally:
-            await services.stop()
 
     app = FastAPI(
         title="Ember API",

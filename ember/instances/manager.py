@@ -10,44 +10,29 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Callable
-from pathlib import Path
+from collections.abc import AsyncIterator
 
-from ember.config import Settings
 from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
-from ember.hypervisor import Hypervisors
 from ember.ids import is_id
 from ember.instances import create, delete, monitor, mounts, start, stop, update
 from ember.instances import fork as forking
 from ember.instances import standby as standing
-from ember.instances.attachments import VolumeAttachments
 from ember.instances.autostandby import AutoStandby, Report
 from ember.instances.core import InstanceCore, invalid
-from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
-from ember.instances.expiry import Reaper
 from ember.instances.health import HealthMonitor, HealthStatus
-from ember.instances.layout import Layout
-from ember.instances.logs import LogRotator, LogSource, read_log
+from ember.instances.logs import LogSource, read_log
 from ember.instances.models import InstanceRecord
-from ember.instances.networking import NetworkLease
-from ember.instances.plan import HostLimits
 from ember.instances.request import CreateInstanceRequest, UpdateInstanceRequest
-from ember.instances.resources import InstanceResource, Resources
 from ember.instances.saved.restore import restore
 from ember.instances.saved.slots import cancel_instance_jobs
 from ember.instances.snapshot import Snapshots
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
-from ember.instances.supervisor import Supervisor
 from ember.network import Lease, NetworkManager
 from ember.snapshots.compression import CompressionConfig
-from ember.snapshots.layout import SnapshotLayout
 from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
-from ember.snapshots.schedule import Scheduler, ScheduleRequest, plan_schedule
-from ember.snapshots.store import SnapshotStore
-from ember.store import Repository, Store
-from ember.system import BootArtifacts
+from ember.snapshots.schedule import ScheduleRequest, plan_schedule
 from ember.tasks import BackgroundJobs
 from ember.volumes import Attachment, VolumeManager
 
@@ -55,61 +40,31 @@ log = logging.getLogger("ember.instances")
 
 
 class InstanceManager:
+    """The public face of the instance core; built by the composition root
+    (`ember.server.build_instances`) from parts it does not construct itself."""
+
     def __init__(
         self,
-        store: Store,
-        settings: Settings,
+        core: InstanceCore,
         *,
-        images: RootDiskSource,
-        hypervisors: Hypervisors,
-        system: Callable[[], BootArtifacts],
+        jobs: BackgroundJobs,
+        snapshots: Snapshots,
         network: NetworkManager | None,
         volumes: VolumeManager,
-        resources: list[InstanceResource] | None = None,
+        health: HealthMonitor,
+        auto_standby: AutoStandby,
     ) -> None:
-        """`network` is None when networking is off on this server. What an instance
-        holds is acquired in this order and released in reverse: its files, its root
-        disk, its network lease, its volume attachments, then `resources`."""
-        layout = Layout(settings.data_dir / "instances", settings.runtime_dir)
-        held: list[InstanceResource] = [InstanceFiles(layout), RootDisk(images)]
-        if network is not None:
-            held.append(NetworkLease(network))
-        held.append(VolumeAttachments(volumes))
+        """`network` is None when networking is off on this server."""
+        self.core, self.jobs, self.snapshots = core, jobs, snapshots
         self.network, self.volumes = network, volumes
-        self.core = InstanceCore(
-            repo=Repository(store, "instances", InstanceRecord, "instance"),
-            settings=settings,
-            layout=layout,
-            hypervisors=hypervisors,
-            images=images,
-            resources=Resources([*held, *(resources or [])]),
-            limits=HostLimits.detect(settings.max_vcpus),
-            system=system,
-            networking=network is not None,
-        )
-        # One-off background jobs: saved-VM compressions and a restored guest's clock.
-        self.jobs = BackgroundJobs()
-        # Named snapshots, forks and snapshot schedules (snapshot.py, fork.py).
-        self.snapshots = Snapshots(
-            self.core, SnapshotStore(store), SnapshotLayout(settings.data_dir / "snapshots"),
-            self.jobs, volumes, network,
-        )  # fmt: skip
-        self.scheduler = Scheduler(
-            self.snapshots.store, self._scheduled_snapshot, self.snapshots.delete,
-            lambda i: self.core.repo.get(i) is not None, settings.snapshot_schedule_tick_seconds,
-        )  # fmt: skip
-        # Supervision: restart policies, health checks, expiry, log size caps.
-        self.supervisor = Supervisor(self.core)
-        self.health = HealthMonitor(self.core, self._address)
-        self.reaper = Reaper(self.core, self.delete)
-        self.log_rotator = LogRotator(self._log_paths, settings.instance_log_max_bytes)
-        self.auto_standby = AutoStandby(self.core, self._address, self.standby)
+        self.health, self.auto_standby = health, auto_standby
 
     # ---- server lifecycle ------------------------------------------------------------
 
     async def open(self) -> None:
         """Undo creates cut short, adopt the VMs that kept running while the server was
-        down, and release what instances that no longer exist still hold."""
+        down, release what instances that no longer exist still hold, and tidy every
+        saved VM (a compression cut short)."""
         core = self.core
         core.layout.ensure_roots()
         for record in core.repo.all():
@@ -124,20 +79,9 @@ class InstanceManager:
                 monitor.mark_unknown(core, record.id, message)
         core.resources.sweep({r.id for r in core.repo.all()})
         self.snapshots.recover()
-        await self.reaper.reap()  # those that expired while the server was down
-        self.supervisor.start()
-        self.health.start()
-        self.reaper.start()
-        self.log_rotator.start()
-        self.auto_standby.start()
-        self.scheduler.start()
 
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
-        await self.auto_standby.close()  # first: it may be starting a standby
-        for background in (self.reaper, self.supervisor, self.health, self.log_rotator):
-            await background.close()
-        await self.scheduler.close()
         await self.jobs.close()  # a saved VM keeps its raw memory then
         for task in self.core.monitors.values():
             task.cancel()
@@ -203,17 +147,6 @@ class InstanceManager:
 
     def health_status(self, record: InstanceRecord) -> HealthStatus:
         return self.health.status(record)
-
-    def _address(self, record: InstanceRecord) -> str | None:
-        lease = self.lease(record)
-        return lease.ip if lease is not None else None
-
-    def _log_paths(self) -> list[Path]:
-        return [
-            self.core.paths(record.id).log(source)
-            for record in self.core.repo.all()
-            for source in LogSource
-        ]
 
     def attachments(self, record: InstanceRecord) -> list[Attachment]:
         return self.volumes.attachments_of(record.id)
@@ -337,14 +270,6 @@ class InstanceManager:
         record = self.get(ref)
         if not self.snapshots.store.delete_schedule(record.id):
             raise NotFound(f"instance {record.name!r} has no snapshot schedule")
-
-    async def _scheduled_snapshot(self, schedule: ScheduleRecord, name: str) -> SnapshotRecord:
-        """As Hypeman: Standby from a Running or Standby instance, Stopped from a Stopped one."""
-        record = self.core.current(schedule.instance_id)
-        kind: SnapshotKind = "Stopped" if record.state == State.STOPPED else "Standby"
-        return await self.snapshots.create(
-            record.id, kind, name=name, tags=schedule.metadata, scheduled=True
-        )
 
     async def auto_standby_status(self, ref: str) -> Report:
         return await self.auto_standby.status(self.get(ref))

@@ -42,7 +42,14 @@ from ember.network import NetworkManager
 from ember.snapshots.compression import CompressionConfig
 from ember.snapshots.files import copy_sparse, tree_bytes
 from ember.snapshots.layout import SavedVMFiles, SnapshotLayout
-from ember.snapshots.models import NetworkCopy, SavedVM, SnapshotKind, SnapshotRecord, VolumeCopy
+from ember.snapshots.models import (
+    NetworkCopy,
+    SavedVM,
+    ScheduleRecord,
+    SnapshotKind,
+    SnapshotRecord,
+    VolumeCopy,
+)
 from ember.snapshots.store import SnapshotStore
 from ember.tasks import BackgroundJobs
 from ember.units import format_size
@@ -179,6 +186,12 @@ class Snapshots:
         if chosen is not None and memory is not None:
             start_compression(self.jobs, self.slot(snapshot_id), chosen)
         return snapshot
+
+    async def take_scheduled(self, schedule: ScheduleRecord, name: str) -> SnapshotRecord:
+        """As Hypeman: Standby from a Running or Standby instance, Stopped from a Stopped one."""
+        record = self.core.current(schedule.instance_id)
+        kind: SnapshotKind = "Stopped" if record.state == State.STOPPED else "Standby"
+        return await self.create(record.id, kind, name=name, tags=schedule.metadata, scheduled=True)
 
     def _check_kind(self, record: InstanceRecord, kind: SnapshotKind) -> None:
         if kind == "Stopped" and record.state != State.STOPPED:

@@ -20,6 +20,7 @@ from ember.instances.plan import BootDevices, CreatePlan
 from ember.instances.request import CreateInstanceRequest
 from ember.instances.resources import InstanceResource
 from ember.instances.state import State
+from ember.server import build_instances
 from ember.store import Store
 from ember.system import BootArtifacts
 from ember.testkit.fakevm import FakeHypervisor
@@ -133,16 +134,15 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     vmm, lease = FakeHypervisor(), Lease()
     system = BootArtifacts(kernel=top / "vmlinux", initrd=top / "initrd", kernel_version="6",
                            initrd_hash="x")  # fmt: skip
-    manager = InstanceManager(
+    parts = build_instances(
         store, settings, images=FakeImages(top), hypervisors=Hypervisors({"qemu": vmm}, {}),
         system=lambda: system, network=None, volumes=VolumeManager(store, settings.data_dir),
         resources=[lease],
     )  # fmt: skip
-    await manager.open()
     try:
-        yield Rig(manager, vmm, lease, settings.data_dir, settings.runtime_dir)
+        async with parts.running() as manager:
+            yield Rig(manager, vmm, lease, settings.data_dir, settings.runtime_dir)
     finally:
-        await manager.close()
         for vm in vmm.running():
             vmm.kill(vm.handle)
         store.close()

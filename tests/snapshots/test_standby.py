@@ -137,7 +137,7 @@ def test_failed_restore_keeps_the_snapshot(
     state.rename(aside)  # the restore cannot read it: it must fail cleanly
     with pytest.raises(APIStatusError) as failed:
         client.instances.restore(vm)
-    assert failed.value.status_code == 503 and "snapshot is kept" in str(failed.value)
+    assert failed.value.status_code == 503 and "saved VM is kept" in str(failed.value)
     inst = client.instances.get(vm)
     assert (inst.state, inst.has_snapshot) == ("Standby", True)
     assert inst.state_error and "restore failed" in inst.state_error

@@ -95,7 +95,8 @@ async def ensure_raw_memory(jobs: BackgroundJobs, slot: SavedSlot) -> SavedVM:
     if not raw.exists():
         compressed = slot.files.compressed(raw, algorithm) if algorithm else None
         if algorithm is None or compressed is None or not compressed.exists():
-            raise Unavailable(f"the saved memory is missing: neither {raw} nor {compressed}")
+            also = f" nor {compressed.name}" if compressed is not None else ""
+            raise Unavailable(f"the saved memory is missing: no {raw}{also}")
         slot.event(f"decompressing {compressed.name}")
         await asyncio.to_thread(decompress_file, compressed, raw, algorithm)
     return saved

@@ -1,0 +1,247 @@
+"""The composition root: the one place that builds the server's long-lived parts.
+
+`build(settings)` constructs every manager and background loop from built
+dependencies, passed as arguments; `Services.running()` starts them in one
+order and stops them in reverse (an `AsyncExitStack`), which is the server's
+lifespan. Overrides come the httpx way: `build(settings, hypervisors=...)`
+swaps the hypervisor backends (a fake in fast tests), and
+`create_app(settings, services=...)` serves parts built elsewhere.
+
+Nothing else constructs a manager or starts a loop: `InstanceManager` is a
+facade over parts it is given, and a new feature (templates, groups, builds,
+the gateway) gets one line here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Protocol
+
+from ember.api.auth import load_or_create_secret
+from ember.config import Settings
+from ember.errors import NotFound
+from ember.hypervisor import Hypervisors, resolve_hypervisors
+from ember.images.blobs import BlobStore
+from ember.images.manager import ImageManager
+from ember.ingress import IngressManager
+from ember.instances import InstanceManager
+from ember.instances.attachments import VolumeAttachments
+from ember.instances.autostandby import AutoStandby
+from ember.instances.core import InstanceCore
+from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
+from ember.instances.expiry import Reaper
+from ember.instances.health import HealthMonitor
+from ember.instances.layout import Layout
+from ember.instances.logs import LogRotator, LogSource
+from ember.instances.models import InstanceRecord
+from ember.instances.networking import NetworkLease
+from ember.instances.plan import HostLimits
+from ember.instances.resources import InstanceResource, Resources
+from ember.instances.snapshot import Snapshots
+from ember.instances.standby import standby
+from ember.instances.supervisor import Supervisor
+from ember.instances.usage import digest_users
+from ember.network import DnsServer, NetworkManager, NetworkSettings
+from ember.registry import Registry, RegistryService
+from ember.snapshots.layout import SnapshotLayout
+from ember.snapshots.schedule import Scheduler
+from ember.snapshots.store import SnapshotStore
+from ember.store import Repository, Store
+from ember.system import BootArtifacts, BootSystem
+from ember.tasks import BackgroundJobs
+from ember.volumes import VolumeManager
+
+__all__ = ["InstanceServices", "Services", "build", "build_instances"]
+
+
+class Loop(Protocol):
+    """A background loop the root starts and closes (a `PeriodicTask` owner)."""
+
+    def start(self) -> None: ...
+
+    async def close(self) -> None: ...
+
+
+@dataclass
+class InstanceServices:
+    """The instance manager and the loops that act on instances, started after it opened
+    in this order and closed in reverse."""
+
+    manager: InstanceManager
+    reaper: Reaper
+    loops: Sequence[Loop]
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[InstanceManager]:
+        async with AsyncExitStack() as stack:
+            await self.manager.open()
+            stack.push_async_callback(self.manager.close)
+            await self.reaper.reap()  # those that expired while the server was down
+            for loop in self.loops:
+                loop.start()
+                stack.push_async_callback(loop.close)
+            yield self.manager
+
+
+def build_instances(
+    store: Store,
+    settings: Settings,
+    *,
+    images: RootDiskSource,
+    hypervisors: Hypervisors,
+    system: Callable[[], BootArtifacts],
+    network: NetworkManager | None,
+    volumes: VolumeManager,
+    resources: Sequence[InstanceResource] = (),
+) -> InstanceServices:
+    """What an instance holds is acquired in this order and released in reverse: its
+    files, its root disk, its network lease, its volume attachments, then `resources`."""
+    layout = Layout(settings.data_dir / "instances", settings.runtime_dir)
+    held: list[InstanceResource] = [InstanceFiles(layout), RootDisk(images)]
+    if network is not None:
+        held.append(NetworkLease(network))
+    held.append(VolumeAttachments(volumes))
+    core = InstanceCore(
+        repo=Repository(store, "instances", InstanceRecord, "instance"),
+        settings=settings,
+        layout=layout,
+        hypervisors=hypervisors,
+        images=images,
+        resources=Resources([*held, *resources]),
+        limits=HostLimits.detect(settings.max_vcpus),
+        system=system,
+        networking=network is not None,
+    )
+    # One-off jobs: saved-VM compressions (`saved:<id>`, `snapshot:<id>`), guest clocks.
+    jobs = BackgroundJobs()
+    snapshots = Snapshots(core, SnapshotStore(store), SnapshotLayout(settings.data_dir /
+                          "snapshots"), jobs, volumes, network)  # fmt: skip
+    address = partial(_address, network)
+    health = HealthMonitor(core, address)
+    auto_standby = AutoStandby(core, address, partial(standby, core, jobs))
+    manager = InstanceManager(
+        core, jobs=jobs, snapshots=snapshots, network=network, volumes=volumes, health=health,
+        auto_standby=auto_standby,
+    )  # fmt: skip
+    scheduler = Scheduler(
+        snapshots.store, snapshots.take_scheduled, snapshots.delete,
+        lambda i: core.repo.get(i) is not None, settings.snapshot_schedule_tick_seconds,
+    )  # fmt: skip
+    reaper = Reaper(core, manager.delete)
+    rotator = LogRotator(partial(_log_paths, core), settings.instance_log_max_bytes)
+    # auto_standby last: it is closed first (it may be starting a standby).
+    loops = (Supervisor(core), health, reaper, rotator, scheduler, auto_standby)
+    return InstanceServices(manager, reaper, loops)
+
+
+def _address(network: NetworkManager | None, record: InstanceRecord) -> str | None:
+    lease = network.lease(record.id) if network is not None else None
+    return lease.ip if lease is not None else None
+
+
+def _log_paths(core: InstanceCore) -> list[Path]:
+    return [core.paths(r.id).log(source) for r in core.repo.all() for source in LogSource]
+
+
+@dataclass
+class Services:
+    """The long-lived parts of a running server, shared by all requests."""
+
+    settings: Settings
+    store: Store
+    jwt_secret: bytes
+    images: ImageManager
+    registry: RegistryService
+    hypervisors: Hypervisors
+    system: BootSystem
+    network: NetworkManager | None  # None: networking is off on this server
+    instances: InstanceManager
+    ingresses: IngressManager
+    volumes: VolumeManager
+    instance_services: InstanceServices
+    dns: DnsServer | None = None
+
+    @asynccontextmanager
+    async def running(self) -> AsyncIterator[Services]:
+        """Start everything once the event loop runs; stop it in reverse on exit.
+
+        The network comes up before instances are adopted (their TAPs hang on the
+        bridge); a network that cannot come up stops the server with its reason. Caddy
+        outlives a restart: closing the ingresses leaves it serving."""
+        async with AsyncExitStack() as stack:
+            stack.callback(self.store.close)
+            await self.images.open()
+            stack.push_async_callback(self.images.close)
+            await self.registry.open()
+            stack.push_async_callback(self.registry.close)
+            await self.system.open()
+            stack.push_async_callback(self.system.close)
+            if self.network is not None:
+                await asyncio.to_thread(self.network.open)
+                await asyncio.to_thread(self.network.adopt)
+                self.dns = self.network.dns_server()
+                await self.dns.start()
+                stack.push_async_callback(self.dns.stop)
+            await stack.enter_async_context(self.instance_services.running())
+            await self.ingresses.open()
+            stack.push_async_callback(self.ingresses.close)
+            yield self
+
+
+def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Services:
+    """Every long-lived part of the server; `hypervisors` replaces the detected backends."""
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    store = Store(settings.db_path)
+    # One blob store for pulls and pushes, so one collector (the image manager's).
+    blobs = BlobStore(settings.data_dir / "blobs")
+    port = settings.port
+    hosts = {settings.listen, f"localhost:{port}", f"127.0.0.1:{port}"}
+    storage = Registry(store, blobs, settings.data_dir, hosts=hosts)
+    images = ImageManager(
+        store, settings.data_dir, blobs, local_registry=storage,
+        digest_users=partial(digest_users, store), concurrency=settings.build_concurrency,
+        insecure_registries=settings.insecure_registries,
+    )  # fmt: skip
+    registry = RegistryService(
+        storage, images, upload_max_age=settings.registry_upload_max_age_seconds
+    )
+    hypervisors = hypervisors or resolve_hypervisors(settings.accel)  # detects the accel once
+    system = BootSystem(settings.system_path)
+    network = (
+        NetworkManager(store, NetworkSettings.from_settings(settings))
+        if settings.network_enabled
+        else None
+    )
+    volumes = VolumeManager(store, settings.data_dir)
+    instance_services = build_instances(store, settings, images=images, hypervisors=hypervisors,
+                                        system=system.current, network=network,
+                                        volumes=volumes)  # fmt: skip
+    instances = instance_services.manager
+    return Services(
+        settings=settings,
+        store=store,
+        jwt_secret=load_or_create_secret(settings.data_dir),
+        images=images,
+        registry=registry,
+        hypervisors=hypervisors,
+        system=system,
+        network=network,
+        instances=instances,
+        ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
+        volumes=volumes,
+        instance_services=instance_services,
+    )
+
+
+def _instance_exists(instances: InstanceManager, ref: str) -> bool:
+    """Whether an instance name or id names an instance (ingress rules must)."""
+    try:
+        instances.get(ref)
+    except NotFound:
+        return False
+    return True
