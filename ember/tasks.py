@@ -16,6 +16,10 @@ into a closed store.
 with a cancel flag a worker thread can check, all cancelled by `close()`. Keys
 name what a job guards (`saved:<instance id>`, `snapshot:<id>`), so the code
 about to touch those files cancels exactly the job that reads them.
+
+`Tasks` owns long-running tasks by key (a VM's monitor, a health probe): each
+is kept until it ends, and `close()` cancels and awaits whatever still runs. No
+code under ember/instances calls `create_task` itself.
 """
 
 from __future__ import annotations
@@ -24,9 +28,10 @@ import asyncio
 import contextlib
 import logging
 import threading
-from collections.abc import Awaitable, Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine, Iterator
+from typing import Any
 
-__all__ = ["BackgroundJobs", "PeriodicTask"]
+__all__ = ["BackgroundJobs", "Cancelled", "PeriodicTask", "Tasks"]
 
 Step = Callable[[], Awaitable[object]]
 # Waits at most the given seconds; returns (or raises TimeoutError) when the next
@@ -122,3 +127,46 @@ class BackgroundJobs:
     async def close(self) -> None:
         for key in list(self._tasks):
             await self.cancel(key)
+
+
+class Tasks:
+    """Tasks by key, owned until they end; `close()` cancels and awaits every one."""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+
+    def spawn(self, key: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
+        """Run `work` as the task of `key` (replacing the entry of an earlier one)."""
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks[key] = task
+
+        def forget(_: asyncio.Task[None]) -> None:
+            if self._tasks.get(key) is task:
+                del self._tasks[key]
+
+        task.add_done_callback(forget)
+        return task
+
+    def get(self, key: str) -> asyncio.Task[None] | None:
+        return self._tasks.get(key)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._tasks
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(list(self._tasks))
+
+    def cancel(self, key: str) -> None:
+        """Cancel the task of `key` without waiting for it."""
+        task = self._tasks.pop(key, None)
+        if task is not None:
+            task.cancel()
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        self._tasks.clear()

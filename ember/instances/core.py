@@ -25,6 +25,7 @@ from ember.instances.resources import Resources
 from ember.instances.state import State, check_transition
 from ember.store import Repository
 from ember.system import BootArtifacts
+from ember.tasks import Tasks
 
 AGENT_CONNECT_TIMEOUT = 30.0
 
@@ -58,8 +59,10 @@ class InstanceCore:
     system: Callable[[], BootArtifacts]
     networking: bool  # this server puts instances on a network
     changes: Changes = field(default_factory=Changes)
-    # One monitor task per booted VM; it owns the agent connection.
-    monitors: dict[str, asyncio.Task[None]] = field(default_factory=dict)
+    # One monitor task per booted VM (keyed by instance id); it owns the agent connection.
+    monitors: Tasks = field(default_factory=Tasks)
+    # The monitors' helpers: `agent:<id>` follows the agent, `measure:<id>` the boot.
+    helpers: Tasks = field(default_factory=Tasks)
     agents: dict[str, AgentClient] = field(default_factory=dict)
     locks: dict[str, asyncio.Lock] = field(default_factory=dict)
     # Instances whose VMM Ember is bringing down on purpose (no "exited early" message).

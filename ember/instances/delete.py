@@ -31,9 +31,7 @@ async def discard(core: InstanceCore, record: InstanceRecord) -> None:
         handle = paths.handle(pid)
         hypervisor.kill(handle)  # only if it is alive and ours (is_alive checks)
         await hypervisor.wait_exit(handle, timeout=10)
-    task = core.monitors.pop(record.id, None)
-    if task is not None:
-        task.cancel()
+    core.monitors.cancel(record.id)
     agent = core.agents.pop(record.id, None)
     if agent is not None:
         await agent.close()

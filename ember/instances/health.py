@@ -35,7 +35,7 @@ from ember.instances.core import InstanceCore
 from ember.instances.models import HealthCheck, InstanceRecord
 from ember.instances.state import State
 from ember.instances.stop import shutdown
-from ember.tasks import PeriodicTask
+from ember.tasks import PeriodicTask, Tasks
 from ember.units import parse_duration
 
 log = logging.getLogger("ember.instances")
@@ -72,9 +72,9 @@ class HealthMonitor:
             "health sync", self._sync_pass, 5.0, log=log,
             wake=lambda timeout: core.changes.wait_for(self._out_of_sync, timeout),
         )  # fmt: skip
-        # Stops for the restart policy run apart from the probe tasks, which the sync
-        # cancels as soon as the instance leaves Running.
-        self._stops: set[asyncio.Task[None]] = set()
+        # Probes (`probe:<id>`) and, apart from them, stops for the restart policy
+        # (`stop:<id>`): the sync cancels a probe as soon as the instance leaves Running.
+        self._tasks = Tasks()
 
     def status(self, record: InstanceRecord) -> HealthStatus:
         if record.health_check is None:
@@ -91,13 +91,7 @@ class HealthMonitor:
 
     async def close(self) -> None:
         await self._loop.close()  # first: a sync pass would start probes again
-        tasks = [p.task for p in self._probes.values() if p.task is not None]
-        tasks += list(self._stops)
-        for task in tasks:
-            task.cancel()
-        for task in tasks:
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self._tasks.close()
         self._probes.clear()
 
     # ---- which instances are probed ------------------------------------------------
@@ -125,11 +119,11 @@ class HealthMonitor:
                 if probe.task is not None:
                     probe.task.cancel()
                 del self._probes[instance_id]
-        loop = asyncio.get_running_loop()
         for instance_id, boot in wanted.items():
             if instance_id not in self._probes:
                 probe = _Probe(boot)
-                probe.task = loop.create_task(self._probe_loop(instance_id, probe))
+                probe.task = self._tasks.spawn(f"probe:{instance_id}",
+                                               self._probe_loop(instance_id, probe))  # fmt: skip
                 self._probes[instance_id] = probe
 
     # ---- one boot --------------------------------------------------------------------
@@ -185,9 +179,7 @@ class HealthMonitor:
         policy, status = record.restart_policy, record.restart_status
         if policy is None or policy.policy == "never" or status.blocked_reason is not None:
             return  # reported only; probing goes on
-        task = asyncio.get_running_loop().create_task(self._stop_for_restart(record, probe))
-        self._stops.add(task)
-        task.add_done_callback(self._stops.discard)
+        self._tasks.spawn(f"stop:{record.id}", self._stop_for_restart(record, probe))
 
     async def _stop_for_restart(self, record: InstanceRecord, probe: _Probe) -> None:
         core = self.core

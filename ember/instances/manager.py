@@ -8,7 +8,6 @@ for a lock. See README.md for the layout and where a new operation goes.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import AsyncIterator
 
@@ -83,11 +82,8 @@ class InstanceManager:
     async def close(self) -> None:
         """Server shutdown: let go of the VMs (they keep running) and their connections."""
         await self.jobs.close()  # a saved VM keeps its raw memory then
-        for task in self.core.monitors.values():
-            task.cancel()
-        for task in list(self.core.monitors.values()):
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
+        await self.core.monitors.close()
+        await self.core.helpers.close()
 
     # ---- queries ---------------------------------------------------------------------
 

@@ -29,9 +29,7 @@ AGENT_READY_TIMEOUT = 600.0
 
 
 def watch(core: InstanceCore, record: InstanceRecord, handle: VMHandle) -> None:
-    task = asyncio.get_running_loop().create_task(_monitor(core, record, handle))
-    core.monitors[record.id] = task
-    task.add_done_callback(lambda _: core.monitors.pop(record.id, None))
+    core.monitors.spawn(record.id, _monitor(core, record, handle))
 
 
 async def _monitor(core: InstanceCore, record: InstanceRecord, handle: VMHandle) -> None:
@@ -42,7 +40,9 @@ async def _monitor(core: InstanceCore, record: InstanceRecord, handle: VMHandle)
             phases.mark(core, record.id, "workload")
             core.transition(record.id, State.RUNNING, "no guest agent to wait for")
     else:
-        agent_task = asyncio.create_task(_follow_agent(core, record.id, handle))
+        agent_task = core.helpers.spawn(
+            f"agent:{record.id}", _follow_agent(core, record.id, handle)
+        )
     try:
         await core.hypervisor(record).wait_exit(handle)
     finally:
@@ -74,7 +74,8 @@ async def _follow_agent(core: InstanceCore, instance_id: str, handle: VMHandle) 
         if core.current(instance_id).state == State.INITIALIZING:
             phases.mark(core, instance_id, "workload")
             core.transition(instance_id, State.RUNNING, f"workload {status.state}")
-            measuring = asyncio.create_task(phases.measure_guest(core, instance_id, agent))
+            measure = phases.measure_guest(core, instance_id, agent)
+            measuring = core.helpers.spawn(f"measure:{instance_id}", measure)
         status = await agent.wait_exit()
     except AgentDisconnected:
         return  # the VM is going away; the exit record on the config disk tells the rest
