@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from ember.config import Settings
-from ember.errors import InvalidState, NotFound
+from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisor, Hypervisors
 from ember.instances.disks import RootDiskSource
@@ -109,3 +109,24 @@ class InstanceCore:
 
 def invalid(record: InstanceRecord, action: str, why: str) -> InvalidState:
     return InvalidState(f"cannot {action} instance {record.name!r} ({record.state}): {why}")
+
+
+async def await_agent(
+    core: InstanceCore, instance_id: str, timeout: float = AGENT_CONNECT_TIMEOUT
+) -> AgentClient:
+    """The agent connection once the VM's monitor holds it (after a boot or a restore);
+    Unavailable if it does not come in `timeout` s or the monitor ends first. The one
+    poll for the agent: exec's `wait_for_agent`, a restore's clock and identity."""
+
+    async def connected() -> AgentClient:
+        while (agent := core.agents.get(instance_id)) is None or not agent.connected:
+            if instance_id not in core.monitors:
+                raise Unavailable("the VM ended before its guest agent came back")
+            await asyncio.sleep(0.01)
+        return agent
+
+    try:
+        async with asyncio.timeout(timeout):
+            return await connected()
+    except TimeoutError:
+        raise Unavailable(f"the guest agent did not come back within {timeout:.0f} s") from None

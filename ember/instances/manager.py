@@ -18,7 +18,7 @@ from ember.instances import create, delete, monitor, mounts, start, stop, update
 from ember.instances import fork as forking
 from ember.instances import standby as standing
 from ember.instances.autostandby import AutoStandby, Report
-from ember.instances.core import InstanceCore, invalid
+from ember.instances.core import InstanceCore, await_agent, invalid
 from ember.instances.health import HealthMonitor, HealthStatus
 from ember.instances.logs import LogSource, read_log
 from ember.instances.models import InstanceRecord
@@ -129,6 +129,16 @@ class InstanceManager:
         if agent is None or not agent.connected:
             raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
         return record, agent
+
+    async def wait_for_agent(self, ref: str, timeout: float) -> tuple[InstanceRecord, AgentClient]:
+        """`agent`, waiting up to `timeout` s for an agent not connected yet."""
+        try:
+            return self.agent(ref)
+        except Unavailable:
+            if timeout <= 0:
+                raise
+        record = self.get(ref)
+        return record, await await_agent(self.core, record.id, timeout)
 
     def lease(self, record: InstanceRecord) -> Lease | None:
         """The instance's network lease (None: no network)."""

@@ -4,6 +4,7 @@ at every step in turn: the state and `state_error` are as documented and nothing
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import threading
 
@@ -259,3 +260,31 @@ async def test_fork_from_running_is_standby_fork_restore(rig: Rig) -> None:
     assert rig.vmm.calls.count("restore") == 2  # the source, then the fork
     await rig.manager.delete(fork.id)
     rig.assert_clean(fork.id)
+
+
+# ---- a caller that gives up (the client hung up) -------------------------------------
+
+
+async def test_a_standby_cancelled_mid_save_resumes_the_vm_and_frees_the_lock(rig: Rig) -> None:
+    record = await rig.running("a", **SMALL)
+    rig.vmm.hang.add("save")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await rig.manager.standby(record.id)
+    current = rig.core.current(record.id)
+    assert current.state == State.RUNNING and current.standby is None
+    assert not rig.core.paths(record.id).saved_dir.exists()
+    assert rig.vmm.calls[-1] == "resume" and not rig.core.lock(record.id).locked()
+
+
+async def test_a_restore_cancelled_in_the_hypervisor_stays_in_standby(rig: Rig) -> None:
+    instance_id = await standby(rig)
+    rig.vmm.hang.add("restore")
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.2):
+            await rig.manager.restore(instance_id)
+    record = rig.core.current(instance_id)
+    assert record.state == State.STANDBY and record.standby is not None
+    assert instance_id not in rig.lease.attached and not rig.core.lock(instance_id).locked()
+    rig.vmm.hang.clear()
+    assert (await rig.manager.restore(instance_id)).state == State.RUNNING

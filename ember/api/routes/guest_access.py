@@ -13,7 +13,6 @@ import asyncio
 import contextlib
 import json
 import signal
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Path, Query, WebSocket, WebSocketDisconnect
@@ -177,14 +176,7 @@ async def _accept(websocket: WebSocket, ref: str) -> Services | None:
 
 async def _agent(svc: Services, ref: str, wait_seconds: int | None) -> AgentClient:
     """The instance's agent, waiting up to `wait_seconds` for it to come up."""
-    deadline = time.monotonic() + (wait_seconds or 0)
-    while True:
-        try:
-            return svc.instances.agent(ref)[1]
-        except Unavailable:
-            if time.monotonic() >= deadline:
-                raise
-            await asyncio.sleep(0.2)
+    return (await svc.instances.wait_for_agent(ref, wait_seconds or 0))[1]
 
 
 async def _first_json(websocket: WebSocket) -> dict[str, Any]:

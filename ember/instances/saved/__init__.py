@@ -15,7 +15,6 @@ from ember.instances.saved.compress import (
     recover_saved,
     start_compression,
 )
-from ember.instances.saved.identity import await_agent
 from ember.instances.saved.place import copy_disks, place_saved_vm
 from ember.instances.saved.restore import RESTORE_STEPS, Step, discard_saved, restore
 from ember.instances.saved.slots import cancel_instance_jobs, instance_slot
@@ -24,7 +23,6 @@ __all__ = [
     "RESTORE_STEPS",
     "SavedSlot",
     "Step",
-    "await_agent",
     "cancel_instance_jobs",
     "capture_saved_vm",
     "copy_disks",

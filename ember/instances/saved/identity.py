@@ -15,14 +15,11 @@ import asyncio
 from typing import Protocol
 
 from ember.errors import EmberError, Unavailable
-from ember.guest.client import AgentClient
 from ember.guest.config import GuestNetwork
-from ember.instances.core import InstanceCore
+from ember.instances.core import InstanceCore, await_agent
 from ember.network import Lease
 
-__all__ = ["GuestNetworks", "await_agent", "claim_identity", "quiet_network", "set_clock"]
-
-AGENT_TIMEOUT = 30.0
+__all__ = ["GuestNetworks", "claim_identity", "quiet_network", "set_clock"]
 
 
 class GuestNetworks(Protocol):
@@ -33,26 +30,6 @@ class GuestNetworks(Protocol):
     def set_carrier(self, instance_id: str, up: bool) -> None: ...
 
     def guest_config(self, lease: Lease) -> GuestNetwork: ...
-
-
-async def await_agent(
-    core: InstanceCore, instance_id: str, timeout: float = AGENT_TIMEOUT
-) -> AgentClient:
-    """The agent connection once the monitor holds it again; Unavailable if it does not
-    come back in `timeout` s or the VM's monitor ends first."""
-
-    async def connected() -> AgentClient:
-        while (agent := core.agents.get(instance_id)) is None or not agent.connected:
-            if instance_id not in core.monitors:
-                raise Unavailable("the VM ended before its guest agent came back")
-            await asyncio.sleep(0.01)
-        return agent
-
-    try:
-        async with asyncio.timeout(timeout):
-            return await connected()
-    except TimeoutError:
-        raise Unavailable(f"the guest agent did not come back within {timeout:.0f} s") from None
 
 
 async def quiet_network(network: GuestNetworks, instance_id: str) -> None:
