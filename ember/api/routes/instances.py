@@ -255,9 +255,9 @@ async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 async def update_instance(
     ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceRequest | None = None
 ) -> Instance:
-    """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check` and `tags`, each
-    taking effect on the live instance; `auto_standby` and credential `env` are refused by
-    name (not available on this server)."""
+    """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check`, `auto_standby` and
+    `tags`, each taking effect on the live instance; credential `env` is refused by name
+    (not available on this server)."""
     return answer(svc, await svc.instances.update(ref, body or UpdateInstanceRequest()))
 
 
