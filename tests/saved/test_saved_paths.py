@@ -288,3 +288,17 @@ async def test_a_restore_cancelled_in_the_hypervisor_stays_in_standby(rig: Rig) 
     assert instance_id not in rig.lease.attached and not rig.core.lock(instance_id).locked()
     rig.vmm.hang.clear()
     assert (await rig.manager.restore(instance_id)).state == State.RUNNING
+
+
+async def test_a_snapshot_in_the_old_flat_layout_is_moved_at_start(rig: Rig) -> None:
+    record = await rig.running("a", **SMALL)
+    snap = await rig.manager.create_snapshot(record.id, "Standby", name="s")
+    files = rig.manager.snapshots.layout.of(snap.id)
+    (files.dir / "volumes").mkdir()
+    (files.dir / "volumes" / "volume-overlay-v.ext4").write_bytes(b"disk")
+    files.vmstate.rename(files.dir / "vmstate")  # as snapshots were laid out before
+    files.saved_dir.rmdir()
+    rig.manager.snapshots.recover()
+    assert files.vmstate.exists() and files.volume_disk("volume-overlay-v.ext4").exists()
+    assert not (files.dir / "volumes").exists()
+    assert (await rig.manager.fork_snapshot(snap.id, "b", None, None)).state == State.RUNNING
