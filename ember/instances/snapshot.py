@@ -266,14 +266,14 @@ class Snapshots:
                 disks = [v.overlay_disk for v in snapshot.volumes if v.overlay_disk]
                 saved = await place_saved_vm(slot.files, memory, disks, core.paths(record.id))
             core.event(record.id, f"snapshot {snapshot.id} ({snapshot.kind}) placed")
-            record = self._settle_placed(record, saved)
+            record = self._record_placed(record, saved)
             if target == State.RUNNING and saved is None:
                 return await boot(core, record)
         if target == State.RUNNING:
             return await restore(core, self.jobs, self.network, instance_id)
         return core.current(instance_id)
 
-    def _settle_placed(self, record: InstanceRecord, saved: SavedVM | None) -> InstanceRecord:
+    def _record_placed(self, record: InstanceRecord, saved: SavedVM | None) -> InstanceRecord:
         """The instance's state once a snapshot's files are in place: Standby holding the
         placed saved VM, or Stopped with disks only."""
         core = self.core
