@@ -35,7 +35,7 @@ from ember.instances.saved.capture import capture_saved_vm
 from ember.instances.saved.compress import SavedSlot, recover_saved, start_compression
 from ember.instances.saved.place import copy_disks, place_saved_vm
 from ember.instances.saved.restore import restore
-from ember.instances.saved.slots import instance_slot
+from ember.instances.saved.slots import cancel_instance_jobs, instance_slot
 from ember.instances.standby import choose_compression
 from ember.instances.state import State, can_transition
 from ember.network import NetworkManager
@@ -259,7 +259,7 @@ class Snapshots:
         async with core.lock(instance_id):
             record = core.current(instance_id)
             self._check_restore(record, snapshot, target)
-            await self.jobs.cancel(f"saved:{record.id}")  # the old saved VM is replaced
+            await cancel_instance_jobs(self.jobs, record.id)  # the old saved VM is replaced
             memory = snapshot.memory if target != State.STOPPED else None
             slot = self.slot(snapshot.id)
             async with slot.lock:

@@ -1,10 +1,12 @@
 """Standby: Running -> capture -> Standby -> VMM gone; compression later.
 
 The instance keeps exactly one saved VM of its own (`saved.capture`, into its
-own directory); the answer comes once its VMM has gone and the monitor has let
-go of the boot's resources, all under the instance's lock. Compression of the
-memory payload runs later in the background (`saved.compress`, key
-`saved:<id>`) and a restore cancels it.
+own directory), under the instance's lock; the answer comes once the state is
+on disk and recorded. The VMM quitting and the monitor letting go of the
+boot's resources run after it in a keyed job (`vmm-exit:<id>`) that holds no
+lock: a restore, a restore-into and a delete wait for it first
+(`saved.await_vmm_exit`). Compression of the memory payload starts after that
+(`saved.compress`, key `saved:<id>`) and a restore cancels it.
 
 Failure: a save that fails resumes the VM and removes what it wrote; the
 instance stays Running with the error in the log and the answer.
@@ -13,6 +15,7 @@ instance stays Running with the error in the log and the answer.
 from __future__ import annotations
 
 import logging
+import threading
 
 from ember.errors import InvalidArgument, InvalidState
 from ember.instances.core import InstanceCore, invalid
@@ -20,7 +23,7 @@ from ember.instances.models import InstanceRecord
 from ember.instances.monitor import await_monitor
 from ember.instances.saved.capture import capture_saved_vm
 from ember.instances.saved.compress import start_compression
-from ember.instances.saved.slots import instance_slot
+from ember.instances.saved.slots import instance_slot, vmm_exit_key
 from ember.instances.state import State
 from ember.snapshots.compression import Compression, CompressionConfig, parse_default
 from ember.snapshots.models import SavedVM
@@ -65,7 +68,8 @@ async def standby(
     compression: CompressionConfig | None = None,
     compression_delay: str | None = None,
 ) -> InstanceRecord:
-    """Save the VM into the instance's directory, let its VMM go, then compress later."""
+    """Save the VM into the instance's directory and answer; its VMM goes in a background
+    job (`vmm-exit:<id>`, no lock held) that a restore or delete waits for."""
     async with core.lock(instance_id):
         record = core.current(instance_id)
         if record.state not in (State.RUNNING, State.PAUSED):
@@ -78,12 +82,18 @@ async def standby(
         chosen, delay = choose_compression(core, record, compression, compression_delay)
         saved = await capture_saved_vm(core, record, core.paths(instance_id), resume=False)
         record = core.transition(instance_id, State.STANDBY, _describe(saved), standby=saved)
-        # The VMM has nothing left to do; the monitor sees Standby and keeps the saved VM.
-        await hypervisor.quit(core.paths(instance_id).handle(record.pid or 0))
+        handle = core.paths(instance_id).handle(record.pid or 0)
+
+    async def let_the_vmm_go(_: threading.Event) -> None:
+        # The VMM has nothing left to do; the monitor sees Standby, keeps the saved VM and
+        # lets go of the boot's resources. ~10 ms a caller need not wait for.
+        await hypervisor.quit(handle)
         await await_monitor(core, instance_id)
-    if chosen is not None:
-        start_compression(jobs, instance_slot(core, instance_id), chosen, delay)
-    return core.current(instance_id)
+        if chosen is not None:
+            start_compression(jobs, instance_slot(core, instance_id), chosen, delay)
+
+    jobs.start(vmm_exit_key(instance_id), let_the_vmm_go)
+    return record
 
 
 def _describe(saved: SavedVM) -> str:

@@ -76,16 +76,25 @@ async def test_delete_of_a_standby_leaves_nothing(rig: Rig) -> None:
 
 async def test_standby_then_restore_round_trip(rig: Rig) -> None:
     instance_id = await standby(rig)
+    assert not rig.core.lock(instance_id).locked()  # the answer holds no lock
+    await rig.manager.jobs.wait(f"vmm-exit:{instance_id}")
     record = rig.core.current(instance_id)
     assert record.state == State.STANDBY and record.pid is None and record.standby is not None
     assert record.standby.devices == record.vm_devices
     assert rig.vmm.running() == []
     assert instance_id not in rig.lease.attached  # the boot's resources went with the VMM
-    assert not rig.core.lock(instance_id).locked()  # held by the standby, released by it
     record = await rig.manager.restore(instance_id)
     assert record.state == State.RUNNING and record.standby is None
     assert not rig.core.paths(instance_id).saved_dir.exists()
     assert rig.vmm.calls[-1] == "restore" and len(rig.vmm.running()) == 1
+
+
+async def test_a_restore_right_after_standby_waits_for_the_old_vmm(rig: Rig) -> None:
+    record = await rig.running("a", **SMALL)
+    await rig.manager.standby(record.id)
+    restored = await rig.manager.restore(record.id)  # the standby's VMM may still be quitting
+    assert restored.state == State.RUNNING and len(rig.vmm.running()) == 1
+    assert rig.vmm.calls[-3:] == ["quit", "collect_output", "restore"]
 
 
 @pytest.mark.parametrize("fail", ["save"])
@@ -162,6 +171,7 @@ async def test_compression_then_restore_from_the_compressed_payload(rig: Rig) ->
     record = await rig.running("a", **SMALL)
     lz4 = CompressionConfig(enabled=True, algorithm="lz4")
     await rig.manager.standby(record.id, compression=lz4)
+    await rig.manager.jobs.wait(f"vmm-exit:{record.id}")  # compression starts after it
     await rig.manager.jobs.wait(f"saved:{record.id}")
     saved = rig.core.current(record.id).standby
     assert saved is not None and saved.compression_state == "compressed"

@@ -17,12 +17,13 @@ from ember.instances.saved.compress import (
 )
 from ember.instances.saved.place import copy_disks, place_saved_vm
 from ember.instances.saved.restore import RESTORE_STEPS, Step, discard_saved, restore
-from ember.instances.saved.slots import cancel_instance_jobs, instance_slot
+from ember.instances.saved.slots import await_vmm_exit, cancel_instance_jobs, instance_slot
 
 __all__ = [
     "RESTORE_STEPS",
     "SavedSlot",
     "Step",
+    "await_vmm_exit",
     "cancel_instance_jobs",
     "capture_saved_vm",
     "copy_disks",

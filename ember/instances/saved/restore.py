@@ -49,7 +49,7 @@ from ember.instances.saved.identity import (
     quiet_network,
     set_clock,
 )
-from ember.instances.saved.slots import instance_slot
+from ember.instances.saved.slots import await_vmm_exit, instance_slot
 from ember.instances.state import State
 from ember.network import Lease
 from ember.snapshots.models import SavedVM
@@ -166,6 +166,7 @@ async def restore(
             raise invalid(record, "restore", "only an instance in Standby can be restored")
         admit(core, record)
         started = time.monotonic()
+        await await_vmm_exit(jobs, instance_id)  # a standby just taken: its VMM goes first
         lease = network.lease(instance_id) if network is not None else None
         foreign = lease if record.standby.foreign_network else None
         run = Restoring(core, jobs, record, record.standby, foreign, network)

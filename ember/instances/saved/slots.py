@@ -11,7 +11,7 @@ from ember.instances.state import State
 from ember.snapshots.models import SavedVM
 from ember.tasks import BackgroundJobs
 
-__all__ = ["cancel_instance_jobs", "instance_slot"]
+__all__ = ["await_vmm_exit", "cancel_instance_jobs", "instance_slot", "vmm_exit_key"]
 
 
 def instance_slot(core: InstanceCore, instance_id: str) -> SavedSlot:
@@ -36,8 +36,19 @@ def instance_slot(core: InstanceCore, instance_id: str) -> SavedSlot:
     )
 
 
+def vmm_exit_key(instance_id: str) -> str:
+    """The job in which a standby's VMM quits and the monitor lets go of its boot."""
+    return f"vmm-exit:{instance_id}"
+
+
+async def await_vmm_exit(jobs: BackgroundJobs, instance_id: str) -> None:
+    """Until the VMM of a standby just taken is gone (its TAP and sockets free)."""
+    await jobs.wait(vmm_exit_key(instance_id))
+
+
 async def cancel_instance_jobs(jobs: BackgroundJobs, instance_id: str) -> None:
-    """Stop what runs in the background for an instance (its compression, its clock)
-    before its files go."""
+    """Before an instance's files go: its standby's VMM gone, then what else runs in the
+    background for it (its compression, its clock) stopped."""
+    await await_vmm_exit(jobs, instance_id)
     await jobs.cancel(f"saved:{instance_id}")
     await jobs.cancel(f"clock:{instance_id}")
