@@ -134,13 +134,17 @@ class Tasks:
 
     def __init__(self) -> None:
         self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._all: set[asyncio.Task[None]] = set()  # a replaced task is still owned
 
     def spawn(self, key: str, work: Coroutine[Any, Any, None]) -> asyncio.Task[None]:
-        """Run `work` as the task of `key` (replacing the entry of an earlier one)."""
+        """Run `work` as the task of `key` (an earlier one under the key stays owned
+        until it ends)."""
         task = asyncio.get_running_loop().create_task(work)
         self._tasks[key] = task
+        self._all.add(task)
 
         def forget(_: asyncio.Task[None]) -> None:
+            self._all.discard(task)
             if self._tasks.get(key) is task:
                 del self._tasks[key]
 
@@ -163,7 +167,7 @@ class Tasks:
             task.cancel()
 
     async def close(self) -> None:
-        tasks = list(self._tasks.values())
+        tasks = list(self._all)
         for task in tasks:
             task.cancel()
         for task in tasks:

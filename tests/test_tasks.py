@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 
 import pytest
 
-from ember.tasks import PeriodicTask
+from ember.tasks import BackgroundJobs, PeriodicTask, Tasks
 
 log = logging.getLogger("tests.tasks")
 
@@ -69,3 +70,28 @@ async def test_close_before_start_and_twice_is_fine() -> None:
     loop.start()
     await loop.close()
     await loop.close()
+
+
+async def test_tasks_own_every_task_even_one_replaced_under_its_key() -> None:
+    tasks = Tasks()
+    first = tasks.spawn("k", asyncio.sleep(60))
+    second = tasks.spawn("k", asyncio.sleep(60))
+    assert tasks.get("k") is second and "k" in tasks
+    await tasks.close()
+    assert first.cancelled() and second.cancelled() and "k" not in tasks
+
+
+async def test_background_jobs_cancel_sets_the_flag_and_waits() -> None:
+    jobs, seen = BackgroundJobs(), []
+
+    async def job(cancel: threading.Event) -> None:
+        try:
+            await asyncio.sleep(60)
+        finally:
+            seen.append(cancel.is_set())
+
+    jobs.start("saved:x", job)
+    await asyncio.sleep(0)
+    assert jobs.running("saved:x")
+    await jobs.cancel("saved:x")
+    assert seen == [True] and not jobs.running("saved:x")
