@@ -8,6 +8,7 @@ stock guest kernel hangs under it, so such a host must use TCG even though
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,15 +32,36 @@ def hardware_kvm_usable(root: Path = Path("/")) -> bool:
     )
 
 
-def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
-    """Resolve ``EMBER_ACCEL`` (``kvm``, ``tcg`` or ``auto``) to an accelerator."""
-    if requested == "kvm":
-        return "kvm"
-    if requested == "tcg":
-        return "tcg"
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator QEMU runs with, and why (served by `GET /capabilities`)."""
+
+    accel: Accel
+    reason: str
+
+
+def choose_accel(requested: str = "auto", root: Path = Path("/")) -> AccelChoice:
+    """Resolve ``EMBER_ACCEL`` (``kvm``, ``tcg`` or ``auto``): the one place that decides."""
+    if requested in ("kvm", "tcg"):
+        return AccelChoice("kvm" if requested == "kvm" else "tcg", f"EMBER_ACCEL={requested}")
     if requested != "auto":
         raise InvalidArgument(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
-    return "kvm" if hardware_kvm_usable(root) else "tcg"
+    if hardware_kvm_usable(root):
+        return AccelChoice("kvm", "hardware virtualization (vmx/svm) and /dev/kvm are usable")
+    return AccelChoice("tcg", _why_not_kvm(root))
+
+
+def _why_not_kvm(root: Path) -> str:
+    if (root / "sys/module/kvm_pvm").exists():
+        return "this host's KVM is PVM (kvm_pvm), under which a stock guest kernel hangs"
+    if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
+        return "/dev/kvm is missing or not accessible"
+    return "the CPU shows no hardware virtualization flag (vmx/svm)"
+
+
+def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
+    """The accelerator alone (see `choose_accel`)."""
+    return choose_accel(requested, root).accel
 
 
 def host_tsc_khz(cpuinfo: str | None = None) -> int | None:

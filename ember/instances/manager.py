@@ -19,6 +19,7 @@ from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
 from ember.ids import is_id
 from ember.instances import (
+    capacity,
     create,
     delete,
     guestnet,
@@ -208,6 +209,15 @@ class InstanceManager:
             return 0, 0
         counters = await asyncio.to_thread(self.network.counters, record.id)
         return counters or (0, 0)
+
+    def usage(self) -> capacity.Usage:
+        """The host's capacity and what each instance holds (`GET /resources`)."""
+
+        def rates(record: InstanceRecord) -> tuple[int | None, int | None]:
+            lease = self.lease(record)
+            return (lease.download_rate, lease.upload_rate) if lease else (None, None)
+
+        return capacity.usage(self.find(), self.core.limits, self.core.settings, rates)
 
     def health_status(self, record: InstanceRecord) -> HealthStatus:
         return self.health.status(record)
