@@ -12,6 +12,7 @@ from functools import partial
 
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
+from ember.devices import DeviceManager
 from ember.errors import NotFound
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
@@ -39,6 +40,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     volumes: VolumeManager
+    devices: DeviceManager
     dns: DnsServer | None = None
 
     @classmethod
@@ -95,6 +97,7 @@ class Services:
             instances=instances,
             ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
             volumes=volumes,
+            devices=DeviceManager(store),
         )
 
     async def start(self) -> None:

@@ -7,6 +7,8 @@ walks the successes that need a running instance."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import httpx
 
 from ember.testkit import hello_image, push
@@ -58,7 +60,7 @@ def test_walk_without_vm(ember_server: EmberServer, walk: Walk) -> None:
     walk_host(walk)
     walk_images(ember_server, walk)
     walk_volumes(walk)
-    # walk_devices(walk)
+    walk_devices(walk)
     walk_refusals(walk)
     walk_known_missing(walk)
     assert not walk.violations, "\n".join(walk.violations)
@@ -117,6 +119,11 @@ def walk_devices(walk: Walk) -> None:
     assert walk.json("listAvailableDevices", expect=200) == []  # no passthrough hardware here
     walk.call("createDevice", json={"pci_address": "0000:ff:1f.7"}, expect=404)
     walk.call("createDevice", json={"pci_address": "not-a-pci-address"}, expect=400)
+    for device in sorted(Path("/sys/bus/pci/devices").glob("*")):
+        if not (device / "iommu_group").exists():  # this host's are all such
+            refused = walk.call("createDevice", json={"pci_address": device.name}, expect=409)
+            assert "IOMMU" in refused.json()["message"]
+            break
     walk.call("getDevice", MISSING, expect=404)
     walk.call("deleteDevice", MISSING, expect=404)
 

@@ -61,7 +61,6 @@ def walk_running(walk: Walk, ref: str) -> None:
     walk.call("getIngress", ingress["id"], expect=200)
     walk.call("deleteIngress", ingress["id"], expect=204)
     walk.call("restoreInstance", ref, expect=409)  # not in standby
-    walk.call("attachVolume", ref, "nothere", json={"mount_path": "/data"}, expect=404)
 
 
 def walk_standby(walk: Walk, ref: str) -> None:
@@ -94,6 +93,7 @@ def walk_stopped(walk: Walk, ref: str) -> None:
     walk.call("forkInstance", ref, json={"name": "walked-copy"}, expect=201)
     walk.call("forkInstance", ref, json={"name": "walked-copy"}, expect=409)
     walk.call("deleteInstance", "walked-copy", expect=204)
+    walk.call("attachVolume", ref, "nothere", json={"mount_path": "/data"}, expect=404)
     volume = walk.client.post("/volumes", json={"name": "walked", "size_gb": 1}).json()
     walk.call("attachVolume", ref, volume["id"], json={"mount_path": "/data"}, expect=200)
     walk.call("detachVolume", ref, volume["id"], expect=200)
