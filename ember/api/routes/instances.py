@@ -52,6 +52,9 @@ MAX_WAIT_SECONDS = 300.0
     responses=LIFECYCLE_ERRORS,
 )
 async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
+    """An image whose pull is under way is waited for (`EMBER_IMAGE_READY_WAIT_SECONDS`),
+    then answered as 400 `image_not_ready` if it is still not ready."""
+    await svc.images.wait_ready(body.image, svc.settings.image_ready_wait_seconds)
     return answer(svc, await svc.instances.create(body))
 
 
