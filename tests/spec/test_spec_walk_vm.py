@@ -17,11 +17,15 @@ SIZE = {"size": "256MB", "vcpus": 1}
 
 
 def test_walk_with_vm(ember_server: EmberServer, hello_ready: str, walk: Walk) -> None:
-    instance = walk.json(
-        "createInstance",
-        json={"name": "walked", "image": hello_ready, "cmd": ["/hello", "serve"], **SIZE},
-        expect=201,
-    )
+    policies = {
+        "restart_policy": {"policy": "on_failure"},
+        "health_check": {"type": "exec", "exec": {"command": ["/hello"]}},
+        "auto_standby": {"enabled": False},
+        "snapshot_policy": {"compression": {"enabled": True, "algorithm": "lz4"}},
+    }
+    body = {"name": "walked", "image": hello_ready, "cmd": ["/hello", "serve"], **SIZE}
+    instance = walk.json("createInstance", json={**body, **policies}, expect=201)
+    assert policies.keys() <= instance.keys()
     ref = instance["id"]
     walk_running(walk, ref)
     walk_standby(walk, ref)
@@ -54,8 +58,11 @@ def walk_running(walk: Walk, ref: str) -> None:
     walk.call("getInstanceSnapshotSchedule", ref, expect=200)
     walk.call("deleteInstanceSnapshotSchedule", ref, expect=204)
     walk.call("getInstanceSnapshotSchedule", ref, expect=404)
-    rule = {"match": {"hostname": "walked.test", "port": 18080},
-            "target": {"instance": ref, "port": 8080}}  # fmt: skip
+    rule = {
+        "match": {"hostname": "walked.test", "port": 18080},
+        "target": {"instance": ref, "port": 8080},
+        "request_header_auth": {"header": "X-Walk-Key", "value": "k" * 40},
+    }
     ingress = walk.json("createIngress", json={"name": "walked", "rules": [rule]}, expect=201)
     walk.call("createIngress", json={"name": "walked", "rules": [rule]}, expect=409)
     walk.call("getIngress", ingress["id"], expect=200)
@@ -67,7 +74,10 @@ def walk_standby(walk: Walk, ref: str) -> None:
     walk.call("standbyInstance", ref, expect=200)
     walk.call("standbyInstance", ref, expect=409)
     snapshot = walk.json(
-        "createInstanceSnapshot", ref, json={"kind": "Standby", "name": "walked-1"}, expect=201
+        "createInstanceSnapshot",
+        ref,
+        json={"kind": "Standby", "name": "walked-1", "compression": {"enabled": True}},
+        expect=201,
     )
     walk.call("createInstanceSnapshot", ref, json={"kind": "Sideways"}, expect=400)
     walk.call("getSnapshot", snapshot["id"], expect=200)

@@ -87,9 +87,11 @@ class RestartPolicy(BaseModel):
 
 class RestartStatus(BaseModel):
     attempts: int = 0
-    blocked_reason: models.BlockedReason | None = None
+    # Nullable in the spec, but with an enum that lacks null (OAS 3.0.3: null is then
+    # invalid): left out when unset.
+    blocked_reason: Omitted[models.BlockedReason] = None
     last_attempt_at: datetime | None = None
-    last_reason: models.RestartReason | None = None
+    last_reason: Omitted[models.RestartReason] = None
     next_attempt_at: datetime | None = None
 
     @classmethod
