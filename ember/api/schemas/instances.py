@@ -210,7 +210,7 @@ class Instance(BaseModel):
     exit_message: Omitted[str] = None
     has_snapshot: bool = False
     platform: Omitted[str] = None
-    expires_at: datetime | None = None  # null: no automatic expiry
+    expires_at: datetime | None  # null: no automatic expiry (always sent, as the spec asks)
     restart_policy: Omitted[RestartPolicy] = None
     restart_status: Omitted[RestartStatus] = None
     health_check: Omitted[HealthCheck] = None
