@@ -17,8 +17,18 @@ from typing import Any
 import pytest
 from pydantic import BaseModel
 
-from ember.api.schemas import devices, guest, host, ingresses, instances, snapshots, volumes
+from ember.api.schemas import (
+    devices,
+    guest,
+    host,
+    images,
+    ingresses,
+    instances,
+    snapshots,
+    volumes,
+)
 from ember.devices import DeviceRecord, PciDevice
+from ember.images.models import ImageRecord
 from ember.ingress import models as ingress
 from ember.instances import InstanceRecord, autostandby, capacity
 from ember.instances import models as instance
@@ -118,6 +128,16 @@ CONVERTERS: list[tuple[Callable[..., Any], type, dict[str, str]]] = [
     (ingresses.IngressMatch.of, ingress.IngressMatch, {}),
     (ingresses.IngressTarget.of, ingress.IngressTarget, {}),
     (ingresses.RequestHeaderAuth.of, ingress.RequestHeaderAuth, {}),
+    (
+        images.Image.of,
+        ImageRecord,
+        {
+            "id": "images are named by reference; the id is internal",
+            "source": "pulled or pushed: how it came, not what it is",
+            "requested_platform": "the request's platform; `platform` is what was pulled",
+            "user": "Hypeman's Image has no user field",
+        },
+    ),
     (devices.Device.of, DeviceRecord, {}),
     (
         devices.AvailableDevice.of,

@@ -81,6 +81,9 @@ def walk_images(server: EmberServer, walk: Walk) -> None:
         assert wait_image(server, f"127.0.0.1:{server.port}/hello:{tag}")["status"] == "ready"
     walk.call("createImage", json={"name": name}, expect=202)
     walk.call("createImage", json={"name": "UPPER CASE"}, expect=400)
+    # Accepted at once, pulled later (it fails: no such repository): a pending answer.
+    pending = f"127.0.0.1:{server.port}/nothere:1"
+    assert walk.json("createImage", json={"name": pending}, expect=202)["status"] != "ready"
     walk.call("listImages", expect=200)
     walk.call("getImage", name, expect=200)
     walk.call("getImage", "nothere:latest", expect=404)

@@ -26,6 +26,7 @@ def test_walk_with_vm(ember_server: EmberServer, hello_ready: str, walk: Walk) -
     body = {"name": "walked", "image": hello_ready, "cmd": ["/hello", "serve"], **SIZE}
     instance = walk.json("createInstance", json={**body, **policies}, expect=201)
     assert policies.keys() <= instance.keys()
+    walk.call("createInstance", json=body, expect=409)  # the name is taken
     ref = instance["id"]
     walk_running(walk, ref)
     walk_standby(walk, ref)
@@ -39,10 +40,11 @@ def test_walk_with_vm(ember_server: EmberServer, hello_ready: str, walk: Walk) -
 
 def walk_running(walk: Walk, ref: str) -> None:
     walk.call("getInstance", ref, expect=200)
-    walk.call("listInstances", expect=200)
     walk.call(
         "waitForInstanceState", ref, params={"state": "Running", "timeout": "60s"}, expect=200
     )
+    running = walk.json("listInstances", params={"state": "Running"}, expect=200)
+    assert [i["id"] for i in running] == [ref]
     walk.call("updateInstance", ref, json={"tags": {"walked": "yes"}}, expect=200)
     walk.call("updateInstance", ref, json={"ttl": "soon"}, expect=400)
     walk.call("statInstancePath", ref, params={"path": "/hello"}, expect=200)
@@ -106,5 +108,6 @@ def walk_stopped(walk: Walk, ref: str) -> None:
     walk.call("attachVolume", ref, "nothere", json={"mount_path": "/data"}, expect=404)
     volume = walk.client.post("/volumes", json={"name": "walked", "size_gb": 1}).json()
     walk.call("attachVolume", ref, volume["id"], json={"mount_path": "/data"}, expect=200)
+    walk.call("deleteVolume", volume["id"], expect=409)  # attached
     walk.call("detachVolume", ref, volume["id"], expect=200)
     walk.call("deleteSnapshot", snapshot["id"], expect=204)
