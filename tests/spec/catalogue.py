@@ -25,7 +25,7 @@ KNOWN_MISSING: dict[str, str] = {
 }
 
 # Operations only a running (or once-running) instance can answer with success: walked by
-# `test_spec_walk_vm.py`. Every other operation is walked without a VM.
+# `test_spec_walk_vm.py` (their refusals are walked without a VM too).
 WALKED_WITH_VM: frozenset[str] = frozenset(
     {
         "createInstance", "getInstance", "listInstances", "updateInstance", "deleteInstance",
@@ -36,5 +36,15 @@ WALKED_WITH_VM: frozenset[str] = frozenset(
         "statInstancePath", "waitForInstanceState", "getAutoStandbyStatus", "holdAutoStandby",
         "getInstanceStats", "attachVolume", "detachVolume", "createIngress", "getIngress",
         "deleteIngress",
+    }
+)  # fmt: skip
+
+# Operations walked without a VM (`test_spec_walk.py`): their successes need no instance.
+WALKED_WITHOUT_VM: frozenset[str] = frozenset(
+    {
+        "getHealth", "getCapabilities", "getResources", "listImages", "createImage", "getImage",
+        "deleteImage", "listVolumes", "createVolume", "createVolumeFromArchive", "getVolume",
+        "deleteVolume", "listDevices", "createDevice", "listAvailableDevices", "getDevice",
+        "deleteDevice", "listIngresses",
     }
 )  # fmt: skip
