@@ -51,6 +51,7 @@ def walk_running(walk: Walk, ref: str) -> None:
     missing = walk.json("statInstancePath", ref, params={"path": "/nothere"}, expect=200)
     assert missing["exists"] is False
     walk.call("getInstanceStats", ref, expect=200)
+    walk.call("getResources", expect=200)  # with the instance's allocation
     walk.call("getInstanceLogs", ref, params={"tail": "5"}, expect=200)
     walk.call("getAutoStandbyStatus", ref, expect=200)
     walk.call("holdAutoStandby", ref, expect=200)
@@ -97,6 +98,7 @@ def walk_standby(walk: Walk, ref: str) -> None:
 def walk_stopped(walk: Walk, ref: str) -> None:
     walk.call("stopInstance", ref, expect=200)
     walk.call("stopInstance", ref, expect=409)
+    walk.call("getResources", expect=200)  # a stopped instance holds no CPU or memory
     snapshot = walk.json("createInstanceSnapshot", ref, json={"kind": "Stopped"}, expect=201)
     walk.call(
         "restoreInstanceSnapshot", ref, snapshot["id"], json={"target_state": "Stopped"},
