@@ -320,6 +320,17 @@ class InstanceManager:
 
     # ---- snapshots, forks, schedules (snapshot.py, fork.py, ember/snapshots) -----------
 
+    def find_snapshots(
+        self,
+        *,
+        kind: SnapshotKind | None = None,
+        name: str | None = None,
+        instance_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> list[SnapshotRecord]:
+        """Oldest first; every given filter must hold."""
+        return self.snapshots.store.find(kind=kind, name=name, instance_id=instance_id, tags=tags)
+
     async def create_snapshot(
         self,
         ref: str,

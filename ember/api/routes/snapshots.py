@@ -46,7 +46,7 @@ async def list_snapshots(
     name: str | None = None,
     source_instance_id: str | None = None,
 ) -> list[Snapshot]:
-    found = svc.instances.snapshots.store.find(
+    found = svc.instances.find_snapshots(
         kind=kind, name=name, instance_id=source_instance_id, tags=tag_filter(request)
     )
     return [Snapshot.of(s) for s in found]
