@@ -1,18 +1,19 @@
-"""Discovery and registration over a sysfs tree laid out as the kernel lays it out.
-
-The host's own sysfs is walked by `tests/spec/test_spec_walk.py` (it has no IOMMU
-here); these trees give the cases this host cannot: IOMMU groups, GPUs, vfio-pci."""
+"""Discovery and registration over sysfs trees laid out as the kernel lays them out,
+for the cases this host cannot give (IOMMU groups, a GPU on vfio-pci), and over this
+host's own sysfs through the official client (no IOMMU here)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 import pytest
+from hypeman import ConflictError, Hypeman, NotFoundError
 
 from ember.devices import DeviceManager
 from ember.devices.sysfs import list_devices, passthrough_candidates
 from ember.errors import Conflict, InvalidArgument, NotFound
 from ember.store import Store
+from ember.testkit.ember_server import EmberServer
 
 GPU = "0000:a2:00.0"
 NIC = "0000:03:00.0"
@@ -74,3 +75,21 @@ def test_registration_checks_the_host(sys_root: Path, tmp_path: Path) -> None:
     manager.delete("nic")
     with pytest.raises(NotFound):
         manager.get("nic")
+
+
+def test_the_official_client_sees_this_hosts_devices(ember_server: EmberServer) -> None:
+    """This host has no IOMMU: nothing to pass through, and registering says why."""
+    client = Hypeman(base_url=ember_server.url, api_key=ember_server.token())
+    assert client.devices.list_available() == []
+    assert client.devices.list() == []
+    lone = next(
+        (d.name for d in sorted(Path("/sys/bus/pci/devices").glob("*"))
+         if not (d / "iommu_group").exists()),
+        None,
+    )  # fmt: skip
+    if lone is None:
+        pytest.skip("every PCI device of this host is in an IOMMU group")
+    with pytest.raises(ConflictError, match="IOMMU"):
+        client.devices.create(pci_address=lone)
+    with pytest.raises(NotFoundError):
+        client.devices.create(pci_address="0000:ff:1f.7")
