@@ -28,7 +28,7 @@ Omitted = Annotated[
 ]
 
 
-def name_field(description: str) -> Any:
+def name_field(description: str, default: Any = ...) -> Any:
     """A `name` request field documented with the name rule of `ember.validation` (the
     manager enforces it with a message naming the field; pydantic's would say less)."""
-    return Field(description=description, json_schema_extra=NAME_SCHEMA)
+    return Field(default, description=description, json_schema_extra=NAME_SCHEMA)

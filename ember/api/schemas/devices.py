@@ -4,9 +4,13 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from pydantic import BaseModel, ConfigDict, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
+from ember.api.schemas.base import name_field
 from ember.devices import DeviceRecord, DeviceType, PciDevice
+from ember.devices.sysfs import PCI_ADDRESS_RE
+
+PCI_PATTERN = PCI_ADDRESS_RE.pattern
 
 
 class Device(BaseModel):
@@ -60,6 +64,8 @@ class AvailableDevice(BaseModel):
 class CreateDeviceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    pci_address: StrictStr
-    name: StrictStr | None = None
+    pci_address: StrictStr = Field(
+        description="PCI address, e.g. 0000:a2:00.0", json_schema_extra={"pattern": PCI_PATTERN}
+    )
+    name: StrictStr | None = name_field("Default: pci-<address with dashes>", None)
     tags: dict[str, str] | None = None

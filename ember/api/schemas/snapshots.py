@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
-from ember.api.schemas.base import Omitted
+from ember.api.schemas.base import Omitted, name_field
 from ember.hypervisor import HypervisorName
 
 # The domain's config, a request type; a field named `compression` would shadow a module.
@@ -90,7 +90,7 @@ class RestoreSnapshotRequest(BaseModel):
 class ForkInstanceRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr
+    name: StrictStr = name_field("The new instance's name")
     from_running: StrictBool = False
     target_state: TargetState | None = None
 
@@ -98,7 +98,7 @@ class ForkInstanceRequest(BaseModel):
 class ForkSnapshotRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: StrictStr
+    name: StrictStr = name_field("The new instance's name")
     target_state: TargetState | None = None
     target_hypervisor: HypervisorName | None = None
 
