@@ -46,17 +46,43 @@ def choose_accel(requested: str = "auto", root: Path = Path("/")) -> AccelChoice
         return AccelChoice("kvm" if requested == "kvm" else "tcg", f"EMBER_ACCEL={requested}")
     if requested != "auto":
         raise InvalidArgument(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
-    if hardware_kvm_usable(root):
+    problem = kvm_problem(root)
+    if problem is None:
         return AccelChoice("kvm", "hardware virtualization (vmx/svm) and /dev/kvm are usable")
-    return AccelChoice("tcg", _why_not_kvm(root))
+    return AccelChoice("tcg", problem.why)
 
 
-def _why_not_kvm(root: Path) -> str:
+@dataclass(frozen=True)
+class KvmProblem:
+    """Why hardware KVM cannot be used here, and what would change that."""
+
+    why: str
+    fix: str
+
+
+def kvm_problem(root: Path = Path("/")) -> KvmProblem | None:
+    """None when hardware KVM is usable (the tests of `hardware_kvm_usable`, explained)."""
     if (root / "sys/module/kvm_pvm").exists():
-        return "this host's KVM is PVM (kvm_pvm), under which a stock guest kernel hangs"
+        return KvmProblem(
+            "this host's KVM is PVM (kvm_pvm), under which a stock guest kernel hangs",
+            "none needed: TCG is right on a PVM host; a host with VT-x/AMD-V boots faster",
+        )
+    if not (root / "dev/kvm").exists():
+        return KvmProblem(
+            "/dev/kvm does not exist",
+            "enable VT-x/AMD-V (or nested virtualization), modprobe kvm_intel or kvm_amd",
+        )
     if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
-        return "/dev/kvm is missing or not accessible"
-    return "the CPU shows no hardware virtualization flag (vmx/svm)"
+        return KvmProblem(
+            "/dev/kvm is not readable and writable by this user",
+            "run as root, or add this user to the kvm group",
+        )
+    if not hardware_kvm_usable(root):
+        return KvmProblem(
+            "the CPU flags show neither vmx nor svm",
+            "enable VT-x/AMD-V in the firmware, or nested virtualization in the hypervisor",
+        )
+    return None
 
 
 def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
