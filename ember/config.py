@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     build_concurrency: int = Field(default=2, ge=1)
     # Registries reachable over plain HTTP (host[:port]); loopback always is.
     insecure_registries: list[str] = Field(default_factory=list)
+    # `POST /instances` for an image still being pulled waits this long for it to be ready
+    # (as Hypeman does: clients create the image and the instance back to back).
+    image_ready_wait_seconds: float = Field(default=10.0, ge=0)
     accel: Literal["auto", "kvm", "tcg"] = "auto"
     # How long a graceful stop waits for the workload before the VM is forced off.
     stop_timeout_seconds: float = Field(default=10.0, gt=0)

@@ -24,6 +24,7 @@ from typing import Protocol
 
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
+from ember.devices import DeviceManager
 from ember.errors import NotFound
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
@@ -163,6 +164,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     volumes: VolumeManager
+    devices: DeviceManager
     instance_services: InstanceServices
     dns: DnsServer | None = None
 
@@ -234,6 +236,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         instances=instances,
         ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
         volumes=volumes,
+        devices=DeviceManager(store),
         instance_services=instance_services,
     )
 

@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import re
 
+from pydantic.config import JsonDict
+
 from ember.errors import InvalidArgument
 
 NAME_MAX = 63
 NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
+# The same rule as a JSON Schema fragment, for the OpenAPI document.
+NAME_SCHEMA: JsonDict = {"pattern": NAME_RE.pattern, "minLength": 1, "maxLength": NAME_MAX}
 TAGS_MAX = 50
 TAG_KEY_RE = re.compile(r"^[A-Za-z0-9 _.:/=+@-]+$")
 TAG_KEY_MAX = 128

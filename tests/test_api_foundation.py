@@ -288,4 +288,10 @@ def test_openapi_describes_every_answer_field(tmp_path: Path) -> None:
     assert {"hotplug_size", "disk_io_bps", "exit_message", "network", "health_status"} <= set(
         instance
     )
-    assert set(schemas["Instance"]["required"]) == {"id", "name", "image", "state", "created_at"}
+    # What the spec requires, and what every answer carries besides (never left out).
+    assert {"id", "name", "image", "state", "created_at", "expires_at", "network"} <= set(
+        schemas["Instance"]["required"]
+    )
+    assert not {"hotplug_size", "restart_policy", "health_status"} & set(
+        schemas["Instance"]["required"]
+    )

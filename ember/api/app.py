@@ -15,6 +15,7 @@ from ember.api.deps import require_auth
 from ember.api.errors import document_errors, error_response_doc, install_error_handlers
 from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
+    devices,
     guest_access,
     health,
     host,
@@ -37,6 +38,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     volumes.router,
     ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
     host.router,  # /resources, /capabilities
+    devices.router,
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
 ]

@@ -20,6 +20,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from ember.errors import EmberError
 
@@ -123,12 +124,34 @@ def _operations(spec: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def error_response(
-    status: int, code: str, message: str, details: list[dict[str, str]] | None = None
+    status: int,
+    code: str,
+    message: str,
+    details: list[dict[str, str]] | None = None,
+    headers: dict[str, str] | None = None,
 ) -> JSONResponse:
     body: dict[str, Any] = {"code": code, "message": message}
     if details:
         body["details"] = details
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = "Bearer"
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+# The built-in registry's paths: errors there take the distribution spec's body.
+REGISTRY_PREFIX = "/v2"
+
+
+def oci_error(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The OCI distribution spec's error body (`{"errors": [...]}`), which registry
+    clients such as skopeo and docker read."""
+    headers = dict(headers or {})
+    if status == 401:
+        headers["WWW-Authenticate"] = 'Basic realm="ember"'
+    body = {"errors": [{"code": code, "message": message}]}
     return JSONResponse(body, status_code=status, headers=headers)
 
 
@@ -163,10 +186,38 @@ async def _on_ember_error(_: Request, exc: Exception) -> JSONResponse:
     return error_response(exc.status, exc.code, exc.message)
 
 
-async def _on_http_error(_: Request, exc: Exception) -> JSONResponse:
+# OCI codes for what the router itself answers under `/v2` (no such path, wrong method).
+_OCI_CODES = {404: "NAME_UNKNOWN", 405: "UNSUPPORTED"}
+
+
+async def _on_http_error(request: Request, exc: Exception) -> JSONResponse:
+    """The router's own answers (404, 405 with its `Allow` header), in the body the
+    path's clients read."""
     assert isinstance(exc, HTTPException)
+    headers = dict(exc.headers or {})
+    if exc.status_code == 405:  # Starlette names the methods of one route; list them all
+        headers["Allow"] = ", ".join(_allowed_methods(request)) or headers.get("Allow", "")
+    path = request.url.path
+    if path == REGISTRY_PREFIX or path.startswith(REGISTRY_PREFIX + "/"):
+        code = _OCI_CODES.get(exc.status_code, "UNSUPPORTED")
+        return oci_error(exc.status_code, code, str(exc.detail), headers)
     code = _HTTP_CODES.get(exc.status_code, "error")
-    return error_response(exc.status_code, code, str(exc.detail))
+    return error_response(exc.status_code, code, str(exc.detail), headers=headers)
+
+
+_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+def _allowed_methods(request: Request) -> list[str]:
+    """Every method some route takes on this path (asked of each route, as the router
+    asks: included routers hide their routes' own method sets)."""
+    routes = request.app.router.routes
+    return [
+        method
+        for method in _METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL
+               for route in routes)
+    ]  # fmt: skip
 
 
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:

@@ -96,42 +96,18 @@ def check_qemu() -> Check:
     return Check("QEMU", True, version)
 
 
-def kvm_reason(root: Path = Path("/")) -> tuple[str, str]:
-    """Why hardware KVM is not used (the same tests as ember.hypervisor.accel), and the fix."""
-    if (root / "sys/module/kvm_pvm").exists():
-        return (
-            "the KVM here is PVM (kvm_pvm loaded): stock guest kernels hang under it",
-            "none needed: TCG is right on a PVM host; a host with VT-x/AMD-V boots faster",
-        )
-    if not (root / "dev/kvm").exists():
-        return (
-            "/dev/kvm does not exist",
-            "enable VT-x/AMD-V (or nested virtualization), modprobe kvm_intel or kvm_amd",
-        )
-    if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
-        return (
-            "/dev/kvm is not readable and writable by this user",
-            "run as root, or add this user to the kvm group",
-        )
-    return (
-        "the CPU flags show neither vmx nor svm",
-        "enable VT-x/AMD-V in the firmware, or nested virtualization in the hypervisor",
-    )
-
-
 def check_accel() -> Check:
     from ember.config import Settings
-    from ember.hypervisor.accel import detect_accel, hardware_kvm_usable
+    from ember.hypervisor.accel import choose_accel, kvm_problem
 
     requested = Settings().accel
-    accel = detect_accel(requested)
-    if accel == "kvm":
-        if requested == "kvm" and not hardware_kvm_usable():
-            why, fix = kvm_reason()
-            return Check("Accelerator", False, f"EMBER_ACCEL=kvm but {why}", fix)
+    choice, problem = choose_accel(requested), kvm_problem()
+    if choice.accel == "kvm":
+        if problem is not None:  # EMBER_ACCEL=kvm on a host whose KVM does not work
+            return Check("Accelerator", False, f"EMBER_ACCEL=kvm but {problem.why}", problem.fix)
         return Check("Accelerator", True, "KVM (hardware virtualization)")
-    why, fix = ("EMBER_ACCEL=tcg", "unset EMBER_ACCEL") if requested == "tcg" else kvm_reason()
-    return Check("Accelerator", True, f"TCG (software emulation, slower): {why}", fix,
+    fix = "unset EMBER_ACCEL" if requested == "tcg" else problem.fix if problem else ""
+    return Check("Accelerator", True, f"TCG (software emulation, slower): {choice.reason}", fix,
                  warning=True)  # fmt: skip
 
 

@@ -8,11 +8,19 @@ they cannot run. Everything else asks the resulting `Hypervisors` map.
 from __future__ import annotations
 
 import shutil
-from typing import Literal, get_args
+from typing import get_args
 
 from ember.errors import InvalidArgument
-from ember.hypervisor.accel import detect_accel
-from ember.hypervisor.base import Capabilities, DiskSpec, Hypervisor, NicSpec, VMHandle, VMSpec
+from ember.hypervisor.accel import AccelChoice, choose_accel
+from ember.hypervisor.base import (
+    Capabilities,
+    DiskSpec,
+    Hypervisor,
+    HypervisorName,
+    NicSpec,
+    VMHandle,
+    VMSpec,
+)
 from ember.hypervisor.qemu import QEMU_BINARY, QemuHypervisor
 
 __all__ = [
@@ -28,9 +36,6 @@ __all__ = [
     "resolve_hypervisors",
 ]
 
-# The `hypervisor` values of the Hypeman API (`qemu-microvm` names the board Ember
-# always uses for QEMU, so it is the same backend as `qemu`).
-HypervisorName = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
 HYPERVISOR_NAMES: tuple[str, ...] = get_args(HypervisorName)
 DEFAULT_HYPERVISOR = "qemu"
 _ALIASES = {"qemu-microvm": "qemu"}
@@ -44,9 +49,19 @@ _NOT_HERE = {
 class Hypervisors:
     """The backends this server can run, by name, and why the others cannot."""
 
-    def __init__(self, backends: dict[str, Hypervisor], unavailable: dict[str, str]) -> None:
+    def __init__(
+        self, backends: dict[str, Hypervisor], unavailable: dict[str, str], accel: AccelChoice
+    ) -> None:
         self._backends = backends
         self.unavailable = unavailable
+        self.accel = accel  # what QEMU runs with, and why
+
+    def backend(self, name: str) -> Hypervisor | None:
+        """The backend for a Hypeman `hypervisor` value, or None where it cannot run."""
+        return self._backends.get(_ALIASES.get(name, name))
+
+    def unavailable_reason(self, name: str) -> str:
+        return self.unavailable.get(_ALIASES.get(name, name), "not available on this host")
 
     def get(self, name: str | None = None) -> Hypervisor:
         """The backend for a Hypeman `hypervisor` value; InvalidArgument if unusable here."""
@@ -73,8 +88,9 @@ def resolve_hypervisors(accel: str = "auto") -> Hypervisors:
     """Detect the accelerator once and build the backends this host can run."""
     backends: dict[str, Hypervisor] = {}
     unavailable = {name: f"{why}; use 'qemu'" for name, why in _NOT_HERE.items()}
+    choice = choose_accel(accel)
     if shutil.which(QEMU_BINARY) is None:
         unavailable["qemu"] = f"{QEMU_BINARY} is not installed"
     else:
-        backends["qemu"] = QemuHypervisor(detect_accel(accel))
-    return Hypervisors(backends, unavailable)
+        backends["qemu"] = QemuHypervisor(choice.accel)
+    return Hypervisors(backends, unavailable, choice)

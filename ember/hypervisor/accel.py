@@ -8,6 +8,7 @@ stock guest kernel hangs under it, so such a host must use TCG even though
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
@@ -31,15 +32,62 @@ def hardware_kvm_usable(root: Path = Path("/")) -> bool:
     )
 
 
-def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
-    """Resolve ``EMBER_ACCEL`` (``kvm``, ``tcg`` or ``auto``) to an accelerator."""
-    if requested == "kvm":
-        return "kvm"
-    if requested == "tcg":
-        return "tcg"
+@dataclass(frozen=True)
+class AccelChoice:
+    """The accelerator QEMU runs with, and why (served by `GET /capabilities`)."""
+
+    accel: Accel
+    reason: str
+
+
+def choose_accel(requested: str = "auto", root: Path = Path("/")) -> AccelChoice:
+    """Resolve ``EMBER_ACCEL`` (``kvm``, ``tcg`` or ``auto``): the one place that decides."""
+    if requested in ("kvm", "tcg"):
+        return AccelChoice("kvm" if requested == "kvm" else "tcg", f"EMBER_ACCEL={requested}")
     if requested != "auto":
         raise InvalidArgument(f"unknown accelerator {requested!r}: use kvm, tcg or auto")
-    return "kvm" if hardware_kvm_usable(root) else "tcg"
+    problem = kvm_problem(root)
+    if problem is None:
+        return AccelChoice("kvm", "hardware virtualization (vmx/svm) and /dev/kvm are usable")
+    return AccelChoice("tcg", problem.why)
+
+
+@dataclass(frozen=True)
+class KvmProblem:
+    """Why hardware KVM cannot be used here, and what would change that."""
+
+    why: str
+    fix: str
+
+
+def kvm_problem(root: Path = Path("/")) -> KvmProblem | None:
+    """None when hardware KVM is usable (the tests of `hardware_kvm_usable`, explained)."""
+    if (root / "sys/module/kvm_pvm").exists():
+        return KvmProblem(
+            "this host's KVM is PVM (kvm_pvm), under which a stock guest kernel hangs",
+            "none needed: TCG is right on a PVM host; a host with VT-x/AMD-V boots faster",
+        )
+    if not (root / "dev/kvm").exists():
+        return KvmProblem(
+            "/dev/kvm does not exist",
+            "enable VT-x/AMD-V (or nested virtualization), modprobe kvm_intel or kvm_amd",
+        )
+    if not os.access(root / "dev/kvm", os.R_OK | os.W_OK):
+        return KvmProblem(
+            "/dev/kvm is not readable and writable by this user",
+            "run as root, or add this user to the kvm group",
+        )
+    if not hardware_kvm_usable(root):
+        return KvmProblem(
+            "the CPU flags show neither vmx nor svm",
+            "enable VT-x/AMD-V in the firmware, or nested virtualization in the hypervisor",
+        )
+    return None
+
+
+def detect_accel(requested: str = "auto", root: Path = Path("/")) -> Accel:
+    """The accelerator alone (see `choose_accel`)."""
+    return choose_accel(requested, root).accel
 
 
 def host_tsc_khz(cpuinfo: str | None = None) -> int | None:

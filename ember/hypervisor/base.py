@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,8 +80,13 @@ class VMHandle:
     agent_socket: Path
 
 
+# The `hypervisor` values of the Hypeman API (`qemu-microvm` names the board Ember
+# always uses for QEMU, so it is the same backend as `qemu`). Declared once, here.
+HypervisorName = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
+
+
 class Hypervisor(Protocol):
-    name: str
+    name: HypervisorName
     capabilities: Capabilities
 
     async def start(self, spec: VMSpec) -> VMHandle:

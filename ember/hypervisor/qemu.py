@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, SavedState, VMHandle, VMSpec
+from ember.hypervisor.base import Capabilities, HypervisorName, SavedState, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -178,7 +178,7 @@ def _opt(path: Path) -> str:
 
 
 class QemuHypervisor:
-    name = "qemu"
+    name: HypervisorName = "qemu"
     # microvm has no memory/device hotplug.
     capabilities = Capabilities(snapshot=True, disk_io_limit=True)
 

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+import time
 from collections.abc import Callable, Iterable
 from functools import partial
 from pathlib import Path
@@ -43,6 +44,7 @@ SUPPORTED_PLATFORMS = ("linux/amd64", "linux/arm64")
 # A `POST /images` of a ready tag asks the registry once, this long at most, whether the
 # tag has moved; no answer keeps the image pulled before.
 RESOLVE_TIMEOUT = 5.0
+WAIT_POLL_SECONDS = 0.1  # how often `wait_ready` looks at the image's status
 # The names of the instances booting from a digest; passed in by the server (instances
 # depend on images, never the reverse).
 DigestUsers = Callable[[str], list[str]]
@@ -183,6 +185,20 @@ class ImageManager:
         if record.status not in (ImageStatus.PULLING, ImageStatus.CONVERTING):
             return None
         return self._progress.get(record.id)
+
+    async def wait_ready(self, name: str, timeout: float) -> None:
+        """Wait up to `timeout` seconds while the image `name` is being pulled, so that
+        an instance created right after `POST /images` finds it ready. Returns at once
+        for an image that is ready, failed or unknown (the caller's lookup says which)."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                record = self.get(name)
+            except EmberError:
+                return
+            if record.status in (ImageStatus.READY, ImageStatus.FAILED):
+                return
+            await asyncio.sleep(WAIT_POLL_SECONDS)
 
     def rootfs_path(self, record: ImageRecord) -> Path:
         if record.status != ImageStatus.READY:  # 400 as in Hypeman: the request names it

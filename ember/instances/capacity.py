@@ -12,9 +12,11 @@ and what is listed is the sum of the per-instance limits.
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ember.config import Settings
 from ember.instances.models import InstanceRecord
 from ember.instances.plan import HostLimits
 from ember.instances.state import ACTIVE
@@ -41,6 +43,54 @@ class Allocation:
     disk_io_bps: int | None
     network_download_bps: int | None
     network_upload_bps: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Every figure of `GET /resources`."""
+
+    cpu: Status
+    memory: Status
+    disk: Status
+    disk_io: Status
+    network: Status
+    allocations: list[Allocation]
+
+
+def usage(
+    records: list[InstanceRecord],
+    limits: HostLimits,
+    settings: Settings,
+    rates: Callable[[InstanceRecord], tuple[int | None, int | None]],
+) -> Usage:
+    """The host's figures; `rates` gives an instance's (download, upload) limits."""
+    up = {r.id for r in active(records)}
+    allocations = [_allocation(r, r.id in up, *rates(r)) for r in records]
+    running = [a for a in allocations if a.instance_id in up]
+    return Usage(
+        cpu=cpu(records, limits, settings.cpu_oversubscription),
+        memory=memory(records, limits, settings.memory_oversubscription),
+        disk=disk(settings.data_dir),
+        disk_io=limits_only("disk_io", sum(a.disk_io_bps or 0 for a in running)),
+        network=limits_only("network", sum(a.network_download_bps or 0 for a in running)),
+        allocations=allocations,
+    )
+
+
+def _allocation(
+    record: InstanceRecord, up: bool, download: int | None, upload: int | None
+) -> Allocation:
+    """What an instance holds: CPU and memory only while its VMM is up."""
+    return Allocation(
+        instance_id=record.id,
+        instance_name=record.name,
+        cpu=record.vcpus if up else None,
+        memory_bytes=record.memory_bytes if up else None,
+        disk_bytes=record.overlay_bytes,
+        disk_io_bps=record.disk_io_bps,
+        network_download_bps=download,
+        network_upload_bps=upload,
+    )
 
 
 def _status(kind: str, capacity: int, ratio: float, allocated: int, source: str) -> Status:

@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.ids import is_id
-from ember.instances import create, delete, monitor, mounts, start, stop, update
+from ember.instances import capacity, create, delete, monitor, mounts, start, stop, update
 from ember.instances import fork as forking
 from ember.instances import standby as standing
 from ember.instances.autostandby import AutoStandby, Report
@@ -151,6 +151,15 @@ class InstanceManager:
         counters = await asyncio.to_thread(self.network.counters, record.id)
         return counters or (0, 0)
 
+    def usage(self) -> capacity.Usage:
+        """The host's capacity and what each instance holds (`GET /resources`)."""
+
+        def rates(record: InstanceRecord) -> tuple[int | None, int | None]:
+            lease = self.lease(record)
+            return (lease.download_rate, lease.upload_rate) if lease else (None, None)
+
+        return capacity.usage(self.find(), self.core.limits, self.core.settings, rates)
+
     def health_status(self, record: InstanceRecord) -> HealthStatus:
         return self.health.status(record)
 
@@ -225,6 +234,17 @@ class InstanceManager:
         return await restore(self.core, self.jobs, self.network, self.get(ref).id)
 
     # ---- snapshots, forks, schedules (snapshot.py, fork.py, ember/snapshots) -----------
+
+    def find_snapshots(
+        self,
+        *,
+        kind: SnapshotKind | None = None,
+        name: str | None = None,
+        instance_id: str | None = None,
+        tags: dict[str, str] | None = None,
+    ) -> list[SnapshotRecord]:
+        """Oldest first; every given filter must hold."""
+        return self.snapshots.store.find(kind=kind, name=name, instance_id=instance_id, tags=tags)
 
     async def create_snapshot(
         self,

@@ -8,6 +8,7 @@ from typing import Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ember.guest.config import GuestConfig
+from ember.hypervisor import HypervisorName
 from ember.images.models import utcnow
 from ember.instances.state import State
 from ember.snapshots.compression import CompressionConfig
@@ -24,10 +25,15 @@ class SnapshotPolicy(BaseModel):
     standby_compression_delay: str | None = None  # Go duration
 
 
+RestartMode = Literal["never", "always", "on_failure"]
+BlockedReason = Literal["manual_stop", "max_attempts_exceeded"]
+RestartReason = Literal["health_check_failed"]
+
+
 class RestartPolicy(BaseModel):
     """Hypeman's `restart_policy`, defaults filled in (durations kept as Go strings)."""
 
-    policy: Literal["never", "always", "on_failure"] = "never"
+    policy: RestartMode = "never"
     backoff: str = "5s"
     max_attempts: int = 0  # 0: unlimited
     stable_after: str | None = None
@@ -38,9 +44,9 @@ class RestartStatus(BaseModel):
     restarted server goes on supervising."""
 
     attempts: int = 0
-    blocked_reason: Literal["manual_stop", "max_attempts_exceeded"] | None = None
+    blocked_reason: BlockedReason | None = None
     last_attempt_at: datetime | None = None
-    last_reason: Literal["health_check_failed"] | None = None
+    last_reason: RestartReason | None = None
     next_attempt_at: datetime | None = None
     # Internal (not in the answer): the boot (its started_at) whose end was decided, and
     # the boot a failing health check brought down.
@@ -110,7 +116,7 @@ class InstanceRecord(StoredRecord):
     image_digest: str
     state: State = State.CREATED
     state_error: str | None = None
-    hypervisor: str = "qemu"
+    hypervisor: HypervisorName = "qemu"
     vcpus: int = 1
     memory_bytes: int
     overlay_bytes: int

@@ -15,6 +15,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, Strict
 
 from ember.hypervisor import HypervisorName
 from ember.instances.models import SnapshotPolicy
+from ember.validation import NAME_SCHEMA
 
 
 class _Strict(BaseModel):
@@ -98,7 +99,10 @@ class AutoStandbyPolicyRequest(_Strict):
 
 
 class CreateInstanceRequest(_Strict):
-    name: StrictStr = Field(description="Lowercase letters, digits and dashes; at most 63")
+    name: StrictStr = Field(
+        description="Lowercase letters, digits and dashes; at most 63",
+        json_schema_extra=NAME_SCHEMA,
+    )
     image: StrictStr = Field(min_length=1, description="OCI image reference (must be pulled)")
     size: StrictStr = Field(default="1GB", description='Memory, e.g. "1GB", "512MB"')
     hotplug_size: StrictStr | None = None

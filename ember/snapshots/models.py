@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field
 
+from ember.hypervisor import HypervisorName
 from ember.images.models import utcnow
 from ember.snapshots.compression import CompressionConfig, CompressionState
 
@@ -83,7 +84,7 @@ class SnapshotRecord(BaseModel):
     tags: dict[str, str] = Field(default_factory=dict)
     source_instance_id: str
     source_instance_name: str
-    source_hypervisor: str
+    source_hypervisor: HypervisorName
     created_at: datetime = Field(default_factory=utcnow)
     size_bytes: int = 0  # every file of the snapshot, as allocated on disk
     memory: SavedVM | None = None  # Standby snapshots

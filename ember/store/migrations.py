@@ -73,4 +73,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE UNIQUE INDEX snapshots_instance_name ON snapshots (instance_id, name)",
         "CREATE TABLE snapshot_schedules (instance_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
     ),
+    # 9: passthrough devices registered by PCI address (ember/devices).
+    (_resource_table("devices"),),
 ]

@@ -25,7 +25,7 @@ from pathlib import Path
 from ember.errors import Unavailable
 from ember.guest.protocol import CONTROL_CHANNEL, Decoder, Frame, MsgType, encode
 from ember.hypervisor import Capabilities, VMHandle, VMSpec
-from ember.hypervisor.base import SavedState
+from ember.hypervisor.base import HypervisorName, SavedState
 
 __all__ = ["FakeAgent", "FakeHypervisor", "FakeVM"]
 
@@ -90,7 +90,7 @@ class FakeVM:
 class FakeHypervisor:
     """A `Hypervisor` that runs nothing: see the module docstring."""
 
-    name = "qemu"  # stands in for the only backend instances ask for
+    name: HypervisorName = "qemu"  # stands in for the only backend instances ask for
     capabilities = Capabilities(snapshot=True, disk_io_limit=True)
 
     def __init__(

@@ -10,7 +10,13 @@ import pytest
 
 from ember.errors import InvalidArgument, Unavailable
 from ember.hypervisor import DiskSpec, NicSpec, VMSpec, resolve_hypervisors
-from ember.hypervisor.accel import detect_accel, host_tsc_khz
+from ember.hypervisor.accel import (
+    AccelChoice,
+    choose_accel,
+    detect_accel,
+    host_tsc_khz,
+    kvm_problem,
+)
 from ember.hypervisor.qemu import build_command
 from ember.units import parse_size
 from tests.conftest import unallocatable_memory
@@ -23,6 +29,17 @@ def test_accel_detection(tmp_path: Path) -> None:
     with pytest.raises(InvalidArgument):
         detect_accel("hvf")
     assert host_tsc_khz("processor : 0\ncpu MHz\t\t: 2445.404\n") == 2445404
+
+
+def test_accel_choice_says_why(tmp_path: Path) -> None:
+    """One function decides and explains (served by /capabilities and `ember doctor`)."""
+    assert choose_accel("tcg", root=tmp_path) == AccelChoice("tcg", "EMBER_ACCEL=tcg")
+    assert choose_accel("auto", root=tmp_path).reason == "/dev/kvm does not exist"
+    (tmp_path / "sys/module/kvm_pvm").mkdir(parents=True)
+    choice = choose_accel("auto", root=tmp_path)
+    assert choice.accel == "tcg" and "PVM" in choice.reason
+    problem = kvm_problem(tmp_path)
+    assert problem is not None and problem.why == choice.reason
 
 
 def test_unavailable_hypervisors_are_refused_clearly() -> None:

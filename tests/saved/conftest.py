@@ -12,6 +12,7 @@ import pytest
 
 from ember.config import Settings
 from ember.hypervisor import Hypervisors
+from ember.hypervisor.accel import AccelChoice
 from ember.images.models import ImageRecord, ImageStatus
 from ember.instances import InstanceManager
 from ember.instances.layout import InstanceLayout
@@ -134,8 +135,9 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     vmm, lease = FakeHypervisor(), Lease()
     system = BootArtifacts(kernel=top / "vmlinux", initrd=top / "initrd", kernel_version="6",
                            initrd_hash="x")  # fmt: skip
+    hypervisors = Hypervisors({"qemu": vmm}, {}, AccelChoice("tcg", "fake"))
     parts = build_instances(
-        store, settings, images=FakeImages(top), hypervisors=Hypervisors({"qemu": vmm}, {}),
+        store, settings, images=FakeImages(top), hypervisors=hypervisors,
         system=lambda: system, network=None, volumes=VolumeManager(store, settings.data_dir),
         resources=[lease],
     )  # fmt: skip

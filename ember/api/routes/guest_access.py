@@ -22,6 +22,7 @@ from pydantic import BaseModel, Field, ValidationError, field_validator
 from ember.api.auth import bearer_token, verify_token
 from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
+from ember.api.schemas.guest import InstanceStats, PathInfo
 from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
 from ember.guest.client import AgentClient, AgentError, ExecSession
@@ -71,30 +72,6 @@ class CopyRequest(BaseModel):
     uid: int | None = None
     gid: int | None = None
     follow_links: bool = False
-
-
-class PathInfo(BaseModel):
-    exists: bool
-    error: str | None = None
-    is_dir: bool | None = None
-    is_file: bool | None = None
-    is_symlink: bool | None = None
-    link_target: str | None = None
-    mode: int | None = None
-    size: int | None = None
-
-
-class InstanceStats(BaseModel):
-    instance_id: str
-    instance_name: str
-    allocated_memory_bytes: int
-    allocated_vcpus: int
-    cpu_seconds: float
-    memory_rss_bytes: int
-    memory_vms_bytes: int
-    memory_utilization_ratio: float | None = None
-    network_rx_bytes: int = 0
-    network_tx_bytes: int = 0
 
 
 # ---- plain HTTP ------------------------------------------------------------------------

@@ -2,44 +2,20 @@
 
 from __future__ import annotations
 
-from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, Field
 
 from ember.api.deps import ServicesDep
+from ember.api.errors import error_responses
 from ember.api.query import tag_filter
-from ember.ingress.models import IngressRecord, IngressRule
+from ember.api.schemas.ingresses import CreateIngressRequest, Ingress
 
-router = APIRouter(prefix="/ingresses", tags=["ingresses"])
+# Bad input (400), an ingress that is not there (404), a name or host port taken (409).
+router = APIRouter(
+    prefix="/ingresses", tags=["ingresses"], responses=error_responses(400, 404, 409)
+)
 IngressRef = Annotated[str, Path(description="Ingress id, name or unique id prefix")]
-
-
-class Ingress(BaseModel):
-    id: str = Field(description="Auto-generated unique identifier")
-    name: str
-    rules: list[IngressRule]
-    created_at: datetime
-    tags: dict[str, str] | None = None
-
-    @classmethod
-    def of(cls, record: IngressRecord) -> Ingress:
-        return cls(**record.model_dump())
-
-
-class CreateIngressRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(
-        description="Lowercase letters, digits and dashes; cannot start or end with a dash"
-    )
-    rules: list[IngressRule] = Field(
-        description="Routing rules. `match.port` is the host port (default 80, or 443 with "
-        "tls); `match.hostname` is literal or a pattern like `{instance}.example.com` whose "
-        "captures `target.instance` may reference"
-    )
-    tags: dict[str, str] | None = None
 
 
 @router.post("", status_code=201, response_model=Ingress, summary="Create an ingress")

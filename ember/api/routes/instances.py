@@ -2,43 +2,28 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 from collections.abc import AsyncIterator
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Query, Request, Response
 from fastapi.responses import StreamingResponse
-from pydantic import (
-    BaseModel,
-    ConfigDict,
-    Field,
-    StrictBool,
-    StrictStr,
-)
 
 from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.api.query import tag_filter
-from ember.api.services import Services
-from ember.hypervisor import HypervisorName
-from ember.instances import (
-    CreateInstanceRequest,
-    InstanceRecord,
-    StartInstanceRequest,
-    State,
-    autostandby,
-    health,
-    phases,
+from ember.api.schemas.instances import (
+    AttachVolumeRequest,
+    AutoStandbyStatus,
+    Instance,
+    StandbyRequest,
+    WaitResponse,
 )
+from ember.api.services import Services
+from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
 from ember.instances.logs import LogSource
-from ember.instances.models import AutoStandbyPolicy, HealthCheck, RestartPolicy, SnapshotPolicy
 from ember.instances.request import UpdateInstanceRequest
-from ember.network import Lease
-from ember.snapshots.compression import CompressionConfig
-from ember.units import format_size, parse_duration
-from ember.volumes import Attachment
+from ember.units import parse_duration
 
 # Every route resolves an instance reference (404) and validates its input (400).
 router = APIRouter(prefix="/instances", tags=["instances"], responses=error_responses(400, 404))
@@ -46,168 +31,6 @@ router = APIRouter(prefix="/instances", tags=["instances"], responses=error_resp
 # it or a name taken (409), a host that cannot take it now (429), a VMM that failed (503).
 LIFECYCLE_ERRORS = error_responses(409, 429, 503)
 InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
-StateName = Literal[
-    "Created", "Initializing", "Running", "Paused", "Shutdown", "Stopped", "Standby", "Unknown"
-]
-
-
-def _unset(value: object) -> bool:
-    return value is None
-
-
-# A field the spec types as a plain string (not nullable): left out of an answer when unset,
-# never sent as null. Per field, so the OpenAPI document still describes every field.
-OptionalString = Annotated[str | None, Field(exclude_if=_unset)]
-
-
-class InstanceNetwork(BaseModel):
-    enabled: bool = False
-    name: OptionalString = None
-    ip: str | None = None
-    mac: str | None = None
-    bandwidth_download: OptionalString = None
-    bandwidth_upload: OptionalString = None
-
-    @classmethod
-    def of(cls, lease: Lease | None) -> InstanceNetwork:
-        if lease is None:
-            return cls(enabled=False)
-        return cls(
-            enabled=True,
-            name="default",
-            ip=lease.ip,
-            mac=lease.mac,
-            bandwidth_download=_rate(lease.download_rate),
-            bandwidth_upload=_rate(lease.upload_rate),
-        )
-
-
-class VolumeMount(BaseModel):
-    volume_id: str
-    mount_path: str
-    readonly: bool = False
-    overlay: bool = False
-    overlay_size: str | None = None
-
-    @classmethod
-    def of(cls, attachment: Attachment) -> VolumeMount:
-        size = attachment.overlay_size_bytes
-        return cls(
-            volume_id=attachment.volume_id,
-            mount_path=attachment.mount_path,
-            readonly=attachment.readonly,
-            overlay=attachment.overlay,
-            overlay_size=format_size(size) if size else None,
-        )
-
-
-class AttachVolumeRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    mount_path: StrictStr = Field(description="Absolute path in the guest")
-    readonly: StrictBool = False
-
-
-def _rate(bytes_per_second: int | None) -> str | None:
-    return f"{format_size(bytes_per_second)}/s" if bytes_per_second else None
-
-
-class RestartStatus(BaseModel):
-    """Hypeman's `RestartStatus` (the record keeps a little more, for the supervisor)."""
-
-    attempts: int = 0
-    blocked_reason: Literal["manual_stop", "max_attempts_exceeded"] | None = None
-    last_attempt_at: datetime | None = None
-    last_reason: Literal["health_check_failed"] | None = None
-    next_attempt_at: datetime | None = None
-
-    @classmethod
-    def of(cls, record: InstanceRecord) -> RestartStatus:
-        fields = set(cls.model_fields)
-        return cls.model_validate(record.restart_status.model_dump(include=fields))
-
-
-class Instance(BaseModel):
-    id: str
-    name: str
-    image: str
-    state: StateName
-    created_at: datetime
-    state_error: str | None = None
-    size: OptionalString = None
-    hotplug_size: OptionalString = None
-    overlay_size: OptionalString = None
-    disk_io_bps: OptionalString = None
-    vcpus: int | None = None
-    env: dict[str, str] | None = None
-    tags: dict[str, str] | None = None
-    hypervisor: HypervisorName | None = None
-    network: InstanceNetwork | None = None
-    volumes: list[VolumeMount] = []
-    started_at: datetime | None = None
-    stopped_at: datetime | None = None
-    exit_code: int | None = None
-    exit_message: OptionalString = None
-    has_snapshot: bool = False
-    platform: str | None = None
-    expires_at: datetime | None = None  # null: no automatic expiry
-    restart_policy: RestartPolicy | None = None
-    restart_status: RestartStatus | None = None
-    health_check: HealthCheck | None = None
-    health_status: health.HealthStatus | None = None
-    current_phase: str | None = None
-    current_phase_since: datetime | None = None
-    phase_durations_ms: dict[str, int] | None = None
-    auto_standby: AutoStandbyPolicy | None = None
-    snapshot_policy: SnapshotPolicy | None = None
-
-    @classmethod
-    def of(
-        cls,
-        record: InstanceRecord,
-        lease: Lease | None = None,
-        attachments: list[Attachment] | None = None,
-        health: health.HealthStatus | None = None,
-    ) -> Instance:
-        phase, phase_since, durations = phases.describe(record)
-        return cls(
-            **record.model_dump(
-                include={
-                    "id",
-                    "name",
-                    "image",
-                    "state",
-                    "created_at",
-                    "state_error",
-                    "vcpus",
-                    "env",
-                    "tags",
-                    "hypervisor",
-                    "started_at",
-                    "stopped_at",
-                    "exit_code",
-                    "exit_message",
-                    "platform",
-                    "auto_standby",
-                    "snapshot_policy",
-                    "expires_at",
-                    "restart_policy",
-                    "health_check",
-                },
-            ),
-            restart_status=RestartStatus.of(record) if record.restart_policy else None,
-            health_status=health,
-            current_phase=phase,
-            current_phase_since=phase_since,
-            phase_durations_ms=durations,
-            size=format_size(record.memory_bytes),
-            hotplug_size=format_size(record.hotplug_bytes) if record.hotplug_bytes else None,
-            overlay_size=format_size(record.overlay_bytes),
-            disk_io_bps=_rate(record.disk_io_bps),
-            network=InstanceNetwork.of(lease),
-            volumes=[VolumeMount.of(a) for a in attachments or []],
-            has_snapshot=record.standby is not None,
-        )
 
 
 def answer(svc: Services, record: InstanceRecord) -> Instance:
@@ -216,12 +39,6 @@ def answer(svc: Services, record: InstanceRecord) -> Instance:
         record, instances.lease(record), instances.attachments(record),
         instances.health_status(record),
     )  # fmt: skip
-
-
-class WaitResponse(BaseModel):
-    state: StateName
-    timed_out: bool
-    state_error: str | None = None
 
 
 MAX_WAIT_SECONDS = 300.0
@@ -235,14 +52,17 @@ MAX_WAIT_SECONDS = 300.0
     responses=LIFECYCLE_ERRORS,
 )
 async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
+    """An image whose pull is under way is waited for (`EMBER_IMAGE_READY_WAIT_SECONDS`),
+    then answered as 400 `image_not_ready` if it is still not ready."""
+    await svc.images.wait_ready(body.image, svc.settings.image_ready_wait_seconds)
     return answer(svc, await svc.instances.create(body))
 
 
 @router.get("", response_model=list[Instance], summary="List instances")
 async def list_instances(
-    request: Request, svc: ServicesDep, state: StateName | None = None
+    request: Request, svc: ServicesDep, state: State | None = None
 ) -> list[Instance]:
-    records = svc.instances.find(state=State(state) if state else None, tags=tag_filter(request))
+    records = svc.instances.find(state=state, tags=tag_filter(request))
     return [answer(svc, record) for record in records]
 
 
@@ -298,15 +118,6 @@ async def start_instance(
     return answer(svc, await svc.instances.start(ref, cmd=body.cmd, entrypoint=body.entrypoint))
 
 
-class StandbyRequest(BaseModel):
-    """Hypeman's `InstanceStandbyParams`."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    compression: CompressionConfig | None = None
-    compression_delay: str | None = None  # Go duration, e.g. "30s"
-
-
 @router.post(
     "/{id}/standby",
     response_model=Instance,
@@ -337,11 +148,11 @@ async def restore_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 async def wait_instance(
     ref: InstanceRef,
     svc: ServicesDep,
-    state: StateName,
+    state: State,
     timeout: Annotated[str, Query(description='Go duration, e.g. "30s", "2m"; max 5m')] = "60s",
 ) -> WaitResponse:
     record, timed_out = await svc.instances.wait(
-        ref, State(state), min(parse_duration(timeout, field="timeout"), MAX_WAIT_SECONDS)
+        ref, state, min(parse_duration(timeout, field="timeout"), MAX_WAIT_SECONDS)
     )
     return WaitResponse(state=record.state, timed_out=timed_out, state_error=record.state_error)
 
@@ -395,29 +206,6 @@ async def attach_volume(
 )
 async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.detach_volume(ref, volume_id))
-
-
-class AutoStandbyStatus(BaseModel):
-    """Hypeman's `AutoStandbyStatus` (`ember/instances/autostandby.py`)."""
-
-    status: autostandby.Status
-    reason: autostandby.Reason
-    supported: bool
-    configured: bool
-    enabled: bool
-    eligible: bool
-    active_inbound_connections: int
-    tracking_mode: str
-    idle_timeout: OptionalString = None
-    idle_since: datetime | None = None
-    last_inbound_activity_at: datetime | None = None
-    hold_until: datetime | None = None
-    next_standby_at: datetime | None = None
-    countdown_remaining: OptionalString = None
-
-    @classmethod
-    def of(cls, report: autostandby.Report) -> AutoStandbyStatus:
-        return cls(**dataclasses.asdict(report))
 
 
 @router.get(

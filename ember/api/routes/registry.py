@@ -17,7 +17,7 @@ from pydantic import BaseModel
 
 from ember.api.auth import verify_token
 from ember.api.deps import ServicesDep
-from ember.api.errors import error_responses
+from ember.api.errors import error_responses, oci_error
 from ember.api.services import Services
 from ember.errors import EmberError, Unauthorized
 from ember.registry import DistributionError, Registry
@@ -47,16 +47,6 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
     return register
 
 
-def oci_error(
-    status: int, code: str, message: str, headers: dict[str, str] | None = None
-) -> JSONResponse:
-    headers = dict(headers or {})
-    if status == 401:
-        headers["WWW-Authenticate"] = 'Basic realm="ember"'
-    body = {"errors": [{"code": code, "message": message}]}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def authenticate(request: Request, svc: Services) -> None:
     """Bearer <jwt>, or Basic with the JWT as password (what `docker login` sends)."""
     if svc.settings.auth_disabled:
@@ -77,13 +67,21 @@ async def distribution(path: str, request: Request, svc: ServicesDep) -> Respons
     try:
         authenticate(request, svc)
         if path.strip("/") == "":
+            if request.method not in ("GET", "HEAD"):
+                raise _unsupported(request, path, {"GET", "HEAD"})
             return JSONResponse({}, headers={"Docker-Distribution-API-Version": "registry/2.0"})
+        allowed: set[str] = set()
         for method, pattern, handler in _ROUTES:
             match = pattern.match(path)
-            if match and (method == request.method or (method, request.method) == ("GET", "HEAD")):
+            if match is None:
+                continue
+            allowed |= {method, "HEAD"} if method == "GET" else {method}
+            if method == request.method or (method, request.method) == ("GET", "HEAD"):
                 params = match.groupdict()
                 Registry.check_repository(params["name"])
                 return await handler(request, svc, params)
+        if allowed:
+            raise _unsupported(request, path, allowed)
         raise DistributionError(
             404, "UNSUPPORTED", f"no such endpoint: {request.method} /v2/{path}"
         )
@@ -95,6 +93,16 @@ async def distribution(path: str, request: Request, svc: ServicesDep) -> Respons
         return oci_error(exc.status, exc.code.upper(), exc.message)
 
 
+def _unsupported(request: Request, path: str, allowed: set[str]) -> DistributionError:
+    """405 with the methods the path does take, as HTTP asks (`Allow`)."""
+    return DistributionError(
+        405,
+        "UNSUPPORTED",
+        f"{request.method} is not supported on /v2/{path}",
+        headers={"Allow": ", ".join(sorted(allowed))},
+    )
+
+
 # One route per method, each with its own operation id in the OpenAPI document.
 for _method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
     router.add_api_route(
@@ -103,7 +111,7 @@ for _method in ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE"):
         methods=[_method],
         operation_id=f"distribution_{_method.lower()}",
         summary="OCI distribution API (push and pull)",
-        responses=error_responses(400, 401, 404, 413, 415, 416, model=OciErrors),
+        responses=error_responses(400, 401, 404, 405, 413, 415, 416, model=OciErrors),
         # A bearer token, or (as `docker login` and `skopeo --creds` send it) Basic auth
         # with the token as the password.
         openapi_extra={"security": [{"bearerAuth": []}, {"registryBasic": []}]},

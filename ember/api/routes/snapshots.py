@@ -2,19 +2,26 @@
 
 from __future__ import annotations
 
-from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import APIRouter, Path, Request, Response
-from pydantic import BaseModel, ConfigDict, StrictBool, StrictStr
 
 from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.api.query import tag_filter
-from ember.api.routes.instances import LIFECYCLE_ERRORS, Instance, InstanceRef, answer
+from ember.api.routes.instances import LIFECYCLE_ERRORS, InstanceRef, answer
+from ember.api.schemas.instances import Instance
+from ember.api.schemas.snapshots import (
+    CreateSnapshotRequest,
+    ForkInstanceRequest,
+    ForkSnapshotRequest,
+    RestoreSnapshotRequest,
+    Snapshot,
+    SnapshotSchedule,
+    TargetState,
+)
 from ember.instances import State
-from ember.snapshots.compression import CompressionConfig
-from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
+from ember.snapshots.models import SnapshotKind
 from ember.snapshots.schedule import ScheduleRequest
 
 router = APIRouter(prefix="/snapshots", tags=["snapshots"], responses=error_responses(400, 404))
@@ -22,102 +29,6 @@ instance_router = APIRouter(
     prefix="/instances", tags=["snapshots"], responses=error_responses(400, 404)
 )
 SnapshotRef = Annotated[str, Path(alias="snapshot_id", description="Snapshot id")]
-TargetState = Literal["Stopped", "Standby", "Running"]
-HypervisorName = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
-
-
-class Snapshot(BaseModel):
-    """Hypeman's `Snapshot`."""
-
-    id: str
-    name: str | None = None
-    kind: SnapshotKind
-    tags: dict[str, str] = {}
-    source_instance_id: str
-    source_instance_name: str
-    source_hypervisor: str
-    created_at: datetime
-    size_bytes: int
-    compression_state: Literal["none", "compressing", "compressed", "error"] | None = None
-    compression_error: str | None = None
-    compression: CompressionConfig | None = None
-    compressed_size_bytes: int | None = None
-    uncompressed_size_bytes: int | None = None
-
-    @classmethod
-    def of(cls, record: SnapshotRecord) -> Snapshot:
-        memory = record.memory
-        return cls(
-            **record.model_dump(include={
-                "id", "name", "kind", "tags", "source_instance_id", "source_instance_name",
-                "source_hypervisor", "created_at", "size_bytes",
-            }),
-            compression_state=memory.compression_state if memory else "none",
-            compression_error=memory.compression_error if memory else None,
-            compression=memory.compression if memory else None,
-            compressed_size_bytes=memory.compressed_bytes if memory else None,
-            uncompressed_size_bytes=memory.memory_bytes if memory else None,
-        )  # fmt: skip
-
-
-class CreateSnapshotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    kind: SnapshotKind
-    name: StrictStr | None = None
-    tags: dict[str, str] | None = None
-    compression: CompressionConfig | None = None
-
-
-class RestoreSnapshotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    target_state: TargetState | None = None
-    target_hypervisor: HypervisorName | None = None
-
-
-class ForkInstanceRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: StrictStr
-    from_running: StrictBool = False
-    target_state: TargetState | None = None
-
-
-class ForkSnapshotRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    name: StrictStr
-    target_state: TargetState | None = None
-    target_hypervisor: HypervisorName | None = None
-
-
-class Retention(BaseModel):
-    max_count: int | None = None
-    max_age: str | None = None
-
-
-class SnapshotSchedule(BaseModel):
-    """Hypeman's `SnapshotSchedule`."""
-
-    instance_id: str
-    interval: str
-    retention: Retention
-    name_prefix: str | None = None
-    metadata: dict[str, str] = {}
-    created_at: datetime
-    updated_at: datetime
-    next_run_at: datetime
-    last_run_at: datetime | None = None
-    last_snapshot_id: str | None = None
-    last_error: str | None = None
-
-    @classmethod
-    def of(cls, record: ScheduleRecord) -> SnapshotSchedule:
-        retention = Retention(max_count=record.retention.max_count,
-                              max_age=record.retention.max_age)  # fmt: skip
-        return cls(**record.model_dump(exclude={"retention", "interval_seconds"}),
-                   retention=retention)  # fmt: skip
 
 
 def _state(target: TargetState | None) -> State | None:
@@ -135,7 +46,7 @@ async def list_snapshots(
     name: str | None = None,
     source_instance_id: str | None = None,
 ) -> list[Snapshot]:
-    found = svc.instances.snapshots.store.find(
+    found = svc.instances.find_snapshots(
         kind=kind, name=name, instance_id=source_instance_id, tags=tag_filter(request)
     )
     return [Snapshot.of(s) for s in found]
