@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Protocol
+from typing import Literal, Protocol
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +24,11 @@ class DiskSpec:
     serial: str  # how the guest finds it: /sys/block/vdX/serial
     readonly: bool = False
     bps_limit: int | None = None  # bytes per second, read+write
+    # A volume slot: the device stays, its backing file can be changed while the VM runs
+    # (`Hypervisor.change_disk`); the guest finds it by `serial` either way.
+    swappable: bool = False
+    # "qcow2": a throwaway writable layer over a read-only volume (see ember/volumes).
+    format: Literal["raw", "qcow2"] = "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +115,12 @@ class Hypervisor(Protocol):
 
     def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         """Once the VM has exited: append what the VMM printed while it ran to ``vmm_log``."""
+        ...
+
+    async def change_disk(self, vm: VMHandle, disk: DiskSpec) -> None:
+        """Back the running VM's swappable disk `disk.serial` with `disk.path` (and
+        `format`), and tell the guest its new capacity. Its device mode (`readonly`)
+        is the one it booted with."""
         ...
 
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:

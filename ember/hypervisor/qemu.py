@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, SavedState, VMHandle, VMSpec
+from ember.hypervisor.base import Capabilities, DiskSpec, SavedState, VMHandle, VMSpec
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -69,6 +69,9 @@ def build_command(
         "chardev:console",
     ]
     for i, disk in enumerate(spec.disks):
+        if disk.swappable:
+            cmd += _slot_args(disk)
+            continue
         drive = f"id=disk{i},file={_opt(disk.path)},format=raw,if=none"
         drive += ",readonly=on" if disk.readonly else ",readonly=off"
         if disk.bps_limit:
@@ -91,6 +94,41 @@ def build_command(
     if incoming:
         cmd += ["-incoming", "defer"]
     return cmd
+
+
+def _slot_args(disk: DiskSpec) -> list[str]:
+    """A swappable disk as named nodes: the device's `raw` node `<serial>` over a child
+    `<serial>-file` that `change_disk` replaces (a `-drive` hides the node names)."""
+    ro = "on" if disk.readonly else "off"
+    child = f"node-name={disk.serial}-file,read-only={ro}"
+    if disk.format == "qcow2":
+        child = f"driver=qcow2,{child},file.driver=file,file.filename={_opt(disk.path)}"
+    else:
+        child = f"driver=file,{child},filename={_opt(disk.path)}"
+    return [
+        "-blockdev", child,
+        "-blockdev", f"driver=raw,node-name={disk.serial},file={disk.serial}-file,read-only={ro}",
+        "-device", f"virtio-blk-device,drive={disk.serial},serial={disk.serial}",
+    ]  # fmt: skip
+
+
+def _child_node(node: str, disk: DiskSpec) -> dict[str, object]:
+    if disk.format == "qcow2":  # its backing (the volume) is opened read-only from its header
+        return {"driver": "qcow2", "node-name": node,
+                "file": {"driver": "file", "filename": str(disk.path)}}  # fmt: skip
+    return {"driver": "file", "node-name": node, "filename": str(disk.path)}
+
+
+async def _slot_children(qmp: QMPClient, serial: str) -> list[str]:
+    """The named child nodes a slot has had (`<serial>-file` from boot, `<serial>.N` since)."""
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    names = [n["node-name"] for n in nodes]
+    return [n for n in names if n == f"{serial}-file" or n.startswith(f"{serial}.")]
+
+
+async def _node_size(qmp: QMPClient, node: str) -> int:
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    return int(next(n["image"]["virtual-size"] for n in nodes if n["node-name"] == node))
 
 
 def _memory_args(spec: VMSpec) -> list[str]:
@@ -171,8 +209,8 @@ def _opt(path: Path) -> str:
 
 class QemuHypervisor:
     name = "qemu"
-    # microvm has no memory/device hotplug.
-    capabilities = Capabilities(snapshot=True, disk_io_limit=True)
+    # microvm has no hotplug bus: disks change through swappable slots (`change_disk`).
+    capabilities = Capabilities(snapshot=True, disk_io_limit=True, hotplug_disk=True)
 
     def __init__(self, accel: Accel, binary: str = QEMU_BINARY) -> None:
         self.accel: Accel = accel
@@ -255,6 +293,26 @@ class QemuHypervisor:
             raise
         _append_lines(spec.vmm_log, [f"restored from {state_file.name}"])
         return handle
+
+    async def change_disk(self, vm: VMHandle, disk: DiskSpec) -> None:
+        """Add the new file as a node, make it the slot's child (`blockdev-reopen`), then
+        `block_resize` the slot to its own size: that is what makes virtio-blk tell the
+        guest its new capacity. The slot's node is reopened writable (a resize needs it;
+        a read-only volume comes under a qcow2 layer); the old children are deleted."""
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            stale = await _slot_children(qmp, disk.serial)
+            node = f"{disk.serial}.{time.monotonic_ns()}"
+            await qmp.execute("blockdev-add", _child_node(node, disk))
+            options = {"driver": "raw", "node-name": disk.serial, "file": node, "read-only": False}
+            try:
+                await qmp.execute("blockdev-reopen", {"options": [options]})
+            except BaseException:
+                await qmp.execute("blockdev-del", {"node-name": node})
+                raise
+            size = await _node_size(qmp, disk.serial)
+            await qmp.execute("block_resize", {"node-name": disk.serial, "size": size})
+            for old in stale:
+                await qmp.execute("blockdev-del", {"node-name": old})
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):
