@@ -21,6 +21,7 @@ from ember.api.routes import (
     images,
     ingresses,
     instances,
+    memory,
     registry,
     snapshots,
     volumes,
@@ -36,6 +37,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     volumes.router,
     ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
     host.router,  # /resources, /capabilities
+    memory.router,  # /resources/memory/reclaim
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
 ]

@@ -18,8 +18,10 @@ from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
 from ember.ingress import IngressManager
 from ember.instances import InstanceManager
+from ember.instances.balloons import running_guests
 from ember.instances.usage import digest_users
 from ember.network import DnsServer, NetworkManager, NetworkSettings
+from ember.reclaim import MemoryReclaimer
 from ember.registry import Registry, RegistryService
 from ember.store import Store
 from ember.system import BootSystem
@@ -39,6 +41,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     volumes: VolumeManager
+    memory: MemoryReclaimer
     dns: DnsServer | None = None
 
     @classmethod
@@ -95,6 +98,11 @@ class Services:
             instances=instances,
             ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
             volumes=volumes,
+            memory=MemoryReclaimer(
+                partial(running_guests, instances.core),
+                threshold_bytes=settings.memory_pressure_threshold_bytes,
+                poll_seconds=settings.memory_reclaim_poll_seconds,
+            ),
         )
 
     async def start(self) -> None:
@@ -111,10 +119,12 @@ class Services:
             self.dns = self.network.dns_server()
             await self.dns.start()
         await self.instances.open()
+        self.memory.task.start()
         await self.ingresses.open()
 
     async def stop(self) -> None:
         await self.ingresses.close()  # leaves Caddy serving: it outlives a restart
+        await self.memory.task.close()
         await self.instances.close()
         if self.dns is not None:
             await self.dns.stop()

@@ -16,6 +16,7 @@ class Capabilities:
     gpu: bool = False
     disk_io_limit: bool = False
     network_limit: bool = False
+    balloon: bool = False  # a memory balloon the host can inflate at run time
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +122,14 @@ class Hypervisor(Protocol):
         """Back the running VM's swappable disk `disk.serial` with `disk.path` (and
         `format`), and tell the guest its new capacity. Its device mode (`readonly`)
         is the one it booted with."""
+        ...
+
+    async def balloon_target(self, vm: VMHandle, guest_bytes: int) -> None:
+        """Ask the balloon to leave the guest `guest_bytes` (it gets there over time)."""
+        ...
+
+    async def balloon_actual(self, vm: VMHandle) -> int:
+        """The memory the balloon leaves the guest now."""
         ...
 
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:

@@ -210,7 +210,7 @@ def _opt(path: Path) -> str:
 class QemuHypervisor:
     name = "qemu"
     # microvm has no hotplug bus: disks change through swappable slots (`change_disk`).
-    capabilities = Capabilities(snapshot=True, disk_io_limit=True, hotplug_disk=True)
+    capabilities = Capabilities(snapshot=True, disk_io_limit=True, hotplug_disk=True, balloon=True)
 
     def __init__(self, accel: Accel, binary: str = QEMU_BINARY) -> None:
         self.accel: Accel = accel
@@ -313,6 +313,14 @@ class QemuHypervisor:
             await qmp.execute("block_resize", {"node-name": disk.serial, "size": size})
             for old in stale:
                 await qmp.execute("blockdev-del", {"node-name": old})
+
+    async def balloon_target(self, vm: VMHandle, guest_bytes: int) -> None:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            await qmp.execute("balloon", {"value": guest_bytes})
+
+    async def balloon_actual(self, vm: VMHandle) -> int:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            return int((await qmp.execute("query-balloon"))["actual"])
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):
