@@ -19,8 +19,11 @@ def client(shared_server: EmberServer) -> Hypeman:
     return Hypeman(base_url=shared_server.url, api_key=shared_server.token())
 
 
-def running(client: Hypeman, image: str, name: str) -> str:
-    inst = client.instances.create(name=name, image=image, vcpus=1, size="256MB", cmd=SLEEP)
+def running(client: Hypeman, image: str, name: str, volumes: list[dict[str, object]]) -> str:
+    inst = client.instances.create(
+        name=name, image=image, vcpus=1, size="256MB", cmd=SLEEP,
+        volumes=volumes,  # type: ignore[arg-type]
+    )  # fmt: skip
     assert client.instances.wait(inst.id, state="Running", api_timeout="90s").state == "Running"
     return inst.id
 
@@ -32,8 +35,15 @@ def mounted(client: Hypeman, instance: str) -> list[tuple[str, str, bool]]:
 
 def test_a_volume_moves_between_running_instances(client: Hypeman, hello: str) -> None:
     volume = client.volumes.create(name="hot", size_gb=1)
-    first = running(client, hello, "hot-writer")
-    second = running(client, hello, "hot-reader")
+    boot = client.volumes.create(name="boot", size_gb=1)
+    first = running(client, hello, "hot-writer", [])
+    # A volume mounted at boot (a read-only device for the VM's life) comes off it too.
+    at_boot = {"volume_id": boot.id, "mount_path": "/boot-vol", "readonly": True}
+    second = running(client, hello, "hot-reader", [at_boot])
+    assert run(client, second, "grep -c ' /boot-vol ' /proc/mounts")[1].strip() == "1"
+    client.instances.volumes.detach(boot.id, id=second)
+    assert run(client, second, "grep -c ' /boot-vol ' /proc/mounts")[1].strip() == "0"
+    assert mounted(client, second) == []
 
     answer = client.instances.volumes.attach(volume.id, id=first, mount_path="/data/hot")
     assert answer.state == "Running"
@@ -87,3 +97,4 @@ def test_a_volume_moves_between_running_instances(client: Hypeman, hello: str) -
     for instance in (first, second):
         client.instances.delete(instance)
     client.volumes.delete(volume.id)
+    client.volumes.delete(boot.id)
