@@ -76,6 +76,10 @@ def test_a_volume_moves_between_running_instances(client: Hypeman, hello: str) -
     answer = client.instances.volumes.detach(volume.id, id=first)
     assert answer.state == "Running" and mounted(client, first) == []
     assert run(client, first, "grep -c ' /data/hot ' /proc/mounts")[1].strip() == "0"
+    # A mount the guest refuses (the path is under a file of the image): nothing is kept.
+    with pytest.raises(ConflictError, match=r"could not mount .*Not a directory"):
+        client.instances.volumes.attach(volume.id, id=first, mount_path="/hello/x")
+    assert mounted(client, first) == []
 
     client.instances.volumes.attach(volume.id, id=second, mount_path="/in", readonly=True)
     assert run(client, second, "cat /in/f") == (0, "written-while-running\n")
