@@ -45,7 +45,9 @@ class VolumeAttachments(InstanceResource):
     async def attach(self, record: InstanceRecord, layout: InstanceLayout) -> BootDevices:
         attachments = self.volumes.attachments_of(record.id)
         table = load_table(layout.dir) if record.standby is not None else None
-        if table is None:  # a fresh boot (or a fork's first restore: it had no table)
+        if table is None or not table.holds_exactly(attachments):
+            # A fresh boot, a fork's first restore (it has no table), or a table left
+            # from before the attachments changed: it must not open a volume it lost.
             await asyncio.to_thread(self.volumes.prepare_overlay_disks, attachments, layout.dir)
             table = self.volumes.slot_table(attachments, layout.dir)
             save_table(layout.dir, table)

@@ -34,6 +34,12 @@ class SlotTable:
     disks: tuple[DiskSpec, ...]
     holders: dict[str, str]  # serial -> volume id
 
+    def holds_exactly(self, attachments: list[Attachment]) -> bool:
+        """Whether the slots hold exactly these attachments' volumes (a table left by a VM
+        whose attachments changed since, while it was stopped, is stale)."""
+        held = sorted(self.holders.values())
+        return held == sorted(a.volume_id for a in attachments)
+
     def slot_of(self, volume_id: str) -> DiskSpec | None:
         serial = next((s for s, v in self.holders.items() if v == volume_id), None)
         return next((d for d in self.disks if d.serial == serial), None)

@@ -61,6 +61,8 @@ def test_the_table_survives_a_round_trip_on_disk(tmp_path: Path) -> None:
     table = fresh_table([attachment("a", "/a")], tmp_path, {"a": tmp_path / "a"})
     save_table(tmp_path, table)
     assert load_table(tmp_path) == table
+    assert table.holds_exactly([attachment("a", "/a")])
+    assert not table.holds_exactly([]) and not table.holds_exactly([attachment("b", "/a")])
 
 
 def test_a_read_only_attach_goes_under_a_qcow2_layer(tmp_path: Path) -> None:
