@@ -88,7 +88,11 @@ async def _plug(
         holding, slot, volumes.disk_path(attachment.volume_id), instance_dir,
         readonly=attachment.readonly,
     )  # fmt: skip
-    table = await _swap(core, record, table, disk, attachment.volume_id)
+    try:
+        table = await _swap(core, record, table, disk, attachment.volume_id)
+    except BaseException:
+        layer_path(instance_dir, slot.serial).unlink(missing_ok=True)
+        raise
     try:
         await agent.mount_volume(slot.serial, attachment.mount_path, readonly=attachment.readonly)
     except (EmberError, OSError, TimeoutError) as exc:
