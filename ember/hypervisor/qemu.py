@@ -19,7 +19,7 @@ from pathlib import Path
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
 from ember.hypervisor.base import Capabilities, DiskSpec, SavedState, VMHandle, VMSpec
-from ember.hypervisor.qmp import QMPClient
+from ember.hypervisor.qmp import QMPClient, QMPError
 from ember.logsetup import append_stamped
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -124,6 +124,11 @@ async def _slot_children(qmp: QMPClient, serial: str) -> list[str]:
     nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
     names = [n["node-name"] for n in nodes]
     return [n for n in names if n == f"{serial}-file" or n.startswith(f"{serial}.")]
+
+
+async def _reopen_slot(qmp: QMPClient, slot: str, child: str) -> None:
+    options = {"driver": "raw", "node-name": slot, "file": child, "read-only": False}
+    await qmp.execute("blockdev-reopen", {"options": [options]})
 
 
 async def _node_size(qmp: QMPClient, node: str) -> int:
@@ -300,17 +305,21 @@ class QemuHypervisor:
         guest its new capacity. The slot's node is reopened writable (a resize needs it;
         a read-only volume comes under a qcow2 layer); the old children are deleted."""
         async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            # One child (the current one) after every completed change.
             stale = await _slot_children(qmp, disk.serial)
             node = f"{disk.serial}.{time.monotonic_ns()}"
             await qmp.execute("blockdev-add", _child_node(node, disk))
-            options = {"driver": "raw", "node-name": disk.serial, "file": node, "read-only": False}
             try:
-                await qmp.execute("blockdev-reopen", {"options": [options]})
+                await _reopen_slot(qmp, disk.serial, node)
+                size = await _node_size(qmp, disk.serial)
+                await qmp.execute("block_resize", {"node-name": disk.serial, "size": size})
             except BaseException:
-                await qmp.execute("blockdev-del", {"node-name": node})
+                # Back onto the old child, so the new file is not left open (and locked).
+                with contextlib.suppress(QMPError, Unavailable):
+                    if stale:
+                        await _reopen_slot(qmp, disk.serial, stale[-1])
+                    await qmp.execute("blockdev-del", {"node-name": node})
                 raise
-            size = await _node_size(qmp, disk.serial)
-            await qmp.execute("block_resize", {"node-name": disk.serial, "size": size})
             for old in stale:
                 await qmp.execute("blockdev-del", {"node-name": old})
 
