@@ -10,8 +10,9 @@ from collections.abc import Iterator
 import pytest
 from hypeman import BadRequestError, Hypeman
 
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from tests.conftest import running_server
+from tests.conftest import push_to_ember, running_server
 from tests.e2e.test_instance_volumes import SLEEP, run
 
 pytestmark = pytest.mark.vm
@@ -67,3 +68,32 @@ def test_reclaim_shrinks_a_running_guest_and_the_loop_gives_it_back(
         assert time.monotonic() < deadline, "the loop did not give the memory back"
         time.sleep(0.5)
     client.instances.delete(inst.id)
+
+
+def test_host_pressure_makes_the_loop_reclaim_down_to_the_floor() -> None:
+    """A threshold no host reaches: every pass is under pressure, and takes a step from
+    the guest until it sits at its protected floor."""
+    env = {"EMBER_MEMORY_PRESSURE_THRESHOLD_BYTES": str(1 << 50),
+           "EMBER_MEMORY_RECLAIM_POLL_SECONDS": "0.5"}  # fmt: skip
+    with running_server(env=env) as server:
+        client = Hypeman(base_url=server.url, api_key=server.token())
+        image = push_to_ember(server, hello_image(), "hello", "latest")
+        inst = client.instances.create(name="squeezed", image=image, vcpus=1, size="512MB",
+                                       cmd=SLEEP)  # fmt: skip
+        assert client.instances.wait(inst.id, state="Running", api_timeout="90s").state == (
+            "Running"
+        )
+        deadline = time.monotonic() + 90
+        while True:
+            (action,) = client.resources.reclaim_memory(reclaim_bytes=0, dry_run=True).actions
+            if action.previous_target_guest_memory_bytes == action.protected_floor_bytes:
+                break
+            assert time.monotonic() < deadline, "the loop did not reclaim to the floor"
+            time.sleep(0.5)
+        answer = client.resources.reclaim_memory(reclaim_bytes=64 * MIB, dry_run=True)
+        assert answer.host_pressure_state == "pressure"
+        assert answer.planned_reclaim_bytes == 0  # nothing left above the floor
+        assert action.protected_floor_bytes == 128 * MIB
+        total = int(run(client, inst.id, "grep MemTotal /proc/meminfo")[1].split()[1]) * 1024
+        assert total <= 160 * MIB  # 512 MB guest, balloon holding all but the 128 MiB floor
+        client.instances.delete(inst.id)
