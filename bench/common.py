@@ -34,7 +34,9 @@ def push_hello(server: EmberServer, http: httpx.Client) -> tuple[str, Path]:
 
 
 @asynccontextmanager
-async def bare_vm(rootfs: Path, work: Path) -> AsyncIterator[tuple[AgentClient, float]]:
+async def bare_vm(
+    rootfs: Path, work: Path, extra_disks: tuple[DiskSpec, ...] = ()
+) -> AsyncIterator[tuple[AgentClient, float]]:
     """Boot `rootfs` with bare QEMU (Ember's command line, no Ember): the agent and boot time.
 
     Disks are prepared before the clock starts; the time runs from starting QEMU to the
@@ -52,7 +54,7 @@ async def bare_vm(rootfs: Path, work: Path) -> AsyncIterator[tuple[AgentClient, 
         pid_file=work / "qemu.pid", name="bare",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),
                DiskSpec(work / "overlay.ext4", "ember-overlay"),
-               DiskSpec(work / "config.disk", "ember-config")],
+               DiskSpec(work / "config.disk", "ember-config"), *extra_disks],
     )  # fmt: skip
     command = build_command(spec, detect_accel("auto"))
     command.remove("-daemonize")

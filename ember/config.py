@@ -100,6 +100,13 @@ class Settings(BaseSettings):
     auto_standby_reconcile_seconds: float = Field(default=10.0, gt=0)
     # --- end auto-standby ---
 
+    # --- memory reclaim (ember/reclaim) ---
+    # The host is short of memory when MemAvailable is below this; None: 10% of MemTotal,
+    # at least 512 MiB. The reclaim loop looks this often.
+    memory_pressure_threshold_bytes: int | None = Field(default=None, ge=0)
+    memory_reclaim_poll_seconds: float = Field(default=5.0, gt=0)
+    # --- end memory reclaim ---
+
     # --- supervision (ember/instances: expiry, supervisor, health, logs) ---
     # The reaper looks for expired instances at least this often (and at each expiry).
     expiry_poll_seconds: float = Field(default=1.0, gt=0)

@@ -33,6 +33,7 @@ from ember.ingress import IngressManager
 from ember.instances import InstanceManager
 from ember.instances.attachments import VolumeAttachments
 from ember.instances.autostandby import AutoStandby
+from ember.instances.balloons import running_guests
 from ember.instances.core import InstanceCore
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
 from ember.instances.expiry import Reaper
@@ -48,6 +49,7 @@ from ember.instances.standby import standby
 from ember.instances.supervisor import Supervisor
 from ember.instances.usage import digest_users
 from ember.network import DnsServer, NetworkManager, NetworkSettings
+from ember.reclaim import MemoryReclaimer
 from ember.registry import Registry, RegistryService
 from ember.snapshots.layout import SnapshotLayout
 from ember.snapshots.schedule import Scheduler
@@ -165,6 +167,7 @@ class Services:
     ingresses: IngressManager
     volumes: VolumeManager
     devices: DeviceManager
+    memory: MemoryReclaimer
     instance_services: InstanceServices
     dns: DnsServer | None = None
 
@@ -192,6 +195,8 @@ class Services:
             await stack.enter_async_context(self.instance_services.running())
             await self.ingresses.open()
             stack.push_async_callback(self.ingresses.close)
+            self.memory.task.start()
+            stack.push_async_callback(self.memory.task.close)
             yield self
 
 
@@ -237,6 +242,11 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
         volumes=volumes,
         devices=DeviceManager(store),
+        memory=MemoryReclaimer(
+            partial(running_guests, instances.core),
+            threshold_bytes=settings.memory_pressure_threshold_bytes,
+            poll_seconds=settings.memory_reclaim_poll_seconds,
+        ),
         instance_services=instance_services,
     )
 

@@ -22,6 +22,7 @@ from ember.api.routes import (
     images,
     ingresses,
     instances,
+    memory,
     registry,
     snapshots,
     volumes,
@@ -39,6 +40,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     ingresses.router,  # with GET /ingresses/ca.pem, the TLS root (token needed)
     host.router,  # /resources, /capabilities
     devices.router,
+    memory.router,  # /resources/memory/reclaim
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
 ]

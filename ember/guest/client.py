@@ -250,6 +250,18 @@ class AgentClient:
             fields["hostname"] = hostname
         await self._request(MsgType.SET_NETWORK, encode_record(fields), timeout)
 
+    async def mount_volume(
+        self, serial: str, path: str, *, readonly: bool, timeout: float = 30.0
+    ) -> None:
+        """Mount the ext4 disk with virtio serial `serial` at `path` (created if missing);
+        the agent first waits for the disk's new capacity to reach the guest."""
+        record = encode_record({"serial": serial, "path": path, "ro": int(readonly)})
+        await self._request(MsgType.MOUNT, record, timeout)
+
+    async def unmount_volume(self, path: str, timeout: float = 30.0) -> None:
+        """Unmount `path` (not lazily: AgentError "...: Device or resource busy" if in use)."""
+        await self._request(MsgType.UNMOUNT, encode_record({"path": path}), timeout)
+
     async def exec(
         self,
         argv: list[str],

@@ -57,6 +57,9 @@ class MsgType(enum.IntEnum):
     FILE_READ = 0x21
     FILE_WRITE = 0x22
     FILE_DATA = 0x23
+    # Volumes attached to or detached from a running VM (ember/instances/mounts.py).
+    MOUNT = 0x30  # host->guest: serial= path= ro=0|1 -> STATUS {} once mounted
+    UNMOUNT = 0x31  # host->guest: path= -> STATUS {}, or ERROR {"message","errno"} (EBUSY)
 
 
 class Flags(enum.IntFlag):

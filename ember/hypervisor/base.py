@@ -16,6 +16,7 @@ class Capabilities:
     gpu: bool = False
     disk_io_limit: bool = False
     network_limit: bool = False
+    balloon: bool = False  # a memory balloon the host can inflate at run time
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,6 +25,11 @@ class DiskSpec:
     serial: str  # how the guest finds it: /sys/block/vdX/serial
     readonly: bool = False
     bps_limit: int | None = None  # bytes per second, read+write
+    # A volume slot: the device stays, its backing file can be changed while the VM runs
+    # (`Hypervisor.change_disk`); the guest finds it by `serial` either way.
+    swappable: bool = False
+    # "qcow2": a throwaway writable layer over a read-only volume (see ember/volumes).
+    format: Literal["raw", "qcow2"] = "raw"
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,20 @@ class Hypervisor(Protocol):
         """The devices a VM of `spec` gets, in order, as the saved state depends on them
         (driver names and the memory backend; no paths, MACs or ids). A saved VM restores
         only into the same set."""
+        ...
+
+    async def change_disk(self, vm: VMHandle, disk: DiskSpec) -> None:
+        """Back the running VM's swappable disk `disk.serial` with `disk.path` (and
+        `format`), and tell the guest its new capacity. Its device mode (`readonly`)
+        is the one it booted with."""
+        ...
+
+    async def balloon_target(self, vm: VMHandle, guest_bytes: int) -> None:
+        """Ask the balloon to leave the guest `guest_bytes` (it gets there over time)."""
+        ...
+
+    async def balloon_actual(self, vm: VMHandle) -> int:
+        """The memory the balloon leaves the guest now."""
         ...
 
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:

@@ -18,8 +18,15 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
-from ember.hypervisor.base import Capabilities, HypervisorName, SavedState, VMHandle, VMSpec
-from ember.hypervisor.qmp import QMPClient
+from ember.hypervisor.base import (
+    Capabilities,
+    DiskSpec,
+    HypervisorName,
+    SavedState,
+    VMHandle,
+    VMSpec,
+)
+from ember.hypervisor.qmp import QMPClient, QMPError
 from ember.logsetup import append_stamped
 
 QEMU_BINARY = "qemu-system-x86_64"
@@ -69,6 +76,9 @@ def build_command(
         "chardev:console",
     ]
     for i, disk in enumerate(spec.disks):
+        if disk.swappable:
+            cmd += _slot_args(disk)
+            continue
         drive = f"id=disk{i},file={_opt(disk.path)},format=raw,if=none"
         drive += ",readonly=on" if disk.readonly else ",readonly=off"
         if disk.bps_limit:
@@ -99,6 +109,46 @@ def device_set(spec: VMSpec, accel: Accel) -> list[str]:
     command = build_command(spec, accel)
     devices = [command[i + 1].split(",")[0] for i, arg in enumerate(command) if arg == "-device"]
     return devices + (["memory-backend-file"] if spec.memory_file is not None else [])
+
+
+def _slot_args(disk: DiskSpec) -> list[str]:
+    """A swappable disk as named nodes: the device's `raw` node `<serial>` over a child
+    `<serial>-file` that `change_disk` replaces (a `-drive` hides the node names)."""
+    ro = "on" if disk.readonly else "off"
+    child = f"node-name={disk.serial}-file,read-only={ro}"
+    if disk.format == "qcow2":
+        child = f"driver=qcow2,{child},file.driver=file,file.filename={_opt(disk.path)}"
+    else:
+        child = f"driver=file,{child},filename={_opt(disk.path)}"
+    return [
+        "-blockdev", child,
+        "-blockdev", f"driver=raw,node-name={disk.serial},file={disk.serial}-file,read-only={ro}",
+        "-device", f"virtio-blk-device,drive={disk.serial},serial={disk.serial}",
+    ]  # fmt: skip
+
+
+def _child_node(node: str, disk: DiskSpec) -> dict[str, object]:
+    if disk.format == "qcow2":  # its backing (the volume) is opened read-only from its header
+        return {"driver": "qcow2", "node-name": node,
+                "file": {"driver": "file", "filename": str(disk.path)}}  # fmt: skip
+    return {"driver": "file", "node-name": node, "filename": str(disk.path)}
+
+
+async def _slot_children(qmp: QMPClient, serial: str) -> list[str]:
+    """The named child nodes a slot has had (`<serial>-file` from boot, `<serial>.N` since)."""
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    names = [n["node-name"] for n in nodes]
+    return [n for n in names if n == f"{serial}-file" or n.startswith(f"{serial}.")]
+
+
+async def _reopen_slot(qmp: QMPClient, slot: str, child: str) -> None:
+    options = {"driver": "raw", "node-name": slot, "file": child, "read-only": False}
+    await qmp.execute("blockdev-reopen", {"options": [options]})
+
+
+async def _node_size(qmp: QMPClient, node: str) -> int:
+    nodes = await qmp.execute("query-named-block-nodes", {"flat": True})
+    return int(next(n["image"]["virtual-size"] for n in nodes if n["node-name"] == node))
 
 
 def _memory_args(spec: VMSpec) -> list[str]:
@@ -179,8 +229,8 @@ def _opt(path: Path) -> str:
 
 class QemuHypervisor:
     name: HypervisorName = "qemu"
-    # microvm has no memory/device hotplug.
-    capabilities = Capabilities(snapshot=True, disk_io_limit=True)
+    # microvm has no hotplug bus: disks change through swappable slots (`change_disk`).
+    capabilities = Capabilities(snapshot=True, disk_io_limit=True, hotplug_disk=True, balloon=True)
 
     def __init__(self, accel: Accel, binary: str = QEMU_BINARY) -> None:
         self.accel: Accel = accel
@@ -266,6 +316,38 @@ class QemuHypervisor:
             raise
         _append_lines(spec.vmm_log, [f"restored from {state_file.name}"])
         return handle
+
+    async def change_disk(self, vm: VMHandle, disk: DiskSpec) -> None:
+        """Add the new file as a node, make it the slot's child (`blockdev-reopen`), then
+        `block_resize` the slot to its own size: that is what makes virtio-blk tell the
+        guest its new capacity. The slot's node is reopened writable (a resize needs it;
+        a read-only volume comes under a qcow2 layer); the old children are deleted."""
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            # One child (the current one) after every completed change.
+            stale = await _slot_children(qmp, disk.serial)
+            node = f"{disk.serial}.{time.monotonic_ns()}"
+            await qmp.execute("blockdev-add", _child_node(node, disk))
+            try:
+                await _reopen_slot(qmp, disk.serial, node)
+                size = await _node_size(qmp, disk.serial)
+                await qmp.execute("block_resize", {"node-name": disk.serial, "size": size})
+            except BaseException:
+                # Back onto the old child, so the new file is not left open (and locked).
+                with contextlib.suppress(QMPError, Unavailable):
+                    if stale:
+                        await _reopen_slot(qmp, disk.serial, stale[-1])
+                    await qmp.execute("blockdev-del", {"node-name": node})
+                raise
+            for old in stale:
+                await qmp.execute("blockdev-del", {"node-name": old})
+
+    async def balloon_target(self, vm: VMHandle, guest_bytes: int) -> None:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            await qmp.execute("balloon", {"value": guest_bytes})
+
+    async def balloon_actual(self, vm: VMHandle) -> int:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            return int((await qmp.execute("query-balloon"))["actual"])
 
     async def quit(self, vm: VMHandle) -> None:
         if not self.is_alive(vm):

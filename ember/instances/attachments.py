@@ -1,9 +1,11 @@
 """The volumes an instance mounts, as an instance resource.
 
 Attachments are recorded at create (the sharing rules are checked atomically
-by the volume manager), plugged in as extra disks at each boot (with a
+by the volume manager), plugged in as volume slots at each boot (with a
 private overlay disk per `overlay: true` attachment, made on first boot) and
-dropped at delete. The volumes themselves outlive the instance.
+dropped at delete. The volumes themselves outlive the instance. A restore
+plugs in the slots exactly as the VM it continues last had them (a volume
+attached or detached while it ran changed them; see mounts.py).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from ember.instances.models import InstanceRecord
 from ember.instances.plan import BootDevices, CreatePlan
 from ember.instances.resources import InstanceResource
 from ember.volumes import VolumeManager
+from ember.volumes.slots import load_table, save_table
 
 
 class VolumeAttachments(InstanceResource):
@@ -41,13 +44,14 @@ class VolumeAttachments(InstanceResource):
 
     async def attach(self, record: InstanceRecord, layout: InstanceLayout) -> BootDevices:
         attachments = self.volumes.attachments_of(record.id)
-        if not attachments:
-            return BootDevices()
-        await asyncio.to_thread(self.volumes.prepare_overlay_disks, attachments, layout.dir)
-        return BootDevices(
-            disks=tuple(self.volumes.plan_disks(attachments, layout.dir)),
-            volumes=tuple(self.volumes.guest_mounts(attachments)),
-        )
+        table = load_table(layout.dir) if record.standby is not None else None
+        if table is None or not table.holds_exactly(attachments):
+            # A fresh boot, a fork's first restore (it has no table), or a table left
+            # from before the attachments changed: it must not open a volume it lost.
+            await asyncio.to_thread(self.volumes.prepare_overlay_disks, attachments, layout.dir)
+            table = self.volumes.slot_table(attachments, layout.dir)
+            save_table(layout.dir, table)
+        return BootDevices(disks=table.disks, volumes=tuple(self.volumes.guest_mounts(attachments)))
 
     def sweep(self, live_ids: set[str]) -> None:
         for instance_id in self.volumes.attached_instance_ids() - live_ids:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 from ember.guest.protocol import CONTROL_CHANNEL, Decoder, Frame, MsgType, encode
-from ember.hypervisor import Capabilities, VMHandle, VMSpec
+from ember.hypervisor import Capabilities, DiskSpec, VMHandle, VMSpec
 from ember.hypervisor.base import HypervisorName, SavedState
 
 __all__ = ["FakeAgent", "FakeHypervisor", "FakeVM"]
@@ -85,13 +85,14 @@ class FakeVM:
     exited: asyncio.Event = field(default_factory=asyncio.Event)
     paused: bool = False
     agent: FakeAgent | None = None
+    balloon: int | None = None  # what the balloon leaves the guest; None: all of it
 
 
 class FakeHypervisor:
     """A `Hypervisor` that runs nothing: see the module docstring."""
 
     name: HypervisorName = "qemu"  # stands in for the only backend instances ask for
-    capabilities = Capabilities(snapshot=True, disk_io_limit=True)
+    capabilities = Capabilities(snapshot=True, disk_io_limit=True, hotplug_disk=True, balloon=True)
 
     def __init__(
         self,
@@ -106,6 +107,7 @@ class FakeHypervisor:
         self.extra_devices = list(devices or [])  # a device a newer build would add
         self.calls: list[str] = []
         self.vms: dict[int, FakeVM] = {}
+        self.disks: list[DiskSpec] = []  # every disk `change_disk` was given, in order
 
     async def _call(self, name: str) -> None:
         self.calls.append(name)
@@ -191,6 +193,19 @@ class FakeHypervisor:
         except TimeoutError:
             return False
         return True
+
+    async def change_disk(self, vm: VMHandle, disk: DiskSpec) -> None:
+        await self._call("change_disk")
+        self.disks.append(disk)
+
+    async def balloon_target(self, vm: VMHandle, guest_bytes: int) -> None:
+        await self._call("balloon_target")
+        self.vms[vm.pid].balloon = guest_bytes
+
+    async def balloon_actual(self, vm: VMHandle) -> int:
+        await self._call("balloon_actual")
+        found = self.vms[vm.pid]
+        return found.spec.memory_bytes if found.balloon is None else found.balloon
 
     def collect_output(self, vmm_output: Path, vmm_log: Path) -> None:
         self.calls.append("collect_output")

@@ -1,4 +1,5 @@
-"""Volumes: persistent ext4 disks that outlive instances, attached at boot."""
+"""Volumes: persistent ext4 disks that outlive instances, attached at boot or, through
+volume slots, to running VMs."""
 
 from ember.volumes.manager import VolumeManager
 from ember.volumes.models import Attachment, VolumeRecord, VolumeStatus

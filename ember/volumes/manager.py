@@ -33,6 +33,7 @@ from ember.volumes.mounts import (
     plan_disks,
     validate_mount_path,
 )
+from ember.volumes.slots import SlotTable, create_empty_slots, fresh_table
 
 log = logging.getLogger(__name__)
 
@@ -319,6 +320,11 @@ class VolumeManager:
         paths = {a.volume_id: self.disk_path(a.volume_id) for a in attachments}
         return plan_disks(attachments, instance_dir, paths)
 
+    def slot_table(self, attachments: list[Attachment], instance_dir: Path) -> SlotTable:
+        """The volume slots of a boot with these attachments (see slots.py)."""
+        paths = {a.volume_id: self.disk_path(a.volume_id) for a in attachments}
+        return fresh_table(attachments, instance_dir, paths)
+
     @staticmethod
     def guest_mounts(attachments: list[Attachment]) -> list[GuestVolume]:
         """``GuestConfig.volumes`` for these attachments (same order as ``plan_disks``)."""
@@ -326,7 +332,9 @@ class VolumeManager:
 
     @staticmethod
     def prepare_overlay_disks(attachments: list[Attachment], instance_dir: Path) -> None:
-        """Create each overlay attachment's private upper disk if it does not exist yet."""
+        """Create each overlay attachment's private upper disk if it does not exist yet,
+        and the empty files of the volume slots."""
+        create_empty_slots(instance_dir)
         for attachment in attachments:
             path = overlay_disk_path(instance_dir, attachment)
             if attachment.overlay and not path.exists():

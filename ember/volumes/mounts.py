@@ -71,6 +71,7 @@ def plan_disks(
                 volume_disk[attachment.volume_id],
                 VOLUME_SERIAL.format(index),
                 readonly=attachment.readonly or attachment.overlay,
+                swappable=True,
             )
         )
         if attachment.overlay:

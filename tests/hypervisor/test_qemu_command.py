@@ -97,3 +97,22 @@ async def test_qemu_start_failure_reports_qemu_own_words(tmp_path: Path) -> None
     vmm = (tmp_path / "vmm.log").read_text()
     assert "Cannot allocate memory" in vmm and "left over from an earlier run" in vmm
     assert not (tmp_path / "qemu.out").exists()
+
+
+def test_swappable_disks_are_named_nodes(tmp_path: Path) -> None:
+    """A volume slot: the device's raw node over a named child `change_disk` replaces."""
+    disks = [
+        DiskSpec(tmp_path / "v,1.raw", "ember-vol-0", readonly=True, swappable=True),
+        DiskSpec(tmp_path / "l.qcow2", "ember-vol-1", swappable=True, format="qcow2"),
+    ]
+    cmd = " ".join(build_command(spec_in(tmp_path, disks=disks), "tcg"))
+    assert (
+        "-blockdev driver=file,node-name=ember-vol-0-file,read-only=on,"
+        f"filename={tmp_path}/v,,1.raw "
+        "-blockdev driver=raw,node-name=ember-vol-0,file=ember-vol-0-file,read-only=on "
+        "-device virtio-blk-device,drive=ember-vol-0,serial=ember-vol-0"
+    ) in cmd
+    assert (
+        "-blockdev driver=qcow2,node-name=ember-vol-1-file,read-only=off,file.driver=file,"
+        f"file.filename={tmp_path}/l.qcow2"
+    ) in cmd

@@ -65,6 +65,8 @@ def walk_host(walk: Walk) -> None:
     walk.call("getHealth", expect=200)
     walk.call("getCapabilities", expect=200)
     walk.call("getResources", expect=200)
+    walk.call("reclaimMemory", json={"reclaim_bytes": 1 << 20, "dry_run": True}, expect=200)
+    walk.call("reclaimMemory", json={"reclaim_bytes": -1}, expect=400)
 
 
 def walk_images(server: EmberServer, walk: Walk) -> None:

@@ -186,8 +186,8 @@ async def instance_logs(
 @router.post(
     "/{id}/volumes/{volume_id}",
     response_model=Instance,
-    summary="Attach a volume to a stopped instance",
-    responses=error_responses(409),
+    summary="Attach a volume to a stopped or running instance",
+    responses=error_responses(409, 503),
 )
 async def attach_volume(
     ref: InstanceRef, volume_id: str, body: AttachVolumeRequest, svc: ServicesDep
@@ -201,8 +201,8 @@ async def attach_volume(
 @router.delete(
     "/{id}/volumes/{volume_id}",
     response_model=Instance,
-    summary="Detach a volume from a stopped instance",
-    responses=error_responses(409),
+    summary="Detach a volume from a stopped or running instance",
+    responses=error_responses(409, 503),
 )
 async def detach_volume(ref: InstanceRef, volume_id: str, svc: ServicesDep) -> Instance:
     return answer(svc, await svc.instances.detach_volume(ref, volume_id))

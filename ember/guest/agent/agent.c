@@ -34,7 +34,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/mount.h>
 #include <sys/reboot.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -59,6 +61,7 @@ enum {
     T_ERROR = 0x0F,
     T_EXEC_START = 0x10, T_EXEC_STARTED = 0x11, T_STDIN = 0x12, T_STDOUT = 0x13,
     T_STDERR = 0x14, T_RESIZE = 0x15, T_EXEC_EXIT = 0x16, T_CREDIT = 0x17, T_STAT = 0x20,
+    T_MOUNT = 0x30, T_UNMOUNT = 0x31,
 };
 #define F_EOF 0x01
 #define MAX_SESSIONS 64
@@ -879,6 +882,82 @@ static void set_network(uint32_t ch, struct kv *req)
     else send_json(T_STATUS, ch, "{}");
 }
 
+/* ---------- volumes attached to a running VM ---------- */
+
+/* The host swapped a volume into the slot disk `serial` and resized it: find it as
+ * /dev/vdX and wait (up to 10 s) until the guest kernel has seen the new capacity. */
+static const char *volume_device(const char *serial, char *dev, size_t len)
+{
+    for (int tries = 0; tries < 500; tries++) {
+        DIR *d = opendir("/sys/block");
+        struct dirent *e;
+        while (d && (e = readdir(d))) {
+            char path[300], got[128] = "", size[32] = "0";
+            snprintf(path, sizeof path, "/sys/block/%s/serial", e->d_name);
+            FILE *f = fopen(path, "re");
+            if (!f) continue;
+            bool match = fgets(got, sizeof got, f) && !strncmp(got, serial, strlen(serial))
+                         && (got[strlen(serial)] == '\0' || got[strlen(serial)] == '\n');
+            fclose(f);
+            snprintf(path, sizeof path, "/sys/block/%s/size", e->d_name);
+            if (match && (f = fopen(path, "re"))) {
+                if (!fgets(size, sizeof size, f)) size[0] = '0';
+                fclose(f);
+            }
+            if (match && atoll(size) > 0) {
+                snprintf(dev, len, "/dev/%s", e->d_name);
+                closedir(d);
+                return NULL;
+            }
+        }
+        if (d) closedir(d);
+        usleep(20000);
+    }
+    return "the disk did not appear in the guest (no capacity after 10 s)";
+}
+
+static void mount_volume(uint32_t ch, struct kv *req)
+{
+    const char *serial = kv_get(req, "serial"), *path = kv_get(req, "path");
+    const char *ro = kv_get(req, "ro");
+    bool readonly = ro && !strcmp(ro, "1");
+    char dev[300], out[700], js[600];
+    if (!serial || !path || path[0] != '/') { send_error(ch, "missing serial or path"); return; }
+    const char *why = volume_device(serial, dev, sizeof dev);
+    if (!why) {
+        /* The slot may have held another volume: drop whatever of it the cache kept. */
+        int fd = open(dev, O_RDONLY | O_CLOEXEC);
+        if (fd >= 0) { ioctl(fd, BLKFLSBUF, 0); close(fd); }
+        mkdir_p(path);
+        /* Read-only: noload, a shared volume's journal is never replayed (as init). */
+        if (mount(dev, path, "ext4", readonly ? MS_RDONLY : 0, readonly ? "noload" : "") < 0)
+            why = strerror(errno);
+    }
+    if (!why) { send_json(T_STATUS, ch, "{}"); return; }
+    snprintf(out, sizeof out, "mount %s at %s: %s", serial, path, why);
+    json_str(js, sizeof js, out);
+    snprintf(out, sizeof out, "{\"message\":%s}", js);
+    send_json(T_ERROR, ch, out);
+}
+
+/* Never lazy (MNT_DETACH): a volume still in use stays mounted and the host keeps it
+ * attached, saying why (EBUSY). */
+static void unmount_volume(uint32_t ch, struct kv *req)
+{
+    const char *path = kv_get(req, "path");
+    if (!path) { send_error(ch, "missing path"); return; }
+    sync();
+    if (umount2(path, 0) < 0 && errno != EINVAL) { /* EINVAL: not mounted (any more) */
+        char js[600], out[700];
+        snprintf(out, sizeof out, "unmount %s: %s", path, strerror(errno));
+        json_str(js, sizeof js, out);
+        snprintf(out, sizeof out, "{\"message\":%s,\"errno\":%d}", js, errno);
+        send_json(T_ERROR, ch, out);
+        return;
+    }
+    send_json(T_STATUS, ch, "{}");
+}
+
 static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
 {
     char buf[2048];
@@ -920,6 +999,14 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
     case T_EXEC_START:
         kv_parse((char *)p, n, &req);
         exec_start(ch, &req);
+        break;
+    case T_MOUNT:
+        kv_parse((char *)p, n, &req);
+        mount_volume(ch, &req);
+        break;
+    case T_UNMOUNT:
+        kv_parse((char *)p, n, &req);
+        unmount_volume(ch, &req);
         break;
     case T_STAT:
         kv_parse((char *)p, n, &req);
