@@ -12,12 +12,14 @@ from functools import partial
 
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
+from ember.egress import EgressManager
 from ember.errors import NotFound
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
 from ember.ingress import IngressManager
 from ember.instances import InstanceManager
+from ember.instances.egress import MediatedEgress
 from ember.instances.usage import digest_users
 from ember.network import DnsServer, NetworkManager, NetworkSettings
 from ember.registry import Registry, RegistryService
@@ -39,6 +41,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     volumes: VolumeManager
+    egress: EgressManager | None = None  # with the network
     dns: DnsServer | None = None
 
     @classmethod
@@ -74,6 +77,12 @@ class Services:
             else None
         )
         volumes = VolumeManager(store, settings.data_dir)
+        egress = (
+            EgressManager(settings.data_dir, network, proxy_port=settings.egress_proxy_port,
+                          upstream_cafile=settings.egress_upstream_cafile)
+            if network is not None
+            else None
+        )  # fmt: skip
         instances = InstanceManager(
             store,
             settings,
@@ -82,6 +91,7 @@ class Services:
             system=system.current,
             network=network,
             volumes=volumes,
+            resources=[MediatedEgress(egress)] if egress is not None else None,
         )
         return cls(
             settings=settings,
@@ -95,6 +105,7 @@ class Services:
             instances=instances,
             ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
             volumes=volumes,
+            egress=egress,
         )
 
     async def start(self) -> None:
@@ -110,12 +121,16 @@ class Services:
             await asyncio.to_thread(self.network.adopt)
             self.dns = self.network.dns_server()
             await self.dns.start()
+        if self.egress is not None:
+            await self.egress.open()  # before instances: their sweep reaches it
         await self.instances.open()
         await self.ingresses.open()
 
     async def stop(self) -> None:
         await self.ingresses.close()  # leaves Caddy serving: it outlives a restart
         await self.instances.close()
+        if self.egress is not None:
+            await self.egress.close()
         if self.dns is not None:
             await self.dns.stop()
         await self.system.close()

@@ -277,7 +277,10 @@ def hello_image(**config: Any) -> BuiltImage:
 
 def https_client_image(**config: Any) -> BuiltImage:
     """`hello_image` plus `/https-get` (a static, certificate-verifying HTTPS client)."""
-    app: Layer = {"hello": file(hello_binary(), 0o755), "https-get": file(https_get_binary(), 0o755)}
+    app: Layer = {
+        "hello": file(hello_binary(), 0o755),
+        "https-get": file(https_get_binary(), 0o755),
+    }
     config.setdefault("cmd", ["/hello"])
     return build_image([busybox_layer(), app], **config)
 

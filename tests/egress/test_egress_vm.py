@@ -1,0 +1,141 @@
+"""Credential brokering and egress policy end to end: one real VM, the official client,
+an HTTPS server in the test's namespace standing in for an external API.
+
+The guest runs a certificate-verifying client (`https-get`) that knows nothing of
+proxies: nftables steers its TCP to Ember's proxy, which injects the real header for
+the credentialed name and refuses by name and by address once the policy, changed
+while the VM runs, says so.
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from ember.egress.ca import CA_CERT, create_ca
+from ember.testkit.ember_server import EmberServer
+from ember.testkit.image import https_client_image
+from ember.testkit.netns import in_netns
+from tests.conftest import push_to_ember, running_server, short_tmp
+
+pytestmark = pytest.mark.vm
+API, BLOCKED = "api.example.test", "blocked.example.test"
+ALLOWED_IP, DENIED_IP = "10.77.0.1", "10.78.0.1"
+SECRET = "sk-real-" + secrets.token_hex(12)
+ROTATED = "sk-rotated-" + secrets.token_hex(12)
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(scope="module")
+def upstream(ns: str) -> Iterator[tuple[Path, Path]]:
+    """The CA directory and request log of an HTTPS server on two addresses of the
+    namespace (one of which the policy will deny)."""
+    work = short_tmp()
+    create_ca(work / "ca", "upstream")
+    log = work / "requests.jsonl"
+    for address in (ALLOWED_IP, DENIED_IP):  # local addresses the guests reach via the host
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.egress.upstream",
+         str(work / "ca"), str(log), f"{ALLOWED_IP}:443", f"{DENIED_IP}:443"],
+        cwd=REPO, stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
+    try:
+        yield work / "ca", log
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+@pytest.fixture(scope="module")
+def server(ns: str, upstream: tuple[Path, Path]) -> Iterator[EmberServer]:
+    env = {"EMBER_EGRESS_UPSTREAM_CAFILE": str(upstream[0] / CA_CERT)}
+    with running_server(ns, env=env) as server:
+        yield server
+
+
+def https_get(name: str, ip: str, header: bool = False) -> list[str]:
+    auth = ' "Authorization: Bearer $OUTBOUND_KEY"' if header else ""
+    return ["sh", "-c", f"/https-get {name} {ip} 443 / 1{auth} 2>&1"]
+
+
+def scenario(server: EmberServer) -> dict[str, Any]:
+    from hypeman import Hypeman
+    from hypeman.lib.exec import exec as guest_exec
+
+    image = push_to_ember(server, https_client_image(), "https-client", "egress")
+    official = Hypeman(base_url=server.url, api_key=server.token(), max_retries=0)
+    api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token()}"})
+    official.instances.create(
+        name="broker", image=image, size="256MB", vcpus=1, overlay_size="128MB",
+        cmd=["sleep", "3600"], env={"OUTBOUND_KEY": SECRET},
+        credentials={"OUTBOUND_KEY": {
+            "source": {"env": "OUTBOUND_KEY"},
+            "inject": [{"hosts": [API], "as": {"header": "Authorization",
+                                                "format": "Bearer ${value}"}}],
+        }},
+        network={"egress": {"enabled": True}},
+    )  # fmt: skip
+    assert official.instances.wait("broker", state="Running", api_timeout="120s").state == "Running"
+
+    def run(command: list[str]) -> str:
+        result = guest_exec(official, "broker", command, wait_for_agent=60)
+        return f"exit={result.exit_code}\n{result.output.decode(errors='replace')}"
+
+    seen: dict[str, Any] = {"guest_env": run(["sh", "-c", "env; tr '\\0' '\\n' </proc/1/environ"])}
+    seen["brokered"] = run(https_get(API, ALLOWED_IP, header=True))
+    changed = api.patch("/instances/broker/egress",
+                        json={"policy": {"deny": [BLOCKED, "10.78.0.0/24"]}})  # fmt: skip
+    seen["policy"] = (changed.status_code, changed.json())
+    seen["by_name"] = run(https_get(BLOCKED, ALLOWED_IP))
+    seen["by_address"] = run(https_get(API, DENIED_IP))
+    official.instances.update("broker", env={"OUTBOUND_KEY": ROTATED})
+    seen["rotated"] = run(https_get(API, ALLOWED_IP, header=True))
+    seen["flows"] = api.get("/instances/broker/egress/flows").json()
+    seen["answers"] = api.get("/instances/broker").text + api.get("/instances/broker/egress").text
+    return seen
+
+
+def test_brokered_credentials_and_a_live_policy(
+    server: EmberServer, ns: str, upstream: tuple[Path, Path]
+) -> None:
+    seen = in_netns(ns, scenario, server)
+    requests = [json.loads(line) for line in upstream[1].read_text().splitlines()]
+
+    # The guest holds a placeholder; the server got the real value, the guest only the answer.
+    assert "OUTBOUND_KEY=ember-placeholder-" in seen["guest_env"]
+    assert "exit=0" in seen["brokered"] and "hello from upstream" in seen["brokered"]
+    assert requests[0] == {"host": API, "authorization": f"Bearer {SECRET}"}
+    # Changed while running: one name and one CIDR refused, each with a readable reason.
+    assert seen["policy"][0] == 200, seen["policy"]
+    assert "403 Forbidden" in seen["by_name"] and f"denied by {BLOCKED}" in seen["by_name"]
+    assert "403 Forbidden" in seen["by_address"] and "denied by 10.78.0.0/24" in seen["by_address"]
+    # A rotated value is used from the next request on, without a restart.
+    assert "hello from upstream" in seen["rotated"]
+    assert requests[-1] == {"host": API, "authorization": f"Bearer {ROTATED}"}
+    assert len(requests) == 2  # the refused requests never left the host
+
+    flows = {(f["host"], f["destination"], f["action"]) for f in seen["flows"]}
+    assert (API, ALLOWED_IP, "allowed") in flows
+    assert (BLOCKED, ALLOWED_IP, "refused") in flows
+    assert (API, DENIED_IP, "refused") in flows
+    assert all(f["credentials"] == ["OUTBOUND_KEY"] for f in seen["flows"]
+               if f["action"] == "allowed")  # fmt: skip
+
+    # The real values are nowhere but the egress state: not in the guest, the answers,
+    # the store, the logs or the instance's disks.
+    for text in (*(v for k, v in seen.items() if isinstance(v, str)), json.dumps(seen["flows"])):
+        assert SECRET not in text and ROTATED not in text
+    leaks = [path for path in [*server.data_dir.rglob("*"), *server.data_dir.parent.glob("*.log")]
+             if path.is_file() and path.name != "state.json"
+             and any(s.encode() in path.read_bytes() for s in (SECRET, ROTATED))]  # fmt: skip
+    assert leaks == []
