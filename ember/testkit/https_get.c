@@ -9,6 +9,11 @@
  * the answer. COUNT > 1 repeats the request, each on a new connection (a new TLS
  * handshake), prints only the last answer, then "requests=<n> seconds=<s>".
  * Exit status: 0 on an answer, 2 on a TLS or connection failure (the reason on stderr).
+ *
+ *   https-get - IP PORT
+ *
+ * Plain TCP instead: sends a line, prints what comes back, and why the connection ended
+ * ("connection reset by peer" for a refusal by the egress proxy).
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -74,8 +79,30 @@ out:
     return rc;
 }
 
+static int tcp(const char *ip, int port)
+{
+    struct sockaddr_in sa = {.sin_family = AF_INET, .sin_port = htons(port)};
+    int fd = socket(AF_INET, SOCK_STREAM, 0);
+    if (inet_pton(AF_INET, ip, &sa.sin_addr) != 1 || fd < 0 ||
+        connect(fd, (struct sockaddr *)&sa, sizeof sa) < 0) {
+        perror("https-get: connect");
+        return 2;
+    }
+    char buf[4096];
+    ssize_t got;
+    if (write(fd, "hello\n", 6) != 6) perror("https-get: write");
+    while ((got = read(fd, buf, sizeof buf)) > 0) fwrite(buf, 1, got, stdout);
+    if (got < 0) {
+        perror("https-get: read");
+        return 2;
+    }
+    printf("https-get: closed by the peer\n");
+    return 0;
+}
+
 int main(int argc, char **argv)
 {
+    if (argc == 4 && !strcmp(argv[1], "-")) return tcp(argv[2], atoi(argv[3]));
     if (argc < 5) {
         fprintf(stderr, "usage: https-get NAME IP PORT PATH [COUNT [HEADER...]]\n");
         return 64;

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import secrets
 import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,8 +19,9 @@ from typing import Any
 import httpx
 import pytest
 
-from ember.egress.ca import CA_CERT, create_ca
+from ember.egress.ca import CA_CERT
 from ember.testkit.ember_server import EmberServer
+from ember.testkit.https_upstream import https_upstream
 from ember.testkit.image import https_client_image
 from ember.testkit.netns import in_netns
 from tests.conftest import push_to_ember, running_server, short_tmp
@@ -31,29 +31,14 @@ API, BLOCKED = "api.example.test", "blocked.example.test"
 ALLOWED_IP, DENIED_IP = "10.77.0.1", "10.78.0.1"
 SECRET = "sk-real-" + secrets.token_hex(12)
 ROTATED = "sk-rotated-" + secrets.token_hex(12)
-REPO = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture(scope="module")
 def upstream(ns: str) -> Iterator[tuple[Path, Path]]:
     """The CA directory and request log of an HTTPS server on two addresses of the
     namespace (one of which the policy will deny)."""
-    work = short_tmp()
-    create_ca(work / "ca", "upstream")
-    log = work / "requests.jsonl"
-    for address in (ALLOWED_IP, DENIED_IP):  # local addresses the guests reach via the host
-        subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "lo"], check=True)
-    server = subprocess.Popen(
-        ["ip", "netns", "exec", ns, sys.executable, "-m", "tests.egress.upstream",
-         str(work / "ca"), str(log), f"{ALLOWED_IP}:443", f"{DENIED_IP}:443"],
-        cwd=REPO, stdout=subprocess.PIPE, text=True,
-    )  # fmt: skip
-    assert server.stdout is not None and server.stdout.readline().strip() == "ready"
-    try:
-        yield work / "ca", log
-    finally:
-        server.terminate()
-        server.wait(10)
+    with https_upstream(ns, short_tmp(), [ALLOWED_IP, DENIED_IP]) as upstream:
+        yield upstream
 
 
 @pytest.fixture(scope="module")
@@ -98,10 +83,15 @@ def scenario(server: EmberServer) -> dict[str, Any]:
     seen["policy"] = (changed.status_code, changed.json())
     seen["by_name"] = run(https_get(BLOCKED, ALLOWED_IP))
     seen["by_address"] = run(https_get(API, DENIED_IP))
+    seen["raw_tcp"] = run(["sh", "-c", f"/https-get - {DENIED_IP} 9 2>&1"])
     official.instances.update("broker", env={"OUTBOUND_KEY": ROTATED})
     seen["rotated"] = run(https_get(API, ALLOWED_IP, header=True))
     seen["flows"] = api.get("/instances/broker/egress/flows").json()
     seen["answers"] = api.get("/instances/broker").text + api.get("/instances/broker/egress").text
+    official.instances.delete("broker")
+    seen["rules_after_delete"] = subprocess.run(
+        ["nft", "list", "table", "inet", "ember_egress"], capture_output=True, text=True
+    ).stdout
     return seen
 
 
@@ -124,6 +114,7 @@ def test_brokered_credentials_and_a_live_policy(
     assert requests[-1] == {"host": API, "authorization": f"Bearer {ROTATED}"}
     assert len(requests) == 2  # the refused requests never left the host
 
+    assert "reset" in seen["raw_tcp"].lower(), seen["raw_tcp"]  # not HTTP: a TCP reset
     flows = {(f["host"], f["destination"], f["action"]) for f in seen["flows"]}
     assert (API, ALLOWED_IP, "allowed") in flows
     assert (BLOCKED, ALLOWED_IP, "refused") in flows
@@ -139,3 +130,6 @@ def test_brokered_credentials_and_a_live_policy(
              if path.is_file() and path.name != "state.json"
              and any(s.encode() in path.read_bytes() for s in (SECRET, ROTATED))]  # fmt: skip
     assert leaks == []
+    # Delete released it all: no rules for the guest, no state, CA or log left.
+    assert "redirect" not in seen["rules_after_delete"]
+    assert list((server.data_dir / "egress").iterdir()) == []

@@ -1,5 +1,5 @@
-"""An HTTPS server standing in for an external API, run by the egress VM tests inside
-their namespace: `python -m tests.egress.upstream CA_DIR LOG ADDRESS...`.
+"""An HTTPS server standing in for an external API, run by the egress VM test and bench
+inside their namespace: `python -m ember.testkit.https_upstream CA_DIR LOG ADDRESS...`.
 
 It presents, for each SNI name, a certificate from the CA in CA_DIR (the proxy is told
 to trust it), appends each request's Host and Authorization to LOG as a JSON line, and
@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
-from ember.egress.ca import CertificateAuthority
+from ember.egress.ca import CertificateAuthority, create_ca
 
 ANSWER = b"hello from upstream\n"
 
@@ -59,6 +62,29 @@ async def serve(ca_dir: Path, log: Path, addresses: list[str]) -> None:
         servers.append(await asyncio.start_server(handle, host, int(port), ssl=tls_context(ca)))
     print("ready", flush=True)
     await asyncio.gather(*(s.serve_forever() for s in servers))
+
+
+@contextmanager
+def https_upstream(ns: str, work: Path, addresses: list[str]) -> Iterator[tuple[Path, Path]]:
+    """This server in namespace `ns`, on port 443 of each of `addresses` (added to its
+    loopback: guests reach them through the host); yields its CA directory and its log."""
+    create_ca(work / "ca", "upstream")
+    log = work / "requests.jsonl"
+    for address in addresses:
+        subprocess.run(["ip", "-n", ns, "addr", "add", f"{address}/32", "dev", "lo"], check=True)
+    server = subprocess.Popen(
+        ["ip", "netns", "exec", ns, sys.executable, "-m", "ember.testkit.https_upstream",
+         str(work / "ca"), str(log), *(f"{a}:443" for a in addresses)],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert server.stdout is not None
+        if server.stdout.readline().strip() != "ready":
+            raise RuntimeError("the HTTPS upstream did not start")
+        yield work / "ca", log
+    finally:
+        server.terminate()
+        server.wait(10)
 
 
 if __name__ == "__main__":
