@@ -72,10 +72,6 @@ class Credential(BaseModel):
     placeholder: str
     inject: list[InjectRule]
 
-    def public(self) -> dict[str, object]:
-        """Everything but the value (for answers and logs)."""
-        return self.model_dump(exclude={"value"})
-
 
 def plan_credentials(
     requested: dict[str, CredentialRequest], env: dict[str, str]
@@ -138,7 +134,3 @@ def headers_for(credentials: list[Credential], host: str) -> dict[str, str]:
                 out[rule.header] = rule.format.replace(VALUE, credential.value)
                 break
     return out
-
-
-def injects_for(credentials: list[Credential], host: str) -> bool:
-    return any(rule.applies_to(host) for c in credentials for rule in c.inject)

@@ -14,6 +14,7 @@ import shutil
 import ssl
 import threading
 from pathlib import Path
+from typing import Protocol
 
 from ember.egress import nft
 from ember.egress.ca import CA_CERT, CertificateAuthority, create_ca
@@ -23,7 +24,7 @@ from ember.egress.models import EgressPlan, EgressView
 from ember.egress.policy import CompiledPolicy, EgressPolicy, normalise
 from ember.egress.proxy import EgressProxy, Tenant
 from ember.errors import InvalidArgument, NotFound
-from ember.network import NetworkManager
+from ember.network import Lease, NetworkSettings
 
 log = logging.getLogger("ember.egress")
 STATE = "state.json"
@@ -39,11 +40,20 @@ def upstream_context(cafile: Path | None) -> ssl.SSLContext:
     return context
 
 
+class Leases(Protocol):
+    """What egress needs of the network (`NetworkManager` is one): its settings and the
+    guests' addresses and TAPs."""
+
+    settings: NetworkSettings
+
+    def lease(self, instance_id: str) -> Lease | None: ...
+
+
 class EgressManager:
     def __init__(
         self,
         data_dir: Path,
-        network: NetworkManager,
+        network: Leases,
         *,
         proxy_port: int,
         upstream_cafile: Path | None = None,
@@ -80,13 +90,18 @@ class EgressManager:
     # ---- instances (the instance resource calls these) -----------------------------
 
     def create(self, instance_id: str, plan: EgressPlan) -> None:
+        """State, CA and rules for a new instance; on failure, none of them is left."""
         directory = self._dir(instance_id)
-        directory.mkdir(mode=0o700, parents=True, exist_ok=True)
-        create_ca(directory, instance_id)
-        with self._lock:
-            self._write(instance_id, plan)
-            self._plans[instance_id] = plan
-            self._apply()
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            create_ca(directory, instance_id)
+            with self._lock:
+                self._write(instance_id, plan)
+                self._plans[instance_id] = plan
+                self._apply()
+        except BaseException:
+            self.remove(instance_id)
+            raise
 
     def remove(self, instance_id: str) -> None:
         with self._lock:
@@ -152,9 +167,6 @@ class EgressManager:
     def flows(self, instance_id: str, limit: int) -> list[Flow]:
         self._plan(instance_id)
         return FlowLog(self._dir(instance_id)).read(limit)
-
-    def mediated(self, instance_id: str) -> bool:
-        return instance_id in self._plans
 
     # ---- inside ----------------------------------------------------------------------
 

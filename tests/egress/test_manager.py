@@ -1,0 +1,81 @@
+"""EgressManager with real nftables, in a namespace of the test's own (no VM): the rules
+follow create, a live policy change and delete, and a create that fails leaves nothing.
+The network is a stand-in with the one lease the rules need (the bridge and TAP named
+in the rules need not exist for nft)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from ember.egress import EgressManager, EgressPlan, EgressPolicy
+from ember.errors import InvalidArgument, Unavailable
+from ember.network import Lease, NetworkSettings
+from ember.testkit.netns import in_netns, netns
+
+
+@dataclass
+class Leases:
+    settings: NetworkSettings = field(default_factory=NetworkSettings.from_values)
+    leases: dict[str, Lease] = field(default_factory=dict)
+
+    def lease(self, instance_id: str) -> Lease | None:
+        return self.leases.get(instance_id)
+
+
+def rules() -> str:
+    listed = subprocess.run(["nft", "list", "ruleset"], capture_output=True, text=True)
+    return listed.stdout
+
+
+def scenario(root: Path) -> dict[str, object]:
+    network = Leases()
+    network.leases["a"] = Lease("a", "web", "10.100.0.5", "02:00:00:00:00:05", "tap-a")
+    network.leases["b"] = Lease("b", "bad", "10.100.0.6", "02:00:00:00:00:06", 'tap-"b')
+    manager = EgressManager(root, network, proxy_port=4960)
+    seen: dict[str, object] = {}
+    manager.create("a", EgressPlan(policy=EgressPolicy(deny=["198.51.100.0/24"])))
+    seen["created"] = rules()
+    manager.set_policy("a", EgressPolicy(allow=["*.example.com", "192.0.2.0/24"]))
+    seen["changed"] = rules()
+    seen["files"] = sorted(os.listdir(root / "egress" / "a"))
+    seen["state_mode"] = oct((root / "egress" / "a" / "state.json").stat().st_mode & 0o777)
+    try:
+        manager.create("b", EgressPlan())  # a TAP name nft refuses: the create fails
+    except Unavailable as exc:
+        seen["failed"] = str(exc)
+    seen["after_failure"] = sorted(os.listdir(root / "egress"))
+    manager.remove("a")
+    seen["removed"] = rules()
+    seen["left"] = os.listdir(root / "egress")
+    return seen
+
+
+def test_rules_follow_the_instance(tmp_path: Path) -> None:
+    with netns() as ns:
+        seen = in_netns(ns, scenario, tmp_path)
+    created, changed = str(seen["created"]), str(seen["changed"])
+    assert "ip saddr 10.100.0.5 ip daddr != 10.100.0.0/16 meta l4proto tcp redirect to :4960" in (
+        created
+    )
+    assert "198.51.100.0/24" in created and "reject with tcp reset" in created
+    assert 'iifname "tap-a" ip saddr != 10.100.0.5 drop' in created
+    # The live change: the deny is gone, the allow list's CIDR is the only way out.
+    assert "198.51.100.0/24" not in changed
+    assert "ip daddr != 192.0.2.0/24 meta l4proto tcp reject with tcp reset" in changed
+    assert seen["files"] == ["ca.key", "ca.pem", "state.json"]
+    assert seen["state_mode"] == "0o600"
+    assert "nft failed" in str(seen["failed"])
+    assert seen["after_failure"] == ["a"]
+    assert "10.100.0.5" not in str(seen["removed"]) and seen["left"] == []
+
+
+@pytest.mark.parametrize("bad", [["10.0.0.1/8"], ["not a name"]])
+def test_a_bad_policy_is_refused_naming_the_entry(tmp_path: Path, bad: list[str]) -> None:
+    manager = EgressManager(tmp_path, Leases(), proxy_port=4960)
+    with pytest.raises(InvalidArgument, match=r"policy\.deny\[0\]"):
+        manager.set_policy("a", EgressPolicy(deny=bad))
