@@ -1,4 +1,4 @@
-"""EgressManager with real nftables, in a namespace of the test's own (no VM): the rules
+"""EgressManager with real nftables, always in a namespace of the test's own (no VM): the rules
 follow create, a live policy change and delete, and a create that fails leaves nothing.
 The network is a stand-in with the one lease the rules need (the bridge and TAP named
 in the rules need not exist for nft)."""
@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from ember.egress import EgressManager, EgressPlan, EgressPolicy
+from ember.egress.credentials import CredentialRequest, plan_credentials
 from ember.errors import InvalidArgument, Unavailable
 from ember.network import Lease, NetworkSettings
 from ember.testkit.netns import in_netns, netns
@@ -72,6 +73,26 @@ def test_rules_follow_the_instance(tmp_path: Path) -> None:
     assert "nft failed" in str(seen["failed"])
     assert seen["after_failure"] == ["a"]
     assert "10.100.0.5" not in str(seen["removed"]) and seen["left"] == []
+
+
+def rotation(root: Path) -> str:
+    request = CredentialRequest.model_validate(
+        {"source": {"env": "REAL"}, "inject": [{"as": {"header": "X-Key", "format": "${value}"}}]}
+    )
+    credentials, _ = plan_credentials({"KEY": request}, {"REAL": "old"})
+    manager = EgressManager(root, Leases(), proxy_port=4960)
+    manager.create("a", EgressPlan(credentials=credentials))
+    for refused in ({"KEY": "x"}, {"OTHER": "x"}, {"REAL": "two\nlines"}):
+        with pytest.raises(InvalidArgument, match="env"):
+            manager.check_rotation("a", refused)
+    manager.rotate("a", {"REAL": "new"})
+    return (root / "egress" / "a" / "state.json").read_text()
+
+
+def test_only_credential_values_rotate(tmp_path: Path) -> None:
+    with netns() as ns:
+        stored = EgressPlan.model_validate_json(in_netns(ns, rotation, tmp_path))
+    assert stored.credentials[0].value == "new"
 
 
 @pytest.mark.parametrize("bad", [["10.0.0.1/8"], ["not a name"]])

@@ -4,6 +4,7 @@ destination is given by the test, which nftables' SO_ORIGINAL_DST gives in produ
 from __future__ import annotations
 
 import asyncio
+import re
 import ssl
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
@@ -34,7 +35,9 @@ class Upstream:
         try:
             while True:
                 head = await reader.readuntil(b"\r\n\r\n")
-                self.heads.append(head.decode())
+                length = re.search(rb"Content-Length: (\d+)", head)
+                body = await reader.readexactly(int(length.group(1))) if length else b""
+                self.heads.append(head.decode() + body.decode())
                 writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
                 await writer.drain()
                 if b"Connection: close" in head:
@@ -116,6 +119,23 @@ async def test_https_gets_the_real_header_and_the_guest_only_the_answer(rig: Rig
     assert (flow.protocol, flow.host, flow.action, flow.credentials) == ("tls", NAME, "allowed",
                                                                          ["KEY"])  # fmt: skip
     assert SECRET not in rig.tenant.flows.path.read_text()
+
+
+async def test_every_request_of_a_keep_alive_connection_gets_the_header(rig: Rig) -> None:
+    rig.target[:] = [("127.0.0.1", rig.tls.port)]
+    reader, writer = await asyncio.open_connection(
+        *rig.proxy.address, ssl=rig.guest_trust, server_hostname=NAME
+    )
+    post = f"POST /a HTTP/1.1\r\nHost: {NAME}\r\nContent-Length: 5\r\n\r\nhello"
+    get = f"GET /b HTTP/1.1\r\nHost: {NAME}\r\nConnection: close\r\n\r\n"
+    writer.write((post + get).encode())  # pipelined, the body between the heads
+    await writer.drain()
+    answer = await reader.read()
+    writer.close()
+    assert answer.count(b"200 OK") == 2
+    assert [h.split(" ", 2)[1] for h in rig.tls.heads] == ["/a", "/b"]
+    assert rig.tls.heads[0].endswith("hello")
+    assert all(f"Authorization: Bearer {SECRET}" in h for h in rig.tls.heads)
 
 
 async def test_a_host_without_credentials_is_spliced_not_intercepted(rig: Rig) -> None:
