@@ -28,14 +28,7 @@ from typing import Any
 from ember.egress.ca import CA_CERT
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.https_upstream import https_upstream
-from ember.testkit.image import (
-    build_image,
-    busybox_layer,
-    directory,
-    file,
-    hello_binary,
-    https_get_binary,
-)
+from ember.testkit.image import https_client_image
 from ember.testkit.netns import in_netns, netns
 from ember.testkit.push import push
 
@@ -48,14 +41,11 @@ def set_up(server: EmberServer, upstream_ca: bytes) -> None:
     from hypeman import Hypeman
     from hypeman.types.instance_create_params import Credentials
 
-    layer = {"hello": file(hello_binary(), 0o755), "https-get": file(https_get_binary(), 0o755),
-             "etc/ssl": directory(), "etc/ssl/certs": directory(),
-             "etc/ssl/certs/ca-certificates.crt": file(upstream_ca)}  # fmt: skip
-    push(build_image([busybox_layer(), layer], cmd=["sleep", "3600"]), server.url, "bench/https",
-         "v1", token=server.token())  # fmt: skip
-    image = f"127.0.0.1:{server.port}/bench/https:v1"
+    image = https_client_image(upstream_ca, cmd=["sleep", "3600"])
+    push(image, server.url, "bench/https", "v1", token=server.token())
+    name = f"127.0.0.1:{server.port}/bench/https:v1"
     official = Hypeman(base_url=server.url, api_key=server.token(), max_retries=0)
-    while official.images.get(image).status != "ready":
+    while official.images.get(name).status != "ready":
         time.sleep(0.1)
     credential: Credentials = {
         "source": {"env": "KEY"},
@@ -63,7 +53,7 @@ def set_up(server: EmberServer, upstream_ca: bytes) -> None:
             {"hosts": [NAME], "as": {"header": "Authorization", "format": "Bearer ${value}"}}
         ],
     }
-    common: dict[str, Any] = {"image": image, "size": "256MB", "vcpus": 1}
+    common: dict[str, Any] = {"image": name, "size": "256MB", "vcpus": 1}
     official.instances.create(name="brokered", env={"KEY": "real-secret"},
                               credentials={"KEY": credential}, **common)  # fmt: skip
     official.instances.create(name="direct", env={"KEY": "real-secret"}, **common)

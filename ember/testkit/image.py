@@ -275,12 +275,16 @@ def hello_image(**config: Any) -> BuiltImage:
     return build_image([busybox_layer(), app], **config)
 
 
-def https_client_image(**config: Any) -> BuiltImage:
-    """`hello_image` plus `/https-get` (a static, certificate-verifying HTTPS client)."""
+def https_client_image(trusted_ca: bytes | None = None, **config: Any) -> BuiltImage:
+    """`hello_image` plus `/https-get` (a static, certificate-verifying HTTPS client), and
+    `trusted_ca` (PEM) as the image's trust store when given."""
     app: Layer = {
         "hello": file(hello_binary(), 0o755),
         "https-get": file(https_get_binary(), 0o755),
     }
+    if trusted_ca is not None:
+        app |= {"etc/ssl": directory(), "etc/ssl/certs": directory(),
+                "etc/ssl/certs/ca-certificates.crt": file(trusted_ca)}  # fmt: skip
     config.setdefault("cmd", ["/hello"])
     return build_image([busybox_layer(), app], **config)
 

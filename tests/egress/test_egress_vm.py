@@ -27,7 +27,7 @@ from ember.testkit.netns import in_netns
 from tests.conftest import push_to_ember, running_server, short_tmp
 
 pytestmark = pytest.mark.vm
-API, BLOCKED = "api.example.test", "blocked.example.test"
+API, BLOCKED, OTHER = "api.example.test", "blocked.example.test", "other.example.test"
 ALLOWED_IP, DENIED_IP = "10.77.0.1", "10.78.0.1"
 SECRET = "sk-real-" + secrets.token_hex(12)
 ROTATED = "sk-rotated-" + secrets.token_hex(12)
@@ -53,11 +53,13 @@ def https_get(name: str, ip: str, header: bool = False) -> list[str]:
     return ["sh", "-c", f"/https-get {name} {ip} 443 / 1{auth} 2>&1"]
 
 
-def scenario(server: EmberServer) -> dict[str, Any]:
+def scenario(server: EmberServer, upstream_ca: bytes) -> dict[str, Any]:
     from hypeman import Hypeman
     from hypeman.lib.exec import exec as guest_exec
 
-    image = push_to_ember(server, https_client_image(), "https-client", "egress")
+    # The image trusts the upstream's CA (as images trust public CAs): names without a
+    # credential reach it unintercepted.
+    image = push_to_ember(server, https_client_image(upstream_ca), "https-client", "egress")
     official = Hypeman(base_url=server.url, api_key=server.token(), max_retries=0)
     api = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {server.token()}"})
     official.instances.create(
@@ -78,6 +80,7 @@ def scenario(server: EmberServer) -> dict[str, Any]:
 
     seen: dict[str, Any] = {"guest_env": run(["sh", "-c", "env; tr '\\0' '\\n' </proc/1/environ"])}
     seen["brokered"] = run(https_get(API, ALLOWED_IP, header=True))
+    seen["spliced"] = run(https_get(OTHER, ALLOWED_IP, header=True))
     changed = api.patch("/instances/broker/egress",
                         json={"policy": {"deny": [BLOCKED, "10.78.0.0/24"]}})  # fmt: skip
     seen["policy"] = (changed.status_code, changed.json())
@@ -103,13 +106,17 @@ def scenario(server: EmberServer) -> dict[str, Any]:
 def test_brokered_credentials_and_a_live_policy(
     server: EmberServer, ns: str, upstream: tuple[Path, Path]
 ) -> None:
-    seen = in_netns(ns, scenario, server)
+    seen = in_netns(ns, scenario, server, (upstream[0] / CA_CERT).read_bytes())
     requests = [json.loads(line) for line in upstream[1].read_text().splitlines()]
 
     # The guest holds a placeholder; the server got the real value, the guest only the answer.
     assert "OUTBOUND_KEY=ember-placeholder-" in seen["guest_env"]
     assert "exit=0" in seen["brokered"] and "hello from upstream" in seen["brokered"]
     assert requests[0] == {"host": API, "authorization": f"Bearer {SECRET}"}
+    # Another name passes unchanged: its own TLS end to end, the guest's placeholder as sent.
+    assert "hello from upstream" in seen["spliced"]
+    assert requests[1]["host"] == OTHER
+    assert requests[1]["authorization"].startswith("Bearer ember-placeholder-")
     # Changed while running: one name and one CIDR refused, each with a readable reason.
     assert seen["policy"][0] == 200, seen["policy"]
     assert "403 Forbidden" in seen["by_name"] and f"denied by {BLOCKED}" in seen["by_name"]
@@ -117,15 +124,15 @@ def test_brokered_credentials_and_a_live_policy(
     # A rotated value is used from the next request on, without a restart.
     assert "hello from upstream" in seen["rotated"]
     assert requests[-1] == {"host": API, "authorization": f"Bearer {ROTATED}"}
-    assert len(requests) == 2  # the refused requests never left the host
+    assert len(requests) == 3  # the refused requests never left the host
 
     assert "reset" in seen["raw_tcp"].lower(), seen["raw_tcp"]  # not HTTP: a TCP reset
     flows = {(f["host"], f["destination"], f["action"]) for f in seen["flows"]}
-    assert (API, ALLOWED_IP, "allowed") in flows
+    assert (API, ALLOWED_IP, "allowed") in flows and (OTHER, ALLOWED_IP, "allowed") in flows
     assert (BLOCKED, ALLOWED_IP, "refused") in flows
     assert (API, DENIED_IP, "refused") in flows
-    assert all(f["credentials"] == ["OUTBOUND_KEY"] for f in seen["flows"]
-               if f["action"] == "allowed")  # fmt: skip
+    injected = [(f["host"], f["destination"]) for f in seen["flows"] if f["credentials"]]
+    assert injected == [(API, ALLOWED_IP)] * 2  # the first request and the rotated one
 
     # The real values are nowhere but the egress state: not in the guest, the answers,
     # the store, the logs, the instance's disks or the snapshot (metadata, memory, disks).
