@@ -104,6 +104,24 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     return str(ipaddress.IPv4Address(raw[4:8])), port
 
 
+async def _readable(sock: socket.socket, timeout: float) -> None:
+    """Wait until `sock` has something to read, at most `timeout` seconds."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():  # the reader may fire again before it is removed
+            ready.set_result(None)
+
+    loop.add_reader(sock.fileno(), wake)
+    try:
+        await asyncio.wait_for(ready, max(0.0, timeout))
+    except TimeoutError:
+        pass
+    finally:
+        loop.remove_reader(sock.fileno())
+
+
 def reset(sock: socket.socket) -> None:
     """Close with a TCP RST: the program inside reads "connection reset by peer"."""
     with contextlib.suppress(OSError):
@@ -245,6 +263,9 @@ class EgressProxy:
                 reset(sock)  # not a mediated guest, or a direct connection to the proxy
                 return
             await self._judge(Connection(tenant, sock, destination, port))
+        except (ConnectionError, ssl.SSLError, TimeoutError) as exc:
+            log.debug("egress: connection ended: %s", exc)  # a guest gone, a handshake refused
+            reset(sock)
         except Exception:
             log.exception("egress: connection failed")
             reset(sock)
@@ -288,14 +309,7 @@ class EgressProxy:
             if data:
                 await asyncio.sleep(0.002)  # more of a split ClientHello is on its way
                 continue
-            readable = loop.create_future()
-            loop.add_reader(sock.fileno(), readable.set_result, None)
-            try:
-                await asyncio.wait_for(readable, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                pass
-            finally:
-                loop.remove_reader(sock.fileno())
+            await _readable(sock, deadline - loop.time())
         return data
 
     async def _guest_streams(
