@@ -142,10 +142,16 @@ async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
 
 async def _forward(
     head: http.RequestHead, reader: asyncio.StreamReader, up: asyncio.StreamWriter
-) -> None:
+) -> bool:
+    """Send one request on; False when the connection stops being HTTP requests (an
+    `Upgrade`, e.g. WebSocket: the rest is copied as it comes)."""
     up.write(head.encode())
+    if head.get("upgrade"):
+        await _pump(reader, up)
+        return False
     await http.copy_body(head, reader, up)
     await up.drain()
+    return True
 
 
 def _end(writer: asyncio.StreamWriter) -> None:
@@ -414,7 +420,8 @@ class EgressProxy:
             while (head := await http.read_head(reader)) is not None:
                 for header, value in conn.tenant.credentials_for(tls_name).items():
                     head.set(header, value)
-                await _forward(head, reader, up_writer)
+                if not await _forward(head, reader, up_writer):
+                    return
             _end(up_writer)
 
         await _relay(send(), up_reader, writer)
@@ -438,7 +445,8 @@ class EgressProxy:
 
             async def send(head: http.RequestHead | None) -> None:
                 while head is not None and await self._admit(conn, head):
-                    await _forward(head, reader, upstream)
+                    if not await _forward(head, reader, upstream):
+                        return
                     head = await http.read_head(reader)
                 _end(upstream)
 

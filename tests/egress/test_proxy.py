@@ -55,6 +55,7 @@ class Rig:
     tls: Upstream
     plain: Upstream
     guest_trust: ssl.SSLContext  # trusts the instance's CA, as the guest does
+    upstream_ca: CertificateAuthority
     target: list[tuple[str, int]]  # where the "guest" connection was going
 
     async def request(self, name: str, port: int, tls: bool, headers: str = "") -> bytes:
@@ -101,7 +102,7 @@ async def rig(tmp_path: Path) -> AsyncIterator[Rig]:
     )  # fmt: skip
     await proxy.start("127.0.0.1", 0)
     guest_trust = ssl.create_default_context(cafile=str(tmp_path / "instance" / CA_CERT))
-    yield Rig(proxy, tenant, tls, plain, guest_trust, target)
+    yield Rig(proxy, tenant, tls, plain, guest_trust, upstream_ca, target)
     await proxy.close()
     for server in (tls_server, plain_server):
         server.close()
@@ -136,6 +137,31 @@ async def test_every_request_of_a_keep_alive_connection_gets_the_header(rig: Rig
     assert [h.split(" ", 2)[1] for h in rig.tls.heads] == ["/a", "/b"]
     assert rig.tls.heads[0].endswith("hello")
     assert all(f"Authorization: Bearer {SECRET}" in h for h in rig.tls.heads)
+
+
+async def test_an_upgraded_connection_is_copied_as_it_comes(rig: Rig) -> None:
+    heads: list[bytes] = []
+
+    async def websocket_ish(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        heads.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n")
+        writer.write((await reader.readexactly(9)).upper())  # frames, not HTTP
+        writer.close()
+
+    server = await asyncio.start_server(
+        websocket_ish, "127.0.0.1", 0, ssl=rig.upstream_ca.server_context(NAME)
+    )
+    rig.target[:] = [("127.0.0.1", server.sockets[0].getsockname()[1])]
+    reader, writer = await asyncio.open_connection(
+        *rig.proxy.address, ssl=rig.guest_trust, server_hostname=NAME
+    )
+    writer.write(f"GET /ws HTTP/1.1\r\nHost: {NAME}\r\nUpgrade: x\r\n\r\n".encode())
+    writer.write(b"get / x\r\n")  # as a request line it would be refused: it is payload now
+    answer = await reader.read()
+    writer.close()
+    server.close()
+    assert answer.endswith(b"\r\n\r\nGET / X\r\n")
+    assert f"Authorization: Bearer {SECRET}".encode() in heads[0]
 
 
 async def test_a_host_without_credentials_is_spliced_not_intercepted(rig: Rig) -> None:
