@@ -5,6 +5,7 @@ in the rules need not exist for nft)."""
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import subprocess
 from dataclasses import dataclass, field
@@ -12,8 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from ember.egress import EgressManager, EgressPlan, EgressPolicy
+from ember.egress import EgressManager, EgressPlan, EgressPolicy, nft
 from ember.egress.credentials import CredentialRequest, plan_credentials
+from ember.egress.policy import CompiledPolicy
 from ember.errors import InvalidArgument, Unavailable
 from ember.network import Lease, NetworkSettings
 from ember.testkit.netns import in_netns, netns
@@ -100,3 +102,11 @@ def test_a_bad_policy_is_refused_naming_the_entry(tmp_path: Path, bad: list[str]
     manager = EgressManager(tmp_path, Leases(), proxy_port=4960)
     with pytest.raises(InvalidArgument, match=r"policy\.deny\[0\]"):
         manager.set_policy("a", EgressPolicy(deny=bad))
+
+
+def test_http_https_only_redirects_just_those_ports() -> None:
+    site = nft.Site("t", "br", ipaddress.IPv4Network("10.100.0.0/16"), "10.100.0.1", 4960)
+    policy = CompiledPolicy.of(EgressPolicy())
+    script = nft.ruleset(site, [nft.GuestRules("10.100.0.5", "tap-a", "http_https_only", policy)])
+    assert "ip saddr 10.100.0.5 ip daddr != 10.100.0.0/16 tcp dport { 80, 443 } redirect" in script
+    assert "meta l4proto tcp redirect" not in script
