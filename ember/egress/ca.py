@@ -24,6 +24,7 @@ from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 CA_CERT = "ca.pem"
 CA_KEY = "ca.key"
 _DAY = datetime.timedelta(days=1)
+MAX_LEAVES = 256  # per instance
 _CA_USAGE = x509.KeyUsage(
     digital_signature=True, key_cert_sign=True, crl_sign=True, content_commitment=False,
     key_encipherment=False, data_encipherment=False, key_agreement=False,
@@ -87,10 +88,12 @@ class CertificateAuthority:
         self._contexts: dict[str, ssl.SSLContext] = {}
 
     def server_context(self, host: str) -> ssl.SSLContext:
-        """A TLS server context presenting a leaf for `host` (cached per host)."""
-        context = self._contexts.get(host)
-        if context is None:
-            context = self._contexts[host] = self._make_context(host)
+        """A TLS server context presenting a leaf for `host` (cached per host; a guest
+        asking for endless names cannot grow the cache past MAX_LEAVES)."""
+        context = self._contexts.pop(host, None) or self._make_context(host)
+        self._contexts[host] = context  # most recently used last
+        if len(self._contexts) > MAX_LEAVES:
+            del self._contexts[next(iter(self._contexts))]
         return context
 
     def _make_context(self, host: str) -> ssl.SSLContext:

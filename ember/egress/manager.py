@@ -23,7 +23,7 @@ from ember.egress.flows import Flow, FlowLog
 from ember.egress.models import EgressPlan, EgressView
 from ember.egress.policy import CompiledPolicy, EgressPolicy, normalise
 from ember.egress.proxy import EgressProxy, Tenant
-from ember.errors import InvalidArgument, NotFound
+from ember.errors import InvalidArgument, NotFound, Unavailable
 from ember.network import Lease, NetworkSettings
 
 log = logging.getLogger("ember.egress")
@@ -79,7 +79,14 @@ class EgressManager:
                 log.warning("egress: unreadable state in %s; ignored", directory)
                 continue
             self._plans[directory.name] = plan
-        await self.proxy.start(str(self.network.settings.gateway_ip), self.proxy_port)
+        gateway = str(self.network.settings.gateway_ip)
+        try:
+            await self.proxy.start(gateway, self.proxy_port)
+        except OSError as exc:
+            raise Unavailable(
+                f"egress: the proxy cannot listen on {gateway}:{self.proxy_port} ({exc}); "
+                "set EMBER_EGRESS_PROXY_PORT"
+            ) from exc
         self._apply()
 
     async def close(self) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from ember.egress.ca import CA_CERT, CertificateAuthority, create_ca
+from ember.egress.ca import CA_CERT, MAX_LEAVES, CertificateAuthority, create_ca
 from ember.egress.credentials import CredentialRequest, plan_credentials
 from ember.egress.flows import FlowLog
 from ember.egress.manager import upstream_context
@@ -228,3 +228,13 @@ def test_parse_sni_of_a_real_client_hello() -> None:
     assert parse_sni(outgoing.read()) == "name.example.test"
     assert parse_sni(b"\x16\x03\x01\x00") is None
     assert parse_sni(b"GET / HTTP/1.1\r\n") is None
+
+
+def test_leaves_are_cached_within_a_bound(tmp_path: Path) -> None:
+    create_ca(tmp_path, "bound")
+    ca = CertificateAuthority(tmp_path)
+    first = ca.server_context("a.example.test")
+    assert ca.server_context("a.example.test") is first
+    for i in range(MAX_LEAVES):
+        ca.server_context(f"n{i}.example.test")
+    assert ca.server_context("a.example.test") is not first  # evicted, made again

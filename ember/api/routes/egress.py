@@ -6,6 +6,7 @@ connections the proxy judged. Credentials' real values are never answered.
 
 from __future__ import annotations
 
+import asyncio
 from typing import Annotated
 
 from fastapi import APIRouter, Path, Query
@@ -51,7 +52,8 @@ async def get_egress(ref: InstanceRef, svc: ServicesDep) -> EgressView:
 )
 async def update_egress(ref: InstanceRef, body: EgressUpdate, svc: ServicesDep) -> EgressView:
     """Holds from the next connection; connections already open go on."""
-    return _egress(svc).set_policy(svc.instances.get(ref).id, body.policy)
+    egress, instance_id = _egress(svc), svc.instances.get(ref).id
+    return await asyncio.to_thread(egress.set_policy, instance_id, body.policy)  # runs nft
 
 
 @router.get(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import json
 from collections.abc import AsyncIterator
@@ -266,7 +267,7 @@ async def update_instance(
         body = UpdateInstanceRequest.model_validate(rest)
     record = await svc.instances.update(ref, body)
     if egress is not None and rotation is not None:
-        egress.rotate(record.id, rotation)
+        await asyncio.to_thread(egress.rotate, record.id, rotation)  # runs nft
     return answer(svc, record)
 
 
