@@ -62,6 +62,14 @@ class Settings(BaseSettings):
     network_nft_table: str = "ember"  # Ember's own nftables table (family inet)
     # --- end network ---
 
+    # --- egress (ember/egress: credential brokering, egress policy) ---
+    # The proxy listens on the network's gateway address at this port; mediated guests'
+    # TCP is redirected to it.
+    egress_proxy_port: int = Field(default=4960, ge=1, le=65535)
+    # PEM CAs the proxy trusts, beside the host's store, for the servers it intercepts.
+    egress_upstream_cafile: Path | None = None
+    # --- end egress ---
+
     # --- ingress (ember/ingress: Caddy as the data plane) ---
     # Host address Caddy's ingress listeners bind (ports come from the rules).
     ingress_listen_address: str = "0.0.0.0"

@@ -25,6 +25,7 @@ from typing import Protocol
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
 from ember.devices import DeviceManager
+from ember.egress import EgressManager
 from ember.errors import NotFound
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
@@ -36,6 +37,7 @@ from ember.instances.autostandby import AutoStandby
 from ember.instances.balloons import running_guests
 from ember.instances.core import InstanceCore
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
+from ember.instances.egress import MediatedEgress
 from ember.instances.expiry import Reaper
 from ember.instances.health import HealthMonitor
 from ember.instances.layout import Layout
@@ -169,6 +171,7 @@ class Services:
     devices: DeviceManager
     memory: MemoryReclaimer
     instance_services: InstanceServices
+    egress: EgressManager | None = None  # with the network
     dns: DnsServer | None = None
 
     @asynccontextmanager
@@ -192,6 +195,9 @@ class Services:
                 self.dns = self.network.dns_server()
                 await self.dns.start()
                 stack.push_async_callback(self.dns.stop)
+            if self.egress is not None:
+                await self.egress.open()  # before instances: their sweep reaches it
+                stack.push_async_callback(self.egress.close)
             await stack.enter_async_context(self.instance_services.running())
             await self.ingresses.open()
             stack.push_async_callback(self.ingresses.close)
@@ -225,9 +231,17 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         else None
     )
     volumes = VolumeManager(store, settings.data_dir)
-    instance_services = build_instances(store, settings, images=images, hypervisors=hypervisors,
-                                        system=system.current, network=network,
-                                        volumes=volumes)  # fmt: skip
+    egress = (
+        EgressManager(settings.data_dir, network, proxy_port=settings.egress_proxy_port,
+                      upstream_cafile=settings.egress_upstream_cafile)
+        if network is not None
+        else None
+    )  # fmt: skip
+    instance_services = build_instances(
+        store, settings, images=images, hypervisors=hypervisors, system=system.current,
+        network=network, volumes=volumes,
+        resources=[MediatedEgress(egress)] if egress is not None else (),
+    )  # fmt: skip
     instances = instance_services.manager
     return Services(
         settings=settings,
@@ -248,6 +262,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
             poll_seconds=settings.memory_reclaim_poll_seconds,
         ),
         instance_services=instance_services,
+        egress=egress,
     )
 
 

@@ -16,6 +16,7 @@ from ember.api.errors import document_errors, error_response_doc, install_error_
 from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
     devices,
+    egress,
     guest_access,
     health,
     host,
@@ -43,6 +44,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     memory.router,  # /resources/memory/reclaim
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
+    egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

@@ -32,6 +32,7 @@ CONFIG_OFFSET = 4096
 MAX_CONFIG_SIZE = 1 << 20  # the agent reads at most this much
 MIN_OVERLAY_BYTES = 64 << 20  # room for ext4's own metadata and a journal
 _BLOCK = 4096
+GUEST_CERTS = "/etc/ssl/certs"  # where init installs `ca_certificates` (guest/init)
 
 
 class GuestNetwork(BaseModel):
@@ -91,6 +92,9 @@ class GuestConfig(BaseModel):
     hostname: str = "ember"
     network: GuestNetwork | None = None
     volumes: list[GuestVolume] = Field(default_factory=list)  # mounted in this order
+    # PEM added to the guest's trust store at boot (the egress proxy's CA): one "ca="
+    # record per line, which init writes to GUEST_CERTS.
+    ca_certificates: str | None = None
 
     @property
     def argv(self) -> list[str]:
@@ -109,6 +113,8 @@ class GuestConfig(BaseModel):
             fields |= {"net.ip": net.ip, "net.prefix": str(net.prefix), "net.dns": net.dns}
             if net.gateway:
                 fields["net.gateway"] = net.gateway
+        if self.ca_certificates:
+            fields["ca"] = self.ca_certificates.strip().splitlines()
         validate_env(self.env)
         try:
             if self.volumes:

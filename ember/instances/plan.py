@@ -14,8 +14,15 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 
+from ember.egress import EgressPlan, plan_egress
 from ember.errors import InvalidArgument
-from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork, GuestVolume
+from ember.guest.config import (
+    GUEST_CERTS,
+    MIN_OVERLAY_BYTES,
+    GuestConfig,
+    GuestNetwork,
+    GuestVolume,
+)
 from ember.hypervisor import DiskSpec, Hypervisors, NicSpec, VMSpec
 from ember.ids import is_id
 from ember.images.models import ImageRecord
@@ -35,7 +42,6 @@ MIN_MEMORY_BYTES = 128 << 20
 NOT_PROVIDED = {
     "devices": "device passthrough is not available on this host",
     "gpu": "GPUs are not available on this host",
-    "credentials": "credential injection is not available yet",
 }
 
 
@@ -77,6 +83,7 @@ class CreatePlan:
     record: InstanceRecord  # inserted as is (state Created)
     network: NetworkPlan | None
     volumes: tuple[VolumePlan, ...] = ()
+    egress: EgressPlan | None = None  # mediated egress; holds credentials' real values
 
 
 def plan_create(
@@ -124,6 +131,10 @@ def plan_create(
             "pull it for that platform first"
         )
     network = _network(request.network, networking)
+    egress, env = plan_egress(
+        request.network.egress if request.network else None, request.credentials,
+        validate_env(request.env), networked=network is not None,
+    )  # fmt: skip
     record = InstanceRecord(
         id=instance_id,
         name=name,
@@ -140,7 +151,7 @@ def plan_create(
         ),
         entrypoint=request.entrypoint,
         cmd=request.cmd,
-        env=validate_env(request.env),
+        env=env,  # credentials' real values are not in it: the guest's placeholders are
         tags=validate_tags(request.tags),
         skip_guest_agent=request.skip_guest_agent,
         # The instance keeps what it was created from, even if the tag moves later.
@@ -157,6 +168,7 @@ def plan_create(
         record=record,
         network=network,
         volumes=tuple(_volume(i, v) for i, v in enumerate(request.volumes or ())),
+        egress=egress,
     )
 
 
@@ -192,10 +204,6 @@ def _network(request: NetworkRequest | None, networking: bool) -> NetworkPlan | 
         if request.bandwidth_download or request.bandwidth_upload:
             raise InvalidArgument("network: bandwidth limits need `enabled: true`")
         return None
-    if request.egress is not None and request.egress.enabled:
-        raise InvalidArgument(
-            "network.egress: mediated egress is not available yet", code="not_supported"
-        )
 
     def rate(value: str | None, name: str) -> int | None:
         return parse_rate(value, field=f"network.{name}") if value else None
@@ -247,11 +255,22 @@ def guest_config(record: InstanceRecord, devices: BootDevices | None = None) -> 
         raise InvalidArgument(
             f"image {record.image!r} has no entrypoint or cmd: give `cmd` or `entrypoint`"
         )
+    trust = trust_env(devices.ca_certificates)
     return image.model_copy(
-        update={"entrypoint": entrypoint, "cmd": cmd, "env": {**image.env, **record.env},
+        update={"entrypoint": entrypoint, "cmd": cmd, "env": {**trust, **image.env, **record.env},
                 "hostname": record.name, "network": devices.network,
-                "volumes": list(devices.volumes)}
+                "volumes": list(devices.volumes), "ca_certificates": devices.ca_certificates}
     )  # fmt: skip
+
+
+def trust_env(ca_certificates: str | None) -> dict[str, str]:
+    """Where TLS clients find the bundle init appended the egress CA to (the image's and
+    the request's env win, as they would over any default)."""
+    if not ca_certificates:
+        return {}
+    bundle = f"{GUEST_CERTS}/ca-certificates.crt"
+    return {"SSL_CERT_FILE": bundle, "CURL_CA_BUNDLE": bundle, "REQUESTS_CA_BUNDLE": bundle,
+            "NODE_EXTRA_CA_CERTS": f"{GUEST_CERTS}/ember-egress-ca.pem"}  # fmt: skip
 
 
 @dataclass(frozen=True, slots=True)
@@ -262,6 +281,7 @@ class BootDevices:
     nics: tuple[NicSpec, ...] = ()
     network: GuestNetwork | None = None
     volumes: tuple[GuestVolume, ...] = ()
+    ca_certificates: str | None = None  # PEM for the guest's trust store (egress CA)
 
     def merge(self, other: BootDevices) -> BootDevices:
         return BootDevices(
@@ -269,6 +289,7 @@ class BootDevices:
             nics=self.nics + other.nics,
             network=other.network or self.network,
             volumes=self.volumes + other.volumes,
+            ca_certificates=other.ca_certificates or self.ca_certificates,
         )
 
 

@@ -13,6 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
+from ember.egress import CredentialRequest, EgressRequest
 from ember.hypervisor import HypervisorName
 from ember.instances.models import SnapshotPolicy
 from ember.validation import NAME_SCHEMA
@@ -20,11 +21,6 @@ from ember.validation import NAME_SCHEMA
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
-
-
-class NetworkEgressRequest(_Strict):
-    enabled: StrictBool = False
-    enforcement: dict[str, Any] | None = None
 
 
 class NetworkRequest(_Strict):
@@ -35,7 +31,9 @@ class NetworkRequest(_Strict):
     bandwidth_upload: StrictStr | None = Field(
         default=None, description='Upload limit (VM -> external), e.g. "1Gbps", "125MB/s"'
     )
-    egress: NetworkEgressRequest | None = None
+    egress: EgressRequest | None = Field(
+        default=None, description="Mediated egress (`ember/egress`): proxy, credentials, policy"
+    )
 
 
 class VolumeMountRequest(_Strict):
@@ -113,6 +111,11 @@ class CreateInstanceRequest(_Strict):
     entrypoint: list[StrictStr] | None = None
     cmd: list[StrictStr] | None = None
     tags: dict[StrictStr, StrictStr] | None = None
+    credentials: dict[StrictStr, CredentialRequest] | None = Field(
+        default=None,
+        description="Keyed by the guest's env var (which gets a placeholder); the real value "
+        "stays on the host and is set as a header on matching requests by the egress proxy",
+    )
     hypervisor: HypervisorName | None = None
     network: NetworkRequest | None = None
     volumes: list[VolumeMountRequest] | None = None
@@ -122,7 +125,6 @@ class CreateInstanceRequest(_Strict):
     # Hypeman's shapes for features this server does not provide (yet): refused by name.
     devices: list[StrictStr] | None = None
     gpu: dict[str, Any] | None = None
-    credentials: dict[str, Any] | None = None
     ttl: StrictStr | None = None
     expires_at: datetime | None = None
     restart_policy: RestartPolicyRequest | None = None

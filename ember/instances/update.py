@@ -19,8 +19,9 @@ from ember.instances.restarts import policy_replaced
 from ember.validation import validate_tags
 
 NOT_UPDATABLE = {
-    "env": "only credential-bound env can be updated, and credential injection is not "
-    "available on this server",
+    # The API rotates credentials' values (ember/egress) and passes the rest here.
+    "env": "only credential-bound env can be updated (credential brokering needs the "
+    "server's networking)",
 }
 
 

@@ -34,6 +34,7 @@ BUSYBOX_APPLETS = (
     "nc", "ping", "nslookup", "httpd", "ip",
 )  # fmt: skip
 HELLO_SOURCE = Path(__file__).with_name("hello.c")
+HTTPS_GET_SOURCE = Path(__file__).with_name("https_get.c")
 CACHE_DIR = Path("/var/cache/ember-testkit")
 DEFAULT_DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # On top of debootstrap's minbase: systemd as /sbin/init, and udev, without which
@@ -116,12 +117,27 @@ def busybox_layer() -> Layer:
 
 def hello_binary(cache_dir: Path = CACHE_DIR) -> bytes:
     """`hello.c` compiled statically; cached by source hash."""
-    source = HELLO_SOURCE.read_bytes()
-    out = cache_dir / f"hello-{hashlib.sha256(source).hexdigest()[:16]}"
+    return static_binary(HELLO_SOURCE, cache_dir=cache_dir)
+
+
+def https_get_binary(cache_dir: Path = CACHE_DIR) -> bytes:
+    """`https_get.c` (a certificate-verifying HTTPS client) linked statically with
+    Debian's libssl-dev; cached by source hash."""
+    return static_binary(HTTPS_GET_SOURCE, "-lssl", "-lcrypto", cache_dir=cache_dir)
+
+
+def static_binary(source_path: Path, *libs: str, cache_dir: Path = CACHE_DIR) -> bytes:
+    """A C source compiled with `gcc -static` (and `libs`); cached by source hash."""
+    source = source_path.read_bytes()
+    out = cache_dir / f"{source_path.stem}-{hashlib.sha256(source).hexdigest()[:16]}"
     if not out.exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         tmp = out.with_name(out.name + f".{os.getpid()}")
-        subprocess.run(["gcc", "-static", "-O2", "-o", str(tmp), str(HELLO_SOURCE)], check=True)
+        subprocess.run(
+            ["gcc", "-static", "-O2", "-o", str(tmp), str(source_path), *libs],
+            check=True,
+            capture_output=True,
+        )
         tmp.replace(out)
     return out.read_bytes()
 
@@ -255,6 +271,20 @@ def build_index(images: dict[str, BuiltImage]) -> BuiltImage:
 def hello_image(**config: Any) -> BuiltImage:
     """busybox plus the `hello` workload; runs `/hello` unless told otherwise."""
     app: Layer = {"hello": file(hello_binary(), 0o755)}
+    config.setdefault("cmd", ["/hello"])
+    return build_image([busybox_layer(), app], **config)
+
+
+def https_client_image(trusted_ca: bytes | None = None, **config: Any) -> BuiltImage:
+    """`hello_image` plus `/https-get` (a static, certificate-verifying HTTPS client), and
+    `trusted_ca` (PEM) as the image's trust store when given."""
+    app: Layer = {
+        "hello": file(hello_binary(), 0o755),
+        "https-get": file(https_get_binary(), 0o755),
+    }
+    if trusted_ca is not None:
+        app |= {"etc/ssl": directory(), "etc/ssl/certs": directory(),
+                "etc/ssl/certs/ca-certificates.crt": file(trusted_ca)}  # fmt: skip
     config.setdefault("cmd", ["/hello"])
     return build_image([busybox_layer(), app], **config)
 

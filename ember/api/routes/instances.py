@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Annotated
@@ -76,9 +77,18 @@ async def update_instance(
     ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceRequest | None = None
 ) -> Instance:
     """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check`, `auto_standby` and
-    `tags`, each taking effect on the live instance; credential `env` is refused by name
-    (not available on this server)."""
-    return answer(svc, await svc.instances.update(ref, body or UpdateInstanceRequest()))
+    `tags`, each taking effect on the live instance; `env` rotates the real values of the
+    instance's credentials (only keys named by a credential's `source.env`), also live."""
+    body, egress = body or UpdateInstanceRequest(), svc.egress
+    rotation = body.env if egress is not None and "env" in body.model_fields_set else None
+    if egress is not None and rotation is not None:
+        egress.check_rotation(svc.instances.get(ref).id, rotation)  # before anything changes
+        rest = body.model_dump(exclude={"env"}, exclude_unset=True)
+        body = UpdateInstanceRequest.model_validate(rest)
+    record = await svc.instances.update(ref, body)
+    if egress is not None and rotation is not None:
+        await asyncio.to_thread(egress.rotate, record.id, rotation)  # runs nft
+    return answer(svc, record)
 
 
 @router.delete(
