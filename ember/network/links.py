@@ -208,6 +208,20 @@ def master_of(name: str) -> str | None:
 
 # /proc/sys/net is per network namespace: this reads and writes the caller's.
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id of the socket's namespace, never reused
+
+
+def namespace_id() -> str:
+    """Which network namespace the calling thread is in, as `<boot id>/<netns cookie>`.
+
+    The cookie, unlike the inode of /proc/self/ns/net (which a later namespace may get
+    again once this one is gone), is never reused while the kernel runs; the boot id
+    makes it unique across reboots too.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        cookie = int.from_bytes(probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), "little")
+    return f"{BOOT_ID.read_text().strip()}/{cookie}"
 
 
 def forwarding_enabled() -> bool:

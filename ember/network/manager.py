@@ -28,8 +28,12 @@ R = TypeVar("R")
 
 VHOST_NET = Path("/dev/vhost-net")
 MIN_RATE = 1000  # bytes/s (8 kbit/s): below that HTB cannot shape meaningfully
-# meta key: set when Ember itself turned IPv4 forwarding on (uninstall turns it off again).
-_FORWARDING_MARK = "network.forwarding_enabled_by_ember"
+# meta key prefix, + the namespace's id: Ember itself turned IPv4 forwarding on in that
+# network namespace (uninstall there turns it off again, and nowhere else).
+_FORWARDING_MARK = "network.forwarding_enabled_by_ember/"
+# Older stores hold one mark that names no namespace: whose forwarding it meant is unknown,
+# so it is dropped and never read (never turn off what Ember may not have turned on).
+_UNPLACED_FORWARDING_MARK = "network.forwarding_enabled_by_ember"
 
 
 def off_event_loop(fn: Callable[P, R]) -> Callable[P, R]:
@@ -135,16 +139,19 @@ class NetworkManager:
             )
 
     def _mark_forwarding(self, set_by_us: bool) -> None:
+        """Record (or forget) that Ember turned forwarding on in the caller's namespace."""
+        key = _FORWARDING_MARK + links.namespace_id()
         with self.store.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (_UNPLACED_FORWARDING_MARK,))
             if set_by_us:
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (_FORWARDING_MARK,)
-                )
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (key,))
             else:
-                conn.execute("DELETE FROM meta WHERE key = ?", (_FORWARDING_MARK,))
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def _forwarding_set_by_us(self) -> bool:
-        return bool(self.store.query("SELECT 1 FROM meta WHERE key = ?", (_FORWARDING_MARK,)))
+        """Whether Ember turned forwarding on in the caller's namespace (not elsewhere)."""
+        key = _FORWARDING_MARK + links.namespace_id()
+        return bool(self.store.query("SELECT 1 FROM meta WHERE key = ?", (key,)))
 
     # --- leases ----------------------------------------------------------------------
 
