@@ -7,6 +7,7 @@ The socket talks to the network namespace of the calling thread.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -204,6 +205,18 @@ def master_of(name: str) -> str | None:
         if not master:
             return None
         return str(link_info(ipr, master).get("IFLA_IFNAME"))
+
+
+def forget_neighbour(ipr: Any, device_index: int, ip: str) -> None:
+    """Drop the host's ARP entries for `ip` on the device: they may name the MAC of a VM
+    that held the address before (deleted, or the source of a fork). Left alone, a
+    REACHABLE entry keeps sending to that MAC until it goes stale (~40 s measured)."""
+    for entry in ipr.get_neighbours(ifindex=device_index, dst=ip):
+        try:
+            ipr.neigh("del", ifindex=device_index, dst=ip, lladdr=entry.get("NDA_LLADDR"))
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:  # gone meanwhile is fine
+                raise
 
 
 # /proc/sys/net is per network namespace: this reads and writes the caller's.

@@ -203,6 +203,7 @@ class NetworkManager:
                 raise Unavailable(f"network: bridge {s.bridge} is missing (open() not run?)")
             links.ensure_tap(lease.tap, bridge, s.isolation)
             shaping.apply(lease.tap, lease.ifb, lease.download_rate, lease.upload_rate)
+            self._forget_neighbour(lease.ip)
             return lease.tap
 
     @off_event_loop
@@ -214,6 +215,15 @@ class NetworkManager:
         with self._lock:
             links.delete_link(lease.tap)
             links.delete_link(lease.ifb)
+            self._forget_neighbour(lease.ip)
+
+    def _forget_neighbour(self, ip: str) -> None:
+        """Before a VM boots on a lease and after one goes: the host's neighbour entry for
+        the address may name another VM's MAC (the address is reused, lowest first)."""
+        with links.netlink() as ipr:
+            bridge = links.index_of(ipr, self.settings.bridge)
+            if bridge is not None:
+                links.forget_neighbour(ipr, bridge, ip)
 
     @off_event_loop
     def set_carrier(self, instance_id: str, up: bool) -> None:
@@ -224,15 +234,14 @@ class NetworkManager:
         lease = self.leases.get(instance_id)
         if lease is None:
             return
-        with self._lock, links.netlink() as ipr:
-            index = links.index_of(ipr, lease.tap)
-            if index is None:
-                raise Unavailable(f"network: TAP {lease.tap} is missing")
-            ipr.link("set", index=index, state="up" if up else "down")
-            bridge = links.index_of(ipr, self.settings.bridge)
-            if up and bridge is not None:
-                for entry in ipr.get_neighbours(ifindex=bridge, dst=lease.ip):
-                    ipr.neigh("del", ifindex=bridge, dst=lease.ip, lladdr=entry.get("NDA_LLADDR"))
+        with self._lock:
+            with links.netlink() as ipr:
+                index = links.index_of(ipr, lease.tap)
+                if index is None:
+                    raise Unavailable(f"network: TAP {lease.tap} is missing")
+                ipr.link("set", index=index, state="up" if up else "down")
+            if up:
+                self._forget_neighbour(lease.ip)
 
     @off_event_loop
     def counters(self, instance_id: str) -> tuple[int, int] | None:

@@ -340,3 +340,26 @@ def test_forwarding_is_restored_only_in_the_namespace_where_ember_set_it(db: Pat
         assert in_netns(host, open_network) == "1"
         assert in_netns(host, uninstall) == "1"
         assert in_netns(demo, uninstall) == "0"  # where Ember set it, it is restored
+
+
+def test_a_reused_address_has_no_stale_neighbour_entry(ns: str, db: Path) -> None:
+    """The host must not keep sending a deleted VM's address to the deleted VM's MAC
+    when a new VM gets that address (it did for ~40 s, until the entry went stale)."""
+
+    def scenario() -> tuple[str, str, str, str]:
+        manager = make_manager(db)
+        manager.open()
+        old = manager.allocate(ID_A, "old")
+        manager.plug(old)
+        stale = f"ip neigh replace {old.ip} lladdr 02:aa:bb:cc:dd:ee dev ember0 nud reachable"
+        sh(stale)
+        manager.release(ID_A)  # the VM is deleted
+        after_release = sh(f"ip neigh show {old.ip} dev ember0")
+        sh(stale)  # e.g. a frame from the old guest arrived meanwhile
+        new = manager.allocate(ID_B, "new")
+        manager.plug(new)  # before the new VM boots
+        return new.ip, old.ip, after_release, sh(f"ip neigh show {new.ip} dev ember0")
+
+    new_ip, old_ip, after_release, after_plug = in_netns(ns, scenario)
+    assert new_ip == old_ip  # the lowest free address: the deleted VM's
+    assert after_release.strip() == "" and after_plug.strip() == ""
