@@ -264,6 +264,7 @@ def run(place: DemoPlace) -> None:
         sys.exit(1)
     except KeyboardInterrupt:
         pass
+    say("server stopped (its VMs keep running); `make clean-demo` removes what the demo made")
 
 
 def clean(place: DemoPlace) -> list[str]:

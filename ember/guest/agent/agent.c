@@ -875,12 +875,12 @@ out:
     return what;
 }
 
-/* Gratuitous ARP: tell the link eth0's address is at eth0's MAC, so a neighbour cache
- * (the host's) that still maps the address to another VM's MAC (a deleted VM's, whose
- * address this one got; the fork source's) is corrected now rather than after its entry
- * goes stale (~40 s measured). Sent at boot and after SET_NETWORK (a fork); after a
- * restore QEMU has the guest announce itself (virtio-net GUEST_ANNOUNCE). Best effort:
- * no address or no eth0 is no error. */
+/* Gratuitous ARP at boot: tell the link eth0's address is at eth0's MAC, so a neighbour
+ * cache (the host's) that still maps the address to another VM's MAC (a deleted VM's,
+ * whose address this one got) is corrected now rather than after its entry goes stale
+ * (~40 s measured). After a restore QEMU has the guest announce itself (virtio-net
+ * GUEST_ANNOUNCE); a fork's TAP is down at its SET_NETWORK, so there the host forgets its
+ * entry as the TAP comes up. Best effort: no address or no eth0 is no error. */
 static void announce_address(const char *dev)
 {
     struct ifreq ifr;
@@ -914,7 +914,6 @@ static void set_network(uint32_t ch, struct kv *req)
     const char *why = apply_network(req);
     if (why) send_error(ch, why);
     else send_json(T_STATUS, ch, "{}");
-    if (!why) announce_address(kv_get(req, "iface") ? kv_get(req, "iface") : "eth0");
 }
 
 static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char *p, uint32_t n)
