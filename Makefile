@@ -12,7 +12,7 @@ APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static erofs-utils e2fsprogs 
 	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl debootstrap \
 	wrk iperf3 conntrack libssl-dev
 
-.PHONY: setup run test lint typecheck unit clean-venv
+.PHONY: setup run clean-demo test lint typecheck unit clean-venv
 
 setup: $(VENV)/.installed $(EMBER_SYSTEM_DIR)/.prepared
 
@@ -38,6 +38,11 @@ $(EMBER_SYSTEM_DIR)/.prepared: $(VENV)/.installed $(shell find ember/guest ember
 
 run: setup
 	$(BIN)/python -m ember.demo
+
+# Everything `make run` made: the demo VM, its volume, image and ingress, Caddy, the
+# ember-demo namespace with its bridge and nft table (stop `make run` first).
+clean-demo: $(VENV)/.installed
+	$(BIN)/python -m ember.demo clean
 
 lint: setup
 	$(BIN)/ruff check ember tests bench

@@ -49,7 +49,7 @@ async def bare_vm(
     write_config_disk(work / "config.disk", GuestConfig(cmd=WORKLOAD))
     spec = VMSpec(
         instance_dir=work, kernel=system.kernel, initrd=system.initrd, cmdline=system.cmdline,
-        vcpus=1, memory_bytes=MEMORY, serial_log=work / "app.log",
+        vcpus=1, memory_bytes=MEMORY, app_log=work / "app.log",
         agent_socket=work / "agent.sock", qmp_socket=work / "qmp.sock",
         pid_file=work / "qemu.pid", name="bare",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),

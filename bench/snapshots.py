@@ -146,7 +146,7 @@ async def bare_round(
     write_config_disk(work / "config.disk", GuestConfig(cmd=WORKLOAD))
     spec = VMSpec(
         instance_dir=work, kernel=system.kernel, initrd=system.initrd, cmdline=system.cmdline,
-        vcpus=1, memory_bytes=mib * MIB, serial_log=work / "app.log",
+        vcpus=1, memory_bytes=mib * MIB, app_log=work / "app.log",
         agent_socket=work / "agent.sock", qmp_socket=work / "qmp.sock",
         pid_file=work / "qemu.pid", name="bare",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),

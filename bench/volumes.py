@@ -149,7 +149,7 @@ async def guest_dd(root: Path) -> dict[str, tuple[float, float]]:
     ))  # fmt: skip
     spec = VMSpec(
         instance_dir=work, kernel=system.kernel, initrd=system.initrd, cmdline=system.cmdline,
-        vcpus=1, memory_bytes=512 << 20, serial_log=work / "app.log",
+        vcpus=1, memory_bytes=512 << 20, app_log=work / "app.log",
         agent_socket=work / "agent.sock", qmp_socket=work / "qmp.sock",
         pid_file=work / "qemu.pid", name="bench-volumes",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),

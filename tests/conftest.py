@@ -1,5 +1,8 @@
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -13,9 +16,41 @@ from ember.testkit import BuiltImage, hello_image, push
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.netns import netns
 
+KEEP_ENV = "EMBER_KEEP_TEST_DIRS"
 
-def short_tmp() -> Path:
-    return Path(tempfile.mkdtemp(prefix="ember-test-", dir="/tmp"))
+
+class Failures:
+    """How many tests of this run have failed so far (counted by the hook below)."""
+
+    count = 0
+
+
+def pytest_runtest_logreport(report: pytest.TestReport) -> None:
+    if report.failed:
+        Failures.count += 1
+
+
+@contextmanager
+def scratch_dir() -> Iterator[Path]:
+    """A fresh directory with a short path (Unix sockets live in it: 108 bytes at most).
+
+    Removed afterwards with all it holds (a server's data dir: images, disks, logs), unless
+    a test failed while it existed and the run asked to keep them (EMBER_KEEP_TEST_DIRS=1),
+    so that a passing run leaves nothing behind and a failing one can be looked into.
+    """
+    path = Path(tempfile.mkdtemp(prefix="ember-test-", dir="/tmp"))
+    failed_before = Failures.count
+    failing = False
+    try:
+        yield path
+    except BaseException:
+        failing = True
+        raise
+    finally:
+        if os.environ.get(KEEP_ENV) == "1" and (failing or Failures.count > failed_before):
+            print(f"\nkept for inspection ({KEEP_ENV}=1): {path}", file=sys.stderr)
+        else:
+            shutil.rmtree(path, ignore_errors=True)
 
 
 def unallocatable_memory() -> str:
@@ -32,13 +67,14 @@ def running_server(
     ns: str | None = None, env: dict[str, str] | None = None
 ) -> Iterator[EmberServer]:
     """A started server on a fresh data directory (inside namespace `ns` when given);
-    afterwards its instances are cleaned up and it is stopped."""
-    server = EmberServer(short_tmp() / "data", netns=ns, env=env or {}).start()
-    try:
-        yield server
-    finally:
-        server.clean_up()
-        server.stop()
+    afterwards its instances are cleaned up, it is stopped and its directory removed."""
+    with scratch_dir() as work:
+        server = EmberServer(work / "data", netns=ns, env=env or {}).start()
+        try:
+            yield server
+        finally:
+            server.clean_up()
+            server.stop()
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ import threading
 import time
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import urlsplit
 
 import typer
 from rich.live import Live
@@ -36,13 +35,13 @@ from ember.cli.common import (
 )
 from ember.cli.images import pull_image
 from ember.client import ApiError, EmberClient
-from ember.client.config import LOOPBACK_HOSTS
 
 PANEL = "Instances"
 # run -p: the ingress is tagged with its instance so `rm` removes it too.
 RUN_TAG = "ember.run/instance"
 PUBLISH_RE = re.compile(r"^(?:(?P<host>[a-z0-9.-]+):)?(?P<hport>\d{1,5}):(?P<gport>\d{1,5})$")
 STOPPED = ("Stopped", "Shutdown")
+ANY_HOST = "*"  # an ingress rule's hostname matching every Host header
 
 
 # ---- run -------------------------------------------------------------------------------
@@ -50,28 +49,21 @@ STOPPED = ("Stopped", "Shutdown")
 
 @dataclass(frozen=True)
 class Publish:
-    hostnames: tuple[str, ...]
+    hostname: str
     host_port: int
     guest_port: int
 
 
-def parse_publish(value: str, server_host: str) -> Publish:
-    """`[HOSTNAME:]HOST_PORT:GUEST_PORT`. Without a hostname the route answers to the
-    names this machine is reached by from here (an ingress matches on the Host header)."""
+def parse_publish(value: str) -> Publish:
+    """`[HOSTNAME:]HOST_PORT:GUEST_PORT`. Without a hostname the route answers to any Host
+    header (`*`), as `docker run -p` answers whatever name reached the machine."""
     match = PUBLISH_RE.fullmatch(value.strip().lower())
     if not match:
         raise CliError(f"-p {value!r}: expected [HOSTNAME:]HOST_PORT:GUEST_PORT", EXIT_USAGE)
     ports = int(match["hport"]), int(match["gport"])
     if not all(1 <= port <= 65535 for port in ports):
         raise CliError(f"-p {value!r}: ports are 1 to 65535", EXIT_USAGE)
-    if match["host"]:
-        hostnames: tuple[str, ...] = (match["host"],)
-    else:
-        names = ["localhost", "127.0.0.1"]
-        if server_host and server_host not in LOOPBACK_HOSTS and ":" not in server_host:
-            names.append(server_host)
-        hostnames = tuple(names)
-    return Publish(hostnames, *ports)
+    return Publish(match["host"] or ANY_HOST, *ports)
 
 
 def parse_volume(value: str) -> dict[str, Any]:
@@ -111,9 +103,8 @@ def ensure_image(api: EmberClient, image: str, policy: str, *, quiet: bool) -> N
 
 def publish(api: EmberClient, instance: dict[str, Any], item: Publish) -> dict[str, Any]:
     rules = [
-        {"match": {"hostname": host, "port": item.host_port},
+        {"match": {"hostname": item.hostname, "port": item.host_port},
          "target": {"instance": instance["name"], "port": item.guest_port}}
-        for host in item.hostnames
     ]  # fmt: skip
     name = f"{instance['name']}-{item.host_port}"[:63].strip("-")
     return api.create_ingress(name, rules, tags={RUN_TAG: instance["id"]})
@@ -221,8 +212,7 @@ def run(
         fail(f"--pull {pull_policy!r}: use missing, always or never", EXIT_USAGE)
     detach = detach or as_json
     with client(EXIT_EMBER) as api:
-        server_host = urlsplit(api.base_url).hostname or ""
-        published = [parse_publish(item, server_host) for item in publish_]
+        published = [parse_publish(item) for item in publish_]
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,

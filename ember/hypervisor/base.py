@@ -48,7 +48,9 @@ class VMSpec:
     cmdline: str
     vcpus: int
     memory_bytes: int
-    serial_log: Path  # appended to, never truncated: it is the app log
+    # The workload's output (its stdout and stderr: the `app` log), appended to, never
+    # truncated. The guest writes it to a console of its own (hvc0), apart from the kernel's.
+    app_log: Path
     agent_socket: Path
     qmp_socket: Path
     pid_file: Path
@@ -59,6 +61,9 @@ class VMSpec:
     # Appended to, never truncated: what the VMM itself says (command line, warnings,
     # why it exited). None discards it.
     vmm_log: Path | None = None
+    # The guest kernel's console (ttyS0: its warnings, panics, "reboot: Power down"),
+    # appended to; None discards it.
+    console_log: Path | None = None
     # Where the VMM writes what it says after start-up (its stderr once detached); read
     # into `vmm_log` by `collect_output`.
     vmm_output: Path | None = None

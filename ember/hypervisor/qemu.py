@@ -31,6 +31,7 @@ from ember.logsetup import append_stamped
 
 QEMU_BINARY = "qemu-system-x86_64"
 AGENT_PORT_NAME = "ember.agent"  # must match PORT_NAME in agent.c
+APP_PORT_NAME = "ember.app"  # the workload's console (hvc0 in the guest; see init)
 VHOST_NET = Path("/dev/vhost-net")
 _MIB = 1024 * 1024
 _RAM_ID = "ram0"
@@ -71,7 +72,7 @@ def build_command(
         "-append",
         " ".join([spec.cmdline, *guest_kernel_args(accel)]),
         "-chardev",
-        f"file,id=console,path={_opt(spec.serial_log)},append=on",
+        _file_or_null("console", spec.console_log),
         "-serial",
         "chardev:console",
     ]
@@ -87,6 +88,10 @@ def build_command(
     cmd += _nic_args(spec)
     cmd += [
         "-device", "virtio-serial-device",
+        # The workload's stdout/stderr: a virtio console (the guest's hvc0, a tty as the
+        # serial port was), so the kernel's own lines stay on ttyS0, out of the app log.
+        "-chardev", _file_or_null("app", spec.app_log),
+        "-device", f"virtconsole,chardev=app,name={APP_PORT_NAME}",
         "-chardev", f"socket,id=agent,path={_opt(spec.agent_socket)},server=on,wait=off",
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
         # The guest reports the pages it freed; QEMU punches them out of the memory file,
@@ -220,6 +225,13 @@ def _nic_args(spec: VMSpec) -> list[str]:
         device = f"virtio-net-device,netdev=net{i}" + (f",mac={nic.mac}" if nic.mac else "")
         args += ["-device", device]
     return args
+
+
+def _file_or_null(chardev_id: str, path: Path | None) -> str:
+    """A chardev appending to `path`, or discarding when there is none."""
+    if path is None:
+        return f"null,id={chardev_id}"
+    return f"file,id={chardev_id},path={_opt(path)},append=on"
 
 
 def _opt(path: Path) -> str:

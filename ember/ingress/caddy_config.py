@@ -90,9 +90,10 @@ def _redirect_ports(rules: list[IngressRule]) -> set[int]:
 
 
 def route_order(rule: IngressRule) -> tuple[int, int]:
-    """Literal hostnames first, then patterns with more fixed text first."""
+    """Literal hostnames first, then patterns with more fixed text first, then any host."""
     hostname = rule.hostname
-    return (1 if hostname.is_pattern else 0, -hostname.literal_length)
+    kind = 2 if hostname.is_any else 1 if hostname.is_pattern else 0
+    return (kind, -hostname.literal_length)
 
 
 def _server(port: int, rules: list[IngressRule], settings: ProxySettings) -> JSON:
@@ -117,6 +118,8 @@ def _listen(address: str, port: int) -> str:
 
 
 def _host_matcher(hostname: Hostname) -> JSON:
+    if hostname.is_any:
+        return {}  # a matcher set with no matchers matches every request
     if not hostname.is_pattern:
         return {"host": [hostname.text]}
     regexp = {"name": REGEXP_NAME, "pattern": hostname.regexp}

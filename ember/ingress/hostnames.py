@@ -19,6 +19,9 @@ CAPTURE_RE = re.compile(r"\{([a-z_][a-z0-9_]{0,31})\}")
 PATTERN_LABEL_RE = re.compile(r"^(?:[a-z0-9-]|\{[a-z_][a-z0-9_]{0,31}\})+$")
 CAPTURE_VALUE = "[a-z0-9-]+"
 INSTANCE_REF_RE = re.compile(r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+# Matches every Host header (an Ember extension): what `ember run -p PORT:PORT` publishes,
+# as `docker run -p` does, whatever name the client used to reach this machine.
+ANY_HOST = "*"
 
 
 @dataclass(frozen=True)
@@ -29,6 +32,11 @@ class Hostname:
     @property
     def is_pattern(self) -> bool:
         return bool(self.captures)
+
+    @property
+    def is_any(self) -> bool:
+        """`*`: every host; routed after every literal and pattern on its port."""
+        return self.text == ANY_HOST
 
     @property
     def regexp(self) -> str:
@@ -62,12 +70,14 @@ class Hostname:
 
 def parse_hostname(text: str, *, field: str = "hostname") -> Hostname:
     name = text.strip().lower().rstrip(".")
+    if name == ANY_HOST:
+        return Hostname(name, ())
     if not name or len(name) > HOSTNAME_MAX:
         raise InvalidArgument(f"{field}: must be a hostname of 1-{HOSTNAME_MAX} characters")
     if "*" in name:
         raise InvalidArgument(
             f"{field}: wildcards are not supported; use a pattern such as "
-            f"'{{instance}}.example.com', got {text!r}"
+            f"'{{instance}}.example.com', or '*' alone for any host, got {text!r}"
         )
     captures = tuple(CAPTURE_RE.findall(name))
     label_re = PATTERN_LABEL_RE if captures else LABEL_RE

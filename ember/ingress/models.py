@@ -90,6 +90,10 @@ def _validate_rule(rule: IngressRule, field: str) -> IngressRule:
             f"{field}.redirect_http: the rule itself listens on port {DEFAULT_HTTP_PORT}, "
             "where the redirect would be served"
         )
+    if rule.tls and hostname.is_any:
+        raise InvalidArgument(
+            f"{field}.tls: no certificate covers any host; name the hostname to serve TLS"
+        )
     if rule.tls and hostname.is_pattern and hostname.wildcard is None:
         raise InvalidArgument(
             f"{field}.tls: a TLS pattern hostname must have its captures in the first "

@@ -1,7 +1,8 @@
 """Per-instance log files and reading them: tail, then optionally follow.
 
-Three sources, as in Hypeman: `app` (the guest's serial console), `vmm` (the
-hypervisor's own output) and `hypeman` (what Ember did to the instance).
+Three sources, as in Hypeman: `app` (the workload's output, from the guest's
+application console), `vmm` (the hypervisor's own output and the guest kernel's
+console) and `hypeman` (what Ember did to the instance).
 Following polls the file's size: simpler than inotify, works on every
 filesystem, and a 100 ms poll is far below a person's notice.
 

@@ -317,7 +317,7 @@ def vm_spec(
         cmdline=system.cmdline,
         vcpus=record.vcpus,
         memory_bytes=record.memory_bytes,
-        serial_log=layout.log(LogSource.APP),
+        app_log=layout.log(LogSource.APP),
         agent_socket=layout.agent,
         qmp_socket=layout.qmp,
         pid_file=layout.pid_file,
@@ -325,6 +325,8 @@ def vm_spec(
         nics=list(devices.nics),
         name=record.name,
         vmm_log=layout.log(LogSource.VMM),
+        # The guest kernel's console is the machine's output, not the app's: `vmm` source.
+        console_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,
         memory_file=layout.memory if memory_in_file else None,
     )

@@ -7,6 +7,7 @@ The socket talks to the network namespace of the calling thread.
 
 from __future__ import annotations
 
+import errno
 import ipaddress
 import socket
 from collections.abc import Iterator
@@ -206,8 +207,34 @@ def master_of(name: str) -> str | None:
         return str(link_info(ipr, master).get("IFLA_IFNAME"))
 
 
+def forget_neighbour(ipr: Any, device_index: int, ip: str) -> None:
+    """Drop the host's ARP entries for `ip` on the device: they may name the MAC of a VM
+    that held the address before (deleted, or the source of a fork). Left alone, a
+    REACHABLE entry keeps sending to that MAC until it goes stale (~40 s measured)."""
+    for entry in ipr.get_neighbours(ifindex=device_index, dst=ip):
+        try:
+            ipr.neigh("del", ifindex=device_index, dst=ip, lladdr=entry.get("NDA_LLADDR"))
+        except NetlinkError as exc:
+            if exc.code != errno.ENOENT:  # gone meanwhile is fine
+                raise
+
+
 # /proc/sys/net is per network namespace: this reads and writes the caller's.
 FORWARDING = Path("/proc/sys/net/ipv4/ip_forward")
+BOOT_ID = Path("/proc/sys/kernel/random/boot_id")
+_SO_NETNS_COOKIE = 71  # Linux 5.14+: a 64-bit id of the socket's namespace, never reused
+
+
+def namespace_id() -> str:
+    """Which network namespace the calling thread is in, as `<boot id>/<netns cookie>`.
+
+    The cookie, unlike the inode of /proc/self/ns/net (which a later namespace may get
+    again once this one is gone), is never reused while the kernel runs; the boot id
+    makes it unique across reboots too.
+    """
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        cookie = int.from_bytes(probe.getsockopt(socket.SOL_SOCKET, _SO_NETNS_COOKIE, 8), "little")
+    return f"{BOOT_ID.read_text().strip()}/{cookie}"
 
 
 def forwarding_enabled() -> bool:

@@ -28,8 +28,12 @@ R = TypeVar("R")
 
 VHOST_NET = Path("/dev/vhost-net")
 MIN_RATE = 1000  # bytes/s (8 kbit/s): below that HTB cannot shape meaningfully
-# meta key: set when Ember itself turned IPv4 forwarding on (uninstall turns it off again).
-_FORWARDING_MARK = "network.forwarding_enabled_by_ember"
+# meta key prefix, + the namespace's id: Ember itself turned IPv4 forwarding on in that
+# network namespace (uninstall there turns it off again, and nowhere else).
+_FORWARDING_MARK = "network.forwarding_enabled_by_ember/"
+# Older stores hold one mark that names no namespace: whose forwarding it meant is unknown,
+# so it is dropped and never read (never turn off what Ember may not have turned on).
+_UNPLACED_FORWARDING_MARK = "network.forwarding_enabled_by_ember"
 
 
 def off_event_loop(fn: Callable[P, R]) -> Callable[P, R]:
@@ -135,16 +139,19 @@ class NetworkManager:
             )
 
     def _mark_forwarding(self, set_by_us: bool) -> None:
+        """Record (or forget) that Ember turned forwarding on in the caller's namespace."""
+        key = _FORWARDING_MARK + links.namespace_id()
         with self.store.transaction() as conn:
+            conn.execute("DELETE FROM meta WHERE key = ?", (_UNPLACED_FORWARDING_MARK,))
             if set_by_us:
-                conn.execute(
-                    "INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (_FORWARDING_MARK,)
-                )
+                conn.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, '1')", (key,))
             else:
-                conn.execute("DELETE FROM meta WHERE key = ?", (_FORWARDING_MARK,))
+                conn.execute("DELETE FROM meta WHERE key = ?", (key,))
 
     def _forwarding_set_by_us(self) -> bool:
-        return bool(self.store.query("SELECT 1 FROM meta WHERE key = ?", (_FORWARDING_MARK,)))
+        """Whether Ember turned forwarding on in the caller's namespace (not elsewhere)."""
+        key = _FORWARDING_MARK + links.namespace_id()
+        return bool(self.store.query("SELECT 1 FROM meta WHERE key = ?", (key,)))
 
     # --- leases ----------------------------------------------------------------------
 
@@ -196,6 +203,7 @@ class NetworkManager:
                 raise Unavailable(f"network: bridge {s.bridge} is missing (open() not run?)")
             links.ensure_tap(lease.tap, bridge, s.isolation)
             shaping.apply(lease.tap, lease.ifb, lease.download_rate, lease.upload_rate)
+            self._forget_neighbour(lease.ip)
             return lease.tap
 
     @off_event_loop
@@ -207,6 +215,15 @@ class NetworkManager:
         with self._lock:
             links.delete_link(lease.tap)
             links.delete_link(lease.ifb)
+            self._forget_neighbour(lease.ip)
+
+    def _forget_neighbour(self, ip: str) -> None:
+        """Before a VM boots on a lease and after one goes: the host's neighbour entry for
+        the address may name another VM's MAC (the address is reused, lowest first)."""
+        with links.netlink() as ipr:
+            bridge = links.index_of(ipr, self.settings.bridge)
+            if bridge is not None:
+                links.forget_neighbour(ipr, bridge, ip)
 
     @off_event_loop
     def set_carrier(self, instance_id: str, up: bool) -> None:
@@ -217,15 +234,14 @@ class NetworkManager:
         lease = self.leases.get(instance_id)
         if lease is None:
             return
-        with self._lock, links.netlink() as ipr:
-            index = links.index_of(ipr, lease.tap)
-            if index is None:
-                raise Unavailable(f"network: TAP {lease.tap} is missing")
-            ipr.link("set", index=index, state="up" if up else "down")
-            bridge = links.index_of(ipr, self.settings.bridge)
-            if up and bridge is not None:
-                for entry in ipr.get_neighbours(ifindex=bridge, dst=lease.ip):
-                    ipr.neigh("del", ifindex=bridge, dst=lease.ip, lladdr=entry.get("NDA_LLADDR"))
+        with self._lock:
+            with links.netlink() as ipr:
+                index = links.index_of(ipr, lease.tap)
+                if index is None:
+                    raise Unavailable(f"network: TAP {lease.tap} is missing")
+                ipr.link("set", index=index, state="up" if up else "down")
+            if up:
+                self._forget_neighbour(lease.ip)
 
     @off_event_loop
     def counters(self, instance_id: str) -> tuple[int, int] | None:

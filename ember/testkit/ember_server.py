@@ -17,6 +17,11 @@ from ember.system import DEFAULT_SYSTEM_DIR
 from ember.testkit.netns import in_netns
 from ember.testkit.registry_server import free_port
 
+# The boot artifacts tests use: EMBER_SYSTEM_DIR, else the shared default. An engineer who
+# changes ember/guest points it at a system dir of their own; nothing in a test run may
+# then rebuild (or boot) the shared one.
+SYSTEM_DIR = Path(os.environ.get("EMBER_SYSTEM_DIR") or DEFAULT_SYSTEM_DIR)
+
 
 @dataclass
 class EmberServer:
@@ -39,7 +44,7 @@ class EmberServer:
             "EMBER_DATA_DIR": str(self.data_dir),
             "EMBER_LISTEN": f"127.0.0.1:{self.port}",
             # Boot artifacts are shared: `make setup` prepares them once for every data dir.
-            "EMBER_SYSTEM_DIR": os.environ.get("EMBER_SYSTEM_DIR", str(DEFAULT_SYSTEM_DIR)),
+            "EMBER_SYSTEM_DIR": str(SYSTEM_DIR),
             # Servers in the host's namespace run without guest networking: a test that
             # needs it runs its server inside a namespace it made (see `netns`).
             "EMBER_NETWORK_ENABLED": "true" if self.netns else "false",

@@ -1,8 +1,8 @@
 """Forward TCP ports of the host's loopback into a network namespace.
 
 The demo runs Ember inside a namespace of its own (so its VMs' network never
-meets the host's); this makes the API and the ingress reachable from the host
-at the same loopback ports, the way a person expects to find them.
+meets the host's); this makes the API and every ingress port reachable from the
+host at the same loopback ports, the way a person expects to find them.
 """
 
 from __future__ import annotations
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import socket
 import threading
+from collections.abc import Callable, Iterable
 
 from ember.testkit.netns import enter
 
@@ -72,3 +73,54 @@ def forward(namespace: str, host_port: int, inner_port: int) -> socket.socket:
 
     threading.Thread(target=accept, daemon=True).start()
     return listener
+
+
+class PortMirror:
+    """Keeps 127.0.0.1:P on the host forwarded to 127.0.0.1:P of the namespace for every
+    port `ports()` names (the demo: each port an ingress listens on), polling it; so a
+    port published while the demo runs (`ember run -p 8081:80`) answers on the host."""
+
+    def __init__(
+        self,
+        namespace: str,
+        ports: Callable[[], Iterable[int]],
+        say: Callable[[str], None],
+        interval: float = 0.5,
+    ) -> None:
+        self.namespace, self.ports, self.say, self.interval = namespace, ports, say, interval
+        self._listeners: dict[int, socket.socket] = {}
+        self._refused: set[int] = set()  # taken on the host: said once, not retried
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> PortMirror:
+        self._thread.start()
+        return self
+
+    def sync(self) -> None:
+        """Forward the ports now named, stop forwarding the others."""
+        wanted = set(self.ports())
+        for port in sorted(wanted - self._listeners.keys() - self._refused):
+            try:
+                self._listeners[port] = forward(self.namespace, port, port)
+            except OSError as exc:
+                self._refused.add(port)
+                self.say(f"host port {port} cannot be forwarded ({exc.strerror}): publish another")
+            else:
+                self.say(f"forwarding http://127.0.0.1:{port}/ to port {port} in the namespace")
+        for port in self._listeners.keys() - wanted:
+            self._listeners.pop(port).close()
+        self._refused &= wanted
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            with contextlib.suppress(Exception):  # the server restarting: try again later
+                self.sync()
+
+    def close(self) -> None:
+        self._stop.set()
+        if self._thread.is_alive():
+            self._thread.join()
+        for listener in self._listeners.values():
+            listener.close()
+        self._listeners.clear()

@@ -31,23 +31,13 @@ def test_configuration_prefers_ember_then_hypeman_then_legacy_names() -> None:
 
 
 def test_publish_shorthand() -> None:
-    plain = parse_publish("8080:80", "127.0.0.1")
-    assert (plain.hostnames, plain.host_port, plain.guest_port) == (
-        ("localhost", "127.0.0.1"),
-        8080,
-        80,
-    )
-    remote = parse_publish("8080:80", "ember.example.com")
-    assert remote.hostnames == ("localhost", "127.0.0.1", "ember.example.com")
-    named = parse_publish("app.example.com:8443:8000", "127.0.0.1")
-    assert (named.hostnames, named.host_port, named.guest_port) == (
-        ("app.example.com",),
-        8443,
-        8000,
-    )
+    plain = parse_publish("8080:80")  # any host: whatever name reached the machine
+    assert (plain.hostname, plain.host_port, plain.guest_port) == ("*", 8080, 80)
+    named = parse_publish("app.example.com:8443:8000")
+    assert (named.hostname, named.host_port, named.guest_port) == ("app.example.com", 8443, 8000)
     for bad in ("80", "x:80", "0:80", "70000:80", "a:b:c:d"):
         with pytest.raises(CliError):
-            parse_publish(bad, "127.0.0.1")
+            parse_publish(bad)
 
 
 def test_volume_shorthand() -> None:

@@ -16,7 +16,7 @@ import pytest
 
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
-from ember.testkit.netns import in_netns
+from ember.testkit.netns import in_netns, sh
 from tests.conftest import fetch, push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
@@ -95,6 +95,74 @@ def test_instances_get_addresses_are_isolated_and_keep_them(server: EmberServer,
     assert out["a_after_restart"]["network"]["ip"] == a["network"]["ip"]
     assert out["answer_a_again"] == "hello from ember\n"
     assert out["offline"]["network"] == {"enabled": False, "ip": None, "mac": None}
+
+
+def neighbour(ip: str) -> str:
+    """The host's ARP entry for `ip` on the bridge (call inside the namespace)."""
+    return sh(f"ip neigh show {ip} dev ember0").strip()
+
+
+# Prints the sender MAC of the first gratuitous ARP (sender = target address) for argv[1]
+# seen on the bridge, after a "ready" line once it listens.
+GARP_LISTENER = """
+import socket, sys
+s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0806))
+s.bind(("ember0", 0))
+s.settimeout(120)
+ip = socket.inet_aton(sys.argv[1])
+print("ready", flush=True)
+while True:
+    arp = s.recv(128)[14:42]
+    if arp[14:18] == ip and arp[24:28] == ip:
+        print(arp[8:14].hex(":"), flush=True)
+        break
+"""
+
+
+def serve_and_delete(server: EmberServer, image: str) -> tuple[dict[str, Any], str]:
+    with api(server) as client:
+        old = create_running(client, image, "old")
+        answer = fetch(old["network"]["ip"])  # the host now maps the IP to old's MAC
+        client.delete("/instances/old").raise_for_status()
+    return old["network"], answer
+
+
+def create_on_the_same_address(server: EmberServer, image: str) -> dict[str, Any]:
+    with api(server) as client:
+        new = create_running(client, image, "new")["network"]
+    return {"new": new, "entry": neighbour(new["ip"]), "answer": fetch(new["ip"], tries=5)}
+
+
+def test_a_new_vm_on_a_deleted_vms_address_answers_at_once(server: EmberServer, ns: str) -> None:
+    """The host must not send a deleted VM's address to the deleted VM's MAC once a new VM
+    has it (it did for ~40 s, until the neighbour entry went stale); the new guest also
+    announces itself at boot (gratuitous ARP)."""
+    image = in_netns(ns, push_to_ember, server, hello_image(), "hello", "reuse")
+    # Another port keeps the bridge's carrier up, as other VMs would: a bridge that loses
+    # its last port flushes its neighbours, which would hide the stale entry.
+    sh(f"ip -n {ns} link add keep0 type veth peer name keep1")
+    sh(f"ip -n {ns} link set keep0 master ember0 up && ip -n {ns} link set keep1 up")
+    try:
+        old, answer_old = in_netns(ns, serve_and_delete, server, image)
+        listener = subprocess.Popen(
+            ["ip", "netns", "exec", ns, sys.executable, "-c", GARP_LISTENER, old["ip"]],
+            stdout=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            assert listener.stdout is not None and listener.stdout.readline() == "ready\n"
+            out = in_netns(ns, create_on_the_same_address, server, image)
+            announced_by = listener.stdout.readline().strip()
+        finally:
+            listener.kill()
+            listener.wait()
+    finally:
+        sh(f"ip -n {ns} link del keep0")
+    new = out["new"]
+    assert new["ip"] == old["ip"] and new["mac"] != old["mac"]
+    assert answer_old == "hello from ember\n"
+    assert old["mac"] not in out["entry"], out["entry"]
+    assert out["answer"] == "hello from ember\n"
+    assert announced_by == new["mac"]
 
 
 def test_delete_and_restart_leave_nothing_behind(server: EmberServer, ns: str) -> None:

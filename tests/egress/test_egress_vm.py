@@ -24,7 +24,7 @@ from ember.testkit.ember_server import EmberServer
 from ember.testkit.https_upstream import https_upstream
 from ember.testkit.image import https_client_image
 from ember.testkit.netns import in_netns
-from tests.conftest import push_to_ember, running_server, short_tmp
+from tests.conftest import push_to_ember, running_server, scratch_dir
 
 pytestmark = pytest.mark.vm
 API, BLOCKED, OTHER = "api.example.test", "blocked.example.test", "other.example.test"
@@ -37,8 +37,8 @@ ROTATED = "sk-rotated-" + secrets.token_hex(12)
 def upstream(ns: str) -> Iterator[tuple[Path, Path]]:
     """The CA directory and request log of an HTTPS server on two addresses of the
     namespace (one of which the policy will deny)."""
-    with https_upstream(ns, short_tmp(), [ALLOWED_IP, DENIED_IP]) as upstream:
-        yield upstream
+    with scratch_dir() as scratch, https_upstream(ns, scratch, [ALLOWED_IP, DENIED_IP]) as up:
+        yield up
 
 
 @pytest.fixture(scope="module")

@@ -58,7 +58,7 @@ def spec_in(directory: Path, **fields: Any) -> VMSpec:
         "cmdline": "console=ttyS0",
         "vcpus": 1,
         "memory_bytes": 512 << 20,
-        "serial_log": directory / "app.log",
+        "app_log": directory / "app.log",
         "agent_socket": directory / "agent.sock",
         "qmp_socket": directory / "qmp.sock",
         "pid_file": directory / "qemu.pid",
@@ -70,7 +70,7 @@ def test_qemu_command_line(tmp_path: Path) -> None:
     spec = spec_in(
         tmp_path,
         vcpus=2,
-        serial_log=tmp_path / "a,b.log",
+        app_log=tmp_path / "a,b.log",
         disks=[DiskSpec(tmp_path / "root", "ember-root", readonly=True, bps_limit=1000)],
         nics=[NicSpec("tap0", "02:00:00:00:00:01")],
     )

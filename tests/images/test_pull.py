@@ -30,7 +30,7 @@ from ember.testkit import (
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import file
 from ember.testkit.registry_server import RegistryServer
-from tests.conftest import short_tmp, wait_image
+from tests.conftest import scratch_dir, wait_image
 from tests.images.conftest import PASSWORD, USER, TokenService
 
 pytestmark = pytest.mark.server  # starts a real `ember serve`
@@ -39,17 +39,17 @@ pytestmark = pytest.mark.server  # starts a real `ember serve`
 @pytest.fixture(scope="module")
 def server(token_registry: tuple[RegistryServer, TokenService]) -> Iterator[EmberServer]:
     """An Ember server whose ~/.docker/config.json holds credentials for the token registry."""
-    home = short_tmp()
-    auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
-    (home / ".docker").mkdir()
-    (home / ".docker" / "config.json").write_text(
-        json.dumps({"auths": {token_registry[0].host: {"auth": auth}}})
-    )
-    ember = EmberServer(home / "data", env={"HOME": str(home)}).start()
-    try:
-        yield ember
-    finally:
-        ember.stop()
+    with scratch_dir() as home:
+        auth = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+        (home / ".docker").mkdir()
+        (home / ".docker" / "config.json").write_text(
+            json.dumps({"auths": {token_registry[0].host: {"auth": auth}}})
+        )
+        ember = EmberServer(home / "data", env={"HOME": str(home)}).start()
+        try:
+            yield ember
+        finally:
+            ember.stop()
 
 
 @pytest.fixture
@@ -212,22 +212,23 @@ def test_server_restart_mid_pull_resumes(registry: RegistryServer) -> None:
     image = padded_image(60 * 1024 * 1024, layers=3)
     push(image, registry.url, "big/resume", "v1")
     name = f"{registry.host}/big/resume:v1"
-    ember = EmberServer(short_tmp() / "data").start()
-    try:
-        client = Hypeman(base_url=ember.url, api_key=ember.token(), max_retries=0)
-        client.images.create(name=name)
-        deadline = time.monotonic() + 30
-        while client.images.get(name).status == "pending":
-            assert time.monotonic() < deadline
-            time.sleep(0.01)
-        ember.stop(signal.SIGKILL)  # mid-pull (or mid-conversion): no clean shutdown
-        ember.start()
-        resumed = wait_image(ember, name, timeout=120)
-        assert resumed["status"] == "ready", resumed
-        assert resumed["digest"] == image.digest
-        assert list((ember.data_dir / "blobs" / "tmp").iterdir()) == []
-    finally:
-        ember.stop()
+    with scratch_dir() as work:
+        ember = EmberServer(work / "data").start()
+        try:
+            client = Hypeman(base_url=ember.url, api_key=ember.token(), max_retries=0)
+            client.images.create(name=name)
+            deadline = time.monotonic() + 30
+            while client.images.get(name).status == "pending":
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            ember.stop(signal.SIGKILL)  # mid-pull (or mid-conversion): no clean shutdown
+            ember.start()
+            resumed = wait_image(ember, name, timeout=120)
+            assert resumed["status"] == "ready", resumed
+            assert resumed["digest"] == image.digest
+            assert list((ember.data_dir / "blobs" / "tmp").iterdir()) == []
+        finally:
+            ember.stop()
 
 
 class RateLimited(BaseHTTPRequestHandler):

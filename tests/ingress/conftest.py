@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import secrets
-import shutil
 import subprocess
 import sys
 import time
@@ -21,7 +20,7 @@ import pytest
 from ember.config import Settings
 from ember.ingress import IngressManager
 from ember.store import Store
-from tests.conftest import short_tmp
+from tests.conftest import scratch_dir
 
 HERE = Path(__file__).parent
 DNS_LISTEN = "127.0.0.1:4953"
@@ -99,21 +98,21 @@ class World:
 def netns() -> Iterator[Netns]:
     name = f"ember-ingress-{secrets.token_hex(3)}"
     subprocess.run(["ip", "netns", "add", name], check=True)
-    ns = Netns(name, short_tmp())
-    try:
-        ns.run("ip", "link", "set", "lo", "up")
-        # A link whose far end has no address: like a stopped VM's TAP, ARP goes unanswered.
-        ns.run("ip", "link", "add", "deadend0", "type", "veth", "peer", "name", "deadend1")
-        ns.run("ip", "addr", "add", "10.77.0.1/24", "dev", "deadend0")
-        ns.run("ip", "link", "set", "deadend0", "up")
-        ns.run("ip", "link", "set", "deadend1", "up")
-        yield ns
-    finally:
-        for process in ns.processes:
-            process.kill()
-            process.wait()
-        subprocess.run(["ip", "netns", "del", name], check=True)
-        shutil.rmtree(ns.work, ignore_errors=True)
+    with scratch_dir() as work:
+        ns = Netns(name, work)
+        try:
+            ns.run("ip", "link", "set", "lo", "up")
+            # A link whose far end has no address: like a stopped VM's TAP, ARP goes unanswered.
+            ns.run("ip", "link", "add", "deadend0", "type", "veth", "peer", "name", "deadend1")
+            ns.run("ip", "addr", "add", "10.77.0.1/24", "dev", "deadend0")
+            ns.run("ip", "link", "set", "deadend0", "up")
+            ns.run("ip", "link", "set", "deadend1", "up")
+            yield ns
+        finally:
+            for process in ns.processes:
+                process.kill()
+                process.wait()
+            subprocess.run(["ip", "netns", "del", name], check=True)
 
 
 @pytest.fixture

@@ -7,7 +7,6 @@ go to loopback and end in the clear "instance unavailable" answer.
 
 from __future__ import annotations
 
-import shutil
 import subprocess
 from collections.abc import Iterator
 
@@ -19,7 +18,7 @@ from hypeman.types import IngressRuleParam
 from ember.ingress import admin_socket_path
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.registry_server import free_port
-from tests.conftest import short_tmp
+from tests.conftest import scratch_dir
 from tests.ingress.conftest import caddy_pids
 
 pytestmark = pytest.mark.server  # starts a real `ember serve`
@@ -27,26 +26,25 @@ pytestmark = pytest.mark.server  # starts a real `ember serve`
 
 @pytest.fixture
 def server() -> Iterator[EmberServer]:
-    work = short_tmp()
-    server = EmberServer(
-        work / "data",
-        env={
-            "EMBER_RUNTIME_DIR": str(work / "run"),
-            "EMBER_INGRESS_LISTEN_ADDRESS": "127.0.0.1",
-            # Nothing answers there: names resolve to nothing, at once.
-            "EMBER_NETWORK_DNS_LISTEN": f"127.0.0.1:{free_port()}",
-        },
-    ).start()
-    bootstrap = server.data_dir / "caddy" / "bootstrap.json"
-    try:
-        yield server
-    finally:
-        server.stop()
-        leftover = caddy_pids(bootstrap)
-        for pid in leftover:
-            subprocess.run(["kill", "-9", str(pid)], check=False)
-        shutil.rmtree(work, ignore_errors=True)
-        assert leftover == [], "Caddy outlived its last ingress"
+    with scratch_dir() as work:
+        server = EmberServer(
+            work / "data",
+            env={
+                "EMBER_RUNTIME_DIR": str(work / "run"),
+                "EMBER_INGRESS_LISTEN_ADDRESS": "127.0.0.1",
+                # Nothing answers there: names resolve to nothing, at once.
+                "EMBER_NETWORK_DNS_LISTEN": f"127.0.0.1:{free_port()}",
+            },
+        ).start()
+        bootstrap = server.data_dir / "caddy" / "bootstrap.json"
+        try:
+            yield server
+        finally:
+            server.stop()
+            leftover = caddy_pids(bootstrap)
+            for pid in leftover:
+                subprocess.run(["kill", "-9", str(pid)], check=False)
+            assert leftover == [], "Caddy outlived its last ingress"
 
 
 def test_create_list_get_delete_with_the_official_client(server: EmberServer) -> None:

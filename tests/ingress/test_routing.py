@@ -52,6 +52,22 @@ async def test_literal_beats_pattern(manager: IngressManager, world: World) -> N
     assert body.startswith("web ")
 
 
+async def test_any_host_answers_every_name_after_the_named_routes(
+    manager: IngressManager, world: World
+) -> None:
+    """`*` (what `ember run -p 8082:8080` publishes) matches whatever Host a client sent:
+    `localhost`, an address, a name of the machine; named routes on the port go first."""
+    await manager.create("anyhost", [rule("*", "web", 8082)])
+    await manager.create("named", [rule("api.example.com", "api", 8082)])
+    for host in ("localhost", "127.0.0.1:8082", "10.0.0.7", "box.example.org"):
+        status, body, _ = world.netns.curl("http://127.0.0.1:8082/a", "-H", f"Host: {host}")
+        assert (status, body) == (200, "web /a X-Ember-Test=-"), host
+    _, body, _ = world.netns.curl("http://127.0.0.1:8082/", "-H", "Host: api.example.com")
+    assert body.startswith("api ")
+    with pytest.raises(Conflict, match="hostname '\\*' on port 8082 is already routed"):
+        await manager.create("again", [rule("*", "api", 8082)])
+
+
 async def test_tls_with_internal_ca_and_redirect(manager: IngressManager, world: World) -> None:
     await manager.create(
         "secure", [rule("secure.example.com", "web", tls=True, redirect_http=True)]

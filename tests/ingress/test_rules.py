@@ -32,12 +32,15 @@ def test_pattern_hostnames() -> None:
     assert parse_hostname("api.{env}.example.com").wildcard is None  # not coverable by one cert
     assert not parse_hostname("API.example.com.").is_pattern
     assert parse_hostname("API.example.com.").text == "api.example.com"
+    anyhost = parse_hostname("*")
+    assert anyhost.is_any and not anyhost.is_pattern and anyhost.shape == "*"
 
 
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
         ({"match": {"hostname": "*.example.com"}}, "wildcards are not supported"),
+        ({"match": {"hostname": "*"}, "tls": True}, "no certificate covers any host"),
         ({"match": {"hostname": "a..b"}}, "not a valid hostname"),
         ({"match": {"hostname": "a.test", "port": 70000}}, r"match.port: must be a port"),
         ({"target": {"instance": "web", "port": 0}}, r"target.port: must be a port"),

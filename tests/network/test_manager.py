@@ -12,7 +12,7 @@ import pytest
 
 from ember.errors import InvalidArgument, Unavailable
 from ember.network import Lease, NetworkSettings, links, nft, parse_limits, shaping
-from ember.testkit.netns import created_namespaces, in_netns, sh
+from ember.testkit.netns import created_namespaces, in_netns, netns, sh
 from tests.network.conftest import make_manager
 
 ID_A = "a" + "1" * 23
@@ -319,3 +319,47 @@ def test_no_namespace_is_left_behind() -> None:
     # test runs on the machine may have theirs).
     names = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert not set(created_namespaces()) & {line.split()[0] for line in names.splitlines()}
+
+
+def test_forwarding_is_restored_only_in_the_namespace_where_ember_set_it(db: Path) -> None:
+    """The demo's namespace and the host share one store: an uninstall in the host's
+    namespace must not turn off forwarding that Ember turned on only in the demo's."""
+    forwarding = Path("/proc/sys/net/ipv4/ip_forward")
+
+    def open_network() -> str:
+        make_manager(db).open()
+        return forwarding.read_text().strip()
+
+    def uninstall() -> str:
+        make_manager(db).uninstall()
+        return forwarding.read_text().strip()
+
+    with netns() as demo, netns() as host:
+        assert in_netns(demo, open_network) == "1"  # off in a new namespace: Ember set it
+        in_netns(host, forwarding.write_text, "1\n")  # on before Ember: not Ember's
+        assert in_netns(host, open_network) == "1"
+        assert in_netns(host, uninstall) == "1"
+        assert in_netns(demo, uninstall) == "0"  # where Ember set it, it is restored
+
+
+def test_a_reused_address_has_no_stale_neighbour_entry(ns: str, db: Path) -> None:
+    """The host must not keep sending a deleted VM's address to the deleted VM's MAC
+    when a new VM gets that address (it did for ~40 s, until the entry went stale)."""
+
+    def scenario() -> tuple[str, str, str, str]:
+        manager = make_manager(db)
+        manager.open()
+        old = manager.allocate(ID_A, "old")
+        manager.plug(old)
+        stale = f"ip neigh replace {old.ip} lladdr 02:aa:bb:cc:dd:ee dev ember0 nud reachable"
+        sh(stale)
+        manager.release(ID_A)  # the VM is deleted
+        after_release = sh(f"ip neigh show {old.ip} dev ember0")
+        sh(stale)  # e.g. a frame from the old guest arrived meanwhile
+        new = manager.allocate(ID_B, "new")
+        manager.plug(new)  # before the new VM boots
+        return new.ip, old.ip, after_release, sh(f"ip neigh show {new.ip} dev ember0")
+
+    new_ip, old_ip, after_release, after_plug = in_netns(ns, scenario)
+    assert new_ip == old_ip  # the lowest free address: the deleted VM's
+    assert after_release.strip() == "" and after_plug.strip() == ""

@@ -17,7 +17,7 @@ def spec(directory: Path, **fields: Any) -> VMSpec:
         "cmdline": "console=ttyS0",
         "vcpus": 1,
         "memory_bytes": 256 << 20,
-        "serial_log": directory / "app.log",
+        "app_log": directory / "app.log",
         "agent_socket": directory / "agent.sock",
         "qmp_socket": directory / "qmp.sock",
         "pid_file": directory / "qemu.pid",

@@ -24,11 +24,11 @@ from ember.hypervisor.base import DiskSpec, NicSpec, VMHandle, VMSpec
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.network import Lease, NetworkManager
 from ember.system import BootArtifacts, prepare
+from ember.testkit.ember_server import SYSTEM_DIR
 from ember.testkit.netns import in_netns, netns
 from tests.network.conftest import make_manager
 
 pytestmark = pytest.mark.vm
-SYSTEM_DIR = Path("/var/lib/ember/system")
 VM_ID = "v" + "9" * 23
 RATE = 2_000_000  # bytes/s, both directions (well under what TCG moves here: 30+ MiB/s)
 DOWNLOAD_BYTES = 6_000_000
@@ -149,7 +149,7 @@ async def _boot(
     spec = VMSpec(
         instance_dir=work, kernel=artifacts.kernel, initrd=artifacts.initrd,
         cmdline=artifacts.cmdline, vcpus=1, memory_bytes=256 << 20,
-        serial_log=work / "app.log", agent_socket=work / "agent.sock",
+        app_log=work / "app.log", agent_socket=work / "agent.sock",
         qmp_socket=work / "qmp.sock", pid_file=work / "qemu.pid",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),
                DiskSpec(overlay, "ember-overlay"), DiskSpec(config, "ember-config")],
@@ -168,7 +168,7 @@ async def _scenario(db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
     hv = QemuHypervisor(detect_accel("auto"))
     handle, spec = await _boot(hv, work, artifacts, rootfs, manager, lease, GUEST_SCRIPT)
     try:
-        await _wait_for(spec.serial_log, "guest-ready", BOOT_TIMEOUT)
+        await _wait_for(spec.app_log, "guest-ready", BOOT_TIMEOUT)
         ping_cmd = ["busybox", "ping", "-c", "3", "-W", "5", lease.ip]
         ping = await asyncio.to_thread(subprocess.run, ping_cmd, capture_output=True, text=True)
         hello = await asyncio.to_thread(
@@ -184,7 +184,7 @@ async def _scenario(db: Path, work: Path, artifacts: BootArtifacts, rootfs: Path
             "download": download,
             "upload": upload,
             "counters": counters,
-            "serial": spec.serial_log.read_text(errors="replace"),
+            "serial": spec.app_log.read_text(errors="replace"),
             "ip": lease.ip,
         }
     finally:
@@ -267,18 +267,18 @@ async def _isolation_scenario(
             hv, work / "target", artifacts, rootfs, manager, target, GUEST_SCRIPT
         )
         handles.append(handle)
-        await _wait_for(target_spec.serial_log, "guest-ready", BOOT_TIMEOUT)
+        await _wait_for(target_spec.app_log, "guest-ready", BOOT_TIMEOUT)
         script = PROBE_SCRIPT.format(other=target.ip, gateway=manager.settings.gateway_ip)
         handle, probe_spec = await _boot(
             hv, work / "probe", artifacts, rootfs, manager, probe, script
         )
         handles.append(handle)
-        await _wait_for(probe_spec.serial_log, "probe-done", BOOT_TIMEOUT)
+        await _wait_for(probe_spec.app_log, "probe-done", BOOT_TIMEOUT)
         host_ping = subprocess.run(
             ["busybox", "ping", "-c", "1", "-W", "5", target.ip], capture_output=True
         )
         return {
-            "probe": probe_spec.serial_log.read_text(errors="replace"),
+            "probe": probe_spec.app_log.read_text(errors="replace"),
             "host_reaches_target": host_ping.returncode == 0,
         }
     finally:

@@ -18,7 +18,7 @@ from ember.instances.usage import digest_users
 from ember.registry import DistributionError, Registry, RegistryService, parse_content_range
 from ember.store import Store
 from ember.testkit.ember_server import EmberServer
-from tests.conftest import short_tmp
+from tests.conftest import scratch_dir
 
 pytestmark = pytest.mark.server  # starts a real `ember serve`
 
@@ -116,13 +116,14 @@ async def test_the_server_task_expires_abandoned_uploads(service: RegistryServic
 @pytest.fixture(scope="module")
 def server() -> Iterator[EmberServer]:
     """A server whose abandoned uploads expire after one second."""
-    server = EmberServer(
-        short_tmp() / "data", env={"EMBER_REGISTRY_UPLOAD_MAX_AGE_SECONDS": "1"}
-    ).start()
-    try:
-        yield server
-    finally:
-        server.stop()
+    with scratch_dir() as work:
+        server = EmberServer(
+            work / "data", env={"EMBER_REGISTRY_UPLOAD_MAX_AGE_SECONDS": "1"}
+        ).start()
+        try:
+            yield server
+        finally:
+            server.stop()
 
 
 @pytest.fixture

@@ -14,9 +14,9 @@ from ember.guest.config import GuestConfig, create_overlay_disk, write_config_di
 from ember.hypervisor import DiskSpec, VMSpec, resolve_hypervisors
 from ember.hypervisor.qemu import QemuHypervisor, build_command
 from ember.system import load
+from ember.testkit.ember_server import SYSTEM_DIR
 
 pytestmark = pytest.mark.vm
-SYSTEM_DIR = Path("/var/lib/ember/system")
 COUNTER = "i=0; while true; do i=$((i+1)); echo $i > /tmp/n; mv /tmp/n /tmp/count; sleep 0.05; done"
 
 
@@ -43,7 +43,7 @@ def spec_for(work: Path, rootfs: Path, in_file: bool) -> VMSpec:
     write_config_disk(work / "config.disk", GuestConfig(cmd=["/bin/sh", "-c", COUNTER]))
     return VMSpec(
         instance_dir=work, kernel=system.kernel, initrd=system.initrd, cmdline=system.cmdline,
-        vcpus=1, memory_bytes=256 << 20, serial_log=work / "app.log",
+        vcpus=1, memory_bytes=256 << 20, app_log=work / "app.log",
         agent_socket=work / "agent.sock", qmp_socket=work / "qmp.sock",
         pid_file=work / "qemu.pid", vmm_log=work / "vmm.log",
         disks=[DiskSpec(rootfs, "ember-root", readonly=True),

@@ -14,8 +14,7 @@ from ember.guest.config import GuestConfig, create_overlay_disk, write_config_di
 from ember.hypervisor import DiskSpec, VMHandle, VMSpec, resolve_hypervisors
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.system import BootArtifacts, prepare
-
-SYSTEM_DIR = Path("/var/lib/ember/system")
+from ember.testkit.ember_server import SYSTEM_DIR
 
 
 @pytest.fixture(scope="session")
@@ -49,8 +48,8 @@ class BootedVM:
     spec: VMSpec
     config_disk: Path
 
-    def serial_log(self) -> str:
-        return self.spec.serial_log.read_text(errors="replace")
+    def app_log(self) -> str:
+        return self.spec.app_log.read_text(errors="replace")
 
 
 @pytest.fixture
@@ -72,7 +71,7 @@ async def boot(artifacts: BootArtifacts, rootfs: Path, tmp_path: Path) -> AsyncI
             cmdline=artifacts.cmdline,
             vcpus=1,
             memory_bytes=256 << 20,
-            serial_log=tmp_path / "app.log",
+            app_log=tmp_path / "app.log",
             agent_socket=tmp_path / "agent.sock",
             qmp_socket=tmp_path / "qmp.sock",
             pid_file=tmp_path / "qemu.pid",

@@ -21,7 +21,7 @@ BOOT_TIMEOUT = 60  # TCG on a loaded 2-core machine
 
 async def wait_for_log(vm: BootedVM, text: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
-    while text not in vm.serial_log():
+    while text not in vm.app_log():
         assert time.monotonic() < deadline, f"{text!r} never appeared in the serial log"
         await asyncio.sleep(0.1)
 
@@ -48,7 +48,7 @@ async def test_workload_runs_and_exit_code_reaches_host(boot: Boot) -> None:
     record = read_exit_record(vm.config_disk)
     assert record is not None
     assert (record.exit_code, record.message) == (3, "exited with code 3")
-    assert "greeting=hello world argv0=first uid=65534 cwd=/srv/app" in vm.serial_log()
+    assert "greeting=hello world argv0=first uid=65534 cwd=/srv/app" in vm.app_log()
 
 
 async def test_command_not_found(boot: Boot) -> None:
@@ -84,7 +84,7 @@ async def test_readoption_and_graceful_stop(boot: Boot) -> None:
         exited = await agent.wait_exit(30)
     assert (exited.exit_code, exited.message) == (7, "exited with code 7")
     assert await vm.hv.wait_exit(vm.handle, timeout=30)
-    assert "caught TERM" in vm.serial_log()
+    assert "caught TERM" in vm.app_log()
 
 
 async def test_exec_stat_pause_resume_and_kill_by_signal(boot: Boot) -> None:

@@ -35,4 +35,4 @@ async def test_ext4_root_boots(boot: Boot) -> None:
         await agent.wait_ready(BOOT_TIMEOUT)
         exited = await agent.wait_exit(30)
     assert exited.exit_code == 4
-    assert "ext4-root-ok" in vm.serial_log()
+    assert "ext4-root-ok" in vm.app_log()

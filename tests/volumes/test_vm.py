@@ -21,11 +21,11 @@ from ember.hypervisor.accel import detect_accel
 from ember.hypervisor.qemu import QemuHypervisor
 from ember.store import Store
 from ember.system import BootArtifacts, prepare
+from ember.testkit.ember_server import SYSTEM_DIR
 from ember.volumes import VolumeManager
 from tests.volumes.archives import Entry, body, make_archive
 
 pytestmark = pytest.mark.vm
-SYSTEM_DIR = Path("/var/lib/ember/system")
 BOOT_TIMEOUT = 120  # TCG on a loaded 2-core machine
 APPLETS = ("sh", "echo", "cat", "stat", "readlink", "sync", "ls", "grep", "mount", "touch")
 Boot = Callable[[str, list[DiskSpec], list[GuestVolume], str], Awaitable[tuple[int, str, str]]]
@@ -74,7 +74,7 @@ async def boot(artifacts: BootArtifacts, rootfs: Path, tmp_path: Path) -> AsyncI
         spec = VMSpec(
             instance_dir=work, kernel=artifacts.kernel, initrd=artifacts.initrd,
             cmdline=artifacts.cmdline, vcpus=1, memory_bytes=256 << 20,
-            serial_log=work / "app.log", agent_socket=work / "agent.sock",
+            app_log=work / "app.log", agent_socket=work / "agent.sock",
             qmp_socket=work / "qmp.sock", pid_file=work / "qemu.pid", name=name,
             disks=[DiskSpec(rootfs, "ember-root", readonly=True),
                    DiskSpec(config, "ember-config"), *disks],
