@@ -248,14 +248,18 @@ def snapshot_ls(
 
 
 @snapshot_app.command("inspect")
-def snapshot_inspect(ref: str = typer.Argument(..., help="Snapshot id.")) -> None:
+def snapshot_inspect(
+    ref: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
+) -> None:
     """Show a snapshot as JSON."""
     with client() as api:
         emit_json(api.snapshot(ref))
 
 
 @snapshot_app.command("rm")
-def snapshot_rm(refs: list[str] = typer.Argument(..., help="Snapshot ids.")) -> None:
+def snapshot_rm(
+    refs: list[str] = typer.Argument(..., help="Snapshot names, ids or id prefixes."),
+) -> None:
     """Delete snapshots."""
     with client() as api:
         delete_each(refs, api.delete_snapshot)
@@ -266,7 +270,7 @@ def snapshot_restore(
     instance: str = typer.Argument(
         ..., autocompletion=complete_instances, help="Instance to restore."
     ),
-    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    snapshot: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
     target_state: str | None = typer.Option(
         None, "--target-state", help="Stopped, Standby or Running."
     ),
@@ -280,7 +284,7 @@ def snapshot_restore(
 
 @snapshot_app.command("fork")
 def snapshot_fork(
-    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    snapshot: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
     name: str = typer.Argument(..., help="Name of the new instance."),
     target_state: str | None = typer.Option(
         None, "--target-state", help="Stopped, Standby or Running."

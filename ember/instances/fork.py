@@ -92,13 +92,13 @@ async def fork_instance(
 
 async def fork_snapshot(
     snaps: Snapshots,
-    snapshot_id: str,
+    snapshot_ref: str,
     name: str,
     *,
     target_state: State | None = None,
     target_hypervisor: str | None = None,
 ) -> InstanceRecord:
-    snapshot = snaps.get(snapshot_id)
+    snapshot = snaps.get(snapshot_ref)
     target = target_state or default_target(snapshot.kind)
     check_target(snapshot.kind, target)
     check_hypervisor(snapshot.kind, snapshot.source_hypervisor, target_hypervisor)

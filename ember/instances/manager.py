@@ -14,10 +14,9 @@ from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ember.config import Settings
-from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
+from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
-from ember.ids import is_id
 from ember.instances import (
     create,
     delete,
@@ -156,21 +155,8 @@ class InstanceManager:
     # ---- queries ---------------------------------------------------------------------
 
     def get(self, ref: str) -> InstanceRecord:
-        """Find by id, then name, then unique id prefix (names never look like ids)."""
-        repo = self.core.repo
-        record = repo.get(ref) if is_id(ref) else None
-        record = record or repo.by_name(ref)
-        if record is None and ref:
-            matches = repo.by_id_prefix(ref)
-            if len(matches) > 1:
-                raise InvalidArgument(
-                    f"instance id prefix {ref!r} is ambiguous ({len(matches)} matches)",
-                    code="ambiguous",
-                )
-            record = matches[0] if matches else None
-        if record is None:
-            raise NotFound(f"instance {ref!r} not found")
-        return record
+        """By id, name or unique id prefix."""
+        return self.core.repo.resolve(ref)
 
     def find(
         self, state: State | None = None, tags: dict[str, str] | None = None
@@ -324,10 +310,10 @@ class InstanceManager:
         )
 
     async def restore_snapshot(
-        self, ref: str, snapshot_id: str, target: State | None, hypervisor: str | None
+        self, ref: str, snapshot_ref: str, target: State | None, hypervisor: str | None
     ) -> InstanceRecord:
         return await self.snapshots.restore(
-            self.get(ref).id, snapshot_id, target_state=target, target_hypervisor=hypervisor
+            self.get(ref).id, snapshot_ref, target_state=target, target_hypervisor=hypervisor
         )
 
     async def fork(
@@ -338,10 +324,10 @@ class InstanceManager:
         )
 
     async def fork_snapshot(
-        self, snapshot_id: str, name: str, target: State | None, hypervisor: str | None
+        self, snapshot_ref: str, name: str, target: State | None, hypervisor: str | None
     ) -> InstanceRecord:
         return await forking.fork_snapshot(
-            self.snapshots, snapshot_id, name, target_state=target, target_hypervisor=hypervisor
+            self.snapshots, snapshot_ref, name, target_state=target, target_hypervisor=hypervisor
         )
 
     def snapshot_schedule(self, ref: str) -> ScheduleRecord:

@@ -174,8 +174,9 @@ class Snapshots:
 
     # ---- queries -----------------------------------------------------------------------
 
-    def get(self, snapshot_id: str) -> SnapshotRecord:
-        return self.store.get(snapshot_id)
+    def get(self, ref: str, instance_id: str | None = None) -> SnapshotRecord:
+        """By id, name or unique id prefix (`SnapshotStore.resolve`)."""
+        return self.store.resolve(ref, instance_id)
 
     def attachments(self, record: InstanceRecord) -> list[Attachment]:
         return self.volumes.attachments_of(record.id)
@@ -386,10 +387,10 @@ class Snapshots:
 
     # ---- delete ------------------------------------------------------------------------
 
-    async def delete(self, snapshot_id: str) -> None:
+    async def delete(self, ref: str) -> None:
         """The record first, then the files (a server killed between leaves files without
         a record, which `recover` removes)."""
-        self.store.get(snapshot_id)  # 404
+        snapshot_id = self.get(ref).id  # 404
         await self.jobs.cancel(snapshot_id)
         async with self.files_lock(snapshot_id):  # a fork or restore copying from it
             self.store.delete(snapshot_id)
@@ -401,12 +402,12 @@ class Snapshots:
     async def restore(
         self,
         instance_id: str,
-        snapshot_id: str,
+        snapshot_ref: str,
         *,
         target_state: State | None = None,
         target_hypervisor: str | None = None,
     ) -> InstanceRecord:
-        snapshot = self.store.get(snapshot_id)
+        snapshot = self.get(snapshot_ref, instance_id)
         target = target_state or default_target(snapshot.kind)
         check_target(snapshot.kind, target)
         check_hypervisor(snapshot.kind, snapshot.source_hypervisor, target_hypervisor)

@@ -21,7 +21,9 @@ router = APIRouter(prefix="/snapshots", tags=["snapshots"], responses=error_resp
 instance_router = APIRouter(
     prefix="/instances", tags=["snapshots"], responses=error_responses(400, 404)
 )
-SnapshotRef = Annotated[str, Path(alias="snapshot_id", description="Snapshot id")]
+SnapshotRef = Annotated[
+    str, Path(alias="snapshot_id", description="Snapshot id, name or unique id prefix")
+]
 TargetState = Literal["Stopped", "Standby", "Running"]
 HypervisorName = Literal["cloud-hypervisor", "firecracker", "qemu", "qemu-microvm", "vz"]
 
