@@ -148,6 +148,13 @@ def short_id(value: str) -> str:
     return value[:12]
 
 
+def workload_command(args: list[str] | None) -> list[str]:
+    """The command after IMAGE or INSTANCE. A leading `--` only ends the options (POSIX
+    utility syntax, kubectl's habit): options stop at the first positional anyway."""
+    args = list(args or [])
+    return args[1:] if args[:1] == ["--"] else args
+
+
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:
     """KEY=VALUE items (for env, `KEY` alone takes this shell's value, as docker does)."""
     pairs: dict[str, str] = {}

@@ -28,6 +28,7 @@ from ember.cli.common import (
     errors,
     fail,
     parse_pairs,
+    workload_command,
 )
 from ember.cli.progress import byte_bar
 from ember.client import ApiError, EmberClient
@@ -126,7 +127,9 @@ def exec(
     ref: str = typer.Argument(
         ..., autocompletion=complete_instances, help="Instance name, id or id prefix."
     ),
-    command: list[str] = typer.Argument(..., help="Command and arguments; no `--` needed."),
+    command: list[str] = typer.Argument(
+        ..., help="Command and arguments (a leading `--` is optional)."
+    ),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Send stdin."),
     terminal: bool = typer.Option(False, "--tty", "-t", help="Allocate a terminal (use -it)."),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE (repeatable)."),
@@ -139,6 +142,9 @@ def exec(
     """
     local_tty = terminal and os.isatty(sys.stdin.fileno())
     size = terminal_size() if terminal else None
+    command = workload_command(command)
+    if not command:
+        fail("exec: a command is needed after the instance", EXIT_USAGE)
     request = ExecRequest(
         command, tty=terminal, env=parse_pairs(env, "env") or None, cwd=workdir,
         timeout=timeout, rows=size[0] if size else None, cols=size[1] if size else None,

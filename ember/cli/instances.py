@@ -33,6 +33,7 @@ from ember.cli.common import (
     listed_briefly,
     parse_pairs,
     short_id,
+    workload_command,
 )
 from ember.cli.images import pull_image
 from ember.client import ApiError, EmberClient
@@ -183,7 +184,7 @@ def follow_to_exit(api: EmberClient, ref: str) -> int:
 def run(
     image: str = typer.Argument(..., help="Image to run (pulled if missing)."),
     command: list[str] | None = typer.Argument(
-        None, help="Command and arguments (replace the image's CMD); no `--` needed."
+        None, help="Command and arguments (replace the image's CMD); a leading `--` is optional."
     ),
     name: str | None = typer.Option(None, "--name", "-n", help="Instance name."),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE (repeatable)."),
@@ -226,7 +227,7 @@ def run(
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
-            "entrypoint": entrypoint or None, "cmd": command or None,
+            "entrypoint": entrypoint or None, "cmd": workload_command(command) or None,
             "volumes": [parse_volume(v) for v in volume] or None,
             "overlay_size": overlay_size, "network": None if network else {"enabled": False},
         }  # fmt: skip

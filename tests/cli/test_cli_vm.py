@@ -42,7 +42,8 @@ def shared_server() -> Iterator[EmberServer]:
 
 
 def test_run_follows_the_output_and_exits_with_the_workload_code(cli: Cli, hello: str) -> None:
-    result = cli("run", "--name", "cli-seven", *SMALL, hello,
+    # A leading `--` only ends the options (POSIX utility syntax).
+    result = cli("run", "--name", "cli-seven", *SMALL, hello, "--",
                  "/bin/sh", "-c", "echo hi from the guest; echo to stderr >&2; exit 7")  # fmt: skip
     assert result.code == 7, result
     assert "hi from the guest" in result.out
@@ -93,6 +94,8 @@ def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) 
     assert result.out.strip() == "hello from env"
     flags = cli("exec", "-e", "X=1", BOX, "/bin/sh", "-c", "echo x=$X; ls -d /tmp")
     assert flags.code == 0 and flags.out.split() == ["x=1", "/tmp"]
+    dashes = cli("exec", BOX, "--", "echo", "after dashes")
+    assert dashes.code == 0 and dashes.out == "after dashes\n", dashes
     # The end of piped input reaches the process: `cat` ends instead of waiting forever.
     piped = cli("exec", "-i", BOX, "cat", stdin="line one\nline two\n")
     assert piped.code == 0 and piped.out == "line one\nline two\n"
