@@ -51,7 +51,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def describe(exc: ApiError, config: ClientConfig) -> str:
     """One line for an API error, with what to do about it when that is known."""
-    if exc.status == 0:
+    if exc.code == "unreachable":
         hint = (
             f" (set EMBER_BASE_URL, now {config.base_url_source})"
             if config.base_url_source != "default"

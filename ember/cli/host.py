@@ -155,6 +155,11 @@ def check_system() -> Check:
 
 
 def check_bridge() -> Check:
+    """The server's network as the server reports it when one answers (it may run in a
+    namespace of its own, like the demo's); else the bridge in this namespace."""
+    reported = server_network()
+    if reported is not None:
+        return reported
     from ember.config import Settings
 
     bridge = Settings().network_bridge
@@ -162,6 +167,26 @@ def check_bridge() -> Check:
         return Check("Bridge", True, f"{bridge} is up" if _is_up(bridge) else f"{bridge} exists")
     return Check("Bridge", True, f"{bridge} not created yet (`ember serve` creates it)",
                  "start `ember serve` as root", warning=True)  # fmt: skip
+
+
+def server_network() -> Check | None:
+    """The Bridge check from the API's /capabilities; None when no server answers here."""
+    from ember.cli.common import make_client
+    from ember.client import ApiError
+
+    api, config = make_client(timeout=3)
+    try:
+        with api:
+            network = api.capabilities()["network"]
+    except ApiError:
+        return None
+    where = f"the server at {config.base_url}"
+    if not network.get("enabled", True):
+        return Check("Bridge", True, f"{where} runs without guest networking",
+                     "unset EMBER_NETWORK_ENABLED=false for a network", warning=True)  # fmt: skip
+    bridge = network.get("bridge", "the bridge")
+    detail = f"{bridge} up for {where} (subnet {network.get('subnet')})"
+    return Check("Bridge", True, detail)
 
 
 def _is_up(interface: str) -> bool:

@@ -101,6 +101,10 @@ class EmberClient:
         result: JSON = self._call("GET", "/health")
         return result
 
+    def capabilities(self) -> JSON:
+        result: JSON = self._call("GET", "/capabilities")
+        return result
+
     def pull(self, name: str, platform: str | None = None) -> JSON:
         body: JSON = {"name": name}
         if platform:

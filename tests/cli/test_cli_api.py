@@ -166,3 +166,11 @@ def test_doctor_checks_the_host() -> None:
     assert accel["detail"].startswith(("KVM", "TCG"))
     if accel["detail"].startswith("TCG"):
         assert accel["fix"]  # says why, and what would change it
+
+
+def test_doctor_asks_the_server_about_its_network(shared_server: EmberServer) -> None:
+    """A server may run in a namespace of its own (the demo's): doctor asks it."""
+    result = run_cli(["doctor", "--json"], cli_env(shared_server))
+    bridge = {check["name"]: check for check in json.loads(result.out)}["Bridge"]
+    assert shared_server.url in bridge["detail"], bridge
+    assert "without guest networking" in bridge["detail"]  # tests' servers on the host's

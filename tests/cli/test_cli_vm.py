@@ -212,6 +212,7 @@ def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
 
     missing = cli("cp", f"{BOX}:/no/such/file", str(out))
     assert missing.code == 1 and len(missing.error_lines) == 1, missing.err
+    assert "ember serve" not in missing.err  # the server answered: no hint it is not running
 
 
 def test_logs_follow_shows_new_lines(shared_server: EmberServer, box: dict[str, object]) -> None:
