@@ -1,7 +1,4 @@
-"""The HTTP API: the FastAPI app, its routers, auth and error mapping (see README.md)."""
+"""The HTTP API: the FastAPI app, its routers, auth and error mapping (see README.md).
 
-from ember.api.app import create_app
-from ember.api.auth import load_or_create_secret, mint_token, verify_token
-from ember.api.services import Services
-
-__all__ = ["Services", "create_app", "load_or_create_secret", "mint_token", "verify_token"]
+Nothing is imported here: the CLI mints tokens with `ember.api.auth` without loading
+FastAPI and the managers (`ember/cli/README.md`, startup time)."""

@@ -13,7 +13,7 @@ from rich.console import Console
 from rich.markup import escape
 
 from ember.client import ApiError, EmberClient
-from ember.client.config import ClientConfig, config_from_env
+from ember.client.config import ClientConfig, config_from_env, local_data_dir
 from ember.client.push import SourceError
 
 app = typer.Typer(
@@ -72,13 +72,12 @@ def local_token(config: ClientConfig) -> str | None:
     (root on the server host): the same trust as reading the server's database."""
     if config.api_key or not config.is_local:
         return None
+    # Not ember.config: pydantic-settings alone would double the start-up time.
     from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
-    from ember.config import Settings
 
-    secret_path = Settings().data_dir / SECRET_FILE
+    secret_path = local_data_dir() / SECRET_FILE
     if not os.access(secret_path, os.R_OK):
         return None
-
     return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
 
 

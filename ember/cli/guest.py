@@ -14,9 +14,9 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
-from websockets.exceptions import ConnectionClosed
 
 from ember.cli.common import (
     EXIT_EMBER,
@@ -30,9 +30,10 @@ from ember.cli.common import (
     parse_pairs,
     workload_command,
 )
-from ember.cli.progress import byte_bar
 from ember.client import ApiError, EmberClient
-from ember.client.streams import ExecRequest, ExecSession, copy_from, copy_to, exec_session
+
+if TYPE_CHECKING:  # the WebSocket code loads only for exec and cp (start-up time)
+    from ember.client.streams import ExecSession
 
 PANEL = "Inside instances"
 
@@ -72,6 +73,8 @@ def terminal_size() -> tuple[int, int] | None:
 def pump(session: ExecSession, *, send_stdin: bool, resizes: bool) -> int:
     """Relay until the process exits: output to stdout (a thread), stdin and resizes to
     the guest (here). One pipe wakes this loop for both the end and a SIGWINCH."""
+    from websockets.exceptions import ConnectionClosed
+
     wake_read, wake_write = os.pipe()
     failure: list[BaseException] = []
 
@@ -142,6 +145,8 @@ def exec(
     """
     local_tty = terminal and os.isatty(sys.stdin.fileno())
     size = terminal_size() if terminal else None
+    from ember.client.streams import ExecRequest, exec_session
+
     command = workload_command(command)
     if not command:
         fail("exec: a command is needed after the instance", EXIT_USAGE)
@@ -201,6 +206,9 @@ def cp(
 
     [dim]ember cp ./site NAME:/srv[/dim] and [dim]ember cp NAME:/var/log/app.log .[/dim]
     """
+    from ember.cli.progress import byte_bar
+    from ember.client.streams import copy_from, copy_to
+
     remote_src, remote_dst = split_remote(src), split_remote(dst)
     if bool(remote_src) == bool(remote_dst):
         fail("cp: exactly one of SRC and DST must be INSTANCE:PATH", EXIT_USAGE)

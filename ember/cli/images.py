@@ -22,13 +22,14 @@ from ember.cli.common import (
     human_bytes,
     listed_briefly,
 )
-from ember.cli.progress import byte_bar, show_pull
 from ember.client import EmberClient
 from ember.client.push import push_source, read_source
 
 
 def pull_image(api: EmberClient, name: str, platform: str | None, *, quiet: bool) -> dict[str, Any]:
     """Pull with progress bars (on stderr when `quiet`: stdout is then for JSON)."""
+    from ember.cli.progress import show_pull  # rich.progress: only when shown
+
     api.pull(name, platform)
     out = errors if quiet else console
     image = show_pull(api.watch_image(name), out, transient=quiet)
@@ -75,6 +76,8 @@ def push(
     as_json: bool = JsonOption,
 ) -> None:
     """Push a local image into Ember's registry; it is then converted and ready to run."""
+    from ember.cli.progress import byte_bar, show_pull
+
     repository, _, tag = target.rpartition(":") if ":" in target else (target, "", "latest")
     if "/" in tag:  # a host:port prefix, not a tag
         repository, tag = target, "latest"

@@ -11,7 +11,6 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import typer
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -481,6 +480,8 @@ def stats(
         if not watch:
             console.print(stats_table(sample()))
             return
+        from rich.live import Live
+
         try:
             with Live(stats_table(sample()), console=console, auto_refresh=False) as live:
                 while True:

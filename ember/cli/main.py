@@ -19,9 +19,8 @@ from typer._click import exceptions as click
 # Importing the command modules registers their commands on `app`.
 from ember.cli import guest, host, images, instances, resources  # noqa: F401
 from ember.cli.common import EXIT_USAGE, app, errors
-from ember.cli.progress import show_pull
 
-__all__ = ["app", "main", "show_pull"]
+__all__ = ["app", "main"]
 
 
 def main(argv: list[str] | None = None) -> int:

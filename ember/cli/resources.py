@@ -27,7 +27,6 @@ from ember.cli.common import (
     parse_pairs,
     short_id,
 )
-from ember.cli.progress import byte_bar
 
 volume_app = typer.Typer(no_args_is_help=True, help="Persistent volumes.")
 ingress_app = typer.Typer(no_args_is_help=True, help="HTTP(S) routes from host ports to instances.")
@@ -82,6 +81,8 @@ def volume_from_archive(
     as_json: bool = JsonOption,
 ) -> None:
     """Create a volume holding a tar.gz archive's content."""
+    from ember.cli.progress import byte_bar
+
     with client() as api:
         if archive == "-":
             stream, total = sys.stdin.buffer, None

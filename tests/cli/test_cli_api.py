@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -174,3 +176,29 @@ def test_doctor_asks_the_server_about_its_network(shared_server: EmberServer) ->
     bridge = {check["name"]: check for check in json.loads(result.out)}["Bridge"]
     assert shared_server.url in bridge["detail"], bridge
     assert "without guest networking" in bridge["detail"]  # tests' servers on the host's
+
+
+# What `ember ps` loaded, printed after it ran (in the same process).
+LOADED = """
+import sys
+from ember.cli.main import main
+code = main(["ps", "--json"])
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> None:
+    """Start-up time: minting a token from the data dir loads neither FastAPI, the
+    managers nor the server's settings, and `ps` loads no WebSocket code."""
+    env = cli_env(
+        None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
+    )
+    done = subprocess.run([sys.executable, "-c", LOADED], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)  # the minted token was accepted
+    loaded = set(done.stderr.split())
+    assert "ember.api.auth" in loaded
+    heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
+             "websockets"}  # fmt: skip
+    assert not heavy & loaded, heavy & loaded
