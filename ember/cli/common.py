@@ -4,25 +4,53 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Column, Table
 
 from ember.client import ApiError, EmberClient
 from ember.client.config import ClientConfig, config_from_env, local_data_dir
 from ember.client.push import SourceError
 
+HELP_NAMES = ["-h", "--help"]
 app = typer.Typer(
     no_args_is_help=True,
     help="Ember: run OCI images as QEMU microVMs.",
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_NAMES},
 )
-console = Console(highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ember import __version__
+
+        typer.echo(f"ember {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Ember: run OCI images as QEMU microVMs."""
+
+
+# A pipe gets whole lines (`ember ps | grep` sees every column); a terminal, or COLUMNS,
+# says how wide to be. Rich writes no colour codes where stdout is not a terminal.
+console = Console(
+    highlight=False,
+    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000,
+)
 # stderr keeps stdout clean for --json readers; soft_wrap keeps an error on one line.
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -132,10 +160,21 @@ def listed_briefly(rows: list[dict[str, Any]], as_json: bool, quiet: bool, key: 
         emit_json(rows)
         return True
     if quiet:
-        for row in rows:
-            typer.echo(row[key])
+        for row in rows:  # ids as short as the tables show them (every lookup takes them)
+            typer.echo(short_id(row[key]) if key == "id" else row[key])
         return True
     return False
+
+
+def table(*headers: str | Column) -> Table:
+    """A table without a box (easy to `grep` and `awk`), two spaces between columns."""
+    return Table(*headers, box=None, header_style="bold", padding=(0, 2, 0, 0), pad_edge=False)
+
+
+def cell(header: str, *, fold: bool = False) -> Column:
+    """A column that never wraps or cuts, or (`fold`) that folds long text onto more lines
+    rather than cutting it to `127.0.0.1:4…`."""
+    return Column(header, no_wrap=not fold, overflow="fold")
 
 
 def coloured(value: str) -> str:
@@ -169,26 +208,44 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def human_bytes(count: int | None) -> str:
+    """Binary units everywhere the CLI shows a size ("256 MiB", "1.5 GiB", "1 GiB"), as
+    Ember reads them: "1GB" in a request is 1 GiB."""
     if count is None:
         return ""
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
         value /= 1024
-    return f"{value:.1f} GiB"
+    return f"{value:.0f} {unit}" if unit == "B" or value == int(value) else f"{value:.1f} {unit}"
+
+
+def image_label(name: str, own_registry: str) -> str:
+    """An image as a person types it: Docker Hub's and this server's registry host left
+    out (`alpine:3.20`, `demo/hello:latest`); `ember run` resolves both back."""
+    for prefix in ("docker.io/library/", "docker.io/", f"{own_registry}/"):
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
+
+
+def registry_host(api: EmberClient) -> str:
+    """host:port images pushed to this server are named with."""
+    parts = urlsplit(api.base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
 
 
 def ago(timestamp: str | None) -> str:
-    """'3 minutes ago' for an ISO timestamp, as docker ps says it."""
+    """'3m ago' for an ISO timestamp: docker's '3 minutes ago', short enough for 80
+    columns."""
     if not timestamp:
         return ""
     from datetime import UTC, datetime
 
     then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     seconds = int((datetime.now(UTC) - then).total_seconds())
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
         if seconds >= size:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+            return f"{seconds // size}{unit} ago"
     return "just now"

@@ -150,8 +150,11 @@ def exec(
     command = workload_command(command)
     if not command:
         fail("exec: a command is needed after the instance", EXIT_USAGE)
+    environment = parse_pairs(env, "env")
+    if terminal and "TERM" not in environment:  # the guest's programs draw for this terminal
+        environment["TERM"] = os.environ.get("TERM") or "xterm"
     request = ExecRequest(
-        command, tty=terminal, env=parse_pairs(env, "env") or None, cwd=workdir,
+        command, tty=terminal, env=environment or None, cwd=workdir,
         timeout=timeout, rows=size[0] if size else None, cols=size[1] if size else None,
     )  # fmt: skip
     with (

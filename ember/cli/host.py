@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from ember.cli.common import JsonOption, app, console, emit_json, errors, fail
+from ember.cli.common import JsonOption, app, cell, console, emit_json, errors, fail, table
 
 PANEL = "Server host"
 MIN_FREE_BYTES = 5 * 2**30
@@ -252,7 +251,7 @@ def doctor(as_json: bool = JsonOption) -> None:
     if as_json:
         emit_json([result.__dict__ for result in results])
     else:
-        out = Table("", "CHECK", "RESULT", "TO FIX", box=None, header_style="bold")
+        out = table(cell(""), cell("CHECK"), cell("RESULT", fold=True), cell("TO FIX", fold=True))
         for result in results:
             mark = (
                 "[yellow]![/yellow]"
@@ -282,9 +281,11 @@ def network_uninstall(
     force: bool = typer.Option(False, "--force", help="Even while an Ember server answers."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Remove what Ember set up on this host's network: the ingress proxy (Caddy), the
-    bridge, TAP and IFB devices, Ember's nftables table and the leases. Other rules and
-    tables are left as they are."""
+    """Remove Ember's network set-up from this host (stop the server first).
+
+    The ingress proxy (Caddy), the bridge, TAP and IFB devices, Ember's nftables table
+    and the leases. Other rules and tables are left as they are.
+    """
     import asyncio
 
     import httpx

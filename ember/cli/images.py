@@ -4,15 +4,15 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ember.cli.common import (
     EXIT_ERROR,
     JsonOption,
     app,
+    cell,
     client,
     coloured,
     console,
@@ -21,6 +21,8 @@ from ember.cli.common import (
     fail,
     human_bytes,
     listed_briefly,
+    registry_host,
+    table,
 )
 from ember.client import EmberClient
 from ember.client.push import push_source, read_source
@@ -52,13 +54,6 @@ def pull(
         emit_json(image)
     if image["status"] == "failed":
         fail(f"pull failed: {image.get('error')}")
-
-
-def registry_host(api: EmberClient) -> str:
-    """host:port images pushed to this server are named with."""
-    parts = urlsplit(api.base_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
 
 
 @app.command(rich_help_panel="Images")
@@ -112,13 +107,13 @@ def images(
         rows = api.images()
     if listed_briefly(rows, as_json, quiet, key="name"):
         return
-    table = Table("NAME", "STATUS", "DIGEST", "SIZE", box=None, header_style="bold")
+    out = table(cell("NAME", fold=True), cell("STATUS"), cell("DIGEST"), cell("SIZE"))
     for row in rows:
-        table.add_row(
-            row["name"], coloured(row["status"]), row["digest"][:19],
+        out.add_row(
+            escape(row["name"]), coloured(row["status"]), (row.get("digest") or "")[:19],
             human_bytes(row.get("size_bytes")),
         )  # fmt: skip
-    console.print(table)
+    console.print(out)
 
 
 @app.command(rich_help_panel="Images")

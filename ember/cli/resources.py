@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ember.cli.common import (
     EXIT_USAGE,
+    CliError,
     JsonOption,
     ago,
     app,
+    cell,
     client,
     coloured,
     complete_instances,
@@ -26,18 +28,18 @@ from ember.cli.common import (
     listed_briefly,
     parse_pairs,
     short_id,
+    table,
 )
+from ember.errors import EmberError
+from ember.units import parse_size
 
+GIB = 1024**3
 volume_app = typer.Typer(no_args_is_help=True, help="Persistent volumes.")
 ingress_app = typer.Typer(no_args_is_help=True, help="HTTP(S) routes from host ports to instances.")
 snapshot_app = typer.Typer(no_args_is_help=True, help="Instance snapshots.")
 app.add_typer(volume_app, name="volume", rich_help_panel="Resources")
 app.add_typer(ingress_app, name="ingress", rich_help_panel="Resources")
 app.add_typer(snapshot_app, name="snapshot", rich_help_panel="Resources")
-
-
-def table(*headers: str) -> Table:
-    return Table(*headers, box=None, header_style="bold")
 
 
 def show_one(value: dict[str, Any], as_json: bool, line: str) -> None:
@@ -55,15 +57,32 @@ def volume_line(volume: dict[str, Any]) -> str:
     return f"{volume['name']} {short_id(volume['id'])} {volume['size_gb']} GiB {status}"
 
 
+def volume_gib(value: str, option: str = "--size") -> int:
+    """`--size` in whole GiB, as volumes are made: a bare number is GiB (`1`), a size
+    with a unit (`100MB`, `2GB`, binary as everywhere in Ember) is rounded up, saying so."""
+    if value.strip().isdigit():
+        return int(value)
+    try:
+        count = parse_size(value, field=option)
+    except EmberError as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    gib = max(1, -(-count // GIB))
+    if gib * GIB != count:
+        errors.print(f"note: volumes are made in whole GiB: {value} is rounded up to {gib} GiB")
+    return gib
+
+
 @volume_app.command("create")
 def volume_create(
     name: str = typer.Argument(..., help="Volume name."),
-    size: int = typer.Option(1, "--size", "-s", help="Size in GiB."),
+    size: str = typer.Option(
+        "1", "--size", "-s", metavar="SIZE", help="Size: GiB, or with a unit (100MB, 2GB)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an empty volume."""
     with client() as api:
-        volume = api.create_volume(name, size)
+        volume = api.create_volume(name, volume_gib(size))
     show_one(volume, as_json, f"created {volume_line(volume)}")
 
 
@@ -77,7 +96,9 @@ def _read_chunks(stream: Any, step: Any) -> Iterator[bytes]:
 def volume_from_archive(
     name: str = typer.Argument(..., help="Volume name."),
     archive: str = typer.Argument(..., help="A .tar.gz file, or - for stdin."),
-    size: int = typer.Option(1, "--size", "-s", help="Most the content may take, in GiB."),
+    size: str = typer.Option(
+        "1", "--size", "-s", metavar="SIZE", help="Most the content may take: GiB, or 500MB."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a volume holding a tar.gz archive's content."""
@@ -91,7 +112,7 @@ def volume_from_archive(
             stream, total = path.open("rb"), path.stat().st_size
         show = not as_json and errors.is_terminal
         with stream, byte_bar(errors, f"upload {archive}", total, show=show) as step:
-            volume = api.volume_from_archive(name, size, _read_chunks(stream, step))
+            volume = api.volume_from_archive(name, volume_gib(size), _read_chunks(stream, step))
     show_one(volume, as_json, f"created {volume_line(volume)}")
 
 
@@ -103,16 +124,20 @@ def volume_ls(
     """List volumes."""
     with client() as api:
         rows = api.volumes()
+        names = {i["id"]: i["name"] for i in api.instances()} if not (as_json or quiet) else {}
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("SIZE"), cell("STATUS"),
+                cell("ATTACHED TO", fold=True), cell("CREATED"))  # fmt: skip
     for row in rows:
         attached = ", ".join(
-            f"{short_id(a['instance_id'])}:{a['mount_path']}{' (ro)' if a['readonly'] else ''}"
+            f"{names.get(a['instance_id'], short_id(a['instance_id']))}:{a['mount_path']}"
+            f"{' (ro)' if a['readonly'] else ''}"
             for a in row.get("attachments") or []
         )
-        out.add_row(short_id(row["id"]), row["name"], f"{row['size_gb']} GiB",
-                    row.get("status", ""), attached, ago(row.get("created_at")))  # fmt: skip
+        out.add_row(short_id(row["id"]), escape(row["name"]), f"{row['size_gb']} GiB",
+                    row.get("status", ""), escape(attached),
+                    ago(row.get("created_at")))  # fmt: skip
     console.print(out)
 
 
@@ -179,10 +204,11 @@ def ingress_ls(
         rows = api.ingresses()
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "RULES", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("RULES", fold=True), cell("CREATED"))
     for row in rows:
         rules = "\n".join(rule_text(rule) for rule in row["rules"])
-        out.add_row(short_id(row["id"]), row["name"], rules, ago(row.get("created_at")))
+        out.add_row(short_id(row["id"]), escape(row["name"]), escape(rules),
+                    ago(row.get("created_at")))  # fmt: skip
     console.print(out)
 
 
@@ -240,9 +266,11 @@ def snapshot_ls(
         rows = api.snapshots(source_instance_id=source)
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "INSTANCE", "KIND", "SIZE", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("INSTANCE", fold=True), cell("KIND"),
+                cell("SIZE"), cell("CREATED"))  # fmt: skip
     for row in rows:
-        out.add_row(short_id(row["id"]), row.get("name") or "", row.get("source_instance_name", ""),
+        out.add_row(short_id(row["id"]), escape(row.get("name") or ""),
+                    escape(row.get("source_instance_name", "")),
                     coloured(str(row.get("kind"))), human_bytes(row.get("size_bytes")),
                     ago(row.get("created_at")))  # fmt: skip
     console.print(out)

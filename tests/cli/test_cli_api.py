@@ -202,3 +202,36 @@ def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> Non
     heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
              "websockets"}  # fmt: skip
     assert not heavy & loaded, heavy & loaded
+
+
+def test_version_and_help_at_80_columns(cli: Cli) -> None:
+    version = cli("--version")
+    assert version.code == 0 and version.out.startswith("ember "), version
+    run_help = cli("run", "--help", COLUMNS="80")
+    assert "<bool>" not in run_help.out  # plain flags
+    assert "IMAGE" in run_help.out and "[COMMAND]..." in run_help.out  # not {image}
+    assert "…" not in run_help.out, run_help.out  # nothing cut (the -p syntax was)
+    assert "HOST_PORT:GUEST_PORT" in run_help.out
+    network_help = cli("network", "--help", COLUMNS="80")
+    (line,) = [line for line in network_help.out.splitlines() if "uninstall" in line]
+    assert "Remove Ember's network set-up from this host" in line, network_help.out
+
+
+def test_sizes_and_states_as_people_type_them(cli: Cli) -> None:
+    memory = cli("run", "-m", "lots", "no-such-image")
+    assert memory.code == 2 and memory.error_lines == [
+        "error: -m/--memory: invalid size 'lots' (expected e.g. 512MB, 2GB, 1G)"
+    ], memory.err
+    small = cli("volume", "create", "cli-small", "--size", "100MB", "--json")
+    assert small.code == 0, small.err
+    assert json.loads(small.out)["size_gb"] == 1  # volumes are whole GiB: rounded up
+    assert "rounded up to 1 GiB" in small.err
+    listed = cli("volume", "ls")
+    assert "cli-small" in listed.out and "1 GiB" in listed.out
+    assert "\x1b[" not in listed.out  # no colour codes into a pipe
+    quiet = cli("volume", "ls", "-q")
+    assert json.loads(small.out)["id"][:12] in quiet.out.split()  # as short as the table's
+    assert all(len(line) == 12 for line in quiet.out.split())
+    assert cli("volume", "rm", "cli-small").code == 0
+    lower = cli("ps", "--state", "running", "--json")
+    assert lower.code == 0 and isinstance(json.loads(lower.out), list), lower.err

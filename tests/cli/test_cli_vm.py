@@ -88,6 +88,19 @@ def test_inspect_by_id_prefix_and_json(cli: Cli, box: dict[str, object]) -> None
     assert stats[0]["instance_name"] == BOX and stats[0]["allocated_vcpus"] == 1
 
 
+def test_ps_fits_80_columns_and_q_prints_the_ids_it_shows(cli: Cli, box: dict[str, object]) -> None:
+    table = cli("ps", COLUMNS="80")
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert all(len(line) <= 80 for line in lines), table.out
+    assert "…" not in table.out  # nothing cut to `127.0.0.1:4…`
+    (row,) = [line for line in lines if BOX in line]
+    assert str(box["id"])[:12] in row and "256 MiB" in row  # units as everywhere: MiB/GiB
+    assert str(box["id"])[:12] in cli("ps", "-q").out.split()
+    assert all(len(ref) == 12 for ref in cli("ps", "-q").out.split())
+    assert cli("ps", "--state", "running", "-q").out == cli("ps", "-q").out
+
+
 def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) -> None:
     result = cli("exec", BOX, "/bin/sh", "-c", "echo $GREETING; exit 3")
     assert result.code == 3
@@ -156,9 +169,11 @@ class Terminal:
 def test_exec_it_is_an_interactive_terminal(
     shared_server: EmberServer, box: dict[str, object]
 ) -> None:
-    terminal = Terminal(["exec", "-it", BOX, "/bin/sh"], cli_env(shared_server))
+    terminal = Terminal(["exec", "-it", BOX, "/bin/sh"], cli_env(shared_server, TERM="vt100"))
     terminal.resize(24, 80)
     terminal.expect("# ")
+    terminal.type("echo term=$TERM\r")
+    assert "term=vt100" in terminal.expect("# ")  # the client's TERM
     terminal.type("echo $((6 * 7))\r")
     assert "42" in terminal.expect("# ")
     # A resize reaches the guest's terminal (SIGWINCH -> resize frame -> TIOCSWINSZ).
@@ -283,6 +298,14 @@ def test_snapshots_and_forks_through_the_cli(cli: Cli, box: dict[str, object]) -
     assert cli("rm", "-f", "cli-clone").code == 0
     assert cli("snapshot", "rm", snapshot["id"]).code == 0
     assert json.loads(cli("snapshot", "ls", "--json").out) == []
+
+
+def test_start_wait_returns_once_running(cli: Cli, box: dict[str, object]) -> None:
+    assert cli("stop", BOX).code == 0
+    started = cli("start", "--wait", BOX)
+    assert started.code == 0, started.err
+    assert "Running" in started.out
+    assert json.loads(cli("inspect", BOX).out)["state"] == "Running"
 
 
 def test_rm_needs_force_while_running_and_removes_the_ingress(
