@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
@@ -129,6 +129,23 @@ def client(code: int = EXIT_ERROR) -> Iterator[EmberClient]:
         fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", code)
     finally:
         api.close()
+
+
+def each(refs: list[str], action: Callable[[str], str]) -> None:
+    """Do `action` to every ref, going on after a refusal: one line per ref (what `action`
+    returns, or the error), exit 1 at the end if any failed (docker's rm, rmi). An
+    unreachable server or a refused key still ends it at once."""
+    failed = 0
+    for ref in refs:
+        try:
+            console.print(escape(action(ref)))
+        except (ApiError, CliError) as exc:
+            if isinstance(exc, ApiError) and (exc.code == "unreachable" or exc.status == 401):
+                raise
+            errors.print(f"[red]error:[/red] {escape(exc.message)}")
+            failed += 1
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 def complete_instances(incomplete: str) -> list[str]:

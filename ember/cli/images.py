@@ -16,6 +16,7 @@ from ember.cli.common import (
     client,
     coloured,
     console,
+    each,
     emit_json,
     errors,
     fail,
@@ -107,19 +108,24 @@ def images(
         rows = api.images()
     if listed_briefly(rows, as_json, quiet, key="name"):
         return
-    out = table(cell("NAME", fold=True), cell("STATUS"), cell("DIGEST"), cell("SIZE"))
+    out = table(cell("NAME", fold=True), cell("STATUS"), cell("DIGEST"), cell("SIZE"),
+                cell("ERROR", fold=True))  # fmt: skip
     for row in rows:
+        digest = (row.get("digest") or "").removeprefix("sha256:")[:12]
         out.add_row(
-            escape(row["name"]), coloured(row["status"]), (row.get("digest") or "")[:19],
-            human_bytes(row.get("size_bytes")),
+            escape(row["name"]), coloured(row["status"]), digest,
+            human_bytes(row.get("size_bytes")), escape(row.get("error") or ""),
         )  # fmt: skip
     console.print(out)
 
 
 @app.command(rich_help_panel="Images")
 def rmi(names: list[str] = typer.Argument(..., help="Image names or digests.")) -> None:
-    """Delete images."""
+    """Delete images (a name sharing its image with another only loses the name)."""
+
+    def delete(name: str) -> str:
+        api.delete_image(name)
+        return f"deleted {name}"
+
     with client() as api:
-        for name in names:
-            api.delete_image(name)
-            console.print(f"deleted {name}")
+        each(names, delete)

@@ -26,6 +26,7 @@ from ember.cli.common import (
     coloured,
     complete_instances,
     console,
+    each,
     emit_json,
     errors,
     fail,
@@ -476,8 +477,7 @@ def rm(
 ) -> None:
     """Delete instances and everything they own."""
     with client() as api:
-        for ref in refs:
-            console.print(f"deleted {remove_instance(api, ref, force=force)}")
+        each(refs, lambda ref: f"deleted {remove_instance(api, ref, force=force)}")
 
 
 @app.command(rich_help_panel=PANEL)

@@ -21,6 +21,7 @@ from ember.cli.common import (
     coloured,
     complete_instances,
     console,
+    each,
     emit_json,
     errors,
     fail,
@@ -327,9 +328,11 @@ def snapshot_fork(
 
 
 def delete_each(refs: list[str], delete: Callable[[str], object]) -> None:
-    for ref in refs:
+    def deleted(ref: str) -> str:
         delete(ref)
-        console.print(f"deleted {ref}")
+        return f"deleted {ref}"
+
+    each(refs, deleted)
 
 
 # Hypeman's names for the same subcommands (`volume list`, `ingress get`, ...), so its

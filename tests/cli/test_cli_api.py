@@ -235,3 +235,27 @@ def test_sizes_and_states_as_people_type_them(cli: Cli) -> None:
     assert cli("volume", "rm", "cli-small").code == 0
     lower = cli("ps", "--state", "running", "--json")
     assert lower.code == 0 and isinstance(json.loads(lower.out), list), lower.err
+
+
+def test_a_name_ember_holds_resolves_to_its_own_registry(
+    cli: Cli, shared_server: EmberServer, tmp_path: Path
+) -> None:
+    """`ember run app:v1` right after `ember push ... app:v1` runs the pushed image, not
+    Docker Hub's `docker.io/library/app:v1`."""
+    write_oci_layout(hello_image(env={"FROM": "own"}), tmp_path / "layout", "v1")
+    assert cli("push", str(tmp_path / "layout"), "cli-own:v1").code == 0
+    pulled = cli("pull", "cli-own:v1", "--json")
+    assert pulled.code == 0, pulled.err
+    assert json.loads(pulled.out)["name"] == f"127.0.0.1:{shared_server.port}/cli-own:v1"
+    inspected = json.loads(cli("images", "--json").out)
+    assert not any(row["name"].startswith("docker.io/") for row in inspected)
+
+
+def test_images_say_why_a_pull_failed(cli: Cli) -> None:
+    name = f"127.0.0.1:{free_port()}/nowhere/app:v1"  # no registry listens there
+    failed = cli("pull", name)
+    assert failed.code == 1
+    listed = cli("images")
+    (row,) = [line for line in listed.out.splitlines() if "nowhere/app" in line]
+    assert "failed" in row and len(row.split("failed", 1)[1].strip()) > 0, listed.out
+    assert cli("rmi", name).code == 0

@@ -20,10 +20,11 @@ from pathlib import Path
 
 import pytest
 
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.registry_server import free_port
 from tests.cli.conftest import EMBER, Cli, cli_env
-from tests.conftest import running_server
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 SMALL = ["--memory", "256MB", "--cpus", "1"]
@@ -298,6 +299,20 @@ def test_snapshots_and_forks_through_the_cli(cli: Cli, box: dict[str, object]) -
     assert cli("rm", "-f", "cli-clone").code == 0
     assert cli("snapshot", "rm", snapshot["id"]).code == 0
     assert json.loads(cli("snapshot", "ls", "--json").out) == []
+
+
+def test_rmi_untags_a_shared_image_and_goes_on_after_errors(
+    cli: Cli, box: dict[str, object], shared_server: EmberServer, hello: str
+) -> None:
+    alias = push_to_ember(shared_server, hello_image(), "cli/alias", "v1")  # the box's image
+    result = cli("rmi", alias, "no-such-image:v9", hello)
+    assert result.code == 1, result
+    assert f"deleted {alias}" in result.out  # only the name: the box's image keeps its other
+    assert len(result.error_lines) == 2, result.err  # each failure reported, none skipped
+    assert "no-such-image:v9" in result.error_lines[0]
+    assert "used by" in result.error_lines[1]  # its last name, the box runs from it
+    names = {row["name"] for row in json.loads(cli("images", "--json").out)}
+    assert hello in names and alias not in names
 
 
 def test_start_wait_returns_once_running(cli: Cli, box: dict[str, object]) -> None:
