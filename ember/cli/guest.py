@@ -201,16 +201,17 @@ def local_target(local: Path, guest: str) -> Path:
 
 @app.command(rich_help_panel=PANEL)
 def cp(
-    src: str = typer.Argument(..., help="INSTANCE:PATH or a local path."),
-    dst: str = typer.Argument(..., help="INSTANCE:PATH or a local path."),
+    src: str = typer.Argument(..., help="INSTANCE:PATH, a local path, or - (a tar on stdin)."),
+    dst: str = typer.Argument(..., help="INSTANCE:PATH, a local path, or - (a tar to stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Copy files or directories between an instance and this machine.
 
-    [dim]ember cp ./site NAME:/srv[/dim] and [dim]ember cp NAME:/var/log/app.log .[/dim]
+    [dim]ember cp ./site NAME:/srv[/dim], [dim]ember cp NAME:/var/log/app.log .[/dim];
+    [dim]-[/dim] is a tar stream, as docker cp has it: [dim]ember cp NAME:/etc - | tar t[/dim].
     """
     from ember.cli.progress import byte_bar
-    from ember.client.streams import copy_from, copy_to
+    from ember.client.streams import copy_from, copy_tar_from, copy_tar_to
 
     remote_src, remote_dst = split_remote(src), split_remote(dst)
     if bool(remote_src) == bool(remote_dst):
@@ -219,21 +220,37 @@ def cp(
     with client() as api:
         if remote_dst:
             ref, guest = remote_dst
-            source = Path(src)
-            if not source.exists():
-                raise CliError(f"{src}: no such file or directory")
-            target = guest_target(api, ref, guest, source)
-            total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
-                if source.is_dir() else source.stat().st_size  # fmt: skip
-            with byte_bar(errors, f"{src} -> {ref}:{target}", total, show=show) as step:
-                copied = copy_to(api, ref, source, target, step)
-            where = f"{ref}:{target}"
+            if src == "-":
+                with byte_bar(errors, f"tar on stdin -> {ref}:{guest}", None, show=show) as step:
+                    copied = copy_tar_to(api, ref, sys.stdin.buffer, guest, step)
+                where = f"{ref}:{guest}"
+            else:
+                copied, where = upload(api, ref, guest, Path(src), show)
         else:
             assert remote_src is not None
             ref, guest = remote_src
-            local = local_target(Path(dst), guest)
-            with byte_bar(errors, f"{ref}:{guest} -> {local}", None, show=show) as step:
-                copied = copy_from(api, ref, guest, local, step)
-            where = str(local)
+            if dst == "-":
+                with byte_bar(errors, f"{ref}:{guest} -> tar on stdout", None, show=show) as step:
+                    copied = copy_tar_from(api, ref, guest, sys.stdout.buffer, step)
+                where = "stdout (a tar stream)"
+            else:
+                local = local_target(Path(dst), guest)
+                with byte_bar(errors, f"{ref}:{guest} -> {local}", None, show=show) as step:
+                    copied = copy_from(api, ref, guest, local, step)
+                where = str(local)
     if not quiet:
         errors.print(f"copied {copied:,} bytes to {where}")
+
+
+def upload(api: EmberClient, ref: str, guest: str, source: Path, show: bool) -> tuple[int, str]:
+    """A local file or tree into the guest, with a byte bar: (bytes, where it went)."""
+    from ember.cli.progress import byte_bar
+    from ember.client.streams import copy_to
+
+    if not source.exists():
+        raise CliError(f"{source}: no such file or directory")
+    target = guest_target(api, ref, guest, source)
+    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
+        if source.is_dir() else source.stat().st_size  # fmt: skip
+    with byte_bar(errors, f"{source} -> {ref}:{target}", total, show=show) as step:
+        return copy_to(api, ref, source, target, step), f"{ref}:{target}"

@@ -7,12 +7,14 @@ Two VMs in all (256 MB, one vCPU): one that exits 7, one long-lived `box`.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
 import select
 import struct
 import subprocess
+import tarfile
 import termios
 import time
 from collections.abc import Iterator
@@ -200,7 +202,9 @@ def test_exec_it_is_an_interactive_terminal(
     assert terminal.exit_code() == 1
 
 
-def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
+def test_cp_both_ways(
+    cli: Cli, box: dict[str, object], tmp_path: Path, shared_server: EmberServer
+) -> None:
     (tmp_path / "note.txt").write_text("a note\n")
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -225,6 +229,22 @@ def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
     assert (out / "copied" / "sub" / "run.sh").stat().st_mode & 0o777 == 0o750
     single = cli("cp", f"{BOX}:/tmp/note.txt", str(tmp_path / "renamed.txt"))
     assert single.code == 0 and (tmp_path / "renamed.txt").read_text() == "a note\n"
+
+    # `-` is a tar stream, as docker cp has it: to stdout, and from stdin.
+    env = cli_env(shared_server)
+    tar_out = subprocess.run([*EMBER, "cp", "-q", f"{BOX}:/tmp/copied", "-"], env=env,
+                             capture_output=True, check=True).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(tar_out)) as tar:
+        assert {"copied", "copied/a.txt", "copied/sub/b.bin"} <= set(tar.getnames())
+        extracted = tar.extractfile("copied/sub/b.bin")
+        assert extracted is not None
+        assert extracted.read() == (tree / "sub" / "b.bin").read_bytes()
+    tar_in = io.BytesIO()
+    with tarfile.open(fileobj=tar_in, mode="w") as tar:
+        tar.add(tree / "a.txt", arcname="from-stdin/a.txt")
+    subprocess.run([*EMBER, "cp", "-q", "-", f"{BOX}:/tmp"], env=env, input=tar_in.getvalue(),
+                   capture_output=True, check=True)  # fmt: skip
+    assert cli("exec", BOX, "cat", "/tmp/from-stdin/a.txt").out == "A\n"
 
     missing = cli("cp", f"{BOX}:/no/such/file", str(out))
     assert missing.code == 1 and len(missing.error_lines) == 1, missing.err
