@@ -92,7 +92,19 @@ def describe(exc: ApiError, config: ClientConfig) -> str:
             f"{exc.message}: {where} was refused; set EMBER_API_KEY "
             "(`ember token` on the server host mints one)"
         )
-    return exc.message
+    in_cli_terms = CLI_HINTS.get(exc.code)
+    return in_cli_terms(exc.message) if in_cli_terms else exc.message
+
+
+# What the API says in its own terms, said in the CLI's (by the error's code).
+CLI_HINTS: dict[str, Callable[[str], str]] = {
+    "from_running_required": lambda message: message.replace("from_running=true", "--from-running"),
+    "volumes_not_supported": lambda message: (
+        message
+        + " (`ember stop INSTANCE`, `ember volume detach VOLUME INSTANCE`; or `ember volume "
+        "attach VOLUME INSTANCE PATH --read-only` after detaching)"
+    ),
+}
 
 
 def local_token(config: ClientConfig) -> str | None:

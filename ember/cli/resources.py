@@ -156,6 +156,37 @@ def volume_rm(refs: list[str] = typer.Argument(..., help="Volume names or ids.")
         delete_each(refs, api.delete_volume)
 
 
+@volume_app.command("attach")
+def volume_attach(
+    volume: str = typer.Argument(..., help="Volume name or id."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="A stopped instance."
+    ),
+    mount_path: str = typer.Argument(..., help="Where it is mounted in the guest, e.g. /data."),
+    readonly: bool = typer.Option(False, "--read-only", "--ro", help="Mount it read-only."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Attach a volume to a stopped instance (it mounts at the next start)."""
+    with client() as api:
+        result = api.attach_volume(instance, volume, mount_path, readonly=readonly)
+    mode = " read-only" if readonly else ""
+    show_one(result, as_json, f"attached {volume} to {result['name']} at {mount_path}{mode}")
+
+
+@volume_app.command("detach")
+def volume_detach(
+    volume: str = typer.Argument(..., help="Volume name or id."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="A stopped instance."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Detach a volume from a stopped instance."""
+    with client() as api:
+        result = api.detach_volume(instance, volume)
+    show_one(result, as_json, f"detached {volume} from {result['name']}")
+
+
 # ---- ingresses -------------------------------------------------------------------------
 
 

@@ -251,6 +251,17 @@ class EmberClient:
     def delete_volume(self, ref: str) -> None:
         self._call("DELETE", f"/volumes/{_quote(ref)}")
 
+    def attach_volume(self, ref: str, volume: str, mount_path: str, *, readonly: bool) -> JSON:
+        """Attach a volume to a stopped instance; the instance."""
+        body = {"mount_path": mount_path, "readonly": readonly}
+        path = f"/instances/{_quote(ref)}/volumes/{_quote(volume)}"
+        result: JSON = self._call("POST", path, json=body)
+        return result
+
+    def detach_volume(self, ref: str, volume: str) -> JSON:
+        result: JSON = self._call("DELETE", f"/instances/{_quote(ref)}/volumes/{_quote(volume)}")
+        return result
+
     # ---- ingresses -------------------------------------------------------------------
 
     def create_ingress(

@@ -61,7 +61,7 @@ async def fork_instance(
         raise Conflict(
             f"instance {record.name!r} is {record.state}: stop it, put it in standby, or "
             "fork with from_running=true (standby, copy, restore)",
-            code="invalid_state",
+            code="from_running_required",
         )
     if record.state not in (State.RUNNING, State.PAUSED, State.STANDBY, State.STOPPED):
         raise Conflict(f"instance {record.name!r} is {record.state}: it cannot be forked",

@@ -249,12 +249,16 @@ class Snapshots:
     def capturable(self, record: InstanceRecord) -> list[Attachment]:
         """The instance's volume attachments, all read-only; refuses read-write ones."""
         attachments = self.attachments(record)
-        writable = [a.volume_id for a in attachments if not a.readonly]
+        writable = [
+            f"{self.volumes.get(a.volume_id).name!r} at {a.mount_path}"
+            for a in attachments
+            if not a.readonly
+        ]
         if writable:
             raise InvalidState(
-                f"instance {record.name!r} has read-write volume(s) {', '.join(writable)}: a "
+                f"instance {record.name!r} has read-write volume {', '.join(writable)}: a "
                 "snapshot or fork cannot capture a volume (it outlives the instance and is "
-                "not copied); detach it or attach it read-only",
+                "not copied); stop the instance and detach the volume, or attach it read-only",
                 code="volumes_not_supported",
             )
         return attachments

@@ -335,12 +335,27 @@ def test_rmi_untags_a_shared_image_and_goes_on_after_errors(
     assert hello in names and alias not in names
 
 
-def test_start_wait_returns_once_running(cli: Cli, box: dict[str, object]) -> None:
+def test_snapshot_and_fork_errors_say_what_to_type(cli: Cli, box: dict[str, object]) -> None:
+    running = cli("fork", BOX, "cli-fork")
+    assert running.code == 1 and "--from-running" in running.err, running.err
+    assert "from_running=true" not in running.err  # the API's words, not the CLI's
+    assert cli("volume", "create", "cli-rw").code == 0
     assert cli("stop", BOX).code == 0
-    started = cli("start", "--wait", BOX)
+    attached = cli("volume", "attach", "cli-rw", BOX, "/data")
+    assert attached.code == 0, attached.err
+    assert f"{BOX}:/data" in cli("volume", "ls").out  # the instance by name
+    started = cli("start", "--wait", BOX)  # returns once Running, not at boot
     assert started.code == 0, started.err
     assert "Running" in started.out
     assert json.loads(cli("inspect", BOX).out)["state"] == "Running"
+    refused = cli("snapshot", "create", BOX)
+    assert refused.code == 1 and len(refused.error_lines) == 1, refused.err
+    assert "'cli-rw' at /data" in refused.err and "ember volume detach" in refused.err
+    assert cli("stop", BOX).code == 0
+    detached = cli("volume", "detach", "cli-rw", BOX)
+    assert detached.code == 0, detached.err
+    assert cli("volume", "rm", "cli-rw").code == 0
+    assert cli("start", "--wait", BOX).code == 0
 
 
 def test_rm_needs_force_while_running_and_removes_the_ingress(
