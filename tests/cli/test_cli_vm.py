@@ -310,14 +310,15 @@ def test_snapshots_and_forks_through_the_cli(cli: Cli, box: dict[str, object]) -
     snapshot = json.loads(made.out)
     listed = json.loads(cli("snapshot", "ls", "--instance", BOX, "--json").out)
     assert [s["id"] for s in listed] == [snapshot["id"]]
-    forked = cli("snapshot", "fork", snapshot["id"], "cli-clone", "--json")
+    assert json.loads(cli("snapshot", "inspect", snapshot["id"][:12]).out)["name"] == "cli-snap"
+    forked = cli("snapshot", "fork", "cli-snap", "cli-clone", "--json")  # by name
     assert forked.code == 0, forked.err
     clone = json.loads(forked.out)
     assert clone["name"] == "cli-clone" and clone["id"] != box["id"]
     assert cli("wait", "cli-clone", "--state", "Running").code == 0
     assert cli("exec", "cli-clone", "cat", "/tmp/mark").out == "snapped\n"  # memory kept
     assert cli("rm", "-f", "cli-clone").code == 0
-    assert cli("snapshot", "rm", snapshot["id"]).code == 0
+    assert cli("snapshot", "rm", snapshot["id"][:12]).code == 0  # the id `snapshot ls` shows
     assert json.loads(cli("snapshot", "ls", "--json").out) == []
 
 
