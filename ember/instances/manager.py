@@ -177,12 +177,35 @@ class InstanceManager:
                 "exec, stat and copy need the guest agent",
                 code="agent_unavailable",
             )
-        if record.state not in (State.RUNNING, State.INITIALIZING):
-            raise invalid(record, "reach the guest of", "it is not running")
+        if record.state not in (State.RUNNING, State.INITIALIZING) or record.exit_code is not None:
+            raise self.not_running(record)
         agent = self.core.agents.get(record.id)
         if agent is None or not agent.connected:
             raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
         return record, agent
+
+    def not_running(self, record: InstanceRecord) -> InvalidState:
+        """Why exec and copy cannot reach an instance, saying so plainly when its program
+        has exited (the VM then powers off: a command that ends at once ends the VM)."""
+        if record.exit_code is None:
+            return invalid(record, "reach the guest of", "it is not running")
+        how = record.exit_message or f"exited with code {record.exit_code}"
+        return InvalidState(
+            f"instance {record.name!r} has exited ({how}; now {record.state}): exec and copy "
+            "need a running instance; start it again, with a command that keeps running"
+        )
+
+    async def exited(self, ref: str, wait: float = 3.0) -> InvalidState | None:
+        """After the agent went away mid-exec: the instance's exit, once recorded (it comes
+        a moment after the connection closes), or None if it is still running."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            record = self.get(ref)
+            if record.exit_code is not None or record.state in (State.STOPPED, State.SHUTDOWN):
+                return self.not_running(record)
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
 
     def lease(self, record: InstanceRecord) -> Lease | None:
         """The instance's network lease (None: no network)."""

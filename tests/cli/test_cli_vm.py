@@ -69,6 +69,24 @@ def test_run_says_why_a_command_did_not_start_and_rm_removes_it(cli: Cli, hello:
     assert after == before  # --rm deleted it
 
 
+def test_exec_and_cp_say_when_the_program_has_exited(cli: Cli, hello: str, tmp_path: Path) -> None:
+    """The VM powers off when its program exits: exec and cp say so, whether the program
+    ends during the exec or before it."""
+    started = cli("run", "-d", "--name", "cli-brief", *SMALL, hello, "/bin/sleep", "8")
+    assert started.code == 0, started
+    during = cli("exec", "cli-brief", "/bin/sleep", "60")  # outlives the program
+    assert during.code != 0
+    assert "has exited" in during.out + during.err, during
+    assert "agent connection closed" not in during.out + during.err
+    assert cli("wait", "cli-brief").code == 0
+    after = cli("exec", "cli-brief", "true")
+    assert after.code == 125 and len(after.error_lines) == 1, after
+    assert "cli-brief' has exited" in after.err, after.err
+    copy = cli("cp", "cli-brief:/hello", str(tmp_path))
+    assert copy.code == 1 and "has exited" in copy.err, copy.err
+    assert cli("rm", "cli-brief").code == 0
+
+
 @pytest.fixture(scope="module")
 def box(cli: Cli, hello: str) -> Iterator[dict[str, object]]:
     result = cli("run", "-d", "--json", "--name", BOX, *SMALL, "-p", f"{INGRESS_PORT}:8080",

@@ -25,7 +25,7 @@ from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
-from ember.guest.client import AgentClient, AgentError, ExecSession
+from ember.guest.client import AgentClient, AgentDisconnected, AgentError, ExecSession
 from ember.guest.copy import Header, cp_in_argv, cp_out_argv, read_tree
 from ember.validation import validate_c_string, validate_env
 
@@ -223,6 +223,9 @@ async def exec_socket(websocket: WebSocket, ref: InstanceRef) -> None:
         return
     except ValidationError as exc:
         await _fail_exec(websocket, _validation_message(exc))
+    except AgentDisconnected as exc:  # usually: the program exited and the VM powers off
+        exited = await svc.instances.exited(ref)
+        await _fail_exec(websocket, exited.message if exited else exc.message)
     except EmberError as exc:
         await _fail_exec(websocket, exc.message)
 
