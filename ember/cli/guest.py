@@ -143,14 +143,26 @@ def exec(
 
     [dim]ember exec -it NAME /bin/sh[/dim] opens a shell (Ctrl-D leaves it).
     """
-    local_tty = terminal and os.isatty(sys.stdin.fileno())
-    size = terminal_size() if terminal else None
-    from ember.client.streams import ExecRequest, exec_session
-
     command = workload_command(command)
     if not command:
         fail("exec: a command is needed after the instance", EXIT_USAGE)
-    environment = parse_pairs(env, "env")
+    with client(EXIT_EMBER) as api:
+        code = run_exec(api, ref, command, interactive=interactive, terminal=terminal,
+                        env=parse_pairs(env, "env"), workdir=workdir, timeout=timeout)  # fmt: skip
+    raise typer.Exit(code)
+
+
+def run_exec(
+    api: EmberClient, ref: str, command: list[str], *, interactive: bool, terminal: bool,
+    env: dict[str, str], workdir: str | None = None, timeout: int | None = None,
+) -> int:  # fmt: skip
+    """Run `command` in the instance, relaying stdin (`interactive`) and a terminal
+    (`terminal`, this one's size and TERM); its exit code. `exec` and `run -it`."""
+    from ember.client.streams import ExecRequest, exec_session
+
+    local_tty = terminal and os.isatty(sys.stdin.fileno())
+    size = terminal_size() if terminal else None
+    environment = dict(env)
     if terminal and "TERM" not in environment:  # the guest's programs draw for this terminal
         environment["TERM"] = os.environ.get("TERM") or "xterm"
     request = ExecRequest(
@@ -158,12 +170,10 @@ def exec(
         timeout=timeout, rows=size[0] if size else None, cols=size[1] if size else None,
     )  # fmt: skip
     with (
-        client(EXIT_EMBER) as api,
         exec_session(api, ref, request) as session,
         raw_terminal(sys.stdin.fileno(), local_tty),
     ):
-        code = pump(session, send_stdin=interactive, resizes=local_tty)
-    raise typer.Exit(code)
+        return pump(session, send_stdin=interactive, resizes=local_tty)
 
 
 # ---- cp --------------------------------------------------------------------------------

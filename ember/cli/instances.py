@@ -50,6 +50,9 @@ PANEL = "Instances"
 RUN_TAG = "ember.run/instance"
 PUBLISH_RE = re.compile(r"^(?:(?P<host>[a-z0-9.-]+):)?(?P<hport>\d{1,5}):(?P<gport>\d{1,5})$")
 STOPPED = ("Stopped", "Shutdown")
+# run -it: what keeps the VM up while the command runs as an exec (a VM powers off when
+# its program exits, and a program's stdin is not a terminal here).
+KEEP_ALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
 
 
 # ---- run -------------------------------------------------------------------------------
@@ -170,6 +173,36 @@ class LogFollower:
                 print(line, flush=True)
 
 
+def image_command(api: EmberClient, image: str, entrypoint: list[str] | None) -> list[str]:
+    """What the image runs (its entrypoint, or --entrypoint, then its cmd)."""
+    config = api.image(image)
+    command = [*(entrypoint or config.get("entrypoint") or []), *(config.get("cmd") or [])]
+    if not command:
+        raise CliError(f"{image} has no entrypoint or cmd: give a command", EXIT_USAGE)
+    return command
+
+
+def run_attached(
+    api: EmberClient, created: dict[str, Any], command: list[str], env: dict[str, str], *,
+    interactive: bool, terminal: bool, remove: bool,
+) -> int:  # fmt: skip
+    """`run -it`: once the VM runs, `command` as an exec with this terminal; then the
+    instance stops (or goes, with --rm) as a container does when its process ends."""
+    from ember.cli.guest import run_exec
+
+    state = wait_running(api, created["id"], created["name"])
+    if state.get("state_error"):
+        raise CliError(f"{created['name']}: {state['state_error']}", EXIT_EMBER)
+    try:
+        return run_exec(api, created["id"], command, interactive=interactive,
+                        terminal=terminal, env=env)  # fmt: skip
+    finally:
+        if remove:
+            remove_instance(api, created["id"], force=True)
+        else:
+            api.instance_action(created["id"], "stop")
+
+
 def wait_running(api: EmberClient, ref: str, label: str) -> dict[str, Any]:
     """Wait (a spinner on stderr) until the instance runs; the wait's answer."""
     with errors.status(f"starting {label}"):
@@ -233,6 +266,10 @@ def run(
         False, "--detach", "-d", help="Return once it runs; do not follow its logs."
     ),
     remove: bool = typer.Option(False, "--rm", help="Delete the instance when it exits."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Send stdin (see -it)."),
+    terminal: bool = typer.Option(
+        False, "--tty", "-t", help="-it: the command in a terminal here, as `exec -it`."
+    ),
     pull_policy: str = typer.Option(
         "missing", "--pull", help="Pull the image: missing, always or never."
     ),
@@ -245,20 +282,26 @@ def run(
     """Create and start an instance; follow its output and exit with its exit code.
 
     [dim]ember run IMAGE /bin/sh -c 'echo hi; exit 7'[/dim] exits 7; with -d it returns
-    once the instance runs. --json implies -d and prints the instance.
+    once the instance runs. --json implies -d and prints the instance. With -it the
+    command (or the image's) runs in a terminal here while `sleep` keeps the VM up (the
+    image needs /bin/sh and sleep); the instance stops when it ends.
     """
     if pull_policy not in ("missing", "always", "never"):
         fail(f"--pull {pull_policy!r}: use missing, always or never", EXIT_USAGE)
     for option, size in (("-m/--memory", memory), ("--overlay-size", overlay_size)):
         check_size(option, size)
     detach = detach or as_json
+    attach_terminal = interactive or terminal
+    if attach_terminal and detach:
+        fail("-i/-t and -d/--json: run -d, then `ember exec -it NAME CMD`", EXIT_USAGE)
     with client(EXIT_EMBER) as api:
         server_host = urlsplit(api.base_url).hostname or ""
         published = [parse_publish(item, server_host) for item in publish_]
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
-            "entrypoint": entrypoint or None, "cmd": workload_command(command) or None,
+            "entrypoint": KEEP_ALIVE if attach_terminal else entrypoint or None,
+            "cmd": None if attach_terminal else workload_command(command) or None,
             "volumes": [parse_volume(v) for v in volume] or None,
             "overlay_size": overlay_size, "network": None if network else {"enabled": False},
         }  # fmt: skip
@@ -272,6 +315,13 @@ def run(
         except ApiError:
             api.delete_instance(ref)  # a run that cannot publish does not stay half done
             raise
+        if attach_terminal:
+            workload = workload_command(command) or image_command(api, image, entrypoint)
+            code = run_attached(
+                api, created, workload, parse_pairs(env, "env"),
+                interactive=interactive, terminal=terminal, remove=remove,
+            )  # fmt: skip
+            raise typer.Exit(code)
         if detach:
             state = wait_running(api, ref, created["name"])
             created = api.instance(ref)

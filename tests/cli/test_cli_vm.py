@@ -220,6 +220,21 @@ def test_exec_it_is_an_interactive_terminal(
     assert terminal.exit_code() == 1
 
 
+def test_run_it_is_a_terminal_and_rm_removes_the_instance(
+    cli: Cli, shared_server: EmberServer, hello: str
+) -> None:
+    before = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    terminal = Terminal(["run", "-it", "--rm", *SMALL, hello, "/bin/sh"], cli_env(shared_server))
+    terminal.resize(24, 80)
+    terminal.expect("# ", timeout=300)  # a boot first
+    terminal.type("echo $((6 * 7))\r")
+    assert "42" in terminal.expect("# ")
+    terminal.type("exit 3\r")
+    assert terminal.exit_code() == 3
+    after = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    assert after == before
+
+
 def test_cp_both_ways(
     cli: Cli, box: dict[str, object], tmp_path: Path, shared_server: EmberServer
 ) -> None:
