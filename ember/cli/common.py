@@ -92,8 +92,13 @@ def describe(exc: ApiError, config: ClientConfig) -> str:
             f"{exc.message}: {where} was refused; set EMBER_API_KEY "
             "(`ember token` on the server host mints one)"
         )
-    in_cli_terms = CLI_HINTS.get(exc.code)
-    return in_cli_terms(exc.message) if in_cli_terms else exc.message
+    return in_cli_terms(exc)
+
+
+def in_cli_terms(exc: ApiError) -> str:
+    """The API's message, said in the CLI's terms where they differ (by the error's code)."""
+    rewrite = CLI_HINTS.get(exc.code)
+    return rewrite(exc.message) if rewrite else exc.message
 
 
 # What the API says in its own terms, said in the CLI's (by the error's code).
@@ -154,7 +159,8 @@ def each(refs: list[str], action: Callable[[str], str]) -> None:
         except (ApiError, CliError) as exc:
             if isinstance(exc, ApiError) and (exc.code == "unreachable" or exc.status == 401):
                 raise
-            errors.print(f"[red]error:[/red] {escape(exc.message)}")
+            message = in_cli_terms(exc) if isinstance(exc, ApiError) else exc.message
+            errors.print(f"[red]error:[/red] {escape(message)}")
             failed += 1
     if failed:
         raise typer.Exit(EXIT_ERROR)
