@@ -177,7 +177,7 @@ class InstanceManager:
                 "exec, stat and copy need the guest agent",
                 code="agent_unavailable",
             )
-        if record.state not in (State.RUNNING, State.INITIALIZING) or record.exit_code is not None:
+        if record.state not in (State.RUNNING, State.INITIALIZING):
             raise self.not_running(record)
         agent = self.core.agents.get(record.id)
         if agent is None or not agent.connected:
@@ -187,7 +187,7 @@ class InstanceManager:
     def not_running(self, record: InstanceRecord) -> InvalidState:
         """Why exec and copy cannot reach an instance, saying so plainly when its program
         has exited (the VM then powers off: a command that ends at once ends the VM)."""
-        if record.exit_code is None:
+        if record.state not in (State.STOPPED, State.SHUTDOWN) or record.exit_code is None:
             return invalid(record, "reach the guest of", "it is not running")
         how = record.exit_message or f"exited with code {record.exit_code}"
         return InvalidState(
@@ -195,13 +195,13 @@ class InstanceManager:
             "need a running instance; start it again, with a command that keeps running"
         )
 
-    async def exited(self, ref: str, wait: float = 3.0) -> InvalidState | None:
-        """After the agent went away mid-exec: the instance's exit, once recorded (it comes
-        a moment after the connection closes), or None if it is still running."""
+    async def exited(self, ref: str, wait: float = 10.0) -> InvalidState | None:
+        """After the agent went away mid-exec: the instance's exit, once it has stopped (a
+        moment after the connection closes), or None if it has not stopped by then."""
         deadline = asyncio.get_running_loop().time() + wait
         while True:
             record = self.get(ref)
-            if record.exit_code is not None or record.state in (State.STOPPED, State.SHUTDOWN):
+            if record.state in (State.STOPPED, State.SHUTDOWN):
                 return self.not_running(record)
             if asyncio.get_running_loop().time() >= deadline:
                 return None
