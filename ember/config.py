@@ -8,13 +8,13 @@ from typing import Literal
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-DEFAULT_LISTEN = "127.0.0.1:4973"
+from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore")
 
-    data_dir: Path = Path("/var/lib/ember")
+    data_dir: Path = DEFAULT_DATA_DIR
     # Guest kernel, agent and initrd (built by `make setup`); defaults to data_dir/system.
     system_dir: Path | None = None
     # VM sockets and pid files: a short path, as Unix socket paths are limited to 107 bytes.

@@ -1,5 +1,4 @@
-"""The HTTP API (`create_app` in ember.api.app, over the parts ember.server builds)."""
+"""The HTTP API: the FastAPI app, its routers, auth and error mapping (see README.md).
 
-from ember.api.auth import load_or_create_secret, mint_token, verify_token
-
-__all__ = ["load_or_create_secret", "mint_token", "verify_token"]
+Nothing is imported here: the CLI mints tokens with `ember.api.auth` without loading
+FastAPI and the managers (`ember/cli/README.md`, startup time)."""

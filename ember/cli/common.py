@@ -4,25 +4,53 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Iterator
+import sys
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
+from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Column, Table
 
 from ember.client import ApiError, EmberClient
-from ember.client.config import ClientConfig, config_from_env
+from ember.client.config import ClientConfig, config_from_env, local_data_dir
 from ember.client.push import SourceError
 
+HELP_NAMES = ["-h", "--help"]
 app = typer.Typer(
     no_args_is_help=True,
     help="Ember: run OCI images as QEMU microVMs.",
     rich_markup_mode="rich",
-    context_settings={"help_option_names": ["-h", "--help"]},
+    context_settings={"help_option_names": HELP_NAMES},
 )
-console = Console(highlight=False)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from ember import __version__
+
+        typer.echo(f"ember {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="Print the version and exit."
+    ),
+) -> None:
+    """Ember: run OCI images as QEMU microVMs."""
+
+
+# A pipe gets whole lines (`ember ps | grep` sees every column); a terminal, or COLUMNS,
+# says how wide to be. Rich writes no colour codes where stdout is not a terminal.
+console = Console(
+    highlight=False,
+    width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 1000,
+)
 # stderr keeps stdout clean for --json readers; soft_wrap keeps an error on one line.
 errors = Console(stderr=True, highlight=False, soft_wrap=True)
 
@@ -51,7 +79,7 @@ def fail(message: str, code: int = EXIT_ERROR) -> NoReturn:
 
 def describe(exc: ApiError, config: ClientConfig) -> str:
     """One line for an API error, with what to do about it when that is known."""
-    if exc.status == 0:
+    if exc.code == "unreachable":
         hint = (
             f" (set EMBER_BASE_URL, now {config.base_url_source})"
             if config.base_url_source != "default"
@@ -64,7 +92,24 @@ def describe(exc: ApiError, config: ClientConfig) -> str:
             f"{exc.message}: {where} was refused; set EMBER_API_KEY "
             "(`ember token` on the server host mints one)"
         )
-    return exc.message
+    return in_cli_terms(exc)
+
+
+def in_cli_terms(exc: ApiError) -> str:
+    """The API's message, said in the CLI's terms where they differ (by the error's code)."""
+    rewrite = CLI_HINTS.get(exc.code)
+    return rewrite(exc.message) if rewrite else exc.message
+
+
+# What the API says in its own terms, said in the CLI's (by the error's code).
+CLI_HINTS: dict[str, Callable[[str], str]] = {
+    "from_running_required": lambda message: message.replace("from_running=true", "--from-running"),
+    "volumes_not_supported": lambda message: (
+        message
+        + " (`ember stop INSTANCE`, `ember volume detach VOLUME INSTANCE`; or `ember volume "
+        "attach VOLUME INSTANCE PATH --read-only` after detaching)"
+    ),
+}
 
 
 def local_token(config: ClientConfig) -> str | None:
@@ -72,13 +117,12 @@ def local_token(config: ClientConfig) -> str | None:
     (root on the server host): the same trust as reading the server's database."""
     if config.api_key or not config.is_local:
         return None
+    # Not ember.config: pydantic-settings alone would double the start-up time.
     from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
-    from ember.config import Settings
 
-    secret_path = Settings().data_dir / SECRET_FILE
+    secret_path = local_data_dir() / SECRET_FILE
     if not os.access(secret_path, os.R_OK):
         return None
-
     return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
 
 
@@ -102,6 +146,24 @@ def client(code: int = EXIT_ERROR) -> Iterator[EmberClient]:
         fail(f"{exc.filename + ': ' if exc.filename else ''}{exc.strerror or exc}", code)
     finally:
         api.close()
+
+
+def each(refs: list[str], action: Callable[[str], str]) -> None:
+    """Do `action` to every ref, going on after a refusal: one line per ref (what `action`
+    returns, or the error), exit 1 at the end if any failed (docker's rm, rmi). An
+    unreachable server or a refused key still ends it at once."""
+    failed = 0
+    for ref in refs:
+        try:
+            console.print(escape(action(ref)))
+        except (ApiError, CliError) as exc:
+            if isinstance(exc, ApiError) and (exc.code == "unreachable" or exc.status == 401):
+                raise
+            message = in_cli_terms(exc) if isinstance(exc, ApiError) else exc.message
+            errors.print(f"[red]error:[/red] {escape(message)}")
+            failed += 1
+    if failed:
+        raise typer.Exit(EXIT_ERROR)
 
 
 def complete_instances(incomplete: str) -> list[str]:
@@ -133,10 +195,21 @@ def listed_briefly(rows: list[dict[str, Any]], as_json: bool, quiet: bool, key: 
         emit_json(rows)
         return True
     if quiet:
-        for row in rows:
-            typer.echo(row[key])
+        for row in rows:  # ids as short as the tables show them (every lookup takes them)
+            typer.echo(short_id(row[key]) if key == "id" else row[key])
         return True
     return False
+
+
+def table(*headers: str | Column) -> Table:
+    """A table without a box (easy to `grep` and `awk`), two spaces between columns."""
+    return Table(*headers, box=None, header_style="bold", padding=(0, 2, 0, 0), pad_edge=False)
+
+
+def cell(header: str, *, fold: bool = False) -> Column:
+    """A column that never wraps or cuts, or (`fold`) that folds long text onto more lines
+    rather than cutting it to `127.0.0.1:4…`."""
+    return Column(header, no_wrap=not fold, overflow="fold")
 
 
 def coloured(value: str) -> str:
@@ -146,6 +219,13 @@ def coloured(value: str) -> str:
 
 def short_id(value: str) -> str:
     return value[:12]
+
+
+def workload_command(args: list[str] | None) -> list[str]:
+    """The command after IMAGE or INSTANCE. A leading `--` only ends the options (POSIX
+    utility syntax, kubectl's habit): options stop at the first positional anyway."""
+    args = list(args or [])
+    return args[1:] if args[:1] == ["--"] else args
 
 
 def parse_pairs(items: list[str], what: str) -> dict[str, str]:
@@ -163,26 +243,44 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
 
 
 def human_bytes(count: int | None) -> str:
+    """Binary units everywhere the CLI shows a size ("256 MiB", "1.5 GiB", "1 GiB"), as
+    Ember reads them: "1GB" in a request is 1 GiB."""
     if count is None:
         return ""
     value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if value < 1024 or unit == "GiB":
-            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.1f} {unit}"
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if value < 1024 or unit == "TiB":
+            break
         value /= 1024
-    return f"{value:.1f} GiB"
+    return f"{value:.0f} {unit}" if unit == "B" or value == int(value) else f"{value:.1f} {unit}"
+
+
+def image_label(name: str, own_registry: str) -> str:
+    """An image as a person types it: Docker Hub's and this server's registry host left
+    out (`alpine:3.20`, `demo/hello:latest`); `ember run` resolves both back."""
+    for prefix in ("docker.io/library/", "docker.io/", f"{own_registry}/"):
+        if name.startswith(prefix):
+            return name.removeprefix(prefix)
+    return name
+
+
+def registry_host(api: EmberClient) -> str:
+    """host:port images pushed to this server are named with."""
+    parts = urlsplit(api.base_url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    return f"{parts.hostname}:{port}"
 
 
 def ago(timestamp: str | None) -> str:
-    """'3 minutes ago' for an ISO timestamp, as docker ps says it."""
+    """'3m ago' for an ISO timestamp: docker's '3 minutes ago', short enough for 80
+    columns."""
     if not timestamp:
         return ""
     from datetime import UTC, datetime
 
     then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
     seconds = int((datetime.now(UTC) - then).total_seconds())
-    for size, unit in ((86400, "day"), (3600, "hour"), (60, "minute"), (1, "second")):
+    for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
         if seconds >= size:
-            count = seconds // size
-            return f"{count} {unit}{'s' if count != 1 else ''} ago"
+            return f"{seconds // size}{unit} ago"
     return "just now"

@@ -14,9 +14,9 @@ import tty
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
 from types import FrameType
+from typing import TYPE_CHECKING
 
 import typer
-from websockets.exceptions import ConnectionClosed
 
 from ember.cli.common import (
     EXIT_EMBER,
@@ -28,10 +28,12 @@ from ember.cli.common import (
     errors,
     fail,
     parse_pairs,
+    workload_command,
 )
-from ember.cli.progress import byte_bar
 from ember.client import ApiError, EmberClient
-from ember.client.streams import ExecRequest, ExecSession, copy_from, copy_to, exec_session
+
+if TYPE_CHECKING:  # the WebSocket code loads only for exec and cp (start-up time)
+    from ember.client.streams import ExecSession
 
 PANEL = "Inside instances"
 
@@ -71,6 +73,8 @@ def terminal_size() -> tuple[int, int] | None:
 def pump(session: ExecSession, *, send_stdin: bool, resizes: bool) -> int:
     """Relay until the process exits: output to stdout (a thread), stdin and resizes to
     the guest (here). One pipe wakes this loop for both the end and a SIGWINCH."""
+    from websockets.exceptions import ConnectionClosed
+
     wake_read, wake_write = os.pipe()
     failure: list[BaseException] = []
 
@@ -126,7 +130,9 @@ def exec(
     ref: str = typer.Argument(
         ..., autocompletion=complete_instances, help="Instance name, id or id prefix."
     ),
-    command: list[str] = typer.Argument(..., help="Command and arguments; no `--` needed."),
+    command: list[str] = typer.Argument(
+        ..., help="Command and arguments (a leading `--` is optional)."
+    ),
     interactive: bool = typer.Option(False, "--interactive", "-i", help="Send stdin."),
     terminal: bool = typer.Option(False, "--tty", "-t", help="Allocate a terminal (use -it)."),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE (repeatable)."),
@@ -137,19 +143,37 @@ def exec(
 
     [dim]ember exec -it NAME /bin/sh[/dim] opens a shell (Ctrl-D leaves it).
     """
+    command = workload_command(command)
+    if not command:
+        fail("exec: a command is needed after the instance", EXIT_USAGE)
+    with client(EXIT_EMBER) as api:
+        code = run_exec(api, ref, command, interactive=interactive, terminal=terminal,
+                        env=parse_pairs(env, "env"), workdir=workdir, timeout=timeout)  # fmt: skip
+    raise typer.Exit(code)
+
+
+def run_exec(
+    api: EmberClient, ref: str, command: list[str], *, interactive: bool, terminal: bool,
+    env: dict[str, str], workdir: str | None = None, timeout: int | None = None,
+) -> int:  # fmt: skip
+    """Run `command` in the instance, relaying stdin (`interactive`) and a terminal
+    (`terminal`, this one's size and TERM); its exit code. `exec` and `run -it`."""
+    from ember.client.streams import ExecRequest, exec_session
+
     local_tty = terminal and os.isatty(sys.stdin.fileno())
     size = terminal_size() if terminal else None
+    environment = dict(env)
+    if terminal and "TERM" not in environment:  # the guest's programs draw for this terminal
+        environment["TERM"] = os.environ.get("TERM") or "xterm"
     request = ExecRequest(
-        command, tty=terminal, env=parse_pairs(env, "env") or None, cwd=workdir,
+        command, tty=terminal, env=environment or None, cwd=workdir,
         timeout=timeout, rows=size[0] if size else None, cols=size[1] if size else None,
     )  # fmt: skip
     with (
-        client(EXIT_EMBER) as api,
         exec_session(api, ref, request) as session,
         raw_terminal(sys.stdin.fileno(), local_tty),
     ):
-        code = pump(session, send_stdin=interactive, resizes=local_tty)
-    raise typer.Exit(code)
+        return pump(session, send_stdin=interactive, resizes=local_tty)
 
 
 # ---- cp --------------------------------------------------------------------------------
@@ -187,14 +211,18 @@ def local_target(local: Path, guest: str) -> Path:
 
 @app.command(rich_help_panel=PANEL)
 def cp(
-    src: str = typer.Argument(..., help="INSTANCE:PATH or a local path."),
-    dst: str = typer.Argument(..., help="INSTANCE:PATH or a local path."),
+    src: str = typer.Argument(..., help="INSTANCE:PATH, a local path, or - (a tar on stdin)."),
+    dst: str = typer.Argument(..., help="INSTANCE:PATH, a local path, or - (a tar to stdout)."),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="No progress bar."),
 ) -> None:
     """Copy files or directories between an instance and this machine.
 
-    [dim]ember cp ./site NAME:/srv[/dim] and [dim]ember cp NAME:/var/log/app.log .[/dim]
+    [dim]ember cp ./site NAME:/srv[/dim], [dim]ember cp NAME:/var/log/app.log .[/dim];
+    [dim]-[/dim] is a tar stream, as docker cp has it: [dim]ember cp NAME:/etc - | tar t[/dim].
     """
+    from ember.cli.progress import byte_bar
+    from ember.client.streams import copy_from, copy_tar_from, copy_tar_to
+
     remote_src, remote_dst = split_remote(src), split_remote(dst)
     if bool(remote_src) == bool(remote_dst):
         fail("cp: exactly one of SRC and DST must be INSTANCE:PATH", EXIT_USAGE)
@@ -202,21 +230,37 @@ def cp(
     with client() as api:
         if remote_dst:
             ref, guest = remote_dst
-            source = Path(src)
-            if not source.exists():
-                raise CliError(f"{src}: no such file or directory")
-            target = guest_target(api, ref, guest, source)
-            total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
-                if source.is_dir() else source.stat().st_size  # fmt: skip
-            with byte_bar(errors, f"{src} -> {ref}:{target}", total, show=show) as step:
-                copied = copy_to(api, ref, source, target, step)
-            where = f"{ref}:{target}"
+            if src == "-":
+                with byte_bar(errors, f"tar on stdin -> {ref}:{guest}", None, show=show) as step:
+                    copied = copy_tar_to(api, ref, sys.stdin.buffer, guest, step)
+                where = f"{ref}:{guest}"
+            else:
+                copied, where = upload(api, ref, guest, Path(src), show)
         else:
             assert remote_src is not None
             ref, guest = remote_src
-            local = local_target(Path(dst), guest)
-            with byte_bar(errors, f"{ref}:{guest} -> {local}", None, show=show) as step:
-                copied = copy_from(api, ref, guest, local, step)
-            where = str(local)
+            if dst == "-":
+                with byte_bar(errors, f"{ref}:{guest} -> tar on stdout", None, show=show) as step:
+                    copied = copy_tar_from(api, ref, guest, sys.stdout.buffer, step)
+                where = "stdout (a tar stream)"
+            else:
+                local = local_target(Path(dst), guest)
+                with byte_bar(errors, f"{ref}:{guest} -> {local}", None, show=show) as step:
+                    copied = copy_from(api, ref, guest, local, step)
+                where = str(local)
     if not quiet:
         errors.print(f"copied {copied:,} bytes to {where}")
+
+
+def upload(api: EmberClient, ref: str, guest: str, source: Path, show: bool) -> tuple[int, str]:
+    """A local file or tree into the guest, with a byte bar: (bytes, where it went)."""
+    from ember.cli.progress import byte_bar
+    from ember.client.streams import copy_to
+
+    if not source.exists():
+        raise CliError(f"{source}: no such file or directory")
+    target = guest_target(api, ref, guest, source)
+    total = sum(p.stat().st_size for p in source.rglob("*") if p.is_file()) \
+        if source.is_dir() else source.stat().st_size  # fmt: skip
+    with byte_bar(errors, f"{source} -> {ref}:{target}", total, show=show) as step:
+        return copy_to(api, ref, source, target, step), f"{ref}:{target}"

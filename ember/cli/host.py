@@ -13,9 +13,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import typer
-from rich.table import Table
 
-from ember.cli.common import JsonOption, app, console, emit_json, errors, fail
+from ember.cli.common import JsonOption, app, cell, console, emit_json, errors, fail, table
 
 PANEL = "Server host"
 MIN_FREE_BYTES = 5 * 2**30
@@ -131,6 +130,11 @@ def check_system() -> Check:
 
 
 def check_bridge() -> Check:
+    """The server's network as the server reports it when one answers (it may run in a
+    namespace of its own, like the demo's); else the bridge in this namespace."""
+    reported = server_network()
+    if reported is not None:
+        return reported
     from ember.config import Settings
 
     bridge = Settings().network_bridge
@@ -138,6 +142,26 @@ def check_bridge() -> Check:
         return Check("Bridge", True, f"{bridge} is up" if _is_up(bridge) else f"{bridge} exists")
     return Check("Bridge", True, f"{bridge} not created yet (`ember serve` creates it)",
                  "start `ember serve` as root", warning=True)  # fmt: skip
+
+
+def server_network() -> Check | None:
+    """The Bridge check from the API's /capabilities; None when no server answers here."""
+    from ember.cli.common import make_client
+    from ember.client import ApiError
+
+    api, config = make_client(timeout=3)
+    try:
+        with api:
+            network = api.capabilities()["network"]
+    except ApiError:
+        return None
+    where = f"the server at {config.base_url}"
+    if not network.get("enabled", True):
+        return Check("Bridge", True, f"{where} runs without guest networking",
+                     "unset EMBER_NETWORK_ENABLED=false for a network", warning=True)  # fmt: skip
+    bridge = network.get("bridge", "the bridge")
+    detail = f"{bridge} up for {where} (subnet {network.get('subnet')})"
+    return Check("Bridge", True, detail)
 
 
 def _is_up(interface: str) -> bool:
@@ -203,7 +227,7 @@ def doctor(as_json: bool = JsonOption) -> None:
     if as_json:
         emit_json([result.__dict__ for result in results])
     else:
-        out = Table("", "CHECK", "RESULT", "TO FIX", box=None, header_style="bold")
+        out = table(cell(""), cell("CHECK"), cell("RESULT", fold=True), cell("TO FIX", fold=True))
         for result in results:
             mark = (
                 "[yellow]![/yellow]"
@@ -233,9 +257,11 @@ def network_uninstall(
     force: bool = typer.Option(False, "--force", help="Even while an Ember server answers."),
     as_json: bool = JsonOption,
 ) -> None:
-    """Remove what Ember set up on this host's network: the ingress proxy (Caddy), the
-    bridge, TAP and IFB devices, Ember's nftables table and the leases. Other rules and
-    tables are left as they are."""
+    """Remove Ember's network set-up from this host (stop the server first).
+
+    The ingress proxy (Caddy), the bridge, TAP and IFB devices, Ember's nftables table
+    and the leases. Other rules and tables are left as they are.
+    """
     import asyncio
 
     import httpx

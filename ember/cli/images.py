@@ -4,31 +4,35 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ember.cli.common import (
     EXIT_ERROR,
     JsonOption,
     app,
+    cell,
     client,
     coloured,
     console,
+    each,
     emit_json,
     errors,
     fail,
     human_bytes,
     listed_briefly,
+    registry_host,
+    table,
 )
-from ember.cli.progress import byte_bar, show_pull
 from ember.client import EmberClient
 from ember.client.push import push_source, read_source
 
 
 def pull_image(api: EmberClient, name: str, platform: str | None, *, quiet: bool) -> dict[str, Any]:
     """Pull with progress bars (on stderr when `quiet`: stdout is then for JSON)."""
+    from ember.cli.progress import show_pull  # rich.progress: only when shown
+
     api.pull(name, platform)
     out = errors if quiet else console
     image = show_pull(api.watch_image(name), out, transient=quiet)
@@ -53,13 +57,6 @@ def pull(
         fail(f"pull failed: {image.get('error')}")
 
 
-def registry_host(api: EmberClient) -> str:
-    """host:port images pushed to this server are named with."""
-    parts = urlsplit(api.base_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
-
-
 @app.command(rich_help_panel="Images")
 def push(
     source: Path = typer.Argument(
@@ -75,6 +72,8 @@ def push(
     as_json: bool = JsonOption,
 ) -> None:
     """Push a local image into Ember's registry; it is then converted and ready to run."""
+    from ember.cli.progress import byte_bar, show_pull
+
     repository, _, tag = target.rpartition(":") if ":" in target else (target, "", "latest")
     if "/" in tag:  # a host:port prefix, not a tag
         repository, tag = target, "latest"
@@ -109,19 +108,24 @@ def images(
         rows = api.images()
     if listed_briefly(rows, as_json, quiet, key="name"):
         return
-    table = Table("NAME", "STATUS", "DIGEST", "SIZE", box=None, header_style="bold")
+    out = table(cell("NAME", fold=True), cell("STATUS"), cell("DIGEST"), cell("SIZE"),
+                cell("ERROR", fold=True))  # fmt: skip
     for row in rows:
-        table.add_row(
-            row["name"], coloured(row["status"]), row["digest"][:19],
-            human_bytes(row.get("size_bytes")),
+        digest = (row.get("digest") or "").removeprefix("sha256:")[:12]
+        out.add_row(
+            escape(row["name"]), coloured(row["status"]), digest,
+            human_bytes(row.get("size_bytes")), escape(row.get("error") or ""),
         )  # fmt: skip
-    console.print(table)
+    console.print(out)
 
 
 @app.command(rich_help_panel="Images")
 def rmi(names: list[str] = typer.Argument(..., help="Image names or digests.")) -> None:
-    """Delete images."""
+    """Delete images (a name sharing its image with another only loses the name)."""
+
+    def delete(name: str) -> str:
+        api.delete_image(name)
+        return f"deleted {name}"
+
     with client() as api:
-        for name in names:
-            api.delete_image(name)
-            console.print(f"deleted {name}")
+        each(names, delete)

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import typer
-from rich.live import Live
 from rich.markup import escape
 from rich.table import Table
 
@@ -21,20 +20,28 @@ from ember.cli.common import (
     JsonOption,
     ago,
     app,
+    cell,
     client,
     coloured,
     complete_instances,
     console,
+    each,
     emit_json,
     errors,
     fail,
     human_bytes,
+    image_label,
     listed_briefly,
     parse_pairs,
+    registry_host,
     short_id,
+    table,
+    workload_command,
 )
 from ember.cli.images import pull_image
 from ember.client import ApiError, EmberClient
+from ember.errors import EmberError
+from ember.units import parse_size
 
 PANEL = "Instances"
 # run -p: the ingress is tagged with its instance so `rm` removes it too.
@@ -42,6 +49,9 @@ RUN_TAG = "ember.run/instance"
 PUBLISH_RE = re.compile(r"^(?:(?P<host>[a-z0-9.-]+):)?(?P<hport>\d{1,5}):(?P<gport>\d{1,5})$")
 STOPPED = ("Stopped", "Shutdown")
 ANY_HOST = "*"  # an ingress rule's hostname matching every Host header
+# run -it: what keeps the VM up while the command runs as an exec (a VM powers off when
+# its program exits, and a program's stdin is not a terminal here).
+KEEP_ALIVE = ["/bin/sh", "-c", "while :; do sleep 3600; done"]
 
 
 # ---- run -------------------------------------------------------------------------------
@@ -77,6 +87,17 @@ def parse_volume(value: str) -> dict[str, Any]:
     if len(parts) == 3 and parts[2] == "ro":
         mount["readonly"] = True
     return mount
+
+
+def check_size(option: str, value: str | None) -> None:
+    """A size the server would refuse, refused here naming the option typed (the API's
+    message names its field, `size`)."""
+    if value is None:
+        return
+    try:
+        parse_size(value, field=option)
+    except EmberError as exc:
+        fail(exc.message, EXIT_USAGE)
 
 
 def default_name(image: str) -> str:
@@ -143,6 +164,42 @@ class LogFollower:
                 print(line, flush=True)
 
 
+def image_command(api: EmberClient, image: str, entrypoint: list[str] | None) -> list[str]:
+    """What the image runs (its entrypoint, or --entrypoint, then its cmd)."""
+    config = api.image(image)
+    command = [*(entrypoint or config.get("entrypoint") or []), *(config.get("cmd") or [])]
+    if not command:
+        raise CliError(f"{image} has no entrypoint or cmd: give a command", EXIT_USAGE)
+    return command
+
+
+def run_attached(
+    api: EmberClient, created: dict[str, Any], command: list[str], env: dict[str, str], *,
+    interactive: bool, terminal: bool, remove: bool,
+) -> int:  # fmt: skip
+    """`run -it`: once the VM runs, `command` as an exec with this terminal; then the
+    instance stops (or goes, with --rm) as a container does when its process ends."""
+    from ember.cli.guest import run_exec
+
+    state = wait_running(api, created["id"], created["name"])
+    if state.get("state_error"):
+        raise CliError(f"{created['name']}: {state['state_error']}", EXIT_EMBER)
+    try:
+        return run_exec(api, created["id"], command, interactive=interactive,
+                        terminal=terminal, env=env)  # fmt: skip
+    finally:
+        if remove:
+            remove_instance(api, created["id"], force=True)
+        else:
+            api.instance_action(created["id"], "stop")
+
+
+def wait_running(api: EmberClient, ref: str, label: str) -> dict[str, Any]:
+    """Wait (a spinner on stderr) until the instance runs; the wait's answer."""
+    with errors.status(f"starting {label}"):
+        return api.wait(ref, "Running", "120s")
+
+
 def follow_to_exit(api: EmberClient, ref: str) -> int:
     """Show the app log until the instance stops; its exit code."""
     follower = LogFollower(api, ref)
@@ -174,12 +231,14 @@ def follow_to_exit(api: EmberClient, ref: str) -> int:
 def run(
     image: str = typer.Argument(..., help="Image to run (pulled if missing)."),
     command: list[str] | None = typer.Argument(
-        None, help="Command and arguments (replace the image's CMD); no `--` needed."
+        None, help="Command and arguments (replace the image's CMD); a leading `--` is optional."
     ),
     name: str | None = typer.Option(None, "--name", "-n", help="Instance name."),
     env: list[str] = typer.Option([], "--env", "-e", help="KEY=VALUE (repeatable)."),
     cpus: int | None = typer.Option(None, "--cpus", help="Virtual CPUs."),
-    memory: str | None = typer.Option(None, "--memory", "-m", help="Memory, e.g. 512MB, 1GB."),
+    memory: str | None = typer.Option(
+        None, "--memory", "-m", metavar="SIZE", help="Memory, e.g. 512MB, 1GB."
+    ),
     entrypoint: list[str] | None = typer.Option(
         None, "--entrypoint", help="Replace the image's entrypoint (repeat for arguments)."
     ),
@@ -190,33 +249,49 @@ def run(
         [],
         "--publish",
         "-p",
-        help="[HOSTNAME:]HOST_PORT:GUEST_PORT: an HTTP ingress to the instance (repeatable).",
+        metavar="PORTS",
+        help="HOST_PORT:GUEST_PORT: an HTTP ingress from a host port to the instance "
+        "(repeatable); a HOSTNAME: in front matches that name only.",
     ),
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Return once it runs; do not follow its logs."
     ),
     remove: bool = typer.Option(False, "--rm", help="Delete the instance when it exits."),
+    interactive: bool = typer.Option(False, "--interactive", "-i", help="Send stdin (see -it)."),
+    terminal: bool = typer.Option(
+        False, "--tty", "-t", help="-it: the command in a terminal here, as `exec -it`."
+    ),
     pull_policy: str = typer.Option(
         "missing", "--pull", help="Pull the image: missing, always or never."
     ),
-    overlay_size: str | None = typer.Option(None, help="Writable disk size, e.g. 10GB."),
+    overlay_size: str | None = typer.Option(
+        None, "--overlay-size", metavar="SIZE", help="Writable disk size, e.g. 10GB."
+    ),
     network: bool = typer.Option(True, "--network/--no-network", help="Attach to the network."),
     as_json: bool = JsonOption,
 ) -> None:
     """Create and start an instance; follow its output and exit with its exit code.
 
     [dim]ember run IMAGE /bin/sh -c 'echo hi; exit 7'[/dim] exits 7; with -d it returns
-    once the instance runs. --json implies -d and prints the instance.
+    once the instance runs. --json implies -d and prints the instance. With -it the
+    command (or the image's) runs in a terminal here while `sleep` keeps the VM up (the
+    image needs /bin/sh and sleep); the instance stops when it ends.
     """
     if pull_policy not in ("missing", "always", "never"):
         fail(f"--pull {pull_policy!r}: use missing, always or never", EXIT_USAGE)
+    for option, size in (("-m/--memory", memory), ("--overlay-size", overlay_size)):
+        check_size(option, size)
     detach = detach or as_json
+    attach_terminal = interactive or terminal
+    if attach_terminal and detach:
+        fail("-i/-t and -d/--json: run -d, then `ember exec -it NAME CMD`", EXIT_USAGE)
     with client(EXIT_EMBER) as api:
         published = [parse_publish(item) for item in publish_]
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
-            "entrypoint": entrypoint or None, "cmd": command or None,
+            "entrypoint": KEEP_ALIVE if attach_terminal else entrypoint or None,
+            "cmd": None if attach_terminal else workload_command(command) or None,
             "volumes": [parse_volume(v) for v in volume] or None,
             "overlay_size": overlay_size, "network": None if network else {"enabled": False},
         }  # fmt: skip
@@ -230,9 +305,15 @@ def run(
         except ApiError:
             api.delete_instance(ref)  # a run that cannot publish does not stay half done
             raise
+        if attach_terminal:
+            workload = workload_command(command) or image_command(api, image, entrypoint)
+            code = run_attached(
+                api, created, workload, parse_pairs(env, "env"),
+                interactive=interactive, terminal=terminal, remove=remove,
+            )  # fmt: skip
+            raise typer.Exit(code)
         if detach:
-            with errors.status(f"starting {created['name']}"):
-                state = api.wait(ref, "Running", "120s")
+            state = wait_running(api, ref, created["name"])
             created = api.instance(ref)
             if as_json:
                 emit_json(created)
@@ -250,34 +331,51 @@ def run(
 # ---- listing and inspecting ------------------------------------------------------------
 
 
-def instance_row(row: dict[str, Any]) -> list[str]:
+def instance_row(row: dict[str, Any], own_registry: str) -> list[str]:
     state = coloured(row["state"])
     if row.get("exit_code") is not None and row["state"] in STOPPED:
-        state += f" [dim](exit {row['exit_code']})[/dim]"
-    resources = f"{row.get('vcpus', '')} cpu, {row.get('size', '')}"
-    return [short_id(row["id"]), row["name"], row["image"], state, resources,
+        state += f" [dim]({row['exit_code']})[/dim]"
+    image = image_label(row["image"], own_registry)
+    return [short_id(row["id"]), escape(row["name"]), escape(image), state,
+            str(row.get("vcpus", "")), memory_label(row.get("size")),
             ago(row.get("created_at"))]  # fmt: skip
+
+
+def memory_label(size: str | None) -> str:
+    """The API's size ("256MB", binary as Ember reads it) as every size the CLI shows."""
+    try:
+        return human_bytes(parse_size(size)) if size else ""
+    except EmberError:
+        return size or ""
 
 
 @app.command(rich_help_panel=PANEL)
 def ps(
     all_: bool = typer.Option(False, "--all", "-a", help="Also instances that are not running."),
-    state: str | None = typer.Option(None, help="Only instances in this state."),
+    state: str | None = typer.Option(
+        None, "--state", help="Only instances in this state (running, stopped, standby...)."
+    ),
     quiet: bool = typer.Option(False, "--quiet", "-q", help="Only ids."),
     as_json: bool = JsonOption,
 ) -> None:
     """List instances that are not stopped (all with -a)."""
     with client() as api:
-        rows = api.instances(state)
+        rows = api.instances(state_name(state) if state else None)
+        own_registry = registry_host(api)
     if not all_ and state is None:
         rows = [row for row in rows if row["state"] not in STOPPED]
     if listed_briefly(rows, as_json, quiet):
         return
-    table = Table("ID", "NAME", "IMAGE", "STATE", "SIZE", "CREATED", box=None,
-                  header_style="bold")  # fmt: skip
+    out = table(cell("ID"), cell("NAME", fold=True), cell("IMAGE", fold=True), cell("STATE"),
+                cell("CPUS"), cell("MEMORY"), cell("CREATED"))  # fmt: skip
     for row in rows:
-        table.add_row(*instance_row(row))
-    console.print(table)
+        out.add_row(*instance_row(row, own_registry))
+    console.print(out)
+
+
+def state_name(value: str) -> str:
+    """`running` or `RUNNING` as the API's `Running` (states are single words)."""
+    return value.strip().capitalize()
 
 
 @app.command(rich_help_panel=PANEL)
@@ -343,11 +441,23 @@ def stop(
 @app.command(rich_help_panel=PANEL)
 def start(
     refs: list[str] = typer.Argument(..., autocompletion=complete_instances, help="Instances."),
+    until_running: bool = typer.Option(
+        False, "--wait", "-w", help="Return once each runs (as `run -d` does), not at boot."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Start stopped instances."""
+    """Start stopped instances (they boot in the background; --wait for Running)."""
     for ref in refs:
-        timed_action(ref, "start", as_json)
+        if not until_running:
+            timed_action(ref, "start", as_json)
+            continue
+        with client() as api:
+            started = time.monotonic()
+            api.instance_action(ref, "start")
+            state = wait_running(api, ref, ref)
+            report(api.instance(ref), as_json, time.monotonic() - started)
+        if state.get("state_error") or state.get("timed_out"):
+            fail(f"{ref}: {state.get('state_error') or 'not Running after 120s'}")
 
 
 @app.command(rich_help_panel=PANEL)
@@ -407,8 +517,7 @@ def rm(
 ) -> None:
     """Delete instances and everything they own."""
     with client() as api:
-        for ref in refs:
-            console.print(f"deleted {remove_instance(api, ref, force=force)}")
+        each(refs, lambda ref: f"deleted {remove_instance(api, ref, force=force)}")
 
 
 @app.command(rich_help_panel=PANEL)
@@ -419,6 +528,7 @@ def wait(
     as_json: bool = JsonOption,
 ) -> None:
     """Wait for an instance to reach a state; prints its exit code when it stopped."""
+    state = state_name(state)
     deadline = time.monotonic() + timeout if timeout else None
     with client() as api:
         while True:
@@ -438,17 +548,17 @@ def wait(
 
 
 def stats_table(rows: list[dict[str, Any]]) -> Table:
-    table = Table("NAME", "CPU SECONDS", "MEMORY (RSS)", "MEM %", "VCPUS", box=None,
-                  header_style="bold")  # fmt: skip
+    out = table(cell("NAME", fold=True), cell("CPU SECONDS"), cell("MEMORY (RSS)"), cell("MEM %"),
+                cell("VCPUS"))  # fmt: skip
     for row in rows:
         ratio = row.get("memory_utilization_ratio")
         rss, allocated = row["memory_rss_bytes"], row["allocated_memory_bytes"]
-        table.add_row(
+        out.add_row(
             row["instance_name"], f"{row['cpu_seconds']:.2f}",
             f"{human_bytes(rss)} / {human_bytes(allocated)}",
             f"{ratio * 100:.1f}%" if ratio is not None else "", str(row["allocated_vcpus"]),
         )  # fmt: skip
-    return table
+    return out
 
 
 @app.command(rich_help_panel=PANEL)
@@ -470,6 +580,8 @@ def stats(
         if not watch:
             console.print(stats_table(sample()))
             return
+        from rich.live import Live
+
         try:
             with Live(stats_table(sample()), console=console, auto_refresh=False) as live:
                 while True:

@@ -12,21 +12,37 @@ import sys
 
 import typer
 from rich.markup import escape
-
-# Typer 0.29 vendors click; its exceptions are only reachable there.
-from typer._click import exceptions as click
+from typer._click import exceptions as click  # Typer 0.29 vendors click: only there
+from typer._click.core import Command
+from typer.core import TyperArgument, TyperOption
 
 # Importing the command modules registers their commands on `app`.
 from ember.cli import guest, host, images, instances, resources  # noqa: F401
-from ember.cli.common import EXIT_USAGE, app, errors
-from ember.cli.progress import show_pull
+from ember.cli.common import EXIT_USAGE, HELP_NAMES, app, errors
 
-__all__ = ["app", "main", "show_pull"]
+__all__ = ["app", "main"]
+
+
+def plain_metavars(command: Command) -> None:
+    """Help as docker shows it: `--memory MEMORY`, and a plain flag with no type at all,
+    instead of Typer's `<str>`, `<list[str]>` and `<bool>` (which also narrow the help
+    column enough to cut words like `[HOSTNAME:]HOST_PORT:GUEST_PORT`)."""
+    # The help option is made (once) on demand: make it now so it is plain too.
+    help_option = command.get_help_option(typer.Context(command, help_option_names=HELP_NAMES))
+    for param in [*command.params, help_option]:
+        if isinstance(param, TyperOption) and param.metavar is None:
+            long_names = [opt for opt in param.opts if opt.startswith("--")] or param.opts
+            param.metavar = "" if param.is_flag else long_names[0].lstrip("-").upper()
+        elif isinstance(param, TyperArgument) and param.metavar is None and param.name:
+            param.metavar = param.name.rstrip("_").upper()  # IMAGE, not {image}
+    for sub in getattr(command, "commands", {}).values():
+        plain_metavars(sub)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. A bad command line is one line on stderr (not click's box) and 2."""
     command = typer.main.get_command(app)
+    plain_metavars(command)
     try:
         result = command.main(argv, prog_name="ember", standalone_mode=False)
     except click.NoArgsIsHelpError:

@@ -8,17 +8,20 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.table import Table
+from rich.markup import escape
 
 from ember.cli.common import (
     EXIT_USAGE,
+    CliError,
     JsonOption,
     ago,
     app,
+    cell,
     client,
     coloured,
     complete_instances,
     console,
+    each,
     emit_json,
     errors,
     fail,
@@ -26,19 +29,18 @@ from ember.cli.common import (
     listed_briefly,
     parse_pairs,
     short_id,
+    table,
 )
-from ember.cli.progress import byte_bar
+from ember.errors import EmberError
+from ember.units import parse_size
 
+GIB = 1024**3
 volume_app = typer.Typer(no_args_is_help=True, help="Persistent volumes.")
 ingress_app = typer.Typer(no_args_is_help=True, help="HTTP(S) routes from host ports to instances.")
 snapshot_app = typer.Typer(no_args_is_help=True, help="Instance snapshots.")
 app.add_typer(volume_app, name="volume", rich_help_panel="Resources")
 app.add_typer(ingress_app, name="ingress", rich_help_panel="Resources")
 app.add_typer(snapshot_app, name="snapshot", rich_help_panel="Resources")
-
-
-def table(*headers: str) -> Table:
-    return Table(*headers, box=None, header_style="bold")
 
 
 def show_one(value: dict[str, Any], as_json: bool, line: str) -> None:
@@ -56,15 +58,32 @@ def volume_line(volume: dict[str, Any]) -> str:
     return f"{volume['name']} {short_id(volume['id'])} {volume['size_gb']} GiB {status}"
 
 
+def volume_gib(value: str, option: str = "--size") -> int:
+    """`--size` in whole GiB, as volumes are made: a bare number is GiB (`1`), a size
+    with a unit (`100MB`, `2GB`, binary as everywhere in Ember) is rounded up, saying so."""
+    if value.strip().isdigit():
+        return int(value)
+    try:
+        count = parse_size(value, field=option)
+    except EmberError as exc:
+        raise CliError(exc.message, EXIT_USAGE) from exc
+    gib = max(1, -(-count // GIB))
+    if gib * GIB != count:
+        errors.print(f"note: volumes are made in whole GiB: {value} is rounded up to {gib} GiB")
+    return gib
+
+
 @volume_app.command("create")
 def volume_create(
     name: str = typer.Argument(..., help="Volume name."),
-    size: int = typer.Option(1, "--size", "-s", help="Size in GiB."),
+    size: str = typer.Option(
+        "1", "--size", "-s", metavar="SIZE", help="Size: GiB, or with a unit (100MB, 2GB)."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create an empty volume."""
     with client() as api:
-        volume = api.create_volume(name, size)
+        volume = api.create_volume(name, volume_gib(size))
     show_one(volume, as_json, f"created {volume_line(volume)}")
 
 
@@ -78,10 +97,14 @@ def _read_chunks(stream: Any, step: Any) -> Iterator[bytes]:
 def volume_from_archive(
     name: str = typer.Argument(..., help="Volume name."),
     archive: str = typer.Argument(..., help="A .tar.gz file, or - for stdin."),
-    size: int = typer.Option(1, "--size", "-s", help="Most the content may take, in GiB."),
+    size: str = typer.Option(
+        "1", "--size", "-s", metavar="SIZE", help="Most the content may take: GiB, or 500MB."
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create a volume holding a tar.gz archive's content."""
+    from ember.cli.progress import byte_bar
+
     with client() as api:
         if archive == "-":
             stream, total = sys.stdin.buffer, None
@@ -90,7 +113,7 @@ def volume_from_archive(
             stream, total = path.open("rb"), path.stat().st_size
         show = not as_json and errors.is_terminal
         with stream, byte_bar(errors, f"upload {archive}", total, show=show) as step:
-            volume = api.volume_from_archive(name, size, _read_chunks(stream, step))
+            volume = api.volume_from_archive(name, volume_gib(size), _read_chunks(stream, step))
     show_one(volume, as_json, f"created {volume_line(volume)}")
 
 
@@ -102,16 +125,20 @@ def volume_ls(
     """List volumes."""
     with client() as api:
         rows = api.volumes()
+        names = {i["id"]: i["name"] for i in api.instances()} if not (as_json or quiet) else {}
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "SIZE", "STATUS", "ATTACHED TO", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("SIZE"), cell("STATUS"),
+                cell("ATTACHED TO", fold=True), cell("CREATED"))  # fmt: skip
     for row in rows:
         attached = ", ".join(
-            f"{short_id(a['instance_id'])}:{a['mount_path']}{' (ro)' if a['readonly'] else ''}"
+            f"{names.get(a['instance_id'], short_id(a['instance_id']))}:{a['mount_path']}"
+            f"{' (ro)' if a['readonly'] else ''}"
             for a in row.get("attachments") or []
         )
-        out.add_row(short_id(row["id"]), row["name"], f"{row['size_gb']} GiB",
-                    row.get("status", ""), attached, ago(row.get("created_at")))  # fmt: skip
+        out.add_row(short_id(row["id"]), escape(row["name"]), f"{row['size_gb']} GiB",
+                    row.get("status", ""), escape(attached),
+                    ago(row.get("created_at")))  # fmt: skip
     console.print(out)
 
 
@@ -127,6 +154,37 @@ def volume_rm(refs: list[str] = typer.Argument(..., help="Volume names or ids.")
     """Delete volumes (refused while attached)."""
     with client() as api:
         delete_each(refs, api.delete_volume)
+
+
+@volume_app.command("attach")
+def volume_attach(
+    volume: str = typer.Argument(..., help="Volume name or id."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="A stopped instance."
+    ),
+    mount_path: str = typer.Argument(..., help="Where it is mounted in the guest, e.g. /data."),
+    readonly: bool = typer.Option(False, "--read-only", "--ro", help="Mount it read-only."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Attach a volume to a stopped instance (it mounts at the next start)."""
+    with client() as api:
+        result = api.attach_volume(instance, volume, mount_path, readonly=readonly)
+    mode = " read-only" if readonly else ""
+    show_one(result, as_json, f"attached {volume} to {result['name']} at {mount_path}{mode}")
+
+
+@volume_app.command("detach")
+def volume_detach(
+    volume: str = typer.Argument(..., help="Volume name or id."),
+    instance: str = typer.Argument(
+        ..., autocompletion=complete_instances, help="A stopped instance."
+    ),
+    as_json: bool = JsonOption,
+) -> None:
+    """Detach a volume from a stopped instance."""
+    with client() as api:
+        result = api.detach_volume(instance, volume)
+    show_one(result, as_json, f"detached {volume} from {result['name']}")
 
 
 # ---- ingresses -------------------------------------------------------------------------
@@ -178,10 +236,11 @@ def ingress_ls(
         rows = api.ingresses()
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "RULES", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("RULES", fold=True), cell("CREATED"))
     for row in rows:
         rules = "\n".join(rule_text(rule) for rule in row["rules"])
-        out.add_row(short_id(row["id"]), row["name"], rules, ago(row.get("created_at")))
+        out.add_row(short_id(row["id"]), escape(row["name"]), escape(rules),
+                    ago(row.get("created_at")))  # fmt: skip
     console.print(out)
 
 
@@ -239,23 +298,29 @@ def snapshot_ls(
         rows = api.snapshots(source_instance_id=source)
     if listed_briefly(rows, as_json, quiet):
         return
-    out = table("ID", "NAME", "INSTANCE", "KIND", "SIZE", "CREATED")
+    out = table(cell("ID"), cell("NAME", fold=True), cell("INSTANCE", fold=True), cell("KIND"),
+                cell("SIZE"), cell("CREATED"))  # fmt: skip
     for row in rows:
-        out.add_row(short_id(row["id"]), row.get("name") or "", row.get("source_instance_name", ""),
+        out.add_row(short_id(row["id"]), escape(row.get("name") or ""),
+                    escape(row.get("source_instance_name", "")),
                     coloured(str(row.get("kind"))), human_bytes(row.get("size_bytes")),
                     ago(row.get("created_at")))  # fmt: skip
     console.print(out)
 
 
 @snapshot_app.command("inspect")
-def snapshot_inspect(ref: str = typer.Argument(..., help="Snapshot id.")) -> None:
+def snapshot_inspect(
+    ref: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
+) -> None:
     """Show a snapshot as JSON."""
     with client() as api:
         emit_json(api.snapshot(ref))
 
 
 @snapshot_app.command("rm")
-def snapshot_rm(refs: list[str] = typer.Argument(..., help="Snapshot ids.")) -> None:
+def snapshot_rm(
+    refs: list[str] = typer.Argument(..., help="Snapshot names, ids or id prefixes."),
+) -> None:
     """Delete snapshots."""
     with client() as api:
         delete_each(refs, api.delete_snapshot)
@@ -266,7 +331,7 @@ def snapshot_restore(
     instance: str = typer.Argument(
         ..., autocompletion=complete_instances, help="Instance to restore."
     ),
-    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    snapshot: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
     target_state: str | None = typer.Option(
         None, "--target-state", help="Stopped, Standby or Running."
     ),
@@ -280,7 +345,7 @@ def snapshot_restore(
 
 @snapshot_app.command("fork")
 def snapshot_fork(
-    snapshot: str = typer.Argument(..., help="Snapshot id."),
+    snapshot: str = typer.Argument(..., help="Snapshot name, id or id prefix."),
     name: str = typer.Argument(..., help="Name of the new instance."),
     target_state: str | None = typer.Option(
         None, "--target-state", help="Stopped, Standby or Running."
@@ -294,9 +359,11 @@ def snapshot_fork(
 
 
 def delete_each(refs: list[str], delete: Callable[[str], object]) -> None:
-    for ref in refs:
+    def deleted(ref: str) -> str:
         delete(ref)
-        console.print(f"deleted {ref}")
+        return f"deleted {ref}"
+
+    each(refs, deleted)
 
 
 # Hypeman's names for the same subcommands (`volume list`, `ingress get`, ...), so its

@@ -101,6 +101,10 @@ class EmberClient:
         result: JSON = self._call("GET", "/health")
         return result
 
+    def capabilities(self) -> JSON:
+        result: JSON = self._call("GET", "/capabilities")
+        return result
+
     def pull(self, name: str, platform: str | None = None) -> JSON:
         body: JSON = {"name": name}
         if platform:
@@ -246,6 +250,17 @@ class EmberClient:
 
     def delete_volume(self, ref: str) -> None:
         self._call("DELETE", f"/volumes/{_quote(ref)}")
+
+    def attach_volume(self, ref: str, volume: str, mount_path: str, *, readonly: bool) -> JSON:
+        """Attach a volume to a stopped instance; the instance."""
+        body = {"mount_path": mount_path, "readonly": readonly}
+        path = f"/instances/{_quote(ref)}/volumes/{_quote(volume)}"
+        result: JSON = self._call("POST", path, json=body)
+        return result
+
+    def detach_volume(self, ref: str, volume: str) -> JSON:
+        result: JSON = self._call("DELETE", f"/instances/{_quote(ref)}/volumes/{_quote(volume)}")
+        return result
 
     # ---- ingresses -------------------------------------------------------------------
 

@@ -9,9 +9,12 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from urllib.parse import urlsplit
 
-DEFAULT_BASE_URL = "http://127.0.0.1:4973"
+from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
+
+DEFAULT_BASE_URL = f"http://{DEFAULT_LISTEN}"
 BASE_URL_VARS = ("EMBER_BASE_URL", "HYPEMAN_BASE_URL", "EMBER_URL")
 API_KEY_VARS = ("EMBER_API_KEY", "HYPEMAN_API_KEY", "EMBER_TOKEN")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
@@ -61,3 +64,9 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ClientConfig:
         base_url_source=source,
         api_key_source=key[0] if key else None,
     )
+
+
+def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
+    """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
+    env = os.environ if env is None else env
+    return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)

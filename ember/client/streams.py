@@ -14,12 +14,13 @@ from __future__ import annotations
 import json
 import os
 import stat
+import tarfile
 import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Any
+from typing import IO, Any
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
@@ -164,25 +165,64 @@ def _upload_result(websocket: ClientConnection, entry: Upload) -> None:
         raise ApiError(0, "copy_failed", f"{entry.guest_path}: unexpected answer {frame!r}")
 
 
+def upload_entry(
+    api: EmberClient, ref: str, entry: Upload, chunks: Iterable[bytes], progress: Progress | None
+) -> int:
+    """One file or directory into the guest over its own socket; bytes sent."""
+    total = 0
+    with open_socket(api, ref, "cp") as websocket:
+        request = {"direction": "to", "guest_path": entry.guest_path,
+                   "is_dir": entry.is_dir, "mode": entry.mode}  # fmt: skip
+        websocket.send(json.dumps(request))
+        for chunk in chunks:
+            websocket.send(chunk)
+            total += len(chunk)
+            if progress:
+                progress(len(chunk))
+        websocket.send(json.dumps({"type": "end"}))
+        _upload_result(websocket, entry)
+    return total
+
+
+def _file_chunks(path: Path) -> Iterator[bytes]:
+    with path.open("rb") as file:
+        yield from _read_all(file)
+
+
+def _read_all(file: IO[bytes]) -> Iterator[bytes]:
+    while chunk := file.read(CHUNK):
+        yield chunk
+
+
 def copy_to(
     api: EmberClient, ref: str, source: Path, guest_path: str, progress: Progress | None = None
 ) -> int:
     """Copy a local file or tree to `guest_path` (the name it gets); bytes sent."""
+    return sum(
+        upload_entry(api, ref, entry, () if entry.is_dir else _file_chunks(entry.source), progress)
+        for entry in plan_upload(source, guest_path)
+    )
+
+
+def copy_tar_to(
+    api: EmberClient, ref: str, stream: IO[bytes], guest_dir: str, progress: Progress | None = None
+) -> int:
+    """Extract a tar stream (`ember cp - NAME:DIR`, docker cp's habit) into the guest
+    directory `guest_dir`: directories and regular files, in the tar's order; links and
+    devices are refused by name (the copy protocol carries neither). Bytes sent."""
     total = 0
-    for entry in plan_upload(source, guest_path):
-        with open_socket(api, ref, "cp") as websocket:
-            request = {"direction": "to", "guest_path": entry.guest_path,
-                       "is_dir": entry.is_dir, "mode": entry.mode}  # fmt: skip
-            websocket.send(json.dumps(request))
-            if not entry.is_dir:
-                with entry.source.open("rb") as file:
-                    while chunk := file.read(CHUNK):
-                        websocket.send(chunk)
-                        total += len(chunk)
-                        if progress:
-                            progress(len(chunk))
-            websocket.send(json.dumps({"type": "end"}))
-            _upload_result(websocket, entry)
+    with tarfile.open(fileobj=stream, mode="r|*") as tar:
+        for member in tar:
+            parts = PurePosixPath(member.name).parts
+            if member.name.startswith("/") or ".." in parts:
+                raise ApiError(0, "copy_failed", f"unsafe path in the tar: {member.name!r}")
+            if not (member.isdir() or member.isfile()):
+                raise ApiError(0, "copy_failed", f"{member.name}: only files and directories")
+            target = str(PurePosixPath(guest_dir, *[p for p in parts if p != "."]))
+            entry = Upload(Path(member.name), target, member.isdir(), member.mode & 0o7777,
+                           member.size)  # fmt: skip
+            data = tar.extractfile(member) if member.isfile() else None
+            total += upload_entry(api, ref, entry, _read_all(data) if data else (), progress)
     return total
 
 
@@ -268,11 +308,67 @@ class _Download:
             self.temp.unlink(missing_ok=True)
 
 
+class _TarOut:
+    """Writes the entries of a copy-out as a tar stream (`ember cp NAME:PATH -`, docker
+    cp's habit): each header frame becomes a tar header, the content follows, padded."""
+
+    def __init__(self, out: IO[bytes]) -> None:
+        self.out = out
+        self.size = self.remaining = 0
+
+    def start(self, header: dict[str, Any]) -> None:
+        name = str(header.get("path", ""))
+        if not name or name.startswith("/") or ".." in PurePosixPath(name).parts:
+            raise ApiError(0, "copy_failed", f"unsafe path from the guest: {name!r}")
+        info = tarfile.TarInfo(name)
+        info.mode = int(header.get("mode", 0o644)) & 0o7777
+        info.mtime = int(header.get("mtime", 0))
+        if header.get("is_dir"):
+            info.type = tarfile.DIRTYPE
+        elif header.get("is_symlink"):
+            info.type, info.linkname = tarfile.SYMTYPE, str(header.get("link_target", ""))
+        else:
+            info.size = int(header.get("size", 0))
+        self.size = self.remaining = info.size
+        self.out.write(info.tobuf(format=tarfile.PAX_FORMAT))
+
+    def data(self, chunk: bytes) -> None:
+        if len(chunk) > self.remaining:
+            raise ApiError(0, "copy_failed", "more file data than its header said")
+        self.out.write(chunk)
+        self.remaining -= len(chunk)
+
+    def end(self) -> None:
+        if self.remaining:
+            raise ApiError(0, "copy_failed", "a file ended short of its size")
+        self.out.write(b"\0" * (-self.size % tarfile.BLOCKSIZE))  # content padded to blocks
+
+    def finish(self) -> None:
+        self.out.write(b"\0" * tarfile.BLOCKSIZE * 2)  # the end-of-archive marker
+        self.out.flush()
+
+    def abort(self) -> None:
+        self.out.flush()
+
+
 def copy_from(
     api: EmberClient, ref: str, guest_path: str, target: Path, progress: Progress | None = None
 ) -> int:
     """Copy a guest file or tree to the local `target` (the name it gets); bytes received."""
-    download = _Download(target)
+    return _receive(api, ref, guest_path, _Download(target), progress)
+
+
+def copy_tar_from(
+    api: EmberClient, ref: str, guest_path: str, out: IO[bytes], progress: Progress | None = None
+) -> int:
+    """Write a guest file or tree to `out` as a tar stream; bytes of content received."""
+    return _receive(api, ref, guest_path, _TarOut(out), progress)
+
+
+def _receive(
+    api: EmberClient, ref: str, guest_path: str, sink: _Download | _TarOut,
+    progress: Progress | None,
+) -> int:  # fmt: skip
     total = 0
     try:
         with open_socket(api, ref, "cp") as websocket:
@@ -284,7 +380,7 @@ def copy_from(
                 except ConnectionClosed as exc:
                     raise ApiError(0, "copy_failed", f"{guest_path}: the copy ended early") from exc
                 if isinstance(frame, bytes):
-                    download.data(frame)
+                    sink.data(frame)
                     total += len(frame)
                     if progress:
                         progress(len(frame))
@@ -292,15 +388,15 @@ def copy_from(
                 message = json.loads(frame)
                 kind = message.get("type")
                 if kind == "header":
-                    download.start(message)
+                    sink.start(message)
                 elif kind == "end":
-                    download.end()
+                    sink.end()
                     if message.get("final"):
                         break
                 elif kind == "error":
                     raise ApiError(0, "copy_failed", str(message.get("message")))
     except BaseException:
-        download.abort()
+        sink.abort()
         raise
-    download.finish()
+    sink.finish()
     return total

@@ -33,7 +33,7 @@ from ember.images.models import (
     ImageStatus,
 )
 from ember.images.pull import Keep, PulledImage, StepProgress, convert, fetch, load_local
-from ember.images.reference import ImageRef, parse_reference
+from ember.images.reference import ImageRef, parse_reference, unqualified
 from ember.store import Repository, Store
 from ember.validation import validate_tags
 
@@ -150,7 +150,7 @@ class ImageManager:
         `repo@digest` also finds an image pulled by tag whose digest that is; a reference
         that does not parse (and is not a bare digest) is an InvalidArgument naming why.
         """
-        record = self.repo.by_name(name)
+        record = self.repo.by_name(self.own_name(name))
         if record is None and name.startswith("sha256:"):
             record = next((r for r in self.repo.all() if r.digest == name), None)
         elif record is None:
@@ -161,6 +161,19 @@ class ImageManager:
         if record is None:
             raise NotFound(f"image {name!r} not found")
         return record
+
+    def own_name(self, name: str) -> str:
+        """Ember's own registry first: a name with no registry host (`app:v1`) that this
+        server's registry holds is that image (`127.0.0.1:4973/app:v1`, under the host it
+        was pushed to), not Docker Hub's `docker.io/library/app:v1`. Any other name is
+        answered as given."""
+        short = unqualified(name) if not name.startswith("sha256:") else None
+        if short is None:
+            return name
+        for host in sorted(self._local.hosts):
+            if self.repo.by_name(f"{host}/{short}") is not None:
+                return f"{host}/{short}"
+        return name
 
     def _by_digest(self, registry: str, repository: str, digest: str) -> ImageRecord | None:
         """A ready image of `registry/repository` (under any tag) whose digest is `digest`."""
@@ -241,7 +254,7 @@ class ImageManager:
         aside as `repository@old-digest` and a new pull takes the name. The request's
         `tags` are merged into whichever record is answered.
         """
-        ref = parse_reference(name)
+        ref = parse_reference(self.own_name(name))
         tags = validate_tags(tags)
         asked_platform = platform
         platform = validate_platform(platform)
@@ -317,8 +330,14 @@ class ImageManager:
         return self.repo.insert(ImageRecord(id=new_id(), name=target_ref.name, **fields))
 
     def delete(self, name: str) -> None:
+        """Delete an image name. Refused while instances use its digest, unless another name
+        keeps the digest (and its root disk): then only this name goes, as `docker rmi`
+        of one of several tags."""
         record = self.get(name)
-        if record.digest and (users := self._digest_users(record.digest)):
+        named_elsewhere = any(
+            r.digest == record.digest and r.id != record.id for r in self.repo.all()
+        )
+        if record.digest and not named_elsewhere and (users := self._digest_users(record.digest)):
             raise Conflict(
                 f"image {record.name!r} is used by instance(s) {', '.join(users)}",
                 code="image_in_use",

@@ -58,6 +58,17 @@ def _split_registry(remainder: str) -> tuple[str, str]:
     return DEFAULT_REGISTRY, remainder
 
 
+def unqualified(text: str) -> str | None:
+    """`repository[:tag]` of a reference that names no registry host (`app:v1`, not
+    `docker.io/app:v1` or `host:5000/app:v1`), with the tag made explicit; else None.
+    Such a name is looked up in Ember's own registry before Docker Hub."""
+    value = text.strip()
+    registry, path = _split_registry(value)
+    if registry != DEFAULT_REGISTRY or value.startswith(f"{DEFAULT_REGISTRY}/") or "@" in path:
+        return None
+    return path if ":" in path else f"{path}:{DEFAULT_TAG}"
+
+
 def parse_reference(text: str) -> ImageRef:
     """Parse and normalize an image reference; InvalidArgument says what is wrong."""
     value = text.strip()

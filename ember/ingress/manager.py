@@ -18,7 +18,7 @@ from pathlib import Path
 
 from ember.config import Settings
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound
-from ember.ids import is_id, new_id
+from ember.ids import new_id
 from ember.ingress.caddy_config import (
     JSON,
     ProxySettings,
@@ -115,20 +115,8 @@ class IngressManager:
     # ---- queries ----------------------------------------------------------------------
 
     def get(self, ref: str) -> IngressRecord:
-        """Find by id, then by name, then by unique id prefix."""
-        record = self.repo.get(ref) if is_id(ref) else None
-        record = record or self.repo.by_name(ref)
-        if record is None and ref:
-            matches = self.repo.by_id_prefix(ref)
-            if len(matches) > 1:
-                raise InvalidArgument(
-                    f"ingress id prefix {ref!r} is ambiguous ({len(matches)} matches)",
-                    code="ambiguous",
-                )
-            record = matches[0] if matches else None
-        if record is None:
-            raise NotFound(f"ingress {ref!r} not found")
-        return record
+        """By id, name or unique id prefix."""
+        return self.repo.resolve(ref)
 
     def find(self, tags: dict[str, str] | None = None) -> list[IngressRecord]:
         wanted = (tags or {}).items()

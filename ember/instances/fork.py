@@ -59,7 +59,7 @@ async def fork_instance(
         raise Conflict(
             f"instance {record.name!r} is {record.state}: stop it, put it in standby, or "
             "fork with from_running=true (standby, copy, restore)",
-            code="invalid_state",
+            code="from_running_required",
         )
     if record.state not in (State.RUNNING, State.PAUSED, State.STANDBY, State.STOPPED):
         raise Conflict(f"instance {record.name!r} is {record.state}: it cannot be forked",
@@ -87,13 +87,13 @@ async def fork_instance(
 
 async def fork_snapshot(
     snaps: Snapshots,
-    snapshot_id: str,
+    snapshot_ref: str,
     name: str,
     *,
     target_state: State | None = None,
     target_hypervisor: str | None = None,
 ) -> InstanceRecord:
-    snapshot = snaps.get(snapshot_id)
+    snapshot = snaps.get(snapshot_ref)
     target = target_state or default_target(snapshot.kind)
     check_target(snapshot.kind, target)
     check_hypervisor(snapshot.kind, snapshot.source_hypervisor, target_hypervisor)

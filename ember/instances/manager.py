@@ -11,9 +11,8 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator
 
-from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
+from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
-from ember.ids import is_id
 from ember.instances import capacity, create, delete, monitor, mounts, start, stop, update
 from ember.instances import fork as forking
 from ember.instances import standby as standing
@@ -88,21 +87,8 @@ class InstanceManager:
     # ---- queries ---------------------------------------------------------------------
 
     def get(self, ref: str) -> InstanceRecord:
-        """Find by id, then name, then unique id prefix (names never look like ids)."""
-        repo = self.core.repo
-        record = repo.get(ref) if is_id(ref) else None
-        record = record or repo.by_name(ref)
-        if record is None and ref:
-            matches = repo.by_id_prefix(ref)
-            if len(matches) > 1:
-                raise InvalidArgument(
-                    f"instance id prefix {ref!r} is ambiguous ({len(matches)} matches)",
-                    code="ambiguous",
-                )
-            record = matches[0] if matches else None
-        if record is None:
-            raise NotFound(f"instance {ref!r} not found")
-        return record
+        """By id, name or unique id prefix."""
+        return self.core.repo.resolve(ref)
 
     def find(
         self, state: State | None = None, tags: dict[str, str] | None = None
@@ -124,7 +110,7 @@ class InstanceManager:
                 code="agent_unavailable",
             )
         if record.state not in (State.RUNNING, State.INITIALIZING):
-            raise invalid(record, "reach the guest of", "it is not running")
+            raise self.not_running(record)
         agent = self.core.agents.get(record.id)
         if agent is None or not agent.connected:
             raise Unavailable(f"the guest agent of instance {record.name!r} is not connected yet")
@@ -139,6 +125,29 @@ class InstanceManager:
                 raise
         record = self.get(ref)
         return record, await await_agent(self.core, record.id, timeout)
+
+    def not_running(self, record: InstanceRecord) -> InvalidState:
+        """Why exec and copy cannot reach an instance, saying so plainly when its program
+        has exited (the VM then powers off: a command that ends at once ends the VM)."""
+        if record.state not in (State.STOPPED, State.SHUTDOWN) or record.exit_code is None:
+            return invalid(record, "reach the guest of", "it is not running")
+        how = record.exit_message or f"exited with code {record.exit_code}"
+        return InvalidState(
+            f"instance {record.name!r} has exited ({how}; now {record.state}): exec and copy "
+            "need a running instance; start it again, with a command that keeps running"
+        )
+
+    async def exited(self, ref: str, wait: float = 10.0) -> InvalidState | None:
+        """After the agent went away mid-exec: the instance's exit, once it has stopped (a
+        moment after the connection closes), or None if it has not stopped by then."""
+        deadline = asyncio.get_running_loop().time() + wait
+        while True:
+            record = self.get(ref)
+            if record.state in (State.STOPPED, State.SHUTDOWN):
+                return self.not_running(record)
+            if asyncio.get_running_loop().time() >= deadline:
+                return None
+            await asyncio.sleep(0.1)
 
     def lease(self, record: InstanceRecord) -> Lease | None:
         """The instance's network lease (None: no network)."""
@@ -260,10 +269,10 @@ class InstanceManager:
         )
 
     async def restore_snapshot(
-        self, ref: str, snapshot_id: str, target: State | None, hypervisor: str | None
+        self, ref: str, snapshot_ref: str, target: State | None, hypervisor: str | None
     ) -> InstanceRecord:
         return await self.snapshots.restore_into(
-            self.get(ref).id, snapshot_id, target_state=target, target_hypervisor=hypervisor
+            self.get(ref).id, snapshot_ref, target_state=target, target_hypervisor=hypervisor
         )
 
     async def fork(
@@ -274,10 +283,10 @@ class InstanceManager:
         )
 
     async def fork_snapshot(
-        self, snapshot_id: str, name: str, target: State | None, hypervisor: str | None
+        self, snapshot_ref: str, name: str, target: State | None, hypervisor: str | None
     ) -> InstanceRecord:
         return await forking.fork_snapshot(
-            self.snapshots, snapshot_id, name, target_state=target, target_hypervisor=hypervisor
+            self.snapshots, snapshot_ref, name, target_state=target, target_hypervisor=hypervisor
         )
 
     def snapshot_schedule(self, ref: str) -> ScheduleRecord:

@@ -96,8 +96,9 @@ class Snapshots:
 
     # ---- queries -----------------------------------------------------------------------
 
-    def get(self, snapshot_id: str) -> SnapshotRecord:
-        return self.store.get(snapshot_id)
+    def get(self, ref: str, instance_id: str | None = None) -> SnapshotRecord:
+        """By id, name or unique id prefix (`SnapshotStore.resolve`)."""
+        return self.store.resolve(ref, instance_id)
 
     def slot(self, snapshot_id: str) -> SavedSlot:
         """A snapshot's saved VM as a `SavedSlot` (its compression and recovery)."""
@@ -127,12 +128,16 @@ class Snapshots:
     def capturable(self, record: InstanceRecord) -> list[Attachment]:
         """The instance's volume attachments, all read-only; refuses read-write ones."""
         attachments = self.volumes.attachments_of(record.id)
-        writable = [a.volume_id for a in attachments if not a.readonly]
+        writable = [
+            f"{self.volumes.get(a.volume_id).name!r} at {a.mount_path}"
+            for a in attachments
+            if not a.readonly
+        ]
         if writable:
             raise InvalidState(
-                f"instance {record.name!r} has read-write volume(s) {', '.join(writable)}: a "
+                f"instance {record.name!r} has read-write volume {', '.join(writable)}: a "
                 "snapshot or fork cannot capture a volume (it outlives the instance and is "
-                "not copied); detach it or attach it read-only",
+                "not copied); stop the instance and detach the volume, or attach it read-only",
                 code="volumes_not_supported",
             )
         return attachments
@@ -228,10 +233,10 @@ class Snapshots:
 
     # ---- delete ------------------------------------------------------------------------
 
-    async def delete(self, snapshot_id: str) -> None:
+    async def delete(self, ref: str) -> None:
         """The record first, then the files (a server killed between leaves files without
         a record, which `recover` removes)."""
-        self.store.get(snapshot_id)  # 404
+        snapshot_id = self.get(ref).id  # 404
         slot = self.slot(snapshot_id)
         await self.jobs.cancel(slot.key)
         async with slot.lock:  # a fork or restore copying from it
@@ -244,14 +249,14 @@ class Snapshots:
     async def restore_into(
         self,
         instance_id: str,
-        snapshot_id: str,
+        snapshot_ref: str,
         *,
         target_state: State | None = None,
         target_hypervisor: str | None = None,
     ) -> InstanceRecord:
         """Place the snapshot over its instance's files (Standby with a saved VM, else
         Stopped), then restore, boot or stay, as `target_state` says."""
-        snapshot = self.store.get(snapshot_id)
+        snapshot = self.get(snapshot_ref, instance_id)
         target = target_state or default_target(snapshot.kind)
         check_target(snapshot.kind, target)
         check_hypervisor(snapshot.kind, snapshot.source_hypervisor, target_hypervisor)

@@ -7,6 +7,7 @@ import sqlite3
 from ember.errors import Conflict, NotFound
 from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
 from ember.store import Store
+from ember.store.lookup import find_one
 
 
 class SnapshotStore:
@@ -45,6 +46,21 @@ class SnapshotStore:
             raise NotFound(f"snapshot {snapshot_id!r} not found")
         return SnapshotRecord.model_validate_json(rows[0]["data"])
 
+    def resolve(self, ref: str, instance_id: str | None = None) -> SnapshotRecord:
+        """By id, name or unique id prefix (`ember.store.lookup`). With `instance_id`, names
+        and prefixes are looked up among that instance's snapshots (a name is unique only
+        per instance); a full id is always found, so its caller can say whose it is."""
+
+        def by_id(snapshot_id: str) -> SnapshotRecord | None:
+            found = self.find(snapshot_id=snapshot_id)
+            return found[0] if found else None
+
+        return find_one(
+            ref, "snapshot", by_id=by_id,
+            by_name=lambda name: self.find(name=name, instance_id=instance_id),
+            by_id_prefix=lambda prefix: self.find(id_prefix=prefix, instance_id=instance_id),
+        )  # fmt: skip
+
     def find(
         self,
         *,
@@ -52,6 +68,8 @@ class SnapshotStore:
         name: str | None = None,
         instance_id: str | None = None,
         tags: dict[str, str] | None = None,
+        snapshot_id: str | None = None,
+        id_prefix: str | None = None,
     ) -> list[SnapshotRecord]:
         """Oldest first; every given filter must hold."""
         rows = self.store.query("SELECT data FROM snapshots ORDER BY created_at, id")
@@ -60,7 +78,9 @@ class SnapshotStore:
         return [
             s
             for s in found
-            if (kind is None or s.kind == kind)
+            if (snapshot_id is None or s.id == snapshot_id)
+            and (id_prefix is None or s.id.startswith(id_prefix))
+            and (kind is None or s.kind == kind)
             and (name is None or s.name == name)
             and (instance_id is None or s.source_instance_id == instance_id)
             and wanted <= s.tags.items()

@@ -10,6 +10,7 @@ from pydantic import BaseModel
 
 from ember.errors import Conflict, NotFound
 from ember.store.db import Store
+from ember.store.lookup import find_one
 
 
 class StoredRecord(BaseModel):
@@ -88,6 +89,13 @@ class Repository(Generic[Record]):
         )
         return [self._load(row) for row in rows]
 
+    def resolve(self, ref: str) -> Record:
+        """By id, name or unique id prefix (`ember.store.lookup`); NotFound otherwise."""
+        return find_one(
+            ref, self.kind, by_id=self.get, by_name=lambda name: _listed(self.by_name(name)),
+            by_id_prefix=self.by_id_prefix,
+        )  # fmt: skip
+
     def all(self) -> list[Record]:
         rows = self.store.query(f"SELECT data FROM {self.table} ORDER BY created_at, id")
         return [self._load(row) for row in rows]
@@ -96,3 +104,7 @@ class Repository(Generic[Record]):
         with self.store.transaction() as conn:
             cur = conn.execute(f"DELETE FROM {self.table} WHERE id = ?", (record_id,))
         return cur.rowcount > 0
+
+
+def _listed(record: Record | None) -> list[Record]:
+    return [record] if record is not None else []

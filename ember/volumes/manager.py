@@ -76,11 +76,8 @@ class VolumeManager:
     # --- lookups ---------------------------------------------------------------
 
     def get(self, ref: str) -> VolumeRecord:
-        """By id, then by name."""
-        record = self.repo.get(ref) or self.repo.by_name(ref)
-        if record is None:
-            raise NotFound(f"volume {ref!r} not found")
-        return record
+        """By id, name or unique id prefix."""
+        return self.repo.resolve(ref)
 
     def find(self, tags: dict[str, str] | None = None) -> list[VolumeRecord]:
         wanted = (tags or {}).items()

@@ -7,6 +7,8 @@ import gzip
 import hashlib
 import io
 import json
+import subprocess
+import sys
 import tarfile
 from pathlib import Path
 from typing import Any
@@ -170,3 +172,94 @@ def test_doctor_checks_the_host() -> None:
     assert accel["detail"].startswith(("KVM", "TCG"))
     if accel["detail"].startswith("TCG"):
         assert accel["fix"]  # says why, and what would change it
+
+
+def test_doctor_asks_the_server_about_its_network(shared_server: EmberServer) -> None:
+    """A server may run in a namespace of its own (the demo's): doctor asks it."""
+    result = run_cli(["doctor", "--json"], cli_env(shared_server))
+    bridge = {check["name"]: check for check in json.loads(result.out)}["Bridge"]
+    assert shared_server.url in bridge["detail"], bridge
+    assert "without guest networking" in bridge["detail"]  # tests' servers on the host's
+
+
+# What `ember ps` loaded, printed after it ran (in the same process).
+LOADED = """
+import sys
+from ember.cli.main import main
+code = main(["ps", "--json"])
+print(" ".join(sorted(sys.modules)), file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> None:
+    """Start-up time: minting a token from the data dir loads neither FastAPI, the
+    managers nor the server's settings, and `ps` loads no WebSocket code."""
+    env = cli_env(
+        None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
+    )
+    done = subprocess.run([sys.executable, "-c", LOADED], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert isinstance(json.loads(done.stdout), list)  # the minted token was accepted
+    loaded = set(done.stderr.split())
+    assert "ember.api.auth" in loaded
+    heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
+             "websockets"}  # fmt: skip
+    assert not heavy & loaded, heavy & loaded
+
+
+def test_version_and_help_at_80_columns(cli: Cli) -> None:
+    version = cli("--version")
+    assert version.code == 0 and version.out.startswith("ember "), version
+    run_help = cli("run", "--help", COLUMNS="80")
+    assert "<bool>" not in run_help.out  # plain flags
+    assert "IMAGE" in run_help.out and "[COMMAND]..." in run_help.out  # not {image}
+    assert "…" not in run_help.out, run_help.out  # nothing cut (the -p syntax was)
+    assert "HOST_PORT:GUEST_PORT" in run_help.out
+    network_help = cli("network", "--help", COLUMNS="80")
+    (line,) = [line for line in network_help.out.splitlines() if "uninstall" in line]
+    assert "Remove Ember's network set-up from this host" in line, network_help.out
+
+
+def test_sizes_and_states_as_people_type_them(cli: Cli) -> None:
+    memory = cli("run", "-m", "lots", "no-such-image")
+    assert memory.code == 2 and memory.error_lines == [
+        "error: -m/--memory: invalid size 'lots' (expected e.g. 512MB, 2GB, 1G)"
+    ], memory.err
+    small = cli("volume", "create", "cli-small", "--size", "100MB", "--json")
+    assert small.code == 0, small.err
+    assert json.loads(small.out)["size_gb"] == 1  # volumes are whole GiB: rounded up
+    assert "rounded up to 1 GiB" in small.err
+    listed = cli("volume", "ls")
+    assert "cli-small" in listed.out and "1 GiB" in listed.out
+    assert "\x1b[" not in listed.out  # no colour codes into a pipe
+    quiet = cli("volume", "ls", "-q")
+    assert json.loads(small.out)["id"][:12] in quiet.out.split()  # as short as the table's
+    assert all(len(line) == 12 for line in quiet.out.split())
+    assert cli("volume", "rm", "cli-small").code == 0
+    lower = cli("ps", "--state", "running", "--json")
+    assert lower.code == 0 and isinstance(json.loads(lower.out), list), lower.err
+
+
+def test_a_name_ember_holds_resolves_to_its_own_registry(
+    cli: Cli, shared_server: EmberServer, tmp_path: Path
+) -> None:
+    """`ember run app:v1` right after `ember push ... app:v1` runs the pushed image, not
+    Docker Hub's `docker.io/library/app:v1`."""
+    write_oci_layout(hello_image(env={"FROM": "own"}), tmp_path / "layout", "v1")
+    assert cli("push", str(tmp_path / "layout"), "cli-own:v1").code == 0
+    pulled = cli("pull", "cli-own:v1", "--json")
+    assert pulled.code == 0, pulled.err
+    assert json.loads(pulled.out)["name"] == f"127.0.0.1:{shared_server.port}/cli-own:v1"
+    inspected = json.loads(cli("images", "--json").out)
+    assert not any(row["name"].startswith("docker.io/") for row in inspected)
+
+
+def test_images_say_why_a_pull_failed(cli: Cli) -> None:
+    name = f"127.0.0.1:{free_port()}/nowhere/app:v1"  # no registry listens there
+    failed = cli("pull", name)
+    assert failed.code == 1
+    listed = cli("images")
+    (row,) = [line for line in listed.out.splitlines() if "nowhere/app" in line]
+    assert "failed" in row and len(row.split("failed", 1)[1].strip()) > 0, listed.out
+    assert cli("rmi", name).code == 0

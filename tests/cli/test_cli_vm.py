@@ -7,12 +7,14 @@ Two VMs in all (256 MB, one vCPU): one that exits 7, one long-lived `box`.
 from __future__ import annotations
 
 import fcntl
+import io
 import json
 import os
 import pty
 import select
 import struct
 import subprocess
+import tarfile
 import termios
 import time
 from collections.abc import Iterator
@@ -20,10 +22,11 @@ from pathlib import Path
 
 import pytest
 
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.registry_server import free_port
 from tests.cli.conftest import EMBER, Cli, cli_env
-from tests.conftest import running_server
+from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 SMALL = ["--memory", "256MB", "--cpus", "1"]
@@ -42,7 +45,8 @@ def shared_server() -> Iterator[EmberServer]:
 
 
 def test_run_follows_the_output_and_exits_with_the_workload_code(cli: Cli, hello: str) -> None:
-    result = cli("run", "--name", "cli-seven", *SMALL, hello,
+    # A leading `--` only ends the options (POSIX utility syntax).
+    result = cli("run", "--name", "cli-seven", *SMALL, hello, "--",
                  "/bin/sh", "-c", "echo hi from the guest; echo to stderr >&2; exit 7")  # fmt: skip
     assert result.code == 7, result
     assert "hi from the guest" in result.out
@@ -63,6 +67,24 @@ def test_run_says_why_a_command_did_not_start_and_rm_removes_it(cli: Cli, hello:
     assert "command not found: no-such-command" in result.err
     after = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
     assert after == before  # --rm deleted it
+
+
+def test_exec_and_cp_say_when_the_program_has_exited(cli: Cli, hello: str, tmp_path: Path) -> None:
+    """The VM powers off when its program exits: exec and cp say so, whether the program
+    ends during the exec or before it."""
+    started = cli("run", "-d", "--name", "cli-brief", *SMALL, hello, "/bin/sleep", "8")
+    assert started.code == 0, started
+    during = cli("exec", "cli-brief", "/bin/sleep", "60")  # outlives the program
+    assert during.code != 0
+    assert "has exited" in during.out + during.err, during
+    assert "agent connection closed" not in during.out + during.err
+    assert cli("wait", "cli-brief").code == 0
+    after = cli("exec", "cli-brief", "true")
+    assert after.code == 125 and len(after.error_lines) == 1, after
+    assert "cli-brief' has exited" in after.err, after.err
+    copy = cli("cp", "cli-brief:/hello", str(tmp_path))
+    assert copy.code == 1 and "has exited" in copy.err, copy.err
+    assert cli("rm", "cli-brief").code == 0
 
 
 @pytest.fixture(scope="module")
@@ -87,12 +109,27 @@ def test_inspect_by_id_prefix_and_json(cli: Cli, box: dict[str, object]) -> None
     assert stats[0]["instance_name"] == BOX and stats[0]["allocated_vcpus"] == 1
 
 
+def test_ps_fits_80_columns_and_q_prints_the_ids_it_shows(cli: Cli, box: dict[str, object]) -> None:
+    table = cli("ps", COLUMNS="80")
+    assert table.code == 0, table.err
+    lines = table.out.splitlines()
+    assert all(len(line) <= 80 for line in lines), table.out
+    assert "…" not in table.out  # nothing cut to `127.0.0.1:4…`
+    (row,) = [line for line in lines if BOX in line]
+    assert str(box["id"])[:12] in row and "256 MiB" in row  # units as everywhere: MiB/GiB
+    assert str(box["id"])[:12] in cli("ps", "-q").out.split()
+    assert all(len(ref) == 12 for ref in cli("ps", "-q").out.split())
+    assert cli("ps", "--state", "running", "-q").out == cli("ps", "-q").out
+
+
 def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) -> None:
     result = cli("exec", BOX, "/bin/sh", "-c", "echo $GREETING; exit 3")
     assert result.code == 3
     assert result.out.strip() == "hello from env"
     flags = cli("exec", "-e", "X=1", BOX, "/bin/sh", "-c", "echo x=$X; ls -d /tmp")
     assert flags.code == 0 and flags.out.split() == ["x=1", "/tmp"]
+    dashes = cli("exec", BOX, "--", "echo", "after dashes")
+    assert dashes.code == 0 and dashes.out == "after dashes\n", dashes
     # The end of piped input reaches the process: `cat` ends instead of waiting forever.
     piped = cli("exec", "-i", BOX, "cat", stdin="line one\nline two\n")
     assert piped.code == 0 and piped.out == "line one\nline two\n"
@@ -153,9 +190,11 @@ class Terminal:
 def test_exec_it_is_an_interactive_terminal(
     shared_server: EmberServer, box: dict[str, object]
 ) -> None:
-    terminal = Terminal(["exec", "-it", BOX, "/bin/sh"], cli_env(shared_server))
+    terminal = Terminal(["exec", "-it", BOX, "/bin/sh"], cli_env(shared_server, TERM="vt100"))
     terminal.resize(24, 80)
     terminal.expect("# ")
+    terminal.type("echo term=$TERM\r")
+    assert "term=vt100" in terminal.expect("# ")  # the client's TERM
     terminal.type("echo $((6 * 7))\r")
     assert "42" in terminal.expect("# ")
     # A resize reaches the guest's terminal (SIGWINCH -> resize frame -> TIOCSWINSZ).
@@ -181,7 +220,24 @@ def test_exec_it_is_an_interactive_terminal(
     assert terminal.exit_code() == 1
 
 
-def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
+def test_run_it_is_a_terminal_and_rm_removes_the_instance(
+    cli: Cli, shared_server: EmberServer, hello: str
+) -> None:
+    before = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    terminal = Terminal(["run", "-it", "--rm", *SMALL, hello, "/bin/sh"], cli_env(shared_server))
+    terminal.resize(24, 80)
+    terminal.expect("# ", timeout=300)  # a boot first
+    terminal.type("echo $((6 * 7))\r")
+    assert "42" in terminal.expect("# ")
+    terminal.type("exit 3\r")
+    assert terminal.exit_code() == 3
+    after = {row["id"] for row in json.loads(cli("ps", "-a", "--json").out)}
+    assert after == before
+
+
+def test_cp_both_ways(
+    cli: Cli, box: dict[str, object], tmp_path: Path, shared_server: EmberServer
+) -> None:
     (tmp_path / "note.txt").write_text("a note\n")
     tree = tmp_path / "tree"
     (tree / "sub").mkdir(parents=True)
@@ -207,8 +263,25 @@ def test_cp_both_ways(cli: Cli, box: dict[str, object], tmp_path: Path) -> None:
     single = cli("cp", f"{BOX}:/tmp/note.txt", str(tmp_path / "renamed.txt"))
     assert single.code == 0 and (tmp_path / "renamed.txt").read_text() == "a note\n"
 
+    # `-` is a tar stream, as docker cp has it: to stdout, and from stdin.
+    env = cli_env(shared_server)
+    tar_out = subprocess.run([*EMBER, "cp", "-q", f"{BOX}:/tmp/copied", "-"], env=env,
+                             capture_output=True, check=True).stdout  # fmt: skip
+    with tarfile.open(fileobj=io.BytesIO(tar_out)) as tar:
+        assert {"copied", "copied/a.txt", "copied/sub/b.bin"} <= set(tar.getnames())
+        extracted = tar.extractfile("copied/sub/b.bin")
+        assert extracted is not None
+        assert extracted.read() == (tree / "sub" / "b.bin").read_bytes()
+    tar_in = io.BytesIO()
+    with tarfile.open(fileobj=tar_in, mode="w") as tar:
+        tar.add(tree / "a.txt", arcname="from-stdin/a.txt")
+    subprocess.run([*EMBER, "cp", "-q", "-", f"{BOX}:/tmp"], env=env, input=tar_in.getvalue(),
+                   capture_output=True, check=True)  # fmt: skip
+    assert cli("exec", BOX, "cat", "/tmp/from-stdin/a.txt").out == "A\n"
+
     missing = cli("cp", f"{BOX}:/no/such/file", str(out))
     assert missing.code == 1 and len(missing.error_lines) == 1, missing.err
+    assert "ember serve" not in missing.err  # the server answered: no hint it is not running
 
 
 def test_logs_follow_shows_new_lines(shared_server: EmberServer, box: dict[str, object]) -> None:
@@ -271,15 +344,53 @@ def test_snapshots_and_forks_through_the_cli(cli: Cli, box: dict[str, object]) -
     snapshot = json.loads(made.out)
     listed = json.loads(cli("snapshot", "ls", "--instance", BOX, "--json").out)
     assert [s["id"] for s in listed] == [snapshot["id"]]
-    forked = cli("snapshot", "fork", snapshot["id"], "cli-clone", "--json")
+    assert json.loads(cli("snapshot", "inspect", snapshot["id"][:12]).out)["name"] == "cli-snap"
+    forked = cli("snapshot", "fork", "cli-snap", "cli-clone", "--json")  # by name
     assert forked.code == 0, forked.err
     clone = json.loads(forked.out)
     assert clone["name"] == "cli-clone" and clone["id"] != box["id"]
     assert cli("wait", "cli-clone", "--state", "Running").code == 0
     assert cli("exec", "cli-clone", "cat", "/tmp/mark").out == "snapped\n"  # memory kept
     assert cli("rm", "-f", "cli-clone").code == 0
-    assert cli("snapshot", "rm", snapshot["id"]).code == 0
+    assert cli("snapshot", "rm", snapshot["id"][:12]).code == 0  # the id `snapshot ls` shows
     assert json.loads(cli("snapshot", "ls", "--json").out) == []
+
+
+def test_rmi_untags_a_shared_image_and_goes_on_after_errors(
+    cli: Cli, box: dict[str, object], shared_server: EmberServer, hello: str
+) -> None:
+    alias = push_to_ember(shared_server, hello_image(), "cli/alias", "v1")  # the box's image
+    result = cli("rmi", alias, "no-such-image:v9", hello)
+    assert result.code == 1, result
+    assert f"deleted {alias}" in result.out  # only the name: the box's image keeps its other
+    assert len(result.error_lines) == 2, result.err  # each failure reported, none skipped
+    assert "no-such-image:v9" in result.error_lines[0]
+    assert "used by" in result.error_lines[1]  # its last name, the box runs from it
+    names = {row["name"] for row in json.loads(cli("images", "--json").out)}
+    assert hello in names and alias not in names
+
+
+def test_snapshot_and_fork_errors_say_what_to_type(cli: Cli, box: dict[str, object]) -> None:
+    running = cli("fork", BOX, "cli-fork")
+    assert running.code == 1 and "--from-running" in running.err, running.err
+    assert "from_running=true" not in running.err  # the API's words, not the CLI's
+    assert cli("volume", "create", "cli-rw").code == 0
+    assert cli("stop", BOX).code == 0
+    attached = cli("volume", "attach", "cli-rw", BOX, "/data")
+    assert attached.code == 0, attached.err
+    assert f"{BOX}:/data" in cli("volume", "ls").out  # the instance by name
+    started = cli("start", "--wait", BOX)  # returns once Running, not at boot
+    assert started.code == 0, started.err
+    assert "Running" in started.out
+    assert json.loads(cli("inspect", BOX).out)["state"] == "Running"
+    refused = cli("snapshot", "create", BOX)
+    assert refused.code == 1 and len(refused.error_lines) == 1, refused.err
+    assert "'cli-rw' at /data" in refused.err and "ember volume detach" in refused.err
+    assert cli("stop", BOX).code == 0
+    detached = cli("volume", "detach", "cli-rw", BOX)
+    assert detached.code == 0, detached.err
+    assert cli("volume", "rm", "cli-rw").code == 0
+    assert cli("start", "--wait", BOX).code == 0
 
 
 def test_rm_needs_force_while_running_and_removes_the_ingress(

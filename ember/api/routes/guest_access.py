@@ -25,7 +25,7 @@ from ember.api.errors import error_responses
 from ember.api.schemas.guest import InstanceStats, PathInfo
 from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
-from ember.guest.client import AgentClient, AgentError, ExecSession
+from ember.guest.client import AgentClient, AgentDisconnected, AgentError, ExecSession
 from ember.guest.copy import Header, cp_in_argv, cp_out_argv, read_tree
 from ember.validation import validate_c_string, validate_env
 
@@ -34,6 +34,7 @@ sockets = APIRouter(prefix="/instances")  # authenticates itself: no HTTP depend
 InstanceRef = Annotated[str, Path(alias="id", description="Instance id, name or unique id prefix")]
 TIMED_OUT = 124  # what coreutils' `timeout` answers, for the same situation
 CHUNK = 32 * 1024
+AGENT_ANSWER_SECONDS = 10.0  # how long an exec waits for a connected agent to answer
 
 
 class ExecRequest(BaseModel):
@@ -179,9 +180,11 @@ async def exec_socket(websocket: WebSocket, ref: InstanceRef) -> None:
     try:
         request = ExecRequest.model_validate(await _first_json(websocket))
         agent = await _agent(svc, ref, request.wait_for_agent)
+        # A just-connected agent answers once it has synced: wait_for_agent covers that too.
         session = await agent.exec(
             request.command, env=request.env, cwd=request.cwd, tty=request.tty,
             rows=request.rows or 24, cols=request.cols or 80,
+            timeout=max(AGENT_ANSWER_SECONDS, request.wait_for_agent or 0),
         )  # fmt: skip
         if session.result is not None:  # it never started: say why, as a shell would
             await websocket.send_bytes(f"{session.result.message}\r\n".encode())
@@ -192,6 +195,12 @@ async def exec_socket(websocket: WebSocket, ref: InstanceRef) -> None:
         return
     except ValidationError as exc:
         await _fail_exec(websocket, _validation_message(exc))
+    except TimeoutError:
+        await _fail_exec(websocket, f"the guest agent of instance {ref!r} did not answer (the "
+                         "VM may still be booting: wait_for_agent waits longer)")  # fmt: skip
+    except AgentDisconnected as exc:  # usually: the program exited and the VM powers off
+        exited = await svc.instances.exited(ref)
+        await _fail_exec(websocket, exited.message if exited else exc.message)
     except EmberError as exc:
         await _fail_exec(websocket, exc.message)
 

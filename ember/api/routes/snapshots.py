@@ -28,7 +28,9 @@ router = APIRouter(prefix="/snapshots", tags=["snapshots"], responses=error_resp
 instance_router = APIRouter(
     prefix="/instances", tags=["snapshots"], responses=error_responses(400, 404)
 )
-SnapshotRef = Annotated[str, Path(alias="snapshot_id", description="Snapshot id")]
+SnapshotRef = Annotated[
+    str, Path(alias="snapshot_id", description="Snapshot id, name or unique id prefix")
+]
 
 
 def _state(target: TargetState | None) -> State | None:

@@ -1,0 +1,107 @@
+"""CLI wall time beside curl of the same API call, in one run.
+
+- `ember ps` (GET /instances) beside `curl` of GET /instances, with the key in
+  EMBER_API_KEY and with the CLI minting its own token from the data dir (as root
+  on the server host does);
+- `ember exec NAME true` beside `curl` of GET /instances/NAME (curl speaks no
+  WebSocket: this is the HTTP floor of the same lookup) and beside a bare
+  Python `websockets` client doing the same exec (interpreter start included).
+
+Each command runs as a new process, as a person's shell starts it; the sides take
+turns so load from elsewhere falls on both alike; the figures are medians.
+
+    .venv/bin/python -m bench.cli [--runs 20]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import httpx
+
+from bench.common import WORKLOAD, push_hello
+from ember.testkit.ember_server import EmberServer
+
+NAME = "bench-cli"
+EMBER = [sys.executable, "-m", "ember.cli.main"]
+# The same exec over the API's WebSocket with nothing but `websockets`: what any client
+# process pays at least (interpreter start, import, connect, run, exit code).
+BARE_EXEC = """
+import json, sys
+from websockets.sync.client import connect
+url, token = sys.argv[1], sys.argv[2]
+with connect(url, additional_headers={"Authorization": "Bearer " + token}) as ws:
+    ws.send(json.dumps({"command": ["true"]}))
+    while not isinstance(frame := ws.recv(), str) or "exitCode" not in frame:
+        pass
+"""
+
+
+def wall(command: Sequence[str], env: dict[str, str]) -> float:
+    started = time.perf_counter()
+    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
+    return time.perf_counter() - started
+
+
+def compare(label: str, sides: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> None:
+    """Run each side `runs` times, taking turns; print medians and the ratio to the first."""
+    times: dict[str, list[float]] = {side: [] for side in sides}
+    for _ in range(runs):
+        for side, (command, env) in sides.items():
+            times[side].append(wall(command, env))
+    medians = {side: statistics.median(values) for side, values in times.items()}
+    baseline_side = next(iter(sides))
+    print(f"{label} (median of {runs}):")
+    for side, median in medians.items():
+        ratio = median / medians[baseline_side]
+        print(f"    {side:<34} {median * 1000:7.1f} ms  {ratio:5.2f}x")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=20)
+    args = parser.parse_args()
+    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
+    server = EmberServer(root / "data").start()
+    try:
+        token = server.token()
+        http = httpx.Client(base_url=server.url, headers={"Authorization": f"Bearer {token}"})
+        image, _ = push_hello(server, http)
+        http.post("/instances", json={"name": NAME, "image": image, "cmd": WORKLOAD,
+                                      "vcpus": 1, "size": "256MB"}).raise_for_status()  # fmt: skip
+        http.get(f"/instances/{NAME}/wait", params={"state": "Running", "timeout": "120s"},
+                 timeout=130)  # fmt: skip
+        clean = {k: v for k, v in os.environ.items() if not k.startswith(("EMBER_", "HYPEMAN_"))}
+        keyed = clean | {"EMBER_BASE_URL": server.url, "EMBER_API_KEY": token}
+        minting = clean | {"EMBER_BASE_URL": server.url, "EMBER_DATA_DIR": str(server.data_dir)}
+        auth = ["-H", f"Authorization: Bearer {token}"]
+        curl = ["curl", "-sf", "-o", "/dev/null", *auth]
+        compare("ember ps (GET /instances)", {
+            "curl": ([*curl, f"{server.url}/instances"], clean),
+            "ember ps, EMBER_API_KEY set": ([*EMBER, "ps"], keyed),
+            "ember ps, token minted": ([*EMBER, "ps"], minting),
+        }, args.runs)  # fmt: skip
+        ws_url = server.url.replace("http://", "ws://") + f"/instances/{NAME}/exec"
+        compare(f"ember exec {NAME} true", {
+            "curl GET /instances/NAME": ([*curl, f"{server.url}/instances/{NAME}"], clean),
+            "python + websockets, same exec": ([sys.executable, "-c", BARE_EXEC, ws_url, token],
+                                               clean),
+            "ember exec, EMBER_API_KEY set": ([*EMBER, "exec", NAME, "true"], keyed),
+        }, args.runs)  # fmt: skip
+        print("target: ember ps at most 3x curl")
+    finally:
+        server.stop()
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
