@@ -12,7 +12,15 @@ from typing import Literal, get_args
 
 from ember.errors import InvalidArgument
 from ember.hypervisor.accel import detect_accel
-from ember.hypervisor.base import Capabilities, DiskSpec, Hypervisor, NicSpec, VMHandle, VMSpec
+from ember.hypervisor.base import (
+    Capabilities,
+    DiskSpec,
+    Hypervisor,
+    NicSpec,
+    RunState,
+    VMHandle,
+    VMSpec,
+)
 from ember.hypervisor.qemu import QEMU_BINARY, QemuHypervisor
 
 __all__ = [
@@ -23,6 +31,7 @@ __all__ = [
     "HypervisorName",
     "Hypervisors",
     "NicSpec",
+    "RunState",
     "VMHandle",
     "VMSpec",
     "resolve_hypervisors",

@@ -24,6 +24,7 @@ from ember.instances import (
     guestnet,
     monitor,
     mounts,
+    reconcile,
     standby,
     start,
     stop,
@@ -118,6 +119,7 @@ class InstanceManager:
         down, and release what instances that no longer exist still hold."""
         core = self.core
         core.layout.ensure_roots()
+        await reconcile.reconcile(core)  # records against the VMMs a killed server left
         for record in core.repo.all():
             try:
                 if record.state == State.CREATED:  # the server died inside a create
