@@ -104,7 +104,7 @@ def check_all_usable(server: EmberServer) -> dict[str, str]:
     """Every instance in a state that works: Running ones answer exec, Standby ones restore
     (and then answer); no VM process but each Running instance's one VMM."""
     client = official(server)
-    states = {i.id: i.state for i in client.instances.list()}
+    states: dict[str, str] = {i.id: i.state for i in client.instances.list()}
     assert set(states.values()) <= SETTLED, states
     for instance_id, state in states.items():
         if state == "Standby":

@@ -33,7 +33,7 @@ def test_expiry_rules() -> None:
     with pytest.raises(InvalidArgument, match="ttl: invalid duration"):
         policies.expiry("soon", None, NOW)
     for too_far in ("99999999999h", "9999999999999999999999s", "70000000h"):  # PATCH too
-        with pytest.raises(InvalidArgument, match="ttl: .* beyond the year 9999"):
+        with pytest.raises(InvalidArgument, match=r"ttl: .* beyond the year 9999"):
             policies.expiry(too_far, None, NOW)
 
 
