@@ -250,8 +250,15 @@ class InstanceManager:
         return core.current(record_id), False
 
     def logs(self, ref: str, source: LogSource, *, tail: int, follow: bool) -> AsyncIterator[str]:
-        path = self.core.paths(self.get(ref).id).log(source)
-        return read_log(path, tail=tail, follow=follow)
+        """A follow ends when the instance is (or gets) Stopped or deleted."""
+        record_id = self.get(ref).id
+
+        def stopped() -> bool:
+            record = self.core.repo.get(record_id)
+            return record is None or record.state == State.STOPPED
+
+        path = self.core.paths(record_id).log(source)
+        return read_log(path, tail=tail, follow=follow, ended=stopped)
 
     # ---- commands --------------------------------------------------------------------
 
