@@ -31,6 +31,18 @@ class Status:
     source: str
 
 
+@dataclass(frozen=True, slots=True)
+class Allocation:
+    instance_id: str
+    instance_name: str
+    cpu: int | None
+    memory_bytes: int | None
+    disk_bytes: int
+    disk_io_bps: int | None
+    network_download_bps: int | None
+    network_upload_bps: int | None
+
+
 def _status(kind: str, capacity: int, ratio: float, allocated: int, source: str) -> Status:
     limit = int(capacity * ratio)
     return Status(kind, capacity, ratio, limit, allocated, max(0, limit - allocated), source)
