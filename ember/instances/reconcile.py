@@ -12,9 +12,10 @@ live VMM its run state and resumes a guest that a save left paused, adopts a
 restored guest that already runs (its disks and memory moved on, so the saved
 VM is stale), and kills a VMM whose restore had not resumed it yet (the saved
 VM is intact: the record's Standby is true again). Then every VM process of
-this data dir that no record explains is killed: processes are found by their
-command line naming a path under `<data_dir>/instances/<id>/`, which every VMM
-has (its console log) and which no other server's data dir shares.
+this data dir that no record explains is killed: VMMs are found by their
+command line naming both `<data_dir>/instances/<id>/` (its console log: no
+other server's data dir shares it) and `<runtime_dir>/<id>/` (its QMP socket:
+an operator's `tail -f` of a log names only the first).
 """
 
 from __future__ import annotations
@@ -32,6 +33,7 @@ from ember.errors import EmberError
 from ember.guest.client import AgentClient
 from ember.hypervisor import RunState, VMHandle
 from ember.instances.core import InstanceCore
+from ember.instances.layout import Layout
 from ember.instances.models import InstanceRecord
 from ember.instances.state import ACTIVE, State
 
@@ -40,10 +42,11 @@ KILL_TIMEOUT = 10.0
 NUDGE_TIMEOUT = 2.0
 
 
-def processes_of(instances_dir: Path) -> dict[str, list[int]]:
-    """Pids of the live processes whose command line names a path in an instance's
-    directory, by instance id."""
-    prefix = str(instances_dir).rstrip("/").encode() + b"/"
+def processes_of(layout: Layout) -> dict[str, list[int]]:
+    """Pids of the live VMM processes of this data dir, by instance id: their command line
+    names a path in the instance's directory and one in its runtime directory."""
+    prefix = str(layout.instances_dir).rstrip("/").encode() + b"/"
+    runtime = str(layout.runtime_dir).rstrip("/").encode() + b"/"
     found: dict[str, list[int]] = {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit() or int(entry.name) == os.getpid():
@@ -55,6 +58,8 @@ def processes_of(instances_dir: Path) -> dict[str, list[int]]:
         if prefix not in cmdline or not _alive(int(entry.name)):
             continue
         instance_id = cmdline.split(prefix, 1)[1].split(b"/", 1)[0].split(b"\0", 1)[0]
+        if runtime + instance_id + b"/" not in cmdline:
+            continue
         found.setdefault(instance_id.decode(errors="replace"), []).append(int(entry.name))
     return found
 
@@ -72,7 +77,7 @@ async def kill_processes(pids: list[int], timeout: float = KILL_TIMEOUT) -> None
 async def end_instance_processes(core: InstanceCore, instance_id: str) -> None:
     """Kill every process still working in an instance's directory (a delete's last word:
     a VMM started by a server that died before recording it)."""
-    pids = processes_of(core.layout.instances_dir).get(instance_id, [])
+    pids = processes_of(core.layout).get(instance_id, [])
     if pids:
         core.event(instance_id, f"killing processes left in its directory: {pids}")
         await kill_processes(pids)
@@ -80,7 +85,7 @@ async def end_instance_processes(core: InstanceCore, instance_id: str) -> None:
 
 async def reconcile(core: InstanceCore) -> None:
     """Settle every record against the live VMMs, then kill the processes none explains."""
-    processes = processes_of(core.layout.instances_dir)
+    processes = processes_of(core.layout)
     for record in core.repo.all():
         found = processes.pop(record.id, [])
         try:
@@ -106,7 +111,7 @@ async def _reconcile_one(core: InstanceCore, record: InstanceRecord, pids: list[
         await _resume_paused(core, record, tracked)
     if tracked is not None and record.state == State.RUNNING and record.standby is not None:
         _drop_stale_saved_vm(core, record.id)
-    untracked = [pid for pid in pids if tracked is None or not _runs_under(pid, tracked)]
+    untracked = [pid for pid in pids if pid != tracked]
     if untracked:
         core.event(record.id, f"after a server restart: killing VM processes {untracked} "
                               "that its record does not explain")  # fmt: skip
@@ -140,7 +145,7 @@ async def _settle_cut_restore(
     hypervisor = core.hypervisor(record)
     for pid in pids:
         vmm = paths.handle(pid)
-        if not hypervisor.is_alive(vmm):  # not a VMM: a helper such as a restore's `cat`
+        if not hypervisor.is_alive(vmm):
             continue
         with contextlib.suppress(EmberError, OSError):
             if await hypervisor.run_state(vmm) == RunState.RUNNING:
@@ -183,20 +188,6 @@ def _drop_stale_saved_vm(core: InstanceCore, instance_id: str) -> None:
     """The VM runs on: its saved state no longer matches its disks and memory."""
     shutil.rmtree(core.paths(instance_id).standby, ignore_errors=True)
     core.update(instance_id, lambda r: setattr(r, "standby", None))
-
-
-def _runs_under(pid: int, root: int) -> bool:
-    """Whether `pid` is `root` or its descendant (a save's helper of a tracked VMM)."""
-    for _ in range(64):
-        if pid == root:
-            return True
-        if pid <= 1:
-            return False
-        try:
-            pid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            return False
-    return False
 
 
 def _alive(pid: int) -> bool:

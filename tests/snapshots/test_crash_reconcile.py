@@ -19,7 +19,6 @@ import pytest
 from hypeman import Hypeman
 from hypeman.lib.exec import exec as hm_exec
 
-from ember.instances.reconcile import processes_of
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from tests.conftest import push_to_ember, running_server
@@ -43,6 +42,23 @@ def source(server: EmberServer) -> str:
                                    cmd=["sleep", "100000"])  # fmt: skip
     assert client.instances.wait(inst.id, state="Running", api_timeout=BOOT).state == "Running"
     return inst.id
+
+
+def processes_of(instances: Path) -> dict[str, list[int]]:
+    """Every live process naming a path in an instance's directory (broader than what the
+    server kills: a helper left behind counts too), by instance id."""
+    prefix = str(instances).encode() + b"/"
+    found: dict[str, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if prefix in cmdline and state != "Z":
+            instance_id = cmdline.split(prefix, 1)[1].split(b"/", 1)[0].decode()
+            found.setdefault(instance_id, []).append(int(proc.name))
+    return found
 
 
 def official(server: EmberServer) -> Hypeman:
