@@ -90,6 +90,9 @@ class Settings(BaseSettings):
     # Largest request body accepted (413 beyond it), except where a route streams large
     # bodies itself: `/v2/` blob uploads and volume archives.
     max_body_bytes: int = Field(default=1024 * 1024, gt=0)
+    # An exec or cp WebSocket must send its JSON request this soon after the upgrade; one
+    # that does not is closed (1008, with the reason) instead of held open forever.
+    websocket_first_message_seconds: float = Field(default=10.0, gt=0)
 
     # --- snapshots (ember/instances/standby.py, ember/snapshots) ---
     # Standby memory compression when neither the request nor the instance's

@@ -295,3 +295,31 @@ def test_openapi_describes_every_answer_field(tmp_path: Path) -> None:
     assert not {"hotplug_size", "restart_policy", "health_status"} & set(
         schemas["Instance"]["required"]
     )
+
+
+def test_hang_ups_and_refused_upgrades_are_info_lines(ember_server: EmberServer) -> None:
+    """A client giving up mid-upload and a refused WebSocket upgrade are the client's doing:
+    one info line each in the server log, no ERROR and no traceback."""
+    from websockets.exceptions import InvalidStatus
+    from websockets.sync.client import connect
+
+    token = ember_server.token()
+    base = ember_server.url.replace("http://", "ws://")
+    for auth in ("Bearer nonsense", f"Bearer {token}"):  # 401, then 404 (no such instance)
+        with pytest.raises(InvalidStatus):
+            connect(f"{base}/instances/absent/exec", additional_headers={"Authorization": auth})
+    upload = httpx.post(f"{ember_server.url}/v2/gone/app/blobs/uploads/",
+                        headers={"Authorization": f"Bearer {token}"})  # fmt: skip
+    for method, target in (("PATCH", upload.headers["location"]),
+                           ("POST", "/volumes/from-archive?name=gone&size_gb=1")):  # fmt: skip
+        with socket.create_connection(("127.0.0.1", ember_server.port)) as conn:
+            conn.sendall(f"{method} {target} HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}"
+                         "\r\nContent-Type: application/gzip\r\nContent-Length: 1000000\r\n\r\n"
+                         .encode() + b"\x1f\x8b" + bytes(4096))  # fmt: skip
+            conn.shutdown(socket.SHUT_WR)  # the rest of the body never comes
+            conn.recv(4096)  # the server's answer or its close: the request is over
+    assert httpx.get(f"{ember_server.url}/health").status_code == 200
+    log = (ember_server.data_dir.parent / f"ember-{ember_server.port}.log").read_text()
+    assert " ERROR " not in log and "Traceback" not in log, log[-3000:]
+    assert log.count("WebSocket upgrade refused with an HTTP error answer") == 2
+    assert log.count("client hung up before the request body ended") == 2

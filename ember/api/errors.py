@@ -13,13 +13,16 @@ from __future__ import annotations
 
 import json
 import logging
+from contextvars import ContextVar
 from typing import Any
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
+from starlette.responses import Response
 from starlette.routing import Match
 
 from ember.errors import EmberError
@@ -220,6 +223,43 @@ def _allowed_methods(request: Request) -> list[str]:
     ]  # fmt: skip
 
 
+async def _on_client_gone(request: Request, _: Exception) -> Response:
+    """A client that hangs up mid-body (an upload given up) is not a server error: one
+    info line, and what was half-received is undone by the route's own cleanup."""
+    request_id = getattr(request.state, "request_id", "-")
+    log.info("client hung up before the request body ended: %s %s", request.method,
+             request.url.path, extra={"request_id": request_id})  # fmt: skip
+    return Response(status_code=400)  # nobody reads it
+
+
+# uvicorn (0.54, its websockets-sansio protocol) logs "ASGI callable returned without
+# completing handshake." at ERROR after every handshake the app refused with an HTTP answer
+# (`send_denial_response`), as if the app had failed. The refusal marks its task's context;
+# the filter turns that line into the info it is. Other such lines stay errors.
+_refused_handshake: ContextVar[bool] = ContextVar("ember_refused_handshake", default=False)
+_UVICORN_NO_HANDSHAKE = "ASGI callable returned without completing handshake."
+
+
+async def refuse_websocket(websocket: WebSocket, status: int, code: str, message: str) -> None:
+    """Refuse the upgrade with a plain HTTP error in Ember's error shape."""
+    _refused_handshake.set(True)
+    await websocket.send_denial_response(error_response(status, code, message))
+
+
+class _RefusedHandshakeFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        if _refused_handshake.get() and record.msg == _UVICORN_NO_HANDSHAKE:
+            record.levelno, record.levelname = logging.INFO, "INFO"
+            record.msg, record.args = "WebSocket upgrade refused with an HTTP error answer", ()
+        return True
+
+
+def _quiet_refused_handshakes() -> None:
+    logger = logging.getLogger("uvicorn.error")
+    if not any(isinstance(f, _RefusedHandshakeFilter) for f in logger.filters):
+        logger.addFilter(_RefusedHandshakeFilter())
+
+
 async def _on_unexpected(request: Request, exc: Exception) -> JSONResponse:
     request_id = getattr(request.state, "request_id", "-")
     log.exception("unhandled error", extra={"request_id": request_id})
@@ -230,4 +270,6 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(RequestValidationError, _on_validation)
     app.add_exception_handler(EmberError, _on_ember_error)
     app.add_exception_handler(HTTPException, _on_http_error)
+    app.add_exception_handler(ClientDisconnect, _on_client_gone)
     app.add_exception_handler(Exception, _on_unexpected)
+    _quiet_refused_handshakes()

@@ -274,8 +274,12 @@ class AgentClient:
         cols: int = 80,
         timeout: float = 10.0,
     ) -> ExecSession:
-        """Start a process in the guest; exec failures come back as ``session.result``."""
-        await asyncio.wait_for(self._synced.wait(), timeout)
+        """Start a process in the guest; exec failures come back as ``session.result``.
+        Unavailable when the agent does not answer within ``timeout``."""
+        try:
+            await asyncio.wait_for(self._synced.wait(), timeout)
+        except TimeoutError:
+            raise Unavailable(f"the guest agent did not answer within {timeout:g} s") from None
         fields: dict[str, str | int | list[str]] = {
             "arg": argv,
             "env": [f"{k}={v}" for k, v in (env or {}).items()],
@@ -292,7 +296,12 @@ class AgentClient:
         self._sessions[session.channel] = session
         try:
             await self._send(Frame(MsgType.EXEC_START, session.channel, record))
-            first = await asyncio.wait_for(session._next_frame(), timeout)
+            try:
+                first = await asyncio.wait_for(session._next_frame(), timeout)
+            except TimeoutError:
+                raise Unavailable(
+                    f"the guest agent did not start the command within {timeout:g} s"
+                ) from None
             if first is None:
                 raise AgentDisconnected("agent connection closed during exec")
             if first.type == MsgType.ERROR:

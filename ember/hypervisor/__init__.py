@@ -18,6 +18,7 @@ from ember.hypervisor.base import (
     Hypervisor,
     HypervisorName,
     NicSpec,
+    RunState,
     VMHandle,
     VMSpec,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "HypervisorName",
     "Hypervisors",
     "NicSpec",
+    "RunState",
     "VMHandle",
     "VMSpec",
     "resolve_hypervisors",

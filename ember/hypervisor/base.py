@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
@@ -82,6 +83,15 @@ class SavedState:
     seconds: float
 
 
+class RunState(StrEnum):
+    """What a live VMM is doing with its guest (asked at server start: reconcile.py)."""
+
+    RUNNING = "running"
+    PAUSED = "paused"  # by a pause, or by a save in progress or finished
+    INCOMING = "incoming"  # started for a restore that has not resumed the guest yet
+    FAILED = "failed"  # the guest cannot go on (panic, internal or I/O error, shut down)
+
+
 @dataclass(frozen=True, slots=True)
 class VMHandle:
     """Enough to find a running VM again after Ember restarts (store these)."""
@@ -114,7 +124,13 @@ class Hypervisor(Protocol):
 
     async def pause(self, vm: VMHandle) -> None: ...
 
-    async def resume(self, vm: VMHandle) -> None: ...
+    async def resume(self, vm: VMHandle) -> None:
+        """Let the guest run again; a save still streaming (or finished) is cancelled."""
+        ...
+
+    async def run_state(self, vm: VMHandle) -> RunState:
+        """Ask the VMM what its guest is doing; Unavailable when it does not answer."""
+        ...
 
     def is_alive(self, vm: VMHandle) -> bool:
         """True if the VM process still runs (and is the one we started)."""

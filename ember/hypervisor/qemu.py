@@ -22,6 +22,7 @@ from ember.hypervisor.base import (
     Capabilities,
     DiskSpec,
     HypervisorName,
+    RunState,
     SavedState,
     VMHandle,
     VMSpec,
@@ -36,6 +37,18 @@ VHOST_NET = Path("/dev/vhost-net")
 _MIB = 1024 * 1024
 _RAM_ID = "ram0"
 _UNCAPPED = 100 << 30  # bytes per second
+# QEMU's `query-status` run states, as the hypervisor interface names them.
+_RUN_STATES = {
+    "running": RunState.RUNNING,
+    "inmigrate": RunState.INCOMING,
+    "prelaunch": RunState.INCOMING,
+    **dict.fromkeys(
+        ("paused", "postmigrate", "finish-migrate", "save-vm", "restore-vm", "suspended"),
+        RunState.PAUSED,
+    ),
+}
+# Migration states in which a save is still streaming (`migrate_cancel` ends it).
+_MIGRATING = {"setup", "active", "pre-switchover", "device", "wait-unplug", "cancelling"}
 
 
 def build_command(
@@ -380,8 +393,22 @@ class QemuHypervisor:
             await qmp.execute("stop")
 
     async def resume(self, vm: VMHandle) -> None:
+        """`cont`, after cancelling a save cut short: QEMU keeps the guest paused by a
+        migration until that migration has ended."""
         async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            if (await qmp.execute("query-migrate")).get("status") in _MIGRATING:
+                await qmp.execute("migrate_cancel")
+                deadline = time.monotonic() + 10
+                while (await qmp.execute("query-migrate")).get("status") in _MIGRATING:
+                    if time.monotonic() > deadline:
+                        raise Unavailable("QEMU did not cancel the save in 10 s")
+                    await asyncio.sleep(0.01)
             await qmp.execute("cont")
+
+    async def run_state(self, vm: VMHandle) -> RunState:
+        async with await QMPClient.connect(vm.qmp_socket) as qmp:
+            status = (await qmp.execute("query-status")).get("status", "")
+        return _RUN_STATES.get(status, RunState.FAILED)
 
     def is_alive(self, vm: VMHandle) -> bool:
         # The pid may have been reused: require our QMP socket on its command line.

@@ -55,13 +55,6 @@ class UnpackStats:
 
 
 @contextlib.contextmanager
-def open_layer(path: Path) -> Iterator[tuple[IO[bytes], bool]]:
-    """The layer's uncompressed tar stream, whatever its compression, and whether it had any."""
-    with path.open("rb") as raw, _decompressed(raw) as opened:
-        yield opened
-
-
-@contextlib.contextmanager
 def _decompressed(raw: IO[bytes]) -> Iterator[tuple[IO[bytes], bool]]:
     magic = raw.read(4)
     raw.seek(0)

@@ -18,7 +18,6 @@ import subprocess
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import httpx
 
@@ -181,10 +180,6 @@ class CaddyDaemon:
         if response.status_code != 200:
             raise _load_error(response)
         _write_private(self.config_file, config)
-
-    async def current_config(self) -> Any:
-        async with self._client(5.0) as client:
-            return (await client.get("/config/")).json()
 
 
 def _load_error(response: httpx.Response) -> CaddyError | Conflict:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 from datetime import datetime
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from ember.errors import InvalidArgument
 from ember.ingress.hostnames import Hostname, parse_hostname, parse_target
@@ -31,26 +31,35 @@ RESERVED_HEADERS = frozenset(
 )  # fmt: skip
 
 
+# A rule's fields are strict as an instance request's are: "8082" is not a port and
+# "true" not a bool; an unknown field is refused by name, never ignored.
+_STRICT = ConfigDict(extra="forbid")
+
+
 class IngressMatch(BaseModel):
-    hostname: str
-    port: int | None = Field(default=None, description="Host port to listen on (default 80)")
+    model_config = _STRICT
+    hostname: StrictStr
+    port: StrictInt | None = Field(default=None, description="Host port to listen on (default 80)")
 
 
 class IngressTarget(BaseModel):
-    instance: str
-    port: int
+    model_config = _STRICT
+    instance: StrictStr
+    port: StrictInt
 
 
 class RequestHeaderAuth(BaseModel):
-    header: str
-    value: str
+    model_config = _STRICT
+    header: StrictStr
+    value: StrictStr
 
 
 class IngressRule(BaseModel):
+    model_config = _STRICT
     match: IngressMatch
     target: IngressTarget
-    tls: bool = False
-    redirect_http: bool = False
+    tls: StrictBool = False
+    redirect_http: StrictBool = False
     request_header_auth: RequestHeaderAuth | None = None
 
     @property

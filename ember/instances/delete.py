@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from ember.instances.core import InstanceCore
 from ember.instances.models import InstanceRecord
+from ember.instances.reconcile import end_instance_processes
 from ember.instances.stop import shutdown
 
 
@@ -31,6 +32,7 @@ async def discard(core: InstanceCore, record: InstanceRecord) -> None:
         handle = paths.handle(pid)
         hypervisor.kill(handle)  # only if it is alive and ours (is_alive checks)
         await hypervisor.wait_exit(handle, timeout=10)
+    await end_instance_processes(core, record.id)  # a VMM a killed server never recorded
     core.monitors.cancel(record.id)
     agent = core.agents.pop(record.id, None)
     if agent is not None:

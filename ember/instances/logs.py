@@ -108,11 +108,18 @@ def _tail(path: Path, count: int) -> tuple[list[str], int]:
     return [_clean(line) for line in lines], offset
 
 
-async def read_log(path: Path, *, tail: int = 100, follow: bool = False) -> AsyncIterator[str]:
+async def read_log(
+    path: Path,
+    *,
+    tail: int = 100,
+    follow: bool = False,
+    ended: Callable[[], bool] | None = None,
+) -> AsyncIterator[str]:
     """Yield the last `tail` lines, then (if `follow`) new lines as they are written.
 
-    The file (or its instance directory) vanishing means the instance was deleted:
-    the stream then simply ends.
+    The stream ends once `ended()` holds (the instance stopped: nothing more will be
+    written) and every line written until then was read; and when the file (or its
+    instance directory) vanishes, i.e. the instance was deleted.
     """
     try:
         if not path.exists():
@@ -135,6 +142,11 @@ async def read_log(path: Path, *, tail: int = 100, follow: bool = False) -> Asyn
             if size < offset:  # truncated or replaced: start from its beginning
                 offset, pending = 0, b""
             if size == offset:
+                # Asked after the size: a line written in between is read before the end.
+                if ended is not None and ended():
+                    if await asyncio.to_thread(os.path.getsize, path) == offset:
+                        break
+                    continue
                 await asyncio.sleep(FOLLOW_POLL_SECONDS)
                 continue
             with path.open("rb") as src:
@@ -146,3 +158,5 @@ async def read_log(path: Path, *, tail: int = 100, follow: bool = False) -> Asyn
         *complete, pending = (pending + chunk).split(b"\n")
         for raw in complete:
             yield _clean(raw)
+    if pending:  # the last words of a VM that ended mid-line
+        yield _clean(pending)

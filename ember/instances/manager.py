@@ -13,7 +13,17 @@ from collections.abc import AsyncIterator
 
 from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
-from ember.instances import capacity, create, delete, monitor, mounts, start, stop, update
+from ember.instances import (
+    capacity,
+    create,
+    delete,
+    monitor,
+    mounts,
+    reconcile,
+    start,
+    stop,
+    update,
+)
 from ember.instances import fork as forking
 from ember.instances import standby as standing
 from ember.instances.autostandby import AutoStandby, Report
@@ -65,6 +75,7 @@ class InstanceManager:
         saved VM (a compression cut short)."""
         core = self.core
         core.layout.ensure_roots()
+        await reconcile.reconcile(core)  # records against the VMMs a killed server left
         for record in core.repo.all():
             try:
                 if record.state == State.CREATED:  # the server died inside a create
@@ -197,8 +208,15 @@ class InstanceManager:
         return core.current(record_id), False
 
     def logs(self, ref: str, source: LogSource, *, tail: int, follow: bool) -> AsyncIterator[str]:
-        path = self.core.paths(self.get(ref).id).log(source)
-        return read_log(path, tail=tail, follow=follow)
+        """A follow ends when the instance is (or gets) Stopped or deleted."""
+        record_id = self.get(ref).id
+
+        def stopped() -> bool:
+            record = self.core.repo.get(record_id)
+            return record is None or record.state == State.STOPPED
+
+        path = self.core.paths(record_id).log(source)
+        return read_log(path, tail=tail, follow=follow, ended=stopped)
 
     # ---- commands --------------------------------------------------------------------
 

@@ -46,7 +46,10 @@ def expiry(ttl: str | None, expires_at: datetime | None, now: datetime) -> datet
         raise InvalidArgument("ttl, expires_at: give one or the other, not both")
     if ttl is not None:
         seconds = duration(ttl, "ttl")
-        return now + timedelta(seconds=seconds) if seconds else None
+        try:
+            return now + timedelta(seconds=seconds) if seconds else None
+        except OverflowError:  # past what a datetime holds
+            raise InvalidArgument(f"ttl: {ttl!r} reaches beyond the year 9999") from None
     if expires_at is None:
         return None
     when = expires_at if expires_at.tzinfo else expires_at.replace(tzinfo=UTC)

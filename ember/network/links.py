@@ -170,12 +170,6 @@ def ports(bridge: str) -> list[str]:
         return [str(link.get("IFLA_IFNAME")) for link in ipr.get_links(master=index)]
 
 
-def names_with_prefix(prefix: str) -> list[str]:
-    with netlink() as ipr:
-        names = [str(link.get("IFLA_IFNAME")) for link in ipr.get_links()]
-    return [n for n in names if n.startswith(prefix)]
-
-
 def stats(name: str) -> tuple[int, int] | None:
     """(rx_bytes, tx_bytes) of an interface as the host sees it; None if it is gone."""
     with netlink() as ipr:
@@ -184,27 +178,6 @@ def stats(name: str) -> tuple[int, int] | None:
             return None
         counters = link_info(ipr, index).get("IFLA_STATS64")
         return int(counters["rx_bytes"]), int(counters["tx_bytes"])
-
-
-def port_isolated(name: str) -> bool:
-    with netlink() as ipr:
-        index = index_of(ipr, name)
-        if index is None:
-            return False
-        info = link_info(ipr, index).get("IFLA_LINKINFO")
-        slave = info.get("IFLA_INFO_SLAVE_DATA") if info else None
-        return bool(slave and slave.get("IFLA_BRPORT_ISOLATED"))
-
-
-def master_of(name: str) -> str | None:
-    with netlink() as ipr:
-        index = index_of(ipr, name)
-        if index is None:
-            return None
-        master = link_info(ipr, index).get("IFLA_MASTER")
-        if not master:
-            return None
-        return str(link_info(ipr, master).get("IFLA_IFNAME"))
 
 
 def forget_neighbour(ipr: Any, device_index: int, ip: str) -> None:

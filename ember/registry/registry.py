@@ -189,6 +189,18 @@ class Registry:
         upload.hasher.update(chunk)
         upload.size += len(chunk)
 
+    def mark(self, upload: Upload) -> tuple[int, Any]:
+        """Where an upload stands, to `rewind` to if the chunk that follows is refused."""
+        return upload.size, upload.hasher.copy()
+
+    def rewind(self, upload: Upload, mark: tuple[int, Any]) -> None:
+        size, hasher = mark
+        if upload.closed:
+            return
+        with upload.path.open("r+b") as out:
+            out.truncate(size)
+        upload.size, upload.hasher = size, hasher
+
     def finish_upload(self, upload: Upload, digest: str) -> None:
         self.check_digest(digest)
         if upload.closed:

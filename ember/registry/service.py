@@ -63,21 +63,42 @@ class RegistryService:
     ) -> Upload:
         """Append a request body to an upload. With a `Content-Range`, the chunk must
         start where the upload stands (else 416) and, when the length is declared too,
-        match it (else 400): checked before a byte is written."""
+        match it (else 400): checked before a byte is written. A body (chunked, so of no
+        declared length) that turns out longer or shorter than its range is a 400 too, and
+        the upload is rewound to where it stood before it."""
         upload = self.storage.upload(upload_id)
-        if content_range:
-            start, end = parse_content_range(content_range)
-            self.storage.check_chunk(upload, start)
-            if content_length is not None and content_length.strip() != str(end - start + 1):
-                raise DistributionError(
-                    400,
-                    "BLOB_UPLOAD_INVALID",
-                    f"Content-Range: {content_range!r} covers {end - start + 1} bytes, "
-                    f"Content-Length says {content_length}",
-                )
+        if not content_range:
+            async for chunk in chunks:
+                if chunk:
+                    self.storage.append(upload, chunk)
+            return upload
+        start, end = parse_content_range(content_range)
+        self.storage.check_chunk(upload, start)
+        covers = end - start + 1
+        if content_length is not None and content_length.strip() != str(covers):
+            raise DistributionError(
+                400,
+                "BLOB_UPLOAD_INVALID",
+                f"Content-Range: {content_range!r} covers {covers} bytes, "
+                f"Content-Length says {content_length}",
+            )
+        mark = self.storage.mark(upload)
+        received = 0
         async for chunk in chunks:
+            received += len(chunk)
+            if received > covers:
+                break
             if chunk:
                 self.storage.append(upload, chunk)
+        if received != covers:
+            self.storage.rewind(upload, mark)
+            said = "more than" if received > covers else f"{received} bytes, not"
+            raise DistributionError(
+                400,
+                "BLOB_UPLOAD_INVALID",
+                f"Content-Range: {content_range!r} covers {covers} bytes; the body held {said} "
+                "that; nothing of it was kept",
+            )
         return upload
 
     # ---- manifests -------------------------------------------------------------------

@@ -4,14 +4,21 @@
 concrete package, fetches it with ``apt-get download``, unpacks it with
 ``dpkg -x`` and keeps only vmlinuz plus the modules the initrd needs (and
 their dependencies, found with ``depmod``) under ``kernel/<version>/``.
+
+``kernel/<version>`` is a symlink to one build, ``kernel/<version>.<n>/``: a
+rebuild (the wanted modules changed) fills a new build and swaps the link in
+one rename, so a VM booting at that instant opens the old build or the new one,
+never a half-removed directory.
 """
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -128,8 +135,7 @@ def _install(root: Path, kernel: Kernel) -> None:
     builtin = {_module_name(line) for line in (src_modules / "modules.builtin").read_text().split()}
     order = load_order((src_modules / "modules.dep").read_text(), WANTED_MODULES, builtin)
 
-    staging = kernel.dir.with_name(kernel.dir.name + ".tmp")
-    shutil.rmtree(staging, ignore_errors=True)
+    staging = kernel.dir.with_name(f"{kernel.dir.name}.{time.time_ns()}")
     dst_modules = staging / "modules" / "lib" / "modules" / kernel.version
     for rel in order:
         (dst_modules / rel).parent.mkdir(parents=True, exist_ok=True)
@@ -141,5 +147,24 @@ def _install(root: Path, kernel: Kernel) -> None:
     (staging / "modules.load").write_text("\n".join(order) + "\n")
     (staging / "version").write_text(kernel.version + "\n")
     (staging / "wanted").write_text("\n".join(WANTED_MODULES) + "\n")
-    shutil.rmtree(kernel.dir, ignore_errors=True)
-    staging.rename(kernel.dir)
+    switch_build(kernel.dir, staging)
+
+
+def switch_build(link: Path, build: Path) -> None:
+    """Point `link` at `build` (a sibling directory) in one rename, then remove the builds
+    older than the one it replaced (a boot may have resolved that one a moment ago)."""
+    previous = link.resolve() if link.exists() else None
+    if link.is_dir() and not link.is_symlink():
+        # A build from before versioned builds: moved aside once (the only non-atomic
+        # step, and only on the first rebuild after an upgrade).
+        previous = link.with_name(f"{link.name}.0")
+        shutil.rmtree(previous, ignore_errors=True)
+        link.rename(previous)
+    swap = link.with_name(f"{link.name}.link")
+    swap.unlink(missing_ok=True)
+    swap.symlink_to(build.name)
+    os.replace(swap, link)
+    keep = {build.resolve(), previous}
+    for old in link.parent.glob(f"{link.name}.*"):
+        if old.is_dir() and not old.is_symlink() and old.resolve() not in keep:
+            shutil.rmtree(old, ignore_errors=True)

@@ -25,7 +25,7 @@ from pathlib import Path
 from ember.errors import Unavailable
 from ember.guest.protocol import CONTROL_CHANNEL, Decoder, Frame, MsgType, encode
 from ember.hypervisor import Capabilities, DiskSpec, VMHandle, VMSpec
-from ember.hypervisor.base import HypervisorName, SavedState
+from ember.hypervisor.base import HypervisorName, RunState, SavedState
 
 __all__ = ["FakeAgent", "FakeHypervisor", "FakeVM"]
 
@@ -178,6 +178,13 @@ class FakeHypervisor:
             found.exited.set()
             if found.agent is not None:
                 found.agent.close()
+
+    async def run_state(self, vm: VMHandle) -> RunState:
+        await self._call("run_state")
+        found = self.vms.get(vm.pid)
+        if found is None or found.exited.is_set():
+            return RunState.FAILED
+        return RunState.PAUSED if found.paused else RunState.RUNNING
 
     def is_alive(self, vm: VMHandle) -> bool:
         found = self.vms.get(vm.pid)

@@ -9,10 +9,12 @@ Every member is checked before a byte of it is written:
 - symlinks: a relative target that stays inside the volume (absolute targets
   and targets climbing above the volume root are refused);
 - hard links: to a regular file this archive already extracted;
-- size: the space a member will take on ext4 (blocks, not bytes) is added to a
-  running total *from its header*, so a 1 GB zero-filled file against a 1 GB
-  volume is refused before anything is written; the stream itself is also capped,
-  and so is every header (a pax header is read into memory whole).
+- size: the space a member will take on ext4 (blocks, not bytes) and its inode
+  are added to running totals *from the headers*, in a first pass over the
+  archive that writes nothing (`_survey`): a 1 GB zero-filled file against a 1 GB
+  volume, or more entries than the volume has inodes, is refused before a file
+  is created; the stream itself is also capped, and so is every header (a pax
+  header is read into memory whole).
 
 Ownership (numeric uid/gid) and modes are kept: the staging directory is private
 to root on the host, and the guest is where those bits mean something.
@@ -26,6 +28,7 @@ import posixpath
 import shutil
 import tarfile
 import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
@@ -123,12 +126,33 @@ def _inside(root: Path, path: str) -> bool:
 
 
 @dataclass
-class _Extraction:
-    tar: tarfile.TarFile
-    root: Path  # realpath of the staging directory
+class _Usage:
+    """What the members seen so far will take of the volume; ArchiveTooLarge past it."""
+
     budget: Budget
     used_bytes: int = 0
     used_inodes: int = 0
+
+    def charge(self, member: tarfile.TarInfo) -> None:
+        name = _clean_name(member.name, "member")
+        self.used_bytes += _ext4_cost(member)
+        self.used_inodes += 0 if member.islnk() or name == "." else 1
+        if self.used_bytes > self.budget.bytes:
+            raise ArchiveTooLarge(
+                _too_large(
+                    self.budget.size_gb,
+                    f"the content (at {name!r}, {format_size(self.used_bytes)} so far)",
+                )
+            )
+        if self.used_inodes > self.budget.inodes:
+            what = f"an archive of more than {self.budget.inodes} files and directories"
+            raise ArchiveTooLarge(_too_large(self.budget.size_gb, what))
+
+
+@dataclass
+class _Extraction:
+    tar: tarfile.TarFile
+    root: Path  # realpath of the staging directory
     files: set[str] = field(default_factory=set)  # regular files extracted, for hard links
     dirs: list[tarfile.TarInfo] = field(default_factory=list)
 
@@ -154,7 +178,6 @@ class _Extraction:
                     "file extracted earlier from the archive"
                 )
             member = member.replace(linkname=link, deep=False)
-        self._charge(name, member)
         return member.replace(name=name, deep=False)
 
     def _check_symlink(self, name: str, linkname: str) -> None:
@@ -169,21 +192,6 @@ class _Extraction:
         if resolved == ".." or resolved.startswith("../"):
             raise UnsafeArchive(
                 f"archive: symlink {name!r} -> {linkname!r} points out of the volume"
-            )
-
-    def _charge(self, name: str, member: tarfile.TarInfo) -> None:
-        self.used_bytes += _ext4_cost(member)
-        self.used_inodes += 0 if member.islnk() or name == "." else 1
-        if self.used_bytes > self.budget.bytes:
-            raise ArchiveTooLarge(
-                _too_large(
-                    self.budget.size_gb,
-                    f"the content (at {name!r}, {format_size(self.used_bytes)} so far)",
-                )
-            )
-        if self.used_inodes > self.budget.inodes:
-            raise ArchiveTooLarge(
-                _too_large(self.budget.size_gb, f"{self.used_inodes} files and directories")
             )
 
     def extract(self, member: tarfile.TarInfo) -> None:
@@ -218,11 +226,15 @@ def extract_archive(archive: Path, staging: Path, budget: Budget) -> None:
     staging.mkdir(mode=0o755)
     root = Path(os.path.realpath(staging))
     try:
-        with archive.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
-            # The tar stream of legitimate content is rarely much larger than the
-            # content; twice the budget bounds the work a crafted stream can cause.
-            reader = _CappedReader(gz, 2 * budget.bytes + (64 << 20), budget.size_gb)
-            _extract_stream(reader, root, budget)
+        usage = _Usage(budget)
+        for _, member in _members(archive, budget):  # sizes and counts before any file
+            usage.charge(member)
+        extraction: _Extraction | None = None
+        for tar, member in _members(archive, budget):
+            extraction = extraction or _Extraction(tar, root)
+            extraction.extract(extraction.check(member))
+        if extraction is not None:
+            extraction.finish()
     except (tarfile.TarError, EOFError, zlib.error, gzip.BadGzipFile) as exc:
         shutil.rmtree(staging, ignore_errors=True)
         raise InvalidArchive(f"archive: not a valid tar.gz ({exc})") from exc
@@ -234,17 +246,20 @@ def extract_archive(archive: Path, staging: Path, budget: Budget) -> None:
         raise
 
 
-def _extract_stream(reader: _CappedReader, root: Path, budget: Budget) -> None:
-    # Stream mode ("r|"): one sequential pass, never seeking back in the gzip.
-    reader.header_phase()  # opening reads the first header already
-    with tarfile.open(fileobj=reader, mode="r|", bufsize=_READ_CHUNK) as tar:  # type: ignore[call-overload]
-        tar.copybufsize = _READ_CHUNK
-        state = _Extraction(tar, root, budget)
-        while True:
-            reader.header_phase()
-            member = tar.next()
-            reader.data_phase()
-            if member is None:
-                break
-            state.extract(state.check(member))
-        state.finish()
+def _members(archive: Path, budget: Budget) -> Iterator[tuple[tarfile.TarFile, tarfile.TarInfo]]:
+    """One sequential pass over the archive's members (stream mode "r|": never seeking back
+    in the gzip); a member's data is skipped unless the caller extracts it meanwhile."""
+    with archive.open("rb") as raw, gzip.GzipFile(fileobj=raw, mode="rb") as gz:
+        # The tar stream of legitimate content is rarely much larger than the content;
+        # twice the budget bounds the work a crafted stream can cause.
+        reader = _CappedReader(gz, 2 * budget.bytes + (64 << 20), budget.size_gb)
+        reader.header_phase()  # opening reads the first header already
+        with tarfile.open(fileobj=reader, mode="r|", bufsize=_READ_CHUNK) as tar:  # type: ignore[call-overload]
+            tar.copybufsize = _READ_CHUNK
+            while True:
+                reader.header_phase()
+                member = tar.next()
+                reader.data_phase()
+                if member is None:
+                    return
+                yield tar, member

@@ -13,7 +13,8 @@ from hypeman import BadRequestError, ConflictError, Hypeman
 from hypeman.lib.cp import CopyProtocolError, cp_from_instance, cp_to_instance
 from hypeman.lib.exec import exec as hm_exec
 from hypeman.lib.exec import exec_async
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect
 
 from ember.testkit.ember_server import EmberServer
 
@@ -67,6 +68,22 @@ def test_refusals_before_the_upgrade(client: Hypeman, vm: str) -> None:
     with pytest.raises(InvalidStatus) as unauthorized:
         hm_exec(stranger, vm, ["true"])
     assert unauthorized.value.response.status_code == 401
+
+
+def test_a_socket_that_never_sends_its_request_is_closed(
+    shared_server: EmberServer, vm: str
+) -> None:
+    """Both sockets wait together; each is closed with 1008 and the reason (after
+    EMBER_WEBSOCKET_FIRST_MESSAGE_SECONDS, 10 s by default), not held open."""
+    headers = {"Authorization": f"Bearer {shared_server.token()}"}
+    base = shared_server.url.replace("http://", "ws://")
+    sockets = [connect(f"{base}/instances/{vm}/{kind}", additional_headers=headers)
+               for kind in ("exec", "cp")]  # fmt: skip
+    for socket in sockets:
+        with socket, pytest.raises(ConnectionClosed) as closed:
+            socket.recv(timeout=120)  # only so a broken server cannot hang the test
+        assert closed.value.rcvd is not None and closed.value.rcvd.code == 1008
+        assert "first message must be the JSON request" in closed.value.rcvd.reason
 
 
 def test_tty_and_resize(client: Hypeman, vm: str) -> None:

@@ -7,7 +7,7 @@ import socket
 
 import pytest
 
-from ember.errors import InvalidArgument
+from ember.errors import InvalidArgument, Unavailable
 from ember.guest.client import AgentClient
 from ember.guest.protocol import Decoder, Frame, MsgType, encode, encode_record
 
@@ -36,7 +36,21 @@ async def test_agent_exec_refusals_leave_no_session() -> None:
             await client.exec(["echo", "a\0b"])
         with pytest.raises(InvalidArgument, match="NUL"):
             await client.exec(["env"], env={"A": "x\0y"})
-        with pytest.raises(TimeoutError):  # the agent never answers
+        with pytest.raises(Unavailable, match="did not start"):  # the agent never answers
+            await client.exec(["true"], timeout=0.1)
+        assert client._sessions == {}
+    finally:
+        await client.close()
+        theirs.close()
+
+
+async def test_an_agent_that_never_says_hello_is_unavailable() -> None:
+    """Not a bare TimeoutError (the exec socket would drop with a traceback in the log)."""
+    ours, theirs = socket.socketpair()
+    reader, writer = await asyncio.open_connection(sock=ours)
+    client = AgentClient(reader, writer)
+    try:
+        with pytest.raises(Unavailable, match="did not answer"):
             await client.exec(["true"], timeout=0.1)
         assert client._sessions == {}
     finally:

@@ -6,6 +6,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from ember.errors import InvalidArgument
 from ember.ingress.caddy_config import ProxySettings, build_config
@@ -59,6 +60,20 @@ def test_bad_rules_are_400s_naming_the_field(fields: dict[str, object], message:
     with pytest.raises(InvalidArgument, match=message) as caught:
         validate_rules([rule(**fields)])
     assert caught.value.message.startswith("rules[0]")
+
+
+@pytest.mark.parametrize(
+    "fields",
+    [
+        {"match": {"hostname": "a.test", "port": "8082"}},
+        {"target": {"instance": "web", "port": "8080"}},
+        {"tls": "true"},
+        {"match": {"hostname": "a.test", "colour": "red"}},
+    ],
+)
+def test_rule_fields_are_strict(fields: dict[str, object]) -> None:
+    with pytest.raises(ValidationError):
+        rule(**fields)
 
 
 def test_header_auth_value_is_never_echoed() -> None:

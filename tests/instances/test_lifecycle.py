@@ -72,17 +72,13 @@ def test_stop_start_wait_and_follow(
     assert short.timed_out and short.state == "Running"
     assert any(i.id == inst.id for i in client.instances.list(state="Running"))
 
-    # Follow streams lines as they are written.
+    # Follow streams lines as they are written, and ends when the instance has stopped.
     stream = client.instances.logs(inst.id, follow=True, tail=0, source="hypeman")
     stopped = client.instances.stop(inst.id)
     assert stopped.state == "Stopped"
-    seen = []
-    for line in stream:
-        seen.append(line)
-        if "state -> Stopped" in line:
-            break
-    stream.response.close()
+    seen = list(stream)
     assert any("SIGTERM" in line for line in seen)
+    assert any("state -> Stopped" in line for line in seen)
     assert "hello: stopping gracefully" in app_log(client, inst.id)
 
     restarted = client.instances.start(inst.id)

@@ -71,6 +71,7 @@ def test_a_valid_request_becomes_a_complete_plan() -> None:
         ({"vcpus": 3}, "vcpus: 3 is out of range"),
         ({"hotplug_size": "1GB"}, "hotplug_size"),
         ({"ttl": "soon"}, "ttl"),
+        ({"ttl": "99999999999h"}, "ttl: .* beyond"),
         ({"snapshot_policy": {"compression": {"enabled": True, "level": 99}}}, "level"),
         ({"disk_io_bps": "fast"}, "disk_io_bps"),
         ({"env": {"A=B": "x"}}, "env: invalid"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -40,8 +41,10 @@ def test_bad_durations(text: str) -> None:
         parse_duration(text, field="timeout")
 
 
-async def collect(path: Path, *, tail: int, follow: bool = False) -> list[str]:
-    return [line async for line in read_log(path, tail=tail, follow=follow)]
+async def collect(
+    path: Path, *, tail: int, follow: bool = False, ended: Callable[[], bool] | None = None
+) -> list[str]:
+    return [line async for line in read_log(path, tail=tail, follow=follow, ended=ended)]
 
 
 async def test_tail_returns_last_complete_lines(tmp_path: Path) -> None:
@@ -72,6 +75,28 @@ async def test_follow_streams_new_lines(tmp_path: Path) -> None:
         out.write(" 2\n")
     await asyncio.wait_for(task, 5)
     assert seen == ["old", "new 1", "new 2"]
+
+
+async def test_follow_ends_when_the_instance_stops(tmp_path: Path) -> None:
+    log = tmp_path / "app.log"
+    log.write_text("booted\n")
+    stopped = False
+    seen: list[str] = []
+
+    async def follow() -> None:
+        async for line in read_log(log, tail=10, follow=True, ended=lambda: stopped):
+            seen.append(line)
+
+    task = asyncio.create_task(follow())
+    await asyncio.sleep(0.3)
+    log.write_text("booted\npowering off\nlast words")  # then the instance is Stopped
+    stopped = True
+    await asyncio.wait_for(task, 5)  # ends by itself, having read everything
+    assert seen == ["booted", "powering off", "last words"]
+    # Following an instance that is stopped already: the tail (complete lines), what
+    # follows it, then the end.
+    after = await asyncio.wait_for(collect(log, tail=1, follow=True, ended=lambda: True), 5)
+    assert after == ["powering off", "last words"]
 
 
 def test_operations_log_lines(tmp_path: Path) -> None:

@@ -79,6 +79,11 @@ async def test_chunks_must_continue_the_upload(service: RegistryService) -> None
         await service.receive(upload.id, chunks(b"def"), "3-5", "4")
     assert caught.value.status == 400
     assert upload.size == 3  # nothing refused was written
+    for body in ([b"de", b"fgh"], [b"d"]):  # chunked: no length declared, the body is off
+        with pytest.raises(DistributionError) as caught:
+            await service.receive(upload.id, chunks(*body), "3-5")
+        assert caught.value.status == 400 and "covers 3 bytes" in caught.value.message
+        assert upload.size == 3 and upload.path.stat().st_size == 3  # rewound
     await service.receive(upload.id, chunks(b"de", b"f"), "bytes 3-5/6")
     digest = "sha256:" + hashlib.sha256(b"abcdef").hexdigest()
     service.storage.finish_upload(upload, digest)
@@ -145,6 +150,14 @@ def test_odd_content_ranges_answer_in_the_protocol(http: httpx.Client) -> None:
 
     gap = http.patch(location, content=b"def", headers={"Content-Range": "9-11"})
     assert gap.status_code == 416 and gap.headers["range"] == "0-2"
+
+    def chunked(size: int) -> Iterator[bytes]:  # a generator body: no Content-Length
+        yield b"x" * size
+
+    longer = http.patch(location, content=chunked(1300), headers={"Content-Range": "3-12"})
+    assert longer.status_code == 400
+    assert longer.json()["errors"][0]["code"] == "BLOB_UPLOAD_INVALID"
+    assert http.get(location).headers["range"] == "0-2"  # none of its 1,300 bytes kept
 
     # The connection and the upload both survived: the push carries on.
     digest = "sha256:" + hashlib.sha256(b"abcdef").hexdigest()

@@ -32,6 +32,9 @@ def test_expiry_rules() -> None:
         policies.expiry(None, NOW - timedelta(seconds=1), NOW)
     with pytest.raises(InvalidArgument, match="ttl: invalid duration"):
         policies.expiry("soon", None, NOW)
+    for too_far in ("99999999999h", "9999999999999999999999s", "70000000h"):  # PATCH too
+        with pytest.raises(InvalidArgument, match=r"ttl: .* beyond the year 9999"):
+            policies.expiry(too_far, None, NOW)
 
 
 def test_restart_policy_defaults_and_refusals() -> None:

@@ -12,6 +12,7 @@ import pytest
 from ember.errors import EmberError
 from ember.store import Store
 from ember.volumes import VolumeManager
+from ember.volumes.archive import ArchiveTooLarge, Budget, extract_archive
 from tests.volumes.archives import Entry, body, make_archive, zero_bomb
 
 
@@ -113,6 +114,18 @@ async def test_many_files_over_the_limit_stop_at_the_limit(manager: VolumeManage
         await manager.from_archive(body(make_archive(files)), name="many", size_gb=1)
     assert err.value.code == "archive_too_large"
     assert manager.find() == [] and list(manager.root.iterdir()) == []
+
+
+def test_too_many_entries_are_counted_before_anything_is_extracted(tmp_path: Path) -> None:
+    """The count comes first: the member that extraction would trip on (a name longer than
+    any filesystem allows) is never reached, so the answer is about the count."""
+    entries = [Entry("x" * 300, data=b"first"), *(Entry(f"e{i}") for i in range(120))]
+    archive = tmp_path / "many.tar.gz"
+    archive.write_bytes(make_archive(entries))
+    with pytest.raises(ArchiveTooLarge, match="archive of more than 100 files and directories"):
+        extract_archive(archive, tmp_path / "staging", Budget(bytes=1 << 30, inodes=100,
+                                                              size_gb=1))  # fmt: skip
+    assert not (tmp_path / "staging").exists()
 
 
 async def test_not_a_tar_gz(manager: VolumeManager) -> None:

@@ -15,13 +15,12 @@ import json
 import signal
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Query, WebSocket, WebSocketDisconnect
-from fastapi.responses import JSONResponse
+from fastapi import APIRouter, Path, Query, WebSocket, WebSocketDisconnect, status
 from pydantic import BaseModel, Field, ValidationError, field_validator
 
 from ember.api.auth import bearer_token, verify_token
 from ember.api.deps import ServicesDep
-from ember.api.errors import error_responses
+from ember.api.errors import error_responses, refuse_websocket
 from ember.api.schemas.guest import InstanceStats, PathInfo
 from ember.api.services import Services
 from ember.errors import EmberError, InvalidArgument, Unavailable
@@ -145,8 +144,7 @@ async def _accept(websocket: WebSocket, ref: str) -> Services | None:
         with contextlib.suppress(Unavailable):  # not connected yet: wait_for_agent may cover it
             svc.instances.agent(ref)
     except EmberError as exc:
-        body = {"code": exc.code, "message": exc.message}
-        await websocket.send_denial_response(JSONResponse(body, status_code=exc.status))
+        await refuse_websocket(websocket, exc.status, exc.code, exc.message)
         return None
     await websocket.accept()
     return svc
@@ -157,9 +155,20 @@ async def _agent(svc: Services, ref: str, wait_seconds: int | None) -> AgentClie
     return (await svc.instances.wait_for_agent(ref, wait_seconds or 0))[1]
 
 
-async def _first_json(websocket: WebSocket) -> dict[str, Any]:
+async def _first_json(websocket: WebSocket, svc: Services) -> dict[str, Any]:
+    """The request every exec and cp socket starts with. A client that sends nothing is
+    told so in the close frame (1008, policy violation) and let go."""
+    wait = svc.settings.websocket_first_message_seconds
     try:
-        value = json.loads(await websocket.receive_text())
+        async with asyncio.timeout(wait):
+            text = await websocket.receive_text()
+    except TimeoutError:
+        reason = f"no request within {wait:g} s: the first message must be the JSON request"
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):
+            await websocket.close(code=status.WS_1008_POLICY_VIOLATION, reason=reason)
+        raise WebSocketDisconnect(status.WS_1008_POLICY_VIOLATION, reason) from None
+    try:
+        value = json.loads(text)
     except (ValueError, KeyError) as exc:
         raise InvalidArgument("the first message must be a JSON request") from exc
     if not isinstance(value, dict):
@@ -178,7 +187,7 @@ async def exec_socket(websocket: WebSocket, ref: InstanceRef) -> None:
     if svc is None:
         return
     try:
-        request = ExecRequest.model_validate(await _first_json(websocket))
+        request = ExecRequest.model_validate(await _first_json(websocket, svc))
         agent = await _agent(svc, ref, request.wait_for_agent)
         # A just-connected agent answers once it has synced: wait_for_agent covers that too.
         session = await agent.exec(
@@ -262,7 +271,7 @@ async def copy_socket(websocket: WebSocket, ref: InstanceRef) -> None:
     if svc is None:
         return
     try:
-        request = CopyRequest.model_validate(await _first_json(websocket))
+        request = CopyRequest.model_validate(await _first_json(websocket, svc))
         agent = await _agent(svc, ref, None)
         if request.direction == "to":
             await _copy_to(websocket, agent, request)

@@ -152,10 +152,12 @@ static const char *kv_get(const struct kv *kv, const char *key)
     return NULL;
 }
 
-/* All values of a repeated key, NULL-terminated (caller frees the array). */
+/* All values of a repeated key, NULL-terminated (caller frees the array); NULL when
+ * out of memory (PID 1 must not die of it: each caller refuses what it was asked). */
 static char **kv_list(const struct kv *kv, const char *key)
 {
     char **out = calloc((size_t)kv->n + 1, sizeof(char *));
+    if (!out) return NULL;
     int j = 0;
     for (int i = 0; i < kv->n; i++)
         if (!strcmp(kv->keys[i], key)) out[j++] = kv->vals[i];
@@ -199,8 +201,11 @@ static void send_frame(uint8_t type, uint8_t flags, uint32_t ch, const void *p, 
 {
     if (!host_up || outlen + HDR + n > MAX_OUTQ) return; /* state is re-sent on HELLO */
     if (outlen + HDR + n > outcap) {
-        outcap = (outlen + HDR + n) * 2;
-        outq = realloc(outq, outcap);
+        size_t cap = (outlen + HDR + n) * 2;
+        unsigned char *grown = realloc(outq, cap);
+        if (!grown) { logmsg("out of memory: frame of %u bytes dropped", n); return; }
+        outq = grown;
+        outcap = cap;
     }
     unsigned char *h = outq + outlen;
     h[0] = MAGIC; h[1] = type; h[2] = flags; h[3] = 0;
@@ -393,6 +398,7 @@ static char **workload_env(char **env, const struct user *u)
     size_t n = 0;
     while (env[n]) n++;
     char **out = calloc(n + 4, sizeof(char *));
+    if (!out) return env; /* out of memory: the image's env without Docker's defaults */
     memcpy(out, env, n * sizeof(char *));
     if (!has_env(env, "PATH"))
         out[n++] = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
@@ -460,20 +466,36 @@ exec_child(char **argv, char **env, const char *cwd, const char *user, int errfd
 }
 
 /* Fork+exec with a close-on-exec pipe: EOF means exec succeeded. */
+/* The workload could not be started: it "exited" with `code` and why. */
+static void workload_not_started(int code, const char *what)
+{
+    wl.state = ST_EXITED; wl.exit_code = code; wl.signal = 0;
+    snprintf(wl.message, sizeof wl.message, "%s", what);
+    write_exit_record();
+}
+
 static void start_workload(struct kv *cfg)
 {
     char **argv = kv_list(cfg, "arg"), **env = kv_list(cfg, "env");
     const char *cwd = kv_get(cfg, "cwd"), *user = kv_get(cfg, "user");
-    if (!cwd || !*cwd) cwd = "/";
-    if (!argv[0]) {
-        wl.state = ST_EXITED; wl.exit_code = 127;
-        snprintf(wl.message, sizeof wl.message, "no command specified");
-        write_exit_record();
-        return;
-    }
+    char why[200];
     int pfd[2];
-    if (pipe2(pfd, O_CLOEXEC) < 0) { logmsg("pipe: %s", strerror(errno)); return; }
+    if (!cwd || !*cwd) cwd = "/";
+    if (!argv || !env) { workload_not_started(126, "cannot start the workload: out of memory"); goto out; }
+    if (!argv[0]) { workload_not_started(127, "no command specified"); goto out; }
+    if (pipe2(pfd, O_CLOEXEC) < 0) {
+        snprintf(why, sizeof why, "cannot start the workload: pipe: %s", strerror(errno));
+        workload_not_started(126, why);
+        goto out;
+    }
     pid_t pid = fork();
+    if (pid < 0) { /* wl.pid stays 0: never kill(-1, ...) or our own group later */
+        snprintf(why, sizeof why, "cannot start the workload: fork: %s", strerror(errno));
+        close(pfd[0]);
+        close(pfd[1]);
+        workload_not_started(126, why);
+        goto out;
+    }
     if (pid == 0) {
         close(pfd[0]);
         exec_child(argv, env, cwd, user, pfd[1], (int[3]){-1, -1, -1}, false);
@@ -492,9 +514,12 @@ static void start_workload(struct kv *cfg)
         wl.state = ST_EXITED; wl.exit_code = atoi(buf); wl.signal = 0;
         snprintf(wl.message, sizeof wl.message, "%s", sp ? sp + 1 : "cannot execute");
         write_exit_record();
-        return;
+        goto out;
     }
     wl.state = ST_RUNNING;
+out: /* the workload's env strings live in the config buffer; the arrays are ours */
+    free(argv);
+    free(env);
 }
 
 /* ---------- exec sessions ---------- */
@@ -525,10 +550,12 @@ static void drop_session(struct session *s)
 static char **session_env(char **extra)
 {
     char **base = kv_list(&cfg, "env");
+    if (!base) return NULL;
     size_t nb = 0, ne = 0;
     while (base[nb]) nb++;
     while (extra[ne]) ne++;
     char **out = calloc(nb + ne + 1, sizeof(char *));
+    if (!out) { free(base); return NULL; }
     size_t n = 0;
     for (size_t i = 0; i < nb; i++) {
         size_t klen = strcspn(base[i], "=");
@@ -550,18 +577,30 @@ static void set_winsize(int fd, struct kv *req)
     ioctl(fd, TIOCSWINSZ, &ws);
 }
 
+/* Close each distinct fd of a session being set up (a pty's three are one). */
+static void close_fds(int fds[3])
+{
+    for (int i = 0; i < 3; i++) {
+        if (fds[i] < 0) continue;
+        for (int j = i + 1; j < 3; j++)
+            if (fds[j] == fds[i]) fds[j] = -1;
+        close_fd(&fds[i]);
+    }
+}
+
 static void exec_start(uint32_t ch, struct kv *req)
 {
-    char **argv = kv_list(req, "arg"), **extra = kv_list(req, "env");
+    char **argv = kv_list(req, "arg"), **extra = kv_list(req, "env"), **env = NULL;
     const char *cwd = kv_get(req, "cwd"), *user = kv_get(req, "user"), *tty = kv_get(req, "tty");
     bool use_tty = tty && !strcmp(tty, "1");
+    int child[3] = {-1, -1, -1}, parent[3] = {-1, -1, -1}, pfd[2];
+    if (!argv || !extra) { send_error(ch, "out of memory"); goto out; }
     if (!argv[0] || find_session(ch) || nsessions == MAX_SESSIONS) {
         send_error(ch, !argv[0] ? "no command" : "channel busy or too many sessions");
         goto out;
     }
     if (!cwd || !*cwd) cwd = kv_get(&cfg, "cwd");
     if (!user) user = kv_get(&cfg, "user");
-    int child[3] = {-1, -1, -1}, parent[3] = {-1, -1, -1}, pfd[2];
     if (use_tty) {
         int master = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
         if (master < 0 || grantpt(master) < 0 || unlockpt(master) < 0) {
@@ -570,28 +609,35 @@ static void exec_start(uint32_t ch, struct kv *req)
             goto out;
         }
         set_winsize(master, req);
-        int slave = open(ptsname(master), O_RDWR | O_NOCTTY | O_CLOEXEC);
-        child[0] = child[1] = child[2] = slave;
         parent[0] = parent[1] = master;
+        const char *name = ptsname(master);
+        int slave = name ? open(name, O_RDWR | O_NOCTTY | O_CLOEXEC) : -1;
+        if (slave < 0) { send_error(ch, "cannot open the pty"); goto fail; }
+        child[0] = child[1] = child[2] = slave;
     } else {
         for (int i = 0; i < 3; i++) {
             int p[2];
-            if (pipe2(p, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); goto out; }
+            if (pipe2(p, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); goto fail; }
             child[i] = i == 0 ? p[0] : p[1];
             parent[i] = i == 0 ? p[1] : p[0];
         }
     }
-    char **env = session_env(extra);
-    if (pipe2(pfd, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); free(env); goto out; }
+    env = session_env(extra);
+    if (!env) { send_error(ch, "out of memory"); goto fail; }
+    if (pipe2(pfd, O_CLOEXEC) < 0) { send_error(ch, strerror(errno)); goto fail; }
     pid_t pid = fork();
+    if (pid < 0) {
+        send_error(ch, strerror(errno));
+        close(pfd[0]);
+        close(pfd[1]);
+        goto fail;
+    }
     if (pid == 0) {
         close(pfd[0]);
         exec_child(argv, env, cwd && *cwd ? cwd : "/", user, pfd[1], child, use_tty);
     }
-    free(env);
     close(pfd[1]);
-    for (int i = 0; i < 3; i++)
-        if (child[i] >= 0 && (i == 0 || child[i] != child[0])) close(child[i]);
+    close_fds(child);
     struct session *s = &sessions[nsessions++];
     *s = (struct session){.ch = ch, .pid = pid, .in_fd = parent[0], .out_fd = parent[1],
                           .err_fd = parent[2], .tty = use_tty, .credit = WINDOW};
@@ -614,7 +660,12 @@ static void exec_start(uint32_t ch, struct kv *req)
     }
     snprintf(buf, sizeof buf, "{\"pid\":%d}", (int)pid);
     send_json(T_EXEC_STARTED, ch, buf);
+    goto out;
+fail: /* nothing of the session is left open */
+    close_fds(child);
+    close_fds(parent);
 out:
+    free(env);
     free(argv);
     free(extra);
 }
@@ -639,18 +690,18 @@ static void session_write_stdin(struct session *s)
 
 static void session_stdin(struct session *s, uint8_t flags, unsigned char *p, uint32_t n)
 {
+    bool eot = (flags & F_EOF) && s->tty && s->in_fd >= 0; /* a terminal's EOF is ^D */
+    if (n || eot) {
+        unsigned char *grown = realloc(s->pending, s->npending + n + eot);
+        if (!grown) { send_error(s->ch, "out of memory: stdin dropped"); n = 0; eot = false; }
+        else s->pending = grown;
+    }
     if (n) {
-        s->pending = realloc(s->pending, s->npending + n);
         memcpy(s->pending + s->npending, p, n);
         s->npending += n;
     }
-    if (flags & F_EOF) {
-        s->in_eof = true;
-        if (s->tty && s->in_fd >= 0) { /* a terminal's EOF is ^D */
-            s->pending = realloc(s->pending, s->npending + 1);
-            s->pending[s->npending++] = 4;
-        }
-    }
+    if (flags & F_EOF) s->in_eof = true;
+    if (eot) s->pending[s->npending++] = 4;
     session_write_stdin(s);
 }
 
@@ -776,7 +827,7 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
         init_pending_sig = sig;
         init_pending_until = time(NULL) + 300;
         deliver_init_signal();
-    } else if (kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
+    } else if (wl.pid <= 0 || kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
     char buf[1024];
     status_json(buf, sizeof buf);
     send_json(T_STATUS, ch, buf);
@@ -857,6 +908,7 @@ static const char *apply_network(struct kv *req)
         if (ioctl(fd, SIOCADDRT, &rt) < 0 && errno != EEXIST) { what = "add default route"; goto fail; }
     }
     char **dns = kv_list(req, "dns");
+    if (!dns) { what = "out of memory"; goto out; }
     if (dns[0]) {
         FILE *f = fopen("/etc/resolv.conf.ember", "w");
         if (f) {
@@ -1067,20 +1119,45 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
     }
 }
 
-/* Consume complete frames; resynchronise on the magic byte after garbage. */
+struct frame {
+    uint8_t type, flags;
+    uint32_t ch, n;
+    unsigned char *p; /* the payload, inside the buffer; NULL: no complete frame */
+};
+
+/* The first complete frame in buf[0..len), resynchronising on the magic byte after
+ * garbage. Returns the bytes it and the garbage before it take; with f->p NULL, the
+ * garbage that can be dropped while the rest waits for more input. Pure: the fuzz
+ * harness (tests/guest/agent_fuzz.c) runs it under ASan/UBSan. */
+static size_t next_frame(unsigned char *buf, size_t len, struct frame *f)
+{
+    size_t off = 0;
+    f->p = NULL;
+    while (len - off >= HDR) {
+        unsigned char *h = buf + off;
+        if (h[0] != MAGIC) { off++; continue; }
+        uint32_t n = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
+        if (n > MAX_PAYLOAD) { off++; continue; }
+        if (len - off < HDR + n) break;
+        f->type = h[1];
+        f->flags = h[2];
+        f->ch = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
+        f->n = n;
+        f->p = h + HDR;
+        return off + HDR + n;
+    }
+    return off;
+}
+
+/* Consume complete frames. */
 static void parse_input(void)
 {
     size_t off = 0;
-    while (inlen - off >= HDR) {
-        unsigned char *h = inbuf + off;
-        if (h[0] != MAGIC) { off++; continue; }
-        uint32_t ch = (uint32_t)h[4] << 24 | (uint32_t)h[5] << 16 | (uint32_t)h[6] << 8 | h[7];
-        uint32_t n = (uint32_t)h[8] << 24 | (uint32_t)h[9] << 16 | (uint32_t)h[10] << 8 | h[11];
-        if (n > MAX_PAYLOAD) { off++; continue; }
-        if (inlen - off < HDR + n) break;
-        handle_frame(h[1], h[2], ch, h + HDR, n);
-        off += HDR + n;
-    }
+    struct frame f;
+    do {
+        off += next_frame(inbuf + off, inlen - off, &f);
+        if (f.p) handle_frame(f.type, f.flags, f.ch, f.p, f.n);
+    } while (f.p);
     memmove(inbuf, inbuf + off, inlen - off);
     inlen -= off;
 }
@@ -1204,7 +1281,7 @@ static void handle_signals(int sfd)
     while (read(sfd, &si, sizeof si) == (ssize_t)sizeof si) {
         if (si.ssi_signo == SIGCHLD) reap();
         else if (wl.init_mode) init_mode_signal((int)si.ssi_signo);
-        else if (wl.state == ST_RUNNING) kill(wl.pid, (int)si.ssi_signo); /* forward */
+        else if (wl.state == ST_RUNNING && wl.pid > 0) kill(wl.pid, (int)si.ssi_signo); /* forward */
     }
 }
 
@@ -1263,6 +1340,7 @@ static char *read_config(const char *dev, size_t *len)
     int fd = open(dev, O_RDONLY | O_CLOEXEC);
     if (fd < 0) return NULL;
     char *buf = malloc(MAX_PAYLOAD + 1);
+    if (!buf) { close(fd); return NULL; }
     ssize_t n = pread(fd, buf, MAX_PAYLOAD, CONFIG_OFFSET);
     close(fd);
     *len = n > 0 ? (size_t)n : 0;
@@ -1397,9 +1475,14 @@ int main(int argc, char **argv)
     config_dev = argv[1];
     size_t clen;
     char *craw = read_config(config_dev, &clen);
-    if (!craw) { logmsg("cannot read config %s: %s", config_dev, strerror(errno)); return 1; }
+    if (!craw || !(inbuf = malloc(HDR + MAX_PAYLOAD))) {
+        /* PID 1 must not just die (a kernel panic tells the host nothing): say why, power off. */
+        logmsg("cannot start: %s: %s", craw ? "out of memory" : config_dev, strerror(errno));
+        workload_not_started(125, craw ? "ember-agent: out of memory" : "ember-agent: cannot read its config");
+        if (getpid() == 1) power_off();
+        return 1;
+    }
     kv_parse(craw, clen, &cfg);
-    inbuf = malloc(HDR + MAX_PAYLOAD);
 
     sigset_t mask;
     sigemptyset(&mask);
@@ -1415,13 +1498,18 @@ int main(int argc, char **argv)
         if (sigismember(&mask, s)) sigaction(s, &sa, NULL);
 
     char **args = kv_list(&cfg, "arg");
-    if (getpid() == 1 && is_init_system(args[0])) {
-        /* systemd must be PID 1: it becomes the workload and we run as its child. */
-        pid_t pid = fork();
+    /* systemd must be PID 1: it becomes the workload and we run as its child. */
+    bool init_system = getpid() == 1 && args && is_init_system(args[0]);
+    pid_t pid = init_system ? fork() : 0;
+    if (pid < 0) {
+        char why[200];
+        snprintf(why, sizeof why, "cannot start %s: fork: %s", args[0], strerror(errno));
+        workload_not_started(126, why);
+    } else if (init_system) {
         if (pid > 0) {
-            char **env = kv_list(&cfg, "env");
+            char **env = kv_list(&cfg, "env"), *none[] = {NULL};
             sigprocmask(SIG_UNBLOCK, &mask, NULL);
-            environ = workload_env(env, &(struct user){.home = "/root"});
+            environ = workload_env(env ? env : none, &(struct user){.home = "/root"});
             /* Exec the file /sbin/init points to, as systemd itself does when it
              * leaves an initrd: PID 1 is then named "systemd" (/proc/1/comm),
              * which tools that detect the init system look at. argv stays. */
