@@ -50,7 +50,8 @@ class EtcdMember:
     def healthy(self) -> bool:
         def probe() -> bool:
             try:
-                return httpx.get(f"{self.client_url}/health", timeout=1).json()["health"] == "true"
+                answer = httpx.get(f"{self.client_url}/health", timeout=1).json()
+                return bool(answer["health"] == "true")
             except (httpx.HTTPError, ValueError, KeyError):
                 return False
 
