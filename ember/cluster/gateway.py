@@ -140,10 +140,24 @@ class Gateway:
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         content: Any = body if body is not None else request.stream()
         outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
+        sent = asyncio.ensure_future(self.http.send(outgoing, stream=stream))
         try:
-            return await self.http.send(outgoing, stream=stream)
+            # No read timeout (a restore or a create takes what it takes), but a host
+            # whose lease lapses meanwhile is given up on: its answer may never come.
+            while not (await asyncio.wait({sent}, timeout=HOSTS_FRESH_SECONDS))[0]:
+                if not await self._still_live(host):
+                    raise HostDown(f"host {host.name} went down during the request")
+            return sent.result()
         except httpx.HTTPError as exc:
             raise HostDown(f"host {host.name} did not answer: {exc!r}") from exc
+        finally:
+            sent.cancel()
+
+    async def _still_live(self, host: HostStatus) -> bool:
+        try:
+            return host.name in await self.live()
+        except EtcdUnavailable:
+            return True  # no news is not a lapse
 
     # ---- instances ----
 
