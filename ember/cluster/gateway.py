@@ -14,6 +14,8 @@ Routes:
   hosts' instances as `Unknown`.
 - `/images`: a pull or delete goes to every live host (each host runs from its own
   image cache); an image reads as its least-ready copy, so `ready` means ready on all.
+  An image pushed to one host's registry reaches the others by a pull through the
+  gateway of `<that host's address>/<repo>:<tag>`, with the caller's token.
 - Anything else (`/volumes`, `/snapshots`, `/ingresses`, `/resources`): an item is
   proxied to the host that has it; a create goes to the host named by the
   `X-Ember-Host` header, or else the first live host by name.
@@ -32,6 +34,7 @@ import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import urlsplit
 
 import httpx
 import websockets
@@ -134,9 +137,8 @@ class Gateway:
     async def _send(
         self, request: Request, host: HostStatus, body: bytes | None, *, stream: bool = False
     ) -> httpx.Response:
-        url = (
-            host.address + request.url.path + (f"?{request.url.query}" if request.url.query else "")
-        )
+        query = f"?{request.url.query}" if request.url.query else ""
+        url = host.address + _raw_path(request) + query
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
         content: Any = body if body is not None else request.stream()
         outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
@@ -269,6 +271,8 @@ class Gateway:
         if not hosts:
             raise HostDown("no live host")
         body = await request.body()
+        if request.method == "POST":
+            body = _with_cluster_credentials(body, hosts, request)
         answers = [(h, a) for h, a in await self._fan_out(request, hosts, body) if a is not None]
         if not answers:
             raise HostDown("no host answered")
@@ -343,7 +347,7 @@ class Gateway:
         if host is None:
             await ws.close(code=1011, reason=f"instance {ref!r}: no live host")
             return
-        url = "ws" + host.address.removeprefix("http") + ws.url.path
+        url = "ws" + host.address.removeprefix("http") + _raw_path(ws)
         url += f"?{ws.url.query}" if ws.url.query else ""
         headers = {"Authorization": ws.headers.get("authorization", "")}
         async with websockets.connect(
@@ -414,6 +418,24 @@ def _want(spec: dict[str, Any], request: Request) -> Want:
     except (EmberError, ValueError, TypeError):
         memory = 0  # the host answers the bad size with its own 400
     return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels)
+
+
+def _with_cluster_credentials(body: bytes, hosts: list[HostStatus], request: Request) -> bytes:
+    """A pull from a cluster host's own registry (`<host address>/<repo>:<tag>`, where an
+    image pushed to that host lives) carries the caller's token to it, so every host can
+    pull what was pushed to one."""
+    spec = _json_object(body)
+    registry = str(spec.get("name", "")).partition("/")[0]
+    if spec.get("credentials") or registry not in {urlsplit(h.address).netloc for h in hosts}:
+        return body
+    token = bearer_token(request.headers.get("authorization"))
+    return json.dumps({**spec, "credentials": {"username": "ember", "password": token}}).encode()
+
+
+def _raw_path(connection: Request | WebSocket) -> str:
+    """The path as the client sent it (an image name's `%2F` stays encoded)."""
+    raw: bytes = connection.scope.get("raw_path") or connection.url.path.encode()
+    return raw.decode()
 
 
 def _auth(request: Request) -> dict[str, str]:

@@ -135,6 +135,10 @@ def cluster(
                 "EMBER_CLUSTER_ADVERTISE": f"http://{members[name].ip}:{HOST_PORT}",
                 "EMBER_CLUSTER_HOST_NAME": name,
                 "EMBER_CLUSTER_LEASE_TTL_SECONDS": str(lease_ttl),
+                # Hosts pull from each other's registries over plain HTTP (a private net).
+                "EMBER_INSECURE_REGISTRIES": json.dumps(
+                    [f"{m.ip}:{HOST_PORT}" for m in members.values()]
+                ),
                 **{k: v for k, v in os.environ.items() if k == "EMBER_SYSTEM_DIR"},
             }
             server = EmberServer(data, port=HOST_PORT, env=env, netns=namespaces[name])

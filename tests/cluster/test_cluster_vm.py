@@ -5,32 +5,35 @@ a gateway (from inside the hub: no traffic leaves the namespaces this test made)
 from __future__ import annotations
 
 import concurrent.futures
+import tempfile
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
 from hypeman import APIError, ConflictError, Hypeman
+from hypeman.lib.cp import cp_from_instance, cp_to_instance
 from hypeman.lib.exec import exec as hm_exec
 
 from ember.cluster.etcd import Etcd
 from ember.testkit import hello_image
-from ember.testkit.cluster import HOST_PORT, Cluster, cluster
+from ember.testkit.cluster import HOST_PORT, SUBNET, Cluster, cluster
 from ember.testkit.netns import in_netns
 from tests.conftest import push_to_ember, short_tmp
 
 pytestmark = pytest.mark.vm
-IMAGE = f"127.0.0.1:{HOST_PORT}/hello:latest"  # the same name on every host
+IMAGE = f"{SUBNET}.11:{HOST_PORT}/hello:latest"  # h1's registry
 HOST = "X-Ember-Host"
 
 
 @pytest.fixture(scope="module")
 def ring() -> Iterator[Cluster]:
     with cluster(short_tmp(), gateways=2) as built:
-        image = hello_image()
-        for name, server in built.hosts.items():  # each host has the image in its registry
-            in_netns(built.namespaces[name], push_to_ember, server, image, "hello", "latest")
+        # Pushed to h1 only: the gateway has every host pull it from there.
+        h1 = built.hosts["h1"]
+        in_netns(built.namespaces["h1"], push_to_ember, h1, hello_image(), "hello", "latest")
         yield built
 
 
@@ -66,11 +69,28 @@ def exec_out(api: Hypeman, ref: str, command: str) -> str:
     return result.output.decode().strip()
 
 
+def copy_round_trip(api: Hypeman, ref: str) -> str:
+    with tempfile.TemporaryDirectory() as tmp:
+        (Path(tmp) / "note").write_text(f"note for {ref}")
+        cp_to_instance(api, ref, str(Path(tmp) / "note"), "/note")
+        cp_from_instance(api, ref, "/note", str(Path(tmp) / "back"))
+        return (Path(tmp) / "back" / "note").read_text()
+
+
+def follow_first_line(api: Hypeman, ref: str) -> str:
+    """The first line of a followed log stream (SSE through the gateway)."""
+    stream = api.instances.logs(ref, source="hypeman", follow=True, tail=1)
+    first = next(iter(stream))
+    stream.close()
+    return str(first)
+
+
 def spread_and_use(ring: Cluster) -> dict[str, Any]:
     api = client(ring)
     out: dict[str, Any] = {}
-    ready = api.images.create(name=IMAGE)  # forwarded to every host (each has it already)
-    out["image"] = ready.status
+    api.images.create(name=IMAGE)  # every host pulls it from h1
+    until(lambda: api.images.get(IMAGE).status in ("ready", "failed"))
+    out["image"] = api.images.get(IMAGE).status  # the least ready of the hosts' copies
     out["hosts"] = gateway_get(ring, "/cluster/hosts")["hosts"]
     placed = dict(create(api, f"vm{i}") for i in range(3))
     out["placed"] = placed
@@ -81,6 +101,8 @@ def spread_and_use(ring: Cluster) -> dict[str, Any]:
         vm: len(list(api.instances.logs(vm, source="hypeman", tail=50)))
         for vm, host in placed.items()
     }
+    out["cp"] = {vm: copy_round_trip(api, vm) for vm in placed}
+    out["follow"] = follow_first_line(api, next(iter(placed)))
     out["listed"] = sorted(i.name for i in api.instances.list())
     vm = next(iter(placed))
     out["standby"] = api.instances.standby(vm).state
@@ -100,6 +122,8 @@ def test_instances_spread_over_hosts_and_work_through_the_gateway(ring: Cluster)
     assert out["image"] == "ready"
     assert sorted(h["name"] for h in out["hosts"] if h["live"]) == ["h1", "h2", "h3"]
     assert len(set(out["placed"].values())) >= 2, out["placed"]
+    assert out["cp"] == {vm: f"note for {vm}" for vm in out["placed"]}
+    assert out["follow"]
     assert sorted(out["exec"].values()) == ["hi-from-vm0", "hi-from-vm1", "hi-from-vm2"]
     assert all(count > 0 for count in out["logs"].values())
     assert out["listed"] == ["vm0", "vm1", "vm2"]
