@@ -70,11 +70,18 @@ class HostDown(EmberError):
 
 
 class Gateway:
-    def __init__(self, discovery: Discovery, secret: bytes, *, lease_ttl: float = 5) -> None:
+    def __init__(
+        self,
+        discovery: Discovery,
+        secret: bytes,
+        *,
+        lease_ttl: float = 5,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
         self.discovery = discovery
         self.secret = secret
         # No overall timeout: logs follow and long creates stream as long as they take.
-        self.http = httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0))
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0))
         self.recent = Recent(window=2 * lease_ttl)
         self.owners: dict[str, str] = {}  # instance id or name -> host name (a hint)
         self._hosts: tuple[float, dict[str, HostStatus]] = (0.0, {})

@@ -5,6 +5,10 @@ a gateway (from inside the hub: no traffic leaves the namespaces this test made)
 from __future__ import annotations
 
 import concurrent.futures
+import json
+import os
+import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -130,6 +134,20 @@ def test_instances_spread_over_hosts_and_work_through_the_gateway(ring: Cluster)
     assert (out["standby"], out["restore"]) == ("Standby", "Running")
     assert out["fork"] == "kept"
     assert out["fork_host"] == out["source_host"]  # a fork stays beside its saved VM
+
+
+def test_cluster_status_lists_hosts_and_their_instances(ring: Cluster) -> None:
+    env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token()}
+    command = ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main"]
+    shown = subprocess.run([*command, "cluster", "status", "--json"], env=env,
+                           capture_output=True, text=True, check=True)  # fmt: skip
+    hosts = {h["name"]: h for h in json.loads(shown.stdout)}
+    assert sorted(hosts) == ["h1", "h2", "h3"] and all(h["live"] for h in hosts.values())
+    held = sorted(i["name"] for h in hosts.values() for i in h["instances"])
+    assert held == ["vm0", "vm1", "vm2"]
+    table = subprocess.run([*command, "cluster", "status"], env=env, capture_output=True,
+                           text=True, check=True).stdout  # fmt: skip
+    assert "h1" in table and "vm0 (Running)" in table
 
 
 def state_of(ring: Cluster, vm: str) -> str:

@@ -4,24 +4,12 @@ create-only name claims."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
 
 from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory
 from ember.cluster.etcd import Etcd
-from ember.testkit.etcd import EtcdMember, start_cluster
-from tests.conftest import short_tmp
-
-
-@pytest.fixture(scope="module")
-def etcd_url() -> Iterator[str]:
-    member = EtcdMember("solo", short_tmp() / "etcd")
-    start_cluster([member])
-    try:
-        yield member.client_url
-    finally:
-        member.stop()
 
 
 @pytest.fixture
