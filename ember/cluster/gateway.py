@@ -95,8 +95,9 @@ class Gateway:
             self._hosts = (time.monotonic(), hosts)
         return hosts
 
-    async def owner(self, ref: str) -> str | None:
-        """The name of the host holding instance `ref` (live or not), or None."""
+    async def owner(self, ref: str, authorization: str) -> str | None:
+        """The name of the host holding instance `ref` (live or not), or None; the
+        caller's `authorization` goes with a question to the hosts."""
         if ref in self.owners:
             return self.owners[ref]
         claim = await self.discovery.claim_of(ref)
@@ -108,7 +109,7 @@ class Gateway:
                 None,
             )  # fmt: skip
         if host is None:  # made since the last publish: ask the live hosts
-            host = await self._holder(f"/instances/{ref}")
+            host = await self._holder(f"/instances/{ref}", {"Authorization": authorization})
         if host is not None:
             self.owners[ref] = host
         return host
@@ -207,7 +208,7 @@ class Gateway:
     async def instance(self, request: Request) -> Response:
         ref = request.path_params["ref"]
         rest = request.path_params.get("rest", "")
-        host_name = await self.owner(ref)
+        host_name = await self.owner(ref, request.headers.get("authorization", ""))
         if host_name is None:
             return _error(404, "not_found", f"instance {ref!r} not found")
         host = (await self.live()).get(host_name)
@@ -343,23 +344,41 @@ class Gateway:
     # ---- WebSockets (exec, cp) ----
 
     async def websocket(self, ws: WebSocket) -> None:
-        ref = ws.path_params["ref"]
+        """Exec and cp: the upgrade is refused the way the host refuses it (an HTTP error
+        with `{"code", "message"}`), then frames are relayed both ways."""
+        ref, authorization = ws.path_params["ref"], ws.headers.get("authorization", "")
         try:
-            self.check(ws.headers.get("authorization"))
-            host_name = await self.owner(ref)
+            self.check(authorization)
+            host_name = await self.owner(ref, authorization)
             host = (await self.live()).get(host_name or "")
-        except (EmberError, EtcdUnavailable) as exc:
-            await ws.close(code=1008, reason=str(exc)[:120])
+            if host is None:
+                raise HostDown(f"instance {ref!r}: no live host holds it")
+        except EmberError as exc:
+            await ws.send_denial_response(_error(exc.status, exc.code, exc.message))
             return
-        if host is None:
-            await ws.close(code=1011, reason=f"instance {ref!r}: no live host")
+        except EtcdUnavailable as exc:
+            await ws.send_denial_response(_error(503, "cluster_unavailable", f"etcd: {exc}"))
             return
         url = "ws" + host.address.removeprefix("http") + _raw_path(ws)
         url += f"?{ws.url.query}" if ws.url.query else ""
-        headers = {"Authorization": ws.headers.get("authorization", "")}
-        async with websockets.connect(
-            url, additional_headers=headers, max_size=None, compression=None
-        ) as upstream:
+        try:
+            # No pings on this hop: a host busy booting must not look dead to the relay.
+            upstream = await websockets.connect(
+                url, additional_headers={"Authorization": authorization}, max_size=None,
+                compression=None, ping_interval=None, open_timeout=60,
+            )  # fmt: skip
+        except websockets.InvalidStatus as exc:
+            denial = exc.response
+            await ws.send_denial_response(
+                Response(denial.body, denial.status_code, media_type="application/json")
+            )
+            return
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            await ws.send_denial_response(
+                _error(503, "host_unavailable", f"host {host.name}: {exc!r}")
+            )
+            return
+        async with upstream:
             await ws.accept()
             await _pump(ws, upstream)
 
@@ -394,15 +413,15 @@ async def _pump(ws: WebSocket, upstream: websockets.ClientConnection) -> None:
                 else:
                     await ws.send_text(frame)
         code = upstream.close_code or 1000
-        with contextlib.suppress(RuntimeError):
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client went first
             await ws.close(code=code, reason=upstream.close_reason or "")
 
     tasks = [asyncio.ensure_future(client_to_host()), asyncio.ensure_future(host_to_client())]
     _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
     for task in pending:
         task.cancel()
-        with contextlib.suppress(asyncio.CancelledError, Exception):
-            await task
+    # Either side may have gone mid-frame: that ends the relay, it is not a failure.
+    await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def _json_object(body: bytes) -> dict[str, Any]:

@@ -137,7 +137,8 @@ def test_instances_spread_over_hosts_and_work_through_the_gateway(ring: Cluster)
 
 
 def test_cluster_status_lists_hosts_and_their_instances(ring: Cluster) -> None:
-    env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token()}
+    env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token(),
+           "COLUMNS": "200"}  # fmt: skip
     command = ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main"]
     shown = subprocess.run([*command, "cluster", "status", "--json"], env=env,
                            capture_output=True, text=True, check=True)  # fmt: skip
