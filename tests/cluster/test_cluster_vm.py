@@ -169,8 +169,11 @@ def test_a_cut_off_host_reads_unknown_and_comes_back(ring: Cluster) -> None:
     vm = "vm0"
     cut = held[vm]
     ring.link(cut, up=False)
+    cut_at = time.monotonic()
     try:
         until(lambda: state_of(ring, vm) == "Unknown", timeout=60)
+        # Reported, not asserted (a loaded machine stretches it): TTL 3 s here.
+        print(f"{vm} read Unknown {time.monotonic() - cut_at:.1f} s after the cut")
         hosts = in_netns(ring.hub, gateway_get, ring, "/cluster/hosts")["hosts"]
         assert [h["name"] for h in hosts if not h["live"]] == [cut]
         listed = in_netns(
