@@ -140,14 +140,20 @@ def test_cluster_status_lists_hosts_and_their_instances(ring: Cluster) -> None:
     env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token(),
            "COLUMNS": "200"}  # fmt: skip
     command = ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main"]
-    shown = subprocess.run([*command, "cluster", "status", "--json"], env=env,
-                           capture_output=True, text=True, check=True)  # fmt: skip
-    hosts = {h["name"]: h for h in json.loads(shown.stdout)}
+
+    def status(*args: str) -> str:
+        return subprocess.run([*command, "cluster", "status", *args], env=env,
+                              capture_output=True, text=True, check=True).stdout  # fmt: skip
+
+    def held() -> list[str]:  # the hosts publish within a third of the TTL
+        hosts = json.loads(status("--json"))
+        return sorted(i["name"] for h in hosts for i in h["instances"])
+
+    until(lambda: held() == ["vm0", "vm1", "vm2"], timeout=30)
+    hosts = {h["name"]: h for h in json.loads(status("--json"))}
     assert sorted(hosts) == ["h1", "h2", "h3"] and all(h["live"] for h in hosts.values())
-    held = sorted(i["name"] for h in hosts.values() for i in h["instances"])
-    assert held == ["vm0", "vm1", "vm2"]
-    table = subprocess.run([*command, "cluster", "status"], env=env, capture_output=True,
-                           text=True, check=True).stdout  # fmt: skip
+    assert all(h["memory"]["available"] > 0 for h in hosts.values())
+    table = status()
     assert "h1" in table and "vm0 (Running)" in table
 
 
