@@ -83,7 +83,7 @@ class Gateway:
         # No overall timeout: logs follow and long creates stream as long as they take.
         self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0))
         self.recent = Recent(window=2 * lease_ttl)
-        self.owners: dict[str, str] = {}  # instance id or name -> host name (a hint)
+        self.owners: dict[str, str] = {}  # instance id -> host name
         self._hosts: tuple[float, dict[str, HostStatus]] = (0.0, {})
 
     # ---- membership ----
@@ -97,22 +97,21 @@ class Gateway:
 
     async def owner(self, ref: str, authorization: str) -> str | None:
         """The name of the host holding instance `ref` (live or not), or None; the
-        caller's `authorization` goes with a question to the hosts."""
+        caller's `authorization` goes with a question to the hosts. Only ids are cached:
+        a name may be freed and claimed on another host through another gateway."""
         if ref in self.owners:
             return self.owners[ref]
         claim = await self.discovery.claim_of(ref)
-        host = claim.host if claim is not None else None
-        if host is None:  # an id: the published inventories know it
-            host = next(
-                (inv.name for inv in (await self.discovery.inventories()).values()
-                 if any(ref in (i.id, i.name) for i in inv.instances)),
-                None,
-            )  # fmt: skip
-        if host is None:  # made since the last publish: ask the live hosts
-            host = await self._holder(f"/instances/{ref}", {"Authorization": authorization})
-        if host is not None:
-            self.owners[ref] = host
-        return host
+        if claim is not None:
+            return claim.host
+        for inventory in (await self.discovery.inventories()).values():
+            found = next((i for i in inventory.instances if ref in (i.id, i.name)), None)
+            if found is not None:
+                if found.id == ref:
+                    self.owners[ref] = inventory.name
+                return inventory.name
+        # Made since the last publish (or named before its host joined): ask the hosts.
+        return await self._holder(f"/instances/{ref}", {"Authorization": authorization})
 
     async def _holder(self, path: str, headers: dict[str, str] | None = None) -> str | None:
         """The first live host that answers 200 to `GET path`."""
@@ -200,7 +199,8 @@ class Gateway:
                     continue
                 return refusal
             created = answer.json()
-            self.owners[created.get("id", name)] = self.owners[name] = host.name
+            if isinstance(created.get("id"), str):
+                self.owners[created["id"]] = host.name
             self.recent.add(host.name, _want(spec, request))
             return _copy(answer, host)
         return refusal or _error(503, "host_unavailable", "no host took the instance")
@@ -228,8 +228,7 @@ class Gateway:
             claim = await self.discovery.claim_of(name)
             if claim is not None and claim.host == host.name:
                 await self.discovery.release(name, claim)
-            for key in (ref, name, found.json()["id"]):
-                self.owners.pop(key, None)
+            self.owners.pop(found.json()["id"], None)
         return _copy(answer, host)
 
     async def _down(self, request: Request, ref: str, host_name: str) -> Response:
@@ -294,6 +293,8 @@ class Gateway:
     # ---- everything else: proxied to the host that has it ----
 
     async def other(self, request: Request) -> Response:
+        """Volumes, snapshots, ingresses, host routes: an item goes to the host that has
+        it, a list merges all hosts, a create goes to `X-Ember-Host` or the first host."""
         live = await self.live()
         parts = request.url.path.strip("/").split("/")
         chosen = request.headers.get(HOST_HEADER)
@@ -301,23 +302,30 @@ class Gateway:
             if chosen not in live:
                 raise HostDown(f"host {chosen!r} is not live")
             return await self.forward(request, live[chosen])
-        if len(parts) >= 2:  # an item: the host that has it
+        holder = None
+        if len(parts) >= 2:
             holder = await self._holder("/" + "/".join(parts[:2]), _auth(request))
-            if holder is None:
-                return _error(404, "not_found", f"{request.url.path} not found on any host")
+        if holder is not None:
+            if request.method == "POST" and parts[-1] == "fork":  # a snapshot's fork
+                return await self.create(request, path_host=live[holder])
             return await self.forward(request, live[holder])
-        if request.method == "GET":  # a list: all of them
-            merged: list[Any] = []
-            for _, answer in await self._fan_out(request, list(live.values())):
-                if answer is not None and answer.status_code == 200:
-                    body = answer.json()
-                    if not isinstance(body, list):
-                        return JSONResponse(body)  # not a list (e.g. /resources): one host's
-                    merged.extend(body)
-            return JSONResponse(merged)
+        if request.method == "GET" and len(parts) == 1:
+            return await self._merged(request, list(live.values()))
+        if request.method != "POST":
+            return _error(404, "not_found", f"{request.url.path} not found on any host")
         if not live:
             raise HostDown("no live host")
         return await self.forward(request, live[min(live)])
+
+    async def _merged(self, request: Request, hosts: list[HostStatus]) -> Response:
+        merged: list[Any] = []
+        for _, answer in await self._fan_out(request, hosts):
+            if answer is not None and answer.status_code == 200:
+                body = answer.json()
+                if not isinstance(body, list):
+                    return JSONResponse(body)  # not a list (e.g. /resources): one host's
+                merged.extend(body)
+        return JSONResponse(merged)
 
     # ---- the cluster's own view ----
 

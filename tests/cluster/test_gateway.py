@@ -173,3 +173,72 @@ async def test_a_down_hosts_instances_read_unknown(
     assert (one.status_code, one.json()["state"], one.json()["id"]) == (200, "Unknown", "i1")
     assert [(i["name"], i["state"]) for i in listed.json()] == [("web", "Unknown")]
     assert (stop.status_code, stop.json()["code"]) == (503, "host_unavailable")
+
+
+def by_path(routes: dict[str, tuple[int, object]]) -> Answer:
+    """A host answering `METHOD /path` with `routes`' (status, JSON), 404 otherwise."""
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        code, body = routes.get(f"{request.method} {request.url.path}", (404, {"code": "x"}))
+        return httpx.Response(code, headers={"content-type": "application/json"},
+                              content=streamed(json.dumps(body).encode()))  # fmt: skip
+
+    return answer
+
+
+async def streamed(data: bytes) -> AsyncIterator[bytes]:
+    """A body a real host would stream (a ready-made one cannot be proxied as raw bytes)."""
+    yield data
+
+
+async def test_other_resources_go_where_they_live(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    await join(etcd, status("a", 8))
+    await join(etcd, status("b", 8))
+    volume = {"id": "v1", "name": "data"}
+    hosts = Hosts({
+        "a": by_path({"GET /volumes": (200, []),
+                      "POST /volumes": (201, {"id": "v2"})}),
+        "b": by_path({"GET /volumes": (200, [volume]),
+                      "GET /volumes/v1": (200, volume),
+                      "POST /volumes": (201, {"id": "v3"}),
+                      "GET /snapshots/s1": (200, {"id": "s1"}),
+                      "POST /snapshots/s1/fork": (201, {"id": "i9"})}),
+    })  # fmt: skip
+    async with gateway_for(hosts) as api:
+        listed = await api.get("/volumes")
+        one = await api.get("/volumes/v1")
+        default = await api.post("/volumes", json={"name": "x", "size_gb": 1})
+        chosen = await api.post("/volumes", json={"name": "y", "size_gb": 1},
+                                headers={"X-Ember-Host": "b"})  # fmt: skip
+        fork = await api.post("/snapshots/s1/fork", json={"name": "copy"})
+        nowhere = await api.delete("/volumes/v404")
+    assert listed.json() == [volume]
+    assert (one.json(), one.headers["X-Ember-Host"]) == (volume, "b")
+    assert (default.headers["X-Ember-Host"], chosen.headers["X-Ember-Host"]) == ("a", "b")
+    assert (fork.status_code, fork.headers["X-Ember-Host"]) == (201, "b")
+    claim = await etcd.claim_of("copy")  # a fork's name is claimed like a create's
+    assert claim is not None and claim.host == "b"
+    assert (nowhere.status_code, nowhere.json()["code"]) == (404, "not_found")
+
+
+async def test_a_name_follows_its_claim_not_a_cache(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    await join(etcd, status("a", 16))
+    await join(etcd, status("b", 4))
+    web = {"id": "id-web", "name": "web"}
+    hosts = Hosts({
+        "a": by_path({"POST /instances": (201, web),
+                      "GET /instances/web": (200, web),
+                      "DELETE /instances/web": (204, None)}),
+        "b": by_path({"GET /instances/web": (200, {**web, "id": "id-2"})}),
+    })  # fmt: skip
+    async with gateway_for(hosts) as api:
+        assert (await api.post("/instances", json=BODY)).headers["X-Ember-Host"] == "a"
+        assert (await api.delete("/instances/web")).status_code == 204
+        assert await etcd.claim_of("web") is None  # the delete released it
+        assert await etcd.claim("web", "b") is not None  # made again on b, elsewhere
+        again = await api.get("/instances/web")
+    assert (again.json()["id"], again.headers["X-Ember-Host"]) == ("id-2", "b")
