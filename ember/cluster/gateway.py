@@ -171,18 +171,25 @@ class Gateway:
     # ---- instances ----
 
     async def create(self, request: Request, path_host: HostStatus | None = None) -> Response:
+        """Place, claim, forward; a refusal (429, 503, no answer) releases the claim and
+        the next host is tried. A host that went silent mid-create may still make the
+        instance: its member claims the name again when it is back (if still free)."""
         body = await request.body()
         spec = _json_object(body)
         name = spec.get("name")
         if not isinstance(name, str) or not name:
             raise InvalidArgument("name is required")
-        if path_host is not None:  # a fork: it lands beside its source
+        want = _want(spec, request)
+        if path_host is not None:  # a fork: it lands beside its saved VM
             order = [path_host]
         else:
-            order = rank((await self.live()).values(), _want(spec, request), self.recent)
+            live = await self.live()
+            if not live:
+                raise HostDown("no live host in the cluster")
+            order = rank(live.values(), want, self.recent)
             if not order:
                 return _error(429, "insufficient_resources", "no live host fits this instance")
-        refusal: Response | None = None
+        refusal: Response = _error(503, "host_unavailable", "no host took the instance")
         for host in order:
             claim = await self.discovery.claim(name, host.name)
             if claim is None:
@@ -192,7 +199,7 @@ class Gateway:
             except HostDown:
                 await self.discovery.release(name, claim)
                 continue
-            if answer.status_code in REFUSALS or answer.status_code >= 400:
+            if answer.status_code >= 400:
                 await self.discovery.release(name, claim)
                 refusal = _copy(answer, host)
                 if answer.status_code in REFUSALS:
@@ -201,9 +208,9 @@ class Gateway:
             created = answer.json()
             if isinstance(created.get("id"), str):
                 self.owners[created["id"]] = host.name
-            self.recent.add(host.name, _want(spec, request))
+            self.recent.add(host.name, want)
             return _copy(answer, host)
-        return refusal or _error(503, "host_unavailable", "no host took the instance")
+        return refusal
 
     async def instance(self, request: Request) -> Response:
         ref = request.path_params["ref"]
