@@ -128,6 +128,18 @@ class Settings(BaseSettings):
     instance_log_max_bytes: int = Field(default=64 * 1024 * 1024, ge=4096)
     # --- end supervision ---
 
+    # --- cluster (ember/cluster: registration in etcd; all unset: a lone host) ---
+    # etcd client URLs; with `cluster_advertise` set, this host registers under a lease.
+    cluster_etcd_endpoints: list[str] = Field(default_factory=list)
+    # The URL gateways reach this host's API at (e.g. http://10.0.0.5:4973).
+    cluster_advertise: str | None = None
+    cluster_host_name: str | None = None  # None: the machine's hostname
+    # Labels a create may select on through a gateway (`?label=zone=a`).
+    cluster_labels: dict[str, str] = Field(default_factory=dict)
+    # Lease TTL: a host that stops renewing is down this long after its last renewal.
+    cluster_lease_ttl_seconds: int = Field(default=5, ge=2)
+    # --- end cluster ---
+
     @property
     def system_path(self) -> Path:
         return self.system_dir or self.data_dir / "system"

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Protocol
 
 from ember.api.auth import load_or_create_secret
+from ember.cluster.member import memberships
 from ember.config import Settings
 from ember.devices import DeviceManager
 from ember.egress import EgressManager
@@ -140,7 +141,8 @@ def build_instances(
     reaper = Reaper(core, manager.delete)
     rotator = LogRotator(partial(_log_paths, core), settings.instance_log_max_bytes)
     # auto_standby last: it is closed first (it may be starting a standby).
-    loops = (Supervisor(core), health, reaper, rotator, scheduler, auto_standby)
+    loops: tuple[Loop, ...] = (Supervisor(core), health, reaper, rotator, scheduler, auto_standby)
+    loops = (*loops, *memberships(settings, manager))  # a cluster member withdraws first
     return InstanceServices(manager, reaper, loops)
 
 

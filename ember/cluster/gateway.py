@@ -1,0 +1,569 @@
+"""`ember gateway`: one Hypeman-compatible endpoint in front of many Ember hosts.
+
+Stateless: membership, liveness and name claims live in the `Discovery` store; the
+only memory of a gateway is a cache of which host holds which instance (a hint,
+checked against the claims and hosts) and its own recent placements. Run several.
+
+Routes:
+- `POST /instances`: rank the live hosts (`placement`), claim the name, forward; a
+  host's 429/503 (or no answer) releases the claim and the next host is tried.
+- `/instances/{ref}[/...]` and the exec/cp WebSockets: proxied to the owning host,
+  bodies and answers streamed (SSE logs included). On a down host, `GET` answers the
+  last published summary with state `Unknown`; anything else is 503 `host_unavailable`.
+- `GET /instances` (and every other list): the live hosts' lists merged, plus the down
+  hosts' instances as `Unknown`.
+- `/images`: a pull or delete goes to every live host (each host runs from its own
+  image cache); an image reads as its least-ready copy, so `ready` means ready on all.
+  An image pushed to one host's registry reaches the others by a pull through the
+  gateway of `<that host's address>/<repo>:<tag>`, with the caller's token.
+- Anything else (`/volumes`, `/snapshots`, `/ingresses`, `/resources`): an item is
+  proxied to the host that has it; a create goes to the host named by the
+  `X-Ember-Host` header, or else the first live host by name.
+- `GET /cluster/hosts`: the hosts, their liveness, capacity and instances.
+
+Auth: the gateway checks the bearer token with the cluster's shared JWT secret, then
+forwards it unchanged; hosts hold the same secret, so they accept it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+from urllib.parse import urlsplit
+
+import httpx
+import websockets
+from starlette.applications import Starlette
+from starlette.background import BackgroundTask
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route, WebSocketRoute
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from ember.api.auth import bearer_token, verify_token
+from ember.cluster.discovery import Discovery, HostStatus, Inventory
+from ember.cluster.etcd import EtcdUnavailable
+from ember.cluster.placement import Recent, Want, rank
+from ember.errors import EmberError, InvalidArgument
+from ember.units import parse_size
+
+HOST_HEADER = "X-Ember-Host"  # on answers: the host that served; on creates: where to
+# Live hosts are re-read at most this often (a lapsed lease shows within the TTL plus this).
+HOSTS_FRESH_SECONDS = 0.5
+REFUSALS = (429, 503)
+_HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
+_IMAGE_READINESS = {"failed": 0, "pending": 1, "pulling": 2, "converting": 3, "ready": 4}
+
+
+def _error(status: int, code: str, message: str) -> JSONResponse:
+    return JSONResponse({"code": code, "message": message}, status_code=status)
+
+
+class HostDown(EmberError):
+    status = 503
+    code = "host_unavailable"
+
+
+class Gateway:
+    def __init__(
+        self,
+        discovery: Discovery,
+        secret: bytes,
+        *,
+        lease_ttl: float = 5,
+        http: httpx.AsyncClient | None = None,
+    ) -> None:
+        self.discovery = discovery
+        self.secret = secret
+        # No overall timeout: logs follow and long creates stream as long as they take.
+        self.http = http or httpx.AsyncClient(timeout=httpx.Timeout(None, connect=2.0))
+        self.recent = Recent(window=2 * lease_ttl)
+        self.owners: dict[str, str] = {}  # instance id -> host name
+        self._hosts: tuple[float, dict[str, HostStatus]] = (0.0, {})
+
+    # ---- membership ----
+
+    async def live(self, fresh: bool = False) -> dict[str, HostStatus]:
+        at, hosts = self._hosts
+        if fresh or time.monotonic() - at > HOSTS_FRESH_SECONDS:
+            hosts = await self.discovery.live_hosts()
+            self._hosts = (time.monotonic(), hosts)
+        return hosts
+
+    async def owner(self, ref: str, authorization: str) -> str | None:
+        """The name of the host holding instance `ref` (live or not), or None; the
+        caller's `authorization` goes with a question to the hosts. Only ids are cached:
+        a name may be freed and claimed on another host through another gateway."""
+        if ref in self.owners:
+            return self.owners[ref]
+        claim = await self.discovery.claim_of(ref)
+        if claim is not None:
+            return claim.host
+        for inventory in (await self.discovery.inventories()).values():
+            found = next((i for i in inventory.instances if ref in (i.id, i.name)), None)
+            if found is not None:
+                if found.id == ref:
+                    self.owners[ref] = inventory.name
+                return inventory.name
+        # Made since the last publish (or named before its host joined): ask the hosts.
+        return await self._holder(f"/instances/{ref}", {"Authorization": authorization})
+
+    async def _holder(self, path: str, headers: dict[str, str] | None = None) -> str | None:
+        """The first live host that answers 200 to `GET path`."""
+        hosts = list((await self.live()).values())
+
+        async def has(host: HostStatus) -> bool:
+            try:
+                response = await self.http.get(host.address + path, headers=headers)
+            except httpx.HTTPError:
+                return False
+            return response.status_code == 200
+
+        found = await asyncio.gather(*(has(h) for h in hosts))
+        return next((h.name for h, ok in zip(hosts, found, strict=True) if ok), None)
+
+    # ---- forwarding ----
+
+    async def forward(
+        self, request: Request, host: HostStatus, body: bytes | None = None
+    ) -> Response:
+        """`request` sent on to `host` as it is, its answer streamed back."""
+        upstream = await self._send(request, host, body, stream=True)
+        return StreamingResponse(
+            upstream.aiter_raw(),
+            status_code=upstream.status_code,
+            headers=_answer_headers(upstream, host),
+            background=BackgroundTask(upstream.aclose),
+        )
+
+    async def _send(
+        self, request: Request, host: HostStatus, body: bytes | None, *, stream: bool = False
+    ) -> httpx.Response:
+        query = f"?{request.url.query}" if request.url.query else ""
+        url = host.address + _raw_path(request) + query
+        headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        content: Any = body if body is not None else request.stream()
+        outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
+        sent = asyncio.ensure_future(self.http.send(outgoing, stream=stream))
+        try:
+            # No read timeout (a restore or a create takes what it takes), but a host
+            # whose lease lapses meanwhile is given up on: its answer may never come.
+            while not (await asyncio.wait({sent}, timeout=HOSTS_FRESH_SECONDS))[0]:
+                if not await self._still_live(host):
+                    raise HostDown(f"host {host.name} went down during the request")
+            return sent.result()
+        except httpx.HTTPError as exc:
+            raise HostDown(f"host {host.name} did not answer: {exc!r}") from exc
+        finally:
+            sent.cancel()
+
+    async def _still_live(self, host: HostStatus) -> bool:
+        try:
+            return host.name in await self.live()
+        except EtcdUnavailable:
+            return True  # no news is not a lapse
+
+    # ---- instances ----
+
+    async def create(self, request: Request, path_host: HostStatus | None = None) -> Response:
+        """Place, claim, forward; a refusal (429, 503, no answer) releases the claim and
+        the next host is tried. A host that went silent mid-create may still make the
+        instance: its member claims the name again when it is back (if still free)."""
+        body = await request.body()
+        spec = _json_object(body)
+        name = spec.get("name")
+        if not isinstance(name, str) or not name:
+            raise InvalidArgument("name is required")
+        want = _want(spec, request)
+        if path_host is not None:  # a fork: it lands beside its saved VM
+            order = [path_host]
+        else:
+            live = await self.live()
+            if not live:
+                raise HostDown("no live host in the cluster")
+            order = rank(live.values(), want, self.recent)
+            if not order:
+                return _error(429, "insufficient_resources", "no live host fits this instance")
+        refusal: Response = _error(503, "host_unavailable", "no host took the instance")
+        for host in order:
+            claim = await self.discovery.claim(name, host.name)
+            if claim is None:
+                return _error(409, "conflict", f"instance name {name!r} is in use in the cluster")
+            try:
+                answer = await self._send(request, host, body)
+            except HostDown:
+                await self.discovery.release(name, claim)
+                continue
+            if answer.status_code >= 400:
+                await self.discovery.release(name, claim)
+                refusal = _copy(answer, host)
+                if answer.status_code in REFUSALS:
+                    continue
+                return refusal
+            created = answer.json()
+            if isinstance(created.get("id"), str):
+                self.owners[created["id"]] = host.name
+            self.recent.add(host.name, want)
+            return _copy(answer, host)
+        return refusal
+
+    async def instance(self, request: Request) -> Response:
+        ref = request.path_params["ref"]
+        rest = request.path_params.get("rest", "")
+        host_name = await self.owner(ref, request.headers.get("authorization", ""))
+        if host_name is None:
+            return _error(404, "not_found", f"instance {ref!r} not found")
+        host = (await self.live()).get(host_name)
+        if host is None:
+            return await self._down(request, ref, host_name)
+        if request.method == "POST" and rest == "fork":
+            return await self.create(request, path_host=host)
+        if request.method == "DELETE" and not rest:
+            return await self._delete(request, host, ref)
+        return await self.forward(request, host)
+
+    async def _delete(self, request: Request, host: HostStatus, ref: str) -> Response:
+        found = await self.http.get(f"{host.address}/instances/{ref}", headers=_auth(request))
+        answer = await self._send(request, host, b"")
+        if answer.status_code < 300 and found.status_code == 200:
+            name = found.json()["name"]
+            claim = await self.discovery.claim_of(name)
+            if claim is not None and claim.host == host.name:
+                await self.discovery.release(name, claim)
+            self.owners.pop(found.json()["id"], None)
+        return _copy(answer, host)
+
+    async def _down(self, request: Request, ref: str, host_name: str) -> Response:
+        inventory = (await self.discovery.inventories()).get(host_name)
+        summary = next(
+            (i for i in (inventory.instances if inventory else []) if ref in (i.id, i.name)),
+            None,
+        )
+        if request.method != "GET" or request.path_params.get("rest") or summary is None:
+            raise HostDown(f"instance {ref!r} is on host {host_name}, which is down")
+        return JSONResponse(
+            {**summary.model_dump(), "state": "Unknown"}, headers={HOST_HEADER: host_name}
+        )
+
+    async def list_instances(self, request: Request) -> Response:
+        live = await self.live()
+        answers = await self._fan_out(request, list(live.values()))
+        merged: list[Any] = []
+        served: set[str] = set()
+        for host, answer in answers:
+            if answer is not None and answer.status_code == 200:
+                merged.extend(answer.json())
+                served.add(host.name)
+        wanted = request.query_params.get("state")
+        if wanted in (None, "Unknown"):
+            for inventory in (await self.discovery.inventories()).values():
+                if inventory.name not in served:
+                    merged.extend(_unknown(inventory))
+        return JSONResponse(merged)
+
+    async def _fan_out(
+        self, request: Request, hosts: list[HostStatus], body: bytes | None = b""
+    ) -> list[tuple[HostStatus, httpx.Response | None]]:
+        async def one(host: HostStatus) -> httpx.Response | None:
+            try:
+                return await self._send(request, host, body)
+            except HostDown:
+                return None
+
+        answers = await asyncio.gather(*(one(h) for h in hosts))
+        return list(zip(hosts, answers, strict=True))
+
+    # ---- images: on every host ----
+
+    async def images(self, request: Request) -> Response:
+        hosts = sorted((await self.live()).values(), key=lambda h: h.name)
+        if not hosts:
+            raise HostDown("no live host")
+        body = await request.body()
+        if request.method == "POST":
+            body = _with_cluster_credentials(body, hosts, request)
+        answers = [(h, a) for h, a in await self._fan_out(request, hosts, body) if a is not None]
+        if not answers:
+            raise HostDown("no host answered")
+        if request.method == "GET" and "name" not in request.path_params:
+            return JSONResponse(_least_ready(answers))
+        if request.method == "GET":
+            host, answer = min(answers, key=lambda pair: _readiness(pair[1]))
+            return _copy(answer, host)
+        return _copy(answers[0][1], answers[0][0])
+
+    # ---- everything else: proxied to the host that has it ----
+
+    async def other(self, request: Request) -> Response:
+        """Volumes, snapshots, ingresses, host routes: an item goes to the host that has
+        it, a list merges all hosts, a create goes to `X-Ember-Host` or the first host."""
+        live = await self.live()
+        parts = request.url.path.strip("/").split("/")
+        chosen = request.headers.get(HOST_HEADER)
+        if chosen is not None:
+            if chosen not in live:
+                raise HostDown(f"host {chosen!r} is not live")
+            return await self.forward(request, live[chosen])
+        holder = None
+        if len(parts) >= 2:
+            holder = await self._holder("/" + "/".join(parts[:2]), _auth(request))
+        if holder is not None:
+            if request.method == "POST" and parts[-1] == "fork":  # a snapshot's fork
+                return await self.create(request, path_host=live[holder])
+            return await self.forward(request, live[holder])
+        if request.method == "GET" and len(parts) == 1:
+            return await self._merged(request, list(live.values()))
+        if request.method != "POST":
+            return _error(404, "not_found", f"{request.url.path} not found on any host")
+        if not live:
+            raise HostDown("no live host")
+        return await self.forward(request, live[min(live)])
+
+    async def _merged(self, request: Request, hosts: list[HostStatus]) -> Response:
+        merged: list[Any] = []
+        for _, answer in await self._fan_out(request, hosts):
+            if answer is not None and answer.status_code == 200:
+                body = answer.json()
+                if not isinstance(body, list):
+                    return JSONResponse(body)  # not a list (e.g. /resources): one host's
+                merged.extend(body)
+        return JSONResponse(merged)
+
+    # ---- the cluster's own view ----
+
+    async def cluster_hosts(self, _: Request) -> Response:
+        live = await self.live(fresh=True)
+        inventories = await self.discovery.inventories()
+        hosts = []
+        for name in sorted(live.keys() | inventories.keys()):
+            status, inventory = live.get(name), inventories.get(name)
+            hosts.append({
+                "name": name,
+                "live": status is not None,
+                "address": status.address if status else inventory.address if inventory else None,
+                "labels": status.labels if status else {},
+                "cpu": status.cpu.model_dump() if status else None,
+                "memory": status.memory.model_dump() if status else None,
+                "instances": [
+                    {**i.model_dump(), "state": i.state if status else "Unknown"}
+                    for i in (inventory.instances if inventory else [])
+                ],
+            })  # fmt: skip
+        return JSONResponse({"hosts": hosts})
+
+    # ---- WebSockets (exec, cp) ----
+
+    async def websocket(self, ws: WebSocket) -> None:
+        """Exec and cp: the upgrade is refused the way the host refuses it (an HTTP error
+        with `{"code", "message"}`), then frames are relayed both ways."""
+        ref, authorization = ws.path_params["ref"], ws.headers.get("authorization", "")
+        try:
+            self.check(authorization)
+            host_name = await self.owner(ref, authorization)
+            host = (await self.live()).get(host_name or "")
+            if host is None:
+                raise HostDown(f"instance {ref!r}: no live host holds it")
+        except EmberError as exc:
+            await ws.send_denial_response(_error(exc.status, exc.code, exc.message))
+            return
+        except EtcdUnavailable as exc:
+            await ws.send_denial_response(_error(503, "cluster_unavailable", f"etcd: {exc}"))
+            return
+        url = "ws" + host.address.removeprefix("http") + _raw_path(ws)
+        url += f"?{ws.url.query}" if ws.url.query else ""
+        try:
+            # No pings on this hop: a host busy booting must not look dead to the relay.
+            upstream = await websockets.connect(
+                url, additional_headers={"Authorization": authorization}, max_size=None,
+                compression=None, ping_interval=None, open_timeout=60,
+            )  # fmt: skip
+        except websockets.InvalidStatus as exc:
+            denial = exc.response
+            await ws.send_denial_response(
+                Response(denial.body, denial.status_code, media_type="application/json")
+            )
+            return
+        except (OSError, TimeoutError, websockets.InvalidHandshake) as exc:
+            await ws.send_denial_response(
+                _error(503, "host_unavailable", f"host {host.name}: {exc!r}")
+            )
+            return
+        async with upstream:
+            await ws.accept()
+            await _pump(ws, upstream)
+
+    # ---- auth ----
+
+    def check(self, authorization: str | None) -> None:
+        verify_token(self.secret, bearer_token(authorization))
+
+    async def close(self) -> None:
+        await self.http.aclose()
+        await self.discovery.close()
+
+
+async def _pump(ws: WebSocket, upstream: websockets.ClientConnection) -> None:
+    """Frames both ways until either side closes; the host's close code goes back."""
+
+    async def client_to_host() -> None:
+        with contextlib.suppress(WebSocketDisconnect):
+            while True:
+                message = await ws.receive()
+                if message["type"] == "websocket.disconnect":
+                    break
+                data = message.get("bytes")
+                await upstream.send(data if data is not None else message.get("text", ""))
+        await upstream.close()
+
+    async def host_to_client() -> None:
+        with contextlib.suppress(websockets.ConnectionClosed):
+            async for frame in upstream:
+                if isinstance(frame, bytes):
+                    await ws.send_bytes(frame)
+                else:
+                    await ws.send_text(frame)
+        code = upstream.close_code or 1000
+        with contextlib.suppress(RuntimeError, WebSocketDisconnect):  # the client went first
+            await ws.close(code=code, reason=upstream.close_reason or "")
+
+    tasks = [asyncio.ensure_future(client_to_host()), asyncio.ensure_future(host_to_client())]
+    _, pending = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+    for task in pending:
+        task.cancel()
+    # Either side may have gone mid-frame: that ends the relay, it is not a failure.
+    await asyncio.gather(*tasks, return_exceptions=True)
+
+
+def _json_object(body: bytes) -> dict[str, Any]:
+    try:
+        spec = json.loads(body or b"{}")
+    except ValueError as exc:
+        raise InvalidArgument(f"request body is not JSON: {exc}") from exc
+    if not isinstance(spec, dict):
+        raise InvalidArgument("request body must be a JSON object")
+    return spec
+
+
+def _want(spec: dict[str, Any], request: Request) -> Want:
+    labels = dict(
+        label.split("=", 1) for label in request.query_params.getlist("label") if "=" in label
+    )
+    vcpus = spec.get("vcpus", 1)
+    try:
+        memory = parse_size(spec.get("size", "1GB"))
+    except (EmberError, ValueError, TypeError):
+        memory = 0  # the host answers the bad size with its own 400
+    return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels)
+
+
+def _with_cluster_credentials(body: bytes, hosts: list[HostStatus], request: Request) -> bytes:
+    """A pull from a cluster host's own registry (`<host address>/<repo>:<tag>`, where an
+    image pushed to that host lives) carries the caller's token to it, so every host can
+    pull what was pushed to one."""
+    spec = _json_object(body)
+    registry = str(spec.get("name", "")).partition("/")[0]
+    if spec.get("credentials") or registry not in {urlsplit(h.address).netloc for h in hosts}:
+        return body
+    token = bearer_token(request.headers.get("authorization"))
+    return json.dumps({**spec, "credentials": {"username": "ember", "password": token}}).encode()
+
+
+def _raw_path(connection: Request | WebSocket) -> str:
+    """The path as the client sent it (an image name's `%2F` stays encoded)."""
+    raw: bytes = connection.scope.get("raw_path") or connection.url.path.encode()
+    return raw.decode()
+
+
+def _auth(request: Request) -> dict[str, str]:
+    return {"Authorization": request.headers.get("authorization", "")}
+
+
+def _answer_headers(answer: httpx.Response, host: HostStatus) -> dict[str, str]:
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
+    return {**kept, HOST_HEADER: host.name}
+
+
+def _copy(answer: httpx.Response, host: HostStatus) -> Response:
+    """A fully read answer of `host`, passed on."""
+    headers = _answer_headers(answer, host)
+    headers.pop("content-encoding", None)  # httpx decoded it
+    return Response(answer.content, status_code=answer.status_code, headers=headers)
+
+
+def _unknown(inventory: Inventory) -> list[dict[str, Any]]:
+    return [{**i.model_dump(), "state": "Unknown"} for i in inventory.instances]
+
+
+def _rank(image: dict[str, Any]) -> int:
+    return _IMAGE_READINESS.get(str(image.get("status")), 0)
+
+
+def _readiness(answer: httpx.Response) -> int:
+    return _rank(answer.json()) if answer.status_code == 200 else -1
+
+
+def _least_ready(answers: list[tuple[HostStatus, httpx.Response]]) -> list[Any]:
+    """Each image once, as its least-ready copy; missing on a host: that host's absence
+    shows as `pending` (the image is not usable everywhere yet)."""
+    lists: list[list[dict[str, Any]]] = [a.json() for _, a in answers if a.status_code == 200]
+    by_name: dict[str, dict[str, Any]] = {}
+    for image in (i for listing in lists for i in listing):
+        seen = by_name.get(image["name"])
+        if seen is None or _rank(image) < _rank(seen):
+            by_name[image["name"]] = image
+    for name, image in by_name.items():
+        if sum(any(i["name"] == name for i in listing) for listing in lists) < len(lists):
+            by_name[name] = {**image, "status": "pending"}
+    return list(by_name.values())
+
+
+Handler = Callable[[Request], Awaitable[Response]]
+
+
+def _guarded(gateway: Gateway, handler: Handler) -> Handler:
+    """Auth first; domain and store failures as `{"code", "message"}`."""
+
+    async def run(request: Request) -> Response:
+        try:
+            gateway.check(request.headers.get("authorization"))
+            return await handler(request)
+        except EmberError as exc:
+            return _error(exc.status, exc.code, exc.message)
+        except EtcdUnavailable as exc:
+            return _error(503, "cluster_unavailable", f"etcd: {exc}")
+
+    return run
+
+
+def create_gateway_app(gateway: Gateway) -> Starlette:
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        yield
+        await gateway.close()
+
+    async def health(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    def route(path: str, handler: Handler, methods: list[str]) -> Route:
+        return Route(path, _guarded(gateway, handler), methods=methods)
+
+    every = ["GET", "POST", "PUT", "PATCH", "DELETE"]
+    routes = [
+        Route("/health", health, methods=["GET"]),
+        route("/cluster/hosts", gateway.cluster_hosts, ["GET"]),
+        route("/instances", gateway.create, ["POST"]),
+        route("/instances", gateway.list_instances, ["GET"]),
+        WebSocketRoute("/instances/{ref}/exec", gateway.websocket),
+        WebSocketRoute("/instances/{ref}/cp", gateway.websocket),
+        route("/instances/{ref}", gateway.instance, every),
+        route("/instances/{ref}/{rest:path}", gateway.instance, every),
+        route("/images", gateway.images, ["GET", "POST"]),
+        route("/images/{name:path}", gateway.images, ["GET", "DELETE"]),
+        route("/{path:path}", gateway.other, every),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)
