@@ -61,7 +61,7 @@ class EgressManager:
         self.root = data_dir / "egress"
         self.network = network
         self.proxy_port = proxy_port
-        self.table = f"{network.settings.nft_table}_egress"
+        self.table = network.settings.egress_table
         self.proxy = EgressProxy(self._tenant, upstream_context(upstream_cafile))
         self._plans: dict[str, EgressPlan] = {}
         self._tenants: dict[str, Tenant] = {}  # by guest IP

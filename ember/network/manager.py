@@ -342,6 +342,9 @@ class NetworkManager:
                 removed.append(s.bridge)
             if nft.delete(s.nft_table):
                 removed.append(f"nft table inet {s.nft_table}")
+            for family in ("inet", "bridge"):  # mediated egress's (ember/egress)
+                if nft.delete(s.egress_table, family):
+                    removed.append(f"nft table {family} {s.egress_table}")
             if self._forwarding_set_by_us():
                 links.set_forwarding(False)
                 self._mark_forwarding(False)

@@ -55,13 +55,13 @@ def ensure(table: str, subnet: ipaddress.IPv4Network, bridge: str, isolation: bo
     _run(["-f", "-"], ruleset(table, subnet, bridge, isolation))
 
 
-def exists(table: str) -> bool:
-    listing = json.loads(_run(["-j", "list", "tables", "inet"]))
+def exists(table: str, family: str = "inet") -> bool:
+    listing = json.loads(_run(["-j", "list", "tables", family]))
     return any(item.get("table", {}).get("name") == table for item in listing.get("nftables", []))
 
 
-def delete(table: str) -> bool:
-    if not exists(table):
+def delete(table: str, family: str = "inet") -> bool:
+    if not exists(table, family):
         return False
-    _run(["delete", "table", "inet", table])
+    _run(["delete", "table", family, table])
     return True

@@ -54,6 +54,11 @@ class NetworkSettings:
     isolation: bool = True
     nft_table: str = DEFAULT_NFT_TABLE
 
+    @property
+    def egress_table(self) -> str:
+        """The name of ember/egress's `inet` and `bridge` tables (uninstall removes them)."""
+        return f"{self.nft_table}_egress"
+
     def __post_init__(self) -> None:
         if self.subnet.prefixlen > 29:
             raise InvalidArgument(f"network subnet: {self.subnet} is too small (at most /29)")
