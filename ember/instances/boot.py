@@ -46,6 +46,7 @@ async def boot(
         stopped_at=None,
         exit_code=None,
         exit_message=None,
+        stop_reason=None,
     )
     watch(core, record, handle)
     return record

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Callable
+from functools import partial
 from pathlib import Path
 
 from ember.config import Settings
@@ -46,6 +47,7 @@ from ember.instances.resources import InstanceResource, Resources
 from ember.instances.snapshot import Snapshots
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
+from ember.instances.stopreason import StopOrigin
 from ember.instances.supervisor import Supervisor
 from ember.network import Lease, NetworkManager
 from ember.snapshots.compression import BackgroundJobs, CompressionConfig
@@ -109,7 +111,9 @@ class InstanceManager:
         self.health = HealthMonitor(self.core, self._address)
         self.reaper = Reaper(self.core, self.delete)
         self.log_rotator = LogRotator(self._log_paths, settings.instance_log_max_bytes)
-        self.auto_standby = AutoStandby(self.core, self._address, self.standby)
+        self.auto_standby = AutoStandby(
+            self.core, self._address, partial(self.standby, origin="platform")
+        )
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -264,13 +268,13 @@ class InstanceManager:
         self.supervisor.manual_start(record_id)  # the owner's start: supervision starts over
         return self.core.current(record.id)
 
-    async def stop(self, ref: str) -> InstanceRecord:
+    async def stop(self, ref: str, *, origin: StopOrigin = "user") -> InstanceRecord:
         """A stop is never undone by the supervisor; on a Stopped instance waiting for a
-        restart it cancels that restart."""
+        restart it cancels that restart. `origin` goes into the stop reason."""
         record = self.get(ref)
         if record.state == State.STOPPED and self.supervisor.pending(record):
             return self.supervisor.manual_stop(record.id)
-        return await stop.stop(self.core, record.id)
+        return await stop.stop(self.core, record.id, origin=origin)
 
     async def update(self, ref: str, request: UpdateInstanceRequest) -> InstanceRecord:
         record = self.get(ref)
@@ -292,6 +296,7 @@ class InstanceManager:
         *,
         compression: CompressionConfig | None = None,
         compression_delay: str | None = None,
+        origin: StopOrigin = "user",
     ) -> InstanceRecord:
         return await standby.standby(
             self.core,
@@ -299,6 +304,7 @@ class InstanceManager:
             self.get(ref).id,
             compression=compression,
             compression_delay=compression_delay,
+            origin=origin,
         )
 
     async def restore(self, ref: str) -> InstanceRecord:

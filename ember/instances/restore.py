@@ -143,7 +143,9 @@ async def _start_from_saved(
     except BaseException:
         await core.resources.detach(record, paths)
         raise
-    record = core.transition(record.id, State.RUNNING, "restored from standby", pid=handle.pid)
+    record = core.transition(record.id, State.RUNNING, "restored from standby", pid=handle.pid,
+        stop_reason=None, exit_message=None,
+    )  # fmt: skip
     watch(core, record, handle)
     return record
 

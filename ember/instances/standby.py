@@ -21,10 +21,12 @@ import shutil
 import threading
 
 from ember.errors import EmberError, InvalidArgument, InvalidState, Unavailable
+from ember.instances import stopreason
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.models import InstanceRecord, StandbySnapshot
 from ember.instances.monitor import await_monitor
 from ember.instances.state import State
+from ember.instances.stopreason import StopOrigin
 from ember.snapshots.compression import (
     BackgroundJobs,
     Compression,
@@ -66,6 +68,12 @@ def choose_compression(
     return compression, seconds
 
 
+STANDBY_MESSAGE: dict[StopOrigin, str] = {
+    "user": "put in standby by the user",
+    "platform": "scaled to zero by the platform (standby, memory kept)",
+}
+
+
 async def standby(
     core: InstanceCore,
     jobs: BackgroundJobs,
@@ -73,6 +81,7 @@ async def standby(
     *,
     compression: CompressionConfig | None = None,
     compression_delay: str | None = None,
+    origin: StopOrigin = "user",
 ) -> InstanceRecord:
     """Save the VM and answer as soon as the saved state is on disk and recorded.
 
@@ -93,7 +102,11 @@ async def standby(
             raise invalid(record, "put in standby", "its VMM is not known")
         chosen, delay = choose_compression(core, record, compression, compression_delay)
         snapshot = await _save(core, record)
-        record = core.transition(instance_id, State.STANDBY, _describe(snapshot), standby=snapshot)
+        reason = stopreason.standby(origin)
+        record = core.transition(
+            instance_id, State.STANDBY, _describe(snapshot), standby=snapshot,
+            stop_reason=int(reason), exit_message=STANDBY_MESSAGE[origin],
+        )  # fmt: skip
     except BaseException:
         lock.release()
         raise

@@ -10,16 +10,20 @@ from ember.instances.core import InstanceCore, invalid
 from ember.instances.models import InstanceRecord
 from ember.instances.monitor import await_monitor
 from ember.instances.state import ACTIVE, State
+from ember.instances.stopreason import StopOrigin, StopReason, requested
 
 
-async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
+async def stop(
+    core: InstanceCore, instance_id: str, *, origin: StopOrigin = "user"
+) -> InstanceRecord:
     async with core.lock(instance_id):
         record = core.current(instance_id)
         if record.state not in ACTIVE:
             raise invalid(record, "stop", "it is not running")
         # Before the VM goes down: the supervisor must never undo a manual stop, even
-        # if this server dies before the monitor has recorded Stopped.
-        core.update(instance_id, _block_restarts)
+        # if this server dies before the monitor has recorded Stopped. Who asked is
+        # recorded now too; the monitor adds how it ended (stopreason.py).
+        core.update(instance_id, lambda r: _block_restarts(r, requested(origin)))
         await shutdown(core, record, graceful=True)
     return core.current(instance_id)
 
@@ -45,12 +49,18 @@ async def shutdown(core: InstanceCore, record: InstanceRecord, *, graceful: bool
                 await await_monitor(core, record.id)
                 return
             core.event(record.id, "stop: timed out, forcing the VM off")
+        core.update(record.id, _forced)
         await hypervisor.quit(handle)
         await await_monitor(core, record.id)
     finally:
         core.stopping.discard(record.id)
 
 
-def _block_restarts(record: InstanceRecord) -> None:
+def _block_restarts(record: InstanceRecord, asked: StopReason) -> None:
     record.restart_status.blocked_reason = "manual_stop"
     record.restart_status.next_attempt_at = None
+    record.stop_reason = int(asked)
+
+
+def _forced(record: InstanceRecord) -> None:
+    record.stop_reason = (record.stop_reason or 0) | StopReason.FORCED

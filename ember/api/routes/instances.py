@@ -148,6 +148,12 @@ class Instance(BaseModel):
     stopped_at: datetime | None = None
     exit_code: int | None = None
     exit_message: OptionalString = None
+    stop_reason: int | None = Field(
+        default=None,
+        description="Ember extension: why it stopped, Unikraft Cloud's bitmask (16 forced, "
+        "8 user, 4 platform, 2 app, 1 kernel; e.g. 15 a user stop, 7 scaled to zero, 3 the "
+        "program exited); null while it runs",
+    )
     has_snapshot: bool = False
     platform: str | None = None
     expires_at: datetime | None = None  # null: no automatic expiry
@@ -187,6 +193,7 @@ class Instance(BaseModel):
                     "stopped_at",
                     "exit_code",
                     "exit_message",
+                    "stop_reason",
                     "platform",
                     "auto_standby",
                     "snapshot_policy",
