@@ -15,6 +15,7 @@ from ember.api.deps import require_auth
 from ember.api.errors import document_errors, error_response_doc, install_error_handlers
 from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
+    groups,
     guest_access,
     health,
     host,
@@ -38,6 +39,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     host.router,  # /resources, /capabilities
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
+    groups.router,  # /service-groups (Ember extension)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

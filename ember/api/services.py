@@ -13,6 +13,7 @@ from functools import partial
 from ember.api.auth import load_or_create_secret
 from ember.config import Settings
 from ember.errors import NotFound
+from ember.groups import GroupManager, waker_socket
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
@@ -39,6 +40,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     volumes: VolumeManager
+    groups: GroupManager
     dns: DnsServer | None = None
 
     @classmethod
@@ -83,6 +85,10 @@ class Services:
             network=network,
             volumes=volumes,
         )
+        ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
+        groups = GroupManager(
+            store, instances, ingresses, waker_socket(settings.runtime_dir, settings.data_dir)
+        )
         return cls(
             settings=settings,
             store=store,
@@ -93,8 +99,9 @@ class Services:
             system=system,
             network=network,
             instances=instances,
-            ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
+            ingresses=ingresses,
             volumes=volumes,
+            groups=groups,
         )
 
     async def start(self) -> None:
@@ -112,8 +119,10 @@ class Services:
             await self.dns.start()
         await self.instances.open()
         await self.ingresses.open()
+        await self.groups.open()
 
     async def stop(self) -> None:
+        await self.groups.close()
         await self.ingresses.close()  # leaves Caddy serving: it outlives a restart
         await self.instances.close()
         if self.dns is not None:

@@ -182,6 +182,18 @@ class CaddyDaemon:
             raise _load_error(response)
         _write_private(self.config_file, config)
 
+    async def upstream_requests(self) -> dict[str, int]:
+        """In-flight requests per upstream address (`GET /reverse_proxy/upstreams`); the
+        counts live as long as Caddy does, across config loads."""
+        try:
+            async with self._client(5.0) as client:
+                response = await client.get("/reverse_proxy/upstreams")
+        except httpx.HTTPError as exc:
+            raise CaddyError(f"caddy admin API unreachable: {exc}") from exc
+        if response.status_code != 200:
+            raise CaddyError(f"caddy admin API: {response.status_code} {response.text.strip()}")
+        return {u["address"]: int(u["num_requests"]) for u in response.json() or []}
+
     async def current_config(self) -> Any:
         async with self._client(5.0) as client:
             return (await client.get("/config/")).json()

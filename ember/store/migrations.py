@@ -73,4 +73,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         "CREATE UNIQUE INDEX snapshots_instance_name ON snapshots (instance_id, name)",
         "CREATE TABLE snapshot_schedules (instance_id TEXT PRIMARY KEY, data TEXT NOT NULL)",
     ),
+    # 9: service groups (ember/groups) and which instance belongs to which (one row per
+    # instance: its id and name, the group, its scale-to-zero policy).
+    (_resource_table("service_groups"), _resource_table("service_group_members")),
 ]

@@ -22,6 +22,13 @@ from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.api.query import tag_filter
 from ember.api.services import Services
+from ember.groups import (
+    InstanceServiceGroupRequest,
+    MemberRecord,
+    ScaleToZero,
+    ScaleToZeroRequest,
+    ServiceGroupRecord,
+)
 from ember.hypervisor import HypervisorName
 from ember.instances import (
     CreateInstanceRequest,
@@ -166,6 +173,12 @@ class Instance(BaseModel):
     phase_durations_ms: dict[str, int] | None = None
     auto_standby: AutoStandbyPolicy | None = None
     snapshot_policy: SnapshotPolicy | None = None
+    service_group: InstanceServiceGroup | None = Field(
+        default=None, description="Ember extension: the service group it serves in"
+    )
+    scale_to_zero: ScaleToZero | None = Field(
+        default=None, description="Ember extension: when it sleeps (needs a service group)"
+    )
 
     @classmethod
     def of(
@@ -174,6 +187,7 @@ class Instance(BaseModel):
         lease: Lease | None = None,
         attachments: list[Attachment] | None = None,
         health: health.HealthStatus | None = None,
+        group: tuple[ServiceGroupRecord, MemberRecord] | None = None,
     ) -> Instance:
         phase, phase_since, durations = phases.describe(record)
         return cls(
@@ -214,15 +228,61 @@ class Instance(BaseModel):
             network=InstanceNetwork.of(lease),
             volumes=[VolumeMount.of(a) for a in attachments or []],
             has_snapshot=record.standby is not None,
+            service_group=InstanceServiceGroup(id=group[0].id, name=group[0].name)
+            if group
+            else None,
+            scale_to_zero=group[1].scale_to_zero if group else None,
         )
+
+
+class InstanceServiceGroup(BaseModel):
+    id: str
+    name: str
 
 
 def answer(svc: Services, record: InstanceRecord) -> Instance:
     instances = svc.instances
     return Instance.of(
         record, instances.lease(record), instances.attachments(record),
-        instances.health_status(record),
+        instances.health_status(record), svc.groups.membership(record.id),
     )  # fmt: skip
+
+
+class CreateInstanceBody(CreateInstanceRequest):
+    """Hypeman's create request, plus Ember's service groups (extension)."""
+
+    service_group: InstanceServiceGroupRequest | None = Field(
+        default=None,
+        description="Ember extension: join an existing service group (`name` or `uuid`), "
+        "or make an ephemeral one (`services`, `domains`, limits)",
+    )
+    scale_to_zero: ScaleToZeroRequest | None = Field(
+        default=None, description="Ember extension: sleep when idle (needs service_group)"
+    )
+
+    def instance_request(self) -> CreateInstanceRequest:
+        return CreateInstanceRequest.model_validate(
+            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+        )
+
+
+class UpdateInstanceBody(UpdateInstanceRequest):
+    """Hypeman's update request, plus Ember's service groups (extension)."""
+
+    service_group: InstanceServiceGroupRequest | None = Field(
+        default=None, description="Ember extension: move to this group (null: leave it)"
+    )
+    scale_to_zero: ScaleToZeroRequest | None = Field(
+        default=None, description="Ember extension: change or (null) switch off"
+    )
+
+    def instance_request(self) -> UpdateInstanceRequest:
+        return UpdateInstanceRequest.model_validate(
+            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+        )
+
+
+GROUP_FIELDS = {"service_group", "scale_to_zero"}
 
 
 class WaitResponse(BaseModel):
@@ -241,8 +301,12 @@ MAX_WAIT_SECONDS = 300.0
     summary="Create and start an instance",
     responses=LIFECYCLE_ERRORS,
 )
-async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
-    return answer(svc, await svc.instances.create(body))
+async def create_instance(body: CreateInstanceBody, svc: ServicesDep) -> Instance:
+    request = body.instance_request()
+    if body.service_group is None and body.scale_to_zero is None:
+        return answer(svc, await svc.instances.create(request))
+    record = await svc.groups.create_instance(request, body.service_group, body.scale_to_zero)
+    return answer(svc, record)
 
 
 @router.get("", response_model=list[Instance], summary="List instances")
@@ -260,12 +324,17 @@ async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 
 @router.patch("/{id}", response_model=Instance, summary="Update an instance's policies")
 async def update_instance(
-    ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceRequest | None = None
+    ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceBody | None = None
 ) -> Instance:
     """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check` and `tags`, each
     taking effect on the live instance; `auto_standby` and credential `env` are refused by
     name (not available on this server)."""
-    return answer(svc, await svc.instances.update(ref, body or UpdateInstanceRequest()))
+    body = body or UpdateInstanceBody()
+    record = await svc.instances.update(ref, body.instance_request())
+    given = body.model_fields_set & GROUP_FIELDS
+    if given:
+        await svc.groups.update_instance(ref, given, body.service_group, body.scale_to_zero)
+    return answer(svc, svc.instances.get(record.id))
 
 
 @router.delete(
