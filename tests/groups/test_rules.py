@@ -117,7 +117,7 @@ def test_routes_use_the_soft_limit_only_while_an_instance_can_be_woken() -> None
     def balancer(view: GroupView) -> dict[str, Any]:
         (published,) = published_routes([view], waker)
         assert published.port == 80
-        handlers: list[dict[str, Any]] = published.routes[0]["handle"]  # type: ignore[assignment]
+        handlers: list[dict[str, Any]] = published.routes[0]["handle"]
         return handlers[1]
 
     wakeable = balancer(GroupView(record, ("10.0.0.2",), can_wake=True))
