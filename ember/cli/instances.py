@@ -34,6 +34,7 @@ from ember.cli.common import (
     parse_pairs,
     short_id,
 )
+from ember.cli.groups import group_body, stop_reason_text
 from ember.cli.images import pull_image
 from ember.client import ApiError, EmberClient
 from ember.client.config import LOOPBACK_HOSTS
@@ -210,6 +211,19 @@ def run(
     ),
     overlay_size: str | None = typer.Option(None, help="Writable disk size, e.g. 10GB."),
     network: bool = typer.Option(True, "--network/--no-network", help="Attach to the network."),
+    group: str | None = typer.Option(
+        None,
+        "--group",
+        "-g",
+        help="Serve in this service group (made from -p, as HOSTNAME:PORT:GUEST_PORT, when "
+        "it does not exist); -p then publishes through the group, not an ingress.",
+    ),
+    scale_to_zero: int | None = typer.Option(
+        None,
+        "--scale-to-zero",
+        metavar="COOLDOWN_MS",
+        help="With --group: standby after this many idle milliseconds, woken by a request.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create and start an instance; follow its output and exit with its exit code.
@@ -222,8 +236,13 @@ def run(
     detach = detach or as_json
     with client(EXIT_EMBER) as api:
         server_host = urlsplit(api.base_url).hostname or ""
-        published = [parse_publish(item, server_host) for item in publish_]
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
+        if group is not None:
+            body |= join_group(api, group, publish_, scale_to_zero)
+            publish_ = []
+        elif scale_to_zero is not None:
+            fail("--scale-to-zero needs --group (a request to the group wakes it)", EXIT_USAGE)
+        published = [parse_publish(item, server_host) for item in publish_]
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
             "entrypoint": entrypoint or None, "cmd": command or None,
@@ -257,6 +276,23 @@ def run(
     raise typer.Exit(code)
 
 
+def join_group(
+    api: EmberClient, group: str, publish_: list[str], cooldown_ms: int | None
+) -> dict[str, Any]:
+    """The create request's group fields; makes the group from -p when it is missing."""
+    try:
+        api.group(group)
+    except ApiError as exc:
+        if exc.status != 404 or not publish_:
+            raise
+        api.create_group(**group_body(group, publish_, None, None))
+    fields: dict[str, Any] = {"service_group": {"name": group}}
+    if cooldown_ms is not None:
+        fields["scale_to_zero"] = {"policy": "on", "stateful": True,
+                                   "cooldown_time_ms": cooldown_ms}  # fmt: skip
+    return fields
+
+
 # ---- listing and inspecting ------------------------------------------------------------
 
 
@@ -265,8 +301,9 @@ def instance_row(row: dict[str, Any]) -> list[str]:
     if row.get("exit_code") is not None and row["state"] in STOPPED:
         state += f" [dim](exit {row['exit_code']})[/dim]"
     resources = f"{row.get('vcpus', '')} cpu, {row.get('size', '')}"
-    return [short_id(row["id"]), row["name"], row["image"], state, resources,
-            ago(row.get("created_at"))]  # fmt: skip
+    group = (row.get("service_group") or {}).get("name", "")
+    return [short_id(row["id"]), row["name"], row["image"], state, stop_reason_text(row),
+            group, resources, ago(row.get("created_at"))]  # fmt: skip
 
 
 @app.command(rich_help_panel=PANEL)
@@ -283,8 +320,8 @@ def ps(
         rows = [row for row in rows if row["state"] not in STOPPED]
     if listed_briefly(rows, as_json, quiet):
         return
-    table = Table("ID", "NAME", "IMAGE", "STATE", "SIZE", "CREATED", box=None,
-                  header_style="bold")  # fmt: skip
+    table = Table("ID", "NAME", "IMAGE", "STATE", "STOP REASON", "GROUP", "SIZE", "CREATED",
+                  box=None, header_style="bold")  # fmt: skip
     for row in rows:
         table.add_row(*instance_row(row))
     console.print(table)

@@ -17,7 +17,7 @@ from rich.markup import escape
 from typer._click import exceptions as click
 
 # Importing the command modules registers their commands on `app`.
-from ember.cli import guest, host, images, instances, resources  # noqa: F401
+from ember.cli import groups, guest, host, images, instances, resources  # noqa: F401
 from ember.cli.common import EXIT_USAGE, app, errors
 from ember.cli.progress import show_pull
 
