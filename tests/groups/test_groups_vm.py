@@ -18,6 +18,7 @@ from ember.instances.stopreason import StopReason
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
 from ember.testkit.netns import in_netns
+from tests.cli.conftest import cli_env, run_cli
 from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
@@ -184,11 +185,15 @@ def _an_idle_group_goes_to_zero_and_wakes_once_per_burst(server: EmberServer, im
         status, after, _ = curl("soft.test")
         assert status == 200
         assert after == before  # same name, same boot id: restored, not booted again
-        # A burst of 20 to the asleep group: one restore, every request answered.
+        # A burst of 20 to the asleep group: one restore, every request answered (in a
+        # group whose hard limit takes them all: "soft" refuses past 4, as it should).
+        group(client, "burst")
+        moved = client.patch("/instances/d", json={"service_group": {"name": "burst"}})
+        assert moved.json()["scale_to_zero"]["cooldown_time_ms"] == 1000, moved.text
         wait_state(client, "d", "Standby", timeout=60)
         restored = restores(client, "d")
-        answers = concurrent("soft.test", 20)
-        assert [status for status, _, _ in answers] == [200] * 20
+        answers = concurrent("burst.test", 20)
+        assert [status for status, _, _ in answers] == [200] * 20, answers
         assert {body for _, body, _ in answers} == {before}
         assert restores(client, "d") == restored + 1
 
@@ -210,13 +215,29 @@ def _stop_reasons(server: EmberServer, image: str) -> None:
         quit_ = wait_state(client, "quits", "Stopped")
         assert (quit_["stop_reason"], quit_["exit_code"]) == (3, 3), quit_
         # A workload that ignores SIGTERM: the stop forces the VM off.
+        # (Made through the CLI: `ember run --group` makes the group from -p.)
         stubborn = ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
-        instance(client, image, "stubborn", cmd=stubborn)
+        env = cli_env(server)
+        ran = run_cli(["run", "-d", "--name", "stubborn", "--cpus", "1", "-m", "256MB",
+                       "--group", "stubs", "-p", "stubs.test:8001:8080", image, *stubborn],
+                      env)  # fmt: skip
+        assert ran.code == 0, ran
         wait_state(client, "stubborn", "Running")
+        assert client.get("/instances/stubborn").json()["service_group"]["name"] == "stubs"
         assert client.post("/instances/stubborn/stop").status_code == 200
         forced = wait_state(client, "stubborn", "Stopped")
         assert forced["stop_reason"] == 28, forced  # FUP--
         assert "forced" in forced["exit_message"]
+        # The CLI shows groups and stop reasons; an empty group can go.
+        listed = run_cli(["ps", "-a"], env)
+        row = next(line for line in listed.out.splitlines() if " stubborn " in line)
+        assert "28 FUP--" in row and "stubs" in row, listed.out
+        groups = run_cli(["group", "ls"], env).out
+        assert all(name in groups for name in ("web", "tight", "burst", "stubs")), groups
+        assert json.loads(run_cli(["group", "inspect", "tight"], env).out)["hard_limit"] == 2
+        assert run_cli(["group", "rm", "web"], env).code == 0
+        refused = run_cli(["group", "rm", "tight"], env)  # c is still in it
+        assert refused.code != 0 and "still has instances" in refused.err, refused
 
 
 def test_requests_spread_over_a_group_and_the_hard_limit_fails_at_once(
