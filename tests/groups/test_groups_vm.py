@@ -113,10 +113,21 @@ def until_served(host: str) -> tuple[int, str, float]:
     return answer
 
 
+def log_lines(client: httpx.Client, name: str, source: str) -> list[str]:
+    text = client.get(f"/instances/{name}/logs", params={"source": source, "tail": 10000}).text
+    return [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
+
+
 def restores(client: httpx.Client, name: str) -> int:
-    text = client.get(f"/instances/{name}/logs", params={"source": "hypeman", "tail": 10000}).text
-    lines = [json.loads(line[6:]) for line in text.splitlines() if line.startswith("data: ")]
-    return sum("restored from standby" in line for line in lines)
+    return sum("restored from standby" in line for line in log_lines(client, name, "hypeman"))
+
+
+def until_logged(client: httpx.Client, name: str, text: str) -> None:
+    for _ in range(300):
+        if any(text in line for line in log_lines(client, name, "app")):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"{name} never printed {text!r}")
 
 
 def _requests_spread_over_a_group_and_the_hard_limit_fails_at_once(
@@ -216,13 +227,14 @@ def _stop_reasons(server: EmberServer, image: str) -> None:
         assert (quit_["stop_reason"], quit_["exit_code"]) == (3, 3), quit_
         # A workload that ignores SIGTERM: the stop forces the VM off.
         # (Made through the CLI: `ember run --group` makes the group from -p.)
-        stubborn = ["/bin/sh", "-c", "trap '' TERM; while true; do sleep 1; done"]
+        stubborn = ["/bin/sh", "-c", "trap '' TERM; echo trapped; while true; do sleep 1; done"]
         env = cli_env(server)
         ran = run_cli(["run", "-d", "--name", "stubborn", "--cpus", "1", "-m", "256MB",
                        "--group", "stubs", "-p", "stubs.test:8001:8080", image, *stubborn],
                       env)  # fmt: skip
         assert ran.code == 0, ran
         wait_state(client, "stubborn", "Running")
+        until_logged(client, "stubborn", "trapped")  # Running comes before the trap is set
         assert client.get("/instances/stubborn").json()["service_group"]["name"] == "stubs"
         assert client.post("/instances/stubborn/stop").status_code == 200
         forced = wait_state(client, "stubborn", "Stopped")
