@@ -359,7 +359,8 @@ class GroupManager:
             if m.instance.state == State.RUNNING and m.record.id not in self._draining
             and (ip := self._ip(m.instance)) is not None
         )  # fmt: skip
-        return GroupView(group, awake, any(_wakeable(m) for m in members))
+        addresses = tuple(ip for m in members if (ip := self._ip(m.instance)) is not None)
+        return GroupView(group, awake, any(_wakeable(m) for m in members), addresses)
 
     # ---- the loop: scale to zero, forget, autokill -------------------------------------
 

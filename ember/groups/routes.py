@@ -42,11 +42,13 @@ DIAL_TIMEOUT = "2s"
 @dataclass(frozen=True)
 class GroupView:
     """What the routes of one group depend on: its record, the guest addresses (IP)
-    of its awake instances and whether it has an instance it may wake."""
+    of its awake instances and of all its instances, and whether it has an instance
+    it may wake."""
 
     group: ServiceGroupRecord
     awake: tuple[str, ...]
     can_wake: bool
+    members: tuple[str, ...] = ()
 
     @property
     def per_upstream_limit(self) -> int:
@@ -73,7 +75,7 @@ def _service_routes(view: GroupView, service: Service, waker: Path) -> Published
         route = _route(match, [redirect])
         return PublishedRoutes(port=service.port, routes=[route], error_routes=[])
     mark: JSON = {"handler": "vars", GROUP_VAR: f"{group.id}:{service.port}"}
-    wake = _waker_proxy(group, service, waker)
+    wake = _waker_proxy(view, service, waker)
     balance = _balancer(view, service) if view.awake else wake
     error_match: JSON = {"vars": {GROUP_VAR: [f"{group.id}:{service.port}"]}}
     return PublishedRoutes(
@@ -103,19 +105,34 @@ def _balancer(view: GroupView, service: Service) -> JSON:
     }
 
 
-def _waker_proxy(group: ServiceGroupRecord, service: Service, waker: Path) -> JSON:
+def _waker_proxy(view: GroupView, service: Service, waker: Path) -> JSON:
     """Ask the waker where this request goes (it may wake an instance first), then
-    proxy the original request there."""
-    served = {
-        "handler": "reverse_proxy",
-        "upstreams": [{"dial": f"{{http.reverse_proxy.header.{UPSTREAM_HEADER}}}"}],
-        "transport": _transport(),
-    }
+    proxy the original request there.
+
+    Per member, a static upstream chosen by the waker's answer: Caddy counts a request
+    in flight per static address, shared with the balancer's route and kept across
+    config loads, so what the waker let in counts against the limits. A placeholder
+    upstream (`{http.reverse_proxy.header...}`) is counted apart and its count is lost
+    at the next load (measured); it stays only as the fallback for an address the
+    config does not list yet."""
+
+    def served(dial: str, limit: int | None) -> JSON:
+        upstream: JSON = {"dial": dial} if limit is None else {"dial": dial, "max_requests": limit}
+        proxy = {"handler": "reverse_proxy", "upstreams": [upstream], "transport": _transport()}
+        return {"routes": [{"handle": [proxy]}]}
+
+    answers = []
+    for ip in view.members:
+        address = f"{ip}:{service.destination_port}"
+        match = {"status_code": [2], "headers": {UPSTREAM_HEADER: [address]}}
+        answers.append({"match": match, **served(address, view.group.hard_limit)})
+    fallback = f"{{http.reverse_proxy.header.{UPSTREAM_HEADER}}}"
+    answers.append({"match": {"status_code": [2]}, **served(fallback, None)})
     return {
         "handler": "reverse_proxy",
         "upstreams": [{"dial": f"unix/{waker}"}],
-        "rewrite": {"method": "GET", "uri": f"/wake/{group.id}/{service.port}"},
-        "handle_response": [{"match": {"status_code": [2]}, "routes": [{"handle": [served]}]}],
+        "rewrite": {"method": "GET", "uri": f"/wake/{view.group.id}/{service.port}"},
+        "handle_response": answers,
     }
 
 

@@ -209,6 +209,25 @@ def _an_idle_group_goes_to_zero_and_wakes_once_per_burst(server: EmberServer, im
         assert restores(client, "d") == restored + 1
 
 
+def _stateless_sleeps_stopped_and_boots_on_the_next_request(
+    server: EmberServer, image: str
+) -> None:
+    with api(server) as client:
+        group(client, "cold")
+        cold = {"policy": "on", "stateful": False, "cooldown_time_ms": 1000}
+        instance(client, image, "s", service_group={"name": "cold"}, scale_to_zero=cold)
+        wait_state(client, "s", "Running")
+        _, before, _ = until_served("cold.test")
+        stopped = wait_state(client, "s", "Stopped", timeout=60)
+        reason = StopReason(stopped["stop_reason"])
+        assert StopReason.PLATFORM in reason and StopReason.USER not in reason, stopped
+        # The next request boots it again: served by the guest, a new boot.
+        status, after, _ = curl("cold.test")
+        assert status == 200, after
+        assert after.split()[0] == "s" and after != before
+        assert client.delete("/instances/s").status_code == 204
+
+
 def _stop_reasons(server: EmberServer, image: str) -> None:
     with api(server) as client:
         # A user's stop (c serves under "tight"): user and platform, not forced.
@@ -268,6 +287,12 @@ def test_an_idle_group_goes_to_zero_and_wakes_once_per_burst(
     ns: str, server: EmberServer, image: str
 ) -> None:
     in_netns(ns, _an_idle_group_goes_to_zero_and_wakes_once_per_burst, server, image)
+
+
+def test_stateless_sleeps_stopped_and_boots_on_the_next_request(
+    ns: str, server: EmberServer, image: str
+) -> None:
+    in_netns(ns, _stateless_sleeps_stopped_and_boots_on_the_next_request, server, image)
 
 
 def test_stop_reasons(ns: str, server: EmberServer, image: str) -> None:

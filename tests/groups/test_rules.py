@@ -125,9 +125,19 @@ def test_routes_use_the_soft_limit_only_while_an_instance_can_be_woken() -> None
     assert wakeable["load_balancing"] == {"selection_policy": {"policy": "least_conn"}}
     assert balancer(GroupView(record, ("10.0.0.2",), False))["upstreams"][0]["max_requests"] == 5
     # Nobody awake: every request asks the waker (with the original body kept by Caddy).
-    asleep = balancer(GroupView(record, (), can_wake=True))
+    asleep = balancer(GroupView(record, (), can_wake=True, members=("10.0.0.2", "10.0.0.3")))
     assert asleep["upstreams"] == [{"dial": f"unix/{waker}"}]
     assert asleep["rewrite"]["method"] == "GET"
+    # The waker's answer picks a static upstream per member (counted with the
+    # balancer's), capped at the hard limit; a placeholder only as the last resort.
+    answers = asleep["handle_response"]
+    assert [a["match"]["headers"]["X-Ember-Upstream"] for a in answers[:2]] == [
+        ["10.0.0.2:8080"],
+        ["10.0.0.3:8080"],
+    ]
+    first = answers[0]["routes"][0]["handle"][0]["upstreams"]
+    assert first == [{"dial": "10.0.0.2:8080", "max_requests": 5}]
+    assert "headers" not in answers[2]["match"]
 
 
 def test_stop_reason_masks_are_the_seeds() -> None:
