@@ -270,7 +270,9 @@ class GroupManager:
         for event in [self._draining[m.id] for m in self.members.all() if m.id in self._draining]:
             await event.wait()  # an instance going to sleep: decide once it is asleep
         members = self.members_of(group.id)
-        in_flight = await self.ingresses.upstream_requests()
+        # Caddy's counts matter only for awake instances (an asleep group skips the ask).
+        awake = any(m.instance.state == State.RUNNING for m in members)
+        in_flight = await self.ingresses.upstream_requests() if awake else {}
         candidates = [c for m in members if (c := self._candidate(m, service.destination_port,
                                                                   in_flight))]  # fmt: skip
         decision = balancer.decide(candidates, group.soft_limit, group.hard_limit)
@@ -311,7 +313,7 @@ class GroupManager:
         """The one wake of an instance (a burst joins it): restore a standby, or boot a
         stopped (stateless) instance and wait until it listens."""
         record = self.instances.get(instance_id)
-        log.info("waking instance %s (%s)", record.name, record.state)
+        asleep, started = record.state, time.monotonic()
         try:
             if record.state == State.STANDBY:
                 record = await self.instances.restore(instance_id)
@@ -323,7 +325,10 @@ class GroupManager:
                 f"waking instance {record.name!r} failed: {exc.message}", code="wake_failed"
             ) from exc
         self._last_active[instance_id] = time.monotonic()
-        await self._publish()
+        # The held requests go now (the waker's answer names a static upstream per
+        # member); the next pass publishes the routes, within PASS_SECONDS.
+        ms = (time.monotonic() - started) * 1000
+        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms)
         return record
 
     async def _until_listening(self, instance_id: str, port: int) -> InstanceRecord:
