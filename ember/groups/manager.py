@@ -47,6 +47,15 @@ WAKE_READY_TIMEOUT = 120.0  # a stateless wake boots: until its port accepts con
 
 
 @dataclass(frozen=True)
+class MemberChange:
+    """A checked PATCH of an instance's group and policy (None: no group)."""
+
+    instance: InstanceRecord
+    group: ServiceGroupRecord | None
+    policy: ScaleToZero | None
+
+
+@dataclass(frozen=True)
 class Member:
     """An instance of a group as the group's view shows it."""
 
@@ -180,18 +189,18 @@ class GroupManager:
         await self._publish()
         return record
 
-    async def update_instance(
+    def check_update(
         self,
         ref: str,
         given: set[str],
         group: InstanceServiceGroupRequest | None,
         scale: ScaleToZeroRequest | None,
-    ) -> None:
-        """PATCH: `service_group` (an existing group by name or uuid; null: leave it) and
-        `scale_to_zero` (null: off), for the fields `given`."""
+    ) -> MemberChange:
+        """PATCH, checked before anything changes: `service_group` (an existing group by
+        name or uuid; null: leave it) and `scale_to_zero` (null: off), as `given`."""
         record = self.instances.get(ref)
         current = self.members.get(record.id)
-        target = current.group_id if current is not None else None
+        target = self.repo.get(current.group_id) if current is not None else None
         if "service_group" in given:
             if group is not None and check_reference(group) is None:
                 raise InvalidArgument(
@@ -199,16 +208,17 @@ class GroupManager:
                     "uuid); new groups are made with POST /service-groups",
                     code="invalid_service_group",
                 )
-            target = self.get(group.reference or "").id if group is not None else None
+            target = self.get(group.reference or "") if group is not None else None
         policy = current.scale_to_zero if current is not None else None
         if "scale_to_zero" in given:
             policy = self._policy(scale, grouped=target is not None)
-        elif target is None:
-            policy = None
-        if target is None:
-            self.members.delete(record.id)
+        return MemberChange(record, target, policy if target is not None else None)
+
+    async def apply_update(self, change: MemberChange) -> None:
+        if change.group is None:
+            self.members.delete(change.instance.id)
         else:
-            self._join(record, self.repo.get(target) or self.get(target), policy)
+            self._join(change.instance, change.group, change.policy)
         await self._publish()
 
     def _join(
@@ -503,4 +513,4 @@ async def _accepts(ip: str | None, port: int) -> bool:
     return True
 
 
-__all__ = ["GroupManager", "Member", "waker_socket"]
+__all__ = ["GroupManager", "Member", "MemberChange", "waker_socket"]

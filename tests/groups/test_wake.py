@@ -10,7 +10,13 @@ from types import SimpleNamespace
 from typing import Any
 
 from ember.errors import EmberError, NotFound, Unavailable
-from ember.groups import CreateServiceGroupRequest, GroupManager, MemberRecord
+from ember.groups import (
+    CreateServiceGroupRequest,
+    GroupManager,
+    InstanceServiceGroupRequest,
+    MemberRecord,
+    ScaleToZeroRequest,
+)
 from ember.groups.waker import Waker
 from ember.instances import State
 from ember.instances.models import InstanceRecord
@@ -141,3 +147,27 @@ def test_an_instance_stopped_by_the_user_is_not_woken(tmp_path: Path) -> None:
         return "placed"
 
     assert "no instance that can serve" in asyncio.run(scenario())
+
+
+def test_a_patch_is_checked_whole_before_anything_changes(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        instances = Instances()
+        manager, _ = await grouped(tmp_path, instances)
+        loose = instances.add("loose", State.RUNNING)
+        refusals = []
+        for given, group in (({"scale_to_zero"}, None), ({"service_group"}, "nowhere")):
+            request = InstanceServiceGroupRequest(name=group) if group else None
+            try:
+                manager.check_update(loose.id, given, request, ScaleToZeroRequest())
+            except EmberError as exc:
+                refusals.append(exc.code)
+        moved = manager.check_update(
+            loose.id, {"service_group"}, InstanceServiceGroupRequest(name="g"), None
+        )
+        assert manager.members.get(loose.id) is None  # checked only
+        await manager.apply_update(moved)
+        assert manager.members.get(loose.id) is not None
+        await manager.close()
+        return refusals
+
+    assert asyncio.run(scenario()) == ["scale_to_zero_requires_service_group", "not_found"]

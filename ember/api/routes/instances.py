@@ -330,10 +330,12 @@ async def update_instance(
     taking effect on the live instance; `auto_standby` and credential `env` are refused by
     name (not available on this server)."""
     body = body or UpdateInstanceBody()
-    record = await svc.instances.update(ref, body.instance_request())
     given = body.model_fields_set & GROUP_FIELDS
+    # Checked first: a refused group field must not leave the other fields applied.
+    change = svc.groups.check_update(ref, given, body.service_group, body.scale_to_zero)
+    record = await svc.instances.update(ref, body.instance_request())
     if given:
-        await svc.groups.update_instance(ref, given, body.service_group, body.scale_to_zero)
+        await svc.groups.apply_update(change)
     return answer(svc, svc.instances.get(record.id))
 
 
