@@ -44,6 +44,9 @@ log = logging.getLogger("ember.groups")
 PUBLISHER = "service-groups"
 PASS_SECONDS = 0.25  # how often idle instances are looked for (and changes published)
 WAKE_READY_TIMEOUT = 120.0  # a stateless wake boots: until its port accepts connections
+# Caddy counts a request the waker placed only once it proxies it, a moment after the
+# waker's answer: for this long the waker's own count of what it placed stands in.
+PLACED_SECONDS = 1.0
 
 
 @dataclass(frozen=True)
@@ -85,6 +88,7 @@ class GroupManager:
         self._held: dict[str, int] = {}  # requests waiting for each instance's wake
         self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
         self._last_active: dict[str, float] = {}  # monotonic time of the last activity seen
+        self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: object = None
@@ -293,6 +297,7 @@ class GroupManager:
         else:
             record = self.instances.get(decision.instance_id)
         self._last_active[record.id] = time.monotonic()
+        self._placed.setdefault(record.id, []).append(time.monotonic())
         return f"{self._ip(record)}:{service.destination_port}"
 
     def _candidate(
@@ -303,12 +308,20 @@ class GroupManager:
             phase: balancer.Phase = "waking"
             load = self._held.get(instance.id, 0)
         elif instance.state == State.RUNNING and self._ip(instance):
-            phase, load = "awake", in_flight.get(f"{self._ip(instance)}:{port}", 0)
+            counted = in_flight.get(f"{self._ip(instance)}:{port}", 0)
+            phase, load = "awake", max(counted, self._recently_placed(instance.id))
         elif _wakeable(member):
             phase, load = "asleep", 0
         else:
             return None
         return balancer.Candidate(instance.id, instance.name, phase, load)
+
+    def _recently_placed(self, instance_id: str) -> int:
+        now = time.monotonic()
+        recent = [t for t in self._placed.pop(instance_id, []) if now - t < PLACED_SECONDS]
+        if recent:
+            self._placed[instance_id] = recent
+        return len(recent)
 
     async def _hold_for_wake(self, instance_id: str, port: int) -> InstanceRecord:
         self._held[instance_id] = self._held.get(instance_id, 0) + 1
@@ -446,6 +459,7 @@ class GroupManager:
             except NotFound:
                 self.members.delete(member.id)
                 self._last_active.pop(member.id, None)
+                self._placed.pop(member.id, None)
         now = datetime.now(UTC)
         counts: dict[str, int] = {}
         for member in self.members.all():

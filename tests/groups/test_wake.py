@@ -61,17 +61,37 @@ class Ingresses:
         return {}
 
 
-async def grouped(tmp_path: Path, instances: Instances) -> tuple[GroupManager, str]:
+async def grouped(
+    tmp_path: Path, instances: Instances, names: tuple[str, ...] = ("asleep",), **limits: int
+) -> tuple[GroupManager, str]:
     stand_in: Any = instances
     manager = GroupManager(Store(tmp_path / "db"), stand_in, Ingresses(), tmp_path / "w.sock")  # type: ignore[arg-type]
     group = await manager.create(
         CreateServiceGroupRequest.model_validate(
-            {"name": "g", "services": [{"port": 80, "destination_port": 8080}]}
+            {"name": "g", "services": [{"port": 80, "destination_port": 8080}], **limits}
         )
     )
-    record = instances.add("asleep", State.STANDBY)
-    manager.members.insert(MemberRecord(id=record.id, name=record.name, group_id=group.id))
+    for name in names:
+        record = instances.add(name, State.STANDBY)
+        manager.members.insert(MemberRecord(id=record.id, name=record.name, group_id=group.id))
     return manager, group.id
+
+
+def test_a_request_just_placed_counts_before_caddy_counts_it(tmp_path: Path) -> None:
+    """Soft limit 1, two standby instances: the second request, arriving right after the
+    first one's wake (Caddy has not counted the first yet), wakes the other instance."""
+
+    async def scenario() -> tuple[list[str], int]:
+        instances = Instances()
+        manager, group_id = await grouped(
+            tmp_path, instances, ("d", "ee"), soft_limit=1, hard_limit=4
+        )
+        places = [await manager.place(group_id, 80), await manager.place(group_id, 80)]
+        await manager.close()
+        return places, instances.restores
+
+    places, restores = asyncio.run(scenario())
+    assert sorted(places) == ["10.0.0.1:8080", "10.0.0.2:8080"] and restores == 2
 
 
 def test_a_burst_to_an_asleep_group_restores_once(tmp_path: Path) -> None:
