@@ -88,13 +88,14 @@ def restore(server: EmberServer) -> float:
 
 def ttfb(ns: str, host: str, url: str = GROUP_URL) -> float:
     done = subprocess.run(
-        ["ip", "netns", "exec", ns, "curl", "-sS", "-o", "/dev/null", "--max-time", "30",
-         "-w", "%{http_code} %{time_starttransfer}", "-H", f"Host: {host}", url],
+        ["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "30",
+         "-w", "\n%{http_code} %{time_starttransfer}", "-H", f"Host: {host}", url],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    status, seconds = done.stdout.split()
+    body, _, timing = done.stdout.rpartition("\n")
+    status, seconds = timing.split()
     if status != "200":
-        raise RuntimeError(f"request to {host}: {status}")
+        raise RuntimeError(f"request to {host}: {status} {body.strip()}")
     return float(seconds)
 
 
