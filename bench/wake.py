@@ -21,6 +21,7 @@ a network namespace this script creates. The testkit hello image serves HTTP.
 from __future__ import annotations
 
 import argparse
+import math
 import shutil
 import statistics
 import subprocess
@@ -86,16 +87,21 @@ def restore(server: EmberServer) -> float:
         return time.perf_counter() - started
 
 
+FAILED: list[str] = []  # requests that got no 200, with what they got instead
+
+
 def ttfb(ns: str, host: str, url: str = GROUP_URL) -> float:
+    """Seconds to the first byte; a failure is recorded in FAILED and counts as NaN."""
     done = subprocess.run(
         ["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "30",
          "-w", "\n%{http_code} %{time_starttransfer}", "-H", f"Host: {host}", url],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True,
     )  # fmt: skip
     body, _, timing = done.stdout.rpartition("\n")
-    status, seconds = timing.split()
-    if status != "200":
-        raise RuntimeError(f"request to {host}: {status} {body.strip()}")
+    status, _, seconds = timing.partition(" ")
+    if done.returncode or status != "200":
+        FAILED.append(f"{host}: curl exit {done.returncode}, {status} {body.strip()[:80]}")
+        return math.nan
     return float(seconds)
 
 
@@ -139,6 +145,7 @@ def measure_throughput(ns: str, ip: str, args: argparse.Namespace) -> dict[str, 
 def report(
     times: dict[str, list[float]], loads: dict[str, list[Load]], args: argparse.Namespace
 ) -> None:
+    times = {kind: [v for v in values if not math.isnan(v)] for kind, values in times.items()}
     ms = {kind: statistics.median(values) * 1000 for kind, values in times.items()}
     print(f"wake ({args.rounds} rounds, 256 MB guest, RAM in a file), medians in ms:")
     for kind, label in (("wake", "request to the asleep group (TTFB)"),
@@ -151,6 +158,7 @@ def report(
           f"wake/restore {ms['wake'] / ms['restore']:.2f}x; wake/awake "
           f"{ms['wake'] / ms['awake']:.1f}x; wake - (restore + first request): "
           f"{ms['wake'] - ms['first']:+.1f} ms")  # fmt: skip
+    print(f"  failed requests: {len(FAILED)}" + "".join(f"\n    {f}" for f in FAILED))
     d_rps, d_p99, d_err = median_load(loads["direct"])
     g_rps, g_p99, g_err = median_load(loads["group"])
     print(f"throughput (wrk 1 thread, {args.connections} connections, {args.seconds}s x "

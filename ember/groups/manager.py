@@ -33,7 +33,7 @@ from ember.groups.requests import (
 from ember.groups.routes import GroupView, published_routes
 from ember.groups.waker import Waker
 from ember.ids import is_id
-from ember.ingress import IngressManager
+from ember.ingress import IngressManager, PublishedRoutes
 from ember.instances import CreateInstanceRequest, InstanceManager, InstanceRecord, State
 from ember.instances.stopreason import StopReason
 from ember.network import conntrack
@@ -91,7 +91,7 @@ class GroupManager:
         self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
-        self._published: object = None
+        self._published: list[PublishedRoutes] | None = None
         self._loop = PeriodicTask("service groups pass", self._pass, PASS_SECONDS, log=log)
 
     # ---- server lifecycle ------------------------------------------------------------
@@ -370,14 +370,15 @@ class GroupManager:
         return lease.ip if lease is not None else None
 
     async def _publish(self) -> None:
-        """Hand Caddy the routes of every group, when they changed."""
+        """Hand Caddy the routes of every group, only when they changed: a Caddy load
+        can drop a connection that arrives at that instant (README.md, measured)."""
         async with self._publish_lock:
             views = [self._view(group) for group in self.repo.all()]
-            if views == self._published:
+            routes = published_routes(views, self.waker.socket_path)
+            if routes == self._published:
                 return
-            socket = self.waker.socket_path
-            await self.ingresses.publish(PUBLISHER, published_routes(views, socket))
-            self._published = views
+            await self.ingresses.publish(PUBLISHER, routes)
+            self._published = routes
 
     def _view(self, group: ServiceGroupRecord) -> GroupView:
         members = self.members_of(group.id)
