@@ -28,6 +28,7 @@ from ember.config import Settings
 from ember.devices import DeviceManager
 from ember.egress import EgressManager
 from ember.errors import NotFound
+from ember.groups import GroupManager, waker_socket
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
@@ -129,7 +130,7 @@ def build_instances(
                           "snapshots"), jobs, volumes, network)  # fmt: skip
     address = partial(_address, network)
     health = HealthMonitor(core, address)
-    auto_standby = AutoStandby(core, address, partial(standby, core, jobs))
+    auto_standby = AutoStandby(core, address, partial(standby, core, jobs, origin="platform"))
     manager = InstanceManager(
         core, jobs=jobs, snapshots=snapshots, network=network, volumes=volumes, health=health,
         auto_standby=auto_standby,
@@ -169,6 +170,7 @@ class Services:
     network: NetworkManager | None  # None: networking is off on this server
     instances: InstanceManager
     ingresses: IngressManager
+    groups: GroupManager
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -203,6 +205,8 @@ class Services:
             await stack.enter_async_context(self.instance_services.running())
             await self.ingresses.open()
             stack.push_async_callback(self.ingresses.close)
+            await self.groups.open()
+            stack.push_async_callback(self.groups.close)
             self.memory.task.start()
             stack.push_async_callback(self.memory.task.close)
             yield self
@@ -245,6 +249,8 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         resources=[MediatedEgress(egress)] if egress is not None else (),
     )  # fmt: skip
     instances = instance_services.manager
+    ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
+    waker = waker_socket(settings.runtime_dir, settings.data_dir)
     return Services(
         settings=settings,
         store=store,
@@ -255,7 +261,8 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         system=system,
         network=network,
         instances=instances,
-        ingresses=IngressManager(store, settings, partial(_instance_exists, instances)),
+        ingresses=ingresses,
+        groups=GroupManager(store, instances, ingresses, waker),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

@@ -29,9 +29,11 @@ import contextlib
 import logging
 import threading
 from collections.abc import Awaitable, Callable, Coroutine, Iterator
-from typing import Any
+from typing import Any, Generic, TypeVar
 
-__all__ = ["BackgroundJobs", "Cancelled", "PeriodicTask", "Tasks"]
+__all__ = ["BackgroundJobs", "Cancelled", "KeyedJobs", "PeriodicTask", "Tasks"]
+
+T = TypeVar("T")
 
 Step = Callable[[], Awaitable[object]]
 # Waits at most the given seconds; returns (or raises TimeoutError) when the next
@@ -174,3 +176,43 @@ class Tasks:
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         self._tasks.clear()
+
+
+class KeyedJobs(Generic[T]):
+    """At most one running job per key, owned, that callers *join*: a second `run` of a
+    key awaits the job already running (a burst of wake requests costs one restore), and
+    `close()` cancels and awaits them all. A job's failure reaches every joiner. (Unlike
+    `Tasks`, where a new task under a key replaces the old.)"""
+
+    def __init__(self) -> None:
+        self._tasks: dict[str, asyncio.Task[T]] = {}
+
+    def running(self, key: str) -> bool:
+        return key in self._tasks
+
+    async def run(self, key: str, job: Callable[[], Awaitable[T]]) -> T:
+        task = self._tasks.get(key)
+        if task is None:
+            task = asyncio.get_running_loop().create_task(_awaited(job))
+            self._tasks[key] = task
+            task.add_done_callback(lambda done: self._forget(key, done))
+        # A joiner that gives up (its client went away) must not cancel the others' job.
+        return await asyncio.shield(task)
+
+    def _forget(self, key: str, task: asyncio.Task[T]) -> None:
+        if self._tasks.get(key) is task:
+            del self._tasks[key]
+        if not task.cancelled():
+            task.exception()  # retrieved: a failure nobody awaited is not logged as lost
+
+    async def close(self) -> None:
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        for task in tasks:
+            with contextlib.suppress(BaseException):
+                await task
+
+
+async def _awaited(job: Callable[[], Awaitable[T]]) -> T:
+    return await job()

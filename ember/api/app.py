@@ -17,6 +17,7 @@ from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
     devices,
     egress,
+    groups,
     guest_access,
     health,
     host,
@@ -45,6 +46,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     snapshots.router,
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
     egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
+    groups.router,  # /service-groups (Ember extension)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

@@ -38,6 +38,7 @@ from ember.cli.common import (
     table,
     workload_command,
 )
+from ember.cli.groups import group_body, stop_reason_text
 from ember.cli.images import pull_image
 from ember.client import ApiError, EmberClient
 from ember.errors import EmberError
@@ -268,6 +269,19 @@ def run(
         None, "--overlay-size", metavar="SIZE", help="Writable disk size, e.g. 10GB."
     ),
     network: bool = typer.Option(True, "--network/--no-network", help="Attach to the network."),
+    group: str | None = typer.Option(
+        None,
+        "--group",
+        "-g",
+        help="Serve in this service group (made from -p, as HOSTNAME:PORT:GUEST_PORT, when "
+        "it does not exist); -p then publishes through the group, not an ingress.",
+    ),
+    scale_to_zero: int | None = typer.Option(
+        None,
+        "--scale-to-zero",
+        metavar="COOLDOWN_MS",
+        help="With --group: standby after this many idle milliseconds, woken by a request.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create and start an instance; follow its output and exit with its exit code.
@@ -286,8 +300,13 @@ def run(
     if attach_terminal and detach:
         fail("-i/-t and -d/--json: run -d, then `ember exec -it NAME CMD`", EXIT_USAGE)
     with client(EXIT_EMBER) as api:
-        published = [parse_publish(item) for item in publish_]
         body: dict[str, Any] = {"name": name or default_name(image), "image": image}
+        if group is not None:
+            body |= join_group(api, group, publish_, scale_to_zero)
+            publish_ = []
+        elif scale_to_zero is not None:
+            fail("--scale-to-zero needs --group (a request to the group wakes it)", EXIT_USAGE)
+        published = [parse_publish(item) for item in publish_]
         optional = {
             "env": parse_pairs(env, "env") or None, "vcpus": cpus, "size": memory,
             "entrypoint": KEEP_ALIVE if attach_terminal else entrypoint or None,
@@ -328,6 +347,23 @@ def run(
     raise typer.Exit(code)
 
 
+def join_group(
+    api: EmberClient, group: str, publish_: list[str], cooldown_ms: int | None
+) -> dict[str, Any]:
+    """The create request's group fields; makes the group from -p when it is missing."""
+    try:
+        api.group(group)
+    except ApiError as exc:
+        if exc.status != 404 or not publish_:
+            raise
+        api.create_group(**group_body(group, publish_, None, None))
+    fields: dict[str, Any] = {"service_group": {"name": group}}
+    if cooldown_ms is not None:
+        fields["scale_to_zero"] = {"policy": "on", "stateful": True,
+                                   "cooldown_time_ms": cooldown_ms}  # fmt: skip
+    return fields
+
+
 # ---- listing and inspecting ------------------------------------------------------------
 
 
@@ -336,9 +372,10 @@ def instance_row(row: dict[str, Any], own_registry: str) -> list[str]:
     if row.get("exit_code") is not None and row["state"] in STOPPED:
         state += f" [dim]({row['exit_code']})[/dim]"
     image = image_label(row["image"], own_registry)
+    group = (row.get("service_group") or {}).get("name", "")
     return [short_id(row["id"]), escape(row["name"]), escape(image), state,
-            str(row.get("vcpus", "")), memory_label(row.get("size")),
-            ago(row.get("created_at"))]  # fmt: skip
+            stop_reason_text(row), escape(group), str(row.get("vcpus", "")),
+            memory_label(row.get("size")), ago(row.get("created_at"))]  # fmt: skip
 
 
 def memory_label(size: str | None) -> str:
@@ -367,7 +404,8 @@ def ps(
     if listed_briefly(rows, as_json, quiet):
         return
     out = table(cell("ID"), cell("NAME", fold=True), cell("IMAGE", fold=True), cell("STATE"),
-                cell("CPUS"), cell("MEMORY"), cell("CREATED"))  # fmt: skip
+                cell("STOP REASON"), cell("GROUP", fold=True), cell("CPUS"), cell("MEMORY"),
+                cell("CREATED"))  # fmt: skip
     for row in rows:
         out.add_row(*instance_row(row, own_registry))
     console.print(out)

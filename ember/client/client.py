@@ -284,6 +284,23 @@ class EmberClient:
     def delete_ingress(self, ref: str) -> None:
         self._call("DELETE", f"/ingresses/{_quote(ref)}")
 
+    # ---- service groups (Ember extension) --------------------------------------------
+
+    def create_group(self, **body: Any) -> JSON:
+        result: JSON = self._call("POST", "/service-groups", json=body)
+        return result
+
+    def groups(self) -> list[JSON]:
+        result: list[JSON] = self._call("GET", "/service-groups")
+        return result
+
+    def group(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/service-groups/{_quote(ref)}")
+        return result
+
+    def delete_group(self, ref: str) -> None:
+        self._call("DELETE", f"/service-groups/{_quote(ref)}")
+
     # ---- WebSockets (exec and cp live in ember.client.streams) ------------------------
 
     def websocket_url(self, ref: str, kind: str) -> str:

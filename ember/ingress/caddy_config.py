@@ -10,7 +10,7 @@ issuer and where port 80 redirects are all decided here, explicitly.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +57,17 @@ class ProxySettings:
         return bare == domain or bare.endswith("." + domain)
 
 
+@dataclass(frozen=True)
+class PublishedRoutes:
+    """Routes another domain (service groups) serves through the same Caddy: they go
+    before the ingress rules of `port`, and `error_routes` before the ingress' own."""
+
+    port: int
+    routes: list[JSON]
+    error_routes: list[JSON]
+    tls_subjects: tuple[str, ...] = ()
+
+
 def base_config(settings: ProxySettings) -> JSON:
     """What every config has: the admin socket, storage and a CA that is not installed."""
     return {
@@ -73,13 +84,21 @@ def base_config(settings: ProxySettings) -> JSON:
     }
 
 
-def build_config(records: Iterable[IngressRecord], settings: ProxySettings) -> JSON:
+def build_config(
+    records: Iterable[IngressRecord],
+    settings: ProxySettings,
+    published: Sequence[PublishedRoutes] = (),
+) -> JSON:
     rules = [rule for record in records for rule in record.rules]
     config = base_config(settings)
-    ports = sorted({rule.listen_port for rule in rules} | _redirect_ports(rules))
-    servers = {f"ingress-{port}": _server(port, rules, settings) for port in ports}
+    ports = {rule.listen_port for rule in rules} | _redirect_ports(rules)
+    ports |= {p.port for p in published}
+    servers = {
+        f"ingress-{port}": _server(port, rules, settings, [p for p in published if p.port == port])
+        for port in sorted(ports)
+    }
     config["apps"]["http"] = {"servers": servers}
-    subjects = _tls_subjects(rules)
+    subjects = sorted(set(_tls_subjects(rules)) | {s for p in published for s in p.tls_subjects})
     if subjects:
         config["apps"]["tls"] = _tls_app(subjects, settings)
     return config
@@ -96,19 +115,22 @@ def route_order(rule: IngressRule) -> tuple[int, int]:
     return (kind, -hostname.literal_length)
 
 
-def _server(port: int, rules: list[IngressRule], settings: ProxySettings) -> JSON:
+def _server(
+    port: int, rules: list[IngressRule], settings: ProxySettings, published: list[PublishedRoutes]
+) -> JSON:
     served = sorted((r for r in rules if r.listen_port == port), key=route_order)
     redirects = [r for r in rules if r.redirect_http and port == DEFAULT_HTTP_PORT]
-    routes = [route for rule in served for route in _rule_routes(rule, settings)]
+    routes = [route for p in published for route in p.routes]
+    routes += [route for rule in served for route in _rule_routes(rule, settings)]
     routes += [_redirect_route(rule) for rule in sorted(redirects, key=route_order)]
     routes.append(_static(404, f"ember ingress: no rule for {{http.request.host}} on port {port}"))
     server: JSON = {
         "listen": [_listen(settings.listen_address, port)],
         "automatic_https": {"disable": True},
         "routes": routes,
-        "errors": {"routes": [_upstream_error()]},
+        "errors": {"routes": [*(r for p in published for r in p.error_routes), _upstream_error()]},
     }
-    if any(rule.tls for rule in served):
+    if any(rule.tls for rule in served) or any(p.tls_subjects for p in published):
         server["tls_connection_policies"] = [{}]
     return server
 
@@ -249,6 +271,7 @@ def _duration(seconds: float) -> str:
 __all__ = [
     "DEFAULT_HTTPS_PORT",
     "ProxySettings",
+    "PublishedRoutes",
     "base_config",
     "build_config",
     "internal_subjects",

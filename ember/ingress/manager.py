@@ -22,6 +22,7 @@ from ember.ids import new_id
 from ember.ingress.caddy_config import (
     JSON,
     ProxySettings,
+    PublishedRoutes,
     base_config,
     build_config,
     internal_subjects,
@@ -89,6 +90,8 @@ class IngressManager:
             command_prefix=command_prefix,
         )
         self._lock = asyncio.Lock()
+        # Routes other domains publish through this Caddy, by publisher (`publish`).
+        self._published: dict[str, list[PublishedRoutes]] = {}
 
     # ---- lifecycle --------------------------------------------------------------------
 
@@ -161,12 +164,35 @@ class IngressManager:
             await self._apply([r for r in self.repo.all() if r.id != record.id])
             self.repo.delete(record.id)
 
+    async def publish(self, publisher: str, routes: list[PublishedRoutes]) -> None:
+        """Serve `routes` for `publisher` (replacing what it published before) beside the
+        ingresses; Caddy runs while either exists. A config Caddy refuses raises and
+        keeps what was published before."""
+        async with self._lock:
+            before = self._published.get(publisher)
+            self._published[publisher] = routes
+            try:
+                await self._apply(self.repo.all())
+            except BaseException:
+                if before is None:
+                    del self._published[publisher]
+                else:
+                    self._published[publisher] = before
+                raise
+
+    async def upstream_requests(self) -> dict[str, int]:
+        """In-flight requests per upstream address; empty while Caddy does not run."""
+        if self.daemon.running_pid() is None:
+            return {}
+        return await self.daemon.upstream_requests()
+
     async def _apply(self, records: list[IngressRecord]) -> None:
-        if not records:
+        published = [routes for each in self._published.values() for routes in each]
+        if not records and not published:
             await self.daemon.stop()
             return
         pid = await self.daemon.ensure_running(base_config(self.proxy))
-        config = build_config(records, self.proxy)
+        config = build_config(records, self.proxy, published)
         await self.daemon.load(config)
         await self._wait_internal_certificates(config)
         log.info("caddy (pid %d) serves %d ingresses", pid, len(records))

@@ -47,6 +47,7 @@ async def boot(
         exit_code=None,
         exit_message=None,
         vm_devices=hypervisor.device_set(spec),
+        stop_reason=None,
     )
     watch(core, record, handle)
     return record

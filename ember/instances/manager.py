@@ -37,6 +37,7 @@ from ember.instances.saved.slots import cancel_instance_jobs
 from ember.instances.snapshot import Snapshots
 from ember.instances.state import SETTLED, State
 from ember.instances.stats import ProcessStats, process_stats
+from ember.instances.stopreason import StopOrigin
 from ember.network import Lease, NetworkManager
 from ember.snapshots.compression import CompressionConfig
 from ember.snapshots.models import ScheduleRecord, SnapshotKind, SnapshotRecord
@@ -228,8 +229,9 @@ class InstanceManager:
     ) -> InstanceRecord:
         return await start.start(self.core, self.get(ref).id, cmd=cmd, entrypoint=entrypoint)
 
-    async def stop(self, ref: str) -> InstanceRecord:
-        return await stop.stop(self.core, self.get(ref).id)
+    async def stop(self, ref: str, *, origin: StopOrigin = "user") -> InstanceRecord:
+        """`origin` (the user or the platform) goes into the stop reason."""
+        return await stop.stop(self.core, self.get(ref).id, origin=origin)
 
     async def update(self, ref: str, request: UpdateInstanceRequest) -> InstanceRecord:
         record = self.get(ref)
@@ -248,6 +250,7 @@ class InstanceManager:
         *,
         compression: CompressionConfig | None = None,
         compression_delay: str | None = None,
+        origin: StopOrigin = "user",
     ) -> InstanceRecord:
         return await standing.standby(
             self.core,
@@ -255,6 +258,7 @@ class InstanceManager:
             self.get(ref).id,
             compression=compression,
             compression_delay=compression_delay,
+            origin=origin,
         )
 
     async def restore(self, ref: str) -> InstanceRecord:

@@ -137,6 +137,8 @@ class InstanceRecord(StoredRecord):
     stopped_at: datetime | None = None
     exit_code: int | None = None
     exit_message: str | None = None
+    # Why it stopped or went to standby: the seed's bitmask (stopreason.py); None while it runs.
+    stop_reason: int | None = None
     # The VMM process of the current boot; kept so a restarted server can re-adopt it.
     pid: int | None = None
     # The devices the current (or last) boot's VM got (`Hypervisor.device_set`): a

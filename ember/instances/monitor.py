@@ -17,7 +17,7 @@ from ember.errors import EmberError
 from ember.guest.client import AgentClient, AgentDisconnected, AgentStatus
 from ember.guest.config import read_exit_record
 from ember.hypervisor import VMHandle
-from ember.instances import phases
+from ember.instances import phases, stopreason
 from ember.instances.core import AGENT_CONNECT_TIMEOUT, InstanceCore
 from ember.instances.logs import LogSource
 from ember.instances.models import InstanceRecord
@@ -100,12 +100,19 @@ async def finish_stop(core: InstanceCore, instance_id: str) -> None:
     requested = instance_id in core.stopping
     record = core.current(instance_id)
     exit_code, message = record.exit_code, record.exit_message
+    signal = 0
     if exit_record is not None:
-        exit_code, message = exit_record.exit_code, exit_record.message
+        exit_code, message, signal = exit_record.exit_code, exit_record.message, exit_record.signal
     elif exit_code is None and not requested:
         message = "the VMM exited before the workload reported an exit"
+    asked = record.stop_reason
+    forced = asked is not None and bool(asked & stopreason.StopReason.FORCED)
+    reason = stopreason.ended(asked, forced=forced, exit_code=exit_code, signal=signal)
+    if asked is not None:  # someone asked: say who first, then what the workload said
+        why = stopreason.describe(reason, exit_code)
+        message = f"{why} ({message})" if message else why
     fields: dict[str, object] = {"pid": None, "stopped_at": datetime.now(UTC)}
-    fields |= {"exit_code": exit_code, "exit_message": message}
+    fields |= {"exit_code": exit_code, "exit_message": message, "stop_reason": int(reason)}
     if record.state == State.STOPPED:
         record = core.update(instance_id, lambda r: _assign(r, fields))
     else:

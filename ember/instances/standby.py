@@ -18,6 +18,7 @@ import logging
 import threading
 
 from ember.errors import InvalidArgument, InvalidState
+from ember.instances import stopreason
 from ember.instances.core import InstanceCore, invalid
 from ember.instances.models import InstanceRecord
 from ember.instances.monitor import await_monitor
@@ -25,6 +26,7 @@ from ember.instances.saved.capture import capture_saved_vm
 from ember.instances.saved.compress import start_compression
 from ember.instances.saved.slots import instance_slot, vmm_exit_key
 from ember.instances.state import State
+from ember.instances.stopreason import StopOrigin
 from ember.snapshots.compression import Compression, CompressionConfig, parse_default
 from ember.snapshots.models import SavedVM
 from ember.tasks import BackgroundJobs
@@ -60,6 +62,12 @@ def choose_compression(
     return compression, seconds
 
 
+STANDBY_MESSAGE: dict[StopOrigin, str] = {
+    "user": "put in standby by the user",
+    "platform": "scaled to zero by the platform (standby, memory kept)",
+}
+
+
 async def standby(
     core: InstanceCore,
     jobs: BackgroundJobs,
@@ -67,6 +75,7 @@ async def standby(
     *,
     compression: CompressionConfig | None = None,
     compression_delay: str | None = None,
+    origin: StopOrigin = "user",
 ) -> InstanceRecord:
     """Save the VM into the instance's directory and answer; its VMM goes in a background
     job (`vmm-exit:<id>`, no lock held) that a restore or delete waits for."""
@@ -81,7 +90,10 @@ async def standby(
             raise invalid(record, "put in standby", "its VMM is not known")
         chosen, delay = choose_compression(core, record, compression, compression_delay)
         saved = await capture_saved_vm(core, record, core.paths(instance_id), resume=False)
-        record = core.transition(instance_id, State.STANDBY, _describe(saved), standby=saved)
+        record = core.transition(
+            instance_id, State.STANDBY, _describe(saved), standby=saved,
+            stop_reason=int(stopreason.standby(origin)), exit_message=STANDBY_MESSAGE[origin],
+        )  # fmt: skip
         handle = core.paths(instance_id).handle(record.pid or 0)
 
     async def let_the_vmm_go(_: threading.Event) -> None:

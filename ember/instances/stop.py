@@ -11,11 +11,14 @@ from ember.instances.models import InstanceRecord
 from ember.instances.monitor import await_monitor
 from ember.instances.restarts import owner_stopped, restart_pending
 from ember.instances.state import ACTIVE, State
+from ember.instances.stopreason import StopOrigin, StopReason, requested
 
 
-async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
+async def stop(
+    core: InstanceCore, instance_id: str, *, origin: StopOrigin = "user"
+) -> InstanceRecord:
     """A stop is never undone by the supervisor; on a Stopped instance waiting for a
-    restart it cancels that restart."""
+    restart it cancels that restart. `origin` goes into the stop reason."""
     async with core.lock(instance_id):
         record = core.current(instance_id)
         if record.state == State.STOPPED and restart_pending(record):
@@ -23,8 +26,9 @@ async def stop(core: InstanceCore, instance_id: str) -> InstanceRecord:
         if record.state not in ACTIVE:
             raise invalid(record, "stop", "it is not running")
         # Before the VM goes down: the supervisor must never undo a manual stop, even
-        # if this server dies before the monitor has recorded Stopped.
-        core.update(instance_id, owner_stopped)
+        # if this server dies before the monitor has recorded Stopped. Who asked is
+        # recorded now too; the monitor adds how it ended (stopreason.py).
+        core.update(instance_id, lambda r: _stopped_by(r, requested(origin)))
         await shutdown(core, record, graceful=True)
     return core.current(instance_id)
 
@@ -50,7 +54,17 @@ async def shutdown(core: InstanceCore, record: InstanceRecord, *, graceful: bool
                 await await_monitor(core, record.id)
                 return
             core.event(record.id, "stop: timed out, forcing the VM off")
+        core.update(record.id, _forced)
         await hypervisor.quit(handle)
         await await_monitor(core, record.id)
     finally:
         core.stopping.discard(record.id)
+
+
+def _stopped_by(record: InstanceRecord, asked: StopReason) -> None:
+    owner_stopped(record)
+    record.stop_reason = int(asked)
+
+
+def _forced(record: InstanceRecord) -> None:
+    record.stop_reason = (record.stop_reason or 0) | StopReason.FORCED

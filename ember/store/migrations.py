@@ -75,4 +75,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
     ),
     # 9: passthrough devices registered by PCI address (ember/devices).
     (_resource_table("devices"),),
+    # 10: service groups (ember/groups) and which instance belongs to which (one row per
+    # instance: its id and name, the group, its scale-to-zero policy).
+    (_resource_table("service_groups"), _resource_table("service_group_members")),
 ]

@@ -14,14 +14,17 @@ from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.api.query import tag_filter
 from ember.api.schemas.instances import (
+    GROUP_FIELDS,
     AttachVolumeRequest,
     AutoStandbyStatus,
+    CreateInstanceBody,
     Instance,
     StandbyRequest,
+    UpdateInstanceBody,
     WaitResponse,
 )
 from ember.api.services import Services
-from ember.instances import CreateInstanceRequest, InstanceRecord, StartInstanceRequest, State
+from ember.instances import InstanceRecord, StartInstanceRequest, State
 from ember.instances.logs import LogSource
 from ember.instances.request import UpdateInstanceRequest
 from ember.units import parse_duration
@@ -38,7 +41,7 @@ def answer(svc: Services, record: InstanceRecord) -> Instance:
     instances = svc.instances
     return Instance.of(
         record, instances.lease(record), instances.attachments(record),
-        instances.health_status(record),
+        instances.health_status(record), svc.groups.membership(record.id),
     )  # fmt: skip
 
 
@@ -52,11 +55,15 @@ MAX_WAIT_SECONDS = 300.0
     summary="Create and start an instance",
     responses=LIFECYCLE_ERRORS,
 )
-async def create_instance(body: CreateInstanceRequest, svc: ServicesDep) -> Instance:
+async def create_instance(body: CreateInstanceBody, svc: ServicesDep) -> Instance:
     """An image whose pull is under way is waited for (`EMBER_IMAGE_READY_WAIT_SECONDS`),
     then answered as 400 `image_not_ready` if it is still not ready."""
-    await svc.images.wait_ready(body.image, svc.settings.image_ready_wait_seconds)
-    return answer(svc, await svc.instances.create(body))
+    request = body.instance_request()
+    await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
+    if body.service_group is None and body.scale_to_zero is None:
+        return answer(svc, await svc.instances.create(request))
+    record = await svc.groups.create_instance(request, body.service_group, body.scale_to_zero)
+    return answer(svc, record)
 
 
 @router.get("", response_model=list[Instance], summary="List instances")
@@ -74,21 +81,29 @@ async def get_instance(ref: InstanceRef, svc: ServicesDep) -> Instance:
 
 @router.patch("/{id}", response_model=Instance, summary="Update an instance's policies")
 async def update_instance(
-    ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceRequest | None = None
+    ref: InstanceRef, svc: ServicesDep, body: UpdateInstanceBody | None = None
 ) -> Instance:
     """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check`, `auto_standby` and
     `tags`, each taking effect on the live instance; `env` rotates the real values of the
-    instance's credentials (only keys named by a credential's `source.env`), also live."""
-    body, egress = body or UpdateInstanceRequest(), svc.egress
-    rotation = body.env if egress is not None and "env" in body.model_fields_set else None
+    instance's credentials (only keys named by a credential's `source.env`), also live. Ember's
+    `service_group` and `scale_to_zero` change too; every field is checked before any
+    is applied."""
+    body, egress = body or UpdateInstanceBody(), svc.egress
+    given = body.model_fields_set & GROUP_FIELDS
+    # Checked first: a refused field must not leave the other fields applied.
+    change = svc.groups.check_update(ref, given, body.service_group, body.scale_to_zero)
+    request = body.instance_request()
+    rotation = request.env if egress is not None and "env" in request.model_fields_set else None
     if egress is not None and rotation is not None:
-        egress.check_rotation(svc.instances.get(ref).id, rotation)  # before anything changes
-        rest = body.model_dump(exclude={"env"}, exclude_unset=True)
-        body = UpdateInstanceRequest.model_validate(rest)
-    record = await svc.instances.update(ref, body)
+        egress.check_rotation(svc.instances.get(ref).id, rotation)
+        rest = request.model_dump(exclude={"env"}, exclude_unset=True)
+        request = UpdateInstanceRequest.model_validate(rest)
+    record = await svc.instances.update(ref, request)
     if egress is not None and rotation is not None:
         await asyncio.to_thread(egress.rotate, record.id, rotation)  # runs nft
-    return answer(svc, record)
+    if given:
+        await svc.groups.apply_update(change)
+    return answer(svc, svc.instances.get(record.id))
 
 
 @router.delete(

@@ -9,8 +9,24 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from ember.api.schemas.base import Omitted
 from ember.api.schemas.snapshots import CompressionConfig
+from ember.groups import (
+    InstanceServiceGroupRequest,
+    MemberRecord,
+    ScaleToZero,
+    ScaleToZeroRequest,
+    ServiceGroupRecord,
+)
 from ember.hypervisor import HypervisorName
-from ember.instances import InstanceRecord, State, autostandby, health, models, phases
+from ember.instances import (
+    CreateInstanceRequest,
+    InstanceRecord,
+    State,
+    autostandby,
+    health,
+    models,
+    phases,
+)
+from ember.instances.request import UpdateInstanceRequest
 from ember.network import Lease
 from ember.snapshots.compression import CompressionConfig as Compression
 from ember.units import format_size
@@ -220,6 +236,18 @@ class Instance(BaseModel):
     phase_durations_ms: Omitted[dict[str, int]] = None
     auto_standby: Omitted[AutoStandbyPolicy] = None
     snapshot_policy: Omitted[SnapshotPolicy] = None
+    stop_reason: Omitted[int] = Field(
+        default=None,
+        description="Ember extension: why it stopped, Unikraft Cloud's bitmask (16 forced, "
+        "8 user, 4 platform, 2 app, 1 kernel; e.g. 15 a user stop, 7 scaled to zero, 3 the "
+        "program exited); left out while it runs",
+    )
+    service_group: Omitted[InstanceServiceGroup] = Field(
+        default=None, description="Ember extension: the service group it serves in"
+    )
+    scale_to_zero: Omitted[ScaleToZero] = Field(
+        default=None, description="Ember extension: when it sleeps (needs a service group)"
+    )
 
     @classmethod
     def of(
@@ -228,6 +256,7 @@ class Instance(BaseModel):
         lease: Lease | None = None,
         attachments: list[Attachment] | None = None,
         health: health.HealthStatus | None = None,
+        group: tuple[ServiceGroupRecord, MemberRecord] | None = None,
     ) -> Instance:
         phase, phase_since, durations = phases.describe(r)
         return cls(
@@ -263,6 +292,55 @@ class Instance(BaseModel):
             phase_durations_ms=durations,
             auto_standby=AutoStandbyPolicy.of(r.auto_standby) if r.auto_standby else None,
             snapshot_policy=SnapshotPolicy.of(r.snapshot_policy) if r.snapshot_policy else None,
+            stop_reason=r.stop_reason,
+            service_group=InstanceServiceGroup.of(group[0]) if group else None,
+            scale_to_zero=group[1].scale_to_zero if group else None,
+        )
+
+
+class InstanceServiceGroup(BaseModel):
+    id: str
+    name: str
+
+    @classmethod
+    def of(cls, group: ServiceGroupRecord) -> InstanceServiceGroup:
+        return cls(id=group.id, name=group.name)
+
+
+GROUP_FIELDS = {"service_group", "scale_to_zero"}
+
+
+class CreateInstanceBody(CreateInstanceRequest):
+    """Hypeman's create request, plus Ember's service groups (extension)."""
+
+    service_group: InstanceServiceGroupRequest | None = Field(
+        default=None,
+        description="Ember extension: join an existing service group (`name` or `uuid`), "
+        "or make an ephemeral one (`services`, `domains`, limits)",
+    )
+    scale_to_zero: ScaleToZeroRequest | None = Field(
+        default=None, description="Ember extension: sleep when idle (needs service_group)"
+    )
+
+    def instance_request(self) -> CreateInstanceRequest:
+        return CreateInstanceRequest.model_validate(
+            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+        )
+
+
+class UpdateInstanceBody(UpdateInstanceRequest):
+    """Hypeman's update request, plus Ember's service groups (extension)."""
+
+    service_group: InstanceServiceGroupRequest | None = Field(
+        default=None, description="Ember extension: move to this group (null: leave it)"
+    )
+    scale_to_zero: ScaleToZeroRequest | None = Field(
+        default=None, description="Ember extension: change or (null) switch off"
+    )
+
+    def instance_request(self) -> UpdateInstanceRequest:
+        return UpdateInstanceRequest.model_validate(
+            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
         )
 
 

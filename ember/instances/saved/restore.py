@@ -73,6 +73,7 @@ class Restoring:
     network: GuestNetworks | None
     devices: BootDevices = field(default_factory=BootDevices)
     handle: VMHandle | None = None
+    standby_record: InstanceRecord | None = None  # as it was before `mark_running`
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +127,10 @@ async def _kill_vmm(r: Restoring) -> None:
 
 async def _mark_running(r: Restoring) -> None:
     assert r.handle is not None
+    r.standby_record = r.record
     r.record = r.core.transition(r.record.id, State.RUNNING, "restored from a saved VM",
-                                 pid=r.handle.pid, vm_devices=r.saved.devices)  # fmt: skip
+                                 pid=r.handle.pid, vm_devices=r.saved.devices,
+                                 stop_reason=None, exit_message=None)  # fmt: skip
     watch(r.core, r.record, r.handle)
 
 
@@ -139,7 +142,15 @@ async def _mark_standby(r: Restoring) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await monitor
     if r.core.current(r.record.id).state == State.RUNNING:
-        r.core.transition(r.record.id, State.STANDBY, "restore undone", pid=None)
+        before = r.standby_record or r.record  # why it stopped is still true in Standby
+        r.core.transition(
+            r.record.id,
+            State.STANDBY,
+            "restore undone",
+            pid=None,
+            stop_reason=before.stop_reason,
+            exit_message=before.exit_message,
+        )
 
 
 RESTORE_STEPS: tuple[Step, ...] = (

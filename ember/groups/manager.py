@@ -1,0 +1,531 @@
+"""Service groups: CRUD, membership, the balancer's routes, wake and scale-to-zero.
+
+Built on the instance manager's public commands only: sleep is `standby` (stateful)
+or `stop` (stateless) with origin "platform", wake is `restore` or `start`. The
+routes go to Caddy through `IngressManager.publish`; the waker answers what Caddy
+cannot place; one loop (`PeriodicTask`) puts idle instances to sleep, forgets
+instances that were deleted, deletes empty ephemeral groups and autokills.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from ember.errors import Conflict, EmberError, InvalidArgument, NotFound, Unavailable
+from ember.groups import balancer
+from ember.groups.models import MemberRecord, ScaleToZero, ServiceGroupRecord
+from ember.groups.requests import (
+    CreateServiceGroupRequest,
+    InstanceServiceGroupRequest,
+    ScaleToZeroRequest,
+    check_reference,
+    ephemeral_group,
+    group_record,
+    scale_to_zero,
+)
+from ember.groups.routes import GroupView, published_routes
+from ember.groups.waker import Waker
+from ember.ids import is_id
+from ember.ingress import IngressManager, PublishedRoutes
+from ember.instances import CreateInstanceRequest, InstanceManager, InstanceRecord, State
+from ember.instances.stopreason import StopReason
+from ember.network import conntrack
+from ember.store import Repository, Store
+from ember.tasks import KeyedJobs, PeriodicTask
+
+log = logging.getLogger("ember.groups")
+PUBLISHER = "service-groups"
+PASS_SECONDS = 0.25  # how often idle instances are looked for (and changes published)
+WAKE_READY_TIMEOUT = 120.0  # a stateless wake boots: until its port accepts connections
+# Caddy counts a request the waker placed only once it proxies it, a moment after the
+# waker's answer: for this long the waker's own count of what it placed stands in.
+PLACED_SECONDS = 1.0
+
+
+@dataclass(frozen=True)
+class MemberChange:
+    """A checked PATCH of an instance's group and policy (None: no group)."""
+
+    instance: InstanceRecord
+    group: ServiceGroupRecord | None
+    policy: ScaleToZero | None
+
+
+@dataclass(frozen=True)
+class Member:
+    """An instance of a group as the group's view shows it."""
+
+    record: MemberRecord
+    instance: InstanceRecord
+
+
+def waker_socket(runtime_dir: Path, data_dir: Path) -> Path:
+    """One socket per data dir: servers of several data dirs share the runtime dir."""
+    tag = hashlib.sha256(str(data_dir.resolve()).encode()).hexdigest()[:8]
+    return runtime_dir / f"groups-waker-{tag}.sock"
+
+
+class GroupManager:
+    def __init__(
+        self,
+        store: Store,
+        instances: InstanceManager,
+        ingresses: IngressManager,
+        waker_socket: Path,
+    ) -> None:
+        self.repo = Repository(store, "service_groups", ServiceGroupRecord, "service group")
+        self.members = Repository(store, "service_group_members", MemberRecord, "member")
+        self.instances, self.ingresses = instances, ingresses
+        self.waker = Waker(waker_socket, self.place)
+        self._wakes: KeyedJobs[InstanceRecord] = KeyedJobs()
+        self._held: dict[str, int] = {}  # requests waiting for each instance's wake
+        self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
+        self._last_active: dict[str, float] = {}  # monotonic time of the last activity seen
+        self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
+        self._lock = asyncio.Lock()  # changes of groups and membership
+        self._publish_lock = asyncio.Lock()
+        self._published: list[PublishedRoutes] | None = None
+        self._loop = PeriodicTask("service groups pass", self._pass, PASS_SECONDS, log=log)
+
+    # ---- server lifecycle ------------------------------------------------------------
+
+    async def open(self) -> None:
+        await self.waker.start()
+        try:
+            await self._publish()
+        except EmberError as exc:  # as the ingress: a Caddy that cannot start is logged
+            log.error("service groups: caddy could not be configured: %s", exc.message)
+        self._loop.start()
+
+    async def close(self) -> None:
+        await self._loop.close()
+        await self._wakes.close()
+        await self.waker.close()
+
+    # ---- queries ---------------------------------------------------------------------
+
+    def get(self, ref: str) -> ServiceGroupRecord:
+        record = self.repo.get(ref) if is_id(ref) else None
+        record = record or self.repo.by_name(ref)
+        if record is None and ref:
+            matches = self.repo.by_id_prefix(ref)
+            record = matches[0] if len(matches) == 1 else None
+        if record is None:
+            raise NotFound(f"service group {ref!r} not found")
+        return record
+
+    def find(self) -> list[ServiceGroupRecord]:
+        return self.repo.all()
+
+    def members_of(self, group_id: str) -> list[Member]:
+        out = []
+        for member in self.members.all():
+            if member.group_id != group_id:
+                continue
+            try:
+                out.append(Member(member, self.instances.get(member.id)))
+            except NotFound:
+                continue  # deleted: the next pass forgets it
+        return out
+
+    def membership(self, instance_id: str) -> tuple[ServiceGroupRecord, MemberRecord] | None:
+        member = self.members.get(instance_id)
+        group = self.repo.get(member.group_id) if member is not None else None
+        return (group, member) if group is not None and member is not None else None
+
+    # ---- changes ---------------------------------------------------------------------
+
+    async def create(self, request: CreateServiceGroupRequest) -> ServiceGroupRecord:
+        record = group_record(request)
+        async with self._lock:
+            self._check_unique(record)
+            self.repo.insert(record)
+        await self._publish_or_undo(record)
+        return record
+
+    async def delete(self, ref: str) -> None:
+        async with self._lock:
+            record = self.get(ref)
+            members = self.members_of(record.id)
+            if members:
+                names = ", ".join(m.instance.name for m in members)
+                raise Conflict(
+                    f"service group {record.name!r} still has instances ({names}): delete "
+                    "them or move them to another group first",
+                    code="group_in_use",
+                )
+            self.repo.delete(record.id)
+        await self._publish()
+
+    async def create_instance(
+        self,
+        request: CreateInstanceRequest,
+        group: InstanceServiceGroupRequest | None,
+        scale: ScaleToZeroRequest | None,
+    ) -> InstanceRecord:
+        """Create an instance in a group (an existing one, or an ephemeral one made from
+        `group`); everything is checked before the instance exists."""
+        policy = self._policy(scale, grouped=group is not None)
+        if group is None:
+            return await self.instances.create(request)
+        async with self._lock:
+            reference = check_reference(group)
+            made = None
+            if reference is None:
+                made = ephemeral_group(group, request.name)
+                self._check_unique(made)
+                self.repo.insert(made)
+            target = made or self.get(reference or "")
+        try:
+            record = await self.instances.create(request)
+        except BaseException:
+            if made is not None:
+                self.repo.delete(made.id)
+            raise
+        self._join(record, target, policy)
+        await self._publish()
+        return record
+
+    def check_update(
+        self,
+        ref: str,
+        given: set[str],
+        group: InstanceServiceGroupRequest | None,
+        scale: ScaleToZeroRequest | None,
+    ) -> MemberChange:
+        """PATCH, checked before anything changes: `service_group` (an existing group by
+        name or uuid; null: leave it) and `scale_to_zero` (null: off), as `given`."""
+        record = self.instances.get(ref)
+        current = self.members.get(record.id)
+        target = self.repo.get(current.group_id) if current is not None else None
+        if "service_group" in given:
+            if group is not None and check_reference(group) is None:
+                raise InvalidArgument(
+                    "service_group: PATCH moves an instance to an existing group (name or "
+                    "uuid); new groups are made with POST /service-groups",
+                    code="invalid_service_group",
+                )
+            target = self.get(group.reference or "") if group is not None else None
+        policy = current.scale_to_zero if current is not None else None
+        if "scale_to_zero" in given:
+            policy = self._policy(scale, grouped=target is not None)
+        return MemberChange(record, target, policy if target is not None else None)
+
+    async def apply_update(self, change: MemberChange) -> None:
+        if change.group is None:
+            self.members.delete(change.instance.id)
+        else:
+            self._join(change.instance, change.group, change.policy)
+        await self._publish()
+
+    def _join(
+        self, record: InstanceRecord, group: ServiceGroupRecord, policy: ScaleToZero | None
+    ) -> None:
+        member = MemberRecord(
+            id=record.id, name=record.name, group_id=group.id, scale_to_zero=policy
+        )
+        self.members.delete(record.id)
+        self.members.insert(member)
+        self.repo.update(group.id, lambda g: setattr(g, "empty_since", None))
+        self._last_active[record.id] = time.monotonic()
+
+    def _policy(self, scale: ScaleToZeroRequest | None, *, grouped: bool) -> ScaleToZero | None:
+        if scale is None:
+            return None
+        if not grouped:
+            raise InvalidArgument(
+                "scale_to_zero: needs a service_group (a request to the group is what wakes "
+                "the instance)",
+                code="scale_to_zero_requires_service_group",
+            )
+        return scale_to_zero(scale)
+
+    def _check_unique(self, new: ServiceGroupRecord) -> None:
+        """409: a name taken, or a port+domain another group serves already."""
+        for other in self.repo.all():
+            if other.name == new.name:
+                raise Conflict(f"service group {new.name!r} already exists", code="already_exists")
+            for service in new.services:
+                if not any(s.port == service.port for s in other.services):
+                    continue
+                mine = {d.name for d in new.domains}
+                theirs = {d.name for d in other.domains}
+                if not mine or not theirs or mine & theirs:
+                    raise Conflict(
+                        f"port {service.port}: service group {other.name!r} already serves "
+                        f"{'every host' if not (mine and theirs) else sorted(mine & theirs)} "
+                        "there",
+                        code="port_in_use",
+                    )
+
+    async def _publish_or_undo(self, record: ServiceGroupRecord) -> None:
+        try:
+            await self._publish()
+        except BaseException:
+            self.repo.delete(record.id)
+            raise
+
+    # ---- the balancer ----------------------------------------------------------------
+
+    async def place(self, group_id: str, port: int) -> str:
+        """The waker's question: where does this request go (ip:port)? Wakes an
+        instance first when the balancer says so; the request is held meanwhile."""
+        group = self.repo.get(group_id)
+        service = next((s for s in group.services if s.port == port), None) if group else None
+        if group is None or service is None:
+            raise NotFound(f"no service group serves this route ({group_id}:{port})")
+        for event in [self._draining[m.id] for m in self.members.all() if m.id in self._draining]:
+            await event.wait()  # an instance going to sleep: decide once it is asleep
+        members = self.members_of(group.id)
+        # Caddy's counts matter only for awake instances (an asleep group skips the ask).
+        awake = any(m.instance.state == State.RUNNING for m in members)
+        in_flight = await self.ingresses.upstream_requests() if awake else {}
+        candidates = [c for m in members if (c := self._candidate(m, service.destination_port,
+                                                                  in_flight))]  # fmt: skip
+        decision = balancer.decide(candidates, group.soft_limit, group.hard_limit)
+        if decision.action == "refuse" or decision.instance_id is None:
+            raise Unavailable(f"{group.name}: {decision.reason}", code="group_full")
+        if decision.action == "wake":
+            record = await self._hold_for_wake(decision.instance_id, service.destination_port)
+        else:
+            record = self.instances.get(decision.instance_id)
+        self._last_active[record.id] = time.monotonic()
+        self._placed.setdefault(record.id, []).append(time.monotonic())
+        return f"{self._ip(record)}:{service.destination_port}"
+
+    def _candidate(
+        self, member: Member, port: int, in_flight: dict[str, int]
+    ) -> balancer.Candidate | None:
+        instance = member.instance
+        if self._wakes.running(instance.id):
+            phase: balancer.Phase = "waking"
+            load = self._held.get(instance.id, 0)
+        elif instance.state == State.RUNNING and self._ip(instance):
+            counted = in_flight.get(f"{self._ip(instance)}:{port}", 0)
+            phase, load = "awake", max(counted, self._recently_placed(instance.id))
+        elif _wakeable(member):
+            phase, load = "asleep", 0
+        else:
+            return None
+        return balancer.Candidate(instance.id, instance.name, phase, load)
+
+    def _recently_placed(self, instance_id: str) -> int:
+        now = time.monotonic()
+        recent = [t for t in self._placed.pop(instance_id, []) if now - t < PLACED_SECONDS]
+        if recent:
+            self._placed[instance_id] = recent
+        return len(recent)
+
+    async def _hold_for_wake(self, instance_id: str, port: int) -> InstanceRecord:
+        self._held[instance_id] = self._held.get(instance_id, 0) + 1
+        try:
+            return await self._wakes.run(instance_id, lambda: self._wake(instance_id, port))
+        finally:
+            self._held[instance_id] -= 1
+            if not self._held[instance_id]:
+                del self._held[instance_id]
+
+    async def _wake(self, instance_id: str, port: int) -> InstanceRecord:
+        """The one wake of an instance (a burst joins it): restore a standby, or boot a
+        stopped (stateless) instance and wait until it listens."""
+        record = self.instances.get(instance_id)
+        asleep, started = record.state, time.monotonic()
+        try:
+            if record.state == State.STANDBY:
+                record = await self.instances.restore(instance_id)
+            elif record.state == State.STOPPED:
+                await self.instances.start(instance_id)
+                record = await self._until_listening(instance_id, port)
+        except EmberError as exc:
+            raise Unavailable(
+                f"waking instance {record.name!r} failed: {exc.message}", code="wake_failed"
+            ) from exc
+        self._last_active[instance_id] = time.monotonic()
+        # The held requests go now (the waker's answer names a static upstream per
+        # member); the next pass publishes the routes, within PASS_SECONDS.
+        ms = (time.monotonic() - started) * 1000
+        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms)
+        return record
+
+    async def _until_listening(self, instance_id: str, port: int) -> InstanceRecord:
+        deadline = time.monotonic() + WAKE_READY_TIMEOUT
+        while time.monotonic() < deadline:
+            record = self.instances.get(instance_id)
+            if record.state not in (State.INITIALIZING, State.RUNNING):
+                raise Unavailable(f"it is {record.state}: {record.exit_message or 'no reason'}")
+            if record.state == State.RUNNING and await _accepts(self._ip(record), port):
+                return record
+            await asyncio.sleep(0.05)
+        raise Unavailable(f"it did not listen on port {port} within {WAKE_READY_TIMEOUT:.0f}s")
+
+    def _ip(self, record: InstanceRecord) -> str | None:
+        lease = self.instances.lease(record)
+        return lease.ip if lease is not None else None
+
+    async def _publish(self) -> None:
+        """Hand Caddy the routes of every group, only when they changed: a Caddy load
+        can drop a connection that arrives at that instant (README.md, measured)."""
+        async with self._publish_lock:
+            views = [self._view(group) for group in self.repo.all()]
+            routes = published_routes(views, self.waker.socket_path)
+            if routes == self._published:
+                return
+            await self.ingresses.publish(PUBLISHER, routes)
+            self._published = routes
+
+    def _view(self, group: ServiceGroupRecord) -> GroupView:
+        members = self.members_of(group.id)
+        awake = tuple(
+            ip
+            for m in members
+            if m.instance.state == State.RUNNING and m.record.id not in self._draining
+            and (ip := self._ip(m.instance)) is not None
+        )  # fmt: skip
+        addresses = tuple(ip for m in members if (ip := self._ip(m.instance)) is not None)
+        return GroupView(group, awake, any(_wakeable(m) for m in members), addresses)
+
+    # ---- the loop: scale to zero, forget, autokill -------------------------------------
+
+    async def _pass(self) -> None:
+        self._forget_deleted()
+        await self._publish()
+        sleepy = [
+            m for g in self.repo.all() for m in self.members_of(g.id)
+            if m.record.scale_to_zero is not None and m.record.scale_to_zero.enabled
+            and m.instance.state == State.RUNNING
+        ]  # fmt: skip
+        if not sleepy:
+            return
+        in_flight = await self.ingresses.upstream_requests()
+        flows = await _established() if any(_counts_flows(m) for m in sleepy) else []
+        now = time.monotonic()
+        for member in sleepy:
+            if self._active(member, in_flight, flows):
+                self._last_active[member.record.id] = now
+            last = self._last_active.setdefault(member.record.id, now)
+            policy = member.record.scale_to_zero
+            if policy is not None and (now - last) * 1000 >= policy.cooldown_time_ms:
+                await self._sleep(member, policy)
+
+    def _active(self, member: Member, in_flight: dict[str, int], flows: list[str]) -> bool:
+        instance_id, ip = member.record.id, self._ip(member.instance)
+        if ip is None or self._wakes.running(instance_id) or instance_id in self._held:
+            return True
+        if any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member))):
+            return True
+        return _counts_flows(member) and ip in flows
+
+    def _ports(self, member: Member) -> list[int]:
+        group = self.repo.get(member.record.group_id)
+        return [s.destination_port for s in group.services] if group is not None else []
+
+    async def _sleep(self, member: Member, policy: ScaleToZero) -> None:
+        """Scale one instance to zero: out of the routes first, then, with nothing in
+        flight, standby (stateful) or stop (stateless)."""
+        instance_id = member.record.id
+        event = self._draining[instance_id] = asyncio.Event()
+        try:
+            await self._publish()
+            in_flight = await self.ingresses.upstream_requests()
+            ip = self._ip(member.instance) or ""
+            if any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member))):
+                self._last_active[instance_id] = time.monotonic()
+                return
+            log.info("scaling instance %s to zero", member.instance.name)
+            if policy.stateful:
+                await self.instances.standby(instance_id, origin="platform")
+            else:
+                await self.instances.stop(instance_id, origin="platform")
+        except EmberError as exc:
+            log.warning("scale to zero of %s failed: %s", member.instance.name, exc.message)
+            self._last_active[instance_id] = time.monotonic()
+        finally:
+            del self._draining[instance_id]
+            event.set()
+            await self._publish()
+
+    def _forget_deleted(self) -> None:
+        """Instances deleted leave their group; empty ephemeral groups go, and so do
+        groups empty for longer than their autokill."""
+        for member in self.members.all():
+            try:
+                self.instances.get(member.id)
+            except NotFound:
+                self.members.delete(member.id)
+                self._last_active.pop(member.id, None)
+                self._placed.pop(member.id, None)
+        now = datetime.now(UTC)
+        counts: dict[str, int] = {}
+        for member in self.members.all():
+            counts[member.group_id] = counts.get(member.group_id, 0) + 1
+        for group in self.repo.all():
+            if counts.get(group.id):
+                continue
+            if not group.persistent:
+                self.repo.delete(group.id)
+            elif group.empty_since is None:
+                self.repo.update(group.id, lambda g: setattr(g, "empty_since", now))
+            elif group.autokill and group.autokill.time_ms and _expired(group, now):
+                log.info("autokill: deleting empty service group %s", group.name)
+                self.repo.delete(group.id)
+
+
+def _expired(group: ServiceGroupRecord, now: datetime) -> bool:
+    empty_ms = (now - (group.empty_since or now)).total_seconds() * 1000
+    return group.autokill is not None and empty_ms >= group.autokill.time_ms
+
+
+def _wakeable(member: Member) -> bool:
+    """Asleep and ours to wake: any standby, or stopped by a scale-to-zero (a user's
+    stop stays stopped)."""
+    instance = member.instance
+    if instance.state == State.STANDBY:
+        return True
+    reason = instance.stop_reason or 0
+    return (
+        instance.state == State.STOPPED
+        and bool(reason & StopReason.PLATFORM)
+        and not reason & (StopReason.USER | StopReason.FORCED)
+        and member.record.scale_to_zero is not None
+        and member.record.scale_to_zero.enabled
+    )
+
+
+def _counts_flows(member: Member) -> bool:
+    """Policy `on`: open connections keep an instance awake too; `idle`: only requests."""
+    policy = member.record.scale_to_zero
+    return policy is not None and policy.policy == "on"
+
+
+def _addresses(ip: str, ports: Iterable[int]) -> list[str]:
+    return [f"{ip}:{port}" for port in ports]
+
+
+async def _established() -> list[str]:
+    """Destination IPs of the ESTABLISHED TCP flows (empty when conntrack is missing)."""
+    try:
+        return [flow.dst for flow in await conntrack.established()]
+    except conntrack.ConntrackError as exc:
+        log.warning("service groups: %s", exc)
+        return []
+
+
+async def _accepts(ip: str | None, port: int) -> bool:
+    if ip is None:
+        return False
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
+    except (OSError, TimeoutError):
+        return False
+    writer.close()
+    return True
+
+
+__all__ = ["GroupManager", "Member", "MemberChange", "waker_socket"]

@@ -1,0 +1,193 @@
+"""Fast tests of the wake path's failures and joins: the group manager over a stand-in
+instance manager (restore fails or is slow on demand) and the waker's HTTP answer
+over its real Unix socket."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+from ember.errors import EmberError, NotFound, Unavailable
+from ember.groups import (
+    CreateServiceGroupRequest,
+    GroupManager,
+    InstanceServiceGroupRequest,
+    MemberRecord,
+    ScaleToZeroRequest,
+)
+from ember.groups.waker import Waker
+from ember.instances import State
+from ember.instances.models import InstanceRecord
+from ember.store import Store
+
+
+class Instances:
+    """What the group manager uses of the instance manager; `restore` fails or waits."""
+
+    def __init__(self, fail: str | None = None) -> None:
+        self.records: dict[str, InstanceRecord] = {}
+        self.fail, self.restores = fail, 0
+
+    def add(self, name: str, state: State) -> InstanceRecord:
+        record = InstanceRecord(id=f"id-{name}", name=name, image="i", image_digest="d",
+                                state=state, memory_bytes=1, overlay_bytes=1)  # fmt: skip
+        self.records[record.id] = record
+        return record
+
+    def get(self, ref: str) -> InstanceRecord:
+        if ref not in self.records:
+            raise NotFound(f"instance {ref!r} not found")
+        return self.records[ref]
+
+    def lease(self, record: InstanceRecord) -> Any:
+        return SimpleNamespace(ip=f"10.0.0.{len(record.name)}")
+
+    async def restore(self, ref: str) -> InstanceRecord:
+        self.restores += 1
+        await asyncio.sleep(0.05)
+        if self.fail:
+            raise EmberError(self.fail)
+        self.records[ref].state = State.RUNNING
+        return self.records[ref]
+
+
+class Ingresses:
+    async def publish(self, publisher: str, routes: list[Any]) -> None:
+        pass
+
+    async def upstream_requests(self) -> dict[str, int]:
+        return {}
+
+
+async def grouped(
+    tmp_path: Path, instances: Instances, names: tuple[str, ...] = ("asleep",), **limits: int
+) -> tuple[GroupManager, str]:
+    stand_in: Any = instances
+    manager = GroupManager(Store(tmp_path / "db"), stand_in, Ingresses(), tmp_path / "w.sock")  # type: ignore[arg-type]
+    group = await manager.create(
+        CreateServiceGroupRequest.model_validate(
+            {"name": "g", "services": [{"port": 80, "destination_port": 8080}], **limits}
+        )
+    )
+    for name in names:
+        record = instances.add(name, State.STANDBY)
+        manager.members.insert(MemberRecord(id=record.id, name=record.name, group_id=group.id))
+    return manager, group.id
+
+
+def test_a_request_just_placed_counts_before_caddy_counts_it(tmp_path: Path) -> None:
+    """Soft limit 1, two standby instances: the second request, arriving right after the
+    first one's wake (Caddy has not counted the first yet), wakes the other instance."""
+
+    async def scenario() -> tuple[list[str], int]:
+        instances = Instances()
+        manager, group_id = await grouped(
+            tmp_path, instances, ("d", "ee"), soft_limit=1, hard_limit=4
+        )
+        places = [await manager.place(group_id, 80), await manager.place(group_id, 80)]
+        await manager.close()
+        return places, instances.restores
+
+    places, restores = asyncio.run(scenario())
+    assert sorted(places) == ["10.0.0.1:8080", "10.0.0.2:8080"] and restores == 2
+
+
+def test_a_burst_to_an_asleep_group_restores_once(tmp_path: Path) -> None:
+    async def scenario() -> tuple[set[str], int]:
+        instances = Instances()
+        manager, group_id = await grouped(tmp_path, instances)
+        places = await asyncio.gather(*(manager.place(group_id, 80) for _ in range(20)))
+        await manager.close()
+        return set(places), instances.restores
+
+    places, restores = asyncio.run(scenario())
+    assert places == {"10.0.0.6:8080"} and restores == 1
+
+
+def test_a_failed_wake_answers_every_held_request_503_with_the_reason(tmp_path: Path) -> None:
+    async def scenario() -> list[BaseException | str]:
+        instances = Instances(fail="the saved VM is unreadable")
+        manager, group_id = await grouped(tmp_path, instances)
+        answers = await asyncio.gather(
+            *(manager.place(group_id, 80) for _ in range(3)), return_exceptions=True
+        )
+        await manager.close()
+        return list(answers)
+
+    answers = asyncio.run(scenario())
+    assert all(isinstance(a, Unavailable) for a in answers), answers
+    assert "waking instance 'asleep' failed: the saved VM is unreadable" in str(answers[0])
+
+
+def test_the_waker_answers_the_address_or_the_status_and_reason(tmp_path: Path) -> None:
+    async def place(group_id: str, port: int) -> str:
+        if group_id == "full":
+            raise Unavailable("web: all 1 instances are at the hard limit of 2")
+        return f"10.0.0.9:{port}"
+
+    async def ask(socket: Path, path: str) -> bytes:
+        reader, writer = await asyncio.open_unix_connection(str(socket))
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        answer = await reader.read()
+        writer.close()
+        return answer
+
+    async def scenario() -> list[bytes]:
+        waker = Waker(tmp_path / "waker.sock", place)
+        await waker.start()
+        try:
+            return [
+                await ask(waker.socket_path, "/wake/g1/8080?q=1"),
+                await ask(waker.socket_path, "/wake/full/80"),
+                await ask(waker.socket_path, "/other"),
+            ]
+        finally:
+            await waker.close()
+
+    served, full, other = asyncio.run(scenario())
+    assert served.startswith(b"HTTP/1.1 204") and b"X-Ember-Upstream: 10.0.0.9:8080" in served
+    assert full.startswith(b"HTTP/1.1 503") and b"hard limit of 2" in full
+    assert other.startswith(b"HTTP/1.1 404")
+
+
+def test_an_instance_stopped_by_the_user_is_not_woken(tmp_path: Path) -> None:
+    async def scenario() -> str:
+        instances = Instances()
+        manager, group_id = await grouped(tmp_path, instances)
+        instances.records["id-asleep"].state = State.STOPPED
+        instances.records["id-asleep"].stop_reason = 15  # the user's stop
+        try:
+            await manager.place(group_id, 80)
+        except Unavailable as exc:
+            return exc.message
+        finally:
+            await manager.close()
+        return "placed"
+
+    assert "no instance that can serve" in asyncio.run(scenario())
+
+
+def test_a_patch_is_checked_whole_before_anything_changes(tmp_path: Path) -> None:
+    async def scenario() -> list[str]:
+        instances = Instances()
+        manager, _ = await grouped(tmp_path, instances)
+        loose = instances.add("loose", State.RUNNING)
+        refusals = []
+        for given, group in (({"scale_to_zero"}, None), ({"service_group"}, "nowhere")):
+            request = InstanceServiceGroupRequest(name=group) if group else None
+            try:
+                manager.check_update(loose.id, given, request, ScaleToZeroRequest())
+            except EmberError as exc:
+                refusals.append(exc.code)
+        moved = manager.check_update(
+            loose.id, {"service_group"}, InstanceServiceGroupRequest(name="g"), None
+        )
+        assert manager.members.get(loose.id) is None  # checked only
+        await manager.apply_update(moved)
+        assert manager.members.get(loose.id) is not None
+        await manager.close()
+        return refusals
+
+    assert asyncio.run(scenario()) == ["scale_to_zero_requires_service_group", "not_found"]
