@@ -77,6 +77,7 @@ def test_registration_checks_the_host(sys_root: Path, tmp_path: Path) -> None:
         manager.get("nic")
 
 
+@pytest.mark.server  # starts a real `ember serve`
 def test_the_official_client_sees_this_hosts_devices(ember_server: EmberServer) -> None:
     """This host has no IOMMU: nothing to pass through, and registering says why."""
     client = Hypeman(base_url=ember_server.url, api_key=ember_server.token())

@@ -4,9 +4,12 @@ shape, 405 with `Allow`, and the name rule in the request schemas."""
 from __future__ import annotations
 
 import httpx
+import pytest
 
 from ember.testkit.ember_server import EmberServer
 from ember.validation import NAME_RE
+
+pytestmark = pytest.mark.server  # starts a real `ember serve`
 
 
 def test_405_names_the_allowed_methods(shared_server: EmberServer) -> None:
@@ -35,7 +38,7 @@ def test_registry_errors_are_in_the_oci_shape(shared_server: EmberServer) -> Non
 def test_openapi_documents_names_and_errors(shared_server: EmberServer) -> None:
     document = httpx.get(f"{shared_server.url}/openapi.json").json()
     schemas = document["components"]["schemas"]
-    for model in ("CreateVolumeRequest", "CreateIngressRequest", "CreateInstanceRequest"):
+    for model in ("CreateVolumeRequest", "CreateIngressRequest", "CreateInstanceBody"):
         assert schemas[model]["properties"]["name"]["pattern"] == NAME_RE.pattern, model
     paths = document["paths"]
     assert {"404", "409"} <= paths["/volumes/{id}"]["delete"]["responses"].keys()

@@ -10,6 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import httpx
+import pytest
 
 from ember.testkit import hello_image, push
 from ember.testkit.ember_server import EmberServer
@@ -17,6 +18,8 @@ from tests.conftest import wait_image
 from tests.spec.catalogue import KNOWN_MISSING, WALKED_WITH_VM, WALKED_WITHOUT_VM
 from tests.spec.openapi_check import Walk, check, operations
 from tests.volumes.archives import Entry, make_archive
+
+pytestmark = pytest.mark.server  # starts a real `ember serve`
 
 MISSING = "nothere"  # an id no resource has
 # (operation, path parameters) of every operation on one instance: each answers 404.

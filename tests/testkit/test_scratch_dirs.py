@@ -10,6 +10,7 @@ import pytest
 from tests.conftest import KEEP_ENV, Failures, running_server, scratch_dir
 
 
+@pytest.mark.server  # starts a real `ember serve`
 def test_a_server_directory_is_removed_with_the_server() -> None:
     with running_server() as server:
         work = server.data_dir.parent
