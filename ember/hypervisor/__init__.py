@@ -13,6 +13,7 @@ from typing import Literal, get_args
 from ember.errors import InvalidArgument
 from ember.hypervisor.accel import detect_accel
 from ember.hypervisor.base import Capabilities, DiskSpec, Hypervisor, NicSpec, VMHandle, VMSpec
+from ember.hypervisor.jail import JailSpec
 from ember.hypervisor.qemu import QEMU_BINARY, QemuHypervisor
 
 __all__ = [
@@ -22,6 +23,7 @@ __all__ = [
     "Hypervisor",
     "HypervisorName",
     "Hypervisors",
+    "JailSpec",
     "NicSpec",
     "VMHandle",
     "VMSpec",

@@ -6,6 +6,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
+from ember.hypervisor.jail import JailSpec
+
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
@@ -60,6 +62,8 @@ class VMSpec:
     # writes only device state and leaves the RAM in the file. A restore must use the
     # same choice as the boot it continues.
     memory_file: Path | None = None
+    # Run the VMM confined (its own uid, an empty root, seccomp, a cgroup); None: as root.
+    jail: JailSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

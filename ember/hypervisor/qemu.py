@@ -19,6 +19,7 @@ from pathlib import Path
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
 from ember.hypervisor.base import Capabilities, SavedState, VMHandle, VMSpec
+from ember.hypervisor.jail import cgroup_joiner, jail_args
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -90,7 +91,7 @@ def build_command(
     cmd += _memory_args(spec)
     if incoming:
         cmd += ["-incoming", "defer"]
-    return cmd
+    return cmd + jail_args(spec.jail)
 
 
 def _memory_args(spec: VMSpec) -> list[str]:
@@ -109,6 +110,17 @@ async def _migration_setup(qmp: QMPClient, *, ignore_shared: bool) -> None:
     await qmp.execute("migrate-set-capabilities", {"capabilities": [capability]})
     # The default bandwidth cap (128 MB/s) would slow a streamed save of RAM to a file.
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": _UNCAPPED})
+
+
+async def _stream_uri(qmp: QMPClient, path: Path, flags: int, name: str) -> str:
+    """A migration URI for `path`, opened here and handed to QEMU as a descriptor: a
+    jailed QEMU can neither open paths nor spawn `cat` (and the fd skips a pipe)."""
+    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    try:
+        await qmp.execute_with_fd("getfd", {"fdname": name}, fd)
+    finally:
+        os.close(fd)
+    return f"fd:{name}"
 
 
 async def _wait_migration(qmp: QMPClient, what: str, timeout: float = 600.0) -> None:
@@ -196,6 +208,7 @@ class QemuHypervisor:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=spec.instance_dir,
+            preexec_fn=cgroup_joiner(spec.jail),
         )
         # With -daemonize the parent exits once the VM is set up (or failed).
         out, _ = await proc.communicate()
@@ -219,7 +232,7 @@ class QemuHypervisor:
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:
         """`stop`, then QEMU's migration stream into `state_file` (through a temporary name:
         a failed save leaves no state file behind). QEMU 7.2 has no `file:` URI, so the
-        stream goes through `cat`."""
+        stream goes to a descriptor Ember opened."""
         started = time.monotonic()
         partial = state_file.with_name(state_file.name + ".partial")
         partial.unlink(missing_ok=True)
@@ -227,7 +240,9 @@ class QemuHypervisor:
             async with await QMPClient.connect(vm.qmp_socket) as qmp:
                 await qmp.execute("stop")
                 await _migration_setup(qmp, ignore_shared=memory_file)
-                await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"})
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                uri = await _stream_uri(qmp, partial, flags, "ember-save")
+                await qmp.execute("migrate", {"uri": uri})
                 await _wait_migration(qmp, "save")
             os.replace(partial, state_file)
         except BaseException:
@@ -245,7 +260,7 @@ class QemuHypervisor:
         try:
             async with await QMPClient.connect(handle.qmp_socket) as qmp:
                 await _migration_setup(qmp, ignore_shared=spec.memory_file is not None)
-                uri = f"exec:cat {shlex.quote(str(state_file))}"
+                uri = await _stream_uri(qmp, state_file, os.O_RDONLY, "ember-restore")
                 await qmp.execute("migrate-incoming", {"uri": uri})
                 await _wait_migration(qmp, "restore")
                 await qmp.execute("cont")

@@ -36,6 +36,7 @@ from ember.instances.core import InstanceCore, invalid
 from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
 from ember.instances.expiry import Reaper
 from ember.instances.health import HealthMonitor, HealthStatus
+from ember.instances.jail import vmm_jail
 from ember.instances.layout import Layout
 from ember.instances.logs import LogRotator, LogSource, read_log
 from ember.instances.models import InstanceRecord
@@ -82,8 +83,11 @@ class InstanceManager:
             held.append(NetworkLease(network))
         held.append(VolumeAttachments(volumes))
         self.network, self.volumes = network, volumes
+        repo = Repository(store, "instances", InstanceRecord, "instance")
+        if settings.jail == "on":
+            held.append(vmm_jail(settings, repo))
         self.core = InstanceCore(
-            repo=Repository(store, "instances", InstanceRecord, "instance"),
+            repo=repo,
             settings=settings,
             layout=layout,
             hypervisors=hypervisors,

@@ -138,6 +138,8 @@ class InstanceRecord(StoredRecord):
     exit_message: str | None = None
     # The VMM process of the current boot; kept so a restarted server can re-adopt it.
     pid: int | None = None
+    # The uid (and gid) its VMM runs as under the jail: its own from create to delete.
+    vmm_uid: int | None = None
     # Set while the instance is in Standby: what a restore starts from.
     standby: StandbySnapshot | None = None
     snapshot_policy: SnapshotPolicy | None = None

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from ember.errors import InvalidArgument
 from ember.guest.config import MIN_OVERLAY_BYTES, GuestConfig, GuestNetwork, GuestVolume
-from ember.hypervisor import DiskSpec, Hypervisors, NicSpec, VMSpec
+from ember.hypervisor import DiskSpec, Hypervisors, JailSpec, NicSpec, VMSpec
 from ember.ids import is_id
 from ember.images.models import ImageRecord
 from ember.instances import policies
@@ -262,6 +262,7 @@ class BootDevices:
     nics: tuple[NicSpec, ...] = ()
     network: GuestNetwork | None = None
     volumes: tuple[GuestVolume, ...] = ()
+    jail: JailSpec | None = None  # the VMM's confinement (ember/instances/jail.py)
 
     def merge(self, other: BootDevices) -> BootDevices:
         return BootDevices(
@@ -269,6 +270,7 @@ class BootDevices:
             nics=self.nics + other.nics,
             network=other.network or self.network,
             volumes=self.volumes + other.volumes,
+            jail=other.jail or self.jail,
         )
 
 
@@ -306,6 +308,7 @@ def vm_spec(
         vmm_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,
         memory_file=layout.memory if memory_in_file else None,
+        jail=devices.jail,
     )
 
 
