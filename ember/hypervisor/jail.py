@@ -115,11 +115,20 @@ class Cgroups:
     def create(self, name: str, limits: JailLimits) -> tuple[Path, ...]:
         """Make the cgroup `name` with `limits` set; returns the `cgroup.procs` to join."""
         dirs = self.dirs(name)
+        if self.version == 2:
+            self._delegate(next(iter(self.mounts.values())))
         for path in dirs.values():
             path.mkdir(parents=True, exist_ok=True)
         files = _limit_files_v2(limits) if self.version == 2 else _limit_files_v1(limits)
         _write_limits(dirs, files)
         return tuple(sorted({path / "cgroup.procs" for path in dirs.values()}))
+
+    def _delegate(self, base: Path) -> None:
+        """v2: limits in a child need its controllers enabled in every parent."""
+        base.mkdir(exist_ok=True)
+        enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c not in self.missing)
+        for directory in (base.parent, base):
+            _write(directory / "cgroup.subtree_control", enable)
 
     def oom_killed(self, name: str) -> bool:
         """Whether the kernel's OOM killer ended a process of cgroup `name`."""
@@ -199,11 +208,6 @@ def detect_cgroups(root: Path = CGROUP_ROOT, parent: str = "ember") -> Cgroups |
         offered = controllers.read_text().split()
         missing = tuple(c for c in V2_CONTROLLERS if c not in offered)
         base = root / parent
-        with contextlib.suppress(OSError):
-            base.mkdir(exist_ok=True)
-            enable = " ".join(f"+{c}" for c in V2_CONTROLLERS if c in offered)
-            for directory in (root, base):
-                _write(directory / "cgroup.subtree_control", enable)
         return Cgroups(2, {c: base for c in V2_CONTROLLERS if c not in missing}, missing)
     mounts = {c: root / c / parent for c in V1_CONTROLLERS if (root / c / "tasks").is_file()}
     if not mounts:

@@ -17,6 +17,8 @@ from ember.config import Settings
 from ember.errors import InvalidArgument, InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
 from ember.hypervisor import Hypervisors
+from ember.hypervisor.jail import confinement
+from ember.hypervisor.qemu import QEMU_BINARY
 from ember.ids import is_id
 from ember.instances import (
     create,
@@ -84,8 +86,13 @@ class InstanceManager:
         held.append(VolumeAttachments(volumes))
         self.network, self.volumes = network, volumes
         repo = Repository(store, "instances", InstanceRecord, "instance")
-        if settings.jail == "on":
-            held.append(vmm_jail(settings, repo))
+        jail = vmm_jail(settings, repo) if settings.jail == "on" else None
+        held += [jail] if jail is not None else []
+        # What confines each VMM on this host (GET /capabilities).
+        self.confinement = confinement(
+            jail is not None, jail.cgroups if jail else None, binary=QEMU_BINARY,
+            why_off="turned off by EMBER_JAIL=off: every VMM runs as root",
+        )  # fmt: skip
         self.core = InstanceCore(
             repo=repo,
             settings=settings,

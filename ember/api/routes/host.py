@@ -203,6 +203,7 @@ def _runtimes(svc: Services) -> list[Runtime]:
                 features=features,
                 accelerator=accel,
                 accelerator_reason=_accel_reason(accel, svc.settings.accel),
+                confinement=svc.instances.confinement.as_dict(),
             )
         )
     return out
