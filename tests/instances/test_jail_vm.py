@@ -6,7 +6,9 @@ from __future__ import annotations
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+import httpx
 import pytest
 from hypeman import Hypeman
 
@@ -149,3 +151,20 @@ def test_a_guest_over_its_memory_limit_is_stopped_with_the_reason() -> None:
         assert "exceeded its memory limit" in message, message
         assert server.process is not None and server.process.poll() is None  # Ember lives on
         client.instances.delete(hog.id)
+
+
+def confinement_of(server: EmberServer) -> dict[str, Any]:
+    answer = httpx.get(f"{server.url}/capabilities",
+                       headers={"Authorization": f"Bearer {server.token()}"}).json()  # fmt: skip
+    qemu = next(r for r in answer["runtimes"] if r["name"] == "qemu")
+    confinement: dict[str, Any] = qemu["confinement"]
+    return confinement
+
+
+def test_capabilities_say_which_confinement_is_in_force(server: EmberServer) -> None:
+    on = confinement_of(server)
+    assert on["enabled"] is True
+    assert set(on["in_force"]) >= {"user", "filesystem", "seccomp", "limits"}
+    with running_server(env={"EMBER_JAIL": "off"}) as unjailed:
+        off = confinement_of(unjailed)
+    assert off["enabled"] is False and "EMBER_JAIL=off" in str(off["not_in_force"])
