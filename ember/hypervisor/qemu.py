@@ -112,10 +112,14 @@ async def _migration_setup(qmp: QMPClient, *, ignore_shared: bool) -> None:
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": _UNCAPPED})
 
 
-async def _stream_uri(qmp: QMPClient, path: Path, flags: int, name: str) -> str:
+async def _stream_uri(qmp: QMPClient, path: Path, flags: int, what: str) -> str:
     """A migration URI for `path`, opened here and handed to QEMU as a descriptor: a
     jailed QEMU can neither open paths nor spawn `cat` (and the fd skips a pipe)."""
-    fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    name = f"ember-{what}"
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise Unavailable(f"QEMU {what} failed: cannot open {path}: {exc.strerror}") from exc
     try:
         await qmp.execute_with_fd("getfd", {"fdname": name}, fd)
     finally:
@@ -241,7 +245,7 @@ class QemuHypervisor:
                 await qmp.execute("stop")
                 await _migration_setup(qmp, ignore_shared=memory_file)
                 flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
-                uri = await _stream_uri(qmp, partial, flags, "ember-save")
+                uri = await _stream_uri(qmp, partial, flags, "save")
                 await qmp.execute("migrate", {"uri": uri})
                 await _wait_migration(qmp, "save")
             os.replace(partial, state_file)
@@ -260,7 +264,7 @@ class QemuHypervisor:
         try:
             async with await QMPClient.connect(handle.qmp_socket) as qmp:
                 await _migration_setup(qmp, ignore_shared=spec.memory_file is not None)
-                uri = await _stream_uri(qmp, state_file, os.O_RDONLY, "ember-restore")
+                uri = await _stream_uri(qmp, state_file, os.O_RDONLY, "restore")
                 await qmp.execute("migrate-incoming", {"uri": uri})
                 await _wait_migration(qmp, "restore")
                 await qmp.execute("cont")
