@@ -71,7 +71,9 @@ def build_command(
     ]
     for i, disk in enumerate(spec.disks):
         drive = f"id=disk{i},file={_opt(disk.path)},format=raw,if=none"
-        drive += ",readonly=on" if disk.readonly else ",readonly=off"
+        # auto-read-only=off: the end of a migration (save) would otherwise reopen a
+        # writable disk read-only by its path, which a jailed QEMU cannot open.
+        drive += ",readonly=on" if disk.readonly else ",readonly=off,auto-read-only=off"
         if disk.bps_limit:
             drive += f",throttling.bps-total={disk.bps_limit}"
         cmd += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}"]
