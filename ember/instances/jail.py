@@ -94,6 +94,9 @@ class VmmJail(InstanceResource):
         os.chmod(layout.run, 0o700)  # its QMP and agent sockets: Ember's alone
         procs: tuple[Path, ...] = ()
         if self.cgroups is not None:
+            # One left by a boot whose detach never ran (a crash) would carry its counters,
+            # an old OOM kill included, into this boot's exit reason.
+            self._remove_cgroup(record.id)
             cgroups, limits = self.cgroups, self.limits(record, layout)
             procs = await asyncio.to_thread(cgroups.create, record.id, limits)
         return BootDevices(jail=JailSpec(uid, uid, empty_root(self.root), procs))
