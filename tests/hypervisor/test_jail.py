@@ -52,12 +52,12 @@ def test_v1_limits_are_written_per_controller(tmp_path: Path) -> None:
     cgroups = detect_cgroups(tmp_path)
     assert cgroups is not None and cgroups.version == 1 and cgroups.missing == ()
     for controller, names in V1_FILES.items():  # what the kernel makes on mkdir
-        (tmp_path / controller / "ember" / "i1").mkdir(parents=True)
+        (tmp_path / controller / "ember-i1").mkdir(parents=True)
         for name in names:
-            (tmp_path / controller / "ember" / "i1" / name).write_text("")
+            (tmp_path / controller / "ember-i1" / name).write_text("")
     procs = cgroups.create("i1", LIMITS)
-    assert procs == tuple(sorted(tmp_path / c / "ember/i1/cgroup.procs" for c in V1_FILES))
-    cg = tmp_path / "{}/ember/i1"
+    assert procs == tuple(sorted(tmp_path / c / "ember-i1/cgroup.procs" for c in V1_FILES))
+    cg = tmp_path / "{}/ember-i1"
     assert read(Path(str(cg).format("memory")) / "memory.limit_in_bytes") == str(512 * MiB)
     assert read(Path(str(cg).format("cpu")) / "cpu.cfs_quota_us") == "250000"
     assert read(Path(str(cg).format("cpu")) / "cpu.shares") == "2048"
@@ -74,16 +74,15 @@ def test_v1_limits_are_written_per_controller(tmp_path: Path) -> None:
 def test_v2_is_one_tree_and_reports_missing_controllers(tmp_path: Path) -> None:
     (tmp_path / "cgroup.controllers").write_text("cpu memory pids\n")
     cgroups = detect_cgroups(tmp_path)
-    assert cgroups == Cgroups(2, {c: tmp_path / "ember" for c in ("memory", "cpu", "pids")},
-                              ("io",))  # fmt: skip
-    (tmp_path / "ember" / "i2").mkdir(parents=True)
+    assert cgroups == Cgroups(2, {c: tmp_path for c in ("memory", "cpu", "pids")}, ("io",))
+    (tmp_path / "ember-i2").mkdir(parents=True)
     for name in ("memory.max", "cpu.max", "cpu.weight", "pids.max", "memory.events"):
-        (tmp_path / "ember" / "i2" / name).write_text("")
+        (tmp_path / "ember-i2" / name).write_text("")
     cgroups.create("i2", LIMITS)
-    assert read(tmp_path / "ember/i2/cpu.max") == "250000 100000"
-    assert read(tmp_path / "ember/i2/cpu.weight") == "200"
-    assert "+memory" in read(tmp_path / "ember/cgroup.subtree_control")
-    (tmp_path / "ember/i2/memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
+    assert read(tmp_path / "ember-i2/cpu.max") == "250000 100000"
+    assert read(tmp_path / "ember-i2/cpu.weight") == "200"
+    assert "+memory" in read(tmp_path / "cgroup.subtree_control")
+    (tmp_path / "ember-i2/memory.events").write_text("low 0\nhigh 0\nmax 3\noom 1\noom_kill 1\n")
     assert cgroups.oom_killed("i2")
     report = confinement(True, cgroups, binary="/nonexistent/qemu")
     assert report.missing["io"] == "the io cgroup controller is not available"
@@ -147,7 +146,7 @@ def test_oom_kill_is_the_exit_reason(tmp_path: Path) -> None:
                    memory_overhead=64 * MiB, uids_in_records=lambda: set(),
                    record_uid=store.records.__setitem__)  # fmt: skip
     assert jail.exit_reason(record("a")) is None
-    memory = tmp_path / "memory/ember/a"
+    memory = tmp_path / "memory/ember-a"
     memory.mkdir(parents=True)
     (memory / "memory.oom_control").write_text("oom_kill_disable 0\nunder_oom 0\noom_kill 1\n")
     reason = jail.exit_reason(record("a")) or ""
