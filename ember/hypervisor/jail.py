@@ -15,8 +15,8 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import shlex
 import subprocess
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -64,23 +64,14 @@ def jail_args(jail: JailSpec | None) -> list[str]:
     return ["-runas", f"{jail.uid}:{jail.gid}", "-chroot", str(jail.root), "-sandbox", SANDBOX]
 
 
-def cgroup_joiner(jail: JailSpec | None) -> Callable[[], None] | None:
-    """What the forked launcher runs before exec: join the VM's cgroups. Only os-level
-    calls (no locks, no allocation worth the name): it runs between fork and exec."""
+def cgroup_launcher(jail: JailSpec | None) -> list[str]:
+    """A prefix for the VMM's command line that joins the VM's cgroups, then execs it: a
+    shell, not a `preexec_fn`, which would make Python fork the whole server instead of
+    vfork (measured: +40 ms per launch beside a busy Ember)."""
     if jail is None or not jail.procs:
-        return None
-    files = tuple(str(path) for path in jail.procs)
-
-    def join() -> None:
-        pid = str(os.getpid()).encode()
-        for path in files:
-            fd = os.open(path, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-
-    return join
+        return []
+    joins = " && ".join(f"echo $$ > {shlex.quote(str(path))}" for path in jail.procs)
+    return ["/bin/sh", "-c", f'{joins} && exec "$@"', "ember-vmm"]
 
 
 def empty_root(path: Path) -> Path:

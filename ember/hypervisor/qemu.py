@@ -19,7 +19,7 @@ from pathlib import Path
 from ember.errors import Unavailable
 from ember.hypervisor.accel import Accel, guest_kernel_args
 from ember.hypervisor.base import Capabilities, SavedState, VMHandle, VMSpec
-from ember.hypervisor.jail import cgroup_joiner, jail_args
+from ember.hypervisor.jail import cgroup_launcher, jail_args
 from ember.hypervisor.qmp import QMPClient
 from ember.logsetup import append_stamped
 
@@ -209,12 +209,12 @@ class QemuHypervisor:
         command = build_command(spec, self.accel, self.binary, incoming=incoming)
         _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
+            *cgroup_launcher(spec.jail),
             *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.STDOUT,
             cwd=spec.instance_dir,
-            preexec_fn=cgroup_joiner(spec.jail),
         )
         # With -daemonize the parent exits once the VM is set up (or failed).
         out, _ = await proc.communicate()

@@ -12,6 +12,7 @@ from ember.hypervisor.jail import (
     Cgroups,
     JailLimits,
     JailSpec,
+    cgroup_launcher,
     confinement,
     detect_cgroups,
     jail_args,
@@ -37,6 +38,10 @@ def test_qemu_arguments() -> None:
     jail = JailSpec(uid=1500000007, gid=1500000007, root=Path("/run/ember/jail-root"))
     assert jail_args(jail) == ["-runas", "1500000007:1500000007", "-chroot",
                                "/run/ember/jail-root", "-sandbox", SANDBOX]  # fmt: skip
+    assert cgroup_launcher(jail) == []  # no cgroups: QEMU is started as it is
+    joined = JailSpec(1, 1, Path("/r"), (Path("/cg/memory/ember-a/cgroup.procs"),))
+    assert cgroup_launcher(joined) == ["/bin/sh", "-c", 'echo $$ > /cg/memory/ember-a/cgroup.procs'
+                                       ' && exec "$@"', "ember-vmm"]  # fmt: skip
     # Both break QEMU 7.2 with -daemonize/-runas (its filter comes first): kept out.
     assert "spawn=deny" not in SANDBOX and "elevateprivileges=deny" not in SANDBOX
 
