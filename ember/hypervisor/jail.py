@@ -4,7 +4,7 @@ QEMU does the confinement itself, after it has opened everything it needs as roo
 (disks, memory file, logs, sockets, TAP, kernel, initrd): `-runas uid:gid` drops to
 an unprivileged user (no capabilities), `-chroot` puts it in an empty directory (no
 path on the host can be opened any more; only the descriptors it holds), `-sandbox`
-installs its seccomp filter (with no_new_privs). The launching process first joins
+installs its seccomp filter (with no_new_privs). The launching shell first joins
 the VM's cgroup, so QEMU and every thread it starts are under the kernel's memory,
 CPU, I/O and process-count limits. What cannot be had on a host (no seccomp, no cgroup
 controller) is reported by `confinement`, not silently skipped.
@@ -66,8 +66,8 @@ def jail_args(jail: JailSpec | None) -> list[str]:
 
 def cgroup_launcher(jail: JailSpec | None) -> list[str]:
     """A prefix for the VMM's command line that joins the VM's cgroups, then execs it: a
-    shell, not a `preexec_fn`, which would make Python fork the whole server instead of
-    vfork (measured: +40 ms per launch beside a busy Ember)."""
+    shell, not a `preexec_fn`, with which Python forks the whole server process at every
+    launch instead of using vfork."""
     if jail is None or not jail.procs:
         return []
     joins = " && ".join(f"echo $$ > {shlex.quote(str(path))}" for path in jail.procs)
