@@ -106,7 +106,7 @@ class VmmJail(InstanceResource):
         return JailLimits(
             memory_bytes=record.memory_bytes + self.memory_overhead,
             cpus=record.vcpus + EMULATOR_CPUS,
-            cpu_weight=record.vcpus,
+            cpu_weight=record.vcpus + 1,  # its vCPU threads and QEMU's main loop
             pids=PIDS_BASE + record.vcpus,
             io_bps=record.disk_io_bps,
             io_device=device,
