@@ -7,7 +7,10 @@ line, and waits for the same agent READY on the same socket protocol. Runs
 alternate between the two so machine noise hits both alike. Also printed:
 the create request alone (Ember's API overhead before the VMM runs).
 
-    .venv/bin/python -m bench.boot [--runs 5]
+    .venv/bin/python -m bench.boot [--runs 5] [--jail-compare]
+
+`--jail-compare` adds a second server with EMBER_JAIL=off, booting in turn with
+the jailed one, and prints the jail's cost as a ratio.
 """
 
 from __future__ import annotations
@@ -57,21 +60,32 @@ async def bare_boot(rootfs: Path, work: Path) -> float:
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument(
+        "--jail-compare", action="store_true",
+        help="also boot on a second server with EMBER_JAIL=off, alternating with the jailed one",
+    )  # fmt: skip
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    server = EmberServer(root / "data").start()
+    servers = [EmberServer(root / "data").start()]
     try:
-        headers = {"Authorization": f"Bearer {server.token()}"}
-        http = httpx.Client(base_url=server.url, headers=headers, timeout=60)
-        image, rootfs = push_hello(server, http)
+        http = client_of(servers[0])
+        image, rootfs = push_hello(servers[0], http)
+        unjailed: tuple[httpx.Client, str] | None = None
+        if args.jail_compare:
+            servers.append(EmberServer(root / "unjailed", env={"EMBER_JAIL": "off"}).start())
+            other = client_of(servers[1])
+            unjailed = (other, push_hello(servers[1], other)[0])
 
-        ember_totals, api_times, bare_times = [], [], []
+        ember_totals, api_times, bare_times, free_totals = [], [], [], []
         for run in range(args.runs):
             total, api = ember_boot(http, image, run)
             ember_totals.append(total)
             api_times.append(api)
+            if unjailed is not None:
+                free_totals.append(ember_boot(*unjailed, run)[0])
             bare_times.append(asyncio.run(bare_boot(rootfs, root / "bare")))
-            print(f"run {run + 1}: ember {total:.2f}s (create {api * 1000:.0f} ms), "
+            off = f", EMBER_JAIL=off {free_totals[-1]:.2f}s" if free_totals else ""
+            print(f"run {run + 1}: ember {total:.2f}s (create {api * 1000:.0f} ms){off}, "
                   f"bare qemu {bare_times[-1]:.2f}s")  # fmt: skip
 
         ours, bare = statistics.median(ember_totals), statistics.median(bare_times)
@@ -79,9 +93,19 @@ def main() -> None:
         print(f"ember POST /instances -> Running: {ours:.2f}s (median of {args.runs})")
         print(f"ratio ember/bare:             {ours / bare:.2f}x (target <= 1.15x)")
         print(f"ember create request alone:   {statistics.median(api_times) * 1000:.0f} ms")
+        if free_totals:
+            free = statistics.median(free_totals)
+            print(f"ember with EMBER_JAIL=off:    {free:.2f}s; jail cost {ours / free:.3f}x "
+                  "(target <= 1.05x)")  # fmt: skip
     finally:
-        server.stop()
+        for server in servers:
+            server.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def client_of(server: EmberServer) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=60)
 
 
 if __name__ == "__main__":

@@ -10,7 +10,9 @@ For a 256 MB and a 1 GB guest, in the same run:
   (timed), `quit`, and a new QEMU with `-incoming defer` + `migrate-incoming` +
   `cont`, over raw QMP, by the same mechanism Ember used (RAM in a shared
   memory file with x-ignore-shared when Ember's VMM had one, the whole RAM
-  streamed through `exec:cat` otherwise).
+  streamed to a descriptor otherwise).
+- with `--jail-compare`: the same Ember rounds on a second server with
+  EMBER_JAIL=off, alternating with the jailed one, and the jail's cost as a ratio.
 
 Both sides time standby to the same point (the saved state on disk) and
 restore from the same point (no VMM left of the standby).
@@ -18,20 +20,21 @@ restore from the same point (no VMM left of the standby).
 Targets (issue 12): standby and restore at most 1.2x bare QEMU; restore at
 most 0.15x a cold create.
 
-    .venv/bin/python -m bench.snapshots [--runs 3] [--sizes 256,1024]
+    .venv/bin/python -m bench.snapshots [--runs 3] [--sizes 256,1024] [--jail-compare]
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import shlex
+import os
 import shutil
 import statistics
 import subprocess
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +174,7 @@ async def bare_round(
                 await qmp.execute("stop")
                 await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
                 await qmp.execute("migrate-set-parameters", {"max-bandwidth": 100 << 30})
-                await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(state))}"})
+                await qmp.execute("migrate", {"uri": await _fd_uri(qmp, state, write=True)})
                 await _wait(qmp)
                 figures["save"].append(time.perf_counter() - started)
                 await qmp.execute("quit")
@@ -187,9 +190,8 @@ async def bare_round(
             )
             async with await QMPClient.connect(spec.qmp_socket) as qmp:
                 await qmp.execute("migrate-set-capabilities", {"capabilities": caps})
-                await qmp.execute(
-                    "migrate-incoming", {"uri": f"exec:cat {shlex.quote(str(state))}"}
-                )
+                uri = await _fd_uri(qmp, state, write=False)
+                await qmp.execute("migrate-incoming", {"uri": uri})
                 await _wait(qmp)
                 await qmp.execute("cont")
             figures["restore"].append(time.perf_counter() - started)
@@ -199,6 +201,17 @@ async def bare_round(
         await asyncio.sleep(0.5)
         shutil.rmtree(work, ignore_errors=True)
     return figures
+
+
+async def _fd_uri(qmp: QMPClient, path: Path, *, write: bool) -> str:
+    """The stream through a descriptor opened here, as Ember does (see qemu.py)."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC if write else os.O_RDONLY
+    fd = os.open(path, flags, 0o600)
+    try:
+        await qmp.execute_with_fd("getfd", {"fdname": "bench"}, fd)
+    finally:
+        os.close(fd)
+    return "fd:bench"
 
 
 async def _wait(qmp: QMPClient) -> None:
@@ -219,21 +232,39 @@ async def _gone(pid: int) -> None:
 # ---- the run -------------------------------------------------------------------------
 
 
-def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path,
-               root: Path, mib: int, runs: int) -> None:  # fmt: skip
+@dataclass
+class EmberFigures:
+    cold: float = 0.0
+    standby: list[float] = field(default_factory=list)
+    restore: list[float] = field(default_factory=list)
+    kept: list[int] = field(default_factory=list)
+
+
+def ember_round(ember: EmberRun, figures: EmberFigures) -> None:
+    """One standby (to the state on disk, its VMM gone) and one restore (to Running)."""
+    took, _answer = ember.post("standby")
+    figures.standby.append(took)
+    ember.wait_vmm_gone()
+    figures.kept.append(ember.snapshot_bytes())
+    took, _answer = ember.post("restore")
+    figures.restore.append(took)
+    time.sleep(1)
+
+
+def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path, root: Path,
+               mib: int, runs: int, unjailed: UnjailedServer | None) -> None:  # fmt: skip
     ember = EmberRun(http, server.data_dir, image, mib)
-    cold = ember.create()
+    mine = EmberFigures(cold=ember.create())
+    other = None
+    if unjailed is not None:  # the same rounds without the jail, alternating with these
+        other = EmberRun(unjailed.http, unjailed.server.data_dir, unjailed.image, mib)
+        theirs = EmberFigures(cold=other.create())
     time.sleep(2)
     in_file = ember.memory_in_file()
-    standby, restore, kept = [], [], []
     for _ in range(runs):
-        took, _answer = ember.post("standby")
-        standby.append(took)
-        ember.wait_vmm_gone()
-        kept.append(ember.snapshot_bytes())
-        took, _answer = ember.post("restore")
-        restore.append(took)
-        time.sleep(1)
+        ember_round(ember, mine)
+        if other is not None:
+            ember_round(other, theirs)
     compressed: dict[str, tuple[int, float]] = {}
     for algorithm, suffix in (("zstd", "zst"), ("lz4", "lz4")):
         ember.post("standby", {"compression": {"enabled": True, "algorithm": algorithm}})
@@ -242,11 +273,14 @@ def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path
         compressed[algorithm] = (size, took)
         time.sleep(1)
     ember.delete()
+    if other is not None:
+        other.delete()
     bare = asyncio.run(bare_round(rootfs, root / "bare", mib, in_file, runs))
 
-    mechanism = "RAM in a shared file + x-ignore-shared" if in_file else "RAM streamed (exec:cat)"
-    s, bs = median(standby), median(bare["save"])
-    r, br = median(restore), median(bare["restore"])
+    mechanism = "RAM in a shared file + x-ignore-shared" if in_file else "RAM streamed (fd)"
+    s, bs = median(mine.standby), median(bare["save"])
+    r, br = median(mine.restore), median(bare["restore"])
+    cold = mine.cold
     print(f"\n== {mib} MiB guest: {mechanism}; medians of {runs} ==")
     print(f"standby        ember {s * 1000:7.0f} ms   bare qemu {bs * 1000:7.0f} ms   "
           f"ratio {s / bs:.2f}x (target <= 1.2x)")  # fmt: skip
@@ -256,12 +290,24 @@ def bench_size(http: httpx.Client, server: EmberServer, image: str, rootfs: Path
     print(
         f"an API round trip (GET /health) costs {api_round_trip(http) * 1000:.1f} ms of the above"
     )
-    print(f"snapshot on disk ember {median(kept) / MIB:.1f} MiB, "
+    print(f"snapshot on disk ember {median(mine.kept) / MIB:.1f} MiB, "
           f"bare qemu {median(bare['bytes']) / MIB:.1f} MiB")  # fmt: skip
     for algorithm, (size, took) in compressed.items():
         print(
             f"{algorithm:5} compressed {size / MIB:6.1f} MiB; restore from it {took * 1000:.0f} ms"
         )
+    if other is not None:
+        for what, jailed, free in (("standby", s, median(theirs.standby)),
+                                   ("restore", r, median(theirs.restore))):  # fmt: skip
+            print(f"{what:8} jailed {jailed * 1000:7.0f} ms   EMBER_JAIL=off {free * 1000:7.0f} ms"
+                  f"   ratio {jailed / free:.3f}x (target <= 1.05x)")  # fmt: skip
+
+
+@dataclass
+class UnjailedServer:
+    server: EmberServer
+    http: httpx.Client
+    image: str
 
 
 def main() -> None:
@@ -272,19 +318,36 @@ def main() -> None:
         "--memory-file", choices=("always", "never"), default="always",
         help="guest RAM in a shared file (EMBER_GUEST_MEMORY_FILE) or streamed at standby",
     )  # fmt: skip
+    parser.add_argument(
+        "--jail-compare", action="store_true",
+        help="also time the same rounds on a server with EMBER_JAIL=off",
+    )  # fmt: skip
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
     env = {"EMBER_GUEST_MEMORY_FILE": args.memory_file}
-    server = EmberServer(root / "data", env=env).start()
+    servers = [EmberServer(root / "data", env=env).start()]
     try:
-        headers = {"Authorization": f"Bearer {server.token()}"}
-        http = httpx.Client(base_url=server.url, headers=headers, timeout=60)
+        server = servers[0]
+        http = client_of(server)
         image, rootfs = push_hello(server, http)
+        unjailed = None
+        if args.jail_compare:
+            servers.append(EmberServer(root / "unjailed", env={**env, "EMBER_JAIL": "off"}))
+            servers[1].start()
+            other = client_of(servers[1])
+            unjailed = UnjailedServer(servers[1], other, push_hello(servers[1], other)[0])
         for mib in (int(size) for size in args.sizes.split(",")):
-            bench_size(http, server, image, rootfs, root, mib, args.runs)
+            bench_size(http, server, image, rootfs, root, mib, args.runs, unjailed)
     finally:
-        server.stop()
+        for started in servers:
+            if started.process is not None:
+                started.stop()
         shutil.rmtree(root, ignore_errors=True)
+
+
+def client_of(server: EmberServer) -> httpx.Client:
+    headers = {"Authorization": f"Bearer {server.token()}"}
+    return httpx.Client(base_url=server.url, headers=headers, timeout=60)
 
 
 if __name__ == "__main__":

@@ -44,6 +44,17 @@ class Settings(BaseSettings):
     # `auto` for instances with auto-standby enabled, or `always` / `never`.
     guest_memory_file: Literal["auto", "always", "never"] = "auto"
 
+    # --- VMM jail (ember/hypervisor/jail.py, ember/instances/jail.py) ---
+    # `off` runs every VMM as root with the whole filesystem in view (debugging only).
+    jail: Literal["on", "off"] = "on"
+    # Each instance's VMM gets its own uid/gid from [base, base + count), kept until delete.
+    jail_uid_base: int = Field(default=1_500_000_000, ge=1000)
+    jail_uid_count: int = Field(default=1_000_000, ge=1)
+    # What the VMM may use beyond the guest's RAM before the kernel stops it (TCG code
+    # buffer, device state, page cache of its disks): measured, see the hypervisor README.
+    jail_memory_overhead_bytes: int = Field(default=256 << 20, ge=0)
+    # --- end VMM jail ---
+
     # --- network (ember/network; validated by ember.network.NetworkSettings) ---
     # Off: no bridge, NAT or DNS is set up and instances get no network device.
     network_enabled: bool = True

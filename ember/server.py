@@ -30,6 +30,8 @@ from ember.egress import EgressManager
 from ember.errors import NotFound
 from ember.groups import GroupManager, waker_socket
 from ember.hypervisor import Hypervisors, resolve_hypervisors
+from ember.hypervisor.jail import confinement
+from ember.hypervisor.qemu import QEMU_BINARY
 from ember.images.blobs import BlobStore
 from ember.images.manager import ImageManager
 from ember.ingress import IngressManager
@@ -42,6 +44,7 @@ from ember.instances.disks import InstanceFiles, RootDisk, RootDiskSource
 from ember.instances.egress import MediatedEgress
 from ember.instances.expiry import Reaper
 from ember.instances.health import HealthMonitor
+from ember.instances.jail import vmm_jail
 from ember.instances.layout import Layout
 from ember.instances.logs import LogRotator, LogSource
 from ember.instances.models import InstanceRecord
@@ -107,14 +110,18 @@ def build_instances(
     resources: Sequence[InstanceResource] = (),
 ) -> InstanceServices:
     """What an instance holds is acquired in this order and released in reverse: its
-    files, its root disk, its network lease, its volume attachments, then `resources`."""
+    files, its root disk, its network lease, its volume attachments, its VMM uid
+    (the jail), then `resources`."""
     layout = Layout(settings.data_dir / "instances", settings.runtime_dir)
     held: list[InstanceResource] = [InstanceFiles(layout), RootDisk(images)]
     if network is not None:
         held.append(NetworkLease(network))
     held.append(VolumeAttachments(volumes))
+    repo = Repository(store, "instances", InstanceRecord, "instance")
+    jail = vmm_jail(settings, repo) if settings.jail == "on" else None
+    held += [jail] if jail is not None else []
     core = InstanceCore(
-        repo=Repository(store, "instances", InstanceRecord, "instance"),
+        repo=repo,
         settings=settings,
         layout=layout,
         hypervisors=hypervisors,
@@ -134,6 +141,9 @@ def build_instances(
     manager = InstanceManager(
         core, jobs=jobs, snapshots=snapshots, network=network, volumes=volumes, health=health,
         auto_standby=auto_standby,
+        confinement=confinement(jail is not None, jail.cgroups if jail else None,
+                                binary=QEMU_BINARY,
+                                why_off="turned off by EMBER_JAIL=off: every VMM runs as root"),
     )  # fmt: skip
     scheduler = Scheduler(
         snapshots.store, snapshots.take_scheduled, snapshots.delete,

@@ -211,8 +211,28 @@ def check_tools() -> Check:
     return Check("Tools", True, "mkfs.ext4, mkfs.erofs, ip, nft")
 
 
+def check_jail() -> Check:
+    """Which confinement each VMM gets here (the same report as GET /capabilities)."""
+    from ember.config import Settings
+    from ember.hypervisor.jail import confinement, detect_cgroups
+    from ember.hypervisor.qemu import QEMU_BINARY
+
+    enabled = Settings().jail == "on"
+    report = confinement(enabled, detect_cgroups(), binary=QEMU_BINARY, why_off="EMBER_JAIL=off")
+    if not enabled:
+        return Check("VMM jail", True, "off (EMBER_JAIL=off): every VMM runs as root",
+                     "unset EMBER_JAIL", warning=True)  # fmt: skip
+    detail = "; ".join(f"{part}: {how}" for part, how in report.parts.items())
+    if report.missing:
+        lacking = "; ".join(f"no {part}: {why}" for part, why in report.missing.items())
+        return Check("VMM jail", True, f"{detail}; {lacking}",
+                     "a kernel with seccomp and cgroup memory/cpu/io/pids controllers",
+                     warning=True)  # fmt: skip
+    return Check("VMM jail", True, detail)
+
+
 CHECKS = (check_qemu, check_accel, check_system, check_bridge, check_caddy, check_disk,
-          check_tools)  # fmt: skip
+          check_tools, check_jail)  # fmt: skip
 
 
 @app.command(rich_help_panel=PANEL)

@@ -22,6 +22,7 @@ from ember.hypervisor.base import (
     VMHandle,
     VMSpec,
 )
+from ember.hypervisor.jail import JailSpec
 from ember.hypervisor.qemu import QEMU_BINARY, QemuHypervisor
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "Hypervisor",
     "HypervisorName",
     "Hypervisors",
+    "JailSpec",
     "NicSpec",
     "RunState",
     "VMHandle",

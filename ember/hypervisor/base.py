@@ -7,6 +7,8 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Literal, Protocol
 
+from ember.hypervisor.jail import JailSpec
+
 
 @dataclass(frozen=True, slots=True)
 class Capabilities:
@@ -72,6 +74,8 @@ class VMSpec:
     # writes only device state and leaves the RAM in the file. A restore must use the
     # same choice as the boot it continues.
     memory_file: Path | None = None
+    # Run the VMM confined (its own uid, an empty root, seccomp, a cgroup); None: as root.
+    jail: JailSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

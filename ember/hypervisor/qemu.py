@@ -27,6 +27,7 @@ from ember.hypervisor.base import (
     VMHandle,
     VMSpec,
 )
+from ember.hypervisor.jail import cgroup_launcher, jail_args
 from ember.hypervisor.qmp import QMPClient, QMPError
 from ember.logsetup import append_stamped
 
@@ -94,7 +95,9 @@ def build_command(
             cmd += _slot_args(disk)
             continue
         drive = f"id=disk{i},file={_opt(disk.path)},format=raw,if=none"
-        drive += ",readonly=on" if disk.readonly else ",readonly=off"
+        # auto-read-only=off: the end of a migration (save) would otherwise reopen a
+        # writable disk read-only by its path, which a jailed QEMU cannot open.
+        drive += ",readonly=on" if disk.readonly else ",readonly=off,auto-read-only=off"
         if disk.bps_limit:
             drive += f",throttling.bps-total={disk.bps_limit}"
         cmd += ["-drive", drive, "-device", f"virtio-blk-device,drive=disk{i},serial={disk.serial}"]
@@ -118,7 +121,7 @@ def build_command(
     cmd += _memory_args(spec)
     if incoming:
         cmd += ["-incoming", "defer"]
-    return cmd
+    return cmd + jail_args(spec.jail)
 
 
 def device_set(spec: VMSpec, accel: Accel) -> list[str]:
@@ -185,6 +188,21 @@ async def _migration_setup(qmp: QMPClient, *, ignore_shared: bool) -> None:
     await qmp.execute("migrate-set-capabilities", {"capabilities": [capability]})
     # The default bandwidth cap (128 MB/s) would slow a streamed save of RAM to a file.
     await qmp.execute("migrate-set-parameters", {"max-bandwidth": _UNCAPPED})
+
+
+async def _stream_uri(qmp: QMPClient, path: Path, flags: int, what: str) -> str:
+    """A migration URI for `path`, opened here and handed to QEMU as a descriptor: a
+    jailed QEMU can neither open paths nor spawn `cat` (and the fd skips a pipe)."""
+    name = f"ember-{what}"
+    try:
+        fd = os.open(path, flags | os.O_CLOEXEC, 0o600)
+    except OSError as exc:
+        raise Unavailable(f"QEMU {what} failed: cannot open {path}: {exc.strerror}") from exc
+    try:
+        await qmp.execute_with_fd("getfd", {"fdname": name}, fd)
+    finally:
+        os.close(fd)
+    return f"fd:{name}"
 
 
 async def _wait_migration(qmp: QMPClient, what: str, timeout: float = 600.0) -> None:
@@ -274,6 +292,7 @@ class QemuHypervisor:
         command = build_command(spec, self.accel, self.binary, incoming=incoming)
         _append_lines(spec.vmm_log, [shlex.join(command)])
         proc = await asyncio.create_subprocess_exec(
+            *cgroup_launcher(spec.jail),
             *command,
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.PIPE,
@@ -305,7 +324,7 @@ class QemuHypervisor:
     async def save(self, vm: VMHandle, state_file: Path, *, memory_file: bool) -> SavedState:
         """`stop`, then QEMU's migration stream into `state_file` (through a temporary name:
         a failed save leaves no state file behind). QEMU 7.2 has no `file:` URI, so the
-        stream goes through `cat`."""
+        stream goes to a descriptor Ember opened."""
         started = time.monotonic()
         partial = state_file.with_name(state_file.name + ".partial")
         partial.unlink(missing_ok=True)
@@ -313,7 +332,9 @@ class QemuHypervisor:
             async with await QMPClient.connect(vm.qmp_socket) as qmp:
                 await qmp.execute("stop")
                 await _migration_setup(qmp, ignore_shared=memory_file)
-                await qmp.execute("migrate", {"uri": f"exec:cat > {shlex.quote(str(partial))}"})
+                flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC
+                uri = await _stream_uri(qmp, partial, flags, "save")
+                await qmp.execute("migrate", {"uri": uri})
                 await _wait_migration(qmp, "save")
             os.replace(partial, state_file)
         except BaseException:
@@ -331,7 +352,7 @@ class QemuHypervisor:
         try:
             async with await QMPClient.connect(handle.qmp_socket) as qmp:
                 await _migration_setup(qmp, ignore_shared=spec.memory_file is not None)
-                uri = f"exec:cat {shlex.quote(str(state_file))}"
+                uri = await _stream_uri(qmp, state_file, os.O_RDONLY, "restore")
                 await qmp.execute("migrate-incoming", {"uri": uri})
                 await _wait_migration(qmp, "restore")
                 await qmp.execute("cont")

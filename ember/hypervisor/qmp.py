@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import os
+import socket
 from pathlib import Path
 from typing import Any
 
@@ -59,10 +61,27 @@ class QMPClient:
             reply = await asyncio.wait_for(future, timeout)
         finally:
             self._pending.pop(msg_id, None)
-        if "error" in reply:
-            err = reply["error"]
-            raise QMPError(f"QMP {command}: {err.get('class')}: {err.get('desc')}")
-        return reply.get("return")
+        return _result(command, reply)
+
+    async def execute_with_fd(
+        self, command: str, arguments: dict[str, Any], fd: int, timeout: float = 10.0
+    ) -> Any:
+        """`command` with `fd` attached (SCM_RIGHTS), for `getfd` and `add-fd`: how a file
+        Ember opened reaches a QEMU that cannot open paths itself (see jail.py)."""
+        msg_id = str(next(self._ids))
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[msg_id] = future
+        data = json.dumps({"execute": command, "id": msg_id, "arguments": arguments}).encode()
+        # The stream's transport cannot send ancillary data: send on a duplicate of its
+        # socket. Commands are not pipelined, so nothing of the stream is left unsent.
+        transport_socket = self._writer.get_extra_info("socket")
+        try:
+            with socket.socket(fileno=os.dup(transport_socket.fileno())) as raw:
+                socket.send_fds(raw, [data + b"\n"], [fd])
+            reply = await asyncio.wait_for(future, timeout)
+        finally:
+            self._pending.pop(msg_id, None)
+        return _result(command, reply)
 
     async def close(self) -> None:
         await close_connection(self._writer, self._task)
@@ -87,3 +106,10 @@ class QMPClient:
             for future in self._pending.values():
                 if not future.done():
                     future.set_exception(Unavailable("QMP connection closed"))
+
+
+def _result(command: str, reply: dict[str, Any]) -> Any:
+    if "error" in reply:
+        err = reply["error"]
+        raise QMPError(f"QMP {command}: {err.get('class')}: {err.get('desc')}")
+    return reply.get("return")

@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 
 from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
+from ember.hypervisor.jail import Confinement
 from ember.instances import (
     capacity,
     create,
@@ -62,11 +63,13 @@ class InstanceManager:
         volumes: VolumeManager,
         health: HealthMonitor,
         auto_standby: AutoStandby,
+        confinement: Confinement,
     ) -> None:
         """`network` is None when networking is off on this server."""
         self.core, self.jobs, self.snapshots = core, jobs, snapshots
         self.network, self.volumes = network, volumes
         self.health, self.auto_standby = health, auto_standby
+        self.confinement = confinement  # what confines each VMM (GET /capabilities)
 
     # ---- server lifecycle ------------------------------------------------------------
 

@@ -144,6 +144,8 @@ class InstanceRecord(StoredRecord):
     # The devices the current (or last) boot's VM got (`Hypervisor.device_set`): a
     # standby keeps them in its saved VM, a restore checks them.
     vm_devices: list[str] | None = None
+    # The uid (and gid) its VMM runs as under the jail: its own from create to delete.
+    vmm_uid: int | None = None
     # Set while the instance is in Standby: its saved VM, what a restore starts from (the
     # same model as a Standby snapshot's, copied as it is between them).
     standby: SavedVM | None = None

@@ -100,9 +100,12 @@ async def finish_stop(core: InstanceCore, instance_id: str) -> None:
     requested = instance_id in core.stopping
     record = core.current(instance_id)
     exit_code, message = record.exit_code, record.exit_message
+    killed = None if requested else core.resources.exit_reason(record)
     signal = 0
     if exit_record is not None:
         exit_code, message, signal = exit_record.exit_code, exit_record.message, exit_record.signal
+    elif killed is not None:
+        message = killed
     elif exit_code is None and not requested:
         message = "the VMM exited before the workload reported an exit"
     asked = record.stop_reason

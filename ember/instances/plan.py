@@ -23,7 +23,7 @@ from ember.guest.config import (
     GuestNetwork,
     GuestVolume,
 )
-from ember.hypervisor import DiskSpec, Hypervisors, NicSpec, VMSpec
+from ember.hypervisor import DiskSpec, Hypervisors, JailSpec, NicSpec, VMSpec
 from ember.ids import is_id
 from ember.images.models import ImageRecord
 from ember.instances import policies
@@ -282,6 +282,7 @@ class BootDevices:
     network: GuestNetwork | None = None
     volumes: tuple[GuestVolume, ...] = ()
     ca_certificates: str | None = None  # PEM for the guest's trust store (egress CA)
+    jail: JailSpec | None = None  # the VMM's confinement (ember/instances/jail.py)
 
     def merge(self, other: BootDevices) -> BootDevices:
         return BootDevices(
@@ -290,6 +291,7 @@ class BootDevices:
             network=other.network or self.network,
             volumes=self.volumes + other.volumes,
             ca_certificates=other.ca_certificates or self.ca_certificates,
+            jail=other.jail or self.jail,
         )
 
 
@@ -329,6 +331,7 @@ def vm_spec(
         console_log=layout.log(LogSource.VMM),
         vmm_output=layout.vmm_output,
         memory_file=layout.memory if memory_in_file else None,
+        jail=devices.jail,
     )
 
 

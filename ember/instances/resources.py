@@ -44,6 +44,11 @@ class InstanceResource:
     async def detach(self, record: InstanceRecord, layout: InstanceLayout) -> None:
         """When the VMM of a boot is gone; must be idempotent."""
 
+    def exit_reason(self, record: InstanceRecord) -> str | None:
+        """Once the VMM has gone, before `detach`: why it went, if this resource knows
+        (the kernel killed it for exceeding a limit); None otherwise."""
+        return None
+
     def sweep(self, live_ids: set[str]) -> None:
         """At server start: let go of what instances that no longer exist still hold."""
 
@@ -84,6 +89,9 @@ class Resources:
 
     async def detach(self, record: InstanceRecord, layout: InstanceLayout) -> None:
         await _each_reversed(self._resources, lambda r: r.detach(record, layout), "detach")
+
+    def exit_reason(self, record: InstanceRecord) -> str | None:
+        return next(filter(None, (r.exit_reason(record) for r in self._resources)), None)
 
     def sweep(self, live_ids: set[str]) -> None:
         for resource in self._resources:

@@ -172,6 +172,8 @@ def test_doctor_checks_the_host() -> None:
     assert accel["detail"].startswith(("KVM", "TCG"))
     if accel["detail"].startswith("TCG"):
         assert accel["fix"]  # says why, and what would change it
+    jail = checks["VMM jail"]  # which confinement each VMM gets, and what is missing
+    assert "-runas" in jail["detail"] and "cgroup v" in jail["detail"]
 
 
 def test_doctor_asks_the_server_about_its_network(shared_server: EmberServer) -> None:

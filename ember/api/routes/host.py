@@ -94,6 +94,7 @@ def _runtimes(svc: Services) -> list[Runtime]:
                 features=features,
                 accelerator=hypervisors.accel.accel,
                 accelerator_reason=hypervisors.accel.reason,
+                confinement=svc.instances.confinement.as_dict(),
             )
         )
     return out
