@@ -13,6 +13,7 @@ import contextlib
 import os
 import shlex
 import signal
+import struct
 import time
 from pathlib import Path
 
@@ -148,11 +149,47 @@ def _slot_args(disk: DiskSpec) -> list[str]:
     ]  # fmt: skip
 
 
-def _child_node(node: str, disk: DiskSpec) -> dict[str, object]:
-    if disk.format == "qcow2":  # its backing (the volume) is opened read-only from its header
-        return {"driver": "qcow2", "node-name": node,
-                "file": {"driver": "file", "filename": str(disk.path)}}  # fmt: skip
-    return {"driver": "file", "node-name": node, "filename": str(disk.path)}
+class _HandedFiles:
+    """Files Ember opens and hands to the running QEMU as fdsets (`add-fd`), named
+    `/dev/fdset/N` in its block nodes: a jailed QEMU (`-chroot` into an empty directory)
+    cannot open a path itself, and with the jail off this is the same one path."""
+
+    def __init__(self, qmp: QMPClient) -> None:
+        self.qmp, self.fdsets = qmp, list[int]()
+
+    async def path(self, path: Path, *, readonly: bool) -> str:
+        fd = os.open(path, (os.O_RDONLY if readonly else os.O_RDWR) | os.O_CLOEXEC)
+        try:
+            added = await self.qmp.execute_with_fd("add-fd", {}, fd)
+        finally:
+            os.close(fd)
+        self.fdsets.append(int(added["fdset-id"]))
+        return f"/dev/fdset/{self.fdsets[-1]}"
+
+    async def release(self) -> None:
+        """Drop the sets: each is freed once the node holding its file closes it."""
+        for fdset in self.fdsets:
+            with contextlib.suppress(QMPError, Unavailable):
+                await self.qmp.execute("remove-fd", {"fdset-id": fdset})
+
+
+def _qcow2_backing(path: Path) -> Path:
+    """The backing file a qcow2 header names (offset and length at bytes 8-19)."""
+    with open(path, "rb") as layer:
+        offset, size = struct.unpack(">QI", layer.read(20)[8:20])
+        layer.seek(offset)
+        name = layer.read(size).decode()
+    return Path(name) if os.path.isabs(name) else path.parent / name
+
+
+async def _child_node(node: str, disk: DiskSpec, files: _HandedFiles) -> dict[str, object]:
+    file = {"driver": "file", "filename": await files.path(disk.path, readonly=False)}
+    if disk.format != "qcow2":
+        return {**file, "node-name": node}
+    # The backing (the volume) named explicitly: QEMU would open the header's path itself.
+    volume = await files.path(_qcow2_backing(disk.path), readonly=True)
+    backing = {"driver": "raw", "file": {"driver": "file", "filename": volume}}
+    return {"driver": "qcow2", "node-name": node, "file": file, "backing": backing}
 
 
 async def _slot_children(qmp: QMPClient, serial: str) -> list[str]:
@@ -372,7 +409,12 @@ class QemuHypervisor:
             # One child (the current one) after every completed change.
             stale = await _slot_children(qmp, disk.serial)
             node = f"{disk.serial}.{time.monotonic_ns()}"
-            await qmp.execute("blockdev-add", _child_node(node, disk))
+            files = _HandedFiles(qmp)
+            try:
+                await qmp.execute("blockdev-add", await _child_node(node, disk, files))
+            except BaseException:
+                await files.release()
+                raise
             try:
                 await _reopen_slot(qmp, disk.serial, node)
                 size = await _node_size(qmp, disk.serial)
@@ -384,6 +426,8 @@ class QemuHypervisor:
                         await _reopen_slot(qmp, disk.serial, stale[-1])
                     await qmp.execute("blockdev-del", {"node-name": node})
                 raise
+            finally:
+                await files.release()
             for old in stale:
                 await qmp.execute("blockdev-del", {"node-name": old})
 
