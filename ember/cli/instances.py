@@ -367,15 +367,18 @@ def join_group(
 # ---- listing and inspecting ------------------------------------------------------------
 
 
-def instance_row(row: dict[str, Any], own_registry: str) -> list[str]:
+def instance_row(row: dict[str, Any], own_registry: str, *, with_group: bool) -> list[str]:
     state = coloured(row["state"])
     if row.get("exit_code") is not None and row["state"] in STOPPED:
         state += f" [dim]({row['exit_code']})[/dim]"
+    if reason := stop_reason_text(row):  # why it stopped, e.g. `7 --PAK` (scaled to zero)
+        state += f" [dim]{reason}[/dim]"
     image = image_label(row["image"], own_registry)
-    group = (row.get("service_group") or {}).get("name", "")
-    return [short_id(row["id"]), escape(row["name"]), escape(image), state,
-            stop_reason_text(row), escape(group), str(row.get("vcpus", "")),
-            memory_label(row.get("size")), ago(row.get("created_at"))]  # fmt: skip
+    cells = [short_id(row["id"]), escape(row["name"]), escape(image), state]
+    if with_group:
+        cells.append(escape((row.get("service_group") or {}).get("name", "")))
+    return [*cells, str(row.get("vcpus", "")), memory_label(row.get("size")),
+            ago(row.get("created_at"))]  # fmt: skip
 
 
 def memory_label(size: str | None) -> str:
@@ -403,11 +406,12 @@ def ps(
         rows = [row for row in rows if row["state"] not in STOPPED]
     if listed_briefly(rows, as_json, quiet):
         return
+    with_group = any(row.get("service_group") for row in rows)  # the column only if used
+    group = [cell("GROUP", fold=True)] if with_group else []
     out = table(cell("ID"), cell("NAME", fold=True), cell("IMAGE", fold=True), cell("STATE"),
-                cell("STOP REASON"), cell("GROUP", fold=True), cell("CPUS"), cell("MEMORY"),
-                cell("CREATED"))  # fmt: skip
+                *group, cell("CPUS"), cell("MEMORY"), cell("CREATED"))  # fmt: skip
     for row in rows:
-        out.add_row(*instance_row(row, own_registry))
+        out.add_row(*instance_row(row, own_registry, with_group=with_group))
     console.print(out)
 
 

@@ -309,7 +309,9 @@ class GroupManager:
             load = self._held.get(instance.id, 0)
         elif instance.state == State.RUNNING and self._ip(instance):
             counted = in_flight.get(f"{self._ip(instance)}:{port}", 0)
-            phase, load = "awake", max(counted, self._recently_placed(instance.id))
+            # Requests still held by its wake (just ended, not yet placed) are its load too.
+            held = self._held.get(instance.id, 0)
+            phase, load = "awake", max(counted, self._recently_placed(instance.id)) + held
         elif _wakeable(member):
             phase, load = "asleep", 0
         else:

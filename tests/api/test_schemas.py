@@ -50,6 +50,7 @@ CONVERTERS: list[tuple[Callable[..., Any], type, dict[str, str]]] = [
             "image_config": "the image's own config, answered by GET /images",
             "pid": INTERNAL,
             "vm_devices": INTERNAL,
+            "vmm_uid": INTERNAL,
             "phases": "answered through phases.describe (current_phase, phase_durations_ms)",
             "auto_standby_state": "answered by GET /instances/{id}/auto-standby/status",
         },
