@@ -73,8 +73,11 @@ def assert_powered_off_by_systemd(client: Hypeman, ref: str) -> None:
     inst = client.instances.get(ref)
     assert inst.state == "Stopped"
     # The agent writes this record when systemd-shutdown (PID 1) asks every
-    # process to leave before it powers off: only systemd's own poweroff says so.
-    assert (inst.exit_code, inst.exit_message) == (0, "systemd shut the system down (poweroff)")
+    # process to leave before it powers off: only systemd's own poweroff says so. Who
+    # asked comes first (the stop reason's words), then what the workload said.
+    assert (inst.exit_code, inst.exit_message) == (
+        0, "stopped by the user (systemd shut the system down (poweroff))"
+    )  # fmt: skip
     operations = list(client.instances.logs(ref, source="hypeman", tail=1000))
     assert any("stop: SIGTERM to the workload" in line for line in operations)
     assert not any("forcing the VM off" in line for line in operations), operations
