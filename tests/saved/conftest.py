@@ -125,10 +125,12 @@ class Rig:
 async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     """A manager whose VMs run on the fake hypervisor, RAM in a file or streamed."""
     top = Path(tempfile.mkdtemp(prefix="ember-fast-", dir="/tmp"))
+    # No jail: the fake runs no VMM to confine, and a jail would make host cgroups that the
+    # fake VMs, left running when the rig closes, never give back.
     settings = Settings(
         data_dir=top / "data", runtime_dir=top / "run", network_enabled=False,
         guest_memory_file=request.param, snapshot_compression="none",
-        snapshot_compression_delay_seconds=0,
+        snapshot_compression_delay_seconds=0, jail="off",
     )  # fmt: skip
     settings.data_dir.mkdir()
     store = Store(settings.db_path)
