@@ -99,6 +99,7 @@ def main() -> None:
         }, args.runs)  # fmt: skip
         print("target: ember ps at most 3x curl")
     finally:
+        server.clean_up()  # its VM would outlive the server (by design)
         server.stop()
         shutil.rmtree(root, ignore_errors=True)
 
