@@ -32,6 +32,8 @@ from ember.api.routes import (
 from ember.api.services import Services
 from ember.config import Settings
 from ember.server import build
+from ember.ukc import PUBLIC as UKC_PUBLIC
+from ember.ukc import ROUTERS as UKC_ROUTERS
 
 # Routers that need a valid bearer token, one per resource.
 PROTECTED_ROUTERS: list[APIRouter] = [
@@ -47,6 +49,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
     egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
     groups.router,  # /service-groups (Ember extension)
+    *UKC_ROUTERS,  # /v1: the Unikraft Cloud API (ember/ukc)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")
@@ -96,6 +99,7 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
+    app.include_router(UKC_PUBLIC)  # /v1/healthz
     app.include_router(registry.router)  # checks tokens itself, as registry clients expect
     app.include_router(guest_access.sockets)  # WebSockets check tokens before the upgrade
     for router in PROTECTED_ROUTERS:

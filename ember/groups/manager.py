@@ -28,6 +28,7 @@ from ember.groups.requests import (
     check_reference,
     ephemeral_group,
     group_record,
+    limits,
     scale_to_zero,
 )
 from ember.groups.routes import GroupView, published_routes
@@ -163,6 +164,23 @@ class GroupManager:
                 )
             self.repo.delete(record.id)
         await self._publish()
+
+    async def set_limits(self, ref: str, soft: int | None, hard: int | None) -> ServiceGroupRecord:
+        """New soft/hard limits (None: keep that one), checked as at create, then published
+        (Caddy's `max_requests` follows); a config Caddy refuses restores the old ones."""
+        async with self._lock:
+            before = self.get(ref)
+            soft, hard = limits(
+                before.soft_limit if soft is None else soft,
+                before.hard_limit if hard is None else hard,
+            )
+            record = self.repo.update(before.id, lambda g: _set_limits(g, soft, hard))
+        try:
+            await self._publish()
+        except BaseException:
+            self.repo.save(before)
+            raise
+        return record
 
     async def create_instance(
         self,
@@ -477,6 +495,10 @@ class GroupManager:
             elif group.autokill and group.autokill.time_ms and _expired(group, now):
                 log.info("autokill: deleting empty service group %s", group.name)
                 self.repo.delete(group.id)
+
+
+def _set_limits(group: ServiceGroupRecord, soft: int, hard: int) -> None:
+    group.soft_limit, group.hard_limit = soft, hard
 
 
 def _expired(group: ServiceGroupRecord, now: datetime) -> bool:

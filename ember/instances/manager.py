@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 from ember.errors import InvalidState, NotFound, Unavailable
 from ember.guest.client import AgentClient
@@ -221,6 +222,10 @@ class InstanceManager:
 
         path = self.core.paths(record_id).log(source)
         return read_log(path, tail=tail, follow=follow, ended=stopped)
+
+    def log_path(self, ref: str, source: LogSource) -> Path:
+        """The current log file of `source` (for byte-range reads, as `/v1`'s log)."""
+        return self.core.paths(self.get(ref).id).log(source)
 
     # ---- commands --------------------------------------------------------------------
 

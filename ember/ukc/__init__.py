@@ -1,0 +1,9 @@
+"""The Unikraft Cloud `/v1` API: a thin mapping onto Ember's domain (see README.md)."""
+
+from ember.ukc import account, instances, services, volumes
+
+# Behind the bearer token, as every Ember route.
+ROUTERS = [instances.router, services.router, volumes.router, account.router]
+PUBLIC = account.public
+
+__all__ = ["PUBLIC", "ROUTERS"]

@@ -1,0 +1,379 @@
+"""`/v1/instances`: Unikraft Cloud's instance API over Ember's `InstanceManager` and
+`GroupManager` (create in a group, membership), nothing of its own but the shapes."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+from typing import Any
+
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from ember.api.deps import ServicesDep
+from ember.api.services import Services
+from ember.errors import EmberError, InvalidArgument, InvalidState, NotFound
+from ember.groups.requests import InstanceServiceGroupRequest, ScaleToZeroRequest
+from ember.ids import new_id
+from ember.instances import CreateInstanceRequest, InstanceRecord, State
+from ember.instances.logs import LogSource
+from ember.instances.request import RestartPolicyRequest, UpdateInstanceRequest, VolumeMountRequest
+from ember.ukc import convert
+from ember.ukc import requests as req
+from ember.ukc.envelope import Timer, each, envelope, failure, item_error, named
+from ember.ukc.listing import listing
+
+JSON = dict[str, Any]
+KEY = "instances"
+router = APIRouter(prefix="/v1/instances", tags=["v1"])
+MAX_WAIT_SECONDS = 300.0  # as Ember's own wait: "-1, as long as the platform allows"
+# Asked of a create, and not something this Ember does (templates: see README).
+CREATE_UNSUPPORTED = (
+    "replicas", "features", "roms", "plugins", "gpus", "schedules", "autokill", "hostname",
+    "dependencies", "branch_from", "checkpoint", "network_interfaces", "gateway", "nameserver",
+    "annotations", "sched_priority",
+)  # fmt: skip
+CREATE_FIELDS = {
+    "name", "image", "memory_mb", "vcpus", "args", "env", "tags", "service_group",
+    "scale_to_zero", "volumes", "autostart", "timeout_s", "wait_timeout_ms",
+    "restart_policy", "template", "type", *CREATE_UNSUPPORTED,
+}  # fmt: skip
+
+
+def show(svc: Services, record: InstanceRecord, *, details: bool = True) -> JSON:
+    instances = svc.instances
+    return convert.instance(
+        record, instances.lease(record), instances.attachments(record),
+        svc.groups.membership(record.id), details=details,
+    )  # fmt: skip
+
+
+def _get(svc: Services, ref: JSON) -> InstanceRecord:
+    return convert.pick(ref, svc.instances.get, "instance")
+
+
+# ---- create and read ---------------------------------------------------------------------
+
+
+@router.post("", summary="Create an instance (Unikraft Cloud)")
+async def create(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, body = Timer(), await req.body_object(request)
+    try:
+        record = await _create(svc, body)
+    except EmberError as exc:
+        return envelope(KEY, [item_error(exc, named(body))], timer)
+    wait = body.get("timeout_s", body.get("wait_timeout_ms"))
+    if wait is not None and record.state != State.RUNNING:
+        record, timed_out = await svc.instances.wait(record.id, State.RUNNING, _seconds(body))
+        if timed_out:
+            item = {"status": "error", **show(svc, record), "message": "timed out"}
+            return failure("timed out waiting for the instance to be running", timer, KEY, [item])
+    return envelope(KEY, [{"status": "success", **show(svc, record)}], timer)
+
+
+async def _create(svc: Services, body: JSON) -> InstanceRecord:
+    unknown = sorted(set(body) - CREATE_FIELDS)
+    if unknown:
+        raise InvalidArgument(f"unknown fields: {', '.join(unknown)}")
+    req.unsupported(body, CREATE_UNSUPPORTED, "instance")
+    if body.get("template") is not None:
+        raise InvalidArgument(f"template: {req.NOT_YET}", code="not_supported")
+    if body.get("type") not in (None, "micro"):
+        raise InvalidArgument("type: Ember runs microVMs only ('micro')", code="not_supported")
+    if body.get("autostart") is not True:
+        raise InvalidArgument(
+            "autostart: Ember's create boots the instance: send autostart=true",
+            code="not_supported",
+        )
+    try:
+        request, group, scale = _create_request(body)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid instance: {_first(exc)}") from exc
+    await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
+    if group is None and scale is None:
+        return await svc.instances.create(request)
+    return await svc.groups.create_instance(request, group, scale)
+
+
+def _create_request(
+    body: JSON,
+) -> tuple[CreateInstanceRequest, InstanceServiceGroupRequest | None, ScaleToZeroRequest | None]:
+    image = body.get("image")
+    if not isinstance(image, str):
+        raise InvalidArgument("image: an image reference (string) is required")
+    fields: JSON = {
+        "name": body.get("name") or f"i-{new_id()[:8]}",
+        "image": image,
+        "env": body.get("env"),
+        "cmd": body.get("args"),
+        "tags": convert.tags_in(body.get("tags")) or None,
+        "volumes": [_mount(v) for v in body.get("volumes") or []] or None,
+    }
+    if body.get("memory_mb") is not None:
+        fields["size"] = f"{_int(body['memory_mb'], 'memory_mb')}MB"
+    if body.get("vcpus") is not None:
+        fields["vcpus"] = body["vcpus"]
+    policy = body.get("restart_policy")
+    if policy is not None:
+        modes = {v: k for k, v in convert.RESTART_POLICIES.items()}
+        if policy not in modes:
+            raise InvalidArgument(f"restart_policy: one of {sorted(modes)}, got {policy!r}")
+        fields["restart_policy"] = RestartPolicyRequest(policy=modes[policy])
+    request = CreateInstanceRequest.model_validate(
+        {k: v for k, v in fields.items() if v is not None}
+    )
+    group = body.get("service_group")
+    scale = body.get("scale_to_zero")
+    return (
+        request,
+        InstanceServiceGroupRequest.model_validate(group) if group is not None else None,
+        ScaleToZeroRequest.model_validate(scale) if scale is not None else None,
+    )
+
+
+def _mount(volume: object) -> VolumeMountRequest:
+    """An existing volume by uuid or name; a volume made on the fly is not built."""
+    if not isinstance(volume, dict):
+        raise InvalidArgument("volumes: a list of objects")
+    req.unsupported(volume, ("size_mb", "host_path", "template", "args", "filesystem"),
+                    "volumes: creating a volume with the instance")  # fmt: skip
+    ref = volume.get("uuid") or volume.get("name")
+    if not isinstance(ref, str) or not isinstance(volume.get("at"), str):
+        raise InvalidArgument("volumes: each needs a uuid or name and `at`")
+    return VolumeMountRequest(
+        volume_id=ref, mount_path=volume["at"], readonly=bool(volume.get("readonly", False))
+    )
+
+
+@router.get("", summary="List instances (Unikraft Cloud)")
+async def list_instances(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, details = Timer(), req.flag(request, "details")
+    items = listing(
+        request, svc.instances.find(), svc.instances.get,
+        lambda r: show(svc, r, details=details), "instance", lambda r: r.tags,
+    )  # fmt: skip
+    return envelope(KEY, items, timer)
+
+
+# ---- batches -----------------------------------------------------------------------------
+
+
+@router.put("/start", summary="Start instances (a standby one is restored)")
+async def start(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        req.unsupported(ref, ("timeout_s",), "start: waiting")
+        if record.state == State.STANDBY:
+            record = await svc.instances.restore(record.id)
+        else:
+            record = await svc.instances.start(record.id)
+        return _brief(record)
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+@router.put("/stop", summary="Stop instances")
+async def stop(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        req.unsupported(ref, ("force", "drain_timeout_ms", "quick", "dump", "ifstate"), "stop")
+        previous = convert.STATES[record.state]
+        record = await svc.instances.stop(record.id)
+        return {**_brief(record), "previous_state": previous}
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+@router.put("/suspend", summary="Suspend instances (Ember's standby)")
+async def suspend(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        previous = convert.STATES[record.state]
+        record = await svc.instances.standby(record.id)
+        return {**_brief(record), "previous_state": previous}
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+@router.delete("", summary="Delete instances")
+async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        req.unsupported(ref, ("dont_retain",), "delete")
+        previous = convert.STATES[record.state]
+        await svc.instances.delete(record.id)
+        return {"uuid": record.id, "name": record.name, "previous_state": previous}
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+@router.patch("", summary="Update instances' properties (tags)")
+async def update(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(item: JSON) -> JSON:
+        record = _get(svc, item)
+        prop, op = item.get("prop"), item.get("op")
+        if prop != "tags":
+            raise InvalidArgument(f"prop {prop!r}: only tags can change here", code="not_supported")
+        tags = _changed(record.tags, op, item.get("value"))
+        record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+        return {"uuid": record.id, "name": record.name}
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+def _changed(tags: dict[str, str], op: object, value: object) -> dict[str, str]:
+    given = convert.tags_in(value if isinstance(value, list) else [value])  # type: ignore[list-item]
+    if op == "set":
+        return given
+    if op == "add":
+        return {**tags, **given}
+    if op == "del":
+        return {k: v for k, v in tags.items() if k not in given}
+    raise InvalidArgument(f"op: one of set, add, del, got {op!r}")
+
+
+# ---- wait, log, metrics (before /{uuid}: these are paths of their own) ----------------
+
+
+@router.get("/wait", summary="Wait for instances to reach a state (JSON body)")
+async def wait(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+    out, lapsed = [], False
+    for ref in items:
+        try:
+            record, reached, timed_out = await _wait_one(svc, ref)
+        except EmberError as exc:
+            out.append(item_error(exc, named(ref)))
+            continue
+        state = convert.STATES[record.state]
+        entry = {"uuid": record.id, "name": record.name, "state": state}
+        lapsed = lapsed or timed_out
+        if reached:
+            out.append({"status": "success", **entry})
+        else:
+            why = "timed out" if timed_out else f"the instance settled as {state}"
+            out.append({"status": "error", **entry, "message": why})
+    if lapsed:
+        return failure("timed out waiting for the instances' state", timer, KEY, out)
+    return envelope(KEY, out, timer)
+
+
+async def _wait_one(svc: Services, ref: JSON) -> tuple[InstanceRecord, bool, bool]:
+    record = _get(svc, ref)
+    wanted = ref.get("state", "running")
+    state = convert.WAITABLE.get(wanted) if isinstance(wanted, str) else None
+    if state is None:
+        raise InvalidArgument(
+            f"state: Ember waits for one of {sorted(convert.WAITABLE)}, got {wanted!r}",
+            code="not_supported",
+        )
+    record, timed_out = await svc.instances.wait(record.id, state, _seconds(ref))
+    return record, record.state == state, timed_out
+
+
+def _seconds(item: JSON) -> float:
+    """`timeout_s` (or `timeout_ms`/`wait_timeout_ms`); -1 or none: Ember's longest wait."""
+    if isinstance(item.get("timeout_s"), int):
+        seconds = float(item["timeout_s"])
+    else:
+        millis = item.get("timeout_ms", item.get("wait_timeout_ms"))
+        seconds = millis / 1000 if isinstance(millis, int) else -1.0
+    return MAX_WAIT_SECONDS if seconds < 0 else min(seconds, MAX_WAIT_SECONDS)
+
+
+@router.get("/log", summary="Console output as base64 byte ranges (JSON body)")
+async def log(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, items = Timer(), await req.body_items(request)
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        path = svc.instances.log_path(record.id, LogSource.APP)
+        data, start, size = await asyncio.to_thread(_read_range, path, ref)
+        return {
+            "uuid": record.id, "name": record.name, "state": convert.STATES[record.state],
+            "output": base64.b64encode(data).decode(),
+            "range": {"start": start, "end": start + len(data)},
+            "available": {"start": 0, "end": size},
+        }  # fmt: skip
+
+    return envelope(KEY, await each(items, act), timer)
+
+
+def _read_range(path: Any, ref: JSON) -> tuple[bytes, int, int]:
+    """`offset` (negative: from the end) and `limit` bytes of the log, clamped to it."""
+    offset, limit = ref.get("offset", 0), ref.get("limit")
+    if not isinstance(offset, int) or (limit is not None and not isinstance(limit, int)):
+        raise InvalidArgument("offset and limit are integers")
+    try:
+        with open(path, "rb") as log_file:
+            size = log_file.seek(0, 2)
+            start = max(0, size + offset if offset < 0 else min(offset, size))
+            log_file.seek(start)
+            return log_file.read(-1 if limit is None or limit < 0 else limit), start, size
+    except FileNotFoundError:
+        return b"", 0, 0
+
+
+@router.get("/metrics", summary="Resource usage per instance")
+async def metrics(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, refs = Timer(), req.filters(request)
+    refs = refs or [{"uuid": r.id} for r in svc.instances.find()]
+
+    async def act(ref: JSON) -> JSON:
+        record = _get(svc, ref)
+        item: JSON = {"uuid": record.id, "name": record.name}
+        try:
+            record, stats = svc.instances.stats(record.id)
+        except InvalidState:  # not running: nothing in use
+            return {**item, "rss_bytes": 0, "cpu_time_ms": 0, "rx_bytes": 0, "tx_bytes": 0}
+        rx, tx = await svc.instances.network_counters(record)
+        return {**item, "rss_bytes": stats.rss_bytes, "cpu_time_ms":
+                int(stats.cpu_seconds * 1000), "rx_bytes": rx, "tx_bytes": tx}  # fmt: skip
+
+    return envelope(KEY, await each(refs, act), timer)
+
+
+# ---- templates: not built here (the templates branch); one place to wire them ----------
+
+
+@router.api_route("/templates", methods=["GET", "POST", "PATCH", "DELETE"], summary="Templates")
+@router.api_route("/templates/{uuid}", methods=["GET", "PATCH", "DELETE"], summary="Template")
+async def templates(request: Request) -> JSONResponse:
+    error = InvalidArgument(f"instance templates are {req.NOT_YET}", code="not_supported")
+    return envelope(KEY, [item_error(error)], Timer())
+
+
+@router.get("/{uuid}", summary="Get an instance by uuid")
+async def get_instance(uuid: str, svc: ServicesDep) -> JSONResponse:
+    timer = Timer()
+    try:
+        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
+    except NotFound as exc:
+        item = item_error(exc, {"uuid": uuid})
+    return envelope(KEY, [item], timer)
+
+
+def _brief(record: InstanceRecord) -> JSON:
+    return {"uuid": record.id, "name": record.name, "state": convert.STATES[record.state]}
+
+
+def _int(value: object, field: str) -> int:
+    if not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{field}: an integer")
+    return value
+
+
+def _first(exc: ValidationError) -> str:
+    error = exc.errors()[0]
+    return f"{'.'.join(str(p) for p in error['loc'])}: {error['msg']}"
