@@ -90,6 +90,8 @@ class GroupManager:
         self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
         self._last_active: dict[str, float] = {}  # monotonic time of the last activity seen
         self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
+        # Groups an instance is being created into (not yet a member): not empty, not idle.
+        self._filling: set[str] = set()
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: list[PublishedRoutes] | None = None
@@ -201,12 +203,15 @@ class GroupManager:
                 self._check_unique(made)
                 self.repo.insert(made)
             target = made or self.get(reference or "")
+            self._filling.add(target.id)  # the pass must not delete it as empty meanwhile
         try:
             record = await self.instances.create(request)
         except BaseException:
             if made is not None:
                 self.repo.delete(made.id)
             raise
+        finally:
+            self._filling.discard(target.id)
         self._join(record, target, policy)
         await self._publish()
         return record
@@ -486,7 +491,7 @@ class GroupManager:
         for member in self.members.all():
             counts[member.group_id] = counts.get(member.group_id, 0) + 1
         for group in self.repo.all():
-            if counts.get(group.id):
+            if counts.get(group.id) or group.id in self._filling:
                 continue
             if not group.persistent:
                 self.repo.delete(group.id)

@@ -1,0 +1,166 @@
+"""The official `unikraft-cloud` SDK, unchanged, against a real Ember server and real VMs.
+
+One server (with its Caddy) in a namespace this module made; every call below runs in
+that namespace (`in_netns`), through `UnikraftCloud(base_url=...)`. Two small VMs."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import subprocess
+import time
+from collections.abc import Iterator
+
+import httpx
+import pytest
+from unikraft_cloud import NotFoundError, StopReason, UnikraftCloud
+
+from ember.testkit.ember_server import EmberServer
+from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
+from ember.testkit.netns import in_netns
+from tests.conftest import push_to_ember, running_server
+
+pytestmark = pytest.mark.vm
+PORT = 8000
+SERVE = ["/bin/sh", "-c", "echo started $WHO; echo $WHO > /www/index.html; "
+         "exec httpd -f -p 8080 -h /www"]  # fmt: skip
+
+
+def guest_image() -> BuiltImage:
+    return build_image([busybox_layer(), {"www": directory(), "www/x": file("", 0o644)}])
+
+
+@pytest.fixture(scope="module")
+def server(ns: str) -> Iterator[EmberServer]:
+    with running_server(ns, env={"EMBER_STOP_TIMEOUT_SECONDS": "3"}) as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def image(ns: str, server: EmberServer) -> str:
+    return in_netns(ns, push_to_ember, server, guest_image(), "ukc", "web")
+
+
+def curl(host: str) -> tuple[int, str]:
+    proc = subprocess.run(
+        ["curl", "-sS", "--max-time", "30", "-H", f"Host: {host}", "-w", "\n%{http_code}",
+         f"http://127.0.0.1:{PORT}/"], capture_output=True, text=True,
+    )  # fmt: skip
+    body, _, status = proc.stdout.rpartition("\n")
+    return int(status or 0), body.strip()
+
+
+def until_served(host: str) -> tuple[int, str]:
+    answer = (0, "")
+    for _ in range(150):
+        answer = curl(host)
+        if answer[0] == 200:
+            break
+        time.sleep(0.2)
+    return answer
+
+
+def client(server: EmberServer) -> UnikraftCloud:
+    return UnikraftCloud(base_url=server.url, token=server.token())
+
+
+async def _instances(server: EmberServer, image: str) -> None:
+    async with client(server) as ukc:
+        web = await ukc.instances.create(
+            name="web", image=image, memory_mb=256, vcpus=1, args=SERVE, env={"WHO": "web"},
+            tags=["app=web", "batch"], autostart=True, timeout_s=120,
+            service_group={"services": [{"port": PORT, "destination_port": 8080}],
+                           "domains": [{"name": "web.test"}]},
+        )  # fmt: skip
+        assert web.state == "running" and web.memory_mb == 256 and web.vcpus == 1
+        assert web.service_group is not None and web.service_group.name
+        assert sorted(web.tags or []) == ["app=web", "batch"]
+        # Reached through the group's published port (Caddy), by its domain.
+        assert until_served("web.test") == (200, "web")
+
+        worker = await ukc.instances.create(
+            name="worker", image=image, memory_mb=256, vcpus=1, args=SERVE,
+            env={"WHO": "worker"}, tags=["app=worker"], autostart=True,
+        )  # fmt: skip
+        by_name = await ukc.instances.get(name="web")
+        by_uuid = await ukc.instances.get(uuid=web.uuid)
+        assert by_name.uuid == by_uuid.uuid == web.uuid and by_uuid.name == "web"
+
+        tagged = await ukc.instances.list(tags=["batch"], details=True)
+        assert [i.name for i in tagged] == ["web"]
+        paged = await ukc.instances.list(page_size=1, details=True)
+        assert sorted(str(i.name) for i in paged) == ["web", "worker"]
+
+        waited = await ukc.instances.get(name="web").wait(state="running", timeout_seconds=60)
+        assert waited.state == "running"
+        logs = await ukc.instances.get(name="web").logs(offset=-4096)
+        assert b"started web" in base64.b64decode(logs.output or "")
+        metrics = await ukc.instances.get(name="web").metrics()
+        assert (metrics.rss_bytes or 0) > 0 and (metrics.cpu_time_ms or 0) > 0
+
+        # One batch, one item missing: the present one is stopped, the missing one named.
+        with pytest.raises(NotFoundError) as missing:
+            await ukc.instances.stop(["worker", "ghost"])
+        assert [e.name for e in missing.value.errors or ()] == ["ghost"]
+        assert [r.name for r in missing.value.results] == ["worker"]
+        stopped = await ukc.instances.get(name="worker")
+        # The seed's bitmask, decoded by the SDK: a user's stop (forced or not: httpd as
+        # the guest's program may outlast the stop timeout).
+        assert stopped.state == "stopped" and stopped.stop is not None
+        assert stopped.stop.reason & StopReason.USER and stopped.describe_stop()
+        await ukc.instances.get(name="worker").start()
+        again = await ukc.instances.get(name="worker").wait(state="running", timeout_seconds=120)
+        assert again.state == "running"
+
+        # One instance, two APIs: Ember's own answers for the same id.
+        headers = {"Authorization": f"Bearer {server.token()}"}
+        own = httpx.get(f"{server.url}/instances/worker", headers=headers).json()
+        assert own["id"] == worker.uuid and own["state"] == "Running"
+
+        await _volumes(ukc)
+        await _services_and_quotas(ukc)
+
+        await ukc.instances.get(name="ghost").delete(missing_ok=True)
+        await ukc.instances.delete(["web", "worker"])
+        assert await ukc.instances.list() == []
+
+
+async def _volumes(ukc: UnikraftCloud) -> None:
+    data = await ukc.volumes.create(name="data", size_mb=1024, tags=["kind=db"])
+    assert data.size_mb == 1024 and data.state == "available"
+    await ukc.volumes.get(name="data").attach(to="worker", at="/data")
+    attached = await ukc.volumes.get(uuid=data.uuid)
+    assert [i.name for i in attached.attached_to or []] == ["worker"]
+    await ukc.volumes.get(name="data").detach()
+    assert not (await ukc.volumes.get(name="data")).attached_to
+    await ukc.volumes.get(name="data").delete()
+    assert await ukc.volumes.list() == []
+
+
+async def _services_and_quotas(ukc: UnikraftCloud) -> None:
+    api = await ukc.services.create(
+        name="api", services=[{"port": 8443, "destination_port": 8080}],
+        domains=[{"name": "api.test"}], hard_limit=20,
+    )  # fmt: skip
+    assert api.hard_limit == 20
+    await ukc.services.get(name="api").update(hard_limit=10, soft_limit=5)
+    updated = await ukc.services.get(uuid=api.uuid)
+    assert (updated.soft_limit, updated.hard_limit) == (5, 10)
+    await ukc.services.get(name="api").delete()
+
+    quotas = await ukc.users.quotas()
+    assert len(quotas) == 1
+    used, hard = quotas[0].used, quotas[0].hard
+    assert used is not None and hard is not None
+    assert used.live_instances == 2 and (used.live_memory_mb or 0) >= 512
+    assert (hard.live_vcpus or 0) >= 1 and (hard.live_memory_mb or 0) > 0
+
+
+def test_the_official_sdk_drives_instances_groups_volumes_and_quotas(
+    ns: str, server: EmberServer, image: str
+) -> None:
+    in_netns(ns, _run, server, image)
+
+
+def _run(server: EmberServer, image: str) -> None:
+    asyncio.run(_instances(server, image))
