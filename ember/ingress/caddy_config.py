@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ember.ingress.certificates import CertificateRecord, covers
 from ember.ingress.hostnames import Hostname, parse_target
 from ember.ingress.models import DEFAULT_HTTP_PORT, DEFAULT_HTTPS_PORT, IngressRecord, IngressRule
 
@@ -88,6 +89,7 @@ def build_config(
     records: Iterable[IngressRecord],
     settings: ProxySettings,
     published: Sequence[PublishedRoutes] = (),
+    certificates: Sequence[CertificateRecord] = (),
 ) -> JSON:
     rules = [rule for record in records for rule in record.rules]
     config = base_config(settings)
@@ -99,8 +101,14 @@ def build_config(
     }
     config["apps"]["http"] = {"servers": servers}
     subjects = sorted(set(_tls_subjects(rules)) | {s for p in published for s in p.tls_subjects})
-    if subjects:
+    # A name an uploaded certificate covers is served with it, never issued one.
+    subjects = [s for s in subjects if not any(covers(c.domains, s) for c in certificates)]
+    if subjects or certificates:
         config["apps"]["tls"] = _tls_app(subjects, settings)
+    if certificates:
+        config["apps"]["tls"]["certificates"]["load_pem"] = [
+            {"certificate": c.chain, "key": c.key, "tags": [f"ember-{c.id}"]} for c in certificates
+        ]
     return config
 
 
@@ -250,7 +258,8 @@ def _tls_app(subjects: list[str], settings: ProxySettings) -> JSON:
         policies.append({"subjects": acme, "issuers": [issuer]})
     if internal:
         policies.append({"subjects": internal, "issuers": [{"module": "internal"}]})
-    return {"certificates": {"automate": subjects}, "automation": {"policies": policies}}
+    certificates: JSON = {"automate": subjects} if subjects else {}
+    return {"certificates": certificates, "automation": {"policies": policies}}
 
 
 def internal_subjects(config: JSON) -> list[str]:

@@ -27,6 +27,7 @@ from ember.ingress.caddy_config import (
     build_config,
     internal_subjects,
 )
+from ember.ingress.certificates import CertificateRecord, certificate_record
 from ember.ingress.daemon import CaddyDaemon
 from ember.ingress.hostnames import parse_target
 from ember.ingress.models import DEFAULT_HTTP_PORT, IngressRecord, IngressRule, validate_rules
@@ -80,6 +81,9 @@ class IngressManager:
     ) -> None:
         self.repo: Repository[IngressRecord] = Repository(
             store, "ingresses", IngressRecord, "ingress"
+        )
+        self.certificates: Repository[CertificateRecord] = Repository(
+            store, "certificates", CertificateRecord, "certificate"
         )
         self.instance_exists = instance_exists
         self.proxy = proxy_settings(settings)
@@ -164,6 +168,34 @@ class IngressManager:
             await self._apply([r for r in self.repo.all() if r.id != record.id])
             self.repo.delete(record.id)
 
+    async def add_certificate(self, name: str, chain: str, key: str) -> CertificateRecord:
+        """Validate an uploaded chain and key and serve it for its domains (409: the name
+        is taken; a config Caddy refuses stores nothing)."""
+        validate_name(name)
+        record = certificate_record(name, chain, key)
+        async with self._lock:
+            if self.certificates.by_name(name) is not None:
+                raise Conflict(f"certificate {name!r} already exists", code="already_exists")
+            await self._apply(self.repo.all(), [*self.certificates.all(), record])
+            return self.certificates.insert(record)
+
+    async def replace_certificate(self, ref: str, chain: str, key: str) -> CertificateRecord:
+        """A new chain and key under the same name and id (a renewal)."""
+        async with self._lock:
+            before = self.certificates.resolve(ref)
+            record = certificate_record(before.name, chain, key, id=before.id)
+            others = [c for c in self.certificates.all() if c.id != before.id]
+            await self._apply(self.repo.all(), [*others, record])
+            return self.certificates.save(record)
+
+    async def delete_certificate(self, ref: str) -> CertificateRecord:
+        async with self._lock:
+            record = self.certificates.resolve(ref)
+            others = [c for c in self.certificates.all() if c.id != record.id]
+            await self._apply(self.repo.all(), others)
+            self.certificates.delete(record.id)
+            return record
+
     async def publish(self, publisher: str, routes: list[PublishedRoutes]) -> None:
         """Serve `routes` for `publisher` (replacing what it published before) beside the
         ingresses; Caddy runs while either exists. A config Caddy refuses raises and
@@ -186,13 +218,18 @@ class IngressManager:
             return {}
         return await self.daemon.upstream_requests()
 
-    async def _apply(self, records: list[IngressRecord]) -> None:
+    async def _apply(
+        self, records: list[IngressRecord], certificates: list[CertificateRecord] | None = None
+    ) -> None:
+        """Load Caddy's config for `records`, what is published and `certificates` (None:
+        the stored ones)."""
         published = [routes for each in self._published.values() for routes in each]
         if not records and not published:
             await self.daemon.stop()
             return
         pid = await self.daemon.ensure_running(base_config(self.proxy))
-        config = build_config(records, self.proxy, published)
+        certificates = self.certificates.all() if certificates is None else certificates
+        config = build_config(records, self.proxy, published, certificates)
         await self.daemon.load(config)
         await self._wait_internal_certificates(config)
         log.info("caddy (pid %d) serves %d ingresses", pid, len(records))

@@ -78,4 +78,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 10: service groups (ember/groups) and which instance belongs to which (one row per
     # instance: its id and name, the group, its scale-to-zero policy).
     (_resource_table("service_groups"), _resource_table("service_group_members")),
+    # 11: uploaded TLS certificates (ember/ingress/certificates.py), served by Caddy.
+    (_resource_table("certificates"),),
 ]

@@ -1,9 +1,15 @@
 """The Unikraft Cloud `/v1` API: a thin mapping onto Ember's domain (see README.md)."""
 
-from ember.ukc import account, instances, services, volumes
+from ember.ukc import account, certificates, instances, services, volumes
 
 # Behind the bearer token, as every Ember route.
-ROUTERS = [instances.router, services.router, volumes.router, account.router]
+ROUTERS = [
+    instances.router,
+    services.router,
+    volumes.router,
+    certificates.router,
+    account.router,
+]
 PUBLIC = account.public
 
 __all__ = ["PUBLIC", "ROUTERS"]

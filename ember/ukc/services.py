@@ -71,24 +71,48 @@ async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
 
 @router.patch("", summary="Update service groups (soft and hard limits)")
 async def update(request: Request, svc: ServicesDep) -> JSONResponse:
+    """The items of one group are applied together (the SDK sends `hard_limit` and
+    `soft_limit` as two items: checked one at a time, lowering both would be refused)."""
     timer, items = Timer(), await req.body_items(request)
-
-    async def act(item: JSON) -> JSON:
-        group = _get(svc, item)
-        prop, op, value = item.get("prop"), item.get("op"), item.get("value")
-        if prop not in LIMITS:
-            raise InvalidArgument(
-                f"prop {prop!r}: Ember changes soft_limit and hard_limit of a group; "
-                "services, domains and autokill are set at create",
-                code="not_supported",
+    changes: dict[str, dict[str, int]] = {}
+    checked: list[ServiceGroupRecord | EmberError] = []
+    for item in items:
+        try:
+            group, prop, value = _limit_change(svc, item)
+            changes.setdefault(group.id, {})[prop] = value
+            checked.append(group)
+        except EmberError as exc:
+            checked.append(exc)
+    applied: dict[str, ServiceGroupRecord | EmberError] = {}
+    for group_id, limits in changes.items():
+        try:
+            applied[group_id] = await svc.groups.set_limits(
+                group_id, limits.get("soft_limit"), limits.get("hard_limit")
             )
-        if op != "set" or not isinstance(value, int) or isinstance(value, bool):
-            raise InvalidArgument(f"{prop}: op 'set' with an integer value")
-        soft, hard = (value, None) if prop == "soft_limit" else (None, value)
-        group = await svc.groups.set_limits(group.id, soft, hard)
-        return {"uuid": group.id, "name": group.name}
+        except EmberError as exc:
+            applied[group_id] = exc
+    out = []
+    for item, result in zip(items, checked, strict=True):
+        result = result if isinstance(result, EmberError) else applied[result.id]
+        if isinstance(result, EmberError):
+            out.append(item_error(result, named(item)))
+        else:
+            out.append({"status": "success", "uuid": result.id, "name": result.name})
+    return envelope(KEY, out, timer)
 
-    return envelope(KEY, await each(items, act), timer)
+
+def _limit_change(svc: Services, item: JSON) -> tuple[ServiceGroupRecord, str, int]:
+    group = _get(svc, item)
+    prop, op, value = item.get("prop"), item.get("op"), item.get("value")
+    if prop not in LIMITS:
+        raise InvalidArgument(
+            f"prop {prop!r}: Ember changes soft_limit and hard_limit of a group; "
+            "services, domains and autokill are set at create",
+            code="not_supported",
+        )
+    if op != "set" or not isinstance(value, int) or isinstance(value, bool):
+        raise InvalidArgument(f"{prop}: op 'set' with an integer value")
+    return group, str(prop), value
 
 
 # ---- autoscale: not built here (the autoscale branch); one place to wire it -------------

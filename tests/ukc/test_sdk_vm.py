@@ -7,18 +7,21 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Iterator
 
 import httpx
 import pytest
-from unikraft_cloud import NotFoundError, StopReason, UnikraftCloud
+from unikraft_cloud import NotFoundError, StopReason, UnikraftCloud, UnikraftCloudError
 
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
 from ember.testkit.netns import in_netns
 from tests.conftest import push_to_ember, running_server
+from tests.ukc.pem import self_signed
 
 pytestmark = pytest.mark.vm
 PORT = 8000
@@ -139,13 +142,14 @@ async def _volumes(ukc: UnikraftCloud) -> None:
 
 async def _services_and_quotas(ukc: UnikraftCloud) -> None:
     api = await ukc.services.create(
-        name="api", services=[{"port": 8443, "destination_port": 8080}],
-        domains=[{"name": "api.test"}], hard_limit=20,
+        name="api", domains=[{"name": "api.test"}], hard_limit=20,
+        services=[{"port": 8443, "destination_port": 8080, "handlers": ["tls", "http"]}],
     )  # fmt: skip
     assert api.hard_limit == 20
     await ukc.services.get(name="api").update(hard_limit=10, soft_limit=5)
     updated = await ukc.services.get(uuid=api.uuid)
     assert (updated.soft_limit, updated.hard_limit) == (5, 10)
+    await _certificates(ukc)
     await ukc.services.get(name="api").delete()
 
     quotas = await ukc.users.quotas()
@@ -154,6 +158,43 @@ async def _services_and_quotas(ukc: UnikraftCloud) -> None:
     assert used is not None and hard is not None
     assert used.live_instances == 2 and (used.live_memory_mb or 0) >= 512
     assert (hard.live_vcpus or 0) >= 1 and (hard.live_memory_mb or 0) > 0
+
+
+async def _certificates(ukc: UnikraftCloud) -> None:
+    """An uploaded chain is what Caddy serves for its domain (the group "api" has a TLS
+    service on 8443 for api.test); a renewal replaces it; a bad key is refused."""
+    chain, key = self_signed("api.test")
+    cert = await ukc.certificates.create(name="api-cert", chain=chain, pkey=key)
+    assert cert.state == "valid" and cert.common_name == "api.test"
+    assert [g.name for g in cert.service_groups or []] == ["api"]
+    assert served("api.test", 8443) == pem_der(chain)
+    renewed, renewed_key = self_signed("api.test")
+    await ukc.certificates.get(name="api-cert").update(chain=renewed, pkey=renewed_key)
+    assert served("api.test", 8443) == pem_der(renewed)
+    with pytest.raises(UnikraftCloudError, match="does not match"):
+        await ukc.certificates.create(name="bad", chain=chain, pkey=renewed_key)
+    await ukc.certificates.get(uuid=cert.uuid).delete()
+    assert await ukc.certificates.list() == []
+
+
+def served(host: str, port: int) -> bytes:
+    """The certificate (DER) a TLS client asking for `host` (SNI) is given."""
+    context = ssl.create_default_context()
+    context.check_hostname, context.verify_mode = False, ssl.CERT_NONE
+    for _ in range(50):
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=10) as raw, \
+                    context.wrap_socket(raw, server_hostname=host) as tls:  # fmt: skip
+                der = tls.getpeercert(binary_form=True)
+                if der:
+                    return der
+        except OSError:
+            time.sleep(0.2)
+    raise AssertionError(f"no TLS answer for {host} on port {port}")
+
+
+def pem_der(chain: str) -> bytes:
+    return ssl.PEM_cert_to_DER_cert(chain)
 
 
 def test_the_official_sdk_drives_instances_groups_volumes_and_quotas(
