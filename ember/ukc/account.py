@@ -1,18 +1,19 @@
 """`/v1/users/quotas` from the admission limits Ember enforces (`GET /resources`'s
-figures), and `/v1/healthz`."""
+figures), `/v1/images` (the images this server holds) and `/v1/healthz`."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ember import __version__
 from ember.api.deps import ServicesDep
 from ember.api.services import Services
+from ember.images.models import ImageStatus
 from ember.instances.state import ACTIVE
-from ember.ukc.convert import MB
+from ember.ukc.convert import MB, iso
 from ember.ukc.envelope import Timer, envelope
 
 JSON = dict[str, Any]
@@ -62,6 +63,23 @@ def quotas(svc: Services) -> JSON:
 async def get_quotas(svc: ServicesDep) -> JSONResponse:
     timer = Timer()
     return envelope("quotas", [quotas(svc)], timer)
+
+
+@router.get("/images", summary="Images ready on this server (filters: `tag`, `digest`)")
+async def images(request: Request, svc: ServicesDep) -> JSONResponse:
+    timer, params = Timer(), request.query_params
+    tag, digest = params.get("tag"), params.get("digest")
+    items = [
+        {
+            "status": "success", "url": f"{image.name}@{image.digest}",
+            "created_at": iso(image.created_at), "size_in_bytes": image.size_bytes,
+            "args": image.cmd or [], "env": image.env or {}, "tags": [image.name],
+        }
+        for image in svc.images.find()
+        if image.status == ImageStatus.READY
+        and (tag is None or image.name == tag) and (digest is None or image.digest == digest)
+    ]  # fmt: skip
+    return envelope("images", items, timer)
 
 
 @public.get("/healthz", summary="Health (Unikraft Cloud)")

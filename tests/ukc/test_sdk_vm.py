@@ -121,7 +121,7 @@ async def _instances(server: EmberServer, image: str) -> None:
         assert own["id"] == worker.uuid and own["state"] == "Running"
 
         await _volumes(ukc)
-        await _services_and_quotas(ukc)
+        await _services_and_quotas(ukc, image)
 
         await ukc.instances.get(name="ghost").delete(missing_ok=True)
         await ukc.instances.delete(["web", "worker"])
@@ -140,7 +140,7 @@ async def _volumes(ukc: UnikraftCloud) -> None:
     assert await ukc.volumes.list() == []
 
 
-async def _services_and_quotas(ukc: UnikraftCloud) -> None:
+async def _services_and_quotas(ukc: UnikraftCloud, image: str) -> None:
     api = await ukc.services.create(
         name="api", domains=[{"name": "api.test"}], hard_limit=20,
         services=[{"port": 8443, "destination_port": 8080, "handlers": ["tls", "http"]}],
@@ -152,6 +152,7 @@ async def _services_and_quotas(ukc: UnikraftCloud) -> None:
     await _certificates(ukc)
     await ukc.services.get(name="api").delete()
 
+    assert [str(i.url).split("@")[0] for i in await ukc.images.list()] == [image]
     quotas = await ukc.users.quotas()
     assert len(quotas) == 1
     used, hard = quotas[0].used, quotas[0].hard
