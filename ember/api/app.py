@@ -32,7 +32,6 @@ from ember.api.routes import (
 from ember.api.services import Services
 from ember.config import Settings
 from ember.server import build
-from ember.ukc import PUBLIC as UKC_PUBLIC
 from ember.ukc import ROUTERS as UKC_ROUTERS
 
 # Routers that need a valid bearer token, one per resource.
@@ -99,7 +98,6 @@ def create_app(settings: Settings | None = None, services: Services | None = Non
     )
     app.add_middleware(RequestIdMiddleware)
     app.include_router(health.router)
-    app.include_router(UKC_PUBLIC)  # /v1/healthz
     app.include_router(registry.router)  # checks tokens itself, as registry clients expect
     app.include_router(guest_access.sockets)  # WebSockets check tokens before the upgrade
     for router in PROTECTED_ROUTERS:

@@ -10,6 +10,5 @@ ROUTERS = [
     certificates.router,
     account.router,
 ]
-PUBLIC = account.public
 
-__all__ = ["PUBLIC", "ROUTERS"]
+__all__ = ["ROUTERS"]

@@ -18,7 +18,6 @@ from ember.ukc.envelope import Timer, envelope
 
 JSON = dict[str, Any]
 router = APIRouter(prefix="/v1", tags=["v1"])
-public = APIRouter(prefix="/v1", tags=["v1"])
 USER = "ember"  # one account per server: every token is the same user
 
 
@@ -82,7 +81,7 @@ async def images(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope("images", items, timer)
 
 
-@public.get("/healthz", summary="Health (Unikraft Cloud)")
+@router.get("/healthz", summary="Health (Unikraft Cloud; behind the token, as all of Ember)")
 async def healthz() -> JSONResponse:
     body = {"status": "success", "data": {"checks": {"api": "healthy"},
             "versions": {"ember": __version__}}, "op_time_us": 0}  # fmt: skip

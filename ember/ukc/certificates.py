@@ -15,7 +15,8 @@ from ember.ids import new_id
 from ember.ingress.certificates import CertificateRecord, covers
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.envelope import Timer, each, envelope, item_error, named
+from ember.ukc.batch import item_routes
+from ember.ukc.envelope import Timer, envelope, item_error, named
 from ember.ukc.listing import listing
 
 JSON = dict[str, Any]
@@ -69,27 +70,19 @@ async def list_certificates(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope(KEY, items, timer)
 
 
-@router.put("", summary="Replace certificates' chains and keys")
-async def update(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(item: JSON) -> JSON:
-        record = _get(svc, item)
-        chain, key = _pem(item)
-        return show(svc, await svc.ingresses.replace_certificate(record.id, chain, key))
-
-    return envelope(KEY, await each(items, act), timer)
+async def _replace(svc: Services, item: JSON) -> JSON:
+    record = _get(svc, item)
+    chain, key = _pem(item)
+    return show(svc, await svc.ingresses.replace_certificate(record.id, chain, key))
 
 
-@router.delete("", summary="Delete certificates")
-async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
+async def _delete(svc: Services, ref: JSON) -> JSON:
+    record = await svc.ingresses.delete_certificate(_get(svc, ref).id)
+    return {"uuid": record.id, "name": record.name}
 
-    async def act(ref: JSON) -> JSON:
-        record = await svc.ingresses.delete_certificate(_get(svc, ref).id)
-        return {"uuid": record.id, "name": record.name}
 
-    return envelope(KEY, await each(items, act), timer)
+item_routes(router, KEY, "PUT", "", _replace, "Replace certificates' chains and keys")
+item_routes(router, KEY, "DELETE", "", _delete, "Delete certificates")
 
 
 @router.get("/{uuid}", summary="Get a certificate by uuid")

@@ -21,6 +21,7 @@ from ember.instances.logs import LogSource
 from ember.instances.request import RestartPolicyRequest, UpdateInstanceRequest, VolumeMountRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
+from ember.ukc.batch import item_routes
 from ember.ukc.envelope import Timer, each, envelope, failure, item_error, named
 from ember.ukc.listing import listing
 
@@ -156,80 +157,48 @@ async def list_instances(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope(KEY, items, timer)
 
 
-# ---- batches -----------------------------------------------------------------------------
+# ---- batches (and their by-uuid twins) ---------------------------------------------------
 
 
-@router.put("/start", summary="Start instances (a standby one is restored)")
-async def start(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        req.unsupported(ref, ("timeout_s",), "start: waiting")
-        if record.state == State.STANDBY:
-            record = await svc.instances.restore(record.id)
-        else:
-            record = await svc.instances.start(record.id)
-        return _brief(record)
-
-    return envelope(KEY, await each(items, act), timer)
+async def _start(svc: Services, ref: JSON) -> JSON:
+    """A standby instance is restored (Ember's one restore path), a stopped one booted."""
+    record = _get(svc, ref)
+    req.unsupported(ref, ("timeout_s",), "start: waiting")
+    if record.state == State.STANDBY:
+        return _brief(await svc.instances.restore(record.id))
+    return _brief(await svc.instances.start(record.id))
 
 
-@router.put("/stop", summary="Stop instances")
-async def stop(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        req.unsupported(ref, ("force", "drain_timeout_ms", "quick", "dump", "ifstate"), "stop")
-        previous = convert.STATES[record.state]
-        record = await svc.instances.stop(record.id)
-        return {**_brief(record), "previous_state": previous}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _stop(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    req.unsupported(ref, ("force", "drain_timeout_ms", "quick", "dump", "ifstate"), "stop")
+    previous = convert.STATES[record.state]
+    return {**_brief(await svc.instances.stop(record.id)), "previous_state": previous}
 
 
-@router.put("/suspend", summary="Suspend instances (Ember's standby)")
-async def suspend(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        previous = convert.STATES[record.state]
-        record = await svc.instances.standby(record.id)
-        return {**_brief(record), "previous_state": previous}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _suspend(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    previous = convert.STATES[record.state]
+    return {**_brief(await svc.instances.standby(record.id)), "previous_state": previous}
 
 
-@router.delete("", summary="Delete instances")
-async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        req.unsupported(ref, ("dont_retain",), "delete")
-        previous = convert.STATES[record.state]
-        await svc.instances.delete(record.id)
-        return {"uuid": record.id, "name": record.name, "previous_state": previous}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _delete(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    req.unsupported(ref, ("dont_retain",), "delete")
+    previous = convert.STATES[record.state]
+    await svc.instances.delete(record.id)
+    return {"uuid": record.id, "name": record.name, "previous_state": previous}
 
 
-@router.patch("", summary="Update instances' properties (tags)")
-async def update(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(item: JSON) -> JSON:
-        record = _get(svc, item)
-        prop, op = item.get("prop"), item.get("op")
-        if prop != "tags":
-            raise InvalidArgument(f"prop {prop!r}: only tags can change here", code="not_supported")
-        tags = _changed(record.tags, op, item.get("value"))
-        record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
-        return {"uuid": record.id, "name": record.name}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _update(svc: Services, item: JSON) -> JSON:
+    """Tags only: every other property is refused by name."""
+    record = _get(svc, item)
+    prop, op = item.get("prop"), item.get("op")
+    if prop != "tags":
+        raise InvalidArgument(f"prop {prop!r}: only tags can change here", code="not_supported")
+    tags = _changed(record.tags, op, item.get("value"))
+    record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    return {"uuid": record.id, "name": record.name}
 
 
 def _changed(tags: dict[str, str], op: object, value: object) -> dict[str, str]:
@@ -248,7 +217,18 @@ def _changed(tags: dict[str, str], op: object, value: object) -> dict[str, str]:
 
 @router.get("/wait", summary="Wait for instances to reach a state (JSON body)")
 async def wait(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
+    return await _waits(svc, await req.body_items(request), Timer())
+
+
+@router.get("/{uuid}/wait", summary="Wait for an instance to reach a state (JSON body)")
+async def wait_one(uuid: str, request: Request, svc: ServicesDep) -> JSONResponse:
+    body = await req.optional_object(request)
+    return await _waits(svc, [{**body, "uuid": uuid}], Timer())
+
+
+async def _waits(svc: Services, items: list[JSON], timer: Timer) -> JSONResponse:
+    """One after the other; any lapse makes the envelope `error` "timed out" (what the
+    SDK's `_timed_out` reads), the items carrying their state."""
     out, lapsed = [], False
     for ref in items:
         try:
@@ -292,22 +272,16 @@ def _seconds(item: JSON) -> float:
     return MAX_WAIT_SECONDS if seconds < 0 else min(seconds, MAX_WAIT_SECONDS)
 
 
-@router.get("/log", summary="Console output as base64 byte ranges (JSON body)")
-async def log(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        path = svc.instances.log_path(record.id, LogSource.APP)
-        data, start, size = await asyncio.to_thread(_read_range, path, ref)
-        return {
-            "uuid": record.id, "name": record.name, "state": convert.STATES[record.state],
-            "output": base64.b64encode(data).decode(),
-            "range": {"start": start, "end": start + len(data)},
-            "available": {"start": 0, "end": size},
-        }  # fmt: skip
-
-    return envelope(KEY, await each(items, act), timer)
+async def _log(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    path = svc.instances.log_path(record.id, LogSource.APP)
+    data, start, size = await asyncio.to_thread(_read_range, path, ref)
+    return {
+        "uuid": record.id, "name": record.name, "state": convert.STATES[record.state],
+        "output": base64.b64encode(data).decode(),
+        "range": {"start": start, "end": start + len(data)},
+        "available": {"start": 0, "end": size},
+    }  # fmt: skip
 
 
 def _read_range(path: Any, ref: JSON) -> tuple[bytes, int, int]:
@@ -329,19 +303,25 @@ def _read_range(path: Any, ref: JSON) -> tuple[bytes, int, int]:
 async def metrics(request: Request, svc: ServicesDep) -> JSONResponse:
     timer, refs = Timer(), req.filters(request)
     refs = refs or [{"uuid": r.id} for r in svc.instances.find()]
+    return envelope(KEY, await each(refs, lambda ref: _metrics(svc, ref)), timer)
 
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        item: JSON = {"uuid": record.id, "name": record.name}
-        try:
-            record, stats = svc.instances.stats(record.id)
-        except InvalidState:  # not running: nothing in use
-            return {**item, "rss_bytes": 0, "cpu_time_ms": 0, "rx_bytes": 0, "tx_bytes": 0}
-        rx, tx = await svc.instances.network_counters(record)
-        return {**item, "rss_bytes": stats.rss_bytes, "cpu_time_ms":
-                int(stats.cpu_seconds * 1000), "rx_bytes": rx, "tx_bytes": tx}  # fmt: skip
 
-    return envelope(KEY, await each(refs, act), timer)
+@router.get("/{uuid}/metrics", summary="Resource usage of an instance")
+async def metrics_one(uuid: str, svc: ServicesDep) -> JSONResponse:
+    timer = Timer()
+    return envelope(KEY, await each([{"uuid": uuid}], lambda ref: _metrics(svc, ref)), timer)
+
+
+async def _metrics(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    item: JSON = {"uuid": record.id, "name": record.name}
+    try:
+        record, stats = svc.instances.stats(record.id)
+    except InvalidState:  # not running: nothing in use
+        return {**item, "rss_bytes": 0, "cpu_time_ms": 0, "rx_bytes": 0, "tx_bytes": 0}
+    rx, tx = await svc.instances.network_counters(record)
+    return {**item, "rss_bytes": stats.rss_bytes, "cpu_time_ms":
+            int(stats.cpu_seconds * 1000), "rx_bytes": rx, "tx_bytes": tx}  # fmt: skip
 
 
 # ---- templates: not built here (the templates branch); one place to wire them ----------
@@ -352,6 +332,14 @@ async def metrics(request: Request, svc: ServicesDep) -> JSONResponse:
 async def templates(request: Request) -> JSONResponse:
     error = InvalidArgument(f"instance templates are {req.NOT_YET}", code="not_supported")
     return envelope(KEY, [item_error(error)], Timer())
+
+
+item_routes(router, KEY, "PUT", "/start", _start, "Start instances (standby: restored)")
+item_routes(router, KEY, "PUT", "/stop", _stop, "Stop instances")
+item_routes(router, KEY, "PUT", "/suspend", _suspend, "Suspend instances (Ember's standby)")
+item_routes(router, KEY, "DELETE", "", _delete, "Delete instances")
+item_routes(router, KEY, "PATCH", "", _update, "Update instances' tags")
+item_routes(router, KEY, "GET", "/log", _log, "Console output, base64 byte ranges (JSON body)")
 
 
 @router.get("/{uuid}", summary="Get an instance by uuid")

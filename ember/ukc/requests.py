@@ -22,6 +22,11 @@ async def body_object(request: Request) -> JSON:
     return value
 
 
+async def optional_object(request: Request) -> JSON:
+    """The body of a by-uuid route: an object, or nothing."""
+    return await body_object(request) if await request.body() else {}
+
+
 async def body_items(request: Request) -> list[JSON]:
     """A batch: a list of objects (one object is taken as a batch of one)."""
     value = await _body(request)

@@ -16,7 +16,8 @@ from ember.groups.models import ServiceGroupRecord
 from ember.groups.requests import CreateServiceGroupRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.envelope import Timer, each, envelope, item_error, named
+from ember.ukc.batch import item_routes
+from ember.ukc.envelope import Timer, envelope, item_error, named
 from ember.ukc.listing import listing
 
 JSON = dict[str, Any]
@@ -57,16 +58,10 @@ async def list_groups(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope(KEY, items, timer)
 
 
-@router.delete("", summary="Delete service groups")
-async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        group = _get(svc, ref)
-        await svc.groups.delete(group.id)
-        return {"uuid": group.id, "name": group.name}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _delete(svc: Services, ref: JSON) -> JSON:
+    group = _get(svc, ref)
+    await svc.groups.delete(group.id)
+    return {"uuid": group.id, "name": group.name}
 
 
 @router.patch("", summary="Update service groups (soft and hard limits)")
@@ -127,6 +122,9 @@ def _limit_change(svc: Services, item: JSON) -> tuple[ServiceGroupRecord, str, i
 async def autoscale(request: Request) -> JSONResponse:
     error = InvalidArgument(f"autoscale is {req.NOT_YET}", code="not_supported")
     return envelope(KEY, [item_error(error)], Timer())
+
+
+item_routes(router, KEY, "DELETE", "", _delete, "Delete service groups")
 
 
 @router.get("/{uuid}", summary="Get a service group by uuid")

@@ -14,7 +14,8 @@ from ember.errors import EmberError, InvalidArgument
 from ember.ids import new_id
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.envelope import Timer, each, envelope, item_error, named
+from ember.ukc.batch import item_routes
+from ember.ukc.envelope import Timer, envelope, item_error, named
 from ember.ukc.listing import listing
 from ember.volumes.models import VolumeRecord
 
@@ -57,56 +58,44 @@ async def list_volumes(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope(KEY, items, timer)
 
 
-@router.delete("", summary="Delete volumes")
-async def delete(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(ref: JSON) -> JSON:
-        record = _get(svc, ref)
-        svc.volumes.delete(record.id)
-        return {"uuid": record.id, "name": record.name}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _delete(svc: Services, ref: JSON) -> JSON:
+    record = _get(svc, ref)
+    svc.volumes.delete(record.id)
+    return {"uuid": record.id, "name": record.name}
 
 
-@router.put("/attach", summary="Attach volumes to instances")
-async def attach(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(item: JSON) -> JSON:
-        record = _get(svc, item)
-        target, at = item.get("attach_to"), item.get("at")
-        if not isinstance(target, dict) or not isinstance(at, str):
-            raise InvalidArgument("attach: `attach_to` (uuid or name) and `at` are required")
-        instance = convert.pick(target, svc.instances.get, "instance")
-        await svc.instances.attach_volume(
-            instance.id, record.id, at, readonly=bool(item.get("readonly", False))
-        )
-        return {"uuid": record.id, "name": record.name}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _attach(svc: Services, item: JSON) -> JSON:
+    record = _get(svc, item)
+    target, at = item.get("attach_to"), item.get("at")
+    if not isinstance(target, dict) or not isinstance(at, str):
+        raise InvalidArgument("attach: `attach_to` (uuid or name) and `at` are required")
+    instance = convert.pick(target, svc.instances.get, "instance")
+    await svc.instances.attach_volume(
+        instance.id, record.id, at, readonly=bool(item.get("readonly", False))
+    )
+    return {"uuid": record.id, "name": record.name}
 
 
-@router.put("/detach", summary="Detach volumes (from one instance, or from all)")
-async def detach(request: Request, svc: ServicesDep) -> JSONResponse:
-    timer, items = Timer(), await req.body_items(request)
-
-    async def act(item: JSON) -> JSON:
-        record = _get(svc, item)
-        source = item.get("from")
-        wanted = convert.pick(source, svc.instances.get, "instance").id if source else None
-        for attachment in svc.volumes.attachments_of_volume(record.id):
-            if wanted is None or attachment.instance_id == wanted:
-                await svc.instances.detach_volume(attachment.instance_id, record.id)
-        return {"uuid": record.id, "name": record.name}
-
-    return envelope(KEY, await each(items, act), timer)
+async def _detach(svc: Services, item: JSON) -> JSON:
+    """From the instance `from` names, or from every instance it is attached to."""
+    record = _get(svc, item)
+    source = item.get("from")
+    wanted = convert.pick(source, svc.instances.get, "instance").id if source else None
+    for attachment in svc.volumes.attachments_of_volume(record.id):
+        if wanted is None or attachment.instance_id == wanted:
+            await svc.instances.detach_volume(attachment.instance_id, record.id)
+    return {"uuid": record.id, "name": record.name}
 
 
 @router.api_route("/templates", methods=["GET", "POST", "PATCH", "DELETE"], summary="Templates")
 async def templates(request: Request) -> JSONResponse:
     error = InvalidArgument(f"volume templates are {req.NOT_YET}", code="not_supported")
     return envelope(KEY, [item_error(error)], Timer())
+
+
+item_routes(router, KEY, "DELETE", "", _delete, "Delete volumes")
+item_routes(router, KEY, "PUT", "/attach", _attach, "Attach volumes to instances")
+item_routes(router, KEY, "PUT", "/detach", _detach, "Detach volumes")
 
 
 @router.get("/{uuid}", summary="Get a volume by uuid")

@@ -16,6 +16,8 @@ from collections.abc import Iterator
 import httpx
 import pytest
 from unikraft_cloud import NotFoundError, StopReason, UnikraftCloud, UnikraftCloudError
+from unikraft_cloud.api.platform import models
+from unikraft_cloud.core.response import envelope_entries
 
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
@@ -100,6 +102,16 @@ async def _instances(server: EmberServer, image: str) -> None:
         assert b"started web" in base64.b64decode(logs.output or "")
         metrics = await ukc.instances.get(name="web").metrics()
         assert (metrics.rss_bytes or 0) > 0 and (metrics.cpu_time_ms or 0) > 0
+        # The plumbing layer's by-uuid routes answer as the batches do.
+        plumbing, uuid = ukc.api.platform.instances, str(web.uuid)
+        tail = await plumbing.get_instance_logs_by_uuid(
+            uuid=uuid, body=models.GetInstanceLogsByUUIDRequestBody(offset=-64)
+        )
+        [logged] = envelope_entries(tail, "instances")
+        assert b"started web" in base64.b64decode(logged.output or "")
+        gone = await plumbing.get_instance_metrics_by_uuid(uuid="b" * 24)
+        with pytest.raises(NotFoundError):
+            envelope_entries(gone, "instances")
 
         # One batch, one item missing: the present one is stopped, the missing one named.
         with pytest.raises(NotFoundError) as missing:
