@@ -13,6 +13,7 @@ import asyncio
 import hashlib
 import logging
 import time
+from collections import Counter
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -91,7 +92,7 @@ class GroupManager:
         self._last_active: dict[str, float] = {}  # monotonic time of the last activity seen
         self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
         # Groups an instance is being created into (not yet a member): not empty, not idle.
-        self._filling: set[str] = set()
+        self._filling: Counter[str] = Counter()  # per group: creates under way
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: list[PublishedRoutes] | None = None
@@ -203,7 +204,7 @@ class GroupManager:
                 self._check_unique(made)
                 self.repo.insert(made)
             target = made or self.get(reference or "")
-            self._filling.add(target.id)  # the pass must not delete it as empty meanwhile
+            self._filling[target.id] += 1  # the pass must not delete it as empty meanwhile
         try:
             record = await self.instances.create(request)
         except BaseException:
@@ -211,7 +212,9 @@ class GroupManager:
                 self.repo.delete(made.id)
             raise
         finally:
-            self._filling.discard(target.id)
+            self._filling[target.id] -= 1
+            if self._filling[target.id] <= 0:
+                del self._filling[target.id]
         self._join(record, target, policy)
         await self._publish()
         return record
@@ -491,7 +494,7 @@ class GroupManager:
         for member in self.members.all():
             counts[member.group_id] = counts.get(member.group_id, 0) + 1
         for group in self.repo.all():
-            if counts.get(group.id) or group.id in self._filling:
+            if counts.get(group.id) or self._filling[group.id] > 0:
                 continue
             if not group.persistent:
                 self.repo.delete(group.id)
