@@ -126,6 +126,15 @@ async def _instances(server: EmberServer, image: str) -> None:
         await ukc.instances.get(name="worker").start()
         again = await ukc.instances.get(name="worker").wait(state="running", timeout_seconds=120)
         assert again.state == "running"
+        # A wait that lapses is the SDK's WaitTimeoutError (a TimeoutError), with the state.
+        with pytest.raises(TimeoutError) as lapsed:
+            await ukc.instances.get(name="worker").wait(state="stopped", timeout_seconds=1)
+        assert getattr(lapsed.value, "state", None) == "running"
+        # Suspend is Ember's standby; starting a standby instance restores it.
+        await ukc.instances.get(name="worker").suspend()
+        assert (await ukc.instances.get(name="worker")).state == "standby"
+        await ukc.instances.get(name="worker").start()
+        assert (await ukc.instances.get(name="worker")).state == "running"
 
         # One instance, two APIs: Ember's own answers for the same id.
         headers = {"Authorization": f"Bearer {server.token()}"}
