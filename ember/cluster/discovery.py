@@ -9,9 +9,15 @@ the gateway or the host member.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from pydantic import BaseModel, Field
+
+# A host publishes every TTL/4; one silent for 3/4 of its TTL (three beats) reads down, so
+# a cut is seen within the TTL whatever etcd's own expiry adds.
+BEATS_PER_TTL = 4
+STALE_FRACTION = 0.75
 
 
 class Capacity(BaseModel):
@@ -32,6 +38,15 @@ class HostStatus(BaseModel):
     memory: Capacity
     instances: int = 0  # how many instances it holds (any state)
     running: int = 0
+    # A heartbeat: the host's Unix time at this publish, and its lease's TTL. A host not
+    # heard from for most of its TTL is down even while etcd has not expired its lease yet
+    # (expiry is checked every 500 ms, and a new etcd leader extends every lease).
+    beat: float = Field(default_factory=time.time)
+    ttl: float = 5.0
+
+    def fresh(self, now: float) -> bool:
+        """Heard from within `STALE_FRACTION` of the TTL (clocks agree, NTP)."""
+        return now - self.beat <= self.ttl * STALE_FRACTION
 
 
 class InstanceSummary(BaseModel):
@@ -69,7 +84,8 @@ class Discovery(Protocol):
     async def keepalive(self) -> bool:
         """Renew the lease; False when it is gone (the host must register again)."""
 
-    async def publish(self, status: HostStatus, inventory: Inventory) -> None: ...
+    async def publish(self, status: HostStatus, inventory: Inventory | None) -> None:
+        """Refresh `status` (the heartbeat), and the inventory when given (it changed)."""
 
     async def withdraw(self) -> None:
         """Revoke the lease: the host reads down at once."""

@@ -98,7 +98,7 @@ class Etcd:
     async def register(self, status: HostStatus, ttl: int) -> None:
         lease = await self.call("lease/grant", {"TTL": str(ttl)})
         self._lease = int(lease["ID"])
-        await self._put(f"hosts/{status.name}", status, self._lease)
+        await self._put(f"hosts/{status.name}", status.model_copy(update={"ttl": ttl}), self._lease)
 
     async def keepalive(self) -> bool:
         if self._lease is None:
@@ -110,11 +110,12 @@ class Etcd:
             self._lease = None
         return alive
 
-    async def publish(self, status: HostStatus, inventory: Inventory) -> None:
+    async def publish(self, status: HostStatus, inventory: Inventory | None) -> None:
         if self._lease is None:
             raise EtcdUnavailable("not registered")
         await self._put(f"hosts/{status.name}", status, self._lease)
-        await self._put(f"inventory/{inventory.name}", inventory)
+        if inventory is not None:
+            await self._put(f"inventory/{inventory.name}", inventory)
 
     async def withdraw(self) -> None:
         if self._lease is not None:

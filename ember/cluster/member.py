@@ -1,8 +1,9 @@
 """The host side: register this Ember host under a lease, keep it alive, publish its
 capacity and instances, keep its names claimed, withdraw on shutdown.
 
-One loop every third of the TTL: renew the lease (or register again after a lapse:
-a host cut off and back re-appears by itself), then publish what changed. Failures to
+One loop every quarter of the TTL: renew the lease (or register again after a lapse:
+a host cut off and back re-appears by itself), publish its status (a heartbeat the
+gateways read liveness from), and its inventory when it changed. Failures to
 reach etcd are logged and retried; they never touch the instances.
 """
 
@@ -14,6 +15,7 @@ import time
 from collections.abc import Callable
 
 from ember.cluster.discovery import (
+    BEATS_PER_TTL,
     Capacity,
     Discovery,
     HostStatus,
@@ -48,10 +50,9 @@ class Member:
         self.name = settings.cluster_host_name or socket.gethostname()
         self.clock = clock
         self._registered = False
-        self._published: tuple[HostStatus, Inventory] | None = None
-        self._task = PeriodicTask(
-            "cluster registration", self.tick, settings.cluster_lease_ttl_seconds / 3, log=log
-        )
+        self._published: Inventory | None = None
+        ttl = settings.cluster_lease_ttl_seconds
+        self._task = PeriodicTask("cluster registration", self.tick, ttl / BEATS_PER_TTL, log=log)
 
     def status(self) -> HostStatus:
         records = self.instances.find()
@@ -64,6 +65,7 @@ class Member:
             memory=_capacity(capacity.memory(records, limits, s.memory_oversubscription)),
             instances=len(records),
             running=sum(r.state == State.RUNNING for r in records),
+            ttl=s.cluster_lease_ttl_seconds,
         )
 
     def inventory(self, address: str) -> Inventory:
@@ -95,10 +97,10 @@ class Member:
 
     async def _publish(self) -> None:
         status = self.status()
-        current = (status, self.inventory(status.address))
-        if current != self._published:
-            await self.discovery.publish(*current)
-            self._published = current
+        inventory = self.inventory(status.address)
+        changed = inventory if inventory != self._published else None
+        await self.discovery.publish(status, changed)
+        self._published = inventory
 
     async def _reconcile_claims(self) -> None:
         """Claim the names of this host's instances (made here directly, or before the
