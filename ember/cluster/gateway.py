@@ -16,7 +16,10 @@ Routes:
   image cache); an image reads as its least-ready copy, so `ready` means ready on all.
   An image pushed to one host's registry reaches the others by a pull through the
   gateway of `<that host's address>/<repo>:<tag>`, with the caller's token.
-- Anything else (`/volumes`, `/snapshots`, `/ingresses`, `/resources`): an item is
+- `/v2/`: one registry for the cluster; a push lands on the repository's host and
+  every other live host then pulls the tag (`registry`).
+- `GET /resources`: the live hosts' figures summed, each host's beside them.
+- Anything else (`/volumes`, `/snapshots`, `/ingresses`): an item is
   proxied to the host that has it; a create goes to the host named by the
   `X-Ember-Host` header, or else the first live host by name.
 - `GET /cluster/hosts`: the hosts, their liveness, capacity and instances.

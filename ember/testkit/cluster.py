@@ -152,8 +152,8 @@ def cluster(
         built = Cluster(hub, servers, namespaces, members, secret)
         endpoints = [m.client_url for m in members.values()]
         for n in range(gateways):
-            gateway = Gateway(hub, GATEWAY_PORT + n, endpoints, secret_file, root / f"gateway{n}.log",
-                              lease_ttl).start()  # fmt: skip
+            log = root / f"gateway{n}.log"
+            gateway = Gateway(hub, GATEWAY_PORT + n, endpoints, secret_file, log, lease_ttl).start()
             stack.callback(gateway.stop)
             built.gateways.append(gateway)
         yield built
