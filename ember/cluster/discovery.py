@@ -38,6 +38,7 @@ class HostStatus(BaseModel):
     memory: Capacity
     instances: int = 0  # how many instances it holds (any state)
     running: int = 0
+    images: list[str] = Field(default_factory=list)  # its ready images' (normalized) names
     # A heartbeat: the host's Unix time at this publish, and its lease's TTL. A host not
     # heard from for most of its TTL is down even while etcd has not expired its lease yet
     # (expiry is checked every 500 ms, and a new etcd leader extends every lease).

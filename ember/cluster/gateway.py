@@ -57,6 +57,7 @@ from ember.cluster.discovery import Discovery, HostStatus, Inventory
 from ember.cluster.etcd import EtcdUnavailable
 from ember.cluster.placement import Recent, Want, rank
 from ember.errors import EmberError, InvalidArgument
+from ember.images.reference import parse_reference
 from ember.units import parse_size
 
 log = logging.getLogger("ember.cluster")
@@ -542,7 +543,10 @@ def _want(spec: dict[str, Any], request: Request) -> Want:
         memory = parse_size(spec.get("size", "1GB"))
     except (EmberError, ValueError, TypeError):
         memory = 0  # the host answers the bad size with its own 400
-    return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels)
+    image = None
+    with contextlib.suppress(EmberError, TypeError, AttributeError):
+        image = parse_reference(spec.get("image", "")).name  # as hosts publish it
+    return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels, image)
 
 
 def _with_cluster_credentials(body: bytes, hosts: list[HostStatus], request: Request) -> bytes:

@@ -13,6 +13,7 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ember.cluster.discovery import (
     BEATS_PER_TTL,
@@ -24,6 +25,7 @@ from ember.cluster.discovery import (
 )
 from ember.cluster.etcd import Etcd, EtcdUnavailable
 from ember.config import Settings
+from ember.images.models import ImageRecord, ImageStatus
 from ember.instances import capacity
 from ember.instances.manager import InstanceManager
 from ember.instances.state import State
@@ -35,17 +37,25 @@ log = logging.getLogger("ember.cluster")
 STALE_CLAIM_SECONDS = 600.0
 
 
+class Images(Protocol):
+    """What a member reads of the image manager: which images it could boot now."""
+
+    def find(self, tags: dict[str, str] | None = None) -> list[ImageRecord]: ...
+
+
 class Member:
     def __init__(
         self,
         discovery: Discovery,
         instances: InstanceManager,
+        images: Images,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.discovery = discovery
         self.instances = instances
+        self.images = images
         self.settings = settings
         self.name = settings.cluster_host_name or socket.gethostname()
         self.clock = clock
@@ -66,6 +76,7 @@ class Member:
             instances=len(records),
             running=sum(r.state == State.RUNNING for r in records),
             ttl=s.cluster_lease_ttl_seconds,
+            images=sorted(i.name for i in self.images.find() if i.status == ImageStatus.READY),
         )
 
     def inventory(self, address: str) -> Inventory:
@@ -135,9 +146,11 @@ def _capacity(status: capacity.Status) -> Capacity:
     )
 
 
-def memberships(settings: Settings, instances: InstanceManager) -> tuple[Member, ...]:
+def memberships(
+    settings: Settings, instances: InstanceManager, images: Images
+) -> tuple[Member, ...]:
     """This host's cluster membership as loops for the root: one `Member` when the
     settings ask for it (etcd endpoints and an advertised address), none for a lone host."""
     if not (settings.cluster_etcd_endpoints and settings.cluster_advertise):
         return ()
-    return (Member(Etcd(settings.cluster_etcd_endpoints), instances, settings),)
+    return (Member(Etcd(settings.cluster_etcd_endpoints), instances, images, settings),)
