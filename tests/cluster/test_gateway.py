@@ -340,3 +340,28 @@ async def test_a_push_lands_on_one_host_and_every_other_host_pulls_the_tag(
     # Reads go down the same order until a host has it.
     assert (blob.headers["X-Ember-Host"], basic.status_code) == (holder, 201)
     assert anonymous.status_code == 401 and "Basic" in anonymous.headers["WWW-Authenticate"]
+
+
+async def test_a_pull_from_a_cluster_registry_carries_the_callers_token(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    await join(etcd, status("a", 8))
+    await join(etcd, status("b", 8))
+    sent: list[dict[str, object]] = []
+
+    def pull(request: httpx.Request) -> httpx.Response:
+        sent.append({"host": request.url.host, **json.loads(request.content)})
+        return httpx.Response(202, json={"name": "x", "status": "pending"})
+
+    token = mint_token(SECRET, "test")
+    async with gateway_for(Hosts({"a": pull, "b": pull})) as api:
+        bearer = {"Authorization": f"Bearer {token}"}
+        for name in ("gateway/app:v1", "a/app:v1", "docker.io/library/alpine:3"):
+            assert (await api.post("/images", json={"name": name}, headers=bearer)).is_success
+    carried = {"username": "ember", "password": token}
+    by_name = {(p["name"], p["host"]): p.get("credentials") for p in sent}
+    assert by_name == {
+        ("gateway/app:v1", "a"): carried, ("gateway/app:v1", "b"): carried,
+        ("a/app:v1", "a"): carried, ("a/app:v1", "b"): carried,
+        ("docker.io/library/alpine:3", "a"): None, ("docker.io/library/alpine:3", "b"): None,
+    }  # fmt: skip
