@@ -65,6 +65,9 @@ HOST_HEADER = "X-Ember-Host"  # on answers: the host that served; on creates: wh
 # Live hosts are re-read at most this often (their heartbeats are judged at each use).
 HOSTS_FRESH_SECONDS = 0.5
 REFUSALS = (429, 503)
+# A host asked to pull a pushed tag answers at once (the pull runs after); a push does
+# not wait longer than this on a host that does not.
+PULL_TIMEOUT = 10.0
 _HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
 _SUMMED_FIELDS = ("capacity", "effective_limit", "allocated", "available")
 # `/v2/` paths: `<repo>/(blobs|manifests|tags)/...` (a repository name may hold slashes).
@@ -331,7 +334,10 @@ class Gateway:
             return oci_error(401, "UNAUTHORIZED", exc.message)
         path = request.url.path.removeprefix("/v2").lstrip("/")
         found = _REPOSITORY.match(path)
-        hosts = _rendezvous(list((await self.live()).values()), found[1] if found else "")
+        try:
+            hosts = _rendezvous(list((await self.live()).values()), found[1] if found else "")
+        except EtcdUnavailable as exc:
+            return oci_error(503, "UNAVAILABLE", f"etcd: {exc}")
         reads = request.method in ("GET", "HEAD")
         for host in hosts:
             try:
@@ -339,6 +345,8 @@ class Gateway:
                     request, host, b"" if reads else None, stream=True, keep_host=True
                 )
             except HostDown as exc:
+                if reads:
+                    continue  # another host may have it
                 return oci_error(503, "UNAVAILABLE", exc.message)
             if reads and upstream.status_code == 404 and host is not hosts[-1]:
                 await upstream.aclose()
@@ -348,7 +356,7 @@ class Gateway:
                 name = f"{request.headers.get('host')}/{tag}"
                 await self._pull_on(name, token, [h for h in hosts if h is not host])
             return _streamed(upstream, host, keep_length=True)
-        return oci_error(503, "UNAVAILABLE", "no live host in the cluster")
+        return oci_error(503, "UNAVAILABLE", "no live host answered")
 
     async def _pull_on(self, name: str, token: str, hosts: list[HostStatus]) -> None:
         """Have `hosts` pull `name` (from this gateway's `/v2/`, with the pusher's token)."""
@@ -357,7 +365,9 @@ class Gateway:
 
         async def pull(host: HostStatus) -> None:
             try:
-                answer = await self.http.post(f"{host.address}/images", json=body, headers=auth)
+                answer = await self.http.post(
+                    f"{host.address}/images", json=body, headers=auth, timeout=PULL_TIMEOUT
+                )
             except httpx.HTTPError as exc:
                 log.warning("gateway: %s did not take the pull of %s: %r", host.name, name, exc)
                 return
