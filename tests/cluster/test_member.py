@@ -75,6 +75,22 @@ async def test_publishes_capacity_and_instances_and_withdraws(etcd: Etcd) -> Non
     assert "h1" in await etcd.inventories()  # its instances stay known
 
 
+async def test_every_tick_beats_the_inventory_goes_when_it_changed(etcd: Etcd) -> None:
+    instances = Instances([record("web")])
+    host = member(etcd, instances, [0.0])
+    await host.tick()
+    first = (await etcd.live_hosts())["h1"].beat
+    inventory = await etcd._get("inventory/h1")
+    await host.tick()  # nothing changed: a new beat, the same inventory
+    assert (await etcd.live_hosts())["h1"].beat > first
+    again = await etcd._get("inventory/h1")
+    assert inventory and again and again["mod_revision"] == inventory["mod_revision"]
+    instances.records.append(record("db"))
+    await host.tick()
+    assert {i.name for i in (await etcd.inventories())["h1"].instances} == {"web", "db"}
+    await host.close()
+
+
 async def test_registers_again_after_its_lease_lapsed(etcd: Etcd) -> None:
     host = member(etcd, Instances([record("web")]), [0.0])
     await host.tick()
