@@ -14,10 +14,13 @@ from typing import Protocol
 
 from pydantic import BaseModel, Field
 
-# A host publishes every TTL/4; one silent for 3/4 of its TTL (three beats) reads down, so
-# a cut is seen within the TTL whatever etcd's own expiry adds.
+# A host publishes every TTL/4 (and retries sooner after a failure). It reads down once it
+# has been silent for 3/4 of its TTL while another host beat half a TTL after it: a cut is
+# seen within the TTL whatever etcd's own expiry adds, and while nobody can write (an etcd
+# leader election) nobody reads down early; the lease alone decides then.
 BEATS_PER_TTL = 4
-STALE_FRACTION = 0.75
+SILENT_FRACTION = 0.75
+BEHIND_FRACTION = 0.5
 
 
 class Capacity(BaseModel):
@@ -39,15 +42,9 @@ class HostStatus(BaseModel):
     instances: int = 0  # how many instances it holds (any state)
     running: int = 0
     images: list[str] = Field(default_factory=list)  # its ready images' (normalized) names
-    # A heartbeat: the host's Unix time at this publish, and its lease's TTL. A host not
-    # heard from for most of its TTL is down even while etcd has not expired its lease yet
-    # (expiry is checked every 500 ms, and a new etcd leader extends every lease).
+    # A heartbeat: the host's Unix time at this publish, and its lease's TTL (`heard_from`).
     beat: float = Field(default_factory=time.time)
     ttl: float = 5.0
-
-    def fresh(self, now: float) -> bool:
-        """Heard from within `STALE_FRACTION` of the TTL (clocks agree, NTP)."""
-        return now - self.beat <= self.ttl * STALE_FRACTION
 
 
 class InstanceSummary(BaseModel):
@@ -76,6 +73,21 @@ class Claim(BaseModel):
     host: str
     at: float  # Unix time of the claim
     revision: int = 0  # the store's version of this claim (for compare-and-delete)
+
+
+def heard_from(hosts: dict[str, HostStatus], now: float) -> dict[str, HostStatus]:
+    """The hosts with a lease that are not silently behind the others: down early, before
+    etcd expires a lease (it checks every 500 ms, and a new etcd leader extends every
+    lease by its TTL). Clocks of hosts and gateways agree (NTP)."""
+    newest = max((h.beat for h in hosts.values()), default=now)
+
+    def silent(host: HostStatus) -> bool:
+        return (
+            now - host.beat > host.ttl * SILENT_FRACTION
+            and newest - host.beat > host.ttl * BEHIND_FRACTION
+        )
+
+    return {name: host for name, host in hosts.items() if not silent(host)}
 
 
 class Discovery(Protocol):

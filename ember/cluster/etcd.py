@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from ember.cluster.discovery import Claim, HostStatus, Inventory
 
 M = TypeVar("M", bound=BaseModel)
+CONNECT_TIMEOUT = 0.5
 
 
 class EtcdUnavailable(Exception):
@@ -43,7 +44,9 @@ class Etcd:
             raise ValueError("etcd: no endpoints")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = prefix
-        self._http = httpx.AsyncClient(timeout=timeout)
+        # Connecting is quick on the private network etcd lives on: a member that does not
+        # take the connection at once is cut off, and the next one is tried.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT))
         self._lease: int | None = None
 
     # ---- transport ----

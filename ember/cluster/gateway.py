@@ -53,7 +53,7 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from ember.api.auth import bearer_token, registry_token, verify_token
 from ember.api.errors import oci_error
-from ember.cluster.discovery import Discovery, HostStatus, Inventory
+from ember.cluster.discovery import Discovery, HostStatus, Inventory, heard_from
 from ember.cluster.etcd import EtcdUnavailable
 from ember.cluster.placement import Recent, Want, rank
 from ember.errors import EmberError, InvalidArgument
@@ -105,14 +105,13 @@ class Gateway:
     # ---- membership ----
 
     async def live(self, reread: bool = False) -> dict[str, HostStatus]:
-        """Hosts with a lease that were heard from lately (`HostStatus.fresh`): a host cut
-        off reads down within its TTL even before etcd expires its lease."""
+        """Hosts with a lease that are not silently behind the others (`heard_from`): a host
+        cut off reads down within its TTL even before etcd expires its lease."""
         at, hosts = self._hosts
         if reread or time.monotonic() - at > HOSTS_FRESH_SECONDS:
             hosts = await self.discovery.live_hosts()
             self._hosts = (time.monotonic(), hosts)
-        now = time.time()
-        return {name: host for name, host in hosts.items() if host.fresh(now)}
+        return heard_from(hosts, time.time())
 
     async def owner(self, ref: str, authorization: str) -> str | None:
         """The name of the host holding instance `ref` (live or not), or None; the
@@ -442,6 +441,7 @@ class Gateway:
                 "live": status is not None,
                 "address": status.address if status else inventory.address if inventory else None,
                 "labels": status.labels if status else {},
+                "images": status.images if status else [],
                 "cpu": status.cpu.model_dump() if status else None,
                 "memory": status.memory.model_dump() if status else None,
                 "instances": [

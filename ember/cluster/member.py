@@ -35,6 +35,7 @@ log = logging.getLogger("ember.cluster")
 # A claim without an instance behind it is released after this long: longer than any
 # create takes between the gateway's claim and the record on the host.
 STALE_CLAIM_SECONDS = 600.0
+RETRY_SECONDS = 0.25
 
 
 class Images(Protocol):
@@ -61,8 +62,9 @@ class Member:
         self.clock = clock
         self._registered = False
         self._published: Inventory | None = None
-        ttl = settings.cluster_lease_ttl_seconds
-        self._task = PeriodicTask("cluster registration", self.tick, ttl / BEATS_PER_TTL, log=log)
+        self._beat_every = settings.cluster_lease_ttl_seconds / BEATS_PER_TTL
+        self._failed = False
+        self._task = PeriodicTask("cluster registration", self.tick, self._next_tick, log=log)
 
     def status(self) -> HostStatus:
         records = self.instances.find()
@@ -88,12 +90,19 @@ class Member:
         return Inventory(name=self.name, address=address, instances=summaries)
 
     async def tick(self) -> None:
+        self._failed = True
         try:
             await self._renew()
             await self._publish()
+            self._failed = False
             await self._reconcile_claims()
         except EtcdUnavailable as exc:
             log.warning("cluster: etcd unavailable (%s); retrying", exc)
+
+    def _next_tick(self) -> float:
+        """A missed beat is retried soon: after an etcd leader election every host's beat
+        lands at once, so none reads behind the others."""
+        return RETRY_SECONDS if self._failed else self._beat_every
 
     async def _renew(self) -> None:
         if self._registered and await self.discovery.keepalive():

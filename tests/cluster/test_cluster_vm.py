@@ -22,7 +22,7 @@ from hypeman.lib.cp import cp_from_instance, cp_to_instance
 from hypeman.lib.exec import exec as hm_exec
 
 from ember.cluster.etcd import Etcd
-from ember.testkit import hello_image
+from ember.testkit import hello_image, write_oci_layout
 from ember.testkit.cluster import GATEWAY_PORT, HUB_IP, Cluster, cluster
 from ember.testkit.netns import in_netns
 from ember.testkit.push import push
@@ -177,6 +177,25 @@ def test_cluster_status_lists_hosts_and_their_instances(ring: Cluster) -> None:
     assert all(h["memory"]["available"] > 0 for h in hosts.values())
     table = status()
     assert "h1" in table and "vm0 (Running)" in table
+
+
+def test_ember_push_through_the_gateway_reaches_every_host(ring: Cluster, tmp_path: Path) -> None:
+    write_oci_layout(hello_image(env={"FROM": "cli"}), tmp_path / "layout", "v1")
+    env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token()}
+    pushed = subprocess.run(
+        ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main", "push",
+         str(tmp_path / "layout"), "cli/app:v1", "--json"],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert pushed.returncode == 0, pushed.stderr
+    name = f"{GATEWAY}/cli/app:v1"
+    assert json.loads(pushed.stdout)["status"] == "ready"  # ready on every host (least ready)
+
+    def published() -> bool:  # each host publishes its ready images every TTL/4
+        hosts = in_netns(ring.hub, gateway_get, ring, "/cluster/hosts")["hosts"]
+        return all(name in h["images"] for h in hosts)
+
+    until(published, timeout=30)
 
 
 def state_of(ring: Cluster, vm: str) -> str:

@@ -13,7 +13,7 @@ import pytest
 
 from ember.api.auth import mint_token
 from ember.cluster import gateway as gateway_module
-from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory
+from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory, heard_from
 from ember.cluster.etcd import Etcd
 from ember.cluster.gateway import Gateway, create_gateway_app
 
@@ -365,3 +365,15 @@ async def test_a_pull_from_a_cluster_registry_carries_the_callers_token(
         ("a/app:v1", "a"): carried, ("a/app:v1", "b"): carried,
         ("docker.io/library/alpine:3", "a"): None, ("docker.io/library/alpine:3", "b"): None,
     }  # fmt: skip
+
+
+def test_a_host_reads_down_early_only_while_others_beat_after_it() -> None:
+    now = time.time()
+    hosts = {"quiet": status("quiet", 8, beat=now - 23), "other": status("other", 8, beat=now)}
+    assert list(heard_from(hosts, now)) == ["other"]
+    # Nobody beat lately (an etcd election: no write lands): the leases alone decide.
+    hosts["other"] = status("other", 8, beat=now - 22)
+    assert sorted(heard_from(hosts, now)) == ["other", "quiet"]
+    # Silent, but not for most of its TTL yet: still up.
+    hosts = {"late": status("late", 8, beat=now - 20), "other": status("other", 8, beat=now)}
+    assert sorted(heard_from(hosts, now)) == ["late", "other"]
