@@ -713,6 +713,7 @@ def create_gateway_app(gateway: Gateway) -> Starlette:
         route("/instances/{ref}", gateway.instance, every),
         route("/instances/{ref}/{rest:path}", gateway.instance, every),
         route("/resources", gateway.resources, ["GET"]),
+        Route("/v2", gateway.registry, methods=["GET", "HEAD"]),
         Route("/v2/{path:path}", gateway.registry, methods=[*every, "HEAD"]),
         route("/images", gateway.images, ["GET", "POST"]),
         route("/images/{name:path}", gateway.images, ["GET", "DELETE"]),
