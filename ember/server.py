@@ -17,7 +17,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import AsyncExitStack, asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import partial
 from pathlib import Path
 from typing import Protocol
@@ -153,7 +153,6 @@ def build_instances(
     rotator = LogRotator(partial(_log_paths, core), settings.instance_log_max_bytes)
     # auto_standby last: it is closed first (it may be starting a standby).
     loops: tuple[Loop, ...] = (Supervisor(core), health, reaper, rotator, scheduler, auto_standby)
-    loops = (*loops, *memberships(settings, manager))  # a cluster member withdraws first
     return InstanceServices(manager, reaper, loops)
 
 
@@ -259,6 +258,9 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         resources=[MediatedEgress(egress)] if egress is not None else (),
     )  # fmt: skip
     instances = instance_services.manager
+    # A cluster member is the last loop, so it withdraws first.
+    loops = (*instance_services.loops, *memberships(settings, instances, images))
+    instance_services = replace(instance_services, loops=loops)
     ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
     waker = waker_socket(settings.runtime_dir, settings.data_dir)
     return Services(

@@ -8,6 +8,7 @@ expiry, no subject) and OIDC (needs an issuer this single-host tool lacks).
 
 from __future__ import annotations
 
+import base64
 import os
 import secrets
 import time
@@ -70,3 +71,18 @@ def bearer_token(authorization: str | None) -> str:
     if scheme.lower() != "bearer" or not token.strip():
         raise Unauthorized("Authorization header must be 'Bearer <token>'")
     return token.strip()
+
+
+def registry_token(authorization: str | None) -> str:
+    """The token of a `/v2/` call: Bearer <jwt>, or Basic with the JWT as password (what
+    `docker login` sends)."""
+    scheme, _, value = (authorization or "").partition(" ")
+    token = value.strip()
+    if scheme.lower() == "basic":
+        try:
+            return base64.b64decode(token).decode().partition(":")[2]
+        except ValueError as exc:
+            raise Unauthorized("malformed Basic credentials") from exc
+    if scheme.lower() != "bearer":
+        raise Unauthorized("authentication required: use an Ember token as the password")
+    return token

@@ -9,9 +9,18 @@ the gateway or the host member.
 
 from __future__ import annotations
 
+import time
 from typing import Protocol
 
 from pydantic import BaseModel, Field
+
+# A host publishes every TTL/4 (and retries sooner after a failure). It reads down once it
+# has been silent for 3/4 of its TTL while another host beat half a TTL after it: a cut is
+# seen within the TTL whatever etcd's own expiry adds, and while nobody can write (an etcd
+# leader election) nobody reads down early; the lease alone decides then.
+BEATS_PER_TTL = 4
+SILENT_FRACTION = 0.75
+BEHIND_FRACTION = 0.5
 
 
 class Capacity(BaseModel):
@@ -32,6 +41,10 @@ class HostStatus(BaseModel):
     memory: Capacity
     instances: int = 0  # how many instances it holds (any state)
     running: int = 0
+    images: list[str] = Field(default_factory=list)  # its ready images' (normalized) names
+    # A heartbeat: the host's Unix time at this publish, and its lease's TTL (`heard_from`).
+    beat: float = Field(default_factory=time.time)
+    ttl: float = 5.0
 
 
 class InstanceSummary(BaseModel):
@@ -62,6 +75,21 @@ class Claim(BaseModel):
     revision: int = 0  # the store's version of this claim (for compare-and-delete)
 
 
+def heard_from(hosts: dict[str, HostStatus], now: float) -> dict[str, HostStatus]:
+    """The hosts with a lease that are not silently behind the others: down early, before
+    etcd expires a lease (it checks every 500 ms, and a new etcd leader extends every
+    lease by its TTL). Clocks of hosts and gateways agree (NTP)."""
+    newest = max((h.beat for h in hosts.values()), default=now)
+
+    def silent(host: HostStatus) -> bool:
+        return (
+            now - host.beat > host.ttl * SILENT_FRACTION
+            and newest - host.beat > host.ttl * BEHIND_FRACTION
+        )
+
+    return {name: host for name, host in hosts.items() if not silent(host)}
+
+
 class Discovery(Protocol):
     async def register(self, status: HostStatus, ttl: int) -> None:
         """Grant a lease and publish `status` under it (again after a lapse)."""
@@ -69,7 +97,8 @@ class Discovery(Protocol):
     async def keepalive(self) -> bool:
         """Renew the lease; False when it is gone (the host must register again)."""
 
-    async def publish(self, status: HostStatus, inventory: Inventory) -> None: ...
+    async def publish(self, status: HostStatus, inventory: Inventory | None) -> None:
+        """Refresh `status` (the heartbeat), and the inventory when given (it changed)."""
 
     async def withdraw(self) -> None:
         """Revoke the lease: the host reads down at once."""

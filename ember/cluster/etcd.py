@@ -21,6 +21,7 @@ from pydantic import BaseModel
 from ember.cluster.discovery import Claim, HostStatus, Inventory
 
 M = TypeVar("M", bound=BaseModel)
+CONNECT_TIMEOUT = 0.5
 
 
 class EtcdUnavailable(Exception):
@@ -43,7 +44,9 @@ class Etcd:
             raise ValueError("etcd: no endpoints")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = prefix
-        self._http = httpx.AsyncClient(timeout=timeout)
+        # Connecting is quick on the private network etcd lives on: a member that does not
+        # take the connection at once is cut off, and the next one is tried.
+        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT))
         self._lease: int | None = None
 
     # ---- transport ----
@@ -98,7 +101,7 @@ class Etcd:
     async def register(self, status: HostStatus, ttl: int) -> None:
         lease = await self.call("lease/grant", {"TTL": str(ttl)})
         self._lease = int(lease["ID"])
-        await self._put(f"hosts/{status.name}", status, self._lease)
+        await self._put(f"hosts/{status.name}", status.model_copy(update={"ttl": ttl}), self._lease)
 
     async def keepalive(self) -> bool:
         if self._lease is None:
@@ -110,11 +113,12 @@ class Etcd:
             self._lease = None
         return alive
 
-    async def publish(self, status: HostStatus, inventory: Inventory) -> None:
+    async def publish(self, status: HostStatus, inventory: Inventory | None) -> None:
         if self._lease is None:
             raise EtcdUnavailable("not registered")
         await self._put(f"hosts/{status.name}", status, self._lease)
-        await self._put(f"inventory/{inventory.name}", inventory)
+        if inventory is not None:
+            await self._put(f"inventory/{inventory.name}", inventory)
 
     async def withdraw(self) -> None:
         if self._lease is not None:

@@ -16,7 +16,10 @@ Routes:
   image cache); an image reads as its least-ready copy, so `ready` means ready on all.
   An image pushed to one host's registry reaches the others by a pull through the
   gateway of `<that host's address>/<repo>:<tag>`, with the caller's token.
-- Anything else (`/volumes`, `/snapshots`, `/ingresses`, `/resources`): an item is
+- `/v2/`: one registry for the cluster; a push lands on the repository's host and
+  every other live host then pulls the tag (`registry`).
+- `GET /resources`: the live hosts' figures summed, each host's beside them.
+- Anything else (`/volumes`, `/snapshots`, `/ingresses`): an item is
   proxied to the host that has it; a create goes to the host named by the
   `X-Ember-Host` header, or else the first live host by name.
 - `GET /cluster/hosts`: the hosts, their liveness, capacity and instances.
@@ -29,7 +32,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import logging
+import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -45,18 +51,28 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ember.api.auth import bearer_token, verify_token
-from ember.cluster.discovery import Discovery, HostStatus, Inventory
+from ember.api.auth import bearer_token, registry_token, verify_token
+from ember.api.errors import oci_error
+from ember.cluster.discovery import Discovery, HostStatus, Inventory, heard_from
 from ember.cluster.etcd import EtcdUnavailable
 from ember.cluster.placement import Recent, Want, rank
 from ember.errors import EmberError, InvalidArgument
+from ember.images.reference import parse_reference
 from ember.units import parse_size
 
+log = logging.getLogger("ember.cluster")
 HOST_HEADER = "X-Ember-Host"  # on answers: the host that served; on creates: where to
-# Live hosts are re-read at most this often (a lapsed lease shows within the TTL plus this).
+# Live hosts are re-read at most this often (their heartbeats are judged at each use).
 HOSTS_FRESH_SECONDS = 0.5
 REFUSALS = (429, 503)
+# A host asked to pull a pushed tag answers at once (the pull runs after); a push does
+# not wait longer than this on a host that does not.
+PULL_TIMEOUT = 10.0
 _HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
+_SUMMED_FIELDS = ("capacity", "effective_limit", "allocated", "available")
+# `/v2/` paths: `<repo>/(blobs|manifests|tags)/...` (a repository name may hold slashes).
+_REPOSITORY = re.compile(r"^(.+)/(?:blobs|manifests|tags)/")
+_MANIFEST = re.compile(r"^(.+)/manifests/([^/]+)$")
 _IMAGE_READINESS = {"failed": 0, "pending": 1, "pulling": 2, "converting": 3, "ready": 4}
 
 
@@ -88,12 +104,14 @@ class Gateway:
 
     # ---- membership ----
 
-    async def live(self, fresh: bool = False) -> dict[str, HostStatus]:
+    async def live(self, reread: bool = False) -> dict[str, HostStatus]:
+        """Hosts with a lease that are not silently behind the others (`heard_from`): a host
+        cut off reads down within its TTL even before etcd expires its lease."""
         at, hosts = self._hosts
-        if fresh or time.monotonic() - at > HOSTS_FRESH_SECONDS:
+        if reread or time.monotonic() - at > HOSTS_FRESH_SECONDS:
             hosts = await self.discovery.live_hosts()
             self._hosts = (time.monotonic(), hosts)
-        return hosts
+        return heard_from(hosts, time.time())
 
     async def owner(self, ref: str, authorization: str) -> str | None:
         """The name of the host holding instance `ref` (live or not), or None; the
@@ -133,20 +151,23 @@ class Gateway:
         self, request: Request, host: HostStatus, body: bytes | None = None
     ) -> Response:
         """`request` sent on to `host` as it is, its answer streamed back."""
-        upstream = await self._send(request, host, body, stream=True)
-        return StreamingResponse(
-            upstream.aiter_raw(),
-            status_code=upstream.status_code,
-            headers=_answer_headers(upstream, host),
-            background=BackgroundTask(upstream.aclose),
-        )
+        return _streamed(await self._send(request, host, body, stream=True), host)
 
     async def _send(
-        self, request: Request, host: HostStatus, body: bytes | None, *, stream: bool = False
+        self,
+        request: Request,
+        host: HostStatus,
+        body: bytes | None,
+        *,
+        stream: bool = False,
+        keep_host: bool = False,
     ) -> httpx.Response:
+        """`keep_host`: the client's `Host` goes on (the registry names a pushed image by it)."""
         query = f"?{request.url.query}" if request.url.query else ""
         url = host.address + _raw_path(request) + query
         headers = {k: v for k, v in request.headers.items() if k.lower() not in _HOP}
+        if keep_host:
+            headers["host"] = request.headers.get("host", "")
         content: Any = body if body is not None else request.stream()
         outgoing = self.http.build_request(request.method, url, headers=headers, content=content)
         sent = asyncio.ensure_future(self.http.send(outgoing, stream=stream))
@@ -297,6 +318,79 @@ class Gateway:
             return _copy(answer, host)
         return _copy(answers[0][1], answers[0][0])
 
+    # ---- the registry (`/v2/`): one per repository, pushed tags pulled by every host ----
+
+    async def registry(self, request: Request) -> Response:
+        """`/v2/` as one registry. A repository's pushes go to one host, the first of its
+        rendezvous order over the live hosts (every gateway picks the same; an upload's
+        requests meet on it); reads try the hosts in that order until one has it. A tag
+        pushed through here is then pulled by every other live host, under the name the
+        client pushed it as (`<gateway address>/<repo>:<tag>`), from this registry."""
+        try:
+            token = registry_token(request.headers.get("authorization"))
+            verify_token(self.secret, token)
+        except EmberError as exc:
+            return oci_error(401, "UNAUTHORIZED", exc.message)
+        path = request.url.path.removeprefix("/v2").lstrip("/")
+        found = _REPOSITORY.match(path)
+        try:
+            hosts = _rendezvous(list((await self.live()).values()), found[1] if found else "")
+        except EtcdUnavailable as exc:
+            return oci_error(503, "UNAVAILABLE", f"etcd: {exc}")
+        reads = request.method in ("GET", "HEAD")
+        for host in hosts:
+            try:
+                upstream = await self._send(
+                    request, host, b"" if reads else None, stream=True, keep_host=True
+                )
+            except HostDown as exc:
+                if reads:
+                    continue  # another host may have it
+                return oci_error(503, "UNAVAILABLE", exc.message)
+            if reads and upstream.status_code == 404 and host is not hosts[-1]:
+                await upstream.aclose()
+                continue
+            tag = _pushed_tag(request, path, upstream.status_code)
+            if tag is not None:
+                name = f"{request.headers.get('host')}/{tag}"
+                await self._pull_on(name, token, [h for h in hosts if h is not host])
+            return _streamed(upstream, host, keep_length=True)
+        return oci_error(503, "UNAVAILABLE", "no live host answered")
+
+    async def _pull_on(self, name: str, token: str, hosts: list[HostStatus]) -> None:
+        """Have `hosts` pull `name` (from this gateway's `/v2/`, with the pusher's token)."""
+        body = {"name": name, "credentials": {"username": "ember", "password": token}}
+        auth = {"Authorization": f"Bearer {token}"}
+
+        async def pull(host: HostStatus) -> None:
+            try:
+                answer = await self.http.post(
+                    f"{host.address}/images", json=body, headers=auth, timeout=PULL_TIMEOUT
+                )
+            except httpx.HTTPError as exc:
+                log.warning("gateway: %s did not take the pull of %s: %r", host.name, name, exc)
+                return
+            if answer.status_code >= 400:
+                log.warning("gateway: %s refused the pull of %s: %s", host.name, name, answer.text)
+
+        await asyncio.gather(*(pull(h) for h in hosts))
+
+    # ---- resources: the cluster's sum, each host's figures beside it ----
+
+    async def resources(self, request: Request) -> Response:
+        """`GET /resources` for the cluster: every figure summed over the live hosts and
+        allocations listed together (Hypeman's shape), each host's own answer under the
+        Ember extension `hosts`."""
+        live = sorted((await self.live()).values(), key=lambda h: h.name)
+        answers = {
+            host.name: answer.json()
+            for host, answer in await self._fan_out(request, live)
+            if answer is not None and answer.status_code == 200
+        }
+        if not answers:
+            raise HostDown("no live host answered")
+        return JSONResponse({**_summed(list(answers.values())), "hosts": answers})
+
     # ---- everything else: proxied to the host that has it ----
 
     async def other(self, request: Request) -> Response:
@@ -337,7 +431,7 @@ class Gateway:
     # ---- the cluster's own view ----
 
     async def cluster_hosts(self, _: Request) -> Response:
-        live = await self.live(fresh=True)
+        live = await self.live(reread=True)
         inventories = await self.discovery.inventories()
         hosts = []
         for name in sorted(live.keys() | inventories.keys()):
@@ -347,6 +441,7 @@ class Gateway:
                 "live": status is not None,
                 "address": status.address if status else inventory.address if inventory else None,
                 "labels": status.labels if status else {},
+                "images": status.images if status else [],
                 "cpu": status.cpu.model_dump() if status else None,
                 "memory": status.memory.model_dump() if status else None,
                 "instances": [
@@ -458,16 +553,20 @@ def _want(spec: dict[str, Any], request: Request) -> Want:
         memory = parse_size(spec.get("size", "1GB"))
     except (EmberError, ValueError, TypeError):
         memory = 0  # the host answers the bad size with its own 400
-    return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels)
+    image = None
+    with contextlib.suppress(EmberError, TypeError, AttributeError):
+        image = parse_reference(spec.get("image", "")).name  # as hosts publish it
+    return Want(vcpus if isinstance(vcpus, int) else 1, memory, labels, image)
 
 
 def _with_cluster_credentials(body: bytes, hosts: list[HostStatus], request: Request) -> bytes:
     """A pull from a cluster host's own registry (`<host address>/<repo>:<tag>`, where an
-    image pushed to that host lives) carries the caller's token to it, so every host can
-    pull what was pushed to one."""
+    image pushed to that host lives) or from this gateway's carries the caller's token to
+    it, so every host can pull what was pushed to one."""
     spec = _json_object(body)
     registry = str(spec.get("name", "")).partition("/")[0]
-    if spec.get("credentials") or registry not in {urlsplit(h.address).netloc for h in hosts}:
+    ours = {urlsplit(h.address).netloc for h in hosts} | {request.headers.get("host")}
+    if spec.get("credentials") or registry not in ours:
         return body
     token = bearer_token(request.headers.get("authorization"))
     return json.dumps({**spec, "credentials": {"username": "ember", "password": token}}).encode()
@@ -483,9 +582,60 @@ def _auth(request: Request) -> dict[str, str]:
     return {"Authorization": request.headers.get("authorization", "")}
 
 
-def _answer_headers(answer: httpx.Response, host: HostStatus) -> dict[str, str]:
-    kept = {k: v for k, v in answer.headers.items() if k.lower() not in _HOP}
+def _answer_headers(
+    answer: httpx.Response, host: HostStatus, *, keep_length: bool = False
+) -> dict[str, str]:
+    """`keep_length`: the host's `Content-Length` goes on (a registry's `HEAD` of a blob
+    says its size with it)."""
+    dropped = _HOP - {"content-length"} if keep_length else _HOP
+    kept = {k: v for k, v in answer.headers.items() if k.lower() not in dropped}
     return {**kept, HOST_HEADER: host.name}
+
+
+def _streamed(upstream: httpx.Response, host: HostStatus, *, keep_length: bool = False) -> Response:
+    """An answer of `host` passed on as it arrives."""
+    return StreamingResponse(
+        upstream.aiter_raw(),
+        status_code=upstream.status_code,
+        headers=_answer_headers(upstream, host, keep_length=keep_length),
+        background=BackgroundTask(upstream.aclose),
+    )
+
+
+def _rendezvous(hosts: list[HostStatus], key: str) -> list[HostStatus]:
+    """`hosts` in `key`'s rendezvous order: the same on every gateway, and a host joining
+    or leaving moves only the keys it comes first for."""
+    return sorted(hosts, key=lambda h: hashlib.sha256(f"{key}\0{h.name}".encode()).digest())
+
+
+def _pushed_tag(request: Request, path: str, status: int) -> str | None:
+    """`<repo>:<tag>` when this was a tag's manifest pushed (not a digest's)."""
+    found = _MANIFEST.match(path)
+    if request.method != "PUT" or status != 201 or found is None or ":" in found[2]:
+        return None
+    return f"{found[1]}:{found[2]}"
+
+
+def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hosts' `/resources` answers as one: capacities and allocations add up; a ratio is the
+    sum's (effective limit over capacity); a `source` stays if every host says the same."""
+    summed: dict[str, Any] = {"allocations": [a for r in answers for a in r["allocations"]]}
+    for kind in ("cpu", "memory", "disk", "disk_io", "network"):
+        parts = [r[kind] for r in answers if kind in r]
+        if not parts:
+            continue
+        total = {f: sum(p[f] for p in parts) for f in _SUMMED_FIELDS}
+        ratio = total["effective_limit"] / total["capacity"] if total["capacity"] else 1.0
+        status = {"type": parts[0]["type"], **total, "oversub_ratio": ratio}
+        sources = {p.get("source") for p in parts}
+        if len(sources) == 1 and None not in sources:
+            status["source"] = sources.pop()
+        summed[kind] = status
+    breakdowns = [r["disk_breakdown"] for r in answers if "disk_breakdown" in r]
+    if breakdowns:
+        keys = {k for b in breakdowns for k in b}
+        summed["disk_breakdown"] = {k: sum(b.get(k, 0) for b in breakdowns) for k in keys}
+    return summed
 
 
 def _copy(answer: httpx.Response, host: HostStatus) -> Response:
@@ -562,6 +712,9 @@ def create_gateway_app(gateway: Gateway) -> Starlette:
         WebSocketRoute("/instances/{ref}/cp", gateway.websocket),
         route("/instances/{ref}", gateway.instance, every),
         route("/instances/{ref}/{rest:path}", gateway.instance, every),
+        route("/resources", gateway.resources, ["GET"]),
+        Route("/v2", gateway.registry, methods=["GET", "HEAD"]),
+        Route("/v2/{path:path}", gateway.registry, methods=[*every, "HEAD"]),
         route("/images", gateway.images, ["GET", "POST"]),
         route("/images/{name:path}", gateway.images, ["GET", "DELETE"]),
         route("/{path:path}", gateway.other, every),

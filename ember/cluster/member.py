@@ -1,8 +1,9 @@
 """The host side: register this Ember host under a lease, keep it alive, publish its
 capacity and instances, keep its names claimed, withdraw on shutdown.
 
-One loop every third of the TTL: renew the lease (or register again after a lapse:
-a host cut off and back re-appears by itself), then publish what changed. Failures to
+One loop every quarter of the TTL: renew the lease (or register again after a lapse:
+a host cut off and back re-appears by itself), publish its status (a heartbeat the
+gateways read liveness from), and its inventory when it changed. Failures to
 reach etcd are logged and retried; they never touch the instances.
 """
 
@@ -12,8 +13,10 @@ import logging
 import socket
 import time
 from collections.abc import Callable
+from typing import Protocol
 
 from ember.cluster.discovery import (
+    BEATS_PER_TTL,
     Capacity,
     Discovery,
     HostStatus,
@@ -22,6 +25,7 @@ from ember.cluster.discovery import (
 )
 from ember.cluster.etcd import Etcd, EtcdUnavailable
 from ember.config import Settings
+from ember.images.models import ImageRecord, ImageStatus
 from ember.instances import capacity
 from ember.instances.manager import InstanceManager
 from ember.instances.state import State
@@ -31,6 +35,13 @@ log = logging.getLogger("ember.cluster")
 # A claim without an instance behind it is released after this long: longer than any
 # create takes between the gateway's claim and the record on the host.
 STALE_CLAIM_SECONDS = 600.0
+RETRY_SECONDS = 0.25
+
+
+class Images(Protocol):
+    """What a member reads of the image manager: which images it could boot now."""
+
+    def find(self, tags: dict[str, str] | None = None) -> list[ImageRecord]: ...
 
 
 class Member:
@@ -38,20 +49,22 @@ class Member:
         self,
         discovery: Discovery,
         instances: InstanceManager,
+        images: Images,
         settings: Settings,
         *,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.discovery = discovery
         self.instances = instances
+        self.images = images
         self.settings = settings
         self.name = settings.cluster_host_name or socket.gethostname()
         self.clock = clock
         self._registered = False
-        self._published: tuple[HostStatus, Inventory] | None = None
-        self._task = PeriodicTask(
-            "cluster registration", self.tick, settings.cluster_lease_ttl_seconds / 3, log=log
-        )
+        self._published: Inventory | None = None
+        self._beat_every = settings.cluster_lease_ttl_seconds / BEATS_PER_TTL
+        self._failed = False
+        self._task = PeriodicTask("cluster registration", self.tick, self._next_tick, log=log)
 
     def status(self) -> HostStatus:
         records = self.instances.find()
@@ -64,6 +77,8 @@ class Member:
             memory=_capacity(capacity.memory(records, limits, s.memory_oversubscription)),
             instances=len(records),
             running=sum(r.state == State.RUNNING for r in records),
+            ttl=s.cluster_lease_ttl_seconds,
+            images=sorted(i.name for i in self.images.find() if i.status == ImageStatus.READY),
         )
 
     def inventory(self, address: str) -> Inventory:
@@ -75,12 +90,19 @@ class Member:
         return Inventory(name=self.name, address=address, instances=summaries)
 
     async def tick(self) -> None:
+        self._failed = True
         try:
             await self._renew()
             await self._publish()
+            self._failed = False
             await self._reconcile_claims()
         except EtcdUnavailable as exc:
             log.warning("cluster: etcd unavailable (%s); retrying", exc)
+
+    def _next_tick(self) -> float:
+        """A missed beat is retried soon: after an etcd leader election every host's beat
+        lands at once, so none reads behind the others."""
+        return RETRY_SECONDS if self._failed else self._beat_every
 
     async def _renew(self) -> None:
         if self._registered and await self.discovery.keepalive():
@@ -95,10 +117,10 @@ class Member:
 
     async def _publish(self) -> None:
         status = self.status()
-        current = (status, self.inventory(status.address))
-        if current != self._published:
-            await self.discovery.publish(*current)
-            self._published = current
+        inventory = self.inventory(status.address)
+        changed = inventory if inventory != self._published else None
+        await self.discovery.publish(status, changed)
+        self._published = inventory
 
     async def _reconcile_claims(self) -> None:
         """Claim the names of this host's instances (made here directly, or before the
@@ -133,9 +155,11 @@ def _capacity(status: capacity.Status) -> Capacity:
     )
 
 
-def memberships(settings: Settings, instances: InstanceManager) -> tuple[Member, ...]:
+def memberships(
+    settings: Settings, instances: InstanceManager, images: Images
+) -> tuple[Member, ...]:
     """This host's cluster membership as loops for the root: one `Member` when the
     settings ask for it (etcd endpoints and an advertised address), none for a lone host."""
     if not (settings.cluster_etcd_endpoints and settings.cluster_advertise):
         return ()
-    return (Member(Etcd(settings.cluster_etcd_endpoints), instances, settings),)
+    return (Member(Etcd(settings.cluster_etcd_endpoints), instances, images, settings),)

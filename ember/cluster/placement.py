@@ -1,7 +1,9 @@
 """Where a new instance goes: filter the live hosts, then score the best of a few.
 
 Filter: the host has the vCPUs and memory free (its published `GET /resources`
-figures, less what this gateway placed there since) and every requested label.
+figures, less what this gateway placed there since), every requested label, and the
+image ready, when some host publishes that image's name (a name none publishes, e.g.
+a short name of a pushed image or one still pulling, is left to the hosts to answer).
 Score: the share of memory and CPU left after the placement, so load spreads; of a
 random sample of `SAMPLE` fitting hosts the best goes first (the power of a few
 choices: two gateways placing at once rarely pick the same host, and no gateway
@@ -15,7 +17,7 @@ from __future__ import annotations
 import random
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from ember.cluster.discovery import HostStatus
 
@@ -27,6 +29,7 @@ class Want:
     vcpus: int
     memory_bytes: int
     labels: Mapping[str, str] = field(default_factory=dict)
+    image: str | None = None  # a normalized image name the host must have ready
 
 
 @dataclass
@@ -52,6 +55,7 @@ def fits(host: HostStatus, want: Want, pending: Want) -> bool:
         host.cpu.available - pending.vcpus >= want.vcpus
         and host.memory.available - pending.memory_bytes >= want.memory_bytes
         and all(host.labels.get(k) == v for k, v in want.labels.items())
+        and (want.image is None or want.image in host.images)
     )
 
 
@@ -70,6 +74,9 @@ def rank(
     rng: random.Random | None = None,
 ) -> list[HostStatus]:
     """The fitting hosts in the order to try them (empty: none fits)."""
+    hosts = list(hosts)
+    if not any(want.image in h.images for h in hosts):
+        want = replace(want, image=None)
     fitting = [h for h in hosts if fits(h, want, recent.on(h.name))]
     sample = (rng or random).sample(fitting, min(SAMPLE, len(fitting)))
 

@@ -25,6 +25,7 @@ from ember.testkit.netns import in_netns, netns, sh
 SUBNET = "10.77.0"
 HUB_IP = f"{SUBNET}.1"
 HOST_PORT = 4973
+GATEWAY_PORT = 4980  # the first gateway's; the next ones count up
 
 
 @dataclass
@@ -135,9 +136,11 @@ def cluster(
                 "EMBER_CLUSTER_ADVERTISE": f"http://{members[name].ip}:{HOST_PORT}",
                 "EMBER_CLUSTER_HOST_NAME": name,
                 "EMBER_CLUSTER_LEASE_TTL_SECONDS": str(lease_ttl),
-                # Hosts pull from each other's registries over plain HTTP (a private net).
+                # Hosts pull from each other's registries and the gateways' over plain
+                # HTTP (a private net).
                 "EMBER_INSECURE_REGISTRIES": json.dumps(
                     [f"{m.ip}:{HOST_PORT}" for m in members.values()]
+                    + [f"{HUB_IP}:{GATEWAY_PORT + n}" for n in range(gateways)]
                 ),
                 **{k: v for k, v in os.environ.items() if k == "EMBER_SYSTEM_DIR"},
             }
@@ -149,8 +152,8 @@ def cluster(
         built = Cluster(hub, servers, namespaces, members, secret)
         endpoints = [m.client_url for m in members.values()]
         for n in range(gateways):
-            gateway = Gateway(hub, 4980 + n, endpoints, secret_file, root / f"gateway{n}.log",
-                              lease_ttl).start()  # fmt: skip
+            log = root / f"gateway{n}.log"
+            gateway = Gateway(hub, GATEWAY_PORT + n, endpoints, secret_file, log, lease_ttl).start()
             stack.callback(gateway.stop)
             built.gateways.append(gateway)
         yield built

@@ -4,6 +4,7 @@ httpx mock transport (their refusals are what is under test)."""
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 
@@ -11,7 +12,8 @@ import httpx
 import pytest
 
 from ember.api.auth import mint_token
-from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory
+from ember.cluster import gateway as gateway_module
+from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory, heard_from
 from ember.cluster.etcd import Etcd
 from ember.cluster.gateway import Gateway, create_gateway_app
 
@@ -42,9 +44,9 @@ def refused(status: int) -> Answer:
     return lambda _: httpx.Response(status, json={"code": "x", "message": "no"})
 
 
-def status(name: str, free_gib: int) -> HostStatus:
+def status(name: str, free_gib: int, *, beat: float | None = None) -> HostStatus:
     return HostStatus(
-        name=name, address=f"http://{name}",
+        name=name, address=f"http://{name}", ttl=30, beat=beat or time.time(),
         cpu=Capacity(effective_limit=8, allocated=0, available=8),
         memory=Capacity(effective_limit=16 * GIB, allocated=0, available=free_gib * GIB),
     )  # fmt: skip
@@ -242,3 +244,136 @@ async def test_a_name_follows_its_claim_not_a_cache(
         assert await etcd.claim("web", "b") is not None  # made again on b, elsewhere
         again = await api.get("/instances/web")
     assert (again.json()["id"], again.headers["X-Ember-Host"]) == ("id-2", "b")
+
+
+async def test_a_silent_host_reads_down_before_its_lease_lapses(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    """Its lease is still there (30 s), but it has not beaten for more than 3/4 of it."""
+    vm = InstanceSummary(id="i1", name="web", image="img", state="Running", vcpus=1,
+                         created_at="2026-01-01T00:00:00")  # fmt: skip
+    silent = status("silent", 8, beat=time.time() - 23)
+    member = await join(etcd, silent)
+    await member.publish(silent, Inventory(name="silent", address="http://silent",
+                                           instances=[vm]))  # fmt: skip
+    await join(etcd, status("beating", 8))
+    async with gateway_for(Hosts({"beating": created})) as api:
+        hosts = (await api.get("/cluster/hosts")).json()["hosts"]
+        one = await api.get("/instances/web")
+        placed = await api.post("/instances", json=BODY)
+    assert {h["name"]: h["live"] for h in hosts} == {"beating": True, "silent": False}
+    assert (one.status_code, one.json()["state"]) == (200, "Unknown")
+    assert placed.headers["X-Ember-Host"] == "beating"
+
+
+def figures(cpu: int, memory: int, allocations: list[str]) -> dict[str, object]:
+    def one(kind: str, capacity: int, allocated: int) -> dict[str, object]:
+        return {"type": kind, "capacity": capacity, "effective_limit": 2 * capacity,
+                "allocated": allocated, "available": 2 * capacity - allocated,
+                "oversub_ratio": 2.0, "source": "detected"}  # fmt: skip
+
+    return {
+        "cpu": one("cpu", cpu, len(allocations)), "memory": one("memory", memory, 0),
+        "disk": one("disk", 100, 10), "network": one("network", 1000, 0),
+        "allocations": [{"instance_id": i, "instance_name": i} for i in allocations],
+    }  # fmt: skip
+
+
+async def test_resources_are_the_clusters_sum_with_each_host_beside_it(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    await join(etcd, status("a", 8))
+    await join(etcd, status("b", 8))
+    a, b = figures(2, 4 * GIB, ["x"]), figures(4, 8 * GIB, ["y", "z"])
+    hosts = Hosts({"a": by_path({"GET /resources": (200, a)}),
+                   "b": by_path({"GET /resources": (200, b)})})  # fmt: skip
+    async with gateway_for(hosts) as api:
+        answer = (await api.get("/resources")).json()
+    assert answer["cpu"] == {"type": "cpu", "capacity": 6, "effective_limit": 12,
+                             "allocated": 3, "available": 9, "oversub_ratio": 2.0,
+                             "source": "detected"}  # fmt: skip
+    assert answer["memory"]["capacity"] == 12 * GIB
+    assert [x["instance_id"] for x in answer["allocations"]] == ["x", "y", "z"]
+    assert answer["hosts"] == {"a": a, "b": b}
+
+
+async def test_a_push_lands_on_one_host_and_every_other_host_pulls_the_tag(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    for name in ("a", "b", "c"):
+        await join(etcd, status(name, 8))
+    order = gateway_module._rendezvous(
+        [status(n, 8) for n in ("a", "b", "c")], "team/app"
+    )  # fmt: skip
+    holder = order[0].name
+    digest = "sha256:" + "0" * 64
+    pulls: list[dict[str, object]] = []
+
+    def host(name: str) -> Answer:
+        def answer(request: httpx.Request) -> httpx.Response:
+            if request.method == "POST" and request.url.path == "/images":
+                pulls.append({"host": name, **json.loads(request.content)})
+                return httpx.Response(202, json={})
+            if request.url.path.startswith("/v2/") and name == holder:
+                # The registry names the image by the Host the client used.
+                assert request.headers["host"] == "gateway"
+                return httpx.Response(201, content=streamed(b""))
+            return httpx.Response(404, content=streamed(b'{"errors": []}'))
+
+        return answer
+
+    hosts = Hosts({n: host(n) for n in ("a", "b", "c")})
+    token = mint_token(SECRET, "test")
+    async with gateway_for(hosts) as api:
+        bearer = {"Authorization": f"Bearer {token}"}
+        pushed = await api.put("/v2/team/app/manifests/v1", content=b"{}", headers=bearer)
+        by_digest = await api.put(f"/v2/team/app/manifests/{digest}", content=b"{}")
+        blob = await api.get(f"/v2/team/app/blobs/{digest}")
+        basic = await api.get(f"/v2/team/app/blobs/{digest}", auth=("me", token))
+        anonymous = await api.get("/v2/", headers={"Authorization": ""})
+    assert (pushed.status_code, pushed.headers["X-Ember-Host"]) == (201, holder)
+    assert by_digest.status_code == 201  # a digest is not a tag: nothing to pull
+    assert sorted(str(p["host"]) for p in pulls) == sorted(h.name for h in order[1:])
+    credentials = {"username": "ember", "password": token}
+    assert all(p["name"] == "gateway/team/app:v1" for p in pulls)
+    assert all(p["credentials"] == credentials for p in pulls)
+    # Reads go down the same order until a host has it.
+    assert (blob.headers["X-Ember-Host"], basic.status_code) == (holder, 201)
+    assert anonymous.status_code == 401 and "Basic" in anonymous.headers["WWW-Authenticate"]
+
+
+async def test_a_pull_from_a_cluster_registry_carries_the_callers_token(
+    etcd: Etcd, gateway_for: Callable[[Hosts], httpx.AsyncClient]
+) -> None:
+    await join(etcd, status("a", 8))
+    await join(etcd, status("b", 8))
+    sent: list[dict[str, object]] = []
+
+    def pull(request: httpx.Request) -> httpx.Response:
+        sent.append({"host": request.url.host, **json.loads(request.content)})
+        return httpx.Response(202, json={"name": "x", "status": "pending"})
+
+    token = mint_token(SECRET, "test")
+    async with gateway_for(Hosts({"a": pull, "b": pull})) as api:
+        bearer = {"Authorization": f"Bearer {token}"}
+        for name in ("gateway/app:v1", "a/app:v1", "docker.io/library/alpine:3"):
+            assert (await api.post("/images", json={"name": name}, headers=bearer)).is_success
+    carried = {"username": "ember", "password": token}
+    by_name = {(p["name"], p["host"]): p.get("credentials") for p in sent}
+    assert by_name == {
+        ("gateway/app:v1", "a"): carried, ("gateway/app:v1", "b"): carried,
+        ("a/app:v1", "a"): carried, ("a/app:v1", "b"): carried,
+        ("docker.io/library/alpine:3", "a"): None, ("docker.io/library/alpine:3", "b"): None,
+    }  # fmt: skip
+
+
+def test_a_host_reads_down_early_only_while_others_beat_after_it() -> None:
+    now = time.time()
+    hosts = {"quiet": status("quiet", 8, beat=now - 23), "other": status("other", 8, beat=now)}
+    assert list(heard_from(hosts, now)) == ["other"]
+    # Nobody beat lately (an etcd election: no write lands): the leases alone decide.
+    hosts["other"] = status("other", 8, beat=now - 22)
+    assert sorted(heard_from(hosts, now)) == ["other", "quiet"]
+    # Silent, but not for most of its TTL yet: still up.
+    hosts = {"late": status("late", 8, beat=now - 20), "other": status("other", 8, beat=now)}
+    assert sorted(heard_from(hosts, now)) == ["late", "other"]

@@ -15,6 +15,7 @@ import pytest
 from ember.cluster.etcd import Etcd
 from ember.cluster.member import STALE_CLAIM_SECONDS, Member
 from ember.config import Settings
+from ember.images.models import ImageRecord, ImageStatus
 from ember.instances.manager import InstanceManager
 from ember.instances.models import InstanceRecord
 from ember.instances.plan import HostLimits
@@ -49,7 +50,11 @@ def member(etcd: Etcd, instances: Instances, now: list[float]) -> Member:
                         cluster_advertise="http://10.0.0.1:4973", cluster_lease_ttl_seconds=2,
                         cluster_labels={"zone": "a"})  # fmt: skip
     own = Etcd(etcd.endpoints, prefix=etcd.prefix)
-    return Member(own, cast(InstanceManager, instances), settings, clock=lambda: now[0])
+    images = SimpleNamespace(find=lambda tags=None: [
+        ImageRecord(id="i1", name="docker.io/library/ready:1", status=ImageStatus.READY),
+        ImageRecord(id="i2", name="docker.io/library/pulling:1", status=ImageStatus.PULLING),
+    ])  # fmt: skip
+    return Member(own, cast(InstanceManager, instances), images, settings, clock=lambda: now[0])
 
 
 async def test_publishes_capacity_and_instances_and_withdraws(etcd: Etcd) -> None:
@@ -60,12 +65,30 @@ async def test_publishes_capacity_and_instances_and_withdraws(etcd: Etcd) -> Non
     assert (status.address, status.labels) == ("http://10.0.0.1:4973", {"zone": "a"})
     assert (status.cpu.allocated, status.memory.allocated) == (2, GIB)  # running ones only
     assert (status.instances, status.running) == (2, 1)
+    assert status.images == ["docker.io/library/ready:1"]  # ready ones only
+    assert status.ttl == 2 and time.time() - status.beat < 2  # its heartbeat
     listed = (await etcd.inventories())["h1"].instances
     assert {(i.name, i.state) for i in listed} == {("web", "Running"), ("idle", "Stopped")}
     assert {n: c.host for n, c in (await etcd.claims()).items()} == {"web": "h1", "idle": "h1"}
     await host.close()
     assert await etcd.live_hosts() == {}
     assert "h1" in await etcd.inventories()  # its instances stay known
+
+
+async def test_every_tick_beats_the_inventory_goes_when_it_changed(etcd: Etcd) -> None:
+    instances = Instances([record("web")])
+    host = member(etcd, instances, [0.0])
+    await host.tick()
+    first = (await etcd.live_hosts())["h1"].beat
+    inventory = await etcd._get("inventory/h1")
+    await host.tick()  # nothing changed: a new beat, the same inventory
+    assert (await etcd.live_hosts())["h1"].beat > first
+    again = await etcd._get("inventory/h1")
+    assert inventory and again and again["mod_revision"] == inventory["mod_revision"]
+    instances.records.append(record("db"))
+    await host.tick()
+    assert {i.name for i in (await etcd.inventories())["h1"].instances} == {"web", "db"}
+    await host.close()
 
 
 async def test_registers_again_after_its_lease_lapsed(etcd: Etcd) -> None:

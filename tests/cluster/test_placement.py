@@ -27,6 +27,15 @@ def test_hosts_without_room_or_labels_are_left_out() -> None:
     assert rank(hosts, Want(9, GIB), Recent(10)) == []
 
 
+def test_a_published_image_goes_where_it_is_ready_an_unknown_name_anywhere() -> None:
+    has, lacks = host("has", 4, 8), host("lacks", 8, 16)
+    has.images = ["docker.io/library/app:1"]
+    want = Want(1, GIB, image="docker.io/library/app:1")
+    assert [h.name for h in rank([has, lacks], want, Recent(10))] == ["has"]
+    unknown = Want(1, GIB, image="docker.io/library/other:1")  # no host says: hosts answer
+    assert sorted(h.name for h in rank([has, lacks], unknown, Recent(10))) == ["has", "lacks"]
+
+
 def test_the_emptier_host_goes_first_of_the_sample() -> None:
     hosts = [host("busy", 2, 2), host("idle", 8, 16), host("half", 4, 8)]
     order = rank(hosts, Want(1, GIB), Recent(10), rng=random.Random(1))

@@ -7,7 +7,6 @@ which registry clients such as skopeo and docker understand.
 
 from __future__ import annotations
 
-import base64
 import re
 from collections.abc import Awaitable, Callable
 
@@ -15,7 +14,7 @@ from fastapi import APIRouter, Request, Response
 from fastapi.responses import FileResponse, JSONResponse
 from pydantic import BaseModel
 
-from ember.api.auth import verify_token
+from ember.api.auth import registry_token, verify_token
 from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses, oci_error
 from ember.api.services import Services
@@ -48,19 +47,8 @@ def route(method: str, pattern: str) -> Callable[[Handler], Handler]:
 
 
 def authenticate(request: Request, svc: Services) -> None:
-    """Bearer <jwt>, or Basic with the JWT as password (what `docker login` sends)."""
-    if svc.settings.auth_disabled:
-        return
-    scheme, _, value = request.headers.get("authorization", "").partition(" ")
-    token = value.strip()
-    if scheme.lower() == "basic":
-        try:
-            token = base64.b64decode(token).decode().partition(":")[2]
-        except ValueError as exc:
-            raise Unauthorized("malformed Basic credentials") from exc
-    elif scheme.lower() != "bearer":
-        raise Unauthorized("authentication required: use an Ember token as the password")
-    verify_token(svc.jwt_secret, token)
+    if not svc.settings.auth_disabled:
+        verify_token(svc.jwt_secret, registry_token(request.headers.get("authorization")))
 
 
 async def distribution(path: str, request: Request, svc: ServicesDep) -> Response:
