@@ -105,15 +105,16 @@ class GroupManager:
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: list[PublishedRoutes] | None = None
-        self._states: list[tuple[str, State]] = []  # the members' states at the last pass
-        # A pass every PASS_SECONDS, and at once when a member's state moved (a user's
-        # standby or stop must leave the routes before the next request finds it there).
+        self._attempted: list[PublishedRoutes] | None = None  # last given, even if refused
+        # A pass every PASS_SECONDS, and at once when an instance's change alters the
+        # routes (a user's standby or stop must leave them before the next request
+        # finds it there); not at the changes of a wake (its instance is not routed yet).
         self._loop = PeriodicTask(
             "service groups pass",
             self._pass,
             PASS_SECONDS,
             log=log,
-            wake=lambda timeout: self.instances.changed(self._states_moved, timeout),
+            wake=lambda timeout: self.instances.changed(self._routes_stale, timeout),
         )
 
     # ---- server lifecycle ------------------------------------------------------------
@@ -399,12 +400,21 @@ class GroupManager:
         """Hand Caddy the routes of every group, only when they changed: a Caddy load
         can drop a connection that arrives at that instant (README.md, measured)."""
         async with self._publish_lock:
-            views = [self._view(group) for group in self.repo.all()]
-            routes = published_routes(views, self.waker.socket_path)
+            routes = self._routes()
             if routes == self._published:
                 return
+            self._attempted = routes
             await self.ingresses.publish(PUBLISHER, routes)
             self._published = routes
+
+    def _routes(self) -> list[PublishedRoutes]:
+        views = [self._view(group) for group in self.repo.all()]
+        return published_routes(views, self.waker.socket_path)
+
+    def _routes_stale(self) -> bool:
+        """Routes other than the last tried (not the last published: a Caddy that
+        refuses them must not make the pass spin)."""
+        return self._attempted is not None and self._routes() != self._attempted
 
     def _view(self, group: ServiceGroupRecord) -> GroupView:
         members = self.members_of(group.id)
@@ -447,15 +457,7 @@ class GroupManager:
 
     # ---- the loop: scale to zero, forget, autokill -------------------------------------
 
-    def _member_states(self) -> list[tuple[str, State]]:
-        return [(m.record.id, m.instance.state) for g in self.repo.all()
-                for m in self.members_of(g.id)]  # fmt: skip
-
-    def _states_moved(self) -> bool:
-        return self._member_states() != self._states
-
     async def _pass(self) -> None:
-        self._states = self._member_states()
         self._forget_deleted()
         await self._probe_booting()
         await self._publish()
