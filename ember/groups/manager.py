@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import signal
 import time
 from collections import Counter
 from collections.abc import Iterable
@@ -49,6 +50,14 @@ WAKE_READY_TIMEOUT = 120.0  # a stateless wake boots: until its port accepts con
 # Caddy counts a request the waker placed only once it proxies it, a moment after the
 # waker's answer: for this long the waker's own count of what it placed stands in.
 PLACED_SECONDS = 1.0
+# A booting instance's port is tried once per pass: a refused connection answers at
+# once, a guest not yet answering ARP would hold the pass, so a short wait.
+PROBE_SECONDS = 0.2
+# notify_time_ms: the workload is told with this signal (the agent delivers it), then
+# given that long before it sleeps. The seed names no mechanism; SIGUSR1 is the usual
+# "application-defined" signal (its default action ends a program that does not catch
+# it, so notify_time_ms is for workloads that do).
+NOTIFY_SIGNAL = signal.SIGUSR1
 
 
 @dataclass(frozen=True)
@@ -93,10 +102,24 @@ class GroupManager:
         self._placed: dict[str, list[float]] = {}  # when the waker placed requests, per instance
         # Groups an instance is being created into (not yet a member): not empty, not idle.
         self._filling: Counter[str] = Counter()  # per group: creates under way
+        # Instances seen accepting on their ports, with the boot (`started_at`) it was in:
+        # Running is not listening yet, and a restore keeps the boot (and the listener).
+        self._ready: dict[str, datetime | None] = {}
+        self._notified: dict[str, float] = {}  # told it will sleep (monotonic), per instance
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: list[PublishedRoutes] | None = None
-        self._loop = PeriodicTask("service groups pass", self._pass, PASS_SECONDS, log=log)
+        self._attempted: list[PublishedRoutes] | None = None  # last given, even if refused
+        # A pass every PASS_SECONDS, and at once when an instance's change alters the
+        # routes (a user's standby or stop must leave them before the next request
+        # finds it there); not at the changes of a wake (its instance is not routed yet).
+        self._loop = PeriodicTask(
+            "service groups pass",
+            self._pass,
+            PASS_SECONDS,
+            log=log,
+            wake=lambda timeout: self.instances.changed(self._routes_stale, timeout),
+        )
 
     # ---- server lifecycle ------------------------------------------------------------
 
@@ -330,8 +353,8 @@ class GroupManager:
         self, member: Member, port: int, in_flight: dict[str, int]
     ) -> balancer.Candidate | None:
         instance = member.instance
-        if self._wakes.running(instance.id):
-            phase: balancer.Phase = "waking"
+        if self._wakes.running(instance.id) or self._booting(instance):
+            phase: balancer.Phase = "waking"  # joining its wake waits until it listens
             load = self._held.get(instance.id, 0)
         elif instance.state == State.RUNNING and self._ip(instance):
             counted = in_flight.get(f"{self._ip(instance)}:{port}", 0)
@@ -368,14 +391,16 @@ class GroupManager:
         try:
             if record.state == State.STANDBY:
                 record = await self.instances.restore(instance_id)
-            elif record.state == State.STOPPED:
-                await self.instances.start(instance_id)
+            else:  # stopped by a scale-to-zero, or booting: until its program listens
+                if record.state == State.STOPPED:
+                    await self.instances.start(instance_id)
                 record = await self._until_listening(instance_id, port)
         except EmberError as exc:
             raise Unavailable(
                 f"waking instance {record.name!r} failed: {exc.message}", code="wake_failed"
             ) from exc
         self._last_active[instance_id] = time.monotonic()
+        self._ready[instance_id] = record.started_at
         # The held requests go now (the waker's answer names a static upstream per
         # member); the next pass publishes the routes, within PASS_SECONDS.
         ms = (time.monotonic() - started) * 1000
@@ -388,7 +413,7 @@ class GroupManager:
             record = self.instances.get(instance_id)
             if record.state not in (State.INITIALIZING, State.RUNNING):
                 raise Unavailable(f"it is {record.state}: {record.exit_message or 'no reason'}")
-            if record.state == State.RUNNING and await _accepts(self._ip(record), port):
+            if record.state == State.RUNNING and await _accepts(self._ip(record), port, 1.0):
                 return record
             await asyncio.sleep(0.05)
         raise Unavailable(f"it did not listen on port {port} within {WAKE_READY_TIMEOUT:.0f}s")
@@ -401,28 +426,66 @@ class GroupManager:
         """Hand Caddy the routes of every group, only when they changed: a Caddy load
         can drop a connection that arrives at that instant (README.md, measured)."""
         async with self._publish_lock:
-            views = [self._view(group) for group in self.repo.all()]
-            routes = published_routes(views, self.waker.socket_path)
+            routes = self._routes()
             if routes == self._published:
                 return
+            self._attempted = routes
             await self.ingresses.publish(PUBLISHER, routes)
             self._published = routes
 
+    def _routes(self) -> list[PublishedRoutes]:
+        views = [self._view(group) for group in self.repo.all()]
+        return published_routes(views, self.waker.socket_path)
+
+    def _routes_stale(self) -> bool:
+        """Routes other than the last tried (not the last published: a Caddy that
+        refuses them must not make the pass spin)."""
+        return self._attempted is not None and self._routes() != self._attempted
+
     def _view(self, group: ServiceGroupRecord) -> GroupView:
         members = self.members_of(group.id)
-        awake = tuple(
-            ip
-            for m in members
-            if m.instance.state == State.RUNNING and m.record.id not in self._draining
-            and (ip := self._ip(m.instance)) is not None
-        )  # fmt: skip
+        awake = tuple(ip for m in members if self._routable(m) and (ip := self._ip(m.instance)))
         addresses = tuple(ip for m in members if (ip := self._ip(m.instance)) is not None)
         return GroupView(group, awake, any(_wakeable(m) for m in members), addresses)
+
+    def _routable(self, member: Member) -> bool:
+        """Caddy may balance to it by itself: running, listening, not going to sleep, and
+        no request of the waker's pending for it (while a wake holds requests, Caddy does
+        not know of them, and would give the instance more than the soft limit)."""
+        instance_id = member.record.id
+        return (
+            member.instance.state == State.RUNNING
+            and not self._booting(member.instance)
+            and instance_id not in self._draining
+            and instance_id not in self._held
+            and not self._wakes.running(instance_id)
+        )
+
+    def _booting(self, instance: InstanceRecord) -> bool:
+        """Running (or starting) but not yet seen listening in this boot."""
+        running = instance.state in (State.INITIALIZING, State.RUNNING)
+        seen = instance.id in self._ready and self._ready[instance.id] == instance.started_at
+        return running and not seen
+
+    async def _probe_booting(self) -> None:
+        """One connection attempt per port of each running instance not yet seen
+        listening; those that accept every port become routable."""
+        booting = [m for g in self.repo.all() for m in self.members_of(g.id)
+                   if m.instance.state == State.RUNNING and self._booting(m.instance)]  # fmt: skip
+
+        async def probe(member: Member) -> None:
+            ip = self._ip(member.instance)
+            ports = self._ports(member)
+            if all(await asyncio.gather(*(_accepts(ip, port, PROBE_SECONDS) for port in ports))):
+                self._ready[member.record.id] = member.instance.started_at
+
+        await asyncio.gather(*(probe(m) for m in booting))
 
     # ---- the loop: scale to zero, forget, autokill -------------------------------------
 
     async def _pass(self) -> None:
         self._forget_deleted()
+        await self._probe_booting()
         await self._publish()
         sleepy = [
             m for g in self.repo.all() for m in self.members_of(g.id)
@@ -437,14 +500,37 @@ class GroupManager:
         for member in sleepy:
             if self._active(member, in_flight, flows):
                 self._last_active[member.record.id] = now
+                self._notified.pop(member.record.id, None)  # told again next time
             last = self._last_active.setdefault(member.record.id, now)
             policy = member.record.scale_to_zero
-            if policy is not None and (now - last) * 1000 >= policy.cooldown_time_ms:
+            if policy is None or (now - last) * 1000 < policy.cooldown_time_ms:
+                continue
+            if await self._notice_over(member, policy, now):
                 await self._sleep(member, policy)
+
+    async def _notice_over(self, member: Member, policy: ScaleToZero, now: float) -> bool:
+        """notify_time_ms: the first idle pass tells the workload (NOTIFY_SIGNAL), and the
+        instance sleeps once that long has passed with no request (it keeps serving
+        meanwhile; a request starts the cooldown and the notice again)."""
+        if not policy.notify_time_ms:
+            return True
+        told = self._notified.get(member.record.id)
+        if told is not None:
+            return (now - told) * 1000 >= policy.notify_time_ms
+        self._notified[member.record.id] = now
+        try:
+            _, agent = self.instances.agent(member.record.id)
+            await agent.signal(NOTIFY_SIGNAL)
+        except EmberError as exc:  # it sleeps all the same, after the notice time
+            log.warning("could not notify %s before it sleeps: %s", member.instance.name,
+                        exc.message)  # fmt: skip
+        return False
 
     def _active(self, member: Member, in_flight: dict[str, int], flows: list[str]) -> bool:
         instance_id, ip = member.record.id, self._ip(member.instance)
         if ip is None or self._wakes.running(instance_id) or instance_id in self._held:
+            return True
+        if self._booting(member.instance):  # idle time counts once it listens
             return True
         if any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member))):
             return True
@@ -476,6 +562,7 @@ class GroupManager:
             self._last_active[instance_id] = time.monotonic()
         finally:
             del self._draining[instance_id]
+            self._notified.pop(instance_id, None)
             event.set()
             await self._publish()
 
@@ -489,6 +576,8 @@ class GroupManager:
                 self.members.delete(member.id)
                 self._last_active.pop(member.id, None)
                 self._placed.pop(member.id, None)
+                self._ready.pop(member.id, None)
+                self._notified.pop(member.id, None)
         now = datetime.now(UTC)
         counts: dict[str, int] = {}
         for member in self.members.all():
@@ -549,11 +638,11 @@ async def _established() -> list[str]:
         return []
 
 
-async def _accepts(ip: str | None, port: int) -> bool:
+async def _accepts(ip: str | None, port: int, timeout: float) -> bool:
     if ip is None:
         return False
     try:
-        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), 1.0)
+        _, writer = await asyncio.wait_for(asyncio.open_connection(ip, port), timeout)
     except (OSError, TimeoutError):
         return False
     writer.close()

@@ -107,7 +107,11 @@ class ScaleToZeroRequest(_Strict):
     cooldown_time_ms: StrictInt = Field(
         default=1000, description="Idle this long (no request, no connection) before sleeping"
     )
-    notify_time_ms: StrictInt = Field(default=0, description="0 only (not available yet)")
+    notify_time_ms: StrictInt = Field(
+        default=0,
+        description="Tell the workload (SIGUSR1, through the guest agent) this long before "
+        "it is scaled to zero; 0: no notice",
+    )
 
 
 def group_record(
@@ -246,14 +250,14 @@ def domains(requests: list[DomainRequest]) -> list[Domain]:
 
 
 def scale_to_zero(request: ScaleToZeroRequest) -> ScaleToZero:
-    if request.notify_time_ms != 0:
-        raise InvalidArgument(
-            "scale_to_zero.notify_time_ms: telling the guest before it sleeps is not "
-            "available on this server; give 0",
-            code="not_supported",
-        )
     cooldown = _non_negative(request.cooldown_time_ms, "scale_to_zero.cooldown_time_ms")
-    return ScaleToZero(policy=request.policy, stateful=request.stateful, cooldown_time_ms=cooldown)
+    notify = _non_negative(request.notify_time_ms, "scale_to_zero.notify_time_ms")
+    return ScaleToZero(
+        policy=request.policy,
+        stateful=request.stateful,
+        cooldown_time_ms=cooldown,
+        notify_time_ms=notify,
+    )
 
 
 def _limit(value: int, field: str) -> int:

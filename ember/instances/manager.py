@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ember.errors import InvalidState, NotFound, Unavailable
@@ -211,6 +211,11 @@ class InstanceManager:
         except TimeoutError:
             return core.current(record_id), True
         return core.current(record_id), False
+
+    async def changed(self, predicate: Callable[[], bool], timeout: float) -> None:
+        """Return once `predicate()` holds, checked at every change of any instance;
+        TimeoutError after `timeout` s (a loop that follows states, as service groups)."""
+        await self.core.changes.wait_for(predicate, timeout)
 
     def logs(self, ref: str, source: LogSource, *, tail: int, follow: bool) -> AsyncIterator[str]:
         """A follow ends when the instance is (or gets) Stopped or deleted."""

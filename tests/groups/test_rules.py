@@ -71,9 +71,10 @@ def test_instance_group_reference_and_scale_to_zero() -> None:
     with pytest.raises(InvalidArgument, match="soft_limit"):
         check_reference(mixed)
     assert check_reference(InstanceServiceGroupRequest(uuid="abc")) == "abc"
+    assert scale_to_zero(ScaleToZeroRequest(notify_time_ms=100)).notify_time_ms == 100
     with pytest.raises(InvalidArgument) as caught:
-        scale_to_zero(ScaleToZeroRequest(notify_time_ms=100))
-    assert caught.value.code == "not_supported"
+        scale_to_zero(ScaleToZeroRequest(notify_time_ms=-1))
+    assert caught.value.code == "invalid_time"
     assert scale_to_zero(ScaleToZeroRequest(stateful=False)).enabled
 
 

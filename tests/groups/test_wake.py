@@ -5,6 +5,8 @@ over its real Unix socket."""
 from __future__ import annotations
 
 import asyncio
+import socket
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -42,37 +44,46 @@ class Instances:
         return self.records[ref]
 
     def lease(self, record: InstanceRecord) -> Any:
-        return SimpleNamespace(ip=f"10.0.0.{len(record.name)}")
+        ip = "127.0.0.1" if record.name == "local" else f"10.0.0.{len(record.name)}"
+        return SimpleNamespace(ip=ip)
 
     async def restore(self, ref: str) -> InstanceRecord:
         self.restores += 1
+        if not self.fail:  # as the real one: Running a moment before the restore returns
+            self.records[ref].state = State.RUNNING
         await asyncio.sleep(0.05)
         if self.fail:
             raise EmberError(self.fail)
-        self.records[ref].state = State.RUNNING
         return self.records[ref]
 
 
 class Ingresses:
+    def __init__(self) -> None:
+        self.published: list[Any] = []
+
     async def publish(self, publisher: str, routes: list[Any]) -> None:
-        pass
+        self.published = routes
 
     async def upstream_requests(self) -> dict[str, int]:
         return {}
 
 
 async def grouped(
-    tmp_path: Path, instances: Instances, names: tuple[str, ...] = ("asleep",), **limits: int
+    tmp_path: Path,
+    instances: Instances,
+    names: tuple[str, ...] = ("asleep",),
+    state: State = State.STANDBY,
+    destination_port: int = 8080,
+    **limits: int,
 ) -> tuple[GroupManager, str]:
     stand_in: Any = instances
     manager = GroupManager(Store(tmp_path / "db"), stand_in, Ingresses(), tmp_path / "w.sock")  # type: ignore[arg-type]
+    service = {"port": 80, "destination_port": destination_port}
     group = await manager.create(
-        CreateServiceGroupRequest.model_validate(
-            {"name": "g", "services": [{"port": 80, "destination_port": 8080}], **limits}
-        )
+        CreateServiceGroupRequest.model_validate({"name": "g", "services": [service], **limits})
     )
     for name in names:
-        record = instances.add(name, State.STANDBY)
+        record = instances.add(name, state)
         manager.members.insert(MemberRecord(id=record.id, name=record.name, group_id=group.id))
     return manager, group.id
 
@@ -92,6 +103,66 @@ def test_a_request_just_placed_counts_before_caddy_counts_it(tmp_path: Path) -> 
 
     places, restores = asyncio.run(scenario())
     assert sorted(places) == ["10.0.0.1:8080", "10.0.0.2:8080"] and restores == 2
+
+
+def balanced(manager: GroupManager) -> list[str]:
+    """The upstreams Caddy balances to by itself, as last published."""
+    published: list[Any] = manager.ingresses.published  # type: ignore[attr-defined]
+    proxy = published[0].routes[0]["handle"][1]
+    return [u["dial"] for u in proxy["upstreams"]] if "rewrite" not in proxy else []
+
+
+def test_an_instance_is_not_balanced_to_while_its_wake_holds_requests(tmp_path: Path) -> None:
+    """Running before the wake's requests went: Caddy, not knowing of them, would give
+    it more than the soft limit; it is published once the wake is over."""
+
+    async def scenario() -> tuple[list[str], list[str]]:
+        instances = Instances()
+        manager, group_id = await grouped(tmp_path, instances, ("d",), soft_limit=1)
+        place = asyncio.create_task(manager.place(group_id, 80))
+        await asyncio.sleep(0.02)  # restoring: Running already
+        assert instances.records["id-d"].state == State.RUNNING
+        await manager._pass()
+        during = balanced(manager)
+        await place
+        await manager._pass()
+        after = balanced(manager)
+        await manager.close()
+        return during, after
+
+    during, after = asyncio.run(scenario())
+    assert during == [] and after == ["10.0.0.1:8080"]
+
+
+def test_a_running_instance_is_served_once_its_port_accepts(tmp_path: Path) -> None:
+    """Running is not listening: the request is held (not a 502) until the port
+    accepts, and the routes list the instance only from then on."""
+
+    async def scenario() -> tuple[list[str], str, list[str]]:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+        instances = Instances()
+        manager, group_id = await grouped(
+            tmp_path, instances, ("local",), State.RUNNING, destination_port=port
+        )
+        instances.records["id-local"].started_at = datetime.now(UTC)
+        await manager._pass()
+        before = balanced(manager)
+        place = asyncio.create_task(manager.place(group_id, 80))
+        await asyncio.sleep(0.3)
+        assert not place.done()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        try:
+            address = await asyncio.wait_for(place, 10)
+            await manager._pass()
+            return before, address, balanced(manager)
+        finally:
+            server.close()
+            await manager.close()
+
+    before, address, after = asyncio.run(scenario())
+    assert before == [] and address.startswith("127.0.0.1:") and after == [address]
 
 
 def test_a_burst_to_an_asleep_group_restores_once(tmp_path: Path) -> None:
