@@ -25,6 +25,7 @@ from ember.api.routes import (
     ingresses,
     instances,
     memory,
+    pushes,
     registry,
     snapshots,
     volumes,
@@ -36,6 +37,7 @@ from ember.server import build
 # Routers that need a valid bearer token, one per resource.
 PROTECTED_ROUTERS: list[APIRouter] = [
     images.router,
+    pushes.router,  # /pushes: images to other registries
     instances.router,
     guest_access.router,
     volumes.router,

@@ -78,4 +78,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 10: service groups (ember/groups) and which instance belongs to which (one row per
     # instance: its id and name, the group, its scale-to-zero policy).
     (_resource_table("service_groups"), _resource_table("service_group_members")),
+    # 11: pushes of images to other registries (ember/pushes); a push's name is its id.
+    (_resource_table("pushes"),),
 ]
