@@ -17,6 +17,7 @@ from ember.testkit import hello_image, push
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.netns import in_netns, netns
 from ember.testkit.registry_server import RegistryServer, start_registry
+from tests.cli.conftest import cli_env, run_cli
 from tests.conftest import running_server
 from tests.images.conftest import PASSWORD, USER
 
@@ -183,3 +184,22 @@ def test_refusals(ns: str, server: EmberServer, open_registry: RegistryServer, i
         assert api.get("/pushes/nothere").status_code == 404
 
     inside(ns, server, scenario)
+
+
+def test_cli_push_and_its_failure(
+    ns: str, server: EmberServer, auth_registry: RegistryServer, image: str
+) -> None:
+    """`ember push IMAGE TARGET`: the password from stdin; a refusal says why, exit 1."""
+    env = cli_env(server)
+    target = f"{auth_registry.host}/cli/hello:v1"
+    refused = in_netns(ns, run_cli, ["push", image, target], env)
+    assert refused.code == 1
+    assert "unauthorized (401)" in refused.err, refused.err
+    args = ["push", image, target, "-u", USER, "--password-stdin", "--json"]
+    done = in_netns(ns, run_cli, args, env, PASSWORD + "\n")
+    assert done.code == 0, done.err
+    pushed = json.loads(done.out)
+    assert (pushed["status"], pushed["target"]) == ("pushed", target)
+    shown = in_netns(ns, run_cli, ["push", image, target, "-u", USER, "--password", PASSWORD], env)
+    assert shown.code == 0, shown.err
+    assert shown.out.split() == ["pushed", target, pushed["digest"]]
