@@ -70,3 +70,17 @@ def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
     env = os.environ if env is None else env
     return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
+
+
+def local_token(config: ClientConfig) -> str | None:
+    """A short-lived token signed with a local server's secret, when this user can read it
+    (root on the server host): the same trust as reading the server's database."""
+    if config.api_key or not config.is_local:
+        return None
+    # Not ember.config: pydantic-settings alone would double the start-up time.
+    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
+
+    secret_path = local_data_dir() / SECRET_FILE
+    if not os.access(secret_path, os.R_OK):
+        return None
+    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
