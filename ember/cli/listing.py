@@ -9,15 +9,19 @@ would have to fold or measure something (too wide, non-ASCII text), and rich dra
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
 from urllib.parse import urlsplit
 
 from ember.errors import EmberError
 from ember.units import parse_size
 
-Span = tuple[str, str]  # text, style ("" for none)
-Cell = tuple[Span, ...]
+# Not `typing`'s, nor dataclasses (which import `inspect`): `ember ps` imports this
+# module on its fast path, where each of them would cost more than the request.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, TypeAlias
+
+    Span: TypeAlias = tuple[str, str]  # text, style ("" for none)
+    Cell: TypeAlias = tuple[Span, ...]
 STOPPED = ("Stopped", "Shutdown")
 STATUS_COLOURS = {
     "ready": "green", "failed": "red", "Running": "green", "Stopped": "dim",
@@ -29,16 +33,19 @@ ANSI = {"bold": "1", "dim": "2", "red": "31", "green": "32", "yellow": "33", "cy
 GAP = 2  # spaces between columns (rich: padding (0, 2, 0, 0), no edge padding)
 
 
-@dataclass(frozen=True)
 class Column:
-    header: str
-    fold: bool = False  # long text folds onto more lines (rich only) rather than being cut
+    __slots__ = ("fold", "header")
+
+    def __init__(self, header: str, *, fold: bool = False) -> None:
+        self.header = header
+        self.fold = fold  # long text folds onto more lines (rich only) rather than being cut
 
 
-@dataclass
 class Listing:
-    columns: list[Column]
-    rows: list[list[Cell]]
+    __slots__ = ("columns", "rows")
+
+    def __init__(self, columns: list[Column], rows: list[list[Cell]]) -> None:
+        self.columns, self.rows = columns, rows
 
 
 def plain(text: str) -> Cell:

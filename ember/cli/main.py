@@ -13,11 +13,13 @@ httpx and the command modules only when that path declines.
 from __future__ import annotations
 
 import sys
-from typing import TYPE_CHECKING, Any
 
 from ember.cli import fast
 
+TYPE_CHECKING = False  # not `typing`'s: the fast path would pay for importing it
 if TYPE_CHECKING:
+    from typing import Any
+
     from typer import Typer
     from typer._click.core import Command
 

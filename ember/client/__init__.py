@@ -7,9 +7,11 @@ imported without httpx: the CLI's fast path (`ember/cli/fast.py`) needs only it.
 from __future__ import annotations
 
 import importlib
-from typing import TYPE_CHECKING, Any
 
+TYPE_CHECKING = False  # not `typing`'s: the CLI's fast path would pay for importing it
 if TYPE_CHECKING:
+    from typing import Any
+
     from ember.client.client import ApiError, EmberClient
     from ember.client.config import ClientConfig, config_from_env
 

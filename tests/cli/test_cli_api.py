@@ -196,7 +196,8 @@ sys.exit(code)
 
 def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> None:
     """Start-up time: minting a token from the data dir loads neither FastAPI, the
-    managers nor the server's settings, and `ps` loads no WebSocket code."""
+    managers nor the server's settings, and `ps` (the fast path) loads no WebSocket
+    code, and neither Typer, rich nor httpx."""
     env = cli_env(
         None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
     )
@@ -206,7 +207,7 @@ def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> Non
     loaded = set(done.stderr.split())
     assert "ember.api.auth" in loaded
     heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
-             "websockets"}  # fmt: skip
+             "websockets", "typer", "rich", "httpx"}  # fmt: skip
     assert not heavy & loaded, heavy & loaded
 
 
