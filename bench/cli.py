@@ -8,7 +8,10 @@
   Python `websockets` client doing the same exec (interpreter start included).
 
 Each command runs as a new process, as a person's shell starts it; the sides take
-turns so load from elsewhere falls on both alike; the figures are medians.
+turns so load from elsewhere falls on both alike; the figures are medians. Beside
+the wall time, the CPU time (user + system) each process used: on a busy host the
+wall time is mostly waiting for a core, and the CPU time still says what the
+command itself costs.
 
     .venv/bin/python -m bench.cli [--runs 20]
 """
@@ -46,24 +49,36 @@ with connect(url, additional_headers={"Authorization": "Bearer " + token}) as ws
 """
 
 
-def wall(command: Sequence[str], env: dict[str, str]) -> float:
+def measure(command: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of `command`."""
     started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def compare(label: str, sides: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> None:
-    """Run each side `runs` times, taking turns; print medians and the ratio to the first."""
-    times: dict[str, list[float]] = {side: [] for side in sides}
+    """Run each side `runs` times, taking turns; print medians (wall and CPU time) and
+    their ratios to the first side's."""
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     for _ in range(runs):
         for side, (command, env) in sides.items():
-            times[side].append(wall(command, env))
-    medians = {side: statistics.median(values) for side, values in times.items()}
-    baseline_side = next(iter(sides))
-    print(f"{label} (median of {runs}):")
-    for side, median in medians.items():
-        ratio = median / medians[baseline_side]
-        print(f"    {side:<34} {median * 1000:7.1f} ms  {ratio:5.2f}x")
+            times[side].append(measure(command, env))
+    medians = {
+        side: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for side, values in times.items()
+    }
+    base_wall, base_cpu = medians[next(iter(sides))]
+    print(f"{label} (median of {runs}; wall, then CPU):")
+    for side, (wall, cpu) in medians.items():
+        print(
+            f"    {side:<34} {wall * 1000:7.1f} ms {wall / base_wall:6.2f}x"
+            f"   {cpu * 1000:6.1f} ms {cpu / max(base_cpu, 1e-3):6.2f}x"
+        )
 
 
 def main() -> None:
