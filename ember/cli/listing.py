@@ -24,7 +24,7 @@ if TYPE_CHECKING:
     Cell: TypeAlias = tuple[Span, ...]
 STOPPED = ("Stopped", "Shutdown")
 STATUS_COLOURS = {
-    "ready": "green", "failed": "red", "Running": "green", "Stopped": "dim",
+    "ready": "green", "pushed": "green", "failed": "red", "Running": "green", "Stopped": "dim",
     "Standby": "cyan", "Paused": "cyan", "Shutdown": "dim", "Unknown": "red",
 }  # fmt: skip
 # The codes rich writes for the styles cells use (standard colours stay standard on
