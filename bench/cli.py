@@ -2,7 +2,8 @@
 
 - `ember ps` (GET /instances) beside `curl` of GET /instances, with the key in
   EMBER_API_KEY and with the CLI minting its own token from the data dir (as root
-  on the server host does);
+  on the server host does), and beside `python -c pass`: the interpreter's own
+  start, which no Python command goes below;
 - `ember exec NAME true` beside `curl` of GET /instances/NAME (curl speaks no
   WebSocket: this is the HTTP floor of the same lookup) and beside a bare
   Python `websockets` client doing the same exec (interpreter start included).
@@ -35,7 +36,9 @@ from bench.common import WORKLOAD, push_hello
 from ember.testkit.ember_server import EmberServer
 
 NAME = "bench-cli"
-EMBER = [sys.executable, "-m", "ember.cli.main"]
+# The `ember` command as installed (what a person types), else the module.
+SCRIPT = Path(sys.executable).with_name("ember")
+EMBER = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ember.cli.main"]
 # The same exec over the API's WebSocket with nothing but `websockets`: what any client
 # process pays at least (interpreter start, import, connect, run, exit code).
 BARE_EXEC = """
@@ -102,6 +105,7 @@ def main() -> None:
         curl = ["curl", "-sf", "-o", "/dev/null", *auth]
         compare("ember ps (GET /instances)", {
             "curl": ([*curl, f"{server.url}/instances"], clean),
+            "python -c pass (interpreter floor)": ([sys.executable, "-c", "pass"], clean),
             "ember ps, EMBER_API_KEY set": ([*EMBER, "ps"], keyed),
             "ember ps, token minted": ([*EMBER, "ps"], minting),
         }, args.runs)  # fmt: skip
