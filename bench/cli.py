@@ -2,13 +2,17 @@
 
 - `ember ps` (GET /instances) beside `curl` of GET /instances, with the key in
   EMBER_API_KEY and with the CLI minting its own token from the data dir (as root
-  on the server host does);
+  on the server host does), and beside `python -c pass`: the interpreter's own
+  start, which no Python command goes below;
 - `ember exec NAME true` beside `curl` of GET /instances/NAME (curl speaks no
   WebSocket: this is the HTTP floor of the same lookup) and beside a bare
   Python `websockets` client doing the same exec (interpreter start included).
 
 Each command runs as a new process, as a person's shell starts it; the sides take
-turns so load from elsewhere falls on both alike; the figures are medians.
+turns so load from elsewhere falls on both alike; the figures are medians. Beside
+the wall time, the CPU time (user + system) each process used: on a busy host the
+wall time is mostly waiting for a core, and the CPU time still says what the
+command itself costs.
 
     .venv/bin/python -m bench.cli [--runs 20]
 """
@@ -32,7 +36,9 @@ from bench.common import WORKLOAD, push_hello
 from ember.testkit.ember_server import EmberServer
 
 NAME = "bench-cli"
-EMBER = [sys.executable, "-m", "ember.cli.main"]
+# The `ember` command as installed (what a person types), else the module.
+SCRIPT = Path(sys.executable).with_name("ember")
+EMBER = [str(SCRIPT)] if SCRIPT.exists() else [sys.executable, "-m", "ember.cli.main"]
 # The same exec over the API's WebSocket with nothing but `websockets`: what any client
 # process pays at least (interpreter start, import, connect, run, exit code).
 BARE_EXEC = """
@@ -46,24 +52,36 @@ with connect(url, additional_headers={"Authorization": "Bearer " + token}) as ws
 """
 
 
-def wall(command: Sequence[str], env: dict[str, str]) -> float:
+def measure(command: Sequence[str], env: dict[str, str]) -> tuple[float, float]:
+    """(wall seconds, CPU seconds) of one run of `command`."""
     started = time.perf_counter()
-    subprocess.run(command, env=env, check=True, stdout=subprocess.DEVNULL)
-    return time.perf_counter() - started
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL)
+    _, status, usage = os.wait4(process.pid, 0)
+    elapsed = time.perf_counter() - started
+    process.returncode = os.waitstatus_to_exitcode(status)
+    if process.returncode != 0:
+        raise subprocess.CalledProcessError(process.returncode, command)
+    return elapsed, usage.ru_utime + usage.ru_stime
 
 
 def compare(label: str, sides: dict[str, tuple[list[str], dict[str, str]]], runs: int) -> None:
-    """Run each side `runs` times, taking turns; print medians and the ratio to the first."""
-    times: dict[str, list[float]] = {side: [] for side in sides}
+    """Run each side `runs` times, taking turns; print medians (wall and CPU time) and
+    their ratios to the first side's."""
+    times: dict[str, list[tuple[float, float]]] = {side: [] for side in sides}
     for _ in range(runs):
         for side, (command, env) in sides.items():
-            times[side].append(wall(command, env))
-    medians = {side: statistics.median(values) for side, values in times.items()}
-    baseline_side = next(iter(sides))
-    print(f"{label} (median of {runs}):")
-    for side, median in medians.items():
-        ratio = median / medians[baseline_side]
-        print(f"    {side:<34} {median * 1000:7.1f} ms  {ratio:5.2f}x")
+            times[side].append(measure(command, env))
+    medians = {
+        side: (statistics.median(w for w, _ in values), statistics.median(c for _, c in values))
+        for side, values in times.items()
+    }
+    base_wall, base_cpu = medians[next(iter(sides))]
+    print(f"{label} (median of {runs}; wall, then CPU):")
+    for side, (wall, cpu) in medians.items():
+        print(
+            f"    {side:<34} {wall * 1000:7.1f} ms {wall / base_wall:6.2f}x"
+            f"   {cpu * 1000:6.1f} ms {cpu / max(base_cpu, 1e-3):6.2f}x"
+        )
 
 
 def main() -> None:
@@ -87,6 +105,7 @@ def main() -> None:
         curl = ["curl", "-sf", "-o", "/dev/null", *auth]
         compare("ember ps (GET /instances)", {
             "curl": ([*curl, f"{server.url}/instances"], clean),
+            "python -c pass (interpreter floor)": ([sys.executable, "-c", "pass"], clean),
             "ember ps, EMBER_API_KEY set": ([*EMBER, "ps"], keyed),
             "ember ps, token minted": ([*EMBER, "ps"], minting),
         }, args.runs)  # fmt: skip

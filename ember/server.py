@@ -56,6 +56,7 @@ from ember.instances.standby import standby
 from ember.instances.supervisor import Supervisor
 from ember.instances.usage import digest_users
 from ember.network import DnsServer, NetworkManager, NetworkSettings
+from ember.pushes import PushManager
 from ember.reclaim import MemoryReclaimer
 from ember.registry import Registry, RegistryService
 from ember.snapshots.layout import SnapshotLayout
@@ -174,6 +175,7 @@ class Services:
     jwt_secret: bytes
     images: ImageManager
     registry: RegistryService
+    pushes: PushManager
     hypervisors: Hypervisors
     system: BootSystem
     network: NetworkManager | None  # None: networking is off on this server
@@ -200,6 +202,8 @@ class Services:
             stack.push_async_callback(self.images.close)
             await self.registry.open()
             stack.push_async_callback(self.registry.close)
+            await self.pushes.open()
+            stack.push_async_callback(self.pushes.close)
             await self.system.open()
             stack.push_async_callback(self.system.close)
             if self.network is not None:
@@ -269,6 +273,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         jwt_secret=load_or_create_secret(settings.data_dir),
         images=images,
         registry=registry,
+        pushes=PushManager(store, images, settings.insecure_registries),
         hypervisors=hypervisors,
         system=system,
         network=network,

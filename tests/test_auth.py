@@ -49,3 +49,16 @@ def test_unsigned_token_is_refused(tmp_path: Path) -> None:
 def test_missing_or_malformed_header(header: str | None) -> None:
     with pytest.raises(Unauthorized):
         bearer_token(header)
+
+
+def test_minted_tokens_are_standard_hs256_jwts() -> None:
+    """Minted with the standard library (fast for the CLI), read by PyJWT as any JWT."""
+    token = mint_token(b"k" * 32, "someone", 60)
+    assert jwt.get_unverified_header(token) == {"alg": "HS256", "typ": "JWT"}
+    claims = jwt.decode(token, b"k" * 32, algorithms=["HS256"], issuer="ember")
+    assert claims["sub"] == "someone" and claims["exp"] - claims["iat"] == 60
+    head, body, signature = token.split(".")
+    other = "A" if signature[0] != "A" else "B"  # a first character's bits are all data
+    forged = f"{head}.{body}.{other}{signature[1:]}"
+    with pytest.raises(Unauthorized):
+        verify_token(b"k" * 32, forged)

@@ -25,6 +25,7 @@ from ember.api.routes import (
     ingresses,
     instances,
     memory,
+    pushes,
     registry,
     snapshots,
     volumes,
@@ -37,6 +38,7 @@ from ember.ukc import ROUTERS as UKC_ROUTERS
 # Routers that need a valid bearer token, one per resource.
 PROTECTED_ROUTERS: list[APIRouter] = [
     images.router,
+    pushes.router,  # /pushes: images to other registries
     instances.router,
     guest_access.router,
     volumes.router,

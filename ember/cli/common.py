@@ -8,15 +8,22 @@ import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any, NoReturn
-from urllib.parse import urlsplit
 
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Column, Table
+from rich.text import Text
 
+from ember.cli.listing import STATUS_COLOURS, Listing, own_registry
+
+# Re-exported: commands take the shared formatting from here.
+from ember.cli.listing import ago as ago
+from ember.cli.listing import human_bytes as human_bytes
+from ember.cli.listing import image_label as image_label
+from ember.cli.listing import short_id as short_id
 from ember.client import ApiError, EmberClient
-from ember.client.config import ClientConfig, config_from_env, local_data_dir
+from ember.client.config import ClientConfig, config_from_env, local_token
 from ember.client.push import SourceError
 
 HELP_NAMES = ["-h", "--help"]
@@ -112,20 +119,6 @@ CLI_HINTS: dict[str, Callable[[str], str]] = {
 }
 
 
-def local_token(config: ClientConfig) -> str | None:
-    """A short-lived token signed with a local server's secret, when this user can read it
-    (root on the server host): the same trust as reading the server's database."""
-    if config.api_key or not config.is_local:
-        return None
-    # Not ember.config: pydantic-settings alone would double the start-up time.
-    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
-
-    secret_path = local_data_dir() / SECRET_FILE
-    if not os.access(secret_path, os.R_OK):
-        return None
-    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
-
-
 def make_client(timeout: float = 60) -> tuple[EmberClient, ClientConfig]:
     config = config_from_env()
     token = config.api_key or local_token(config)
@@ -182,12 +175,6 @@ def emit_json(value: Any) -> None:
     typer.echo(json.dumps(value, indent=2, default=str))
 
 
-STATUS_COLOURS = {
-    "ready": "green", "failed": "red", "Running": "green", "Stopped": "dim",
-    "Standby": "cyan", "Paused": "cyan", "Shutdown": "dim", "Unknown": "red",
-}  # fmt: skip
-
-
 def listed_briefly(rows: list[dict[str, Any]], as_json: bool, quiet: bool, key: str = "id") -> bool:
     """The short forms of an `ls`: every row as JSON, or (`--quiet`) only each row's `key`,
     one a line. True when printed (no table wanted)."""
@@ -206,6 +193,14 @@ def table(*headers: str | Column) -> Table:
     return Table(*headers, box=None, header_style="bold", padding=(0, 2, 0, 0), pad_edge=False)
 
 
+def rich_table(listing: Listing) -> Table:
+    """A listing as a rich table (what `listing.render` draws without rich, when it can)."""
+    out = table(*(cell(column.header, fold=column.fold) for column in listing.columns))
+    for row in listing.rows:
+        out.add_row(*(Text.assemble(*spans) for spans in row))
+    return out
+
+
 def cell(header: str, *, fold: bool = False) -> Column:
     """A column that never wraps or cuts, or (`fold`) that folds long text onto more lines
     rather than cutting it to `127.0.0.1:4…`."""
@@ -215,10 +210,6 @@ def cell(header: str, *, fold: bool = False) -> Column:
 def coloured(value: str) -> str:
     colour = STATUS_COLOURS.get(value, "yellow")
     return f"[{colour}]{escape(value)}[/{colour}]"
-
-
-def short_id(value: str) -> str:
-    return value[:12]
 
 
 def workload_command(args: list[str] | None) -> list[str]:
@@ -242,45 +233,6 @@ def parse_pairs(items: list[str], what: str) -> dict[str, str]:
     return pairs
 
 
-def human_bytes(count: int | None) -> str:
-    """Binary units everywhere the CLI shows a size ("256 MiB", "1.5 GiB", "1 GiB"), as
-    Ember reads them: "1GB" in a request is 1 GiB."""
-    if count is None:
-        return ""
-    value = float(count)
-    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
-        if value < 1024 or unit == "TiB":
-            break
-        value /= 1024
-    return f"{value:.0f} {unit}" if unit == "B" or value == int(value) else f"{value:.1f} {unit}"
-
-
-def image_label(name: str, own_registry: str) -> str:
-    """An image as a person types it: Docker Hub's and this server's registry host left
-    out (`alpine:3.20`, `demo/hello:latest`); `ember run` resolves both back."""
-    for prefix in ("docker.io/library/", "docker.io/", f"{own_registry}/"):
-        if name.startswith(prefix):
-            return name.removeprefix(prefix)
-    return name
-
-
 def registry_host(api: EmberClient) -> str:
     """host:port images pushed to this server are named with."""
-    parts = urlsplit(api.base_url)
-    port = parts.port or (443 if parts.scheme == "https" else 80)
-    return f"{parts.hostname}:{port}"
-
-
-def ago(timestamp: str | None) -> str:
-    """'3m ago' for an ISO timestamp: docker's '3 minutes ago', short enough for 80
-    columns."""
-    if not timestamp:
-        return ""
-    from datetime import UTC, datetime
-
-    then = datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
-    seconds = int((datetime.now(UTC) - then).total_seconds())
-    for size, unit in ((86400, "d"), (3600, "h"), (60, "m"), (1, "s")):
-        if seconds >= size:
-            return f"{seconds // size}{unit} ago"
-    return "just now"
+    return own_registry(api.base_url)

@@ -50,17 +50,6 @@ def group_body(name: str, publish: list[str], soft: int | None, hard: int | None
     return body
 
 
-def stop_reason_text(row: dict[str, Any]) -> str:
-    """The seed's alias of a stop reason, e.g. 7 -> "7 --PAK"."""
-    reason = row.get("stop_reason")
-    if reason is None:
-        return ""
-    letters = "".join(
-        c if reason & bit else "-" for c, bit in zip("FUPAK", (16, 8, 4, 2, 1), strict=True)
-    )
-    return f"{reason} {letters}"
-
-
 @group_app.command("create")
 def group_create(
     name: str = typer.Argument(..., help="Group name."),

@@ -1,7 +1,8 @@
-"""Images: pull, push, images, rmi."""
+"""Images: pull, load (a local archive in), push (to another registry), images, rmi."""
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -58,7 +59,7 @@ def pull(
 
 
 @app.command(rich_help_panel="Images")
-def push(
+def load(
     source: Path = typer.Argument(
         ..., help="An OCI layout directory, an OCI archive or a `docker save` tarball."
     ),
@@ -71,7 +72,8 @@ def push(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Push a local image into Ember's registry; it is then converted and ready to run."""
+    """Load a local image into Ember (through its registry); it is then converted and
+    ready to run."""
     from ember.cli.progress import byte_bar, show_pull
 
     repository, _, tag = target.rpartition(":") if ":" in target else (target, "", "latest")
@@ -96,6 +98,42 @@ def push(
         fail(f"pushed {name}, but its conversion failed: {image.get('error')}", EXIT_ERROR)
     else:
         console.print(f"{coloured(image['status'])} {name} {digest}")
+
+
+@app.command(rich_help_panel="Images")
+def push(
+    image: str = typer.Argument(..., help="An Ember image, e.g. app:v1"),
+    target: str = typer.Argument(..., help="Where to, e.g. registry.example.com/team/app:v1"),
+    username: str | None = typer.Option(None, "--username", "-u", help="Registry user name."),
+    password: str | None = typer.Option(
+        None, envvar="EMBER_REGISTRY_PASSWORD", help="Registry password (or use --password-stdin)."
+    ),
+    password_stdin: bool = typer.Option(
+        False, "--password-stdin", help="Read the registry password from standard input."
+    ),
+    token: str | None = typer.Option(
+        None, "--registry-token", envvar="EMBER_REGISTRY_TOKEN", help="A bearer token instead."
+    ),
+    insecure: bool = typer.Option(False, "--insecure", help="Allow a plain-HTTP registry."),
+    as_json: bool = JsonOption,
+) -> None:
+    """Push an Ember image to another registry, showing progress."""
+    from ember.cli.progress import show_push
+
+    if password_stdin:
+        password = sys.stdin.readline().rstrip("\n")
+    credentials = {"username": username, "password": password or "", "registry_token": token}
+    wanted = {key: value for key, value in credentials.items() if value}
+    with client() as api:
+        started = api.push(image, target, insecure=insecure, credentials=wanted)
+        show = not as_json and errors.is_terminal
+        pushed = show_push(api.watch_push(started["id"]), errors, show=show)
+    if as_json:
+        emit_json(pushed)
+    if pushed["status"] == "failed":
+        fail(f"push to {pushed['target']} failed: {pushed.get('error')}")
+    if not as_json:
+        console.print(f"{coloured('pushed')} {pushed['target']} {pushed['digest']}")
 
 
 @app.command(rich_help_panel="Images")

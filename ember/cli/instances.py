@@ -18,7 +18,6 @@ from ember.cli.common import (
     EXIT_USAGE,
     CliError,
     JsonOption,
-    ago,
     app,
     cell,
     client,
@@ -30,16 +29,16 @@ from ember.cli.common import (
     errors,
     fail,
     human_bytes,
-    image_label,
     listed_briefly,
     parse_pairs,
     registry_host,
-    short_id,
+    rich_table,
     table,
     workload_command,
 )
-from ember.cli.groups import group_body, stop_reason_text
+from ember.cli.groups import group_body
 from ember.cli.images import pull_image
+from ember.cli.listing import STOPPED, instances_listing, state_name, visible
 from ember.client import ApiError, EmberClient
 from ember.errors import EmberError
 from ember.units import parse_size
@@ -48,7 +47,6 @@ PANEL = "Instances"
 # run -p: the ingress is tagged with its instance so `rm` removes it too.
 RUN_TAG = "ember.run/instance"
 PUBLISH_RE = re.compile(r"^(?:(?P<host>[a-z0-9.-]+):)?(?P<hport>\d{1,5}):(?P<gport>\d{1,5})$")
-STOPPED = ("Stopped", "Shutdown")
 ANY_HOST = "*"  # an ingress rule's hostname matching every Host header
 # run -it: what keeps the VM up while the command runs as an exec (a VM powers off when
 # its program exits, and a program's stdin is not a terminal here).
@@ -367,28 +365,6 @@ def join_group(
 # ---- listing and inspecting ------------------------------------------------------------
 
 
-def instance_row(row: dict[str, Any], own_registry: str, *, with_group: bool) -> list[str]:
-    state = coloured(row["state"])
-    if row.get("exit_code") is not None and row["state"] in STOPPED:
-        state += f" [dim]({row['exit_code']})[/dim]"
-    if reason := stop_reason_text(row):  # why it stopped, e.g. `7 --PAK` (scaled to zero)
-        state += f" [dim]{reason}[/dim]"
-    image = image_label(row["image"], own_registry)
-    cells = [short_id(row["id"]), escape(row["name"]), escape(image), state]
-    if with_group:
-        cells.append(escape((row.get("service_group") or {}).get("name", "")))
-    return [*cells, str(row.get("vcpus", "")), memory_label(row.get("size")),
-            ago(row.get("created_at"))]  # fmt: skip
-
-
-def memory_label(size: str | None) -> str:
-    """The API's size ("256MB", binary as Ember reads it) as every size the CLI shows."""
-    try:
-        return human_bytes(parse_size(size)) if size else ""
-    except EmberError:
-        return size or ""
-
-
 @app.command(rich_help_panel=PANEL)
 def ps(
     all_: bool = typer.Option(False, "--all", "-a", help="Also instances that are not running."),
@@ -400,24 +376,10 @@ def ps(
 ) -> None:
     """List instances that are not stopped (all with -a)."""
     with client() as api:
-        rows = api.instances(state_name(state) if state else None)
+        rows = visible(api.instances(state_name(state) if state else None), all_, state)
         own_registry = registry_host(api)
-    if not all_ and state is None:
-        rows = [row for row in rows if row["state"] not in STOPPED]
-    if listed_briefly(rows, as_json, quiet):
-        return
-    with_group = any(row.get("service_group") for row in rows)  # the column only if used
-    group = [cell("GROUP", fold=True)] if with_group else []
-    out = table(cell("ID"), cell("NAME", fold=True), cell("IMAGE", fold=True), cell("STATE"),
-                *group, cell("CPUS"), cell("MEMORY"), cell("CREATED"))  # fmt: skip
-    for row in rows:
-        out.add_row(*instance_row(row, own_registry, with_group=with_group))
-    console.print(out)
-
-
-def state_name(value: str) -> str:
-    """`running` or `RUNNING` as the API's `Running` (states are single words)."""
-    return value.strip().capitalize()
+    if not listed_briefly(rows, as_json, quiet):
+        console.print(rich_table(instances_listing(rows, own_registry)))
 
 
 @app.command(rich_help_panel=PANEL)

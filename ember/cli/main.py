@@ -4,29 +4,52 @@ Commands other than `serve`, `token` and `doctor` are clients of the HTTP API
 (through `ember.client`); they never import the managers. Configuration:
 EMBER_BASE_URL / EMBER_API_KEY (or HYPEMAN_BASE_URL / HYPEMAN_API_KEY); without a
 key, a local server's secret is used when this user can read it (root on the host).
+
+Start-up is most of a read command's time: `main` first offers the command line to
+the fast path (`ember/cli/fast.py`, the standard library only), and imports Typer, rich,
+httpx and the command modules only when that path declines.
 """
 
 from __future__ import annotations
 
 import sys
 
-import typer
-from rich.markup import escape
-from typer._click import exceptions as click  # Typer 0.29 vendors click: only there
-from typer._click.core import Command
-from typer.core import TyperArgument, TyperOption
+from ember.cli import fast
 
-# Importing the command modules registers their commands on `app`.
-from ember.cli import cluster, groups, guest, host, images, instances, resources  # noqa: F401
-from ember.cli.common import EXIT_USAGE, HELP_NAMES, app, errors
+TYPE_CHECKING = False  # not `typing`'s: the fast path would pay for importing it
+if TYPE_CHECKING:
+    from typing import Any
 
-__all__ = ["app", "main"]
+    from typer import Typer
+    from typer._click.core import Command
+
+__all__ = ["main"]  # and `app`, built on first use
+
+
+def __getattr__(name: str) -> Any:
+    """`app` (the Typer app with every command) is built on first use."""
+    if name != "app":
+        raise AttributeError(f"module 'ember.cli.main' has no attribute {name!r}")
+    return _full_app()
+
+
+def _full_app() -> Typer:
+    # Importing the command modules registers their commands on `app`.
+    from ember.cli import cluster, groups, guest, host, images, instances, resources  # noqa: F401
+    from ember.cli.common import app
+
+    return app
 
 
 def plain_metavars(command: Command) -> None:
     """Help as docker shows it: `--memory MEMORY`, and a plain flag with no type at all,
     instead of Typer's `<str>`, `<list[str]>` and `<bool>` (which also narrow the help
     column enough to cut words like `[HOSTNAME:]HOST_PORT:GUEST_PORT`)."""
+    import typer
+    from typer.core import TyperArgument, TyperOption
+
+    from ember.cli.common import HELP_NAMES
+
     # The help option is made (once) on demand: make it now so it is plain too.
     help_option = command.get_help_option(typer.Context(command, help_option_names=HELP_NAMES))
     for param in [*command.params, help_option]:
@@ -41,7 +64,16 @@ def plain_metavars(command: Command) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI. A bad command line is one line on stderr (not click's box) and 2."""
-    command = typer.main.get_command(app)
+    answered = fast.run(sys.argv[1:] if argv is None else argv)
+    if answered is not None:
+        return answered
+    import typer
+    from rich.markup import escape
+    from typer._click import exceptions as click  # Typer 0.29 vendors click: only there
+
+    from ember.cli.common import EXIT_USAGE, errors
+
+    command = typer.main.get_command(_full_app())
     plain_metavars(command)
     try:
         result = command.main(argv, prog_name="ember", standalone_mode=False)

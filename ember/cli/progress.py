@@ -1,4 +1,4 @@
-"""Progress display: an image pull's phases, and byte bars for push and cp."""
+"""Progress display: an image pull's phases, a push's bytes, and byte bars for load and cp."""
 
 from __future__ import annotations
 
@@ -22,6 +22,14 @@ from rich.progress import (
 from rich.text import Text
 
 from ember.client.push import Progress as ProgressCallback
+
+_BYTE_COLUMNS = (
+    TextColumn("{task.description}"),
+    BarColumn(),
+    DownloadColumn(),
+    TransferSpeedColumn(),
+    TimeRemainingColumn(elapsed_when_finished=True),
+)
 
 
 class _BytesOnly(ProgressColumn):
@@ -99,6 +107,23 @@ def show_pull(
     return image
 
 
+def show_push(updates: Iterable[dict[str, Any]], out: Console, *, show: bool) -> dict[str, Any]:
+    """Render a push to another registry (its place in the queue, then one bar of the
+    bytes the target holds) until it settles; nothing is drawn unless `show`."""
+    push: dict[str, Any] = {}
+    with Progress(*_BYTE_COLUMNS, console=out, disable=not show) as bars:
+        task = bars.add_task("push", total=None)
+        for push in updates:
+            progress = push.get("progress") or {}
+            where = push.get("queue_position")
+            step = f"queued (position {where})" if where else f"push {push['target']}"
+            total = progress.get("bytes_total")
+            bars.update(task, description=step, total=total, completed=progress.get("bytes_done"))
+            if push["status"] == "pushed":
+                bars.update(task, total=total or 1, completed=total or 1)
+    return push
+
+
 @contextmanager
 def byte_bar(
     out: Console, description: str, total: int | None, *, show: bool = True
@@ -108,13 +133,6 @@ def byte_bar(
     if not show:
         yield lambda _: None
         return
-    columns = (
-        TextColumn("{task.description}"),
-        BarColumn(),
-        DownloadColumn(),
-        TransferSpeedColumn(),
-        TimeRemainingColumn(elapsed_when_finished=True),
-    )
-    with Progress(*columns, console=out) as bars:
+    with Progress(*_BYTE_COLUMNS, console=out) as bars:
         task = bars.add_task(description, total=total)
         yield lambda count: bars.advance(task, count)

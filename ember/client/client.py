@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from functools import partial
 from typing import Any
 from urllib.parse import quote
 
@@ -126,16 +127,24 @@ class EmberClient:
     def watch_image(self, name: str, interval: float = 0.2) -> Iterator[JSON]:
         """Yield the image each time its status, queue position or progress changes, until
         it settles (ready or failed)."""
-        last: tuple[object, object, object] | None = None
-        while True:
-            image = self.image(name)
-            seen = (image["status"], image.get("queue_position"), image.get("progress"))
-            if seen != last:
-                last = seen
-                yield image
-            if image["status"] in ("ready", "failed"):
-                return
-            time.sleep(interval)
+        return _watch(partial(self.image, name), ("ready", "failed"), interval)
+
+    # ---- pushes to other registries ----------------------------------------------------
+
+    def push(self, image: str, target: str, *, insecure: bool, credentials: JSON | None) -> JSON:
+        body: JSON = {"image": image, "target": target, "insecure": insecure}
+        if credentials:
+            body["credentials"] = credentials
+        result: JSON = self._call("POST", "/pushes", json=body)
+        return result
+
+    def push_status(self, push_id: str) -> JSON:
+        result: JSON = self._call("GET", f"/pushes/{_quote(push_id)}")
+        return result
+
+    def watch_push(self, push_id: str, interval: float = 0.2) -> Iterator[JSON]:
+        """Yield the push each time it changes, until it settles (pushed or failed)."""
+        return _watch(partial(self.push_status, push_id), ("pushed", "failed"), interval)
 
     # ---- instances -------------------------------------------------------------------
 
@@ -307,3 +316,18 @@ class EmberClient:
         scheme, _, rest = self.base_url.partition("://")
         ws_scheme = "wss" if scheme == "https" else "ws"
         return f"{ws_scheme}://{rest}/instances/{_quote(ref)}/{kind}"
+
+
+def _watch(get: Callable[[], JSON], ends: tuple[str, ...], interval: float) -> Iterator[JSON]:
+    """Poll `get` and yield each answer whose status, queue position or progress changed,
+    until its status is one of `ends`."""
+    last: tuple[object, object, object] | None = None
+    while True:
+        item = get()
+        seen = (item["status"], item.get("queue_position"), item.get("progress"))
+        if seen != last:
+            last = seen
+            yield item
+        if item["status"] in ends:
+            return
+        time.sleep(interval)

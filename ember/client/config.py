@@ -7,12 +7,16 @@ unchanged), then the names earlier Ember versions read.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
+
+# Neither `typing` nor dataclasses (which import `inspect`): `ember ps`'s fast path
+# imports this module, and they would cost it more than its request.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from collections.abc import Mapping
 
 DEFAULT_BASE_URL = f"http://{DEFAULT_LISTEN}"
 BASE_URL_VARS = ("EMBER_BASE_URL", "HYPEMAN_BASE_URL", "EMBER_URL")
@@ -20,13 +24,24 @@ API_KEY_VARS = ("EMBER_API_KEY", "HYPEMAN_API_KEY", "EMBER_TOKEN")
 LOOPBACK_HOSTS = frozenset({"localhost", "127.0.0.1", "::1", "0.0.0.0"})
 
 
-@dataclass(frozen=True)
 class ClientConfig:
-    base_url: str
-    api_key: str | None
-    # Which variable each came from, for error messages ("set EMBER_API_KEY").
-    base_url_source: str = "default"
-    api_key_source: str | None = None
+    """The base URL and API key, and which variable each came from, for error messages
+    ("set EMBER_API_KEY")."""
+
+    __slots__ = ("api_key", "api_key_source", "base_url", "base_url_source")
+
+    def __init__(
+        self,
+        base_url: str,
+        api_key: str | None,
+        base_url_source: str = "default",
+        api_key_source: str | None = None,
+    ) -> None:
+        self.base_url, self.api_key = base_url, api_key
+        self.base_url_source, self.api_key_source = base_url_source, api_key_source
+
+    def __repr__(self) -> str:  # the key is left out: reprs end up in logs
+        return f"ClientConfig({self.base_url!r}, from {self.base_url_source})"
 
     @property
     def is_local(self) -> bool:
@@ -70,3 +85,17 @@ def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
     env = os.environ if env is None else env
     return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
+
+
+def local_token(config: ClientConfig) -> str | None:
+    """A short-lived token signed with a local server's secret, when this user can read it
+    (root on the server host): the same trust as reading the server's database."""
+    if config.api_key or not config.is_local:
+        return None
+    # Not ember.config: pydantic-settings alone would double the start-up time.
+    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
+
+    secret_path = local_data_dir() / SECRET_FILE
+    if not os.access(secret_path, os.R_OK):
+        return None
+    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)

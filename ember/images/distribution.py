@@ -1,4 +1,5 @@
-"""An OCI distribution (registry v2) client: manifests and blobs over httpx.
+"""An OCI distribution (registry v2) client: manifests and blobs over httpx, both ways
+(pulls fetch them, pushes upload them).
 
 Auth follows the registry's challenge: a request goes out anonymously (or with
 the token cached for its scope); a 401 with `WWW-Authenticate: Bearer realm=...`
@@ -21,10 +22,11 @@ import logging
 import os
 import re
 import ssl
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlencode
 
 import httpx
 
@@ -50,8 +52,11 @@ _CHALLENGE_PARAM = re.compile(r'(\w+)="([^"]*)"')
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 _TOKEN = re.compile(r"^[A-Za-z0-9._~+/=-]+$")
 
+PULL, PUSH = "pull", "pull,push"  # the token scopes' actions
 Progress = Callable[[int], None]
 """Called with each chunk's size as a blob arrives; negative to take back a failed attempt."""
+Body = Callable[[], bytes | AsyncIterator[bytes]]
+"""A request body, made anew for each attempt (a stream cannot be sent twice)."""
 
 
 @dataclass(frozen=True)
@@ -222,6 +227,33 @@ class RegistryClient:
                     raise self._unreachable(ref, exc) from exc
                 await asyncio.sleep(_backoff(exc, attempt))
 
+    async def has_blob(self, ref: ImageRef, digest: str) -> bool:
+        """Whether the registry holds `digest` in `ref`'s repository (asked with push rights:
+        the answer decides whether we upload it)."""
+        try:
+            await self._request(ref, f"blobs/{digest}", {}, method="HEAD", scope=PUSH)
+        except MissingInRegistry:
+            return False
+        return True
+
+    async def upload_blob(self, ref: ImageRef, digest: str, size: int, body: Body) -> None:
+        """Upload one blob: an upload session (`POST`), then the whole blob in its `PUT`."""
+        start = await self._request(ref, "blobs/uploads/", {}, method="POST", scope=PUSH)
+        location = start.headers.get("location")
+        if not location:
+            raise RegistryError(f"registry {ref.registry}: upload started with no Location")
+        url = str(start.url.join(location))
+        url += ("&" if "?" in url else "?") + urlencode({"digest": digest})
+        headers = {"Content-Type": "application/octet-stream", "Content-Length": str(size)}
+        await self._request(ref, url, headers, method="PUT", scope=PUSH, body=body)
+
+    async def put_manifest(self, ref: ImageRef, media_type: str, body: bytes) -> str:
+        """Store a manifest under `ref`'s tag; the digest the registry answers with."""
+        headers = {"Content-Type": media_type}
+        path = f"manifests/{ref.reference}"
+        response = await self._request(ref, path, headers, "PUT", scope=PUSH, body=lambda: body)
+        return str(response.headers.get("docker-content-digest", ""))
+
     # ---- transport -------------------------------------------------------------------
 
     def _base_url(self, registry: str) -> str:
@@ -230,6 +262,9 @@ class RegistryClient:
         return f"{'http' if plain else 'https'}://{host}/v2/{{}}"
 
     def _url(self, ref: ImageRef, path: str) -> str:
+        """`path` under the repository, or as is if it is a whole URL (an upload's)."""
+        if path.startswith(("http://", "https://")):
+            return path
         return self._base_url(ref.registry).format(f"{ref.repository}/{path}")
 
     def _unreachable(self, ref: ImageRef, exc: Exception) -> RegistryError:
@@ -244,10 +279,12 @@ class RegistryClient:
         headers: dict[str, str],
         method: str = "GET",
         attempts: int = MAX_ATTEMPTS,
+        scope: str = PULL,
+        body: Body | None = None,
     ) -> httpx.Response:
         for attempt in range(1, attempts + 1):
             try:
-                response = await self._send(ref, method, path, headers)
+                response = await self._send(ref, method, path, headers, scope, body)
                 await response.aread()
                 self._raise_for(ref, path, response)
                 return response
@@ -261,14 +298,22 @@ class RegistryClient:
         return _StreamContext(self, ref, path)
 
     async def _send(
-        self, ref: ImageRef, method: str, path: str, headers: dict[str, str]
+        self,
+        ref: ImageRef,
+        method: str,
+        path: str,
+        headers: dict[str, str],
+        actions: str = PULL,
+        body: Body | None = None,
     ) -> httpx.Response:
-        """One request, answering an auth challenge once; the body is left unread."""
+        """One request, answering an auth challenge once; the response body is left unread."""
         assert self._http is not None, "use RegistryClient as an async context manager"
         url = self._url(ref, path)
-        scope = f"repository:{ref.repository}:pull"
+        scope = f"repository:{ref.repository}:{actions}"
         auth = self._cached_auth(ref.registry, scope)
-        request = self._http.build_request(method, url, headers={**headers, **auth})
+        request = self._http.build_request(
+            method, url, headers={**headers, **auth}, content=body() if body else None
+        )
         response = await self._http.send(request, stream=True)
         fixed_token = self.credentials is not None and self.credentials.token
         # Challenged anonymously, or a cached token has expired (Docker Hub's last 5 min).
@@ -277,7 +322,9 @@ class RegistryClient:
             await response.aclose()
             self._tokens.pop((ref.registry, scope), None)
             auth = await self._answer_challenge(ref, challenge, scope)
-            request = self._http.build_request(method, url, headers={**headers, **auth})
+            request = self._http.build_request(
+                method, url, headers={**headers, **auth}, content=body() if body else None
+            )
             response = await self._http.send(request, stream=True)
         return response
 
@@ -341,7 +388,10 @@ class RegistryClient:
         status = response.status_code
         if status < 400:
             return
-        what = f"{ref.repository}:{path.split('/', 1)[1]}" if "/" in path else path
+        if path.startswith(("http://", "https://")):
+            what = f"an upload to {ref.repository}"
+        else:
+            what = f"{ref.repository}:{path.split('/', 1)[1]}" if "/" in path else path
         if status in (405, 501) and response.request.method == "HEAD":
             raise _HeadRefused(f"registry {ref.registry}: HEAD refused ({status}) for {what}")
         if status == 429 or status >= 500:
@@ -355,7 +405,7 @@ class RegistryClient:
             raise RegistryError(f"registry {ref.registry}: access denied (403) for {what}")
         if status == 404:
             kind = "manifest" if path.startswith("manifests/") else "blob"
-            raise RegistryError(f"registry {ref.registry}: {kind} for {what} not found (404)")
+            raise MissingInRegistry(f"registry {ref.registry}: {kind} for {what} not found (404)")
         raise RegistryError(f"registry {ref.registry}: unexpected {status} for {what}")
 
 
@@ -377,6 +427,10 @@ def _transport_reason(exc: Exception) -> str:
     if isinstance(exc, httpx.TimeoutException):
         return "timed out"
     return str(exc) or type(exc).__name__
+
+
+class MissingInRegistry(RegistryError):
+    """A 404: the manifest or blob asked for is not in the repository."""
 
 
 class _HeadRefused(RegistryError):

@@ -162,6 +162,11 @@ class ImageManager:
             raise NotFound(f"image {name!r} not found")
         return record
 
+    @property
+    def local_hosts(self) -> frozenset[str]:
+        """The `host[:port]` names of this server's own registry."""
+        return self._local.hosts
+
     def own_name(self, name: str) -> str:
         """Ember's own registry first: a name with no registry host (`app:v1`) that this
         server's registry holds is that image (`127.0.0.1:4973/app:v1`, under the host it
@@ -347,6 +352,15 @@ class ImageManager:
         self.repo.delete(record.id)
         self.release_rootfs(record.digest)
         self.collect_garbage()
+
+    def pin(self, key: str, digest: str) -> None:
+        """Keep `digest` and all it names from the collector until `unpin(key)`: for work
+        outside this manager that reads an image's blobs (a push to another registry).
+        `key` must not be an image id."""
+        self._pins.setdefault(key, set()).add(digest)
+
+    def unpin(self, key: str) -> None:
+        self._pins.pop(key, None)
 
     def collect_garbage(self) -> gc.Collected:
         """Remove the blobs nothing needs any more (the rule is in the package README).

@@ -80,4 +80,6 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (_resource_table("service_groups"), _resource_table("service_group_members")),
     # 11: uploaded TLS certificates (ember/ingress/certificates.py), served by Caddy.
     (_resource_table("certificates"),),
+    # 12: pushes of images to other registries (ember/pushes); a push's name is its id.
+    (_resource_table("pushes"),),
 ]

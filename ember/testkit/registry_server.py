@@ -15,6 +15,8 @@ from pathlib import Path
 
 import httpx
 
+from ember.testkit.netns import in_netns
+
 BINARY = "docker-registry"
 
 
@@ -23,6 +25,14 @@ def free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+def _answers(url: str) -> bool:
+    try:
+        httpx.get(f"{url}/v2/", timeout=1)
+    except httpx.HTTPError:
+        return False
+    return True
 
 
 @dataclass
@@ -50,11 +60,16 @@ class RegistryServer:
 
 
 def start_registry(
-    root: Path, htpasswd: Path | None = None, extra_config: str = "", timeout: float = 20
+    root: Path,
+    htpasswd: Path | None = None,
+    extra_config: str = "",
+    timeout: float = 20,
+    netns: str | None = None,
 ) -> RegistryServer:
     """Start a registry storing under `root`; with `htpasswd`, it requires Basic auth.
 
-    `extra_config` is appended to the YAML config (e.g. an `auth: token:` section).
+    `extra_config` is appended to the YAML config (e.g. an `auth: token:` section);
+    with `netns` it listens on that namespace's loopback (`ip netns add`).
     """
     binary = shutil.which(BINARY) or "/usr/bin/docker-registry"
     port = free_port()
@@ -70,16 +85,17 @@ def start_registry(
         f"{auth}{extra_config}"
     )
     log = (root / "registry.log").open("ab")
-    process = subprocess.Popen([binary, "serve", str(config)], stdout=log, stderr=log)
+    command = [binary, "serve", str(config)]
+    if netns:
+        command = ["ip", "netns", "exec", netns, *command]
+    process = subprocess.Popen(command, stdout=log, stderr=log)
     server = RegistryServer(root, port, process, htpasswd)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"docker-registry exited: {(root / 'registry.log').read_text()}")
-        try:
-            httpx.get(f"{server.url}/v2/", timeout=1)
+        if in_netns(netns, _answers, server.url) if netns else _answers(server.url):
             return server
-        except httpx.HTTPError:
-            time.sleep(0.1)
+        time.sleep(0.1)
     server.stop()
     raise TimeoutError("docker-registry did not start")

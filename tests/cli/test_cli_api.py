@@ -1,5 +1,5 @@
 """The CLI against a real server, without booting VMs: configuration, errors, --json,
-push from each kind of local source, volumes."""
+load from each kind of local source, volumes."""
 
 from __future__ import annotations
 
@@ -77,10 +77,10 @@ def image_names(cli: Cli) -> dict[str, dict[str, Any]]:
     return {row["name"]: row for row in json.loads(result.out)}
 
 
-def test_push_an_oci_layout(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
+def test_load_an_oci_layout(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
     image = hello_image(env={"FROM": "layout"})
     write_oci_layout(image, tmp_path / "layout", "v1")
-    result = cli("push", str(tmp_path / "layout"), "cli/layout:v1", "--json")
+    result = cli("load", str(tmp_path / "layout"), "cli/layout:v1", "--json")
     assert result.code == 0, result.err
     pushed = json.loads(result.out)
     assert pushed["status"] == "ready"
@@ -88,13 +88,13 @@ def test_push_an_oci_layout(cli: Cli, shared_server: EmberServer, tmp_path: Path
     assert f"127.0.0.1:{shared_server.port}/cli/layout:v1" in image_names(cli)
 
 
-def test_push_an_oci_archive(cli: Cli, tmp_path: Path) -> None:
+def test_load_an_oci_archive(cli: Cli, tmp_path: Path) -> None:
     image = hello_image(env={"FROM": "archive"})
     write_oci_layout(image, tmp_path / "layout", "v2")
     archive = tmp_path / "image.tar"
     with tarfile.open(archive, "w") as tar:
         tar.add(tmp_path / "layout", arcname=".")
-    result = cli("push", str(archive), "cli/archive:v2")
+    result = cli("load", str(archive), "cli/archive:v2")
     assert result.code == 0, result.err
     assert "ready" in result.out
     assert image.digest in result.out
@@ -122,17 +122,17 @@ def docker_save(image: BuiltImage, path: Path, tag: str) -> None:
             out.addfile(info, io.BytesIO(data))
 
 
-def test_push_a_docker_save_tarball(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
+def test_load_a_docker_save_tarball(cli: Cli, shared_server: EmberServer, tmp_path: Path) -> None:
     docker_save(hello_image(env={"FROM": "docker"}), tmp_path / "saved.tar", "hello:old")
-    result = cli("push", str(tmp_path / "saved.tar"), "cli/docker:v3", "--json")
+    result = cli("load", str(tmp_path / "saved.tar"), "cli/docker:v3", "--json")
     assert result.code == 0, result.err
     assert json.loads(result.out)["status"] == "ready"
     assert image_names(cli)[f"127.0.0.1:{shared_server.port}/cli/docker:v3"]["status"] == "ready"
 
 
-def test_push_of_something_else_says_what_it_takes(cli: Cli, tmp_path: Path) -> None:
+def test_load_of_something_else_says_what_it_takes(cli: Cli, tmp_path: Path) -> None:
     (tmp_path / "notes.txt").write_text("hello")
-    result = cli("push", str(tmp_path / "notes.txt"), "cli/nope:v1")
+    result = cli("load", str(tmp_path / "notes.txt"), "cli/nope:v1")
     assert result.code == 1
     assert len(result.error_lines) == 1
     assert "docker save" in result.err
@@ -196,7 +196,8 @@ sys.exit(code)
 
 def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> None:
     """Start-up time: minting a token from the data dir loads neither FastAPI, the
-    managers nor the server's settings, and `ps` loads no WebSocket code."""
+    managers nor the server's settings, and `ps` (the fast path) loads no WebSocket
+    code, and neither Typer, rich nor httpx."""
     env = cli_env(
         None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
     )
@@ -206,7 +207,7 @@ def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> Non
     loaded = set(done.stderr.split())
     assert "ember.api.auth" in loaded
     heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
-             "websockets"}  # fmt: skip
+             "websockets", "typer", "rich", "httpx"}  # fmt: skip
     assert not heavy & loaded, heavy & loaded
 
 
@@ -246,10 +247,10 @@ def test_sizes_and_states_as_people_type_them(cli: Cli) -> None:
 def test_a_name_ember_holds_resolves_to_its_own_registry(
     cli: Cli, shared_server: EmberServer, tmp_path: Path
 ) -> None:
-    """`ember run app:v1` right after `ember push ... app:v1` runs the pushed image, not
+    """`ember run app:v1` right after `ember load ... app:v1` runs the pushed image, not
     Docker Hub's `docker.io/library/app:v1`."""
     write_oci_layout(hello_image(env={"FROM": "own"}), tmp_path / "layout", "v1")
-    assert cli("push", str(tmp_path / "layout"), "cli-own:v1").code == 0
+    assert cli("load", str(tmp_path / "layout"), "cli-own:v1").code == 0
     pulled = cli("pull", "cli-own:v1", "--json")
     assert pulled.code == 0, pulled.err
     assert json.loads(pulled.out)["name"] == f"127.0.0.1:{shared_server.port}/cli-own:v1"

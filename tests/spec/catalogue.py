@@ -18,9 +18,6 @@ KNOWN_MISSING: dict[str, str] = {
     "getBuilder": BUILDS,
     "deleteBuilder": BUILDS,
     "pruneBuilder": BUILDS,
-    "listPushes": BUILDS,
-    "createPush": BUILDS,
-    "getPush": BUILDS,
 }
 
 # Operations only a running (or once-running) instance can answer with success: walked by
@@ -45,6 +42,6 @@ WALKED_WITHOUT_VM: frozenset[str] = frozenset(
         "createImage", "getImage", "deleteImage", "listVolumes", "createVolume",
         "createVolumeFromArchive", "getVolume",
         "deleteVolume", "listDevices", "createDevice", "listAvailableDevices", "getDevice",
-        "deleteDevice", "listIngresses",
+        "deleteDevice", "listIngresses", "listPushes", "createPush", "getPush",
     }
 )  # fmt: skip

@@ -56,6 +56,7 @@ def test_every_operation_is_walked_or_known_missing() -> None:
 def test_walk_without_vm(ember_server: EmberServer, walk: Walk) -> None:
     walk_host(walk)
     walk_images(ember_server, walk)
+    walk_pushes(ember_server, walk)
     walk_volumes(walk)
     walk_devices(walk)
     walk_refusals(walk)
@@ -89,6 +90,19 @@ def walk_images(server: EmberServer, walk: Walk) -> None:
     walk.call("getImage", "nothere:latest", expect=404)
     walk.call("deleteImage", f"127.0.0.1:{server.port}/hello:spare", expect=204)
     walk.call("deleteImage", "nothere:latest", expect=404)
+
+
+def walk_pushes(server: EmberServer, walk: Walk) -> None:
+    """Accepted, listed and got; the push itself fails later (nothing listens on port 1):
+    `tests/pushes` pushes to real registries."""
+    image = f"127.0.0.1:{server.port}/hello:latest"
+    target = "127.0.0.1:1/copies/hello:v1"
+    pushed = walk.json("createPush", json={"image": image, "target": target}, expect=202)
+    walk.call("createPush", json={"image": "nothere:latest", "target": target}, expect=404)
+    walk.call("createPush", json={"image": image, "target": "Not A Ref"}, expect=400)
+    walk.call("listPushes", expect=200)
+    walk.call("getPush", pushed["id"], expect=200)
+    walk.call("getPush", MISSING, expect=404)
 
 
 def walk_volumes(walk: Walk) -> None:

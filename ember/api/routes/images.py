@@ -11,7 +11,6 @@ from ember.api.errors import error_responses
 from ember.api.query import tag_filter
 from ember.api.schemas.images import CreateImageRequest, Image, TagImageRequest
 from ember.api.services import Services
-from ember.images.distribution import Credentials
 from ember.images.models import ImageRecord
 
 router = APIRouter(prefix="/images", tags=["images"])
@@ -31,12 +30,7 @@ def _answer(svc: Services, record: ImageRecord) -> Image:
     responses=error_responses(400),
 )
 async def create_image(body: CreateImageRequest, svc: ServicesDep) -> Image:
-    creds = body.credentials
-    credentials = (
-        Credentials(username=creds.username, password=creds.password, token=creds.registry_token)
-        if creds and (creds.username or creds.registry_token)
-        else None
-    )
+    credentials = body.credentials.borrowed() if body.credentials else None
     record = await svc.images.create(
         body.name, tags=body.tags, platform=body.platform, credentials=credentials
     )

@@ -7,6 +7,7 @@ from datetime import datetime
 from pydantic import BaseModel, Field
 
 from ember.api.schemas.base import Omitted
+from ember.images.distribution import Credentials
 from ember.images.models import BuildProgress, ImageRecord, ImageStatus
 
 
@@ -53,9 +54,19 @@ class Image(BaseModel):
 
 
 class PushCredentials(BaseModel):
+    """Registry credentials borrowed for one pull or push (memory only, never stored)."""
+
     username: str | None = None
     password: str | None = None
     registry_token: str | None = None
+
+    def borrowed(self) -> Credentials | None:
+        """The credentials to send; None when empty (the server's own are used)."""
+        if not (self.username or self.registry_token):
+            return None
+        return Credentials(
+            username=self.username, password=self.password, token=self.registry_token
+        )
 
 
 class CreateImageRequest(BaseModel):
