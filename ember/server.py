@@ -29,6 +29,7 @@ from ember.devices import DeviceManager
 from ember.egress import EgressManager
 from ember.errors import NotFound
 from ember.groups import GroupManager, waker_socket
+from ember.groups.autoscale import AutoscaleManager
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.hypervisor.jail import confinement
 from ember.hypervisor.qemu import QEMU_BINARY
@@ -181,6 +182,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     groups: GroupManager
+    autoscale: AutoscaleManager
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -217,6 +219,8 @@ class Services:
             stack.push_async_callback(self.ingresses.close)
             await self.groups.open()
             stack.push_async_callback(self.groups.close)
+            self.autoscale.start()  # closed before the groups it acts on
+            stack.push_async_callback(self.autoscale.close)
             self.memory.task.start()
             stack.push_async_callback(self.memory.task.close)
             yield self
@@ -261,6 +265,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
     instances = instance_services.manager
     ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
     waker = waker_socket(settings.runtime_dir, settings.data_dir)
+    groups = GroupManager(store, instances, ingresses, waker)
     return Services(
         settings=settings,
         store=store,
@@ -272,7 +277,8 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         network=network,
         instances=instances,
         ingresses=ingresses,
-        groups=GroupManager(store, instances, ingresses, waker),
+        groups=groups,
+        autoscale=AutoscaleManager(store, groups, instances),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

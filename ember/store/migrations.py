@@ -78,4 +78,14 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 10: service groups (ember/groups) and which instance belongs to which (one row per
     # instance: its id and name, the group, its scale-to-zero policy).
     (_resource_table("service_groups"), _resource_table("service_group_members")),
+    # 11: autoscale of service groups (ember/groups/autoscale): one configuration per group
+    # (id and name: the group's id), and the decisions of its loop, in order.
+    (
+        _resource_table("autoscale_configs"),
+        "CREATE TABLE autoscale_decisions ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " group_id TEXT NOT NULL,"
+        " data TEXT NOT NULL)",
+        "CREATE INDEX autoscale_decisions_group ON autoscale_decisions (group_id, seq)",
+    ),
 ]
