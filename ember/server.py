@@ -59,6 +59,7 @@ from ember.instances.usage import digest_users
 from ember.network import DnsServer, NetworkManager, NetworkSettings
 from ember.reclaim import MemoryReclaimer
 from ember.registry import Registry, RegistryService
+from ember.schedules import ScheduleManager
 from ember.snapshots.layout import SnapshotLayout
 from ember.snapshots.schedule import Scheduler
 from ember.snapshots.store import SnapshotStore
@@ -183,6 +184,7 @@ class Services:
     ingresses: IngressManager
     groups: GroupManager
     autoscale: AutoscaleManager
+    schedules: ScheduleManager
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -221,6 +223,8 @@ class Services:
             stack.push_async_callback(self.groups.close)
             self.autoscale.start()  # closed before the groups it acts on
             stack.push_async_callback(self.autoscale.close)
+            self.schedules.start()
+            stack.push_async_callback(self.schedules.close)
             self.memory.task.start()
             stack.push_async_callback(self.memory.task.close)
             yield self
@@ -279,6 +283,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         ingresses=ingresses,
         groups=groups,
         autoscale=AutoscaleManager(store, groups, instances),
+        schedules=ScheduleManager(store, instances),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

@@ -88,4 +88,7 @@ MIGRATIONS: list[tuple[str, ...]] = [
         " data TEXT NOT NULL)",
         "CREATE INDEX autoscale_decisions_group ON autoscale_decisions (group_id, seq)",
     ),
+    # 12: calendar schedules of instances (ember/schedules): one row per instance that has
+    # any (id and name: the instance's id), its schedules with their next runs as JSON.
+    (_resource_table("instance_schedules"),),
 ]
