@@ -28,6 +28,7 @@ log = logging.getLogger("ember.schedules")
 TICK_SECONDS = 1.0
 MAX_SCHEDULES = 16
 EXEC_TIMEOUT_SECONDS = 300.0
+AGENT_WAIT_SECONDS = 60.0  # a schedule right after a boot finds the agent still coming up
 
 
 class ScheduleManager:
@@ -121,8 +122,10 @@ class ScheduleManager:
         return "ok"
 
     async def _exec(self, instance_id: str, args: list[str]) -> str:
-        _, agent = self.instances.agent(instance_id)
-        session = await agent.exec(args)
+        """Run `args` in the guest; a guest still booting is waited for, as the exec API's
+        `wait_for_agent` does."""
+        _, agent = await self.instances.wait_for_agent(instance_id, AGENT_WAIT_SECONDS)
+        session = await agent.exec(args, timeout=AGENT_WAIT_SECONDS)
         if session.result is None:
             result, _, _ = await asyncio.wait_for(session.wait(), EXEC_TIMEOUT_SECONDS)
         else:
