@@ -5,6 +5,7 @@ manager's decisions over fakes of the group and instance managers with a real st
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -15,6 +16,7 @@ import pytest
 
 from ember.errors import InsufficientResources, InvalidArgument, NotFound
 from ember.groups.autoscale import AutoscaleConfigRequest, AutoscaleManager, AutoscalePolicyRequest
+from ember.groups.autoscale.cpu import vcpu_demand_seconds
 from ember.groups.autoscale.models import AutoscaleRecord
 from ember.groups.autoscale.policy import adjusted, decide, matching_step
 from ember.groups.autoscale.requests import config_record
@@ -22,7 +24,6 @@ from ember.groups.manager import Member
 from ember.groups.models import MemberRecord, Service, ServiceGroupRecord
 from ember.images.models import utcnow
 from ember.instances import CreateInstanceRequest, InstanceRecord, State
-from ember.instances.stats import ProcessStats
 from ember.store import Store
 
 CREATE = {"image": "web:latest", "vcpus": 1, "size": "256MB"}
@@ -145,8 +146,10 @@ class FakeInstances:
     records: dict[str, InstanceRecord] = field(default_factory=dict)
     cpu: dict[str, float] = field(default_factory=dict)
 
-    def stats(self, ref: str) -> tuple[InstanceRecord, ProcessStats]:
-        return self.records[ref], ProcessStats(self.cpu.get(ref, 0.0), 0, 0)
+    def demand(self, pid: int, vcpus: int) -> float | None:
+        """The CPU demand of the VMM `pid` (the test's figure)."""
+        found = [r.id for r in self.records.values() if r.pid == pid]
+        return self.cpu.get(found[0], 0.0) if found else None
 
     async def restore(self, ref: str) -> InstanceRecord:
         self.records[ref].state = State.RUNNING
@@ -219,7 +222,8 @@ def rig(tmp_path: Path) -> tuple[AutoscaleManager, FakeGroups, FakeInstances]:
 
 
 def manager_on(path: Path, groups: FakeGroups, instances: FakeInstances) -> AutoscaleManager:
-    return AutoscaleManager(Store(path / "ember.db"), cast(Any, groups), cast(Any, instances))
+    store = Store(path / "ember.db")
+    return AutoscaleManager(store, cast(Any, groups), cast(Any, instances), instances.demand)
 
 
 async def burn(manager: AutoscaleManager, instances: FakeInstances, percent: float) -> None:
@@ -347,3 +351,15 @@ async def test_policies_are_added_read_and_deleted(tmp_path: Path) -> None:
     with pytest.raises(NotFound) as caught:
         manager.get("web")
     assert caught.value.code == "autoscale_not_configured"
+
+
+def test_cpu_demand_counts_the_busiest_threads_run_and_wait(tmp_path: Path) -> None:
+    for tid, (run, wait) in {"1": (600, 31_000), "2": (13_600, 54_700), "3": (9, 750)}.items():
+        (tmp_path / "42" / "task" / tid).mkdir(parents=True)
+        stat = f"{run * 1_000_000} {wait * 1_000_000} 7\n"
+        (tmp_path / "42" / "task" / tid / "schedstat").write_text(stat)
+    # one vCPU: the thread with the most time on a CPU (the vCPU's), its run + wait
+    assert vcpu_demand_seconds(42, 1, tmp_path) == pytest.approx(68.3)
+    assert vcpu_demand_seconds(42, 2, tmp_path) == pytest.approx(68.3 + 31.6)
+    assert vcpu_demand_seconds(43, 1, tmp_path) is None  # gone
+    assert (vcpu_demand_seconds(os.getpid(), 1) or 0) > 0  # the real /proc

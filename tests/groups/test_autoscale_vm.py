@@ -34,15 +34,16 @@ echo burnt
 """
 SERVE = ["/bin/sh", "-c", "exec httpd -f -p 8080 -h /www"]
 MAX = 3
-# Grow at a mean CPU of 35% or more, shrink under 20% (an idle TCG guest takes ~10%).
+# Grow at a mean CPU demand of 50% or more, shrink under 20% (a burning guest's vCPU
+# wants a core all the time, an idle one almost never: ember/groups/autoscale/cpu.py).
 CPU_POLICY = {
     "name": "cpu",
     "metric": "cpu",
     "adjustment_type": "change",
     "steps": [
         {"adjustment": -1, "upper_bound": 20},
-        {"adjustment": 0, "lower_bound": 20, "upper_bound": 35},
-        {"adjustment": 1, "lower_bound": 35},
+        {"adjustment": 0, "lower_bound": 20, "upper_bound": 50},
+        {"adjustment": 1, "lower_bound": 50},
     ],
 }
 

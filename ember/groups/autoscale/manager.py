@@ -18,10 +18,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from datetime import timedelta
 
 from ember.errors import EmberError, InsufficientResources, NotFound
 from ember.groups.autoscale import policy as policies
+from ember.groups.autoscale.cpu import vcpu_demand_seconds
 from ember.groups.autoscale.members import make_member
 from ember.groups.autoscale.models import (
     AutoscalePolicy,
@@ -44,6 +46,8 @@ from ember.store import Repository, Store
 from ember.tasks import PeriodicTask
 
 log = logging.getLogger("ember.groups.autoscale")
+# (pid, vcpus) -> seconds the VMM's vCPUs ran or waited to run so far; None: gone.
+CpuDemand = Callable[[int, int], float | None]
 PASS_SECONDS = 1.0
 KEEP_DECISIONS = 200  # per group, newest
 SERVING = (State.RUNNING, State.INITIALIZING)
@@ -51,8 +55,15 @@ BLOCKED_RETRY_SECONDS = 10.0  # a create that failed is not retried every pass
 
 
 class AutoscaleManager:
-    def __init__(self, store: Store, groups: GroupManager, instances: InstanceManager) -> None:
+    def __init__(
+        self,
+        store: Store,
+        groups: GroupManager,
+        instances: InstanceManager,
+        demand: CpuDemand = vcpu_demand_seconds,
+    ) -> None:
         self.store, self.groups, self.instances = store, groups, instances
+        self._demand = demand
         self.repo = Repository(store, "autoscale_configs", AutoscaleRecord, "autoscale")
         self._samples: dict[str, tuple[int | None, float, float]] = {}  # pid, cpu s, at
         self._blocked: dict[str, str] = {}  # the last blocked reason recorded per group
@@ -166,17 +177,20 @@ class AutoscaleManager:
         return values
 
     def _cpu(self, member: Member) -> float | None:
-        """Percent of its vCPUs the member's VMM used since the last pass (None: no
-        earlier sample of this same VMM yet)."""
+        """Percent of the time since the last pass the member's vCPUs ran or waited for
+        a host core (`cpu.py`); None: no earlier sample of this same VMM yet."""
         instance = member.instance
-        _, stats = self.instances.stats(instance.id)
+        vcpus = max(instance.vcpus, 1)
+        seconds = self._demand(instance.pid, vcpus) if instance.pid is not None else None
         now = time.monotonic()
-        before = self._samples.get(instance.id)
-        self._samples[instance.id] = (instance.pid, stats.cpu_seconds, now)
+        before = self._samples.pop(instance.id, None)
+        if seconds is None:
+            return None
+        self._samples[instance.id] = (instance.pid, seconds, now)
         if before is None or before[0] != instance.pid or now <= before[2]:
             return None
-        used = (stats.cpu_seconds - before[1]) / (now - before[2])
-        return max(0.0, 100 * used / max(instance.vcpus, 1))
+        busy = (seconds - before[1]) / (now - before[2]) / vcpus
+        return min(100.0, max(0.0, 100 * busy))
 
     async def _scale_out(
         self,
