@@ -14,7 +14,7 @@ from typing import Any, cast
 
 import pytest
 
-from ember.errors import InsufficientResources, InvalidArgument, NotFound
+from ember.errors import Conflict, InsufficientResources, InvalidArgument, NotFound
 from ember.groups.autoscale import AutoscaleConfigRequest, AutoscaleManager, AutoscalePolicyRequest
 from ember.groups.autoscale.cpu import vcpu_demand_seconds
 from ember.groups.autoscale.models import AutoscaleRecord
@@ -341,7 +341,7 @@ async def test_policies_are_added_read_and_deleted(tmp_path: Path) -> None:
     manager.configure("web", request(policies=[]))
     added = manager.add_policy("web", AutoscalePolicyRequest.model_validate(CPU_POLICY))
     assert manager.policy("web", "cpu") == added
-    with pytest.raises(InvalidArgument):
+    with pytest.raises(Conflict):
         manager.add_policy("web", AutoscalePolicyRequest.model_validate(CPU_POLICY))
     manager.delete_policy("web", "cpu")
     with pytest.raises(NotFound) as caught:

@@ -190,6 +190,7 @@ async def delete_autoscale(ref: GroupRef, svc: ServicesDep) -> Response:
     status_code=201,
     response_model=AutoscalePolicy,
     summary="Add a step policy",
+    responses=error_responses(409),
 )
 async def add_policy(
     ref: GroupRef, body: AutoscalePolicyRequest, svc: ServicesDep

@@ -21,7 +21,7 @@ import time
 from collections.abc import Callable
 from datetime import timedelta
 
-from ember.errors import EmberError, InsufficientResources, NotFound
+from ember.errors import Conflict, EmberError, InsufficientResources, NotFound
 from ember.groups.autoscale import policy as policies
 from ember.groups.autoscale.cpu import vcpu_demand_seconds
 from ember.groups.autoscale.members import make_member
@@ -36,7 +36,6 @@ from ember.groups.autoscale.requests import (
     AutoscalePolicyRequest,
     config_record,
     policy,
-    refuse,
 )
 from ember.groups.manager import GroupManager, Member
 from ember.groups.models import ServiceGroupRecord
@@ -65,7 +64,7 @@ class AutoscaleManager:
         self.store, self.groups, self.instances = store, groups, instances
         self._demand = demand
         self.repo = Repository(store, "autoscale_configs", AutoscaleRecord, "autoscale")
-        self._samples: dict[str, tuple[int | None, float, float]] = {}  # pid, cpu s, at
+        self._samples: dict[str, tuple[int | None, float, float]] = {}  # pid, demand s, at
         self._blocked: dict[str, str] = {}  # the last blocked reason recorded per group
         self._retry_at: dict[str, float] = {}  # a blocked group is not tried again before
         self._loop = PeriodicTask("autoscale pass", self.run_pass, PASS_SECONDS, log=log)
@@ -108,7 +107,9 @@ class AutoscaleManager:
         group, record = self.get(group_ref)
         added = policy(request)
         if any(p.name == added.name for p in record.policies):
-            raise refuse(f"policy {added.name!r} exists already; delete it first")
+            raise Conflict(
+                f"policy {added.name!r} exists already; delete it first", code="already_exists"
+            )
         self.repo.update(group.id, lambda r: r.policies.append(added))
         return added
 
