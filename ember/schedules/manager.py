@@ -117,6 +117,8 @@ class ScheduleManager:
             await self.instances.stop(instance_id)
         elif schedule.action == "standby":
             await self.instances.standby(instance_id)
+        elif schedule.action == "delete":  # its schedules go at the next pass
+            await self.instances.delete(instance_id, graceful=True)
         else:
             return await self._exec(instance_id, schedule.args)
         return "ok"

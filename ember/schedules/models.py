@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictStr
 
 from ember.store import StoredRecord
 
-ScheduleAction = Literal["start", "stop", "standby", "exec"]
+ScheduleAction = Literal["start", "stop", "standby", "delete", "exec"]
 
 
 class ScheduleRequest(BaseModel):

@@ -62,6 +62,10 @@ class FakeInstances:
     async def standby(self, ref: str) -> None:
         await self._do("standby", ref)
 
+    async def delete(self, ref: str, *, graceful: bool) -> None:
+        await self._do("delete", ref)
+        self.gone.add(ref)
+
 
 def rig(path: Path, instances: FakeInstances) -> ScheduleManager:
     return ScheduleManager(Store(path / "ember.db"), cast(Any, instances))
@@ -93,18 +97,21 @@ async def test_refusals_name_the_schedule(
 async def test_due_schedules_run_and_record_their_result(tmp_path: Path) -> None:
     instances = FakeInstances(refuse={"b"})
     manager = rig(tmp_path, instances)
-    stop, start = await manager.check([ask(name="off", action="stop", args=["ignored"]),
-                                       ask(name="on", action="start")])  # fmt: skip
+    stop, start, gone = await manager.check([ask(name="off", action="stop", args=["ignored"]),
+                                             ask(name="on", action="start"),
+                                             ask(name="gone", action="delete")])  # fmt: skip
     assert stop.args == [] and stop.next_at is not None and stop.next_at > utcnow()
     manager.put("a", [stop.model_copy(update={"next_at": utcnow()}), start])
     manager.put("b", [stop.model_copy(update={"next_at": utcnow()})])
+    manager.put("c", [gone.model_copy(update={"next_at": utcnow()})])
     await manager.run_due()
-    assert instances.calls == [("stop", "a")]  # "on" is not due yet
+    assert instances.calls == [("stop", "a"), ("delete", "c")]  # "on" is not due yet
     done = manager.of("a")[0]
     assert done.last_result == "ok" and done.next_at is not None and done.next_at > utcnow()
     assert manager.of("b")[0].last_result == "instance 'b' is Stopped: it cannot stop"
     await manager.run_due()
-    assert instances.calls == [("stop", "a")]  # ran once: the next run is tomorrow
+    assert instances.calls == [("stop", "a"), ("delete", "c")]  # ran once: next is tomorrow
+    assert manager.of("c") == []  # gone with its instance
 
 
 async def test_a_run_missed_while_down_happens_once_at_the_first_pass(tmp_path: Path) -> None:

@@ -251,7 +251,7 @@ class Instance(BaseModel):
     )
     schedules: Omitted[list[InstanceSchedule]] = Field(
         default=None, description="Ember extension: calendar schedules (start, stop, standby, "
-        "exec), Unikraft Cloud's `schedules`",
+        "delete, exec), Unikraft Cloud's `schedules`",
     )  # fmt: skip
 
     @classmethod
