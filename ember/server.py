@@ -29,6 +29,7 @@ from ember.devices import DeviceManager
 from ember.egress import EgressManager
 from ember.errors import NotFound
 from ember.groups import GroupManager, waker_socket
+from ember.groups.autoscale import AutoscaleManager
 from ember.hypervisor import Hypervisors, resolve_hypervisors
 from ember.hypervisor.jail import confinement
 from ember.hypervisor.qemu import QEMU_BINARY
@@ -59,6 +60,7 @@ from ember.network import DnsServer, NetworkManager, NetworkSettings
 from ember.pushes import PushManager
 from ember.reclaim import MemoryReclaimer
 from ember.registry import Registry, RegistryService
+from ember.schedules import ScheduleManager
 from ember.snapshots.layout import SnapshotLayout
 from ember.snapshots.schedule import Scheduler
 from ember.snapshots.store import SnapshotStore
@@ -182,6 +184,8 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     groups: GroupManager
+    autoscale: AutoscaleManager
+    schedules: ScheduleManager
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -220,6 +224,10 @@ class Services:
             stack.push_async_callback(self.ingresses.close)
             await self.groups.open()
             stack.push_async_callback(self.groups.close)
+            self.autoscale.start()  # closed before the groups it acts on
+            stack.push_async_callback(self.autoscale.close)
+            self.schedules.start()
+            stack.push_async_callback(self.schedules.close)
             self.memory.task.start()
             stack.push_async_callback(self.memory.task.close)
             yield self
@@ -267,6 +275,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
     instance_services = replace(instance_services, loops=loops)
     ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
     waker = waker_socket(settings.runtime_dir, settings.data_dir)
+    groups = GroupManager(store, instances, ingresses, waker)
     return Services(
         settings=settings,
         store=store,
@@ -279,7 +288,9 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         network=network,
         instances=instances,
         ingresses=ingresses,
-        groups=GroupManager(store, instances, ingresses, waker),
+        groups=groups,
+        autoscale=AutoscaleManager(store, groups, instances),
+        schedules=ScheduleManager(store, instances),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

@@ -94,9 +94,14 @@ def group_ls(
 
 @group_app.command("inspect")
 def group_inspect(ref: str = typer.Argument(..., help="Group name, id or id prefix.")) -> None:
-    """Show a service group as JSON, with its instances and their stop reasons."""
+    """Show a service group as JSON, with its instances and their stop reasons, and its
+    autoscale configuration with the newest decisions (each with its reason)."""
     with client() as api:
-        emit_json(api.group(ref))
+        shown = api.group(ref)
+        config = api.autoscale(ref)
+        if config is not None:
+            shown["autoscale"] = config | {"decisions": api.autoscale_decisions(ref, 20)}
+    emit_json(shown)
 
 
 @group_app.command("rm")

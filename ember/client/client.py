@@ -310,6 +310,25 @@ class EmberClient:
     def delete_group(self, ref: str) -> None:
         self._call("DELETE", f"/service-groups/{_quote(ref)}")
 
+    def set_autoscale(self, ref: str, **body: Any) -> JSON:
+        result: JSON = self._call("PUT", f"/service-groups/{_quote(ref)}/autoscale", json=body)
+        return result
+
+    def autoscale(self, ref: str) -> JSON | None:
+        """The group's autoscale configuration, None when it has none."""
+        try:
+            result: JSON = self._call("GET", f"/service-groups/{_quote(ref)}/autoscale")
+        except ApiError as exc:
+            if exc.code == "autoscale_not_configured":
+                return None
+            raise
+        return result
+
+    def autoscale_decisions(self, ref: str, limit: int = 50) -> list[JSON]:
+        path = f"/service-groups/{_quote(ref)}/autoscale/decisions"
+        result: list[JSON] = self._call("GET", path, params={"limit": limit})
+        return result
+
     # ---- WebSockets (exec and cp live in ember.client.streams) ------------------------
 
     def websocket_url(self, ref: str, kind: str) -> str:

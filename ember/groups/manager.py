@@ -15,10 +15,12 @@ import logging
 import signal
 import time
 from collections import Counter
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
+from typing import Literal
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound, Unavailable
 from ember.groups import balancer
@@ -45,6 +47,7 @@ from ember.tasks import KeyedJobs, PeriodicTask
 
 log = logging.getLogger("ember.groups")
 PUBLISHER = "service-groups"
+RetireHow = Literal["standby", "delete"]
 PASS_SECONDS = 0.25  # how often idle instances are looked for (and changes published)
 WAKE_READY_TIMEOUT = 120.0  # a stateless wake boots: until its port accepts connections
 # Caddy counts a request the waker placed only once it proxies it, a moment after the
@@ -541,30 +544,65 @@ class GroupManager:
         return [s.destination_port for s in group.services] if group is not None else []
 
     async def _sleep(self, member: Member, policy: ScaleToZero) -> None:
-        """Scale one instance to zero: out of the routes first, then, with nothing in
-        flight, standby (stateful) or stop (stateless)."""
+        """Scale one instance to zero: standby (stateful) or stop (stateless)."""
+        instance_id = member.record.id
+        act: Callable[[], Awaitable[object]]
+        if policy.stateful:
+            act = partial(self.instances.standby, instance_id, origin="platform")
+        else:
+            act = partial(self.instances.stop, instance_id, origin="platform")
+        try:
+            if not await self._out_of_service(member, act, "scaling instance %s to zero"):
+                self._last_active[instance_id] = time.monotonic()
+        except EmberError as exc:
+            log.warning("scale to zero of %s failed: %s", member.instance.name, exc.message)
+            self._last_active[instance_id] = time.monotonic()
+
+    async def retire(self, instance_id: str, how: RetireHow) -> bool:
+        """Take a member out of service for good (autoscale's scale-in): out of the
+        routes, then, with nothing in flight, `standby` (by the platform) or `delete`.
+        False: a request was in flight, the member stays and serves."""
+        record = self.members.get(instance_id)
+        group_members = self.members_of(record.group_id) if record is not None else []
+        member = next((m for m in group_members if m.record.id == instance_id), None)
+        if member is None:
+            raise NotFound(f"instance {instance_id!r} is in no service group")
+        act: Callable[[], Awaitable[object]]
+        if how == "standby":
+            act = partial(self.instances.standby, instance_id, origin="platform")
+        else:
+            act = partial(self.instances.delete, instance_id, graceful=True)
+        return await self._out_of_service(member, act, f"retiring instance %s ({how})")
+
+    async def _out_of_service(
+        self, member: Member, act: Callable[[], Awaitable[object]], what: str
+    ) -> bool:
+        """Out of the routes first, then in-flight is checked again (a request that came
+        in between cancels: False), then `act`."""
         instance_id = member.record.id
         event = self._draining[instance_id] = asyncio.Event()
         try:
             await self._publish()
-            in_flight = await self.ingresses.upstream_requests()
-            ip = self._ip(member.instance) or ""
-            if any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member))):
-                self._last_active[instance_id] = time.monotonic()
-                return
-            log.info("scaling instance %s to zero", member.instance.name)
-            if policy.stateful:
-                await self.instances.standby(instance_id, origin="platform")
-            else:
-                await self.instances.stop(instance_id, origin="platform")
-        except EmberError as exc:
-            log.warning("scale to zero of %s failed: %s", member.instance.name, exc.message)
-            self._last_active[instance_id] = time.monotonic()
+            if (await self.requests_in_flight([member])).get(instance_id):
+                return False
+            log.info(what, member.instance.name)
+            await act()
+            return True
         finally:
             del self._draining[instance_id]
             self._notified.pop(instance_id, None)
             event.set()
             await self._publish()
+
+    async def requests_in_flight(self, members: list[Member]) -> dict[str, int]:
+        """Caddy's in-flight requests per member (instance id), over its services' ports."""
+        counts = await self.ingresses.upstream_requests()
+        out = {}
+        for member in members:
+            ip = self._ip(member.instance)
+            keys = _addresses(ip, self._ports(member)) if ip else []
+            out[member.record.id] = sum(counts.get(key, 0) for key in keys)
+        return out
 
     def _forget_deleted(self) -> None:
         """Instances deleted leave their group; empty ephemeral groups go, and so do
@@ -649,4 +687,4 @@ async def _accepts(ip: str | None, port: int, timeout: float) -> bool:
     return True
 
 
-__all__ = ["GroupManager", "Member", "MemberChange", "waker_socket"]
+__all__ = ["GroupManager", "Member", "MemberChange", "RetireHow", "waker_socket"]

@@ -82,4 +82,17 @@ MIGRATIONS: list[tuple[str, ...]] = [
     (_resource_table("certificates"),),
     # 12: pushes of images to other registries (ember/pushes); a push's name is its id.
     (_resource_table("pushes"),),
+    # 13: autoscale of service groups (ember/groups/autoscale): one configuration per group
+    # (id and name: the group's id), and the decisions of its loop, in order.
+    (
+        _resource_table("autoscale_configs"),
+        "CREATE TABLE autoscale_decisions ("
+        " seq INTEGER PRIMARY KEY AUTOINCREMENT,"
+        " group_id TEXT NOT NULL,"
+        " data TEXT NOT NULL)",
+        "CREATE INDEX autoscale_decisions_group ON autoscale_decisions (group_id, seq)",
+    ),
+    # 14: calendar schedules of instances (ember/schedules): one row per instance that has
+    # any (id and name: the instance's id), its schedules with their next runs as JSON.
+    (_resource_table("instance_schedules"),),
 ]

@@ -4,14 +4,21 @@ under soft and hard limits, scaled to zero and woken by the next request."""
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Path, Response
+from fastapi import APIRouter, Path, Query, Response
 from pydantic import BaseModel, Field
 
 from ember.api.deps import ServicesDep
 from ember.api.errors import error_responses
 from ember.groups import CreateServiceGroupRequest, Member, ScaleToZero, Service, ServiceGroupRecord
+from ember.groups.autoscale import (
+    AutoscaleConfigRequest,
+    AutoscalePolicy,
+    AutoscalePolicyRequest,
+    AutoscaleRecord,
+    Decision,
+)
 from ember.instances.stopreason import describe
 
 router = APIRouter(
@@ -111,3 +118,107 @@ async def get_group(ref: GroupRef, svc: ServicesDep) -> ServiceGroup:
 async def delete_group(ref: GroupRef, svc: ServicesDep) -> Response:
     await svc.groups.delete(ref)
     return Response(status_code=204)
+
+
+# ---- autoscale ---------------------------------------------------------------------------
+
+PolicyName = Annotated[str, Path(alias="name", description="Policy name")]
+
+
+class AutoscaleConfiguration(BaseModel):
+    """A group's autoscale configuration (Unikraft Cloud's fields, plus `scale_in`)."""
+
+    group_id: str
+    group_name: str
+    enabled: bool = True
+    min_size: int
+    max_size: int
+    warmup_time_ms: int
+    cooldown_time_ms: int
+    create_args: dict[str, Any]
+    scale_in: str
+    policies: list[AutoscalePolicy]
+    last_scaled_at: datetime | None = None
+
+    @classmethod
+    def of(cls, group: ServiceGroupRecord, record: AutoscaleRecord) -> AutoscaleConfiguration:
+        return cls(
+            group_id=group.id,
+            group_name=group.name,
+            min_size=record.min_size,
+            max_size=record.max_size,
+            warmup_time_ms=record.warmup_time_ms,
+            cooldown_time_ms=record.cooldown_time_ms,
+            create_args=record.create_args,
+            scale_in=record.scale_in,
+            policies=record.policies,
+            last_scaled_at=record.last_scaled_at,
+        )
+
+
+@router.put(
+    "/{id}/autoscale",
+    response_model=AutoscaleConfiguration,
+    summary="Set a group's autoscale configuration (create or replace)",
+)
+async def put_autoscale(
+    ref: GroupRef, body: AutoscaleConfigRequest, svc: ServicesDep
+) -> AutoscaleConfiguration:
+    svc.autoscale.configure(ref, body)
+    return AutoscaleConfiguration.of(*svc.autoscale.get(ref))
+
+
+@router.get(
+    "/{id}/autoscale",
+    response_model=AutoscaleConfiguration,
+    summary="Get a group's autoscale configuration",
+)
+async def get_autoscale(ref: GroupRef, svc: ServicesDep) -> AutoscaleConfiguration:
+    return AutoscaleConfiguration.of(*svc.autoscale.get(ref))
+
+
+@router.delete(
+    "/{id}/autoscale", status_code=204, summary="Turn autoscale off (members stay as they are)"
+)
+async def delete_autoscale(ref: GroupRef, svc: ServicesDep) -> Response:
+    svc.autoscale.delete(ref)
+    return Response(status_code=204)
+
+
+@router.post(
+    "/{id}/autoscale/policies",
+    status_code=201,
+    response_model=AutoscalePolicy,
+    summary="Add a step policy",
+    responses=error_responses(409),
+)
+async def add_policy(
+    ref: GroupRef, body: AutoscalePolicyRequest, svc: ServicesDep
+) -> AutoscalePolicy:
+    return svc.autoscale.add_policy(ref, body)
+
+
+@router.get(
+    "/{id}/autoscale/policies/{name}", response_model=AutoscalePolicy, summary="Get a policy"
+)
+async def get_policy(ref: GroupRef, name: PolicyName, svc: ServicesDep) -> AutoscalePolicy:
+    return svc.autoscale.policy(ref, name)
+
+
+@router.delete("/{id}/autoscale/policies/{name}", status_code=204, summary="Delete a policy")
+async def delete_policy(ref: GroupRef, name: PolicyName, svc: ServicesDep) -> Response:
+    svc.autoscale.delete_policy(ref, name)
+    return Response(status_code=204)
+
+
+@router.get(
+    "/{id}/autoscale/decisions",
+    response_model=list[Decision],
+    summary="The autoscaler's decisions, newest first, each with its reason",
+)
+async def autoscale_decisions(
+    ref: GroupRef,
+    svc: ServicesDep,
+    limit: Annotated[int, Query(ge=1, le=200, description="At most this many")] = 50,
+) -> list[Decision]:
+    return svc.autoscale.decisions(ref, limit)

@@ -42,6 +42,7 @@ def answer(svc: Services, record: InstanceRecord) -> Instance:
     return Instance.of(
         record, instances.lease(record), instances.attachments(record),
         instances.health_status(record), svc.groups.membership(record.id),
+        svc.schedules.of(record.id),
     )  # fmt: skip
 
 
@@ -59,10 +60,13 @@ async def create_instance(body: CreateInstanceBody, svc: ServicesDep) -> Instanc
     """An image whose pull is under way is waited for (`EMBER_IMAGE_READY_WAIT_SECONDS`),
     then answered as 400 `image_not_ready` if it is still not ready."""
     request = body.instance_request()
+    schedules = await svc.schedules.check(body.schedules or [])  # before anything exists
     await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
     if body.service_group is None and body.scale_to_zero is None:
-        return answer(svc, await svc.instances.create(request))
-    record = await svc.groups.create_instance(request, body.service_group, body.scale_to_zero)
+        record = await svc.instances.create(request)
+    else:
+        record = await svc.groups.create_instance(request, body.service_group, body.scale_to_zero)
+    svc.schedules.put(record.id, schedules)
     return answer(svc, record)
 
 
@@ -86,12 +90,13 @@ async def update_instance(
     """Expiry (`ttl` / `expires_at`), `restart_policy`, `health_check`, `auto_standby` and
     `tags`, each taking effect on the live instance; `env` rotates the real values of the
     instance's credentials (only keys named by a credential's `source.env`), also live. Ember's
-    `service_group` and `scale_to_zero` change too; every field is checked before any
-    is applied."""
+    `service_group`, `scale_to_zero` and `schedules` change too; every field is checked
+    before any is applied."""
     body, egress = body or UpdateInstanceBody(), svc.egress
     given = body.model_fields_set & GROUP_FIELDS
     # Checked first: a refused field must not leave the other fields applied.
     change = svc.groups.check_update(ref, given, body.service_group, body.scale_to_zero)
+    schedules = await svc.schedules.check(body.schedules or [])
     request = body.instance_request()
     rotation = request.env if egress is not None and "env" in request.model_fields_set else None
     if egress is not None and rotation is not None:
@@ -103,6 +108,8 @@ async def update_instance(
         await asyncio.to_thread(egress.rotate, record.id, rotation)  # runs nft
     if given:
         await svc.groups.apply_update(change)
+    if "schedules" in body.model_fields_set:
+        svc.schedules.put(record.id, schedules)
     return answer(svc, svc.instances.get(record.id))
 
 

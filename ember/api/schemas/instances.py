@@ -28,6 +28,7 @@ from ember.instances import (
 )
 from ember.instances.request import UpdateInstanceRequest
 from ember.network import Lease
+from ember.schedules import Schedule, ScheduleAction, ScheduleRequest
 from ember.snapshots.compression import CompressionConfig as Compression
 from ember.units import format_size
 from ember.volumes import Attachment
@@ -248,6 +249,10 @@ class Instance(BaseModel):
     scale_to_zero: Omitted[ScaleToZero] = Field(
         default=None, description="Ember extension: when it sleeps (needs a service group)"
     )
+    schedules: Omitted[list[InstanceSchedule]] = Field(
+        default=None, description="Ember extension: calendar schedules (start, stop, standby, "
+        "delete, exec), Unikraft Cloud's `schedules`",
+    )  # fmt: skip
 
     @classmethod
     def of(
@@ -257,6 +262,7 @@ class Instance(BaseModel):
         attachments: list[Attachment] | None = None,
         health: health.HealthStatus | None = None,
         group: tuple[ServiceGroupRecord, MemberRecord] | None = None,
+        schedules: list[Schedule] | None = None,
     ) -> Instance:
         phase, phase_since, durations = phases.describe(r)
         return cls(
@@ -295,6 +301,31 @@ class Instance(BaseModel):
             stop_reason=r.stop_reason,
             service_group=InstanceServiceGroup.of(group[0]) if group else None,
             scale_to_zero=group[1].scale_to_zero if group else None,
+            schedules=[InstanceSchedule.of(s) for s in schedules] if schedules else None,
+        )
+
+
+class InstanceSchedule(BaseModel):
+    name: str
+    when: str
+    action: ScheduleAction
+    args: Omitted[list[str]] = None
+    next_at: Omitted[int] = Field(
+        default=None, description="Unix seconds of the next run; left out if there is none"
+    )
+    last_at: Omitted[datetime] = None
+    last_result: Omitted[str] = Field(default=None, description='"ok", "exit N", or why not')
+
+    @classmethod
+    def of(cls, s: Schedule) -> InstanceSchedule:
+        return cls(
+            name=s.name,
+            when=s.when,
+            action=s.action,
+            args=s.args or None,
+            next_at=int(s.next_at.timestamp()) if s.next_at else None,
+            last_at=s.last_at,
+            last_result=s.last_result,
         )
 
 
@@ -308,6 +339,7 @@ class InstanceServiceGroup(BaseModel):
 
 
 GROUP_FIELDS = {"service_group", "scale_to_zero"}
+EXTENSION_FIELDS = GROUP_FIELDS | {"schedules"}
 
 
 class CreateInstanceBody(CreateInstanceRequest):
@@ -321,10 +353,13 @@ class CreateInstanceBody(CreateInstanceRequest):
     scale_to_zero: ScaleToZeroRequest | None = Field(
         default=None, description="Ember extension: sleep when idle (needs service_group)"
     )
+    schedules: list[ScheduleRequest] | None = Field(
+        default=None, description="Ember extension: calendar schedules (Unikraft Cloud's)"
+    )
 
     def instance_request(self) -> CreateInstanceRequest:
         return CreateInstanceRequest.model_validate(
-            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+            self.model_dump(exclude=EXTENSION_FIELDS, exclude_unset=True)
         )
 
 
@@ -337,10 +372,13 @@ class UpdateInstanceBody(UpdateInstanceRequest):
     scale_to_zero: ScaleToZeroRequest | None = Field(
         default=None, description="Ember extension: change or (null) switch off"
     )
+    schedules: list[ScheduleRequest] | None = Field(
+        default=None, description="Ember extension: replace the schedules (null or []: none)"
+    )
 
     def instance_request(self) -> UpdateInstanceRequest:
         return UpdateInstanceRequest.model_validate(
-            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+            self.model_dump(exclude=EXTENSION_FIELDS, exclude_unset=True)
         )
 
 
