@@ -64,6 +64,7 @@ from ember.snapshots.store import SnapshotStore
 from ember.store import Repository, Store
 from ember.system import BootArtifacts, BootSystem
 from ember.tasks import BackgroundJobs
+from ember.templates import Templates
 from ember.volumes import VolumeManager
 
 __all__ = ["InstanceServices", "Services", "build", "build_instances"]
@@ -181,6 +182,7 @@ class Services:
     instances: InstanceManager
     ingresses: IngressManager
     groups: GroupManager
+    templates: Templates
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -273,6 +275,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         instances=instances,
         ingresses=ingresses,
         groups=GroupManager(store, instances, ingresses, waker),
+        templates=Templates(instances),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

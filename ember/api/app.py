@@ -27,6 +27,7 @@ from ember.api.routes import (
     memory,
     registry,
     snapshots,
+    templates,
     volumes,
 )
 from ember.api.services import Services
@@ -47,6 +48,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
     egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
     groups.router,  # /service-groups (Ember extension)
+    templates.router,  # /templates (Ember extension)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

@@ -250,6 +250,13 @@ class AgentClient:
             fields["hostname"] = hostname
         await self._request(MsgType.SET_NETWORK, encode_record(fields), timeout)
 
+    async def set_identity(self, hostname: str, timeout: float = 5.0) -> None:
+        """Make a clone unique: its kernel's CRNG reseeded from 64 fresh bytes of the host's
+        entropy, its own machine-id and hostname."""
+        fields = {"entropy": secrets.token_hex(64), "machine_id": secrets.token_hex(16),
+                  "hostname": hostname}  # fmt: skip
+        await self._request(MsgType.SET_IDENTITY, encode_record(fields), timeout)
+
     async def mount_volume(
         self, serial: str, path: str, *, readonly: bool, timeout: float = 30.0
     ) -> None:

@@ -70,7 +70,12 @@ class FakeAgent:
             return [Frame(MsgType.HELLO_ACK, CONTROL_CHANNEL, json.dumps(ack).encode())]
         if frame.type == MsgType.PING:
             return [Frame(MsgType.PONG, frame.channel, frame.payload)]
-        if frame.type in (MsgType.STATUS, MsgType.SET_TIME, MsgType.SET_NETWORK):
+        if frame.type in (
+            MsgType.STATUS,
+            MsgType.SET_TIME,
+            MsgType.SET_NETWORK,
+            MsgType.SET_IDENTITY,
+        ):
             fields = dict(kv.split("=", 1) for kv in frame.payload.decode().split("\0") if kv)
             self.requests.append((MsgType(frame.type).name, fields))
             return [Frame(MsgType.STATUS, frame.channel, json.dumps(status).encode())]
@@ -220,4 +225,5 @@ class FakeHypervisor:
     def device_set(self, spec: VMSpec) -> list[str]:
         devices = ["virtio-blk-device"] * len(spec.disks) + ["virtio-net-device"] * len(spec.nics)
         devices += ["virtio-serial-device", *self.extra_devices]
-        return devices + (["memory-backend-file"] if spec.memory_file is not None else [])
+        devices += ["memory-backend-file"] if spec.memory_file is not None else []
+        return devices + ([] if spec.free_page_reporting else ["free-page-reporting=off"])

@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from ember.api.schemas.base import Omitted
 from ember.api.schemas.snapshots import CompressionConfig
+from ember.errors import InvalidArgument
 from ember.groups import (
     InstanceServiceGroupRequest,
     MemberRecord,
@@ -321,10 +322,32 @@ class CreateInstanceBody(CreateInstanceRequest):
     scale_to_zero: ScaleToZeroRequest | None = Field(
         default=None, description="Ember extension: sleep when idle (needs service_group)"
     )
+    image: StrictStr | None = Field(  # type: ignore[assignment]
+        default=None, min_length=1,
+        description="OCI image reference (must be pulled); required unless `template`",
+    )  # fmt: skip
+    template: StrictStr | None = Field(
+        default=None, min_length=1,
+        description="Ember extension: a template (id, name or id prefix) to clone, Running "
+        "from its saved state with its own id, name, disks, MAC, IP and hostname; only "
+        "`name` may be given with it",
+    )  # fmt: skip
+
+    def clone_name(self) -> str:
+        """The clone's name, with `template`: nothing else may be asked of a clone."""
+        extra = sorted(self.model_fields_set - {"name", "template"})
+        if extra:
+            raise InvalidArgument(
+                f"{', '.join(extra)}: cannot be given with template (a clone runs as its "
+                "template was saved)"
+            )
+        return self.name
 
     def instance_request(self) -> CreateInstanceRequest:
+        if self.image is None:
+            raise InvalidArgument("image: required (or template)")
         return CreateInstanceRequest.model_validate(
-            self.model_dump(exclude=GROUP_FIELDS, exclude_unset=True)
+            self.model_dump(exclude=GROUP_FIELDS | {"template"}, exclude_unset=True)
         )
 
 
