@@ -154,7 +154,9 @@ class Snapshots:
         compression: CompressionConfig | None = None,
         scheduled: bool = False,
         template: bool = False,
+        workload_stopped: bool = False,
     ) -> SnapshotRecord:
+        """`workload_stopped`: the caller stopped the workload before (a template)."""
         core = self.core
         async with core.lock(instance_id):
             record = core.current(instance_id)
@@ -175,6 +177,8 @@ class Snapshots:
             volumes = [volume_copy(a, core.paths(record.id)) for a in attachments]
             try:
                 memory = await self._capture(record, kind, volumes, files)
+                if memory is not None:
+                    memory.workload_stopped = workload_stopped
                 snapshot = SnapshotRecord(
                     id=snapshot_id, name=name, kind=kind, tags=tags,
                     source_instance_id=record.id, source_instance_name=record.name,

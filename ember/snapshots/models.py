@@ -50,6 +50,10 @@ class SavedVM(BaseModel):
     # A RAM file of another saved VM (a template's) that this one maps copy-on-write
     # (`share=off`): the stream holds only what differs from it, or nothing at all.
     memory_base: str | None = None
+    # The workload's processes were stopped (SIGSTOP) before the save (a template): a copy
+    # continues them once its CRNG is reseeded, so its program never draws from the
+    # random state all copies share.
+    workload_stopped: bool = False
 
     def with_compression(
         self,

@@ -20,6 +20,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 import time
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound, Unavailable
@@ -104,7 +105,15 @@ class Templates:
         name = self._check_name(name or record.name)
         if record.state != State.RUNNING:
             raise self.instances.not_running(record)
-        template = await self.snapshots.create(record.id, "Standby", name=name, template=True)
+        stopped = await self._signal_workload(record, signal.SIGSTOP)
+        try:
+            template = await self.snapshots.create(
+                record.id, "Standby", name=name, template=True, workload_stopped=stopped
+            )
+        except BaseException:
+            if stopped:
+                await self._signal_workload(record, signal.SIGCONT)
+            raise
         try:
             await self.instances.delete(record.id)
         except BaseException:
@@ -154,6 +163,20 @@ class Templates:
                 return
             await asyncio.sleep(interval)
         raise Unavailable(f"the template's readiness command did not pass in {timeout:g} s: {last}")
+
+    async def _signal_workload(self, record: InstanceRecord, signum: int) -> bool:
+        """Stop (or continue) the workload's process group before the save, so that a
+        clone's program goes on only once its CRNG is reseeded; False where it cannot
+        (no agent, a systemd workload: its services are in sessions of their own)."""
+        if record.skip_guest_agent:
+            return False
+        try:
+            _, agent = self.instances.agent(record.id)
+            await agent.signal(signum, group=True)
+        except EmberError as exc:
+            log.info("template from %s: workload not stopped: %s", record.name, exc)
+            return False
+        return True
 
     async def _probe(self, instance_id: str, argv: list[str]) -> str | None:
         """None when `argv` exits 0 in the guest, else why not."""

@@ -823,13 +823,18 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
         return;
     }
     if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
+    if (wl.init_mode && kv_get(req, "group")) { send_error(ch, "systemd: no group signals"); return; }
     if (wl.init_mode) {
         /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
         if (sig == SIGTERM) sig = SIGRTMIN + 4;
         init_pending_sig = sig;
         init_pending_until = time(NULL) + 300;
         deliver_init_signal();
-    } else if (wl.pid <= 0 || kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
+    } else if (wl.pid <= 0 || kill(kv_get(req, "group") ? -wl.pid : wl.pid, sig) < 0) {
+        /* group=1: the workload's whole process group (its session: setsid at start) */
+        send_error(ch, strerror(errno));
+        return;
+    }
     char buf[1024];
     status_json(buf, sizeof buf);
     send_json(T_STATUS, ch, buf);
@@ -976,7 +981,8 @@ static void set_network(uint32_t ch, struct kv *req)
 /* A clone or fork resumes with the random state, machine-id and hostname of the VM it was
  * saved from. The host sends fresh entropy (entropy=<hex>, credited), a machine_id= and a
  * hostname=: the entropy is mixed in and the CRNG reseeded at once (RNDRESEEDCRNG), so
- * no two clones draw the same numbers from here on. */
+ * no two clones draw the same numbers from here on; with cont=1 the workload's process
+ * group, stopped before the save, goes on after that. */
 static int unhex(const char *text, unsigned char *out, size_t max)
 {
     size_t n = strlen(text);
@@ -1028,6 +1034,10 @@ static void set_identity(uint32_t ch, struct kv *req)
     if (entropy) what = reseed(entropy);
     if (!what && id) what = write_machine_id(id);
     if (!what && host && sethostname(host, strlen(host)) < 0) what = "set hostname";
+    /* cont=1: the workload was stopped before the save (a template): it goes on only now,
+     * reseeded, so it never draws from the state every clone shares. */
+    if (!what && kv_get(req, "cont") && !wl.init_mode && wl.pid > 0 && kill(-wl.pid, SIGCONT) < 0)
+        what = "continue the workload";
     if (what) {
         snprintf(err, sizeof err, "%s: %s", what, errno ? strerror(errno) : "bad request");
         send_error(ch, err);

@@ -45,11 +45,17 @@ async def quiet_network(network: GuestNetworks, instance_id: str) -> None:
 
 
 async def claim_identity(
-    core: InstanceCore, network: GuestNetworks | None, instance_id: str, lease: Lease | None
+    core: InstanceCore,
+    network: GuestNetworks | None,
+    instance_id: str,
+    lease: Lease | None,
+    *,
+    resume_workload: bool = False,
 ) -> None:
     """Make a copy of another VM its own: its kernel's CRNG reseeded from host entropy, its
-    own machine-id and hostname, then (with `lease`) its own network settings and its TAP
-    up. What fails is said in `state_error`; without its network the TAP stays down."""
+    own machine-id and hostname (then, with `resume_workload`, its stopped workload goes
+    on), then (with `lease`) its own network settings and its TAP up. What fails is said
+    in `state_error`; without its network the TAP stays down."""
     record = core.current(instance_id)
     try:
         if record.skip_guest_agent:
@@ -59,7 +65,7 @@ async def claim_identity(
         _keeps(core, instance_id, "identity and network", exc, lease is not None)
         return
     try:
-        await agent.set_identity(record.name)
+        await agent.set_identity(record.name, resume_workload=resume_workload)
         core.event(instance_id, "guest CRNG reseeded from host entropy; own machine-id, hostname")
     except (EmberError, OSError, TimeoutError) as exc:  # an agent from before SET_IDENTITY
         _keeps(core, instance_id, "random state and machine-id", exc, False)

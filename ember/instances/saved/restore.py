@@ -189,7 +189,8 @@ async def restore(
         core.event(instance_id, f"restored in {time.monotonic() - started:.3f} s")
         discard_saved(core, instance_id)
         if copy:
-            await claim_identity(core, network, instance_id, run.lease)
+            await claim_identity(core, network, instance_id, run.lease,
+                                 resume_workload=run.saved.workload_stopped)  # fmt: skip
     if not record.skip_guest_agent:
         _set_clock_later(core, jobs, instance_id)
     return core.current(instance_id)
