@@ -20,7 +20,7 @@ from hypeman.lib.exec import exec as hm_exec
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.netns import in_netns
-from tests.conftest import push_to_ember, running_server
+from tests.conftest import fetch, push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
 CLONES = 5
@@ -83,6 +83,8 @@ def _five_clones_of_one_template(server: EmberServer, image: str) -> None:
         assert len({c["network"]["ip"] for c in clones}) == CLONES
         assert len({c["network"]["mac"] for c in clones}) == CLONES
 
+        # Each program goes on (continued once its clone was reseeded) and serves.
+        assert all("hello" in fetch(c["network"]["ip"]).lower() for c in clones)
         kept = {run(server, c["name"], "cat /dev/kept") for c in clones}
         assert len(kept) == 1 and len(kept.pop()) == 36  # the template's value, in each
         for c in clones:
