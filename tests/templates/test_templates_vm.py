@@ -20,6 +20,7 @@ from hypeman.lib.exec import exec as hm_exec
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.netns import in_netns
+from tests.cli.conftest import Result, cli_env, run_cli
 from tests.conftest import fetch, push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
@@ -55,8 +56,12 @@ def sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def test_five_clones_of_one_template(ns: str, server: EmberServer) -> None:
-    image = in_netns(ns, push_to_ember, server, hello_image(cmd=SERVE), "tpl", "v1")
+@pytest.fixture(scope="module")
+def image(ns: str, server: EmberServer) -> str:
+    return in_netns(ns, push_to_ember, server, hello_image(cmd=SERVE), "tpl", "v1")
+
+
+def test_five_clones_of_one_template(ns: str, server: EmberServer, image: str) -> None:
     in_netns(ns, _five_clones_of_one_template, server, image)
 
 
@@ -125,3 +130,24 @@ def _create_with_a_template_refuses_other_fields(server: EmberServer) -> None:
         assert answer.status_code == 404, answer.text
         answer = client.post("/instances", json={"name": "x"})
         assert answer.status_code == 400 and "image" in answer.json()["message"]
+
+
+def test_the_cli_makes_clones_and_keeps_a_used_template(
+    ns: str, server: EmberServer, image: str
+) -> None:
+    env = cli_env(server)
+
+    def cli(*args: str) -> Result:
+        return in_netns(ns, run_cli, list(args), env)
+
+    made = cli("template", "create", "cli", image, "-m", "256MB", "--cpus", "1",
+               "--ready", "test", "--ready", "-s", "--ready", "/dev/kept")  # fmt: skip
+    assert made.code == 0, made.err
+    assert "cli" in cli("template", "ls").out
+    assert cli("run", "--template", "cli", image).code == 2  # no image with a template
+    clone = cli("run", "--template", "cli", "--name", "cli-1", "-d")
+    assert clone.code == 0 and "Running" in clone.out, clone.err
+    refused = cli("template", "rm", "cli")
+    assert refused.code != 0 and "in use" in refused.err, refused
+    assert cli("rm", "-f", "cli-1").code == 0
+    assert cli("template", "rm", "cli").code == 0
