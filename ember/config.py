@@ -43,10 +43,6 @@ class Settings(BaseSettings):
     # Guest RAM in a shared file in the instance dir (fastest standby, ~15% slower boot):
     # `auto` for instances with auto-standby enabled, or `always` / `never`.
     guest_memory_file: Literal["auto", "always", "never"] = "auto"
-    # TCG's translated-code buffer of a clone of a template, in MiB (0: QEMU's default, up
-    # to 1 GiB, ~58 MiB resident after a boot): the part of an idle clone's memory that is
-    # its own (ember/templates/README.md).
-    clone_tb_size_mb: int = Field(default=32, ge=0)
 
     # --- VMM jail (ember/hypervisor/jail.py, ember/instances/jail.py) ---
     # `off` runs every VMM as root with the whole filesystem in view (debugging only).

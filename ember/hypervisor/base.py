@@ -81,8 +81,6 @@ class VMSpec:
     # file even when mapped privately, zeroing them under every other VM mapping it. Part
     # of the device state (a virtio feature): a restore must use the boot's choice.
     free_page_reporting: bool = True
-    # TCG only: cap the translated-code buffer at this many MiB (None: QEMU's default).
-    tb_size_mb: int | None = None
     # Run the VMM confined (its own uid, an empty root, seccomp, a cgroup); None: as root.
     jail: JailSpec | None = None
 

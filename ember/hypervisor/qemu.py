@@ -62,8 +62,7 @@ def build_command(
     if accel == "kvm":
         accel_args = ["-accel", "kvm", "-cpu", "host"]
     else:
-        tb_size = f",tb-size={spec.tb_size_mb}" if spec.tb_size_mb else ""
-        accel_args = ["-accel", f"tcg,thread=multi{tb_size}", "-cpu", "max"]
+        accel_args = ["-accel", "tcg,thread=multi", "-cpu", "max"]
     cmd = [
         binary,
         "-name",

@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import dataclasses
 import logging
 import shutil
 import threading
@@ -110,9 +109,6 @@ async def _start_from_saved(r: Restoring) -> None:
     base = Path(saved.memory_base) if saved.memory_base else None
     spec = vm_spec(record, paths, _booted_with(saved), rootfs, r.devices,
                    memory_in_file=saved.memory_in_file, memory_base=base)  # fmt: skip
-    if base is not None and core.settings.clone_tb_size_mb:
-        # A clone's own memory is mostly TCG's code buffer: capped (templates README).
-        spec = dataclasses.replace(spec, tb_size_mb=core.settings.clone_tb_size_mb)
     devices = hypervisor.device_set(spec)
     if saved.devices is not None and devices != saved.devices:
         raise InvalidState(
