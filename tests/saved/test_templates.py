@@ -51,6 +51,8 @@ async def test_a_clone_maps_the_template_memory_and_is_told_its_identity(rig: Ri
     assert agent is not None
     identity = [f for kind, f in agent.requests if kind == MsgType.SET_IDENTITY.name]
     assert len(identity) == 1 and identity[0]["hostname"] == "c1"
+    # The template's workload was stopped before the save; the clone continues it.
+    assert tpl.memory is not None and tpl.memory.workload_stopped and identity[0]["cont"] == "1"
     assert len(identity[0]["entropy"]) == 128 and len(identity[0]["machine_id"]) == 32
     assert templates.clones(tpl) == ["instance 'c1'"]
 
