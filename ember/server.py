@@ -67,6 +67,7 @@ from ember.snapshots.store import SnapshotStore
 from ember.store import Repository, Store
 from ember.system import BootArtifacts, BootSystem
 from ember.tasks import BackgroundJobs
+from ember.templates import Templates
 from ember.volumes import VolumeManager
 
 __all__ = ["InstanceServices", "Services", "build", "build_instances"]
@@ -186,6 +187,7 @@ class Services:
     groups: GroupManager
     autoscale: AutoscaleManager
     schedules: ScheduleManager
+    templates: Templates
     volumes: VolumeManager
     devices: DeviceManager
     memory: MemoryReclaimer
@@ -291,6 +293,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         groups=groups,
         autoscale=AutoscaleManager(store, groups, instances),
         schedules=ScheduleManager(store, instances),
+        templates=Templates(instances),
         volumes=volumes,
         devices=DeviceManager(store),
         memory=MemoryReclaimer(

@@ -28,6 +28,7 @@ from ember.api.routes import (
     pushes,
     registry,
     snapshots,
+    templates,
     volumes,
 )
 from ember.api.services import Services
@@ -51,6 +52,7 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
     groups.router,  # /service-groups (Ember extension)
     *UKC_ROUTERS,  # /v1: the Unikraft Cloud API (ember/ukc)
+    templates.router,  # /templates (Ember extension)
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
 UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")

@@ -228,7 +228,9 @@ def follow_to_exit(api: EmberClient, ref: str) -> int:
     context_settings={"allow_interspersed_args": False},  # after IMAGE: the command
 )
 def run(
-    image: str = typer.Argument(..., help="Image to run (pulled if missing)."),
+    image: str | None = typer.Argument(
+        None, help="Image to run (pulled if missing); none with --template."
+    ),
     command: list[str] | None = typer.Argument(
         None, help="Command and arguments (replace the image's CMD); a leading `--` is optional."
     ),
@@ -280,6 +282,12 @@ def run(
         metavar="COOLDOWN_MS",
         help="With --group: standby after this many idle milliseconds, woken by a request.",
     ),
+    template: str | None = typer.Option(
+        None,
+        "--template",
+        metavar="NAME",
+        help="Clone this template (Running from its saved state) instead of booting an image.",
+    ),
     as_json: bool = JsonOption,
 ) -> None:
     """Create and start an instance; follow its output and exit with its exit code.
@@ -287,8 +295,17 @@ def run(
     [dim]ember run IMAGE /bin/sh -c 'echo hi; exit 7'[/dim] exits 7; with -d it returns
     once the instance runs. --json implies -d and prints the instance. With -it the
     command (or the image's) runs in a terminal here while `sleep` keeps the VM up (the
-    image needs /bin/sh and sleep); the instance stops when it ends.
+    image needs /bin/sh and sleep); the instance stops when it ends. With --template
+    NAME it is a clone of that template (only --name, -d, --rm and --json then).
     """
+    if template is not None:
+        if image is not None or command or interactive or terminal or publish_ or group:
+            fail("--template: no IMAGE, COMMAND, -it, -p or -g (a clone runs as its template "
+                 "was saved)", EXIT_USAGE)  # fmt: skip
+        raise typer.Exit(run_clone(template, name, detach=detach or as_json, remove=remove,
+                                   as_json=as_json))  # fmt: skip
+    if image is None:
+        fail("give an IMAGE (or --template NAME)", EXIT_USAGE)
     if pull_policy not in ("missing", "always", "never"):
         fail(f"--pull {pull_policy!r}: use missing, always or never", EXIT_USAGE)
     for option, size in (("-m/--memory", memory), ("--overlay-size", overlay_size)):
@@ -343,6 +360,22 @@ def run(
         if remove:
             remove_instance(api, ref, force=True)
     raise typer.Exit(code)
+
+
+def run_clone(template: str, name: str | None, *, detach: bool, remove: bool, as_json: bool) -> int:
+    """`run --template`: a clone of the template, followed like any run."""
+    with client(EXIT_EMBER) as api:
+        created = api.create_instance(name=name or default_name(template), template=template)
+        if detach:
+            if as_json:
+                emit_json(created)
+            else:
+                console.print(f"{coloured(created['state'])} {created['name']} {created['id']}")
+            return 0
+        code = follow_to_exit(api, created["id"])
+        if remove:
+            remove_instance(api, created["id"], force=True)
+    return code
 
 
 def join_group(

@@ -35,7 +35,16 @@ def __getattr__(name: str) -> Any:
 
 def _full_app() -> Typer:
     # Importing the command modules registers their commands on `app`.
-    from ember.cli import cluster, groups, guest, host, images, instances, resources  # noqa: F401
+    from ember.cli import (  # noqa: F401
+        cluster,
+        groups,
+        guest,
+        host,
+        images,
+        instances,
+        resources,
+        templates,
+    )
     from ember.cli.common import app
 
     return app

@@ -329,6 +329,23 @@ class EmberClient:
         result: list[JSON] = self._call("GET", path, params={"limit": limit})
         return result
 
+    # ---- templates (Ember extension) -------------------------------------------------
+
+    def create_template(self, **body: Any) -> JSON:
+        result: JSON = self._call("POST", "/templates", json=body)
+        return result
+
+    def templates(self) -> list[JSON]:
+        result: list[JSON] = self._call("GET", "/templates")
+        return result
+
+    def template(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/templates/{_quote(ref)}")
+        return result
+
+    def delete_template(self, ref: str) -> None:
+        self._call("DELETE", f"/templates/{_quote(ref)}")
+
     # ---- WebSockets (exec and cp live in ember.client.streams) ------------------------
 
     def websocket_url(self, ref: str, kind: str) -> str:

@@ -223,9 +223,11 @@ class AgentClient:
         await self._request(MsgType.PING, b"ping", timeout)
         return time.monotonic() - started
 
-    async def signal(self, signum: int, timeout: float = 5.0) -> None:
-        """Send a signal to the workload (SIGTERM = graceful stop)."""
-        await self._request(MsgType.SIGNAL, encode_record({"signal": signum}), timeout)
+    async def signal(self, signum: int, timeout: float = 5.0, *, group: bool = False) -> None:
+        """Send a signal to the workload (SIGTERM = graceful stop); `group`: to its whole
+        process group (SIGSTOP before a template is saved)."""
+        fields = {"signal": int(signum)} | ({"group": 1} if group else {})
+        await self._request(MsgType.SIGNAL, encode_record(fields), timeout)
 
     async def set_time(self, when: float | None = None, timeout: float = 5.0) -> None:
         """Set the guest's wall clock (default: the host's now), which lags after a restore."""
@@ -249,6 +251,18 @@ class AgentClient:
         if hostname:
             fields["hostname"] = hostname
         await self._request(MsgType.SET_NETWORK, encode_record(fields), timeout)
+
+    async def set_identity(
+        self, hostname: str, *, resume_workload: bool = False, timeout: float = 5.0
+    ) -> None:
+        """Make a clone unique: its kernel's CRNG reseeded from 64 fresh bytes of the host's
+        entropy, its own machine-id and hostname; then, with `resume_workload`, the
+        workload's process group (stopped before the save) goes on."""
+        fields = {"entropy": secrets.token_hex(64), "machine_id": secrets.token_hex(16),
+                  "hostname": hostname}  # fmt: skip
+        if resume_workload:
+            fields["cont"] = "1"
+        await self._request(MsgType.SET_IDENTITY, encode_record(fields), timeout)
 
     async def mount_volume(
         self, serial: str, path: str, *, readonly: bool, timeout: float = 30.0

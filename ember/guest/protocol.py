@@ -41,6 +41,9 @@ class MsgType(enum.IntEnum):
     # host->guest: iface= mac= ip= prefix= gateway= dns=.. hostname= (a fork's own network,
     # applied over the one it inherited from the VM it was restored from); STATUS {}
     SET_NETWORK = 0x0A
+    # host->guest: entropy=<hex> machine_id=<32 hex> hostname= (a clone's own identity: the
+    # CRNG reseeded from the host's entropy, RNDADDENTROPY + RNDRESEEDCRNG); STATUS {}
+    SET_IDENTITY = 0x0B
     ERROR = 0x0F  # guest->host: {"message"} answering a request on its channel
     # Requests on host-chosen channels; an exec session keeps its channel until EXEC_EXIT.
     EXEC_START = 0x10  # host->guest: arg=.. env=.. cwd= user= tty=0|1 rows= cols=

@@ -74,6 +74,13 @@ class VMSpec:
     # writes only device state and leaves the RAM in the file. A restore must use the
     # same choice as the boot it continues.
     memory_file: Path | None = None
+    # Map `memory_file` copy-on-write (`share=off`, MAP_PRIVATE) instead of shared: many
+    # VMs map one template's RAM file, each page stays one page-cache page until written.
+    memory_private: bool = False
+    # Free page reporting off: QEMU 7.2 would punch the reported pages out of the memory
+    # file even when mapped privately, zeroing them under every other VM mapping it. Part
+    # of the device state (a virtio feature): a restore must use the boot's choice.
+    free_page_reporting: bool = True
     # Run the VMM confined (its own uid, an empty root, seccomp, a cgroup); None: as root.
     jail: JailSpec | None = None
 

@@ -113,7 +113,7 @@ def build_command(
         "-device", f"virtserialport,chardev=agent,name={AGENT_PORT_NAME}",
         # The guest reports the pages it freed; QEMU punches them out of the memory file,
         # so a standby keeps only what the guest uses (qemu-notes: 519 -> 121 MB).
-        "-device", "virtio-balloon-device,free-page-reporting=on",
+        "-device", f"virtio-balloon-device,free-page-reporting={_on(spec.free_page_reporting)}",
         "-qmp", f"unix:{_opt(spec.qmp_socket)},server=on,wait=off",
         "-daemonize", "-pidfile", str(spec.pid_file),
         # Daemonized QEMU points its stderr at /dev/null, or at the -D file if there is one.
@@ -130,7 +130,10 @@ def device_set(spec: VMSpec, accel: Accel) -> list[str]:
     what QEMU's migration stream must find again on restore."""
     command = build_command(spec, accel)
     devices = [command[i + 1].split(",")[0] for i, arg in enumerate(command) if arg == "-device"]
-    return devices + (["memory-backend-file"] if spec.memory_file is not None else [])
+    memory = ["memory-backend-file"] if spec.memory_file is not None else []
+    # Appended only when off: the sets recorded before this was a choice stay equal.
+    reporting = [] if spec.free_page_reporting else ["free-page-reporting=off"]
+    return devices + memory + reporting
 
 
 def _slot_args(disk: DiskSpec) -> list[str]:
@@ -211,12 +214,18 @@ async def _node_size(qmp: QMPClient, node: str) -> int:
 
 def _memory_args(spec: VMSpec) -> list[str]:
     """Guest RAM as a shared file mapping: with `x-ignore-shared` a save leaves it in the
-    file and writes only device state (~60 KB), and a restore maps it back."""
+    file and writes only device state (~60 KB), and a restore maps it back. Or, private
+    (`share=off`), a template's RAM file that many clones map copy-on-write: a save then
+    streams the RAM (a private block is never "shared", so never skipped)."""
     if spec.memory_file is None:
         return []
     size = f"{max(spec.memory_bytes // _MIB, 64)}M"
     backend = f"memory-backend-file,id={_RAM_ID},size={size},mem-path={_opt(spec.memory_file)}"
-    return ["-object", backend + ",share=on"]
+    return ["-object", f"{backend},share={_on(not spec.memory_private)}"]
+
+
+def _on(flag: bool) -> str:
+    return "on" if flag else "off"
 
 
 async def _migration_setup(qmp: QMPClient, *, ignore_shared: bool) -> None:

@@ -17,6 +17,10 @@ async def running_guests(core: InstanceCore) -> list[Guest]:
     for record in core.repo.all():
         if record.state != State.RUNNING or record.pid is None:
             continue
+        if record.memory_base is not None:
+            # QEMU 7.2 discards a ballooned page by punching it out of the RAM file, even a
+            # private mapping's: that would zero the page under every clone of a template.
+            continue
         hypervisor = core.hypervisor(record)
         if not hypervisor.capabilities.balloon:
             continue

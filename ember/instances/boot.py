@@ -48,6 +48,7 @@ async def boot(
         exit_message=None,
         vm_devices=hypervisor.device_set(spec),
         stop_reason=None,
+        memory_base=None,
     )
     watch(core, record, handle)
     return record

@@ -24,7 +24,9 @@ from ember.instances.request import CreateInstanceRequest
 log = logging.getLogger("ember.instances")
 
 
-async def create(core: InstanceCore, request: CreateInstanceRequest) -> InstanceRecord:
+async def create(
+    core: InstanceCore, request: CreateInstanceRequest, *, shareable_memory: bool = False
+) -> InstanceRecord:
     began = phases.now()
     image = core.images.get(request.image)
     core.images.rootfs_path(image)  # refuses images that are not ready
@@ -38,6 +40,7 @@ async def create(core: InstanceCore, request: CreateInstanceRequest) -> Instance
         networking=core.networking,
     )
     record = the_plan.record
+    record.shareable_memory = shareable_memory
     if core.repo.by_name(record.name) is not None:
         raise Conflict(f"instance {record.name!r} already exists", code="already_exists")
     core.resources.check(the_plan)

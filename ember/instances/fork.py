@@ -78,7 +78,8 @@ async def fork_instance(
             volumes = [volume_copy(a, paths) for a in attachments]
             saved = record.standby if record.state == State.STANDBY else None
             fork = await _place_fork(snaps, record, paths, saved, name, target,
-                                     volumes=volumes, network=snaps.network_of(record))  # fmt: skip
+                                     volumes=volumes, network=snaps.network_of(record),
+                                     share_memory=False)  # fmt: skip
     finally:
         if was_running:
             await restore(core, snaps.jobs, snaps.network, source_id)
@@ -104,7 +105,8 @@ async def fork_snapshot(
     slot = snaps.slot(snapshot.id)
     async with slot.lock:
         fork = await _place_fork(snaps, source, slot.files, snapshot.memory, name, target,
-                                 volumes=snapshot.volumes, network=snapshot.network)  # fmt: skip
+                                 volumes=snapshot.volumes, network=snapshot.network,
+                                 share_memory=source.shareable_memory)  # fmt: skip
     return await _bring_to(snaps, fork, target)
 
 
@@ -140,9 +142,11 @@ async def _place_fork(
     *,
     volumes: list[VolumeCopy],
     network: NetworkCopy | None,
+    share_memory: bool,
 ) -> InstanceRecord:
     """Acquire the fork's resources, place the files, insert its record (Standby when it
-    gets the saved VM, else Stopped); on any failure release everything."""
+    gets the saved VM, else Stopped); on any failure release everything. `share_memory`:
+    map the RAM file of `src` copy-on-write (only a snapshot's: it never changes)."""
     core = snaps.core
     with_memory = saved is not None and target != State.STOPPED
     record = _fork_record(source, name, State.STANDBY if with_memory else State.STOPPED)
@@ -160,10 +164,12 @@ async def _place_fork(
     await core.resources.acquire(plan, paths)
     try:
         disks = [v.overlay_disk for v in volumes if v.overlay_disk]
-        placed = await place_saved_vm(src, saved if with_memory else None, disks, paths)
+        placed = await place_saved_vm(src, saved if with_memory else None, disks, paths,
+                                      share_memory=share_memory)  # fmt: skip
         if placed is not None:
-            # Its guest wakes up with the source's MAC and IP (see saved.identity).
-            record.standby = placed.model_copy(update={"foreign_network": network is not None})
+            # Its guest wakes up as the source, MAC and IP included (see saved.identity).
+            copy = {"foreign_network": network is not None, "foreign_identity": True}
+            record.standby = placed.model_copy(update=copy)
         core.repo.insert(record)
     except BaseException:
         await core.resources.release(record, paths)

@@ -234,8 +234,12 @@ class InstanceManager:
 
     # ---- commands --------------------------------------------------------------------
 
-    async def create(self, request: CreateInstanceRequest) -> InstanceRecord:
-        return await create.create(self.core, request)
+    async def create(
+        self, request: CreateInstanceRequest, *, shareable_memory: bool = False
+    ) -> InstanceRecord:
+        """`shareable_memory`: boot so that forks of its snapshots can map its RAM
+        copy-on-write (a template's builder; ember/templates)."""
+        return await create.create(self.core, request, shareable_memory=shareable_memory)
 
     async def start(
         self, ref: str, cmd: list[str] | None = None, entrypoint: list[str] | None = None

@@ -158,3 +158,9 @@ class InstanceRecord(StoredRecord):
     phases: BootPhases | None = None
     auto_standby: AutoStandbyPolicy | None = None
     auto_standby_state: AutoStandbyState = Field(default_factory=AutoStandbyState)
+    # Boots on a memory file without free page reporting, so that VMs made from its saved
+    # VM can map that RAM copy-on-write (a template's builder, and every clone of it).
+    shareable_memory: bool = False
+    # The RAM file (a template's or a snapshot's) this VM maps copy-on-write while it runs
+    # (None: its RAM is its own); what keeps that file from being deleted.
+    memory_base: str | None = None

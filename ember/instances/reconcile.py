@@ -150,14 +150,16 @@ async def _settle_cut_restore(
         with contextlib.suppress(EmberError, OSError):
             if await hypervisor.run_state(vmm) == RunState.RUNNING:
                 note = "adopted the VM of a restore cut short by a server restart"
-                core.transition(record.id, State.RUNNING, note, pid=pid)
+                saved = record.standby
+                base = saved.memory_base if saved is not None else None  # a clone's template
+                core.transition(record.id, State.RUNNING, note, pid=pid, memory_base=base)
                 _drop_stale_saved_vm(core, record.id)
                 if not record.skip_guest_agent:
                     await _reopen_agent_port(vmm)
-                if record.standby is not None and record.standby.foreign_network:
+                if saved is not None and (saved.foreign_network or saved.foreign_identity):
                     message = ("the restore of this fork was cut short by a server restart "
-                               "before its guest took its own network settings: restart it "
-                               "to get them")  # fmt: skip
+                               "before its guest took its own identity (random state, "
+                               "machine-id, network): restart it to get them")  # fmt: skip
                     _set_error(core, record.id, message)
                 return pid
     return None

@@ -25,7 +25,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from ember.errors import InvalidArgument, InvalidState
+from ember.errors import Conflict, InvalidArgument, InvalidState
 from ember.ids import new_id
 from ember.instances.boot import boot
 from ember.instances.core import InstanceCore, invalid
@@ -153,7 +153,10 @@ class Snapshots:
         tags: dict[str, str] | None = None,
         compression: CompressionConfig | None = None,
         scheduled: bool = False,
+        template: bool = False,
+        workload_stopped: bool = False,
     ) -> SnapshotRecord:
+        """`workload_stopped`: the caller stopped the workload before (a template)."""
         core = self.core
         async with core.lock(instance_id):
             record = core.current(instance_id)
@@ -174,13 +177,15 @@ class Snapshots:
             volumes = [volume_copy(a, core.paths(record.id)) for a in attachments]
             try:
                 memory = await self._capture(record, kind, volumes, files)
+                if memory is not None:
+                    memory.workload_stopped = workload_stopped
                 snapshot = SnapshotRecord(
                     id=snapshot_id, name=name, kind=kind, tags=tags,
                     source_instance_id=record.id, source_instance_name=record.name,
                     source_hypervisor=record.hypervisor, size_bytes=tree_bytes(files.dir),
                     memory=memory, volumes=volumes, network=self.network_of(record),
                     source=record.model_dump(mode="json", exclude={"standby"}),
-                    scheduled=scheduled,
+                    scheduled=scheduled, template=template,
                 )  # fmt: skip
                 self.store.insert(snapshot)
             except BaseException:
@@ -188,7 +193,9 @@ class Snapshots:
                 raise
         core.event(record.id, f"snapshot {snapshot_id} ({kind}) taken: "
                               f"{format_size(snapshot.size_bytes)}")  # fmt: skip
-        if chosen is not None and memory is not None:
+        # The RAM file of a VM booted for sharing is what its forks map: kept raw.
+        shared = record.shareable_memory and memory is not None and memory.memory_in_file
+        if chosen is not None and memory is not None and not shared:
             start_compression(self.jobs, self.slot(snapshot_id), chosen)
         return snapshot
 
@@ -233,13 +240,38 @@ class Snapshots:
 
     # ---- delete ------------------------------------------------------------------------
 
+    def dependents(self, snapshot_id: str) -> list[str]:
+        """What maps this snapshot's RAM file copy-on-write (forks and clones made while it
+        was shared, and snapshots of them): it must stay while they do. A fork that was
+        given its own copy, or has stopped, does not count."""
+        base = str(self.layout.of(snapshot_id).memory)
+
+        def maps(saved: SavedVM | None) -> bool:
+            return saved is not None and saved.memory_base == base
+
+        found = [
+            f"instance {r.name!r}"
+            for r in self.core.repo.all()
+            if (r.memory_base == base and r.state != State.STOPPED) or maps(r.standby)
+        ]
+        return found + [f"snapshot {s.name or s.id!r}" for s in self.store.find() if maps(s.memory)]
+
     async def delete(self, ref: str) -> None:
         """The record first, then the files (a server killed between leaves files without
-        a record, which `recover` removes)."""
-        snapshot_id = self.get(ref).id  # 404
+        a record, which `recover` removes). Refused (409 `in_use`) while VMs map its RAM."""
+        snapshot = self.get(ref)  # 404
+        snapshot_id = snapshot.id
         slot = self.slot(snapshot_id)
         await self.jobs.cancel(slot.key)
         async with slot.lock:  # a fork or restore copying from it
+            using = self.dependents(snapshot_id)
+            if using:
+                what = "template" if snapshot.template else "snapshot"
+                raise Conflict(
+                    f"{what} {snapshot.name or snapshot_id!r} is in use: {', '.join(using)} "
+                    "map its memory copy-on-write; delete or stop them first",
+                    code="in_use",
+                )
             self.store.delete(snapshot_id)
             await asyncio.to_thread(shutil.rmtree, slot.files.dir, True)
         self.file_locks.pop(snapshot_id, None)

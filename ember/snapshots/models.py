@@ -44,6 +44,16 @@ class SavedVM(BaseModel):
     # The saved guest still has the network settings (MAC, IP, hostname) of the VM it was
     # forked from: a restore keeps its TAP down until the agent has set the fork's own.
     foreign_network: bool = False
+    # The saved guest is a copy of another VM (a fork, a clone): before its program goes on
+    # its kernel's random state is reseeded and it gets its own machine-id and hostname.
+    foreign_identity: bool = False
+    # A RAM file of another saved VM (a template's) that this one maps copy-on-write
+    # (`share=off`): the stream holds only what differs from it, or nothing at all.
+    memory_base: str | None = None
+    # The workload's processes were stopped (SIGSTOP) before the save (a template): a copy
+    # continues them once its CRNG is reseeded, so its program never draws from the
+    # random state all copies share.
+    workload_stopped: bool = False
 
     def with_compression(
         self,
@@ -94,6 +104,9 @@ class SnapshotRecord(BaseModel):
     source: dict[str, Any]
     # Made by the instance's schedule: only these are pruned by its retention.
     scheduled: bool = False
+    # A template (ember/templates): a saved VM prepared for cloning; its name is unique
+    # among templates and its RAM file is mapped copy-on-write by its clones.
+    template: bool = False
 
 
 class Retention(BaseModel):

@@ -70,6 +70,7 @@ class SnapshotStore:
         tags: dict[str, str] | None = None,
         snapshot_id: str | None = None,
         id_prefix: str | None = None,
+        template: bool | None = None,
     ) -> list[SnapshotRecord]:
         """Oldest first; every given filter must hold."""
         rows = self.store.query("SELECT data FROM snapshots ORDER BY created_at, id")
@@ -82,6 +83,7 @@ class SnapshotStore:
             and (id_prefix is None or s.id.startswith(id_prefix))
             and (kind is None or s.kind == kind)
             and (name is None or s.name == name)
+            and (template is None or s.template == template)
             and (instance_id is None or s.source_instance_id == instance_id)
             and wanted <= s.tags.items()
         ]

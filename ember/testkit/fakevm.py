@@ -6,7 +6,8 @@ own, writes a small `vmstate` on save (and creates the memory file a VM runs
 on), and fails or hangs at a named call: `FakeHypervisor(fail={"save"})`,
 `hang={"restore"}`. With `agent=True` each VM it starts or restores gets a
 `FakeAgent` on the spec's agent socket, which answers HELLO, PING, STATUS,
-SET_TIME and SET_NETWORK (recorded) and refuses everything else; `agent=False`
+SET_TIME, SET_NETWORK, SET_IDENTITY and group SIGNALs (recorded) and refuses
+everything else; `agent=False`
 leaves the socket absent, as a guest whose agent never comes.
 
 The VM tests stay the end-to-end proof; these fakes cover what real QEMU cannot
@@ -70,7 +71,11 @@ class FakeAgent:
             return [Frame(MsgType.HELLO_ACK, CONTROL_CHANNEL, json.dumps(ack).encode())]
         if frame.type == MsgType.PING:
             return [Frame(MsgType.PONG, frame.channel, frame.payload)]
-        if frame.type in (MsgType.STATUS, MsgType.SET_TIME, MsgType.SET_NETWORK):
+        answered = (MsgType.STATUS, MsgType.SET_TIME, MsgType.SET_NETWORK, MsgType.SET_IDENTITY)
+        # A group signal (a template's workload stopped) is taken; a plain one (a graceful
+        # stop) is refused, so that a stop goes straight on to the VMM's end.
+        group_signal = frame.type == MsgType.SIGNAL and b"group=" in frame.payload
+        if frame.type in answered or group_signal:
             fields = dict(kv.split("=", 1) for kv in frame.payload.decode().split("\0") if kv)
             self.requests.append((MsgType(frame.type).name, fields))
             return [Frame(MsgType.STATUS, frame.channel, json.dumps(status).encode())]
@@ -220,4 +225,5 @@ class FakeHypervisor:
     def device_set(self, spec: VMSpec) -> list[str]:
         devices = ["virtio-blk-device"] * len(spec.disks) + ["virtio-net-device"] * len(spec.nics)
         devices += ["virtio-serial-device", *self.extra_devices]
-        return devices + (["memory-backend-file"] if spec.memory_file is not None else [])
+        devices += ["memory-backend-file"] if spec.memory_file is not None else []
+        return devices + ([] if spec.free_page_reporting else ["free-page-reporting=off"])

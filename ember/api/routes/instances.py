@@ -59,6 +59,8 @@ MAX_WAIT_SECONDS = 300.0
 async def create_instance(body: CreateInstanceBody, svc: ServicesDep) -> Instance:
     """An image whose pull is under way is waited for (`EMBER_IMAGE_READY_WAIT_SECONDS`),
     then answered as 400 `image_not_ready` if it is still not ready."""
+    if body.template is not None:
+        return answer(svc, await svc.templates.clone(body.template, body.clone_name()))
     request = body.instance_request()
     schedules = await svc.schedules.check(body.schedules or [])  # before anything exists
     await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)

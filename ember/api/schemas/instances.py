@@ -9,6 +9,7 @@ from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictStr
 
 from ember.api.schemas.base import Omitted
 from ember.api.schemas.snapshots import CompressionConfig
+from ember.errors import InvalidArgument
 from ember.groups import (
     InstanceServiceGroupRequest,
     MemberRecord,
@@ -339,7 +340,7 @@ class InstanceServiceGroup(BaseModel):
 
 
 GROUP_FIELDS = {"service_group", "scale_to_zero"}
-EXTENSION_FIELDS = GROUP_FIELDS | {"schedules"}
+EXTENSION_FIELDS = GROUP_FIELDS | {"schedules", "template"}
 
 
 class CreateInstanceBody(CreateInstanceRequest):
@@ -356,8 +357,30 @@ class CreateInstanceBody(CreateInstanceRequest):
     schedules: list[ScheduleRequest] | None = Field(
         default=None, description="Ember extension: calendar schedules (Unikraft Cloud's)"
     )
+    image: StrictStr | None = Field(  # type: ignore[assignment]
+        default=None, min_length=1,
+        description="OCI image reference (must be pulled); required unless `template`",
+    )  # fmt: skip
+    template: StrictStr | None = Field(
+        default=None, min_length=1,
+        description="Ember extension: a template (id, name or id prefix) to clone, Running "
+        "from its saved state with its own id, name, disks, MAC, IP and hostname; only "
+        "`name` may be given with it",
+    )  # fmt: skip
+
+    def clone_name(self) -> str:
+        """The clone's name, with `template`: nothing else may be asked of a clone."""
+        extra = sorted(self.model_fields_set - {"name", "template"})
+        if extra:
+            raise InvalidArgument(
+                f"{', '.join(extra)}: cannot be given with template (a clone runs as its "
+                "template was saved)"
+            )
+        return self.name
 
     def instance_request(self) -> CreateInstanceRequest:
+        if self.image is None:
+            raise InvalidArgument("image: required (or template)")
         return CreateInstanceRequest.model_validate(
             self.model_dump(exclude=EXTENSION_FIELDS, exclude_unset=True)
         )

@@ -38,6 +38,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <linux/fs.h>
+#include <linux/random.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -61,6 +62,7 @@
 enum {
     T_HELLO = 0x01, T_HELLO_ACK = 0x02, T_STATUS = 0x03, T_READY = 0x04, T_EXIT = 0x05,
     T_PING = 0x06, T_PONG = 0x07, T_SIGNAL = 0x08, T_SET_TIME = 0x09, T_SET_NETWORK = 0x0A,
+    T_SET_IDENTITY = 0x0B,
     T_ERROR = 0x0F,
     T_EXEC_START = 0x10, T_EXEC_STARTED = 0x11, T_STDIN = 0x12, T_STDOUT = 0x13,
     T_STDERR = 0x14, T_RESIZE = 0x15, T_EXEC_EXIT = 0x16, T_CREDIT = 0x17, T_STAT = 0x20,
@@ -821,13 +823,18 @@ static void handle_signal_req(uint32_t ch, struct kv *req)
         return;
     }
     if (wl.state != ST_RUNNING) { send_error(ch, "workload is not running"); return; }
+    if (wl.init_mode && kv_get(req, "group")) { send_error(ch, "systemd: no group signals"); return; }
     if (wl.init_mode) {
         /* systemd powers off on SIGRTMIN+4; SIGTERM would make it re-execute. */
         if (sig == SIGTERM) sig = SIGRTMIN + 4;
         init_pending_sig = sig;
         init_pending_until = time(NULL) + 300;
         deliver_init_signal();
-    } else if (wl.pid <= 0 || kill(wl.pid, sig) < 0) { send_error(ch, strerror(errno)); return; }
+    } else if (wl.pid <= 0 || kill(kv_get(req, "group") ? -wl.pid : wl.pid, sig) < 0) {
+        /* group=1: the workload's whole process group (its session: setsid at start) */
+        send_error(ch, strerror(errno));
+        return;
+    }
     char buf[1024];
     status_json(buf, sizeof buf);
     send_json(T_STATUS, ch, buf);
@@ -971,6 +978,74 @@ static void set_network(uint32_t ch, struct kv *req)
     else send_json(T_STATUS, ch, "{}");
 }
 
+/* A clone or fork resumes with the random state, machine-id and hostname of the VM it was
+ * saved from. The host sends fresh entropy (entropy=<hex>, credited), a machine_id= and a
+ * hostname=: the entropy is mixed in and the CRNG reseeded at once (RNDRESEEDCRNG), so
+ * no two clones draw the same numbers from here on; with cont=1 the workload's process
+ * group, stopped before the save, goes on after that. */
+static int unhex(const char *text, unsigned char *out, size_t max)
+{
+    size_t n = strlen(text);
+    if (n % 2 || n / 2 > max) return -1;
+    for (size_t i = 0; i < n / 2; i++) {
+        unsigned int byte;
+        if (sscanf(text + 2 * i, "%2x", &byte) != 1) return -1;
+        out[i] = (unsigned char)byte;
+    }
+    return (int)(n / 2);
+}
+
+static const char *reseed(const char *hex)
+{
+    struct { int entropy_count; int buf_size; unsigned char buf[256]; } pool;
+    int n = unhex(hex, pool.buf, sizeof pool.buf);
+    if (n <= 0) return "invalid entropy";
+    pool.buf_size = n;
+    pool.entropy_count = n * 8;
+    int fd = open("/dev/urandom", O_WRONLY | O_CLOEXEC);
+    if (fd < 0) return "open /dev/urandom";
+    const char *what = NULL;
+    if (ioctl(fd, RNDADDENTROPY, &pool) < 0) what = "RNDADDENTROPY";
+    else if (ioctl(fd, RNDRESEEDCRNG) < 0) what = "RNDRESEEDCRNG";
+    close(fd);
+    return what;
+}
+
+static const char *write_machine_id(const char *id)
+{
+    if (strlen(id) != 32 || strspn(id, "0123456789abcdef") != 32) return "invalid machine_id";
+    struct stat st;
+    if (stat("/etc", &st) < 0 || !S_ISDIR(st.st_mode)) return NULL; /* no /etc: nothing to own */
+    FILE *f = fopen("/etc/machine-id.ember", "w");
+    if (!f) return "write /etc/machine-id";
+    fprintf(f, "%s\n", id);
+    if (fclose(f) != 0 || rename("/etc/machine-id.ember", "/etc/machine-id") < 0) {
+        unlink("/etc/machine-id.ember");
+        return "write /etc/machine-id";
+    }
+    return NULL;
+}
+
+static void set_identity(uint32_t ch, struct kv *req)
+{
+    static char err[256];
+    const char *entropy = kv_get(req, "entropy"), *id = kv_get(req, "machine_id");
+    const char *host = kv_get(req, "hostname"), *what = NULL;
+    if (entropy) what = reseed(entropy);
+    if (!what && id) what = write_machine_id(id);
+    if (!what && host && sethostname(host, strlen(host)) < 0) what = "set hostname";
+    /* cont=1: the workload was stopped before the save (a template): it goes on only now,
+     * reseeded, so it never draws from the state every clone shares. */
+    if (!what && kv_get(req, "cont") && !wl.init_mode && wl.pid > 0 && kill(-wl.pid, SIGCONT) < 0)
+        what = "continue the workload";
+    if (what) {
+        snprintf(err, sizeof err, "%s: %s", what, errno ? strerror(errno) : "bad request");
+        send_error(ch, err);
+        return;
+    }
+    send_json(T_STATUS, ch, "{}");
+}
+
 /* ---------- volumes attached to a running VM ---------- */
 
 /* The host swapped a volume into the slot disk `serial` and resized it: find it as
@@ -1084,6 +1159,10 @@ static void handle_frame(uint8_t type, uint8_t flags, uint32_t ch, unsigned char
     case T_SET_NETWORK:
         kv_parse((char *)p, n, &req);
         set_network(ch, &req);
+        break;
+    case T_SET_IDENTITY:
+        kv_parse((char *)p, n, &req);
+        set_identity(ch, &req);
         break;
     case T_EXEC_START:
         kv_parse((char *)p, n, &req);

@@ -48,12 +48,15 @@ async def capture_saved_vm(
     handle = paths.handle(record.pid or 0)
     system = core.system()
     memory_in_file = paths.memory.exists()  # only a VM booted on the file has it
+    # A clone maps a template's RAM copy-on-write: its RAM is streamed (a private mapping
+    # is never skipped), with the same migration setting as any VM on a memory file.
+    on_file = memory_in_file or record.memory_base is not None
     was_running = record.state == State.RUNNING
     shutil.rmtree(dst.saved_dir, ignore_errors=True)
     dst.saved_dir.mkdir(parents=True)
     core.event(record.id, f"pausing and saving the VM into {dst.dir.name}")
     try:
-        state = await hypervisor.save(handle, dst.vmstate, memory_file=memory_in_file)
+        state = await hypervisor.save(handle, dst.vmstate, memory_file=on_file)
         if while_paused is not None:
             await while_paused(memory_in_file)
     except BaseException as exc:
@@ -79,4 +82,5 @@ async def capture_saved_vm(
         kernel=str(system.kernel),
         initrd=str(system.initrd),
         cmdline=system.cmdline,
+        memory_base=record.memory_base,
     )

@@ -1,5 +1,13 @@
-"""A restored guest's identity: its network when it was saved as another VM (a fork),
-and its wall clock, both set through the guest agent once it is back.
+"""A restored guest's identity when it was saved as another VM (a fork, a clone): its
+random state, machine-id, hostname and network; and its wall clock. All set through the
+guest agent once it is back.
+
+Every copy is unique (`SavedVM.foreign_identity`): clones of one saved VM wake with the
+same kernel CRNG state, so the agent mixes 64 bytes of fresh host entropy into it and
+forces a reseed (RNDADDENTROPY + RNDRESEEDCRNG) first, then writes a new machine-id and
+sets the hostname. QEMU's `vmgenid` device would do the reseed at resume without the
+agent, but microvm's ACPI tables (hw/i386/acpi-microvm.c, QEMU 7.2) carry no VMGENID
+device: QEMU accepts `-device vmgenid` and the guest never sees it.
 
 A fork's guest wakes up with the source's MAC, address and hostname in its
 memory (`SavedVM.foreign_network`). Its TAP is taken down before the VM
@@ -37,23 +45,46 @@ async def quiet_network(network: GuestNetworks, instance_id: str) -> None:
 
 
 async def claim_identity(
-    core: InstanceCore, network: GuestNetworks, instance_id: str, lease: Lease
+    core: InstanceCore,
+    network: GuestNetworks | None,
+    instance_id: str,
+    lease: Lease | None,
+    *,
+    resume_workload: bool = False,
 ) -> None:
-    """Give the guest its own network settings, then bring its TAP up; on failure the TAP
-    stays down and `state_error` says why."""
+    """Make a copy of another VM its own: its kernel's CRNG reseeded from host entropy, its
+    own machine-id and hostname (then, with `resume_workload`, its stopped workload goes
+    on), then (with `lease`) its own network settings and its TAP up. What fails is said
+    in `state_error`; without its network the TAP stays down."""
     record = core.current(instance_id)
     try:
         if record.skip_guest_agent:
-            raise Unavailable("the instance has no guest agent to set its address")
+            raise Unavailable("the instance has no guest agent to make it its own")
         agent = await await_agent(core, instance_id)
+    except (EmberError, OSError, TimeoutError) as exc:
+        _keeps(core, instance_id, "identity and network", exc, lease is not None)
+        return
+    try:
+        await agent.set_identity(record.name, resume_workload=resume_workload)
+        core.event(instance_id, "guest CRNG reseeded from host entropy; own machine-id, hostname")
+    except (EmberError, OSError, TimeoutError) as exc:  # an agent from before SET_IDENTITY
+        _keeps(core, instance_id, "random state and machine-id", exc, False)
+    if lease is None or network is None:
+        return
+    try:
         await agent.set_network(network.guest_config(lease), hostname=record.name)
         core.event(instance_id, f"guest network set to {lease.ip} ({lease.mac})")
     except (EmberError, OSError, TimeoutError) as exc:
-        message = f"the guest keeps the network settings of the VM it was forked from: {exc}"
-        core.event(instance_id, message + "; its TAP stays down")
-        core.update(instance_id, lambda r: setattr(r, "state_error", message))
+        _keeps(core, instance_id, "network settings", exc, True)
         return
     await asyncio.to_thread(network.set_carrier, instance_id, True)
+
+
+def _keeps(core: InstanceCore, instance_id: str, what: str, exc: BaseException,
+           tap_down: bool) -> None:  # fmt: skip
+    message = f"the guest keeps the {what} of the VM it was copied from: {exc}"
+    core.event(instance_id, message + ("; its TAP stays down" if tap_down else ""))
+    core.update(instance_id, lambda r: setattr(r, "state_error", message))
 
 
 async def set_clock(core: InstanceCore, instance_id: str, timeout: float = 10.0) -> None:

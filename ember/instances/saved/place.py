@@ -28,10 +28,18 @@ async def copy_disks(src: SavedVMFiles, dst: SavedVMFiles, volume_disks: Iterabl
 
 
 async def place_saved_vm(
-    src: SavedVMFiles, saved: SavedVM | None, volume_disks: Iterable[str], dst: SavedVMFiles
+    src: SavedVMFiles,
+    saved: SavedVM | None,
+    volume_disks: Iterable[str],
+    dst: SavedVMFiles,
+    *,
+    share_memory: bool = False,
 ) -> SavedVM | None:
     """The disks and, with `saved`, the saved VM of `src` into `dst`, the memory raw
-    (decompressed if need be); the placed saved VM's record (uncompressed, a copy)."""
+    (decompressed if need be); the placed saved VM's record (uncompressed, a copy).
+
+    `share_memory`: when the RAM is a raw file in `src`, it is not copied; the placed
+    saved VM maps it copy-on-write (`memory_base`), so `src` must outlive the VM."""
     await copy_disks(src, dst, volume_disks)
     # What an earlier life of `dst` saved is replaced (or, without `saved`, gone).
     shutil.rmtree(dst.saved_dir, ignore_errors=True)
@@ -39,6 +47,10 @@ async def place_saved_vm(
     if saved is None:
         return None
     dst.saved_dir.mkdir(parents=True, exist_ok=True)
+    if share_memory and saved.memory_in_file and src.memory.exists():
+        await copy_sparse(src.vmstate, dst.vmstate)  # device state only (~60 KB)
+        shared = {"memory_in_file": False, "memory_base": str(src.memory)}
+        return saved.with_compression("none", None).model_copy(update=shared, deep=True)
     raw = src.payload(saved.memory_in_file)
     algorithm = saved.compression.algorithm if saved.compression else None
     if raw != src.vmstate:

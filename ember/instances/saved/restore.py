@@ -15,7 +15,8 @@ differs between them is data in the saved VM (`foreign_network`), read by the
                                                         undo: unfollow, Standby
 
 Then, the VM running: the saved files go (`discard_saved`), a fork claims its
-network identity (awaited: the answer says whether it has its address), and
+identity (CRNG reseeded, machine-id, hostname, network; awaited: the answer says
+whether it has its address), and
 the guest clock is set in an owned background job.
 
 Failure (any step): the steps done are undone in reverse, the instance stays
@@ -105,8 +106,9 @@ async def _start_from_saved(r: Restoring) -> None:
     paths = core.paths(record.id)
     hypervisor = core.hypervisor(record)
     rootfs = core.images.rootfs_of(record.image_digest)
+    base = Path(saved.memory_base) if saved.memory_base else None
     spec = vm_spec(record, paths, _booted_with(saved), rootfs, r.devices,
-                   memory_in_file=saved.memory_in_file)  # fmt: skip
+                   memory_in_file=saved.memory_in_file, memory_base=base)  # fmt: skip
     devices = hypervisor.device_set(spec)
     if saved.devices is not None and devices != saved.devices:
         raise InvalidState(
@@ -130,7 +132,8 @@ async def _mark_running(r: Restoring) -> None:
     r.standby_record = r.record
     r.record = r.core.transition(r.record.id, State.RUNNING, "restored from a saved VM",
                                  pid=r.handle.pid, vm_devices=r.saved.devices,
-                                 stop_reason=None, exit_message=None)  # fmt: skip
+                                 stop_reason=None, exit_message=None,
+                                 memory_base=r.saved.memory_base)  # fmt: skip
     watch(r.core, r.record, r.handle)
 
 
@@ -180,12 +183,14 @@ async def restore(
         await await_vmm_exit(jobs, instance_id)  # a standby just taken: its VMM goes first
         lease = network.lease(instance_id) if network is not None else None
         foreign = lease if record.standby.foreign_network else None
+        copy = record.standby.foreign_identity or foreign is not None
         run = Restoring(core, jobs, record, record.standby, foreign, network)
         await _run_steps(run, steps)
         core.event(instance_id, f"restored in {time.monotonic() - started:.3f} s")
         discard_saved(core, instance_id)
-        if run.lease is not None and network is not None:
-            await claim_identity(core, network, instance_id, run.lease)
+        if copy:
+            await claim_identity(core, network, instance_id, run.lease,
+                                 resume_workload=run.saved.workload_stopped)  # fmt: skip
     if not record.skip_guest_agent:
         _set_clock_later(core, jobs, instance_id)
     return core.current(instance_id)
