@@ -47,7 +47,7 @@ def test_an_instance_reads_as_the_sdk_instance_with_lower_case_state_and_stop_re
     stopped = record(state=State.STOPPED, stop_reason=int(StopReason.USER | StopReason.PLATFORM
                      | StopReason.APP | StopReason.KERNEL), exit_code=0,
                      created_at=datetime(2026, 1, 2, tzinfo=UTC))  # fmt: skip
-    answer = envelope("instances", [ok(convert.instance(stopped, None, [], None))], Timer())
+    answer = envelope("instances", [ok(convert.instance(stopped, None, [], None, []))], Timer())
     parsed = sdk(models.GetInstancesResponse, answer)
     [instance] = envelope_entries(parsed, "instances")
     assert (instance.uuid, instance.state, instance.memory_mb) == ("a" * 24, "stopped", 256)
