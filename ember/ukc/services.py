@@ -253,3 +253,16 @@ def _validated(model: type[M], fields: JSON, what: str) -> M:
         error = exc.errors()[0]
         where = ".".join(str(p) for p in error["loc"])
         raise InvalidArgument(f"invalid {what}: {where}: {error['msg']}") from exc
+
+
+item_routes(router, KEY, "DELETE", "", _delete, "Delete service groups")
+
+
+@router.get("/{uuid}", summary="Get a service group by uuid")
+async def get_group(uuid: str, svc: ServicesDep) -> JSONResponse:
+    timer = Timer()
+    try:
+        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
+    except EmberError as exc:
+        item = item_error(exc, {"uuid": uuid})
+    return envelope(KEY, [item], timer)
