@@ -54,6 +54,9 @@ def test_what_ember_cannot_do_is_refused_per_item_with_its_name(server: EmberSer
             await ukc.instances.create(image="x", gpus=1, autostart=True)
         with pytest.raises(UnikraftCloudError, match="autostart"):
             await ukc.instances.create(image="x")
+        with pytest.raises(UnikraftCloudError, match="not a systemd calendar expression"):
+            nightly = {"name": "nightly", "when": "at dawn", "action": "stop"}
+            await ukc.instances.create(image="x", autostart=True, schedules=[nightly])
         with pytest.raises(UnikraftCloudError, match="multiple of 1024"):
             await ukc.volumes.create(name="odd", size_mb=1000)
         with pytest.raises(NotFoundError) as missing:
