@@ -19,7 +19,7 @@ from ember.ids import new_id
 from ember.instances import CreateInstanceRequest, InstanceRecord, State
 from ember.instances.logs import LogSource
 from ember.instances.request import UpdateInstanceRequest, VolumeMountRequest
-from ember.schedules.models import ScheduleRequest
+from ember.schedules.models import Schedule, ScheduleRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
 from ember.ukc.batch import item_routes
@@ -104,11 +104,8 @@ async def _create(svc: Services, body: JSON) -> InstanceRecord:
         request, group, scale = _create_request(body)
     except ValidationError as exc:
         raise InvalidArgument(f"invalid instance: {_first(exc)}") from exc
-    try:
-        asked = SCHEDULES.validate_python(body.get("schedules") or [])
-    except ValidationError as exc:
-        raise InvalidArgument(f"schedules: {_first(exc)}", code="invalid_schedule") from exc
-    schedules = await svc.schedules.check(asked)  # before anything exists
+    # checked before anything exists
+    schedules = await svc.schedules.check(_schedules(body.get("schedules") or []))
     await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
     if group is None and scale is None:
         record = await svc.instances.create(request)
@@ -232,14 +229,41 @@ async def _delete(svc: Services, ref: JSON) -> JSON:
 
 
 async def _update(svc: Services, item: JSON) -> JSON:
-    """Tags only: every other property is refused by name."""
+    """Tags and schedules only: every other property is refused by name."""
     record = _get(svc, item)
     prop, op = item.get("prop"), item.get("op")
-    if prop != "tags":
-        raise InvalidArgument(f"prop {prop!r}: only tags can change here", code="not_supported")
-    tags = _changed(record.tags, op, item.get("value"))
-    record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    if prop == "schedules":
+        wanted = _schedules_changed(svc.schedules.of(record.id), op, item.get("value"))
+        svc.schedules.put(record.id, await svc.schedules.check(wanted))
+    elif prop == "tags":
+        tags = _changed(record.tags, op, item.get("value"))
+        record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    else:
+        raise InvalidArgument(
+            f"prop {prop!r}: only tags and schedules can change here", code="not_supported"
+        )
     return {"uuid": record.id, "name": record.name}
+
+
+def _schedules_changed(current: list[Schedule], op: object, value: object) -> list[ScheduleRequest]:
+    """The seed's PATCH: `set`/`add` schedule objects, `del` schedule names."""
+    have = [ScheduleRequest(name=s.name, when=s.when, action=s.action, args=s.args or None)
+            for s in current]  # fmt: skip
+    listed = [] if value is None else value if isinstance(value, list) else [value]
+    if op == "del":
+        return [s for s in have if s.name not in listed]
+    if op not in ("set", "add"):
+        raise InvalidArgument(f"op: one of set, add, del, got {op!r}")
+    given = _schedules(listed)  # a `set` without a value (the SDK's REMOVE): none
+    return given if op == "set" else have + given  # a name given twice: Ember's check refuses
+
+
+def _schedules(value: object) -> list[ScheduleRequest]:
+    """The seed's `Schedule` objects as Ember's requests (`ScheduleManager.check` judges)."""
+    try:
+        return SCHEDULES.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidArgument(f"schedules: {_first(exc)}", code="invalid_schedule") from exc
 
 
 def _changed(tags: dict[str, str], op: object, value: object) -> dict[str, str]:
