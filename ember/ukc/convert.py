@@ -13,10 +13,12 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 from ember.errors import InvalidArgument, NotFound
+from ember.groups.autoscale.models import AutoscalePolicy, AutoscaleRecord
 from ember.groups.manager import Member
 from ember.groups.models import MemberRecord, ServiceGroupRecord
 from ember.instances import InstanceRecord, State
 from ember.network.leases import Lease
+from ember.schedules.models import Schedule
 from ember.store import StoredRecord
 from ember.volumes.models import Attachment, VolumeRecord, VolumeStatus
 
@@ -88,6 +90,7 @@ def instance(
     lease: Lease | None,
     attachments: list[Attachment],
     membership: tuple[ServiceGroupRecord, MemberRecord] | None,
+    schedules: list[Schedule],
     *,
     details: bool = True,
 ) -> JSON:
@@ -115,6 +118,8 @@ def instance(
             {"uuid": a.volume_id, "at": a.mount_path, "readonly": a.readonly} for a in attachments
         ],
     }
+    if schedules:
+        out["schedules"] = [schedule(s) for s in schedules]
     if running and record.started_at is not None:
         out["uptime_ms"] = int((now - _aware(record.started_at)).total_seconds() * 1000)
     if record.restart_policy is not None:
@@ -135,13 +140,19 @@ def instance(
     return {k: v for k, v in out.items() if v is not None}
 
 
-def service_group(group: ServiceGroupRecord, members: list[Member]) -> JSON:
+def schedule(s: Schedule) -> JSON:
+    out = {"name": s.name, "when": s.when, "action": s.action, "args": s.args or None,
+           "next_at": iso(s.next_at)}  # fmt: skip
+    return {k: v for k, v in out.items() if v is not None}
+
+
+def service_group(group: ServiceGroupRecord, members: list[Member], autoscale: bool) -> JSON:
     return {
         "uuid": group.id,
         "name": group.name,
         "created_at": iso(group.created_at),
         "persistent": group.persistent,
-        "autoscale": False,
+        "autoscale": autoscale,
         "soft_limit": group.soft_limit,
         "hard_limit": group.hard_limit,
         "services": [s.model_dump() for s in group.services],
@@ -149,6 +160,40 @@ def service_group(group: ServiceGroupRecord, members: list[Member]) -> JSON:
         "instances": [{"uuid": m.instance.id, "name": m.instance.name} for m in members],
         **({"autokill": group.autokill.model_dump()} if group.autokill else {}),
     }
+
+
+def autoscale(group: ServiceGroupRecord, record: AutoscaleRecord) -> JSON:
+    """The seed's `GetAutoscaleConfigurationsResponseServiceGroup` (Ember's `create_args`
+    and `scale_in` beside it: the models keep extra fields)."""
+    return {
+        "uuid": group.id,
+        "name": group.name,
+        "enabled": True,
+        "min_size": record.min_size,
+        "max_size": record.max_size,
+        "warmup_time_ms": record.warmup_time_ms,
+        "cooldown_time_ms": record.cooldown_time_ms,
+        "policies": [policy(p) for p in record.policies],
+        "create_args": record.create_args,
+        "scale_in": record.scale_in,
+    }
+
+
+def policy(p: AutoscalePolicy) -> JSON:
+    """A step policy; whole bounds as integers (the seed's steps are integers)."""
+    return {
+        "name": p.name, "enabled": p.enabled, "metric": p.metric,
+        "adjustment_type": p.adjustment_type,
+        "steps": [
+            {"adjustment": s.adjustment, "lower_bound": _whole(s.lower_bound),
+             "upper_bound": _whole(s.upper_bound)}
+            for s in p.steps
+        ],
+    }  # fmt: skip
+
+
+def _whole(bound: float | None) -> float | int | None:
+    return int(bound) if bound is not None and bound.is_integer() else bound
 
 
 VOLUME_STATES = {VolumeStatus.CREATING: "initializing", VolumeStatus.READY: "available"}

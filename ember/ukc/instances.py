@@ -9,7 +9,7 @@ from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
-from pydantic import ValidationError
+from pydantic import TypeAdapter, ValidationError
 
 from ember.api.deps import ServicesDep
 from ember.api.services import Services
@@ -18,7 +18,8 @@ from ember.groups.requests import InstanceServiceGroupRequest, ScaleToZeroReques
 from ember.ids import new_id
 from ember.instances import CreateInstanceRequest, InstanceRecord, State
 from ember.instances.logs import LogSource
-from ember.instances.request import RestartPolicyRequest, UpdateInstanceRequest, VolumeMountRequest
+from ember.instances.request import UpdateInstanceRequest, VolumeMountRequest
+from ember.schedules.models import Schedule, ScheduleRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
 from ember.ukc.batch import item_routes
@@ -31,22 +32,34 @@ router = APIRouter(prefix="/v1/instances", tags=["v1"])
 MAX_WAIT_SECONDS = 300.0  # as Ember's own wait: "-1, as long as the platform allows"
 # Asked of a create, and not something this Ember does (templates: see README).
 CREATE_UNSUPPORTED = (
-    "replicas", "features", "roms", "plugins", "gpus", "schedules", "autokill", "hostname",
+    "replicas", "features", "roms", "plugins", "gpus", "autokill", "hostname",
     "dependencies", "branch_from", "checkpoint", "network_interfaces", "gateway", "nameserver",
     "annotations", "sched_priority",
 )  # fmt: skip
 CREATE_FIELDS = {
     "name", "image", "memory_mb", "vcpus", "args", "env", "tags", "service_group",
     "scale_to_zero", "volumes", "autostart", "timeout_s", "wait_timeout_ms",
-    "restart_policy", "template", "type", *CREATE_UNSUPPORTED,
+    "restart_policy", "template", "type", "schedules", *CREATE_UNSUPPORTED,
 }  # fmt: skip
+SCHEDULES = TypeAdapter(list[ScheduleRequest])  # the seed's `Schedule`, Ember's check
+# What an autoscale member is made from (`create_args`; see `member_args`).
+MEMBER_FIELDS = {
+    "image",
+    "memory_mb",
+    "vcpus",
+    "args",
+    "env",
+    "tags",
+    "restart_policy",
+    "autostart",
+}
 
 
 def show(svc: Services, record: InstanceRecord, *, details: bool = True) -> JSON:
     instances = svc.instances
     return convert.instance(
         record, instances.lease(record), instances.attachments(record),
-        svc.groups.membership(record.id), details=details,
+        svc.groups.membership(record.id), svc.schedules.of(record.id), details=details,
     )  # fmt: skip
 
 
@@ -91,36 +104,22 @@ async def _create(svc: Services, body: JSON) -> InstanceRecord:
         request, group, scale = _create_request(body)
     except ValidationError as exc:
         raise InvalidArgument(f"invalid instance: {_first(exc)}") from exc
+    # checked before anything exists
+    schedules = await svc.schedules.check(_schedules(body.get("schedules") or []))
     await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
     if group is None and scale is None:
-        return await svc.instances.create(request)
-    return await svc.groups.create_instance(request, group, scale)
+        record = await svc.instances.create(request)
+    else:
+        record = await svc.groups.create_instance(request, group, scale)
+    svc.schedules.put(record.id, schedules)
+    return record
 
 
 def _create_request(
     body: JSON,
 ) -> tuple[CreateInstanceRequest, InstanceServiceGroupRequest | None, ScaleToZeroRequest | None]:
-    image = body.get("image")
-    if not isinstance(image, str):
-        raise InvalidArgument("image: an image reference (string) is required")
-    fields: JSON = {
-        "name": body.get("name") or f"i-{new_id()[:8]}",
-        "image": image,
-        "env": body.get("env"),
-        "cmd": body.get("args"),
-        "tags": convert.tags_in(body.get("tags")) or None,
-        "volumes": [_mount(v) for v in body.get("volumes") or []] or None,
-    }
-    if body.get("memory_mb") is not None:
-        fields["size"] = f"{_int(body['memory_mb'], 'memory_mb')}MB"
-    if body.get("vcpus") is not None:
-        fields["vcpus"] = body["vcpus"]
-    policy = body.get("restart_policy")
-    if policy is not None:
-        modes = {v: k for k, v in convert.RESTART_POLICIES.items()}
-        if policy not in modes:
-            raise InvalidArgument(f"restart_policy: one of {sorted(modes)}, got {policy!r}")
-        fields["restart_policy"] = RestartPolicyRequest(policy=modes[policy])
+    fields = {"name": body.get("name") or f"i-{new_id()[:8]}", **_fields(body)}
+    fields["volumes"] = [_mount(v) for v in body.get("volumes") or []] or None
     request = CreateInstanceRequest.model_validate(
         {k: v for k, v in fields.items() if v is not None}
     )
@@ -131,6 +130,45 @@ def _create_request(
         InstanceServiceGroupRequest.model_validate(group) if group is not None else None,
         ScaleToZeroRequest.model_validate(scale) if scale is not None else None,
     )
+
+
+def member_args(body: JSON) -> JSON:
+    """An autoscale configuration's `create_args` (the seed's instance create, for every
+    member) as Ember's create request without a name (the group names its members)."""
+    unknown = sorted(set(body) - MEMBER_FIELDS)
+    if unknown:
+        raise InvalidArgument(
+            f"create_args: {', '.join(unknown)}: a member is made from image, memory_mb, "
+            "vcpus, args, env, tags and restart_policy only",
+            code="not_supported",
+        )
+    if body.get("autostart") is False:
+        raise InvalidArgument("create_args.autostart: members boot", code="not_supported")
+    return {k: v for k, v in _fields(body).items() if v is not None}
+
+
+def _fields(body: JSON) -> JSON:
+    """The seed's create fields as Ember's (`args` -> `cmd`, `memory_mb` -> `size`...)."""
+    image = body.get("image")
+    if not isinstance(image, str):
+        raise InvalidArgument("image: an image reference (string) is required")
+    fields: JSON = {
+        "image": image,
+        "env": body.get("env"),
+        "cmd": body.get("args"),
+        "tags": convert.tags_in(body.get("tags")) or None,
+    }
+    if body.get("memory_mb") is not None:
+        fields["size"] = f"{_int(body['memory_mb'], 'memory_mb')}MB"
+    if body.get("vcpus") is not None:
+        fields["vcpus"] = body["vcpus"]
+    policy = body.get("restart_policy")
+    if policy is not None:
+        modes = {v: k for k, v in convert.RESTART_POLICIES.items()}
+        if policy not in modes:
+            raise InvalidArgument(f"restart_policy: one of {sorted(modes)}, got {policy!r}")
+        fields["restart_policy"] = {"policy": modes[policy]}
+    return fields
 
 
 def _mount(volume: object) -> VolumeMountRequest:
@@ -191,14 +229,41 @@ async def _delete(svc: Services, ref: JSON) -> JSON:
 
 
 async def _update(svc: Services, item: JSON) -> JSON:
-    """Tags only: every other property is refused by name."""
+    """Tags and schedules only: every other property is refused by name."""
     record = _get(svc, item)
     prop, op = item.get("prop"), item.get("op")
-    if prop != "tags":
-        raise InvalidArgument(f"prop {prop!r}: only tags can change here", code="not_supported")
-    tags = _changed(record.tags, op, item.get("value"))
-    record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    if prop == "schedules":
+        wanted = _schedules_changed(svc.schedules.of(record.id), op, item.get("value"))
+        svc.schedules.put(record.id, await svc.schedules.check(wanted))
+    elif prop == "tags":
+        tags = _changed(record.tags, op, item.get("value"))
+        record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    else:
+        raise InvalidArgument(
+            f"prop {prop!r}: only tags and schedules can change here", code="not_supported"
+        )
     return {"uuid": record.id, "name": record.name}
+
+
+def _schedules_changed(current: list[Schedule], op: object, value: object) -> list[ScheduleRequest]:
+    """The seed's PATCH: `set`/`add` schedule objects, `del` schedule names."""
+    have = [ScheduleRequest(name=s.name, when=s.when, action=s.action, args=s.args or None)
+            for s in current]  # fmt: skip
+    listed = [] if value is None else value if isinstance(value, list) else [value]
+    if op == "del":
+        return [s for s in have if s.name not in listed]
+    if op not in ("set", "add"):
+        raise InvalidArgument(f"op: one of set, add, del, got {op!r}")
+    given = _schedules(listed)  # a `set` without a value (the SDK's REMOVE): none
+    return given if op == "set" else have + given  # a name given twice: Ember's check refuses
+
+
+def _schedules(value: object) -> list[ScheduleRequest]:
+    """The seed's `Schedule` objects as Ember's requests (`ScheduleManager.check` judges)."""
+    try:
+        return SCHEDULES.validate_python(value)
+    except ValidationError as exc:
+        raise InvalidArgument(f"schedules: {_first(exc)}", code="invalid_schedule") from exc
 
 
 def _changed(tags: dict[str, str], op: object, value: object) -> dict[str, str]:

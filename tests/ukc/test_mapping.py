@@ -15,10 +15,13 @@ from unikraft_cloud.api.platform import models
 from unikraft_cloud.core.response import envelope_entries
 
 from ember.errors import Conflict, InvalidArgument, NotFound
+from ember.groups.autoscale.models import AutoscalePolicy, AutoscalePolicyStep, AutoscaleRecord
+from ember.groups.models import ServiceGroupRecord
 from ember.instances import InstanceRecord, State
 from ember.instances.stopreason import StopReason
 from ember.ukc import convert
 from ember.ukc.envelope import Timer, envelope, item_error, ok
+from ember.ukc.instances import member_args
 from ember.ukc.requests import unsupported
 
 M = TypeVar("M", bound=BaseModel)
@@ -47,7 +50,7 @@ def test_an_instance_reads_as_the_sdk_instance_with_lower_case_state_and_stop_re
     stopped = record(state=State.STOPPED, stop_reason=int(StopReason.USER | StopReason.PLATFORM
                      | StopReason.APP | StopReason.KERNEL), exit_code=0,
                      created_at=datetime(2026, 1, 2, tzinfo=UTC))  # fmt: skip
-    answer = envelope("instances", [ok(convert.instance(stopped, None, [], None))], Timer())
+    answer = envelope("instances", [ok(convert.instance(stopped, None, [], None, []))], Timer())
     parsed = sdk(models.GetInstancesResponse, answer)
     [instance] = envelope_entries(parsed, "instances")
     assert (instance.uuid, instance.state, instance.memory_mb) == ("a" * 24, "stopped", 256)
@@ -107,3 +110,36 @@ def test_a_reference_names_exactly_one_of_uuid_or_name_and_matches_exactly() -> 
         convert.pick({"uuid": "aaa"}, lambda ref: web, "instance")
     with pytest.raises(InvalidArgument, match="exactly one"):
         convert.pick({"uuid": "a" * 24, "name": "web"}, lambda ref: web, "instance")
+
+
+def test_an_autoscale_configuration_reads_as_the_sdk_shape_with_whole_bounds() -> None:
+    group = ServiceGroupRecord.model_validate(
+        {"id": "g" * 24, "name": "web", "services": [], "soft_limit": 1, "hard_limit": 2}
+    )
+    steps = [AutoscalePolicyStep(adjustment=1, lower_bound=70.0),
+             AutoscalePolicyStep(adjustment=-1, lower_bound=2.5, upper_bound=20.0)]  # fmt: skip
+    config = AutoscaleRecord(id=group.id, name=group.id, min_size=1, max_size=3,
+                             warmup_time_ms=0, cooldown_time_ms=0, create_args={"image": "x"},
+                             policies=[AutoscalePolicy(name="cpu", steps=steps)])  # fmt: skip
+    out = convert.autoscale(group, config)
+    assert out["policies"][0]["steps"][0] == {"adjustment": 1, "lower_bound": 70,
+                                              "upper_bound": None}  # fmt: skip
+    assert isinstance(out["policies"][0]["steps"][0]["lower_bound"], int)
+    assert out["policies"][0]["steps"][1]["lower_bound"] == 2.5  # not whole: as it is
+    out["policies"][0]["steps"].pop()  # (the SDK's steps are integers: see README gaps)
+    answer = sdk(models.GetAutoscaleConfigurationsResponse,
+                 envelope("service_groups", [ok(out)], Timer()))  # fmt: skip
+    assert answer.data and answer.data.service_groups
+    seen = answer.data.service_groups[0]
+    assert seen.enabled and seen.max_size == 3 and seen.policies and seen.policies[0].name == "cpu"
+
+
+def test_autoscale_members_are_made_from_the_seed_create_fields_only() -> None:
+    args = member_args({"image": "x", "memory_mb": 256, "args": ["-v"], "tags": ["a=b"],
+                        "restart_policy": "on-failure", "autostart": True})  # fmt: skip
+    assert args == {"image": "x", "size": "256MB", "cmd": ["-v"], "tags": {"a": "b"},
+                    "restart_policy": {"policy": "on_failure"}}  # fmt: skip
+    for refused in ({"image": "x", "service_group": {}}, {"image": "x", "autostart": False}):
+        with pytest.raises(InvalidArgument) as exc:
+            member_args(refused)
+        assert exc.value.code == "not_supported"

@@ -15,9 +15,9 @@ from collections.abc import Iterator
 
 import httpx
 import pytest
-from unikraft_cloud import NotFoundError, StopReason, UnikraftCloud, UnikraftCloudError
+from unikraft_cloud import REMOVE, NotFoundError, StopReason, UnikraftCloud, UnikraftCloudError
 from unikraft_cloud.api.platform import models
-from unikraft_cloud.core.response import envelope_entries
+from unikraft_cloud.core.response import envelope_entries, raise_for_envelope
 
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
@@ -86,7 +86,17 @@ async def _instances(server: EmberServer, image: str) -> None:
         worker = await ukc.instances.create(
             name="worker", image=image, memory_mb=256, vcpus=1, args=SERVE,
             env={"WHO": "worker"}, tags=["app=worker"], autostart=True,
+            schedules=[{"name": "nightly", "when": "*-*-* 03:00:00", "action": "stop"}],
         )  # fmt: skip
+        [nightly] = worker.schedules or []  # Ember's schedules: normalised, next run known
+        assert nightly.name == "nightly" and nightly.action == "stop" and nightly.next_at
+        morning = {"name": "morning", "when": "*-*-* 07:00:00", "action": "start"}
+        await ukc.instances.get(name="worker").update(schedules=[nightly.model_dump(
+            exclude_none=True, exclude={"next_at"}), morning])  # fmt: skip
+        changed = await ukc.instances.get(name="worker")
+        assert [s.name for s in changed.schedules or []] == ["nightly", "morning"]
+        await ukc.instances.get(name="worker").update(schedules=REMOVE)
+        assert not (await ukc.instances.get(name="worker")).schedules
         by_name = await ukc.instances.get(name="web")
         by_uuid = await ukc.instances.get(uuid=web.uuid)
         assert by_name.uuid == by_uuid.uuid == web.uuid and by_uuid.name == "web"
@@ -170,6 +180,7 @@ async def _services_and_quotas(ukc: UnikraftCloud, image: str) -> None:
     await ukc.services.get(name="api").update(hard_limit=10, soft_limit=5)
     updated = await ukc.services.get(uuid=api.uuid)
     assert (updated.soft_limit, updated.hard_limit) == (5, 10)
+    await _autoscale(ukc, str(api.uuid), image)
     await _certificates(ukc)
     await ukc.services.get(name="api").delete()
 
@@ -180,6 +191,27 @@ async def _services_and_quotas(ukc: UnikraftCloud, image: str) -> None:
     assert used is not None and hard is not None
     assert used.live_instances == 2 and (used.live_memory_mb or 0) >= 512
     assert (hard.live_vcpus or 0) >= 1 and (hard.live_memory_mb or 0) > 0
+
+
+async def _autoscale(ukc: UnikraftCloud, group: str, image: str) -> None:
+    """A configuration that cannot act (no members, min 0, its policy disabled): no VM
+    is made; the shapes and the group's `autoscale` flag are what is checked."""
+    api = ukc.api.platform.autoscale
+    step = {"adjustment": 1, "lower_bound": 80}
+    body = models.CreateAutoscaleConfigurationByServiceGroupUUIDRequest.model_validate({
+        "uuid": group, "min_size": 0, "max_size": 1,
+        "policies": [{"name": "cpu", "enabled": False, "metric": "cpu", "steps": [step]}],
+        "create_args": {"image": image, "memory_mb": 256, "args": SERVE},
+    })  # fmt: skip
+    made = await api.create_autoscale_configuration_by_service_group_uuid(group, body=body)
+    raise_for_envelope(made)
+    listed = await api.get_autoscale_configurations(uuid=[group])
+    [config] = envelope_entries(listed, "service_groups")
+    assert config.enabled and config.max_size == 1
+    assert [p.name for p in config.policies or []] == ["cpu"]
+    assert (await ukc.services.get(uuid=group)).autoscale is True
+    raise_for_envelope(await api.delete_autoscale_configurations_by_service_group_uuid(group))
+    assert (await ukc.services.get(uuid=group)).autoscale is False
 
 
 async def _certificates(ukc: UnikraftCloud) -> None:
