@@ -139,7 +139,14 @@ async def until_listening(port: int) -> None:
 async def run_loopback(rounds: int, seconds: float, streams: int) -> None:
     target, front = free_port(), free_port()
     server = await asyncio.create_subprocess_exec(
-        "iperf3", "-s", "-B", HOST, "-p", str(target), stdout=asyncio.subprocess.DEVNULL
+        "iperf3",
+        "-s",
+        "-B",
+        HOST,
+        "-p",
+        str(target),
+        stdout=asyncio.subprocess.DEVNULL,
+        stderr=asyncio.subprocess.DEVNULL,
     )
 
     async def place(group_id: str, port: int) -> str:
