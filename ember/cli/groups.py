@@ -27,19 +27,27 @@ group_app = typer.Typer(
 app.add_typer(group_app, name="group", rich_help_panel="Resources")
 
 
+PUBLISH_SHAPE = "[HOSTNAME:]PORT:DESTINATION_PORT or PORT:DESTINATION_PORT/tcp"
+
+
 def parse_service(value: str) -> tuple[dict[str, Any], str | None]:
-    """`[HOSTNAME:]PORT:DESTINATION_PORT` -> (service, domain)."""
-    parts = value.strip().lower().split(":")
-    if len(parts) not in (2, 3) or not all(p.isdigit() for p in parts[-2:]):
-        fail(f"-p {value!r}: expected [HOSTNAME:]PORT:DESTINATION_PORT", EXIT_USAGE)
-    service = {"port": int(parts[-2]), "destination_port": int(parts[-1])}
+    """`[HOSTNAME:]PORT:DESTINATION_PORT` (HTTP) or `PORT:DESTINATION_PORT/tcp` (plain
+    TCP, no handler: it has no hostname) -> (service, domain)."""
+    text, _, protocol = value.strip().lower().partition("/")
+    parts = text.split(":")
+    shape_ok = len(parts) in (2, 3) and all(p.isdigit() for p in parts[-2:])
+    if not shape_ok or protocol not in ("", "tcp") or (protocol and len(parts) == 3):
+        fail(f"-p {value!r}: expected {PUBLISH_SHAPE}", EXIT_USAGE)
+    service: dict[str, Any] = {"port": int(parts[-2]), "destination_port": int(parts[-1])}
+    if protocol:
+        service["handlers"] = []
     return service, parts[0] if len(parts) == 3 else None
 
 
 def group_body(name: str, publish: list[str], soft: int | None, hard: int | None) -> dict[str, Any]:
     parsed = [parse_service(p) for p in publish]
     if not parsed:
-        fail("give at least one -p [HOSTNAME:]PORT:DESTINATION_PORT", EXIT_USAGE)
+        fail(f"give at least one -p {PUBLISH_SHAPE}", EXIT_USAGE)
     domains = sorted({domain for _, domain in parsed if domain})
     body: dict[str, Any] = {
         "name": name,
@@ -53,9 +61,7 @@ def group_body(name: str, publish: list[str], soft: int | None, hard: int | None
 @group_app.command("create")
 def group_create(
     name: str = typer.Argument(..., help="Group name."),
-    publish: list[str] = typer.Option(
-        [], "--publish", "-p", help="[HOSTNAME:]PORT:DESTINATION_PORT (repeatable)."
-    ),
+    publish: list[str] = typer.Option([], "--publish", "-p", help=f"{PUBLISH_SHAPE} (repeatable)."),
     soft_limit: int | None = typer.Option(
         None, "--soft-limit", help="In-flight requests per instance before another wakes."
     ),
@@ -64,7 +70,7 @@ def group_create(
     ),
     as_json: bool = JsonOption,
 ) -> None:
-    """Create a service group (HTTP services balanced over its instances)."""
+    """Create a service group (HTTP or TCP services balanced over its instances)."""
     with client() as api:
         created = api.create_group(**group_body(name, publish, soft_limit, hard_limit))
     show_one(created, as_json, f"created {created['name']} {short_id(created['id'])}")

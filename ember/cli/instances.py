@@ -273,8 +273,9 @@ def run(
         None,
         "--group",
         "-g",
-        help="Serve in this service group (made from -p, as HOSTNAME:PORT:GUEST_PORT, when "
-        "it does not exist); -p then publishes through the group, not an ingress.",
+        help="Serve in this service group (made from -p, as HOSTNAME:PORT:GUEST_PORT, or "
+        "PORT:GUEST_PORT/tcp for plain TCP, when it does not exist); -p then publishes "
+        "through the group, not an ingress.",
     ),
     scale_to_zero: int | None = typer.Option(
         None,

@@ -36,6 +36,7 @@ from ember.groups.requests import (
     scale_to_zero,
 )
 from ember.groups.routes import GroupView, published_routes
+from ember.groups.tcp import TcpProxy
 from ember.groups.waker import Waker
 from ember.ids import is_id
 from ember.ingress import IngressManager, PublishedRoutes
@@ -98,6 +99,8 @@ class GroupManager:
         self.members = Repository(store, "service_group_members", MemberRecord, "member")
         self.instances, self.ingresses = instances, ingresses
         self.waker = Waker(waker_socket, self.place)
+        # Plain TCP services: listened on where Caddy listens for HTTP, placed as above.
+        self.tcp = TcpProxy(ingresses.proxy.listen_address, self.place)
         self._wakes: KeyedJobs[InstanceRecord] = KeyedJobs()
         self._held: dict[str, int] = {}  # requests waiting for each instance's wake
         self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
@@ -132,10 +135,15 @@ class GroupManager:
             await self._publish()
         except EmberError as exc:  # as the ingress: a Caddy that cannot start is logged
             log.error("service groups: caddy could not be configured: %s", exc.message)
+        try:
+            await self.tcp.sync(self._tcp_services())
+        except EmberError as exc:  # a port taken meanwhile: the other services still run
+            log.error("service groups: TCP services not served: %s", exc.message)
         self._loop.start()
 
     async def close(self) -> None:
         await self._loop.close()
+        await self.tcp.close()
         await self._wakes.close()
         await self.waker.close()
 
@@ -192,6 +200,7 @@ class GroupManager:
                     code="group_in_use",
                 )
             self.repo.delete(record.id)
+        await self.tcp.sync(self._tcp_services())
         await self._publish()
 
     async def set_limits(self, ref: str, soft: int | None, hard: int | None) -> ServiceGroupRecord:
@@ -305,10 +314,12 @@ class GroupManager:
             if other.name == new.name:
                 raise Conflict(f"service group {new.name!r} already exists", code="already_exists")
             for service in new.services:
-                if not any(s.port == service.port for s in other.services):
+                same = [s for s in other.services if s.port == service.port]
+                if not same:
                     continue
-                mine = {d.name for d in new.domains}
-                theirs = {d.name for d in other.domains}
+                # A plain TCP service has no host to tell apart: it takes the whole port.
+                mine = set() if service.is_l4 else {d.name for d in new.domains}
+                theirs = set() if same[0].is_l4 else {d.name for d in other.domains}
                 if not mine or not theirs or mine & theirs:
                     raise Conflict(
                         f"port {service.port}: service group {other.name!r} already serves "
@@ -318,11 +329,19 @@ class GroupManager:
                     )
 
     async def _publish_or_undo(self, record: ServiceGroupRecord) -> None:
+        """Listen (TCP) and publish (HTTP) a new group; a port that cannot be had
+        removes it again."""
         try:
+            await self.tcp.sync(self._tcp_services())
             await self._publish()
         except BaseException:
             self.repo.delete(record.id)
+            await self.tcp.sync(self._tcp_services())
             raise
+
+    def _tcp_services(self) -> dict[int, str]:
+        """The plain TCP ports of every group: port -> group id."""
+        return {s.port: g.id for g in self.repo.all() for s in g.services if s.is_l4}
 
     # ---- the balancer ----------------------------------------------------------------
 
@@ -336,9 +355,13 @@ class GroupManager:
         for event in [self._draining[m.id] for m in self.members.all() if m.id in self._draining]:
             await event.wait()  # an instance going to sleep: decide once it is asleep
         members = self.members_of(group.id)
-        # Caddy's counts matter only for awake instances (an asleep group skips the ask).
+        # Caddy's counts matter only for awake instances (an asleep group skips the ask);
+        # a TCP service's are the proxy's own, counted from the moment this returns.
         awake = any(m.instance.state == State.RUNNING for m in members)
-        in_flight = await self.ingresses.upstream_requests() if awake else {}
+        if service.is_l4:
+            in_flight = self.tcp.connections()
+        else:
+            in_flight = await self.ingresses.upstream_requests() if awake else {}
         candidates = [c for m in members if (c := self._candidate(m, service.destination_port,
                                                                   in_flight))]  # fmt: skip
         decision = balancer.decide(candidates, group.soft_limit, group.hard_limit)
@@ -349,7 +372,8 @@ class GroupManager:
         else:
             record = self.instances.get(decision.instance_id)
         self._last_active[record.id] = time.monotonic()
-        self._placed.setdefault(record.id, []).append(time.monotonic())
+        if not service.is_l4:  # until Caddy counts it (the proxy counts at once)
+            self._placed.setdefault(record.id, []).append(time.monotonic())
         return f"{self._ip(record)}:{service.destination_port}"
 
     def _candidate(
@@ -497,7 +521,7 @@ class GroupManager:
         ]  # fmt: skip
         if not sleepy:
             return
-        in_flight = await self.ingresses.upstream_requests()
+        in_flight = await self._in_flight()
         flows = await _established() if any(_counts_flows(m) for m in sleepy) else []
         now = time.monotonic()
         for member in sleepy:
@@ -528,6 +552,13 @@ class GroupManager:
             log.warning("could not notify %s before it sleeps: %s", member.instance.name,
                         exc.message)  # fmt: skip
         return False
+
+    async def _in_flight(self) -> dict[str, int]:
+        """Requests (Caddy) and TCP connections (the proxy) in flight per upstream: an
+        instance with either is active and never put to sleep."""
+        counts = Counter(await self.ingresses.upstream_requests())
+        counts.update(self.tcp.connections())
+        return dict(counts)
 
     def _active(self, member: Member, in_flight: dict[str, int], flows: list[str]) -> bool:
         instance_id, ip = member.record.id, self._ip(member.instance)
@@ -595,8 +626,9 @@ class GroupManager:
             await self._publish()
 
     async def requests_in_flight(self, members: list[Member]) -> dict[str, int]:
-        """Caddy's in-flight requests per member (instance id), over its services' ports."""
-        counts = await self.ingresses.upstream_requests()
+        """In-flight requests and TCP connections per member (instance id), over its
+        services' ports."""
+        counts = await self._in_flight()
         out = {}
         for member in members:
             ip = self._ip(member.instance)

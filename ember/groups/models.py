@@ -31,6 +31,11 @@ class Service(BaseModel):
     def is_http(self) -> bool:
         return "http" in self.handlers
 
+    @property
+    def is_l4(self) -> bool:
+        """Plain TCP (no handler): Ember's TCP proxy carries it, not Caddy."""
+        return self.protocol == "tcp" and not self.handlers
+
 
 class Domain(BaseModel):
     name: str  # a hostname the group's HTTP services answer for

@@ -46,7 +46,7 @@ class ServiceRequest(_Strict):
     handlers: list[Handler] | None = Field(
         default=None,
         description='`["http"]` (default), `["tls", "http"]` (HTTPS), `["redirect"]` '
-        "(a 308 to https)",
+        "(a 308 to https), `[]` (plain TCP, carried by Ember's TCP proxy)",
     )
 
 
@@ -197,7 +197,8 @@ def services(requests: list[ServiceRequest]) -> list[Service]:
                 f"{field}.port: port {port} is published twice", code="duplicate_port"
             )
         destination = port if request.destination_port is None else request.destination_port
-        handlers = _handlers(request.handlers or ["http"], request.protocol, field)
+        given: list[Handler] = ["http"] if request.handlers is None else request.handlers
+        handlers = _handlers(given, request.protocol, field)
         out.append(
             Service(
                 port=port,
@@ -215,11 +216,12 @@ def _handlers(handlers: list[Handler], protocol: ServiceProtocol, field: str) ->
         raise InvalidArgument(
             f"{field}.handlers: a handler is listed twice", code="invalid_handlers"
         )
-    if protocol == "udp" or ("http" not in chosen and chosen != {"redirect"}):
+    plain_tcp = protocol == "tcp" and not chosen
+    if protocol == "udp" or not (plain_tcp or "http" in chosen or chosen == {"redirect"}):
         raise InvalidArgument(
-            f'{field}: only HTTP services are balanced on this server (handlers ["http"], '
-            '["tls", "http"] or ["redirect"]); TCP and UDP services need the L4 path, which '
-            "is not available yet",
+            f'{field}: this server balances HTTP (handlers ["http"], ["tls", "http"] or '
+            '["redirect"]) and plain TCP (protocol "tcp", handlers []); TLS-terminated TCP '
+            "and UDP are not available",
             code="not_supported",
         )
     if "redirect" in chosen and chosen != {"redirect"}:

@@ -59,6 +59,8 @@ def published_routes(views: Sequence[GroupView], waker_socket: Path) -> list[Pub
     out: list[PublishedRoutes] = []
     for view in views:
         for service in view.group.services:
+            if service.is_l4:
+                continue  # Ember's TCP proxy (tcp.py), not Caddy
             out.append(_service_routes(view, service, waker_socket))
     return out
 

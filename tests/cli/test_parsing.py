@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import pytest
+import typer
 
 from ember.cli.common import CliError
+from ember.cli.groups import parse_service
 from ember.cli.guest import split_remote
 from ember.cli.instances import default_name, parse_publish, parse_volume
 from ember.client.config import config_from_env
@@ -60,3 +62,17 @@ def test_cp_arguments_name_an_instance_or_a_local_path() -> None:
 def test_default_names_are_valid_instance_names() -> None:
     name = default_name("127.0.0.1:5000/demo/Hello_World:latest")
     assert name.startswith("hello-world-") and len(name) == len("hello-world-") + 4
+
+
+def test_group_publish_shapes_http_and_plain_tcp() -> None:
+    assert parse_service("App.test:80:8080") == (
+        {"port": 80, "destination_port": 8080},
+        "app.test",
+    )
+    assert parse_service("9000:7000/tcp") == (
+        {"port": 9000, "destination_port": 7000, "handlers": []},
+        None,
+    )
+    for bad in ("a.test:9000:7000/tcp", "9000:7000/udp", "9000"):
+        with pytest.raises(typer.Exit):
+            parse_service(bad)

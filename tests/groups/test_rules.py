@@ -43,6 +43,7 @@ def make(**fields: Any) -> CreateServiceGroupRequest:
         ({"services": [{"port": 80, "handlers": ["redirect", "http"]}]}, "invalid_handlers"),
         ({"services": [{"port": 5432, "handlers": ["tls"]}]}, "not_supported"),
         ({"services": [{"port": 53, "protocol": "udp"}]}, "not_supported"),
+        ({"services": [{"port": 53, "protocol": "udp", "handlers": []}]}, "not_supported"),
         ({"domains": [{"name": "bad_host"}]}, "invalid_domain"),
         ({"domains": [{"name": "a.test"}, {"name": "A.test."}]}, "invalid_domain"),
         ({"autokill": {"time_ms": -1}}, "invalid_time"),

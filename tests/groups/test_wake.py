@@ -58,6 +58,8 @@ class Instances:
 
 
 class Ingresses:
+    proxy = SimpleNamespace(listen_address="127.0.0.1")  # where the TCP services listen
+
     def __init__(self) -> None:
         self.published: list[Any] = []
 

@@ -1,0 +1,175 @@
+"""The TCP (L4) path over stand-in instances whose "guests" are asyncio echo servers
+on loopback addresses: echo through the proxy, the hard limit's immediate close, the
+soft limit's wake, wake on connect (one restore for a burst), open connections as
+activity, and a port clash refused by name."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from ember.errors import Conflict
+from ember.groups import CreateServiceGroupRequest, GroupManager, MemberRecord
+from ember.groups.models import ScaleToZero
+from ember.instances import State
+from ember.instances.models import InstanceRecord
+from ember.store import Store
+from tests.groups.test_wake import Ingresses, Instances
+
+GUEST_PORT = 7000  # each stand-in guest is an echo server on its own 127.0.0.x
+
+
+class Guests(Instances):
+    """Instances whose addresses are 127.0.0.2, .3, ...: each with a real echo server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.standbys: list[str] = []
+
+    def lease(self, record: InstanceRecord) -> Any:
+        index = sorted(self.records).index(record.id)
+        return type("Lease", (), {"ip": f"127.0.0.{index + 2}"})()
+
+    async def standby(self, ref: str, origin: str = "user") -> InstanceRecord:
+        self.standbys.append(ref)
+        self.records[ref].state = State.STANDBY
+        return self.records[ref]
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
+
+
+@asynccontextmanager
+async def tcp_group(
+    tmp_path: Path, names: dict[str, State], **fields: Any
+) -> AsyncIterator[tuple[GroupManager, Guests, int]]:
+    guests, port = Guests(), free_port()
+    records = [guests.add(name, state) for name, state in names.items()]
+    servers = [await asyncio.start_server(echo, guests.lease(r).ip, GUEST_PORT) for r in records]
+    stand_in: Any = guests
+    manager = GroupManager(Store(tmp_path / "db"), stand_in, Ingresses(), tmp_path / "w.sock")  # type: ignore[arg-type]
+    service = {"port": port, "destination_port": GUEST_PORT, "handlers": []}
+    body = {"name": "db", "services": [service], **fields}
+    group = await manager.create(CreateServiceGroupRequest.model_validate(body))
+    policy = ScaleToZero(policy="idle", cooldown_time_ms=0)
+    for record in records:
+        member = MemberRecord(id=record.id, name=record.name, group_id=group.id,
+                              scale_to_zero=policy)  # fmt: skip
+        manager.members.insert(member)
+    try:
+        yield manager, guests, port
+    finally:
+        await manager.close()
+        for server in servers:
+            server.close()
+
+
+async def connect(port: int) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    return await asyncio.open_connection("127.0.0.1", port)
+
+
+async def roundtrip(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> bytes:
+    writer.write(b"ping\n")
+    await writer.drain()
+    return await asyncio.wait_for(reader.readline(), 10)
+
+
+def test_echo_through_the_proxy_and_the_hard_limit_closes_at_once(tmp_path: Path) -> None:
+    async def scenario() -> tuple[bytes, bytes, bytes]:
+        async with tcp_group(tmp_path, {"a": State.RUNNING}, hard_limit=1) as (manager, _, port):
+            first = await connect(port)
+            echoed = await roundtrip(*first)
+            second_reader, second = await connect(port)
+            refused = await asyncio.wait_for(second_reader.read(), 10)  # closed: EOF
+            second.close()
+            first[1].close()
+            await asyncio.sleep(0.1)
+            assert manager.tcp.connections() == {}
+            again = await roundtrip(*await connect(port))
+            return echoed, refused, again
+
+    assert asyncio.run(scenario()) == (b"ping\n", b"", b"ping\n")
+
+
+def test_a_burst_to_an_asleep_tcp_group_restores_once_and_is_served(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[bytes], int, dict[str, int]]:
+        async with tcp_group(tmp_path, {"a": State.STANDBY}) as (manager, guests, port):
+            clients = await asyncio.gather(*(connect(port) for _ in range(5)))
+            answers = await asyncio.gather(*(roundtrip(*c) for c in clients))
+            counts = manager.tcp.connections()
+            return answers, guests.restores, counts
+
+    answers, restores, counts = asyncio.run(scenario())
+    assert answers == [b"ping\n"] * 5 and restores == 1 and counts == {"127.0.0.2:7000": 5}
+
+
+def test_the_soft_limit_wakes_another_instance_least_connections_after(tmp_path: Path) -> None:
+    async def scenario() -> tuple[int, dict[str, int]]:
+        names = {"a": State.RUNNING, "b": State.STANDBY}
+        async with tcp_group(tmp_path, names, soft_limit=1, hard_limit=3) as (manager, guests, p):
+            clients = [await connect(p)]
+            await roundtrip(*clients[-1])
+            clients.append(await connect(p))  # a is at the soft limit: wakes b
+            await roundtrip(*clients[-1])
+            clients.append(await connect(p))  # both at soft: either, up to the hard limit
+            await roundtrip(*clients[-1])
+            return guests.restores, manager.tcp.connections()
+
+    restores, counts = asyncio.run(scenario())
+    assert restores == 1 and sorted(counts.values()) == [1, 2], counts
+
+
+def test_an_open_connection_keeps_its_instance_awake(tmp_path: Path) -> None:
+    async def scenario() -> tuple[list[str], list[str]]:
+        async with tcp_group(tmp_path, {"a": State.RUNNING}) as (manager, guests, port):
+            reader, writer = await connect(port)
+            await roundtrip(reader, writer)
+            for _ in range(3):  # cooldown 0: only the open connection keeps it up
+                await manager._pass()
+            during = list(guests.standbys)
+            writer.close()
+            await asyncio.sleep(0.1)
+            await manager._pass()
+            return during, guests.standbys
+
+    during, after = asyncio.run(scenario())
+    assert during == [] and after == ["id-a"]
+
+
+def test_a_taken_port_is_refused_by_name_and_nothing_is_kept(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        async with tcp_group(tmp_path, {"a": State.RUNNING}) as (manager, _, port):
+            with socket.socket() as holder:
+                holder.bind(("127.0.0.1", 0))
+                holder.listen()
+                taken = holder.getsockname()[1]
+                service = {"port": taken, "destination_port": 1, "handlers": []}
+                request = CreateServiceGroupRequest.model_validate(
+                    {"name": "other", "services": [service]}
+                )
+                with pytest.raises(Conflict) as caught:
+                    await manager.create(request)
+                assert caught.value.code == "port_in_use"
+                assert [g.name for g in manager.find()] == ["db"]
+            http = {"name": "web", "services": [{"port": port}], "domains": [{"name": "a.test"}]}
+            with pytest.raises(Conflict) as clash:  # an HTTP group on the TCP port
+                await manager.create(CreateServiceGroupRequest.model_validate(http))
+            assert clash.value.code == "port_in_use"
+
+    asyncio.run(scenario())
