@@ -15,6 +15,7 @@ from ember.api.deps import require_auth
 from ember.api.errors import document_errors, error_response_doc, install_error_handlers
 from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
+    builds,
     devices,
     egress,
     groups,
@@ -47,9 +48,11 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     snapshots.instance_router,  # /instances/{id}/snapshots, /fork, /snapshot-schedule
     egress.router,  # /instances/{id}/egress, /egress/flows (Ember extension)
     groups.router,  # /service-groups (Ember extension)
+    builds.router,
+    builds.builders_router,
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
-UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")
+UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive", "/builds")
 SECURITY_SCHEMES = {
     "bearerAuth": {
         "type": "http",

@@ -78,4 +78,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 10: service groups (ember/groups) and which instance belongs to which (one row per
     # instance: its id and name, the group, its scale-to-zero policy).
     (_resource_table("service_groups"), _resource_table("service_group_members")),
+    # 11: builds and builders (ember/builds); names are not unique (a builder's is a display
+    # name, a build's is its id).
+    (
+        "CREATE TABLE builders (id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        "CREATE TABLE builds (id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    ),
 ]

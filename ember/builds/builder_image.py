@@ -1,0 +1,80 @@
+"""The builder image in Ember's own registry: the cached Debian + buildah layer as an OCI
+image (`ember/builder:<key>`), converted like any pushed image. Made once per data dir
+from the layer `rootfs.builder_layer` caches under the system dir."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+from ember.builds.rootfs import builder_layer
+from ember.errors import NotFound, Unavailable
+from ember.images.manager import ImageManager
+from ember.images.models import ImageStatus
+from ember.registry import RegistryService
+
+__all__ = ["BUILDER_REPOSITORY", "ensure_builder_image"]
+
+BUILDER_REPOSITORY = "ember/builder"
+OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
+READY_WAIT_SECONDS = 600.0  # converting ~250 MB to erofs on a busy host
+
+
+async def ensure_builder_image(
+    images: ImageManager, registry: RegistryService, *, host: str, cache_dir: Path, mirror: str
+) -> str:
+    """The builder image's name in Ember (`host/ember/builder:<key>`), ready to boot."""
+    layer = await builder_layer(cache_dir, mirror)
+    name = f"{host}/{BUILDER_REPOSITORY}:{layer.key}"
+    try:
+        ready = images.get(name).status == ImageStatus.READY
+    except NotFound:
+        ready = False
+    if not ready:
+        await asyncio.to_thread(_store_layer, registry, layer.tar, layer.digest)
+        config = json.dumps({
+            "architecture": "amd64", "os": "linux",
+            "config": {"Cmd": ["sleep", "infinity"], "Env": [
+                "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
+            "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+        }).encode()  # fmt: skip
+        config_digest = _put(registry, config)
+        manifest = json.dumps({
+            "schemaVersion": 2, "mediaType": OCI_MANIFEST,
+            "config": {"mediaType": "application/vnd.oci.image.config.v1+json",
+                       "digest": config_digest, "size": len(config)},
+            "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
+                        "digest": layer.digest, "size": layer.size}],
+        }).encode()  # fmt: skip
+        registry.push_manifest(host, BUILDER_REPOSITORY, layer.key, manifest, OCI_MANIFEST)
+    await images.wait_ready(name, READY_WAIT_SECONDS)
+    record = images.get(name)
+    if record.status != ImageStatus.READY:
+        raise Unavailable(f"the builder image could not be converted: {record.error}")
+    return name
+
+
+def _put(registry: RegistryService, data: bytes) -> str:
+    digest = f"sha256:{hashlib.sha256(data).hexdigest()}"
+    registry.storage.blobs.put_bytes(data, digest)
+    return digest
+
+
+def _store_layer(registry: RegistryService, tar: Path, digest: str) -> None:
+    blobs = registry.storage.blobs
+    if blobs.has(digest):
+        return
+    scratch = blobs.scratch_dir()
+    try:
+        copy = scratch / "layer.tar"
+        try:
+            os.link(tar, copy)  # same filesystem: no copy of a few hundred MB
+        except OSError:
+            shutil.copyfile(tar, copy)
+        blobs.adopt(copy, digest)
+    finally:
+        shutil.rmtree(scratch, ignore_errors=True)
