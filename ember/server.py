@@ -24,7 +24,7 @@ from typing import Protocol
 
 from ember.api.auth import load_or_create_secret, mint_token
 from ember.builds import BuildManager, BuildSettings
-from ember.builds.builder_image import ensure_builder_image
+from ember.builds.debian_image import ensure_debian_image
 from ember.builds.relay import Relay
 from ember.cluster.member import memberships
 from ember.config import Settings
@@ -288,9 +288,9 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
             secrets_dir=settings.builds_secrets_dir or settings.data_dir / "build-secrets",
         ),
         instances=instances, images=images, registry=registry, volumes=volumes,
-        builder_image=partial(ensure_builder_image, images, registry, host=settings.listen,
-                              cache_dir=settings.system_path / "builder",
-                              mirror=settings.builds_debian_mirror),
+        debian_image=partial(ensure_debian_image, images, registry, host=settings.listen,
+                             cache_dir=settings.system_path / "builds",
+                             mirror=settings.builds_debian_mirror),
         mint_token=partial(mint_token, jwt_secret, "builder", 3600),
     )  # fmt: skip
     return Services(

@@ -18,8 +18,10 @@ import logging
 import shutil
 from collections.abc import AsyncIterable, Awaitable, Callable
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 
+from ember.builds.detect import BASES, detect_source
 from ember.builds.events import EventLog
 from ember.builds.models import (
     DEFAULT_BUILDER,
@@ -33,6 +35,7 @@ from ember.builds.models import (
     Provenance,
     utcnow,
 )
+from ember.builds.rootfs import BUILDER, Recipe
 from ember.builds.runner import BuildFailed, BuildTools, Inputs, run_build
 from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
 from ember.ids import new_id
@@ -70,7 +73,7 @@ class BuildManager:
         images: ImageManager,
         registry: RegistryService,
         volumes: VolumeManager,
-        builder_image: Callable[[], Awaitable[str]],
+        debian_image: Callable[[Recipe], Awaitable[str]],
         mint_token: Callable[[], str],
     ) -> None:
         self.settings = settings
@@ -78,7 +81,7 @@ class BuildManager:
         self.builders = Repository(store, "builders", BuilderRecord, "builder")
         self.instances, self.images, self.registry = instances, images, registry
         self.volumes = volumes
-        self._builder_image, self._mint_token = builder_image, mint_token
+        self._debian_image, self._mint_token = debian_image, mint_token
         self.events = EventLog(settings.root)
         self._queues: dict[str, list[str]] = {}  # builder id -> waiting build ids, oldest first
         self._active: dict[str, str] = {}  # builder id -> running build id
@@ -196,6 +199,8 @@ class BuildManager:
         tags: dict[str, str], secrets: dict[str, str | None], id: str | None = None,
     ) -> BuildRecord:  # fmt: skip
         """Receive the source and queue the build on its builder (`default` if none)."""
+        if options.builder_id != DEFAULT_BUILDER:
+            self.get_builder(options.builder_id)  # a 404 first
         if self.settings.relay is None:
             raise InvalidState(
                 "builds need the network (builder VMs reach the registry "
@@ -214,6 +219,13 @@ class BuildManager:
         directory.mkdir(parents=True)
         try:
             source_hash = await _receive(source, directory / "source.tar.gz")
+            if options.dockerfile is None:
+                detected = detect_source(directory / "source.tar.gz")
+                if detected is not None:
+                    record.language, record.generated_dockerfile = (
+                        detected.language,
+                        detected.template,
+                    )
         except BaseException:
             shutil.rmtree(directory, ignore_errors=True)
             raise
@@ -291,8 +303,9 @@ class BuildManager:
                 await self._set_status(build_id, BuildStatus.PUSHING)
 
             async with asyncio.timeout(record.options.timeout_seconds):
-                result = await run_build(self._tools(build_id), record, builder,
-                                         self._inputs(record), pushing=pushing)  # fmt: skip
+                inputs = await self._inputs(record)
+                result = await run_build(self._tools(build_id), record, builder, inputs,
+                                         pushing=pushing)  # fmt: skip
                 name = f"{self.settings.registry_host}/{self._push_ref(record)}"
                 await self.images.wait_ready(name, IMAGE_READY_SECONDS)
             image = self.images.get(name)
@@ -329,10 +342,18 @@ class BuildManager:
     def _push_ref(self, record: BuildRecord) -> str:
         return record.options.image_name
 
-    def _inputs(self, record: BuildRecord) -> Inputs:
+    async def _inputs(self, record: BuildRecord) -> Inputs:
+        dockerfile = record.options.dockerfile
+        if record.language is not None and record.generated_dockerfile is not None:
+            base = await self._debian_image(BASES[record.language])
+            dockerfile = record.generated_dockerfile.format(base=base)
+            await self.events.log(record.id, f"no Dockerfile: building a {record.language} app "
+                                  f"on {base} with the Dockerfile Ember wrote:")  # fmt: skip
+            for line in dockerfile.splitlines():
+                await self.events.log(record.id, f"  {line}")
         return Inputs(
             source=self.settings.root / record.id / "source.tar.gz",
-            dockerfile=record.options.dockerfile,
+            dockerfile=dockerfile,
             secrets=self._secrets.get(record.id, {}),
             push_ref=self._push_ref(record),
         )
@@ -347,7 +368,7 @@ class BuildManager:
             self.builds.update(build_id, lambda r: setattr(r, "builder_instance_id", instance_id))
 
         return BuildTools(
-            instances=self.instances, builder_image=self._builder_image,
+            instances=self.instances, builder_image=partial(self._debian_image, BUILDER),
             relay=self.settings.relay, own_hosts=self.settings.own_hosts,
             mint_token=self._mint_token, log=log_line, on_instance=on_instance,
         )  # fmt: skip
@@ -371,6 +392,13 @@ class BuildManager:
         record = self.get(build_id)
         if drop_image:
             self._drop_image(record)
+        for instance in (
+            self.instances.find(tags={"ember.build": build_id})
+            if status != BuildStatus.READY
+            else []
+        ):
+            with contextlib.suppress(EmberError):  # cut short inside its create
+                await self.instances.delete(instance.id)
 
         def end(r: BuildRecord) -> None:
             r.status, r.error, r.completed_at = status, error, utcnow()

@@ -89,6 +89,10 @@ class BuildRecord(StoredRecord):
     options: BuildOptions
     status: BuildStatus = BuildStatus.QUEUED
     tags: dict[str, str] = Field(default_factory=dict)
+    # Source without a Dockerfile: what Ember recognised ("python", "static") and the
+    # Dockerfile it wrote, with {base} for its base image (`detect.py`).
+    language: str | None = None
+    generated_dockerfile: str | None = None
     builder_instance_id: str | None = None
     image_ref: str | None = None
     image_digest: str | None = None

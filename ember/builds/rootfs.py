@@ -1,9 +1,10 @@
-"""The builder VM's root image: Debian with buildah, made by debootstrap once and cached.
+"""Debian roots Ember makes with debootstrap, once, and caches: the builder VM's (with
+buildah) and the bases of the Dockerfiles it writes itself (Python, static sites).
 
-`builder_layer(cache_dir)` returns the root filesystem as one uncompressed tar layer
-(and its digest), building it on first use: `debootstrap --variant=minbase` with
-buildah, then the files below. The cache key hashes everything that shapes the
-result (suite, packages, config files, this module's recipe version), so a change
+`debian_layer(cache_dir, mirror, recipe)` returns the root filesystem as one uncompressed
+tar layer (and its digest), building it on first use: `debootstrap --variant=minbase`
+with the recipe's packages, then its files. The cache key hashes everything that shapes
+the result (suite, packages, files, mirror, this module's recipe version), so a change
 yields a new directory and an old one is never reused by mistake.
 """
 
@@ -20,29 +21,41 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 
-__all__ = ["BuilderLayer", "builder_key", "builder_layer"]
+__all__ = ["BUILDER", "PYTHON", "STATIC", "BuilderLayer", "Recipe", "debian_layer", "recipe_key"]
 
-RECIPE = 1  # bump when the steps below change in a way the key does not see
+RECIPE = 2  # bump when the steps below change in a way the key does not see
 SUITE = "bookworm"
-PACKAGES = (
-    "buildah",
-    "netavark",
-    "crun",
-    "ca-certificates",
-)  # netavark: containers-common needs a network stack
-# Storage on the builder's cache disk (mounted at /var/lib/containers); the kernel's
-# overlay driver, which the guest initrd loads.
-FILES: dict[str, str] = {
-    "etc/containers/storage.conf": (
-        '[storage]\ndriver = "overlay"\n'
-        'runroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n'
-    ),
-    # Builds run as root inside a VM of their own: chroot isolation needs no OCI runtime.
-    "etc/containers/containers.conf": '[engine]\ncgroup_manager = "cgroupfs"\n',
-}
-# Left out of the layer: mount points the guest fills, and apt's download cache.
+# Left out of every layer: mount points the guest fills, and apt's download cache.
 EXCLUDE = ("./dev/*", "./proc/*", "./sys/*", "./run/*", "./var/cache/apt/archives/*.deb",
            "./var/lib/apt/lists/*")  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """A Debian root made by debootstrap: its packages, extra files and default command."""
+
+    name: str  # the image's repository in Ember: ember/<name>
+    packages: tuple[str, ...]
+    files: tuple[tuple[str, str], ...] = ()
+    cmd: tuple[str, ...] = ("sleep", "infinity")
+
+
+BUILDER = Recipe(
+    "builder",
+    # netavark: containers-common depends on a network stack (unused: chroot isolation).
+    ("buildah", "netavark", "crun", "ca-certificates"),
+    (
+        # Storage on the builder's cache disk (mounted at /var/lib/containers), with the
+        # kernel's overlay driver, which the guest initrd loads.
+        ("etc/containers/storage.conf", '[storage]\ndriver = "overlay"\n'
+         'runroot = "/run/containers/storage"\ngraphroot = "/var/lib/containers/storage"\n'),
+        # Builds run as root inside a VM of their own: chroot isolation, no cgroups daemon.
+        ("etc/containers/containers.conf", '[engine]\ncgroup_manager = "cgroupfs"\n'),
+    ),
+)  # fmt: skip
+# Bases of the Dockerfiles Ember writes for source without one (`detect.py`).
+PYTHON = Recipe("python", ("python3", "python3-pip", "ca-certificates"), cmd=("python3",))
+STATIC = Recipe("static", ("busybox",), cmd=("busybox", "httpd", "-f", "-p", "8080"))
 
 
 @dataclass(frozen=True)
@@ -53,29 +66,29 @@ class BuilderLayer:
     key: str
 
 
-def builder_key(mirror: str) -> str:
-    recipe = {"recipe": RECIPE, "suite": SUITE, "packages": PACKAGES, "files": FILES,
-              "exclude": EXCLUDE, "mirror": mirror}  # fmt: skip
-    return hashlib.sha256(json.dumps(recipe, sort_keys=True).encode()).hexdigest()[:16]
+def recipe_key(recipe: Recipe, mirror: str) -> str:
+    parts = {"recipe": RECIPE, "suite": SUITE, "packages": recipe.packages,
+             "files": recipe.files, "exclude": EXCLUDE, "mirror": mirror}  # fmt: skip
+    return hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:16]
 
 
 _lock = asyncio.Lock()
 
 
-async def builder_layer(cache_dir: Path, mirror: str) -> BuilderLayer:
-    """The cached layer, built first if missing (one build at a time in this process)."""
+async def debian_layer(cache_dir: Path, mirror: str, recipe: Recipe) -> BuilderLayer:
+    """The cached layer, built first if missing (one debootstrap at a time here)."""
     async with _lock:
-        return await asyncio.to_thread(_ensure, cache_dir, mirror)
+        return await asyncio.to_thread(_ensure, cache_dir, mirror, recipe)
 
 
-def _ensure(cache_dir: Path, mirror: str) -> BuilderLayer:
-    key = builder_key(mirror)
-    done = cache_dir / key
+def _ensure(cache_dir: Path, mirror: str, recipe: Recipe) -> BuilderLayer:
+    key = recipe_key(recipe, mirror)
+    done = cache_dir / f"{recipe.name}-{key}"
     if not (done / "digest").exists():
         cache_dir.mkdir(parents=True, exist_ok=True)
         with tempfile.TemporaryDirectory(dir=cache_dir, prefix=".make-") as tmp:
             work = Path(tmp)
-            _debootstrap(work / "rootfs", mirror)
+            _debootstrap(work / "rootfs", mirror, recipe)
             _pack(work / "rootfs", work / "layer")
             shutil.rmtree(work / "rootfs")
             shutil.rmtree(done, ignore_errors=True)
@@ -92,10 +105,10 @@ def _run(argv: list[str], what: str) -> None:
         raise Unavailable(f"cannot make the builder image: {what} failed: {' / '.join(tail)}")
 
 
-def _debootstrap(root: Path, mirror: str) -> None:
-    _run(["debootstrap", "--variant=minbase", f"--include={','.join(PACKAGES)}", SUITE,
-          str(root), mirror], "debootstrap")  # fmt: skip
-    for name, text in FILES.items():
+def _debootstrap(root: Path, mirror: str, recipe: Recipe) -> None:
+    _run(["debootstrap", "--variant=minbase", f"--include={','.join(recipe.packages)}", SUITE,
+          str(root), mirror], f"debootstrap of {recipe.name}")  # fmt: skip
+    for name, text in recipe.files:
         path = root / name
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)

@@ -15,7 +15,9 @@ are rewritten to the relay by a registries.conf written per build.
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import contextlib
 import io
 import json
 import tarfile
@@ -34,6 +36,7 @@ __all__ = ["CACHE_MOUNT", "BuildFailed", "BuildResult", "BuildTools", "run_build
 CACHE_MOUNT = "/var/lib/containers"
 WORK = "/build"
 AGENT_WAIT_SECONDS = 300.0  # a TCG boot on a busy host
+FLUSH_SECONDS = 60.0
 LOCAL_TAG = "localhost/ember-build:latest"
 BASE_DIGEST = '{{index .ImageAnnotations "org.opencontainers.image.base.digest"}}'
 
@@ -74,8 +77,10 @@ async def run_build(
     tools: BuildTools, build: BuildRecord, builder: BuilderRecord, inputs: Inputs,
     *, pushing: Callable[[], Awaitable[None]],
 ) -> BuildResult:  # fmt: skip
-    """Run one build; the builder VM is deleted however this ends (cancel included)."""
+    """Run one build; the builder VM is deleted however this ends (cancel included), its
+    cache disk flushed first."""
     instance_id: str | None = None
+    agent: AgentClient | None = None
     try:
         instance_id, agent = await boot_builder(tools, build, builder)
         await place_inputs(tools, agent, inputs)
@@ -83,8 +88,20 @@ async def run_build(
         await pushing()
         return await push_result(tools, agent, inputs)
     finally:
+        if agent is not None:
+            await flush_cache(agent)
         if instance_id is not None:
             await tools.instances.delete(instance_id)
+
+
+async def flush_cache(agent: AgentClient) -> None:
+    """`sync` in the guest before its VM is killed: layers written to the cache disk but
+    still in the guest's page cache would be lost, while buildah's records of them stay
+    (measured: the next build on the builder failed with `exec format error` on an empty
+    /bin/sh). Best effort: a guest that does not answer is killed anyway."""
+    with contextlib.suppress(Exception):
+        session = await agent.exec(["sync"], env=ENV, timeout=10)
+        await asyncio.wait_for(session.wait(), FLUSH_SECONDS)
 
 
 async def boot_builder(

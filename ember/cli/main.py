@@ -17,7 +17,16 @@ from typer._click.core import Command
 from typer.core import TyperArgument, TyperOption
 
 # Importing the command modules registers their commands on `app`.
-from ember.cli import cluster, groups, guest, host, images, instances, resources  # noqa: F401
+from ember.cli import (  # noqa: F401
+    builds,
+    cluster,
+    groups,
+    guest,
+    host,
+    images,
+    instances,
+    resources,
+)
 from ember.cli.common import EXIT_USAGE, HELP_NAMES, app, errors
 
 __all__ = ["app", "main"]

@@ -462,3 +462,15 @@ def write_oci_layout(image: BuiltImage, directory_path: Path, tag: str = "latest
         ],
     }
     (directory_path / "index.json").write_text(json.dumps(index))
+
+
+def tar_gz(files: dict[str, str]) -> bytes:
+    """A source archive: path -> text, as a tar.gz (build contexts in tests and benches)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -26,10 +26,18 @@ class Gate:
         self.opened = asyncio.Event()
         self.calls = 0
 
-    async def __call__(self) -> str:
+    async def __call__(self, recipe: object) -> str:
         self.calls += 1
         await self.opened.wait()
         raise Unavailable("no builder image here")
+
+
+class NoInstances:
+    """The instance manager as these builds see it: none ever boots (the gate fails first),
+    so the leftover-VM sweep after a failure or cancel finds nothing."""
+
+    def find(self, tags: dict[str, str] | None = None) -> list[object]:
+        return []
 
 
 @pytest.fixture
@@ -45,10 +53,10 @@ async def manager(tmp_path: Path, gate: Gate) -> AsyncIterator[BuildManager]:
         own_hosts=frozenset({"127.0.0.1:4973"}), relay="10.100.0.1:4974", default_disk_gb=1,
         secrets_dir=tmp_path / "secrets",
     )  # fmt: skip
-    instances = cast(Any, None)  # never reached: the builder image step comes first
+    instances = cast(Any, NoInstances())
     manager = BuildManager(
         store, settings, instances=instances, images=cast(Any, None), registry=cast(Any, None),
-        volumes=VolumeManager(store, tmp_path), builder_image=gate, mint_token=lambda: "t",
+        volumes=VolumeManager(store, tmp_path), debian_image=gate, mint_token=lambda: "t",
     )  # fmt: skip
     settings.root.mkdir()
     yield manager
@@ -61,7 +69,7 @@ async def chunks(data: bytes = b"source") -> AsyncIterator[bytes]:
 
 
 async def submit(manager: BuildManager, builder: str = "b1", **fields: str) -> str:
-    form = parse_build_form({"builder_id": builder, **fields}, "x")
+    form = parse_build_form({"builder_id": builder, "dockerfile": "FROM x\n", **fields}, "x")
     record = await manager.create(chunks(), form.options, tags=form.tags, secrets=form.secrets)
     return record.id
 

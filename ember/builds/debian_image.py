@@ -1,6 +1,7 @@
-"""The builder image in Ember's own registry: the cached Debian + buildah layer as an OCI
-image (`ember/builder:<key>`), converted like any pushed image. Made once per data dir
-from the layer `rootfs.builder_layer` caches under the system dir."""
+"""Ember's own Debian images in its registry: a cached debootstrap layer (`rootfs.py`) as
+an OCI image `ember/<recipe>:<key>`, converted like any pushed image. Made once per data
+dir from the layer cached under the system dir: the builder VM's image, and the bases of
+the Dockerfiles Ember writes."""
 
 from __future__ import annotations
 
@@ -11,25 +12,26 @@ import os
 import shutil
 from pathlib import Path
 
-from ember.builds.rootfs import builder_layer
+from ember.builds.rootfs import Recipe, debian_layer
 from ember.errors import NotFound, Unavailable
 from ember.images.manager import ImageManager
 from ember.images.models import ImageStatus
 from ember.registry import RegistryService
 
-__all__ = ["BUILDER_REPOSITORY", "ensure_builder_image"]
+__all__ = ["ensure_debian_image"]
 
-BUILDER_REPOSITORY = "ember/builder"
 OCI_MANIFEST = "application/vnd.oci.image.manifest.v1+json"
 READY_WAIT_SECONDS = 600.0  # converting ~250 MB to erofs on a busy host
 
 
-async def ensure_builder_image(
-    images: ImageManager, registry: RegistryService, *, host: str, cache_dir: Path, mirror: str
-) -> str:
-    """The builder image's name in Ember (`host/ember/builder:<key>`), ready to boot."""
-    layer = await builder_layer(cache_dir, mirror)
-    name = f"{host}/{BUILDER_REPOSITORY}:{layer.key}"
+async def ensure_debian_image(
+    images: ImageManager, registry: RegistryService, recipe: Recipe, *, host: str,
+    cache_dir: Path, mirror: str,
+) -> str:  # fmt: skip
+    """The recipe's image name in Ember (`host/ember/<recipe>:<key>`), ready."""
+    layer = await debian_layer(cache_dir, mirror, recipe)
+    repository = f"ember/{recipe.name}"
+    name = f"{host}/{repository}:{layer.key}"
     try:
         ready = images.get(name).status == ImageStatus.READY
     except NotFound:
@@ -38,9 +40,10 @@ async def ensure_builder_image(
         await asyncio.to_thread(_store_layer, registry, layer.tar, layer.digest)
         config = json.dumps({
             "architecture": "amd64", "os": "linux",
-            "config": {"Cmd": ["sleep", "infinity"], "Env": [
+            "config": {"Cmd": list(recipe.cmd), "Env": [
                 "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"]},
             "rootfs": {"type": "layers", "diff_ids": [layer.digest]},
+            "history": [{"created_by": f"debootstrap {recipe.name} (ember)"}],
         }).encode()  # fmt: skip
         config_digest = _put(registry, config)
         manifest = json.dumps({
@@ -50,11 +53,11 @@ async def ensure_builder_image(
             "layers": [{"mediaType": "application/vnd.oci.image.layer.v1.tar",
                         "digest": layer.digest, "size": layer.size}],
         }).encode()  # fmt: skip
-        registry.push_manifest(host, BUILDER_REPOSITORY, layer.key, manifest, OCI_MANIFEST)
+        registry.push_manifest(host, repository, layer.key, manifest, OCI_MANIFEST)
     await images.wait_ready(name, READY_WAIT_SECONDS)
     record = images.get(name)
     if record.status != ImageStatus.READY:
-        raise Unavailable(f"the builder image could not be converted: {record.error}")
+        raise Unavailable(f"image {name} could not be converted: {record.error}")
     return name
 
 
