@@ -42,7 +42,7 @@ from ember.ids import new_id
 from ember.images.manager import ImageManager
 from ember.images.models import ImageStatus
 from ember.instances import InstanceManager
-from ember.registry import RegistryService
+from ember.registry import DistributionError, RegistryService
 from ember.store import Repository, Store
 from ember.volumes import VolumeManager
 
@@ -290,6 +290,7 @@ class BuildManager:
     async def _run(self, build_id: str) -> None:
         record = self.get(build_id)
         pushed = False
+        prior: str | None = None  # the digest the image's tag named before this push
         try:
             await self._await_turn(record)
             builder = self.builders.update(
@@ -298,8 +299,8 @@ class BuildManager:
             await self._set_status(build_id, BuildStatus.BUILDING, started=True)
 
             async def pushing() -> None:
-                nonlocal pushed
-                pushed = True
+                nonlocal pushed, prior
+                pushed, prior = True, self._tag_digest(record)
                 await self._set_status(build_id, BuildStatus.PUSHING)
 
             async with asyncio.timeout(record.options.timeout_seconds):
@@ -323,17 +324,10 @@ class BuildManager:
 
             self.builds.update(build_id, done)
             await self._finish(build_id, BuildStatus.READY)
-        except asyncio.CancelledError:
-            await self._finish(build_id, BuildStatus.CANCELLED, error="cancelled",
-                               drop_image=pushed)  # fmt: skip
-        except TimeoutError:
-            message = f"timed out after {record.options.timeout_seconds} s"
-            await self._finish(build_id, BuildStatus.FAILED, error=message, drop_image=pushed)
-        except EmberError as exc:
-            await self._finish(build_id, BuildStatus.FAILED, error=exc.message, drop_image=pushed)
-        except Exception as exc:
-            log.exception("build failed", extra={"build": build_id})
-            await self._finish(build_id, BuildStatus.FAILED, error=str(exc), drop_image=pushed)
+        except (asyncio.CancelledError, Exception) as exc:  # cancel, timeout, failure
+            status, error = _ending(exc, record)
+            await self._finish(build_id, status, error=error,
+                               undo_push=(prior,) if pushed else None)  # fmt: skip
         finally:
             self._leave(record)
             self._tasks.pop(build_id, None)
@@ -386,12 +380,13 @@ class BuildManager:
 
     async def _finish(
         self, build_id: str, status: BuildStatus, *, error: str | None = None,
-        drop_image: bool = False,
+        undo_push: tuple[str | None] | None = None,
     ) -> None:  # fmt: skip
-        """The end of a build; a cancelled or failed push leaves no image behind."""
+        """The end of a build; a cancelled or failed push leaves no image behind
+        (`undo_push`: the digest the tag named before the push, if one was under way)."""
         record = self.get(build_id)
-        if drop_image:
-            self._drop_image(record)
+        if undo_push is not None:
+            self._undo_push(record, undo_push[0])
         for instance in (
             self.instances.find(tags={"ember.build": build_id})
             if status != BuildStatus.READY
@@ -410,12 +405,40 @@ class BuildManager:
             await self.events.log(build_id, f"error: {error}")
         await self.events.append(build_id, BuildEvent(type="status", status=status))
 
-    def _drop_image(self, record: BuildRecord) -> None:
+    def _tag_digest(self, record: BuildRecord) -> str | None:
         repository, _, tag = self._push_ref(record).rpartition(":")
+        try:
+            return self.registry.storage.manifest_digest(repository, tag)
+        except DistributionError:
+            return None
+
+    def _undo_push(self, record: BuildRecord, prior: str | None) -> None:
+        """Put the image name back as it was before the push: gone if it was new, else
+        the tag pointed at its previous manifest again."""
+        if self._tag_digest(record) == prior:
+            return  # the push never reached its manifest
+        repository, _, tag = self._push_ref(record).rpartition(":")
+        host = self.settings.registry_host
         with contextlib.suppress(EmberError):
-            self.images.delete(f"{self.settings.registry_host}/{repository}:{tag}")
-        with contextlib.suppress(EmberError):
-            self.registry.delete_manifest(repository, tag)
+            if prior is None:
+                self.images.delete(f"{host}/{repository}:{tag}")
+                self.registry.delete_manifest(repository, tag)
+            else:
+                _, media_type = self.registry.storage.resolve(repository, prior)
+                body = self.registry.storage.blobs.path(prior).read_bytes()
+                self.registry.push_manifest(host, repository, tag, body, media_type)
+
+
+def _ending(exc: BaseException, record: BuildRecord) -> tuple[BuildStatus, str]:
+    """How a build that did not get to `ready` ends, and why."""
+    if isinstance(exc, asyncio.CancelledError):
+        return BuildStatus.CANCELLED, "cancelled"
+    if isinstance(exc, TimeoutError):
+        return BuildStatus.FAILED, f"timed out after {record.options.timeout_seconds} s"
+    if isinstance(exc, EmberError):
+        return BuildStatus.FAILED, exc.message
+    log.exception("build failed", extra={"build": record.id}, exc_info=exc)
+    return BuildStatus.FAILED, str(exc)
 
 
 async def _receive(chunks: AsyncIterable[bytes], path: Path) -> str:

@@ -188,3 +188,27 @@ def test_secret_failure_and_cancel(server: EmberServer, ns: str) -> None:
     assert out["cancelled"]["status"] == "cancelled"
     assert out["instances"] == []
     assert not any("apps/cancel" in name for name in out["images"])
+
+
+def python_app(server: EmberServer) -> dict[str, Any]:
+    client = client_of(server)
+    source = tar_gz({"app.py": "import sys\nprint('python app says hi', sys.version_info[0])\n"})
+    build = client.builds.create(source=("p.tar.gz", source), image_name="apps/py", memory_mb=1024)
+    out: dict[str, Any] = {"build": wait_build(client, build.id).model_dump(mode="json")}
+    out["events"] = events_of(client, build.id)
+    if out["build"]["status"] == "ready":
+        inst = client.instances.create(name="py", image=out["build"]["image_ref"], size="256MB")
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline and client.instances.get(inst.id).state != "Stopped":
+            time.sleep(1)
+        out["run"] = list(client.instances.logs(inst.id, tail=100))
+        client.instances.delete(inst.id)
+    return out
+
+
+def test_python_app_without_dockerfile(server: EmberServer, ns: str) -> None:
+    out = in_netns(ns, python_app, server)
+    assert out["build"]["status"] == "ready", out["events"][-20:]
+    logs = [e.get("content") or "" for e in out["events"]]
+    assert any("no Dockerfile: building a python app" in line for line in logs)
+    assert "python app says hi 3" in "\n".join(out["run"])
