@@ -387,12 +387,8 @@ class BuildManager:
         record = self.get(build_id)
         if undo_push is not None:
             self._undo_push(record, undo_push[0])
-        for instance in (
-            self.instances.find(tags={"ember.build": build_id})
-            if status != BuildStatus.READY
-            else []
-        ):
-            with contextlib.suppress(EmberError):  # cut short inside its create
+        for instance in self.instances.find(tags={"ember.build": build_id}):
+            with contextlib.suppress(EmberError):  # cut short inside its create, or undeleted
                 await self.instances.delete(instance.id)
 
         def end(r: BuildRecord) -> None:

@@ -78,7 +78,8 @@ async def run_build(
     *, pushing: Callable[[], Awaitable[None]],
 ) -> BuildResult:  # fmt: skip
     """Run one build; the builder VM is deleted however this ends (cancel included), its
-    cache disk flushed first."""
+    cache disk flushed first. (A VM caught inside its create, before its id is known, is
+    found by its `ember.build` tag when the build ends: `BuildManager._finish`.)"""
     instance_id: str | None = None
     agent: AgentClient | None = None
     try:
@@ -91,7 +92,8 @@ async def run_build(
         if agent is not None:
             await flush_cache(agent)
         if instance_id is not None:
-            await tools.instances.delete(instance_id)
+            with contextlib.suppress(EmberError):  # swept by tag when the build ends
+                await tools.instances.delete(instance_id)
 
 
 async def flush_cache(agent: AgentClient) -> None:
