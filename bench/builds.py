@@ -26,6 +26,7 @@ import json
 import shutil
 import tempfile
 import time
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -53,8 +54,10 @@ def api(server: EmberServer) -> httpx.Client:
     return httpx.Client(base_url=server.url, headers=headers, timeout=600)
 
 
-def ember_build(server: EmberServer, source: bytes, dockerfile: str, name: str) -> float:
-    """(In the namespace.) Seconds from POST /builds to `ready`."""
+def ember_build(
+    server: EmberServer, source: bytes, dockerfile: str, name: str
+) -> tuple[float, dict[str, float]]:
+    """(In the namespace.) Seconds from POST /builds to `ready`, and where they went."""
     with api(server) as http:
         start = time.monotonic()
         form = {"dockerfile": dockerfile, "image_name": name, "builder_id": "bench"}
@@ -63,9 +66,27 @@ def ember_build(server: EmberServer, source: bytes, dockerfile: str, name: str) 
             "ready", "failed", "cancelled"):  # fmt: skip
             time.sleep(0.25)
         elapsed = time.monotonic() - start
-    if got["status"] != "ready":
-        raise RuntimeError(f"build {got['id']} {got['status']}: {got.get('error')}")
-    return elapsed
+        if got["status"] != "ready":
+            raise RuntimeError(f"build {got['id']} {got['status']}: {got.get('error')}")
+        events = http.get(f"/builds/{build['id']}/events").text
+    return elapsed, phases(events)
+
+
+def phases(sse: str) -> dict[str, float]:
+    """Seconds per phase, from the events' timestamps: the VM's boot (to buildah's first
+    step), buildah bud, the push, and the conversion to `ready`."""
+    events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
+    at = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events]
+    first_step = next(
+        i for i, e in enumerate(events) if (e.get("content") or "").startswith("STEP")
+    )
+    pushing = next(i for i, e in enumerate(events) if e.get("status") == "pushing")
+    last_log = max(i for i, e in enumerate(events) if e["type"] == "log")
+    marks = {"boot": first_step, "bud": pushing, "push": last_log, "convert": len(events) - 1}
+    out, previous = {}, at[1]  # from `building`
+    for label, index in marks.items():
+        out[label], previous = at[index] - previous, at[index]
+    return out
 
 
 def set_up(server: EmberServer) -> None:
@@ -110,7 +131,7 @@ def by_hand(server: EmberServer, source: bytes, dockerfile: str) -> tuple[float,
         for tag in ("one", "two"):
             start = time.monotonic()
             run_in(client, inst.id, f"{env} TMPDIR=/var/lib/containers/tmp buildah bud --layers "
-                   f"--isolation=chroot -t hand:{tag} /build/src && {env} buildah push "
+                   f"--isolation=chroot -t hand:{tag} /build/src && {env} buildah push -D "
                    f"hand:{tag} docker://{RELAY}/hand/app:{tag}")  # fmt: skip
             times.append(time.monotonic() - start)
         run_in(client, inst.id, "sync")
@@ -127,7 +148,9 @@ def run_in(client: Hypeman, instance_id: str, script: str, wait_for_agent: int =
     return output
 
 
-def report(ember: tuple[float, float], hand: tuple[float, float]) -> None:
+def report(
+    ember: tuple[float, float], hand: tuple[float, float], split: list[dict[str, float]]
+) -> None:
     rows: list[tuple[str, float, float]] = [
         ("first build", ember[0], hand[0]),
         ("cached rebuild", ember[1], hand[1]),
@@ -138,6 +161,8 @@ def report(ember: tuple[float, float], hand: tuple[float, float]) -> None:
     print(f"ember first build vs by hand: {ember[0] / hand[0]:.2f}x (target <= 1.2x)")
     print(f"ember cached rebuild vs its first build: {ember[1] / ember[0]:.2f}x (target <= 0.3x)")
     print(f"by hand cached vs first (buildah's own cache): {hand[1] / hand[0]:.2f}x")
+    for label, parts in zip(("ember first", "ember cached"), split, strict=True):
+        print(f"{label}: " + ", ".join(f"{k} {v:.1f}s" for k, v in parts.items()))
 
 
 def run(args: argparse.Namespace) -> None:
@@ -152,10 +177,10 @@ def run(args: argparse.Namespace) -> None:
             # The builder image is made and converted by the first build: not timed.
             in_netns(ns, ember_build, server, source, "FROM base/busybox:latest\n", "warm/up")
             in_netns(ns, prune, server)
-            first = in_netns(ns, ember_build, server, source, dockerfile, "bench/app:one")
-            cached = in_netns(ns, ember_build, server, source, dockerfile, "bench/app:two")
+            first, first_split = in_netns(ns, ember_build, server, source, dockerfile, "b/a:1")
+            cached, cached_split = in_netns(ns, ember_build, server, source, dockerfile, "b/a:2")
             hand = in_netns(ns, by_hand, server, source, dockerfile)
-            report((first, cached), hand)
+            report((first, cached), hand, [first_split, cached_split])
         finally:
             server.clean_up()
             server.stop()

@@ -187,8 +187,10 @@ async def run_buildah(tools: BuildTools, agent: AgentClient, inputs: Inputs) -> 
 
 async def push_result(tools: BuildTools, agent: AgentClient, inputs: Inputs) -> BuildResult:
     target = f"docker://{tools.relay}/{inputs.push_ref}"
-    await _run(tools, agent, ["buildah", "push", f"--digestfile={WORK}/digest", LOCAL_TAG,
-               target], "the push")  # fmt: skip
+    # Uncompressed: gzip under TCG costs more than the bytes it saves on the guest network,
+    # and Ember's registry and conversion take plain tar layers as they are.
+    await _run(tools, agent, ["buildah", "push", "--disable-compression",
+               f"--digestfile={WORK}/digest", LOCAL_TAG, target], "the push")  # fmt: skip
     digest = (await _output(agent, ["cat", f"{WORK}/digest"])).strip()
     base = (await _output(agent, ["buildah", "inspect", "--type", "image", "--format",
                                   BASE_DIGEST, LOCAL_TAG])).strip()  # fmt: skip
