@@ -175,3 +175,26 @@ async def test_server_side_secret_and_prune(manager: BuildManager, tmp_path: Pat
     build_id = await submit(manager, secrets='[{"id": "npm_token"}]')
     assert manager._secrets[build_id] == {"npm_token": "s3cret"}
     assert "s3cret" not in manager.get(build_id).model_dump_json()  # never stored
+
+
+async def test_timeout_fails_the_build(manager: BuildManager) -> None:
+    await manager.create_builder(name=None, disk_size_gb=1, id="b1")
+    build_id = await submit(manager, timeout_seconds="1")  # the gate never opens in time
+    for _ in range(300):
+        if manager.get(build_id).status == BuildStatus.FAILED:
+            break
+        await asyncio.sleep(0.01)
+    record = manager.get(build_id)
+    assert record.status == BuildStatus.FAILED and record.error == "timed out after 1 s"
+    assert manager.active_build("b1") is None
+
+
+async def test_builds_cut_short_by_a_restart_fail(manager: BuildManager) -> None:
+    await manager.create_builder(name=None, disk_size_gb=1, id="b1")
+    build_id = await submit(manager)
+    await settle()
+    await manager.close()  # its task ends; the record is then put back as a killed server
+    manager.builds.update(build_id, lambda r: setattr(r, "status", BuildStatus.BUILDING))
+    await manager.open()
+    record = manager.get(build_id)
+    assert record.status == BuildStatus.FAILED and record.error == "the server restarted"
