@@ -95,6 +95,17 @@ class Settings(BaseSettings):
     ingress_acme_ca: str | None = None  # ACME directory URL; None: Let's Encrypt
     # --- end ingress ---
 
+    # --- builds (ember/builds) ---
+    # Builder VMs reach Ember's registry at <network gateway>:<this port>, a relay to `listen`.
+    builds_registry_relay_port: int = Field(default=4974, ge=1, le=65535)
+    # The Debian mirror debootstrap makes the builder image from (once, then cached).
+    builds_debian_mirror: str = "http://deb.debian.org/debian"
+    # Cache disk of a builder created without a size (and of the `default` builder).
+    builds_builder_disk_gb: int = Field(default=10, ge=1)
+    # Server-side build secrets, one file per id; None: <data_dir>/build-secrets.
+    builds_secrets_dir: Path | None = None
+    # --- end builds ---
+
     # Built-in registry: an upload that receives nothing this long is dropped (the client
     # gave up mid-push); its partial file goes with it.
     registry_upload_max_age_seconds: float = Field(default=3600.0, gt=0)

@@ -22,7 +22,10 @@ from functools import partial
 from pathlib import Path
 from typing import Protocol
 
-from ember.api.auth import load_or_create_secret
+from ember.api.auth import load_or_create_secret, mint_token
+from ember.builds import BuildManager, BuildSettings
+from ember.builds.debian_image import ensure_debian_image
+from ember.builds.relay import Relay
 from ember.cluster.member import memberships
 from ember.config import Settings
 from ember.devices import DeviceManager
@@ -192,6 +195,8 @@ class Services:
     devices: DeviceManager
     memory: MemoryReclaimer
     instance_services: InstanceServices
+    builds: BuildManager
+    relay: Relay | None = None  # builder VMs' way to the registry (with the network)
     egress: EgressManager | None = None  # with the network
     dns: DnsServer | None = None
 
@@ -232,6 +237,11 @@ class Services:
             stack.push_async_callback(self.schedules.close)
             self.memory.task.start()
             stack.push_async_callback(self.memory.task.close)
+            if self.relay is not None:
+                await self.relay.open()
+                stack.push_async_callback(self.relay.close)
+            await self.builds.open()
+            stack.push_async_callback(self.builds.close)
             yield self
 
 
@@ -249,9 +259,6 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         digest_users=partial(digest_users, store), concurrency=settings.build_concurrency,
         insecure_registries=settings.insecure_registries,
     )  # fmt: skip
-    registry = RegistryService(
-        storage, images, upload_max_age=settings.registry_upload_max_age_seconds
-    )
     hypervisors = hypervisors or resolve_hypervisors(settings.accel)  # detects the accel once
     system = BootSystem(settings.system_path)
     network = (
@@ -259,6 +266,16 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         if settings.network_enabled
         else None
     )
+    relay = (
+        Relay((str(network.settings.gateway_ip), settings.builds_registry_relay_port),
+              (settings.host, settings.port))
+        if network is not None
+        else None
+    )  # fmt: skip
+    registry = RegistryService(
+        storage, images, upload_max_age=settings.registry_upload_max_age_seconds,
+        aliases={relay.address: settings.listen} if relay is not None else None,
+    )  # fmt: skip
     volumes = VolumeManager(store, settings.data_dir)
     egress = (
         EgressManager(settings.data_dir, network, proxy_port=settings.egress_proxy_port,
@@ -278,10 +295,25 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
     ingresses = IngressManager(store, settings, partial(_instance_exists, instances))
     waker = waker_socket(settings.runtime_dir, settings.data_dir)
     groups = GroupManager(store, instances, ingresses, waker)
+    jwt_secret = load_or_create_secret(settings.data_dir)
+    builds = BuildManager(
+        store,
+        BuildSettings(
+            root=settings.data_dir / "builds", registry_host=settings.listen,
+            own_hosts=frozenset(hosts), relay=relay.address if relay is not None else None,
+            default_disk_gb=settings.builds_builder_disk_gb,
+            secrets_dir=settings.builds_secrets_dir or settings.data_dir / "build-secrets",
+        ),
+        instances=instances, images=images, registry=registry, volumes=volumes,
+        debian_image=partial(ensure_debian_image, images, registry, host=settings.listen,
+                             cache_dir=settings.system_path / "builds",
+                             mirror=settings.builds_debian_mirror),
+        mint_token=partial(mint_token, jwt_secret, "builder", 3600),
+    )  # fmt: skip
     return Services(
         settings=settings,
         store=store,
-        jwt_secret=load_or_create_secret(settings.data_dir),
+        jwt_secret=jwt_secret,
         images=images,
         registry=registry,
         pushes=PushManager(store, images, settings.insecure_registries),
@@ -302,6 +334,8 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
             poll_seconds=settings.memory_reclaim_poll_seconds,
         ),
         instance_services=instance_services,
+        builds=builds,
+        relay=relay,
         egress=egress,
     )
 

@@ -15,6 +15,7 @@ from ember.api.deps import require_auth
 from ember.api.errors import document_errors, error_response_doc, install_error_handlers
 from ember.api.middleware import BodyLimitMiddleware, RequestIdMiddleware
 from ember.api.routes import (
+    builds,
     devices,
     egress,
     groups,
@@ -53,9 +54,11 @@ PROTECTED_ROUTERS: list[APIRouter] = [
     groups.router,  # /service-groups (Ember extension)
     *UKC_ROUTERS,  # /v1: the Unikraft Cloud API (ember/ukc)
     templates.router,  # /templates (Ember extension)
+    builds.router,  # /builds
+    builds.builders_router,  # /builders
 ]
 # Paths whose routes stream large request bodies to disk themselves: no overall limit.
-UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive")
+UNLIMITED_BODY_PATHS = ("/v2/", "/volumes/from-archive", "/builds")
 SECURITY_SCHEMES = {
     "bearerAuth": {
         "type": "http",

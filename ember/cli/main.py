@@ -36,6 +36,7 @@ def __getattr__(name: str) -> Any:
 def _full_app() -> Typer:
     # Importing the command modules registers their commands on `app`.
     from ember.cli import (  # noqa: F401
+        builds,
         cluster,
         groups,
         guest,

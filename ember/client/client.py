@@ -346,6 +346,58 @@ class EmberClient:
     def delete_template(self, ref: str) -> None:
         self._call("DELETE", f"/templates/{_quote(ref)}")
 
+    # ---- builds and builders (the official client's shapes) ---------------------------
+
+    def create_build(self, source: bytes, fields: dict[str, str]) -> JSON:
+        """`fields`: the form's text fields (dockerfile, image_name, secrets as JSON...)."""
+        files = {"source": ("source.tar.gz", source, "application/gzip")}
+        result: JSON = self._call("POST", "/builds", files=files, data=fields)
+        return result
+
+    def build(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/builds/{_quote(ref)}")
+        return result
+
+    def builds(self) -> list[JSON]:
+        result: list[JSON] = self._call("GET", "/builds")
+        return result
+
+    def cancel_build(self, ref: str) -> None:
+        self._call("DELETE", f"/builds/{_quote(ref)}")
+
+    def build_events(self, ref: str, *, follow: bool = True) -> Iterator[JSON]:
+        """The build's events from the first (Server-Sent Events, one JSON per `data:`)."""
+        path, params = f"/builds/{_quote(ref)}/events", {"follow": str(follow).lower()}
+        try:
+            with self.http.stream("GET", path, params=params, timeout=None) as response:
+                if response.status_code >= 400:
+                    raise error_of(response.status_code, response.read())
+                for line in response.iter_lines():
+                    if line.startswith("data: "):
+                        event: JSON = json.loads(line[6:])
+                        yield event
+        except httpx.TransportError as exc:
+            raise self.unreachable(exc) from exc
+
+    def create_builder(self, **body: Any) -> JSON:
+        result: JSON = self._call("POST", "/builders", json=body)
+        return result
+
+    def builders(self) -> list[JSON]:
+        result: list[JSON] = self._call("GET", "/builders")
+        return result
+
+    def builder(self, ref: str) -> JSON:
+        result: JSON = self._call("GET", f"/builders/{_quote(ref)}")
+        return result
+
+    def delete_builder(self, ref: str) -> None:
+        self._call("DELETE", f"/builders/{_quote(ref)}")
+
+    def prune_builder(self, ref: str) -> JSON:
+        result: JSON = self._call("POST", f"/builders/{_quote(ref)}/prune")
+        return result
+
     # ---- WebSockets (exec and cp live in ember.client.streams) ------------------------
 
     def websocket_url(self, ref: str, kind: str) -> str:

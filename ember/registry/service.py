@@ -24,13 +24,19 @@ MAX_SWEEP_INTERVAL = 60.0
 
 
 class RegistryService:
-    def __init__(self, storage: Registry, images: ImageManager, *, upload_max_age: float) -> None:
-        """`upload_max_age`: seconds an upload may receive nothing before it is dropped."""
+    def __init__(
+        self, storage: Registry, images: ImageManager, *, upload_max_age: float,
+        aliases: dict[str, str] | None = None,
+    ) -> None:  # fmt: skip
+        """`upload_max_age`: seconds an upload may receive nothing before it is dropped;
+        `aliases`: other `host:port`s clients push through, mapped to the name images get
+        (the builds' registry relay -> the server's own address)."""
         if upload_max_age <= 0:
             raise ValueError("upload_max_age must be positive")
         self.storage = storage
         self._images = images
         self.upload_max_age = upload_max_age
+        self.aliases = aliases or {}
         self._sweeper: asyncio.Task[None] | None = None
 
     # ---- lifecycle -------------------------------------------------------------------
@@ -110,6 +116,7 @@ class RegistryService:
         (named as a pull from this server would name it). Returns the digest."""
         digest, _ = self.storage.put_manifest(repository, reference, body, media_type)
         if not reference.startswith("sha256:"):
+            host = self.aliases.get(host, host)
             self._images.import_pushed(f"{host}/{repository}:{reference}", digest)
         return digest
 

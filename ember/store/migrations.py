@@ -95,4 +95,12 @@ MIGRATIONS: list[tuple[str, ...]] = [
     # 14: calendar schedules of instances (ember/schedules): one row per instance that has
     # any (id and name: the instance's id), its schedules with their next runs as JSON.
     (_resource_table("instance_schedules"),),
+    # 15: builds and builders (ember/builds); names are not unique (a builder's is a display
+    # name, a build's is its id).
+    (
+        "CREATE TABLE builders (id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+        "CREATE TABLE builds (id TEXT PRIMARY KEY, name TEXT NOT NULL, data TEXT NOT NULL,"
+        " created_at TEXT NOT NULL DEFAULT (strftime('%Y-%m-%dT%H:%M:%fZ', 'now')))",
+    ),
 ]

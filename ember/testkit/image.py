@@ -202,7 +202,10 @@ def build_image(
     working_dir: str | None = None,
     user: str | None = None,
     architecture: str = "amd64",
+    history: bool = False,
 ) -> BuiltImage:
+    """`history`: one config history entry per layer, as image builders write (buildah
+    refuses to build on an image whose layers have none)."""
     blobs: dict[str, bytes] = {}
     layer_descriptors: list[dict[str, Any]] = []
     diff_ids = []
@@ -225,15 +228,15 @@ def build_image(
         settings["WorkingDir"] = working_dir
     if user:
         settings["User"] = user
-    config = json.dumps(
-        {
-            "architecture": architecture,
-            "os": "linux",
-            "config": settings,
-            "rootfs": {"type": "layers", "diff_ids": diff_ids},
-        },
-        sort_keys=True,
-    ).encode()
+    image_config: dict[str, Any] = {
+        "architecture": architecture,
+        "os": "linux",
+        "config": settings,
+        "rootfs": {"type": "layers", "diff_ids": diff_ids},
+    }
+    if history:
+        image_config["history"] = [{"created_by": "ember.testkit"} for _ in diff_ids]
+    config = json.dumps(image_config, sort_keys=True).encode()
     blobs[_digest(config)] = config
     manifest = json.dumps(
         {
@@ -459,3 +462,15 @@ def write_oci_layout(image: BuiltImage, directory_path: Path, tag: str = "latest
         ],
     }
     (directory_path / "index.json").write_text(json.dumps(index))
+
+
+def tar_gz(files: dict[str, str]) -> bytes:
+    """A source archive: path -> text, as a tar.gz (build contexts in tests and benches)."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz") as tar:
+        for name, text in sorted(files.items()):
+            data = text.encode()
+            info = tarfile.TarInfo(name)
+            info.size, info.mode = len(data), 0o644
+            tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()

@@ -59,6 +59,7 @@ def test_walk_without_vm(ember_server: EmberServer, walk: Walk) -> None:
     walk_pushes(ember_server, walk)
     walk_volumes(walk)
     walk_devices(walk)
+    walk_builds(walk)
     walk_refusals(walk)
     walk_known_missing(walk)
     assert walk.called >= WALKED_WITHOUT_VM, WALKED_WITHOUT_VM - walk.called
@@ -129,6 +130,31 @@ def walk_volumes(walk: Walk) -> None:
     walk.call("getVolume", MISSING, expect=404)
     walk.call("deleteVolume", volume["id"], expect=204)
     walk.call("deleteVolume", MISSING, expect=404)
+
+
+def walk_builds(walk: Walk) -> None:
+    """Builders whole; builds up to where a server without a network refuses them (409):
+    the builds that run are in tests/builds/test_builds_vm.py."""
+    builder = walk.json("createBuilder", json={"id": "b1", "name": "ci", "disk_size_gb": 1},
+                        expect=201)  # fmt: skip
+    assert builder["queued_builds"] == [] and builder["max_concurrency"] == 1
+    walk.call("createBuilder", json={"id": "b1"}, expect=409)
+    walk.call("createBuilder", json={"disk_size_gb": 0}, expect=400)
+    walk.call("listBuilders", expect=200)
+    walk.call("getBuilder", "b1", expect=200)
+    walk.call("getBuilder", MISSING, expect=404)
+    walk.call("pruneBuilder", "b1", expect=202)
+    walk.call("pruneBuilder", MISSING, expect=404)
+    source = {"source": ("app.tar.gz", make_archive([Entry("Dockerfile", data=b"FROM x\n")]))}
+    walk.call("createBuild", files=source, data={"builder_id": "b1"}, expect=409)  # no network
+    walk.call("createBuild", files=source, data={"builder_id": MISSING}, expect=404)
+    walk.call("createBuild", files=source, data={"cpus": "many"}, expect=400)
+    walk.call("listBuilds", expect=200)
+    walk.call("getBuild", MISSING, expect=404)
+    walk.call("cancelBuild", MISSING, expect=404)
+    walk.call("getBuildEvents", MISSING, expect=404)
+    walk.call("deleteBuilder", "b1", expect=204)
+    walk.call("deleteBuilder", MISSING, expect=404)
 
 
 def walk_devices(walk: Walk) -> None:
