@@ -159,16 +159,16 @@ async def _clone(svc: Services, body: JSON, template: object) -> InstanceRecord:
             code="not_supported",
         )
     req.unsupported(template, ("autokill",), "template")
-    if template.get("prepare"):
-        await _prepare(svc, template)
-    ref = {k: template[k] for k in ("uuid", "name") if template.get(k) is not None}
-    source = convert.pick(ref, svc.templates.get, "template")
     name, tags = _name(body), validate_tags(convert.tags_in(body.get("tags")))
     target = State.RUNNING if body.get("autostart") is True else State.STANDBY
     try:
         group, scale = _grouping(body)
     except ValidationError as exc:
         raise InvalidArgument(f"invalid instance: {_first(exc)}") from exc
+    if template.get("prepare"):
+        await _prepare(svc, template)
+    ref = {k: template[k] for k in ("uuid", "name") if template.get(k) is not None}
+    source = convert.pick(ref, svc.templates.get, "template")
     record = await svc.groups.add_instance(
         name, group, scale, lambda: svc.templates.clone(source.id, name, target=target)
     )
