@@ -38,7 +38,7 @@ class EmberServer:
     def token(self, ttl: int = 3600) -> str:
         return mint_token(load_or_create_secret(self.data_dir), "test", ttl)
 
-    def start(self, timeout: float = 30) -> EmberServer:
+    def start(self, timeout: float = 90) -> EmberServer:
         env = {
             **os.environ,
             "EMBER_DATA_DIR": str(self.data_dir),
@@ -63,7 +63,8 @@ class EmberServer:
             if self._healthy():
                 return self
             time.sleep(0.1)
-        raise TimeoutError("ember serve did not become healthy")
+        self.stop(signal.SIGKILL)  # never leave a server the test will not stop
+        raise TimeoutError(f"ember serve did not become healthy in {timeout:.0f} s")
 
     def _healthy(self) -> bool:
         def probe() -> bool:
