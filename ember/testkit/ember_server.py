@@ -76,14 +76,18 @@ class EmberServer:
         return in_netns(self.netns, probe) if self.netns else probe()
 
     def clean_up(self) -> None:
-        """Delete every instance, ingress and service group (their VMs and Caddy outlive
-        the server), so that a test which failed halfway leaves nothing running."""
+        """Delete every autoscale configuration, ingress, instance and service group (their
+        VMs and Caddy outlive the server), so that a test which failed halfway leaves
+        nothing running."""
         if self.process is None or self.process.poll() is not None:
             return
 
         def delete_all() -> None:
             headers = {"Authorization": f"Bearer {self.token()}"}
             with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client:
+                # An autoscaler would make members again while they are deleted.
+                for group in client.get("/service-groups").json():
+                    client.delete(f"/service-groups/{group['id']}/autoscale")
                 for kind in ("ingresses", "instances", "service-groups"):
                     for item in client.get(f"/{kind}").json():
                         client.delete(f"/{kind}/{item['id']}")
