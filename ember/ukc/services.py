@@ -21,7 +21,7 @@ from ember.groups.models import ServiceGroupRecord
 from ember.groups.requests import CreateServiceGroupRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.batch import item_routes
+from ember.ukc.batch import get_route, item_routes
 from ember.ukc.envelope import Timer, each, envelope, item_error, named, ok
 from ember.ukc.instances import member_args
 from ember.ukc.listing import listing
@@ -276,11 +276,4 @@ def _validated(model: type[M], fields: JSON, what: str) -> M:
 item_routes(router, KEY, "DELETE", "", _delete, "Delete service groups")
 
 
-@router.get("/{uuid}", summary="Get a service group by uuid")
-async def get_group(uuid: str, svc: ServicesDep) -> JSONResponse:
-    timer = Timer()
-    try:
-        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
-    except EmberError as exc:
-        item = item_error(exc, {"uuid": uuid})
-    return envelope(KEY, [item], timer)
+get_route(router, KEY, lambda svc, ref: show(svc, _get(svc, ref)), "Get a service group by uuid")

@@ -16,12 +16,12 @@ from fastapi.responses import JSONResponse
 
 from ember.api.deps import ServicesDep
 from ember.api.services import Services
-from ember.errors import EmberError, InvalidArgument
+from ember.errors import InvalidArgument
 from ember.snapshots.models import SnapshotRecord
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.batch import item_routes
-from ember.ukc.envelope import Timer, each, envelope, item_error, ok
+from ember.ukc.batch import get_route, item_routes
+from ember.ukc.envelope import Timer, each, envelope, item_error
 from ember.ukc.listing import listing
 
 JSON = dict[str, Any]
@@ -48,14 +48,7 @@ async def list_templates(request: Request, svc: ServicesDep) -> JSONResponse:
     return envelope(KEY, items, timer)
 
 
-@router.get("/{uuid}", summary="Get a template by uuid")
-async def get_template(uuid: str, svc: ServicesDep) -> JSONResponse:
-    timer = Timer()
-    try:
-        item = ok(show(svc, get(svc, {"uuid": uuid})))
-    except EmberError as exc:
-        item = item_error(exc, {"uuid": uuid})
-    return envelope(KEY, [item], timer)
+get_route(router, KEY, lambda svc, ref: show(svc, get(svc, ref)), "Get a template by uuid")
 
 
 @router.post("", summary="Save Running instances as templates (each instance is gone)")
