@@ -87,10 +87,19 @@ async def _detach(svc: Services, item: JSON) -> JSON:
     return {"uuid": record.id, "name": record.name}
 
 
-@router.api_route("/templates", methods=["GET", "POST", "PATCH", "DELETE"], summary="Templates")
 async def templates(request: Request) -> JSONResponse:
     error = InvalidArgument(f"volume templates are {req.NOT_YET}", code="not_supported")
     return envelope(KEY, [item_error(error)], Timer())
+
+
+for _method in ("GET", "POST", "PATCH", "DELETE"):  # one operation id per method
+    router.add_api_route(
+        "/templates",
+        templates,
+        methods=[_method],
+        summary="Volume templates",
+        operation_id=f"ukc_volume_templates_{_method.lower()}",
+    )
 
 
 item_routes(router, KEY, "DELETE", "", _delete, "Delete volumes")
