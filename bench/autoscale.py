@@ -28,18 +28,16 @@ alternate which kind goes first; medians are reported.
 from __future__ import annotations
 
 import argparse
-import shutil
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
-from pathlib import Path
 
 import httpx
 
+from bench.common import bench_dir
 from ember.testkit import push
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 from ember.testkit.image import BuiltImage, build_image, busybox_layer, directory, file
 from ember.testkit.netns import in_netns, netns
 
@@ -188,25 +186,17 @@ def set_up(server: EmberServer) -> str:
 
 
 def run(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    with netns() as ns:
-        server = EmberServer(root / "data", netns=ns, env={})
-        try:
-            server.start()
-            image = in_netns(ns, set_up, server)
-            times: dict[str, list[float]] = {kind: [] for kind in KINDS}
-            reasons: list[str] = []
-            for round_ in range(args.rounds):
-                for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
-                    if kind == "autoscaled":
-                        took, reasons = in_netns(ns, autoscaled, server, image, args.members)
-                    else:
-                        took = in_netns(ns, manual, server, image, args.members, kind)
-                    times[kind].append(took)
-        finally:
-            server.clean_up()
-            server.stop()
-            shutil.rmtree(root, ignore_errors=True)
+    with bench_dir() as root, netns() as ns, serving(root / "data", ns) as server:
+        image = in_netns(ns, set_up, server)
+        times: dict[str, list[float]] = {kind: [] for kind in KINDS}
+        reasons: list[str] = []
+        for round_ in range(args.rounds):
+            for kind in KINDS if round_ % 2 == 0 else KINDS[::-1]:
+                if kind == "autoscaled":
+                    took, reasons = in_netns(ns, autoscaled, server, image, args.members)
+                else:
+                    took = in_netns(ns, manual, server, image, args.members, kind)
+                times[kind].append(took)
     clients = 2 * args.members
     print(f"autoscale: 1 -> {args.members} Running members under load (TCG, 1 vCPU 256 MB "
           f"members, {clients} clients of a 3 s CPU-burning CGI):")  # fmt: skip

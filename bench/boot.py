@@ -17,16 +17,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import tempfile
 import time
+from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
 
-from bench.common import WORKLOAD, bare_vm, push_hello
-from ember.testkit.ember_server import EmberServer
+from bench.common import WORKLOAD, bare_vm, bench_dir, push_hello
+from ember.testkit.ember_server import EmberServer, serving
 
 VCPUS = 1
 
@@ -65,16 +64,15 @@ def main() -> None:
         help="also boot on a second server with EMBER_JAIL=off, alternating with the jailed one",
     )  # fmt: skip
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    servers = [EmberServer(root / "data").start()]
-    try:
-        http = client_of(servers[0])
-        image, rootfs = push_hello(servers[0], http)
+    with bench_dir() as root, ExitStack() as servers:
+        server = servers.enter_context(serving(root / "data"))
+        http = client_of(server)
+        image, rootfs = push_hello(server, http)
         unjailed: tuple[httpx.Client, str] | None = None
         if args.jail_compare:
-            servers.append(EmberServer(root / "unjailed", env={"EMBER_JAIL": "off"}).start())
-            other = client_of(servers[1])
-            unjailed = (other, push_hello(servers[1], other)[0])
+            second = servers.enter_context(serving(root / "unjailed", env={"EMBER_JAIL": "off"}))
+            other = client_of(second)
+            unjailed = (other, push_hello(second, other)[0])
 
         ember_totals, api_times, bare_times, free_totals = [], [], [], []
         for run in range(args.runs):
@@ -97,10 +95,6 @@ def main() -> None:
             free = statistics.median(free_totals)
             print(f"ember with EMBER_JAIL=off:    {free:.2f}s; jail cost {ours / free:.3f}x "
                   "(target <= 1.05x)")  # fmt: skip
-    finally:
-        for server in servers:
-            server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def client_of(server: EmberServer) -> httpx.Client:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import shutil
 import subprocess
+import tempfile
 import time
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
 import httpx
@@ -22,6 +23,16 @@ from ember.testkit.ember_server import EmberServer
 
 MEMORY = 512 * 1024 * 1024
 WORKLOAD = ["/hello", "serve", "8080"]
+
+
+@contextmanager
+def bench_dir() -> Iterator[Path]:
+    """A fresh directory under /tmp (short: sockets live in it), removed afterwards."""
+    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
+    try:
+        yield root
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
 
 
 def push_hello(server: EmberServer, http: httpx.Client) -> tuple[str, Path]:

@@ -18,15 +18,13 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
-import tempfile
 import time
-from pathlib import Path
 from typing import Any
 
+from bench.common import bench_dir
 from ember.egress.ca import CA_CERT
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 from ember.testkit.https_upstream import https_upstream
 from ember.testkit.image import https_client_image
 from ember.testkit.netns import in_netns, netns
@@ -104,19 +102,16 @@ def report(rates: dict[str, list[float]], args: argparse.Namespace) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    with netns() as ns, https_upstream(ns, root / "upstream", [ADDRESS]) as (ca_dir, _):
-        server = EmberServer(
-            root / "data", netns=ns, env={"EMBER_EGRESS_UPSTREAM_CAFILE": str(ca_dir / CA_CERT)}
-        )
-        try:
-            server.start()
-            in_netns(ns, set_up, server, (ca_dir / CA_CERT).read_bytes())
-            report(measure(ns, server, args), args)
-        finally:
-            server.clean_up()
-            server.stop()
-            shutil.rmtree(root, ignore_errors=True)
+    with (
+        bench_dir() as root,
+        netns() as ns,
+        https_upstream(ns, root / "upstream", [ADDRESS]) as (ca_dir, _),
+        serving(
+            root / "data", ns, {"EMBER_EGRESS_UPSTREAM_CAFILE": str(ca_dir / CA_CERT)}
+        ) as server,
+    ):
+        in_netns(ns, set_up, server, (ca_dir / CA_CERT).read_bytes())
+        report(measure(ns, server, args), args)
 
 
 def main() -> None:

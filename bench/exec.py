@@ -16,9 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import shutil
 import statistics
-import tempfile
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -27,9 +25,9 @@ import httpx
 from hypeman import Hypeman
 from hypeman.lib.exec import exec as hm_exec
 
-from bench.common import WORKLOAD, bare_vm, push_hello
+from bench.common import WORKLOAD, bare_vm, bench_dir, push_hello
 from ember.guest.client import AgentClient
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 
 MIB = 1024 * 1024
 
@@ -117,17 +115,12 @@ def main() -> None:
     parser.add_argument("--size-mb", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=3, help="cat runs per side")
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    server = EmberServer(root / "data").start()
-    try:
+    with bench_dir() as root, serving(root / "data") as server:
         http = httpx.Client(
             base_url=server.url, headers={"Authorization": f"Bearer {server.token()}"}
         )
         image, rootfs = push_hello(server, http)
         asyncio.run(measure(server, image, rootfs, root / "bare", args))
-    finally:
-        server.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,7 @@ from pathlib import Path
 import httpx
 
 from ember.testkit import padded_image, push
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import serving
 from ember.testkit.registry_server import RegistryServer, start_registry
 
 
@@ -91,16 +91,13 @@ def main() -> None:
                 work.mkdir()
                 times.append(timed(partial(baseline, registry, "bench/big:v1", work, lz4)))
                 shutil.rmtree(work)
-            server = EmberServer(root / f"ember-{run}" / "data").start()
-            headers = {"Authorization": f"Bearer {server.token()}"}
-            try:
+            with serving(root / f"ember-{run}" / "data") as server:
+                headers = {"Authorization": f"Bearer {server.token()}"}
                 with httpx.Client(base_url=server.url, headers=headers, timeout=600) as http:
                     http.get("/health")  # connect before the clock starts, on both pulls
                     ember_times.append(timed(partial(ember_pull, http, name)))
                     again_times.append(timed(partial(ember_pull, http, name)))
-            finally:
-                server.stop()
-                shutil.rmtree(root / f"ember-{run}")
+            shutil.rmtree(root / f"ember-{run}")
 
         base, ours = statistics.median(baseline_times), statistics.median(ember_times)
         plain = statistics.median(plain_times)

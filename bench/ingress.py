@@ -20,22 +20,19 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import socket
 import statistics
 import subprocess
-import tempfile
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 
 import httpx
 
-from bench.common import WORKLOAD, push_hello
+from bench.common import WORKLOAD, bench_dir, push_hello
 from ember.client.client import EmberClient
 from ember.client.streams import run_command
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 from ember.testkit.netns import in_netns, netns
 
 MIB = 1024 * 1024
@@ -220,20 +217,12 @@ def report(loads: dict[str, list[Load]], tcp: list[float], args: argparse.Namesp
 
 
 def run(args: argparse.Namespace) -> None:
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
-    with netns() as ns:
-        server = EmberServer(root / "data", netns=ns)
-        try:
-            server.start()
-            ip = in_netns(ns, set_up, server)
-            loads = measure_http(ns, ip, args)
-            tcp = [in_netns(ns, send_to_guest, server, ip, args.tcp_mib * MIB)
-                   for _ in range(args.tcp_rounds)]  # fmt: skip
-            report(loads, tcp, args)
-        finally:
-            server.clean_up()  # the instance and the ingress (and so Caddy), via the API
-            server.stop()
-            shutil.rmtree(root, ignore_errors=True)
+    with bench_dir() as root, netns() as ns, serving(root / "data", ns) as server:
+        ip = in_netns(ns, set_up, server)
+        loads = measure_http(ns, ip, args)
+        tcp = [in_netns(ns, send_to_guest, server, ip, args.tcp_mib * MIB)
+               for _ in range(args.tcp_rounds)]  # fmt: skip
+        report(loads, tcp, args)
 
 
 def main() -> None:

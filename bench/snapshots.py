@@ -31,16 +31,16 @@ import os
 import shutil
 import statistics
 import subprocess
-import tempfile
 import time
 from collections.abc import Sequence
+from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.common import WORKLOAD, push_hello
+from bench.common import WORKLOAD, bench_dir, push_hello
 from ember.config import Settings
 from ember.guest.client import AgentClient
 from ember.guest.config import GuestConfig, create_overlay_disk, write_config_disk
@@ -49,7 +49,7 @@ from ember.hypervisor.accel import detect_accel
 from ember.hypervisor.qemu import build_command
 from ember.hypervisor.qmp import QMPClient
 from ember.system import DEFAULT_SYSTEM_DIR, load
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 
 MIB = 1 << 20
 
@@ -323,26 +323,19 @@ def main() -> None:
         help="also time the same rounds on a server with EMBER_JAIL=off",
     )  # fmt: skip
     args = parser.parse_args()
-    root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
     env = {"EMBER_GUEST_MEMORY_FILE": args.memory_file}
-    servers = [EmberServer(root / "data", env=env).start()]
-    try:
-        server = servers[0]
+    with bench_dir() as root, ExitStack() as servers:
+        server = servers.enter_context(serving(root / "data", env=env))
         http = client_of(server)
         image, rootfs = push_hello(server, http)
         unjailed = None
         if args.jail_compare:
-            servers.append(EmberServer(root / "unjailed", env={**env, "EMBER_JAIL": "off"}))
-            servers[1].start()
-            other = client_of(servers[1])
-            unjailed = UnjailedServer(servers[1], other, push_hello(servers[1], other)[0])
+            off = {**env, "EMBER_JAIL": "off"}
+            second = servers.enter_context(serving(root / "unjailed", env=off))
+            other = client_of(second)
+            unjailed = UnjailedServer(second, other, push_hello(second, other)[0])
         for mib in (int(size) for size in args.sizes.split(",")):
             bench_size(http, server, image, rootfs, root, mib, args.runs, unjailed)
-    finally:
-        for started in servers:
-            if started.process is not None:
-                started.stop()
-        shutil.rmtree(root, ignore_errors=True)
 
 
 def client_of(server: EmberServer) -> httpx.Client:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from ember.testkit import BuiltImage, hello_image, push
-from ember.testkit.ember_server import EmberServer
+from ember.testkit.ember_server import EmberServer, serving
 from ember.testkit.netns import netns
 
 KEEP_ENV = "EMBER_KEEP_TEST_DIRS"
@@ -68,13 +68,8 @@ def running_server(
 ) -> Iterator[EmberServer]:
     """A started server on a fresh data directory (inside namespace `ns` when given);
     afterwards its instances are cleaned up, it is stopped and its directory removed."""
-    with scratch_dir() as work:
-        server = EmberServer(work / "data", netns=ns, env=env or {}).start()
-        try:
-            yield server
-        finally:
-            server.clean_up()
-            server.stop()
+    with scratch_dir() as work, serving(work / "data", ns, env) as server:
+        yield server
 
 
 @pytest.fixture

@@ -7,6 +7,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -105,3 +107,17 @@ class EmberServer:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def serving(
+    data_dir: Path, netns: str | None = None, env: dict[str, str] | None = None
+) -> Iterator[EmberServer]:
+    """A started server; afterwards what it made is deleted through its API (`clean_up`:
+    VMs and Caddy outlive a server by design) and it is stopped."""
+    server = EmberServer(data_dir, netns=netns, env=env or {})
+    try:
+        yield server.start()
+    finally:
+        server.clean_up()
+        server.stop()
