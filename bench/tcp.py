@@ -29,6 +29,7 @@ from pathlib import Path
 
 from bench.ingress import api
 from ember.groups.tcp import TcpProxy
+from ember.ingress.termination import Terminator
 from ember.testkit import push
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import build_image, busybox_layer
@@ -152,10 +153,11 @@ async def run_loopback(rounds: int, seconds: float, streams: int) -> None:
     async def place(group_id: str, port: int) -> str:
         return f"{HOST}:{target}"
 
-    proxy = TcpProxy(HOST, place)
+    plain_only = Terminator(Path("/nonexistent"), list)  # no TLS service here
+    proxy = TcpProxy(HOST, place, plain_only.context)
     try:
         await until_listening(target)
-        await proxy.sync({front: "bench"})
+        await proxy.sync({front: ("bench", None)})
         direct: list[float] = []
         proxied: list[float] = []
         for index in range(rounds):

@@ -27,20 +27,23 @@ group_app = typer.Typer(
 app.add_typer(group_app, name="group", rich_help_panel="Resources")
 
 
-PUBLISH_SHAPE = "[HOSTNAME:]PORT:DESTINATION_PORT or PORT:DESTINATION_PORT/tcp"
+PUBLISH_SHAPE = "[HOSTNAME:]PORT:DESTINATION_PORT[/tls], or PORT:DESTINATION_PORT/tcp"
+L4_HANDLERS = {"tcp": [], "tls": ["tls"]}  # a protocol suffix -> the service's handlers
 
 
 def parse_service(value: str) -> tuple[dict[str, Any], str | None]:
-    """`[HOSTNAME:]PORT:DESTINATION_PORT` (HTTP) or `PORT:DESTINATION_PORT/tcp` (plain
-    TCP, no handler: it has no hostname) -> (service, domain)."""
+    """`[HOSTNAME:]PORT:DESTINATION_PORT` (HTTP), `.../tls` (TLS-terminated TCP: TLS
+    ends at the host, with the certificate of HOSTNAME) or `PORT:DESTINATION_PORT/tcp`
+    (plain TCP, no handler: it has no hostname) -> (service, domain)."""
     text, _, protocol = value.strip().lower().partition("/")
     parts = text.split(":")
     shape_ok = len(parts) in (2, 3) and all(p.isdigit() for p in parts[-2:])
-    if not shape_ok or protocol not in ("", "tcp") or (protocol and len(parts) == 3):
+    shape_ok &= protocol in ("", *L4_HANDLERS) and not (protocol == "tcp" and len(parts) == 3)
+    if not shape_ok:
         fail(f"-p {value!r}: expected {PUBLISH_SHAPE}", EXIT_USAGE)
     service: dict[str, Any] = {"port": int(parts[-2]), "destination_port": int(parts[-1])}
     if protocol:
-        service["handlers"] = []
+        service["handlers"] = L4_HANDLERS[protocol]
     return service, parts[0] if len(parts) == 3 else None
 
 

@@ -36,7 +36,7 @@ from ember.groups.requests import (
     scale_to_zero,
 )
 from ember.groups.routes import GroupView, published_routes
-from ember.groups.tcp import TcpProxy
+from ember.groups.tcp import Listener, TcpProxy
 from ember.groups.waker import Waker
 from ember.ids import is_id
 from ember.ingress import IngressManager, PublishedRoutes
@@ -99,8 +99,10 @@ class GroupManager:
         self.members = Repository(store, "service_group_members", MemberRecord, "member")
         self.instances, self.ingresses = instances, ingresses
         self.waker = Waker(waker_socket, self.place)
-        # Plain TCP services: listened on where Caddy listens for HTTP, placed as above.
-        self.tcp = TcpProxy(ingresses.proxy.listen_address, self.place)
+        # TCP services: listened on where Caddy listens for HTTP, placed as above.
+        self.tcp = TcpProxy(
+            ingresses.proxy.listen_address, self.place, ingresses.terminator.context
+        )
         self._wakes: KeyedJobs[InstanceRecord] = KeyedJobs()
         self._held: dict[str, int] = {}  # requests waiting for each instance's wake
         self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
@@ -352,9 +354,15 @@ class GroupManager:
             await self.tcp.sync(self._tcp_services())
             raise
 
-    def _tcp_services(self) -> dict[int, str]:
-        """The plain TCP ports of every group: port -> group id."""
-        return {s.port: g.id for g in self.repo.all() for s in g.services if s.is_l4}
+    def _tcp_services(self) -> dict[int, Listener]:
+        """The TCP ports of every group: port -> (group id, TLS name or None). A
+        TLS-terminated service answers a client without SNI with its first domain."""
+        return {
+            s.port: (g.id, g.domains[0].name if s.terminates_tls else None)
+            for g in self.repo.all()
+            for s in g.services
+            if s.is_l4
+        }
 
     # ---- the balancer ----------------------------------------------------------------
 

@@ -33,8 +33,13 @@ class Service(BaseModel):
 
     @property
     def is_l4(self) -> bool:
-        """Plain TCP (no handler): Ember's TCP proxy carries it, not Caddy."""
-        return self.protocol == "tcp" and not self.handlers
+        """TCP without `http` (plain, or TLS-terminated): Ember's TCP proxy carries it,
+        not Caddy."""
+        return self.protocol == "tcp" and self.handlers in ([], ["tls"])
+
+    @property
+    def terminates_tls(self) -> bool:
+        return self.is_l4 and self.handlers == ["tls"]
 
 
 class Domain(BaseModel):

@@ -46,7 +46,9 @@ class ServiceRequest(_Strict):
     handlers: list[Handler] | None = Field(
         default=None,
         description='`["http"]` (default), `["tls", "http"]` (HTTPS), `["redirect"]` '
-        "(a 308 to https), `[]` (plain TCP, carried by Ember's TCP proxy)",
+        '(a 308 to https), `[]` (plain TCP, carried by Ember\'s TCP proxy), `["tls"]` '
+        "(TLS-terminated TCP: TLS ends at Ember's TCP proxy, plain TCP to the instance; "
+        "needs a domain)",
     )
 
 
@@ -122,13 +124,20 @@ def group_record(
     autokill = None
     if request.autokill is not None:
         autokill = Autokill(time_ms=_non_negative(request.autokill.time_ms, "autokill.time_ms"))
+    published, names = services(request.services), domains(request.domains or [])
+    if not names and any(s.terminates_tls for s in published):
+        raise InvalidArgument(
+            'domains: a TLS-terminated TCP service (handlers ["tls"]) needs a domain: the '
+            "certificate's name, served to clients that send no server name",
+            code="invalid_domain",
+        )
     return ServiceGroupRecord(
         id=new_id(),
         name=name,
         created_at=datetime.now(UTC),
         persistent=persistent,
-        services=services(request.services),
-        domains=domains(request.domains or []),
+        services=published,
+        domains=names,
         soft_limit=soft,
         hard_limit=hard,
         autokill=autokill,
@@ -216,12 +225,12 @@ def _handlers(handlers: list[Handler], protocol: ServiceProtocol, field: str) ->
         raise InvalidArgument(
             f"{field}.handlers: a handler is listed twice", code="invalid_handlers"
         )
-    plain_tcp = protocol == "tcp" and not chosen
-    if protocol == "udp" or not (plain_tcp or "http" in chosen or chosen == {"redirect"}):
+    l4 = protocol == "tcp" and chosen in (set(), {"tls"})
+    if protocol == "udp" or not (l4 or "http" in chosen or chosen == {"redirect"}):
         raise InvalidArgument(
             f'{field}: this server balances HTTP (handlers ["http"], ["tls", "http"] or '
-            '["redirect"]) and plain TCP (protocol "tcp", handlers []); TLS-terminated TCP '
-            "and UDP are not available",
+            '["redirect"]) and TCP (protocol "tcp", handlers [] or ["tls"]); UDP is not '
+            "available",
             code="not_supported",
         )
     if "redirect" in chosen and chosen != {"redirect"}:

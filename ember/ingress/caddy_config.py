@@ -61,9 +61,11 @@ class ProxySettings:
 @dataclass(frozen=True)
 class PublishedRoutes:
     """Routes another domain (service groups) serves through the same Caddy: they go
-    before the ingress rules of `port`, and `error_routes` before the ingress' own."""
+    before the ingress rules of `port`, and `error_routes` before the ingress' own.
+    `port` None: no routes, only `tls_subjects` for Caddy to keep certificates of (a
+    listener of Ember's own terminates TLS with them: `termination.py`)."""
 
-    port: int
+    port: int | None
     routes: list[JSON]
     error_routes: list[JSON]
     tls_subjects: tuple[str, ...] = ()
@@ -94,7 +96,7 @@ def build_config(
     rules = [rule for record in records for rule in record.rules]
     config = base_config(settings)
     ports = {rule.listen_port for rule in rules} | _redirect_ports(rules)
-    ports |= {p.port for p in published}
+    ports |= {p.port for p in published if p.port is not None}
     servers = {
         f"ingress-{port}": _server(port, rules, settings, [p for p in published if p.port == port])
         for port in sorted(ports)

@@ -31,6 +31,7 @@ from ember.ingress.certificates import CertificateRecord, certificate_record
 from ember.ingress.daemon import CaddyDaemon
 from ember.ingress.hostnames import parse_target
 from ember.ingress.models import DEFAULT_HTTP_PORT, IngressRecord, IngressRule, validate_rules
+from ember.ingress.termination import Terminator
 from ember.store import Repository, Store
 from ember.validation import validate_name, validate_tags
 
@@ -87,6 +88,7 @@ class IngressManager:
         )
         self.instance_exists = instance_exists
         self.proxy = proxy_settings(settings)
+        self.terminator = Terminator(self.proxy.storage_dir, self.certificates.all)
         self.daemon = CaddyDaemon(
             settings.ingress_caddy_binary or default_caddy_binary(),
             settings.data_dir / "caddy",

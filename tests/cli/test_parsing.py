@@ -73,6 +73,10 @@ def test_group_publish_shapes_http_and_plain_tcp() -> None:
         {"port": 9000, "destination_port": 7000, "handlers": []},
         None,
     )
-    for bad in ("a.test:9000:7000/tcp", "9000:7000/udp", "9000"):
+    assert parse_service("db.test:5433:5432/tls") == (
+        {"port": 5433, "destination_port": 5432, "handlers": ["tls"]},
+        "db.test",
+    )
+    for bad in ("a.test:9000:7000/tcp", "9000:7000/udp", "9000", "1:2/tls/tcp"):
         with pytest.raises(typer.Exit):
             parse_service(bad)

@@ -1,12 +1,13 @@
 """The TCP (L4) path over stand-in instances whose "guests" are asyncio echo servers
 on loopback addresses: echo through the proxy, the hard limit's immediate close, the
 soft limit's wake, wake on connect (one restore for a burst), open connections as
-activity, and a port clash refused by name."""
+activity, a port clash refused by name, and TLS ended at the proxy."""
 
 from __future__ import annotations
 
 import asyncio
 import socket
+import ssl
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -21,6 +22,7 @@ from ember.instances import State
 from ember.instances.models import InstanceRecord
 from ember.store import Store
 from tests.groups.test_wake import Ingresses, Instances
+from tests.ukc.pem import self_signed
 
 GUEST_PORT = 7000  # each stand-in guest is an echo server on its own 127.0.0.x
 
@@ -57,14 +59,15 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
 
 @asynccontextmanager
 async def tcp_group(
-    tmp_path: Path, names: dict[str, State], **fields: Any
+    tmp_path: Path, names: dict[str, State], handlers: tuple[str, ...] = (), **fields: Any
 ) -> AsyncIterator[tuple[GroupManager, Guests, int]]:
     guests, port = Guests(), free_port()
     records = [guests.add(name, state) for name, state in names.items()]
     servers = [await asyncio.start_server(echo, guests.lease(r).ip, GUEST_PORT) for r in records]
     stand_in: Any = guests
-    manager = GroupManager(Store(tmp_path / "db"), stand_in, Ingresses(), tmp_path / "w.sock")  # type: ignore[arg-type]
-    service = {"port": port, "destination_port": GUEST_PORT, "handlers": []}
+    ingresses = Ingresses(tmp_path / "caddy")
+    manager = GroupManager(Store(tmp_path / "db"), stand_in, ingresses, tmp_path / "w.sock")  # type: ignore[arg-type]
+    service = {"port": port, "destination_port": GUEST_PORT, "handlers": list(handlers)}
     body = {"name": "db", "services": [service], **fields}
     group = await manager.create(CreateServiceGroupRequest.model_validate(body))
     policy = ScaleToZero(policy="idle", cooldown_time_ms=0)
@@ -171,5 +174,51 @@ def test_a_taken_port_is_refused_by_name_and_nothing_is_kept(tmp_path: Path) -> 
             with pytest.raises(Conflict) as clash:  # an HTTP group on the TCP port
                 await manager.create(CreateServiceGroupRequest.model_validate(http))
             assert clash.value.code == "port_in_use"
+
+    asyncio.run(scenario())
+
+
+def store_certificate(caddy_storage: Path, name: str) -> str:
+    """A certificate for `name` where Caddy keeps the ones it issued; its PEM."""
+    chain, key = self_signed(name)
+    where = caddy_storage / "certificates" / "local" / name
+    where.mkdir(parents=True, exist_ok=True)
+    (where / f"{name}.crt").write_text(chain)
+    (where / f"{name}.key").write_text(key)
+    return chain
+
+
+async def tls_connect(port: int, trusted: str, name: str | None) -> tuple[Any, Any, str]:
+    """A TLS connection (SNI `name`; None: none sent) and the served certificate's CN."""
+    context = ssl.create_default_context(cadata=trusted)
+    context.check_hostname = name is not None
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=context, server_hostname=name or ""
+    )
+    subject = dict(pair[0] for pair in writer.get_extra_info("peercert")["subject"])
+    return reader, writer, subject["commonName"]
+
+
+def test_a_tls_service_ends_tls_with_the_certificate_caddy_keeps(tmp_path: Path) -> None:
+    """handlers ["tls"]: TLS ends at the proxy, plain bytes reach the guest; the
+    certificate is picked by SNI, the group's domain without one; an unknown name is
+    refused at the handshake; a renewed file is served at the next handshake."""
+
+    async def scenario() -> None:
+        first = store_certificate(tmp_path / "caddy", "db.test")
+        domains = [{"name": "db.test"}]
+        group = tcp_group(tmp_path, {"a": State.STANDBY}, ("tls",), domains=domains)
+        async with group as (_, guests, port):
+            reader, writer, served = await tls_connect(port, first, "db.test")
+            assert (served, await roundtrip(reader, writer)) == ("db.test", b"ping\n")
+            assert guests.restores == 1  # woken by the first connection, as plain TCP
+            reader, writer, served = await tls_connect(port, first, None)
+            assert (served, await roundtrip(reader, writer)) == ("db.test", b"ping\n")
+            with pytest.raises(OSError):  # an alert, or the reset after it
+                await tls_connect(port, first, "other.test")
+            renewed = store_certificate(tmp_path / "caddy", "db.test")
+            with pytest.raises(ssl.SSLCertVerificationError):  # the new one is served
+                await tls_connect(port, first, "db.test")
+            assert (await tls_connect(port, renewed, "db.test"))[2] == "db.test"
 
     asyncio.run(scenario())

@@ -1,11 +1,14 @@
 """A plain TCP service with a real VM: one Ember in a namespace this module made, a
 guest running busybox `nc -ll -e cat` (an echo server), connections from inside the
 namespace to the host port. Echo through the proxy, the hard limit's immediate close,
-scale to zero, and the next connection waking the instance and being served."""
+scale to zero, and the next connection waking the instance and being served; and a
+TLS-terminated service: TLS with the certificate Caddy issued for the group's domain,
+plain bytes to the guest."""
 
 from __future__ import annotations
 
 import socket
+import ssl
 import time
 from collections.abc import Iterator
 
@@ -18,6 +21,7 @@ from tests.groups.test_groups_vm import api, guest_image, instance, restores, wa
 
 pytestmark = pytest.mark.vm
 PORT = 9000
+TLS_PORT = 9443
 ECHO = ["/bin/sh", "-c", "exec nc -ll -p 7000 -e cat"]
 
 
@@ -83,3 +87,26 @@ def _tcp_service_echoes_limits_and_wakes(server: EmberServer, image: str) -> Non
 
 def test_tcp_service_echoes_limits_and_wakes(ns: str, server: EmberServer, image: str) -> None:
     in_netns(ns, _tcp_service_echoes_limits_and_wakes, server, image)
+
+
+def _tls_service_ends_tls_at_the_host(server: EmberServer, image: str) -> None:
+    with api(server) as client:
+        service = {"port": TLS_PORT, "destination_port": 7000, "handlers": ["tls"]}
+        body = {"name": "secure", "services": [service], "domains": [{"name": "echo.test"}]}
+        made = client.post("/service-groups", json=body)
+        assert made.status_code == 201, made.text
+        instance(client, image, "s", cmd=ECHO, service_group={"name": "secure"})
+        wait_state(client, "s", "Running")
+        trusted = ssl.create_default_context(cadata=client.get("/ingresses/ca.pem").text)
+        with (
+            socket.create_connection(("127.0.0.1", TLS_PORT), timeout=120) as raw,
+            trusted.wrap_socket(raw, server_hostname="echo.test") as conn,
+        ):
+            # The handshake checked the name and Ember's CA; the guest echoes plain bytes.
+            assert echoes(conn, b"over tls\n") == b"over tls\n"
+        assert client.delete("/instances/s").status_code == 204
+        assert client.delete("/service-groups/secure").status_code == 204
+
+
+def test_tls_service_ends_tls_at_the_host(ns: str, server: EmberServer, image: str) -> None:
+    in_netns(ns, _tls_service_ends_tls_at_the_host, server, image)

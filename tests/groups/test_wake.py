@@ -20,6 +20,7 @@ from ember.groups import (
     ScaleToZeroRequest,
 )
 from ember.groups.waker import Waker
+from ember.ingress.termination import Terminator
 from ember.instances import State
 from ember.instances.models import InstanceRecord
 from ember.store import Store
@@ -60,8 +61,10 @@ class Instances:
 class Ingresses:
     proxy = SimpleNamespace(listen_address="127.0.0.1")  # where the TCP services listen
 
-    def __init__(self) -> None:
+    def __init__(self, caddy_storage: Path = Path("/nonexistent")) -> None:
         self.published: list[Any] = []
+        # The real one, over a stand-in of Caddy's storage (TLS-terminated TCP).
+        self.terminator = Terminator(caddy_storage, list)
 
     async def publish(self, publisher: str, routes: list[Any]) -> None:
         self.published = routes
