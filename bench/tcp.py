@@ -6,7 +6,7 @@ same server, in the same run, alternating rounds. Two parts:
   what it gets; a bulk send of `--mib` MiB (until the guest has read it all and
   closed) to the guest's address directly vs to the group's host port. What a client
   of a group sees.
-- loopback: the proxy alone (`TcpProxy`, as the manager runs it) in front of an iperf3
+- loopback: the proxy alone (`L4Proxy`, as the manager runs it) in front of an iperf3
   server on loopback vs iperf3 straight to it: Python's cost per byte where the far
   end is not the bottleneck (a TCG guest is).
 
@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.ingress import api
-from ember.groups.tcp import TcpProxy
+from ember.groups.l4 import L4Proxy, Listener
 from ember.ingress.termination import Terminator
 from ember.testkit import push
 from ember.testkit.ember_server import EmberServer
@@ -154,10 +154,10 @@ async def run_loopback(rounds: int, seconds: float, streams: int) -> None:
         return f"{HOST}:{target}"
 
     plain_only = Terminator(Path("/nonexistent"), list)  # no TLS service here
-    proxy = TcpProxy(HOST, place, plain_only.context)
+    proxy = L4Proxy(HOST, place, plain_only.context)
     try:
         await until_listening(target)
-        await proxy.sync({front: ("bench", None)})
+        await proxy.sync({front: Listener("bench")})
         direct: list[float] = []
         proxied: list[float] = []
         for index in range(rounds):

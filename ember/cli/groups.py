@@ -27,23 +27,27 @@ group_app = typer.Typer(
 app.add_typer(group_app, name="group", rich_help_panel="Resources")
 
 
-PUBLISH_SHAPE = "[HOSTNAME:]PORT:DESTINATION_PORT[/tls], or PORT:DESTINATION_PORT/tcp"
-L4_HANDLERS = {"tcp": [], "tls": ["tls"]}  # a protocol suffix -> the service's handlers
+PUBLISH_SHAPE = "[HOSTNAME:]PORT:DESTINATION_PORT[/tls], or PORT:DESTINATION_PORT/tcp|udp"
+# A suffix -> what it adds to the service: plain TCP, TLS-terminated TCP, UDP.
+L4_SUFFIXES: dict[str, dict[str, Any]] = {
+    "tcp": {"handlers": []},
+    "tls": {"handlers": ["tls"]},
+    "udp": {"protocol": "udp", "handlers": []},
+}
 
 
 def parse_service(value: str) -> tuple[dict[str, Any], str | None]:
     """`[HOSTNAME:]PORT:DESTINATION_PORT` (HTTP), `.../tls` (TLS-terminated TCP: TLS
-    ends at the host, with the certificate of HOSTNAME) or `PORT:DESTINATION_PORT/tcp`
-    (plain TCP, no handler: it has no hostname) -> (service, domain)."""
-    text, _, protocol = value.strip().lower().partition("/")
+    ends at the host, with the certificate of HOSTNAME), `PORT:DESTINATION_PORT/tcp`
+    (plain TCP) or `.../udp` (no hostname for either) -> (service, domain)."""
+    text, _, suffix = value.strip().lower().partition("/")
     parts = text.split(":")
     shape_ok = len(parts) in (2, 3) and all(p.isdigit() for p in parts[-2:])
-    shape_ok &= protocol in ("", *L4_HANDLERS) and not (protocol == "tcp" and len(parts) == 3)
+    shape_ok &= suffix in ("", *L4_SUFFIXES) and not (suffix in ("tcp", "udp") and len(parts) == 3)
     if not shape_ok:
         fail(f"-p {value!r}: expected {PUBLISH_SHAPE}", EXIT_USAGE)
     service: dict[str, Any] = {"port": int(parts[-2]), "destination_port": int(parts[-1])}
-    if protocol:
-        service["handlers"] = L4_HANDLERS[protocol]
+    service |= L4_SUFFIXES.get(suffix, {})
     return service, parts[0] if len(parts) == 3 else None
 
 

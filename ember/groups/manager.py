@@ -24,7 +24,8 @@ from typing import Literal
 
 from ember.errors import Conflict, EmberError, InvalidArgument, NotFound, Unavailable
 from ember.groups import balancer
-from ember.groups.models import MemberRecord, ScaleToZero, ServiceGroupRecord
+from ember.groups.l4 import L4Proxy, Listener
+from ember.groups.models import MemberRecord, ScaleToZero, Service, ServiceGroupRecord
 from ember.groups.requests import (
     CreateServiceGroupRequest,
     InstanceServiceGroupRequest,
@@ -36,7 +37,6 @@ from ember.groups.requests import (
     scale_to_zero,
 )
 from ember.groups.routes import GroupView, published_routes
-from ember.groups.tcp import Listener, TcpProxy
 from ember.groups.waker import Waker
 from ember.ids import is_id
 from ember.ingress import IngressManager, PublishedRoutes
@@ -99,10 +99,8 @@ class GroupManager:
         self.members = Repository(store, "service_group_members", MemberRecord, "member")
         self.instances, self.ingresses = instances, ingresses
         self.waker = Waker(waker_socket, self.place)
-        # TCP services: listened on where Caddy listens for HTTP, placed as above.
-        self.tcp = TcpProxy(
-            ingresses.proxy.listen_address, self.place, ingresses.terminator.context
-        )
+        # TCP and UDP services: listened on where Caddy listens for HTTP, placed as above.
+        self.l4 = L4Proxy(ingresses.proxy.listen_address, self.place, ingresses.terminator.context)
         self._wakes: KeyedJobs[InstanceRecord] = KeyedJobs()
         self._held: dict[str, int] = {}  # requests waiting for each instance's wake
         self._draining: dict[str, asyncio.Event] = {}  # going to sleep: not given requests
@@ -138,14 +136,14 @@ class GroupManager:
         except EmberError as exc:  # as the ingress: a Caddy that cannot start is logged
             log.error("service groups: caddy could not be configured: %s", exc.message)
         try:
-            await self.tcp.sync(self._tcp_services())
+            await self.l4.sync(self._l4_services())
         except EmberError as exc:  # a port taken meanwhile: the other services still run
-            log.error("service groups: TCP services not served: %s", exc.message)
+            log.error("service groups: TCP and UDP services not served: %s", exc.message)
         self._loop.start()
 
     async def close(self) -> None:
         await self._loop.close()
-        await self.tcp.close()
+        await self.l4.close()
         await self._wakes.close()
         await self.waker.close()
 
@@ -202,7 +200,7 @@ class GroupManager:
                     code="group_in_use",
                 )
             self.repo.delete(record.id)
-        await self.tcp.sync(self._tcp_services())
+        await self.l4.sync(self._l4_services())
         await self._publish()
 
     async def set_limits(self, ref: str, soft: int | None, hard: int | None) -> ServiceGroupRecord:
@@ -332,7 +330,7 @@ class GroupManager:
                 same = [s for s in other.services if s.port == service.port]
                 if not same:
                     continue
-                # A plain TCP service has no host to tell apart: it takes the whole port.
+                # A TCP (no HTTP) or UDP service has no host to tell apart: it takes the whole port.
                 mine = set() if service.is_l4 else {d.name for d in new.domains}
                 theirs = set() if same[0].is_l4 else {d.name for d in other.domains}
                 if not mine or not theirs or mine & theirs:
@@ -344,21 +342,21 @@ class GroupManager:
                     )
 
     async def _publish_or_undo(self, record: ServiceGroupRecord) -> None:
-        """Listen (TCP) and publish (HTTP) a new group; a port that cannot be had
+        """Listen (TCP, UDP) and publish (HTTP) a new group; a port that cannot be had
         removes it again."""
         try:
-            await self.tcp.sync(self._tcp_services())
+            await self.l4.sync(self._l4_services())
             await self._publish()
         except BaseException:
             self.repo.delete(record.id)
-            await self.tcp.sync(self._tcp_services())
+            await self.l4.sync(self._l4_services())
             raise
 
-    def _tcp_services(self) -> dict[int, Listener]:
-        """The TCP ports of every group: port -> (group id, TLS name or None). A
-        TLS-terminated service answers a client without SNI with its first domain."""
+    def _l4_services(self) -> dict[int, Listener]:
+        """The TCP and UDP ports of every group: port -> listener. A TLS-terminated
+        service answers a client without SNI with its first domain's certificate."""
         return {
-            s.port: (g.id, g.domains[0].name if s.terminates_tls else None)
+            s.port: Listener(g.id, s.protocol, g.domains[0].name if s.terminates_tls else None)
             for g in self.repo.all()
             for s in g.services
             if s.is_l4
@@ -377,10 +375,10 @@ class GroupManager:
             await event.wait()  # an instance going to sleep: decide once it is asleep
         members = self.members_of(group.id)
         # Caddy's counts matter only for awake instances (an asleep group skips the ask);
-        # a TCP service's are the proxy's own, counted from the moment this returns.
+        # an L4 service's are the proxy's own, counted from the moment this returns.
         awake = any(m.instance.state == State.RUNNING for m in members)
         if service.is_l4:
-            in_flight = self.tcp.connections()
+            in_flight = self.l4.connections()
         else:
             in_flight = await self.ingresses.upstream_requests() if awake else {}
         candidates = [c for m in members if (c := self._candidate(m, service.destination_port,
@@ -389,7 +387,7 @@ class GroupManager:
         if decision.action == "refuse" or decision.instance_id is None:
             raise Unavailable(f"{group.name}: {decision.reason}", code="group_full")
         if decision.action == "wake":
-            record = await self._hold_for_wake(decision.instance_id, service.destination_port)
+            record = await self._hold_for_wake(decision.instance_id, _probed(service))
         else:
             record = self.instances.get(decision.instance_id)
         self._last_active[record.id] = time.monotonic()
@@ -422,7 +420,7 @@ class GroupManager:
             self._placed[instance_id] = recent
         return len(recent)
 
-    async def _hold_for_wake(self, instance_id: str, port: int) -> InstanceRecord:
+    async def _hold_for_wake(self, instance_id: str, port: int | None) -> InstanceRecord:
         self._held[instance_id] = self._held.get(instance_id, 0) + 1
         try:
             return await self._wakes.run(instance_id, lambda: self._wake(instance_id, port))
@@ -431,9 +429,10 @@ class GroupManager:
             if not self._held[instance_id]:
                 del self._held[instance_id]
 
-    async def _wake(self, instance_id: str, port: int) -> InstanceRecord:
+    async def _wake(self, instance_id: str, port: int | None) -> InstanceRecord:
         """The one wake of an instance (a burst joins it): restore a standby, or boot a
-        stopped (stateless) instance and wait until it listens."""
+        stopped (stateless) instance and wait until it listens on `port` (None: a UDP
+        service, nothing to ask: until Running)."""
         record = self.instances.get(instance_id)
         asleep, started = record.state, time.monotonic()
         try:
@@ -455,13 +454,15 @@ class GroupManager:
         log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms)
         return record
 
-    async def _until_listening(self, instance_id: str, port: int) -> InstanceRecord:
+    async def _until_listening(self, instance_id: str, port: int | None) -> InstanceRecord:
         deadline = time.monotonic() + WAKE_READY_TIMEOUT
         while time.monotonic() < deadline:
             record = self.instances.get(instance_id)
             if record.state not in (State.INITIALIZING, State.RUNNING):
                 raise Unavailable(f"it is {record.state}: {record.exit_message or 'no reason'}")
-            if record.state == State.RUNNING and await _accepts(self._ip(record), port, 1.0):
+            if record.state == State.RUNNING and (
+                port is None or await _accepts(self._ip(record), port, 1.0)
+            ):
                 return record
             await asyncio.sleep(0.05)
         raise Unavailable(f"it did not listen on port {port} within {WAKE_READY_TIMEOUT:.0f}s")
@@ -523,7 +524,7 @@ class GroupManager:
 
         async def probe(member: Member) -> None:
             ip = self._ip(member.instance)
-            ports = self._ports(member)
+            ports = [port for s in self._services(member) if (port := _probed(s)) is not None]
             if all(await asyncio.gather(*(_accepts(ip, port, PROBE_SECONDS) for port in ports))):
                 self._ready[member.record.id] = member.instance.started_at
 
@@ -575,10 +576,10 @@ class GroupManager:
         return False
 
     async def _in_flight(self) -> dict[str, int]:
-        """Requests (Caddy) and TCP connections (the proxy) in flight per upstream: an
+        """Requests (Caddy) and L4 connections and flows (the proxy) in flight per upstream: an
         instance with either is active and never put to sleep."""
         counts = Counter(await self.ingresses.upstream_requests())
-        counts.update(self.tcp.connections())
+        counts.update(self.l4.connections())
         return dict(counts)
 
     def _active(self, member: Member, in_flight: dict[str, int], flows: list[str]) -> bool:
@@ -592,8 +593,11 @@ class GroupManager:
         return _counts_flows(member) and ip in flows
 
     def _ports(self, member: Member) -> list[int]:
+        return [s.destination_port for s in self._services(member)]
+
+    def _services(self, member: Member) -> list[Service]:
         group = self.repo.get(member.record.group_id)
-        return [s.destination_port for s in group.services] if group is not None else []
+        return group.services if group is not None else []
 
     async def _sleep(self, member: Member, policy: ScaleToZero) -> None:
         """Scale one instance to zero: standby (stateful) or stop (stateless)."""
@@ -647,7 +651,7 @@ class GroupManager:
             await self._publish()
 
     async def requests_in_flight(self, members: list[Member]) -> dict[str, int]:
-        """In-flight requests and TCP connections per member (instance id), over its
+        """In-flight requests, L4 connections and flows per member (instance id), over its
         services' ports."""
         counts = await self._in_flight()
         out = {}
@@ -727,6 +731,12 @@ async def _established() -> list[str]:
     except conntrack.ConntrackError as exc:
         log.warning("service groups: %s", exc)
         return []
+
+
+def _probed(service: Service) -> int | None:
+    """The port a connection attempt tells readiness by; None for UDP (a datagram
+    tells nothing: a service may answer none)."""
+    return service.destination_port if service.protocol == "tcp" else None
 
 
 async def _accepts(ip: str | None, port: int, timeout: float) -> bool:

@@ -33,9 +33,9 @@ class Service(BaseModel):
 
     @property
     def is_l4(self) -> bool:
-        """TCP without `http` (plain, or TLS-terminated): Ember's TCP proxy carries it,
-        not Caddy."""
-        return self.protocol == "tcp" and self.handlers in ([], ["tls"])
+        """UDP, or TCP without `http` (plain, or TLS-terminated): Ember's own listeners
+        carry it (`l4.py`), not Caddy."""
+        return self.protocol == "udp" or self.handlers in ([], ["tls"])
 
     @property
     def terminates_tls(self) -> bool:

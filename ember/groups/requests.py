@@ -48,7 +48,7 @@ class ServiceRequest(_Strict):
         description='`["http"]` (default), `["tls", "http"]` (HTTPS), `["redirect"]` '
         '(a 308 to https), `[]` (plain TCP, carried by Ember\'s TCP proxy), `["tls"]` '
         "(TLS-terminated TCP: TLS ends at Ember's TCP proxy, plain TCP to the instance; "
-        "needs a domain)",
+        "needs a domain); UDP: `[]` (the default for UDP)",
     )
 
 
@@ -206,7 +206,8 @@ def services(requests: list[ServiceRequest]) -> list[Service]:
                 f"{field}.port: port {port} is published twice", code="duplicate_port"
             )
         destination = port if request.destination_port is None else request.destination_port
-        given: list[Handler] = ["http"] if request.handlers is None else request.handlers
+        default: list[Handler] = ["http"] if request.protocol == "tcp" else []
+        given = default if request.handlers is None else request.handlers
         handlers = _handlers(given, request.protocol, field)
         out.append(
             Service(
@@ -225,12 +226,16 @@ def _handlers(handlers: list[Handler], protocol: ServiceProtocol, field: str) ->
         raise InvalidArgument(
             f"{field}.handlers: a handler is listed twice", code="invalid_handlers"
         )
-    l4 = protocol == "tcp" and chosen in (set(), {"tls"})
-    if protocol == "udp" or not (l4 or "http" in chosen or chosen == {"redirect"}):
+    if protocol == "udp" and chosen:
+        raise InvalidArgument(
+            f"{field}.handlers: a UDP service has no handler (handlers [])",
+            code="invalid_handlers",
+        )
+    if not (chosen in (set(), {"tls"}) or "http" in chosen or chosen == {"redirect"}):
         raise InvalidArgument(
             f'{field}: this server balances HTTP (handlers ["http"], ["tls", "http"] or '
-            '["redirect"]) and TCP (protocol "tcp", handlers [] or ["tls"]); UDP is not '
-            "available",
+            '["redirect"]), TCP (handlers [] or ["tls"]) and UDP (handlers []); DTLS is '
+            "not available",
             code="not_supported",
         )
     if "redirect" in chosen and chosen != {"redirect"}:

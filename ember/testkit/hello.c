@@ -5,6 +5,7 @@
  *                         answering every request with "hello from ember\n",
  *                         until SIGTERM
  *   hello exit N          print the greeting and exit with status N
+ *   hello udp-echo PORT   answer every UDP datagram on PORT with itself, until SIGTERM
  */
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -46,6 +47,26 @@ static int serve(int port) {
     return 0;
 }
 
+static int udp_echo(int port) {
+    int fd = socket(AF_INET, SOCK_DGRAM, 0);
+    struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons(port)};
+    if (bind(fd, (struct sockaddr *)&addr, sizeof addr)) {
+        perror("hello: bind");
+        return 1;
+    }
+    printf("hello: echoing UDP on port %d\n", port);
+    fflush(stdout);
+    while (!stopping) {
+        char buf[65536];
+        struct sockaddr_in peer;
+        socklen_t size = sizeof peer;
+        ssize_t got = recvfrom(fd, buf, sizeof buf, 0, (struct sockaddr *)&peer, &size);
+        if (got >= 0 && sendto(fd, buf, got, 0, (struct sockaddr *)&peer, size) < 0)
+            perror("hello: sendto");
+    }
+    return 0;
+}
+
 int main(int argc, char **argv) {
     struct sigaction sa = {.sa_handler = on_term};
     sigaction(SIGTERM, &sa, NULL);
@@ -59,5 +80,6 @@ int main(int argc, char **argv) {
         return serve(port ? atoi(port) : 8080);
     }
     if (argc > 2 && strcmp(argv[1], "exit") == 0) return atoi(argv[2]);
+    if (argc > 2 && strcmp(argv[1], "udp-echo") == 0) return udp_echo(atoi(argv[2]));
     return 0;
 }

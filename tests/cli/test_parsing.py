@@ -64,7 +64,7 @@ def test_default_names_are_valid_instance_names() -> None:
     assert name.startswith("hello-world-") and len(name) == len("hello-world-") + 4
 
 
-def test_group_publish_shapes_http_and_plain_tcp() -> None:
+def test_group_publish_shapes_http_tcp_tls_and_udp() -> None:
     assert parse_service("App.test:80:8080") == (
         {"port": 80, "destination_port": 8080},
         "app.test",
@@ -77,6 +77,16 @@ def test_group_publish_shapes_http_and_plain_tcp() -> None:
         {"port": 5433, "destination_port": 5432, "handlers": ["tls"]},
         "db.test",
     )
-    for bad in ("a.test:9000:7000/tcp", "9000:7000/udp", "9000", "1:2/tls/tcp"):
+    assert parse_service("53:5353/udp") == (
+        {"port": 53, "destination_port": 5353, "protocol": "udp", "handlers": []},
+        None,
+    )
+    for bad in (
+        "a.test:9000:7000/tcp",
+        "a.test:53:53/udp",
+        "9000:7000/sctp",
+        "9000",
+        "1:2/tls/tcp",
+    ):
         with pytest.raises(typer.Exit):
             parse_service(bad)

@@ -43,8 +43,7 @@ def make(**fields: Any) -> CreateServiceGroupRequest:
         ({"services": [{"port": 80, "handlers": ["redirect", "http"]}]}, "invalid_handlers"),
         ({"services": [{"port": 5432, "handlers": ["tls"]}]}, "invalid_domain"),
         ({"services": [{"port": 5432, "handlers": ["tls", "redirect"]}]}, "not_supported"),
-        ({"services": [{"port": 53, "protocol": "udp"}]}, "not_supported"),
-        ({"services": [{"port": 53, "protocol": "udp", "handlers": []}]}, "not_supported"),
+        ({"services": [{"port": 53, "protocol": "udp", "handlers": ["tls"]}]}, "invalid_handlers"),
         ({"domains": [{"name": "bad_host"}]}, "invalid_domain"),
         ({"domains": [{"name": "a.test"}, {"name": "A.test."}]}, "invalid_domain"),
         ({"autokill": {"time_ms": -1}}, "invalid_time"),
@@ -63,6 +62,8 @@ def test_defaults_and_a_good_group() -> None:
     assert [d.name for d in record.domains] == ["app.test"]
     assert group_record(make(hard_limit=4)).soft_limit == 4  # soft follows hard
     assert group_record(make(name=None)).name.startswith("group-")
+    dns = group_record(make(services=[{"port": 53, "protocol": "udp"}]))
+    assert dns.services[0].handlers == [] and dns.services[0].is_l4  # UDP: no handler
 
 
 def test_instance_group_reference_and_scale_to_zero() -> None:

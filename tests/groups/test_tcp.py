@@ -25,6 +25,7 @@ from tests.groups.test_wake import Ingresses, Instances
 from tests.ukc.pem import self_signed
 
 GUEST_PORT = 7000  # each stand-in guest is an echo server on its own 127.0.0.x
+UDP_IDLE = 0.5  # seconds without a datagram that end a UDP flow here
 
 
 class Guests(Instances):
@@ -57,17 +58,39 @@ async def echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> No
     writer.close()
 
 
+class UdpEcho(asyncio.DatagramProtocol):
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport
+
+    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
+        self.transport.sendto(data, addr)  # type: ignore[attr-defined]
+
+
+async def echo_server(ip: str, protocol: str) -> Any:
+    if protocol == "tcp":
+        return await asyncio.start_server(echo, ip, GUEST_PORT)
+    loop = asyncio.get_running_loop()
+    return (await loop.create_datagram_endpoint(UdpEcho, local_addr=(ip, GUEST_PORT)))[0]
+
+
 @asynccontextmanager
 async def tcp_group(
-    tmp_path: Path, names: dict[str, State], handlers: tuple[str, ...] = (), **fields: Any
+    tmp_path: Path,
+    names: dict[str, State],
+    handlers: tuple[str, ...] = (),
+    protocol: str = "tcp",
+    **fields: Any,
 ) -> AsyncIterator[tuple[GroupManager, Guests, int]]:
+    """A group of one TCP (or UDP) service over stand-in guests that echo."""
     guests, port = Guests(), free_port()
     records = [guests.add(name, state) for name, state in names.items()]
-    servers = [await asyncio.start_server(echo, guests.lease(r).ip, GUEST_PORT) for r in records]
+    servers = [await echo_server(guests.lease(r).ip, protocol) for r in records]
     stand_in: Any = guests
     ingresses = Ingresses(tmp_path / "caddy")
     manager = GroupManager(Store(tmp_path / "db"), stand_in, ingresses, tmp_path / "w.sock")  # type: ignore[arg-type]
-    service = {"port": port, "destination_port": GUEST_PORT, "handlers": list(handlers)}
+    manager.l4.udp_idle_seconds = UDP_IDLE
+    service = {"port": port, "destination_port": GUEST_PORT, "handlers": list(handlers),
+               "protocol": protocol}  # fmt: skip
     body = {"name": "db", "services": [service], **fields}
     group = await manager.create(CreateServiceGroupRequest.model_validate(body))
     policy = ScaleToZero(policy="idle", cooldown_time_ms=0)
@@ -103,7 +126,7 @@ def test_echo_through_the_proxy_and_the_hard_limit_closes_at_once(tmp_path: Path
             second.close()
             first[1].close()
             await asyncio.sleep(0.1)
-            assert manager.tcp.connections() == {}
+            assert manager.l4.connections() == {}
             again = await roundtrip(*await connect(port))
             return echoed, refused, again
 
@@ -115,7 +138,7 @@ def test_a_burst_to_an_asleep_tcp_group_restores_once_and_is_served(tmp_path: Pa
         async with tcp_group(tmp_path, {"a": State.STANDBY}) as (manager, guests, port):
             clients = await asyncio.gather(*(connect(port) for _ in range(5)))
             answers = await asyncio.gather(*(roundtrip(*c) for c in clients))
-            counts = manager.tcp.connections()
+            counts = manager.l4.connections()
             return answers, guests.restores, counts
 
     answers, restores, counts = asyncio.run(scenario())
@@ -132,7 +155,7 @@ def test_the_soft_limit_wakes_another_instance_least_connections_after(tmp_path:
             await roundtrip(*clients[-1])
             clients.append(await connect(p))  # both at soft: either, up to the hard limit
             await roundtrip(*clients[-1])
-            return guests.restores, manager.tcp.connections()
+            return guests.restores, manager.l4.connections()
 
     restores, counts = asyncio.run(scenario())
     assert restores == 1 and sorted(counts.values()) == [1, 2], counts

@@ -3,7 +3,7 @@ guest running busybox `nc -ll -e cat` (an echo server), connections from inside 
 namespace to the host port. Echo through the proxy, the hard limit's immediate close,
 scale to zero, and the next connection waking the instance and being served; and a
 TLS-terminated service: TLS with the certificate Caddy issued for the group's domain,
-plain bytes to the guest."""
+plain bytes to the guest; and a UDP service whose standby instance a datagram wakes."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.netns import in_netns
 from tests.conftest import push_to_ember, running_server
@@ -22,6 +23,7 @@ from tests.groups.test_groups_vm import api, guest_image, instance, restores, wa
 pytestmark = pytest.mark.vm
 PORT = 9000
 TLS_PORT = 9443
+UDP_PORT = 5353
 ECHO = ["/bin/sh", "-c", "exec nc -ll -p 7000 -e cat"]
 
 
@@ -35,6 +37,11 @@ def server(ns: str) -> Iterator[EmberServer]:
 @pytest.fixture(scope="module")
 def image(ns: str, server: EmberServer) -> str:
     return in_netns(ns, push_to_ember, server, guest_image(), "groups-tcp", "echo")
+
+
+@pytest.fixture(scope="module")
+def hello(ns: str, server: EmberServer) -> str:
+    return in_netns(ns, push_to_ember, server, hello_image(), "groups-udp", "hello")
 
 
 def echoes(conn: socket.socket, text: bytes) -> bytes:
@@ -110,3 +117,41 @@ def _tls_service_ends_tls_at_the_host(server: EmberServer, image: str) -> None:
 
 def test_tls_service_ends_tls_at_the_host(ns: str, server: EmberServer, image: str) -> None:
     in_netns(ns, _tls_service_ends_tls_at_the_host, server, image)
+
+
+def udp_answer(port: int, text: bytes, timeout: float = 120) -> bytes:
+    """Send `text` (again each second: UDP may lose it while the guest starts) until
+    it comes back."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(1)
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            sock.sendto(text, ("127.0.0.1", port))
+            try:
+                return sock.recv(4096)
+            except TimeoutError:
+                continue
+    raise AssertionError(f"no answer from port {port} in {timeout:.0f} s")
+
+
+def _udp_service_answers_and_a_datagram_wakes(server: EmberServer, hello: str) -> None:
+    with api(server) as client:
+        service = {"port": UDP_PORT, "destination_port": 7053, "protocol": "udp"}
+        made = client.post("/service-groups", json={"name": "dns", "services": [service]})
+        assert made.status_code == 201, made.text
+        instance(client, hello, "u", cmd=["/hello", "udp-echo", "7053"],
+                 service_group={"name": "dns"})  # fmt: skip
+        wait_state(client, "u", "Running")
+        assert udp_answer(UDP_PORT, b"query 1") == b"query 1"
+        assert client.post("/instances/u/standby").status_code == 200
+        restored = restores(client, "u")
+        # A new client's datagram wakes it (one restore) and the guest answers it.
+        assert udp_answer(UDP_PORT, b"query 2") == b"query 2"
+        assert client.get("/instances/u").json()["state"] == "Running"
+        assert restores(client, "u") == restored + 1
+        assert client.delete("/instances/u").status_code == 204
+        assert client.delete("/service-groups/dns").status_code == 204
+
+
+def test_udp_service_answers_and_a_datagram_wakes(ns: str, server: EmberServer, hello: str) -> None:
+    in_netns(ns, _udp_service_answers_and_a_datagram_wakes, server, hello)
