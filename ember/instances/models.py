@@ -93,6 +93,13 @@ class AutoStandbyPolicy(BaseModel):
     ignore_destination_ports: list[int] = Field(default_factory=list)
 
 
+class Autokill(BaseModel):
+    """Unikraft Cloud's instance `autokill`: deleted `time_ms` after it stopped (Stopped,
+    or Standby: a VM no longer running), by the reaper (`expiry.py`)."""
+
+    time_ms: int
+
+
 class AutoStandbyState(BaseModel):
     """What the auto-standby controller observed (`autostandby.py`); kept in the record so
     a restarted server goes on with the countdown."""
@@ -152,6 +159,7 @@ class InstanceRecord(StoredRecord):
     snapshot_policy: SnapshotPolicy | None = None
     # None: no automatic expiry (`expiry.py` deletes the instance once it is passed).
     expires_at: datetime | None = None
+    autokill: Autokill | None = None
     restart_policy: RestartPolicy | None = None
     restart_status: RestartStatus = Field(default_factory=RestartStatus)
     health_check: HealthCheck | None = None
@@ -164,3 +172,13 @@ class InstanceRecord(StoredRecord):
     # The RAM file (a template's or a snapshot's) this VM maps copy-on-write while it runs
     # (None: its RAM is its own); what keeps that file from being deleted.
     memory_base: str | None = None
+
+    @property
+    def stopped_since(self) -> datetime | None:
+        """Since when its VM has not run: Stopped (since it stopped) or Standby (since it
+        was saved); None in every other state."""
+        if self.state == State.STANDBY and self.standby is not None:
+            return self.standby.created_at
+        if self.state == State.STOPPED:
+            return self.stopped_at
+        return None

@@ -140,8 +140,4 @@ def _state_since(record: InstanceRecord) -> datetime:
         if record.phases is not None and record.phases.current == "running":
             return record.phases.since
         return record.started_at or record.created_at
-    if record.state == State.STANDBY and record.standby is not None:
-        return record.standby.created_at
-    if record.state == State.STOPPED and record.stopped_at is not None:
-        return record.stopped_at
-    return record.started_at or record.created_at
+    return record.stopped_since or record.started_at or record.created_at

@@ -161,6 +161,7 @@ def plan_create(
         snapshot_policy=policies.snapshot_policy(request.snapshot_policy),
         health_check=policies.health_check(request.health_check, networked=network is not None),
         auto_standby=policies.auto_standby(request.auto_standby),
+        autokill=policies.autokill(request.autokill),
     )
     # The whole guest config must encode: env, argv and sizes are checked here, not at boot.
     guest_config(record).to_record()

@@ -1,5 +1,5 @@
 """Pure validation of the policy fields a create and a PATCH share: expiry (`ttl` /
-`expires_at`), `restart_policy` and `health_check`.
+`expires_at`), `autokill`, `restart_policy` and `health_check`.
 
 Each turns the request's shape into the stored one (defaults filled in, durations
 checked) or raises InvalidArgument naming the field, before anything changes.
@@ -13,6 +13,7 @@ from typing import Literal
 
 from ember.errors import InvalidArgument
 from ember.instances.models import (
+    Autokill,
     AutoStandbyPolicy,
     HealthCheck,
     HealthCheckExec,
@@ -22,6 +23,7 @@ from ember.instances.models import (
     SnapshotPolicy,
 )
 from ember.instances.request import (
+    AutokillRequest,
     AutoStandbyPolicyRequest,
     HealthCheckRequest,
     RestartPolicyRequest,
@@ -37,6 +39,21 @@ def duration(value: str, field: str, *, positive: bool = False) -> float:
     if seconds < 0 or (positive and seconds == 0):
         raise InvalidArgument(f"{field}: must be {'more than' if positive else 'at least'} 0s")
     return seconds
+
+
+def autokill(request: AutokillRequest | None) -> Autokill | None:
+    """The stored autokill; None (never) for no request or `time_ms` 0."""
+    if request is None:
+        return None
+    if request.num_requests:
+        raise InvalidArgument(
+            "autokill.num_requests: deleting an instance after a number of requests is not "
+            "available (Caddy counts requests in flight, not served); give 0",
+            code="not_supported",
+        )
+    if request.time_ms < 0:
+        raise InvalidArgument("autokill.time_ms: must be at least 0", code="invalid_time")
+    return Autokill(time_ms=request.time_ms) if request.time_ms else None
 
 
 def expiry(ttl: str | None, expires_at: datetime | None, now: datetime) -> datetime | None:

@@ -96,6 +96,18 @@ class AutoStandbyPolicyRequest(_Strict):
     ignore_source_cidrs: list[StrictStr] | None = None
 
 
+class AutokillRequest(_Strict):
+    """Unikraft Cloud's instance `autokill` (an Ember extension here)."""
+
+    time_ms: StrictInt = Field(
+        default=0, description="Delete the instance this long after it stopped (Stopped or "
+        "Standby); 0: never",
+    )  # fmt: skip
+    num_requests: StrictInt = Field(
+        default=0, description="Delete it after this many requests; not supported: only 0"
+    )
+
+
 class CreateInstanceRequest(_Strict):
     name: StrictStr = Field(
         description="Lowercase letters, digits and dashes; at most 63",
@@ -127,6 +139,9 @@ class CreateInstanceRequest(_Strict):
     gpu: dict[str, Any] | None = None
     ttl: StrictStr | None = None
     expires_at: datetime | None = None
+    autokill: AutokillRequest | None = Field(
+        default=None, description="Ember extension: delete it once stopped for a while"
+    )
     restart_policy: RestartPolicyRequest | None = None
     health_check: HealthCheckRequest | None = None
     auto_standby: AutoStandbyPolicyRequest | None = None
@@ -144,6 +159,9 @@ class UpdateInstanceRequest(_Strict):
 
     ttl: StrictStr | None = Field(default=None, description='From now; "0s" disables expiry')
     expires_at: datetime | None = None
+    autokill: AutokillRequest | None = Field(
+        default=None, description="Ember extension: replace (null: switch off) the autokill"
+    )
     health_check: HealthCheckRequest | None = None
     restart_policy: RestartPolicyRequest | None = None
     auto_standby: AutoStandbyPolicyRequest | None = None

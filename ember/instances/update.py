@@ -38,6 +38,8 @@ def update(
     changes: dict[str, object] = {}
     if "ttl" in given or "expires_at" in given:
         changes["expires_at"] = policies.expiry(request.ttl, request.expires_at, datetime.now(UTC))
+    if "autokill" in given:
+        changes["autokill"] = policies.autokill(request.autokill)
     if "restart_policy" in given:
         changes["restart_policy"] = policies.restart_policy(request.restart_policy)
     if "health_check" in given:

@@ -135,6 +135,8 @@ def instance(
         out["uptime_ms"] = int((now - _aware(record.started_at)).total_seconds() * 1000)
     if record.restart_policy is not None:
         out["restart_policy"] = RESTART_POLICIES[record.restart_policy.policy]
+    if record.autokill is not None:
+        out["autokill"] = {"time_ms": record.autokill.time_ms, "num_requests": 0}
     if record.state_error:
         out["message"] = record.state_error
     if lease is not None:

@@ -34,14 +34,14 @@ router = APIRouter(prefix="/v1/instances", tags=["v1"])
 MAX_WAIT_SECONDS = 300.0  # as Ember's own wait: "-1, as long as the platform allows"
 # Asked of a create, and not something this Ember does.
 CREATE_UNSUPPORTED = (
-    "replicas", "features", "roms", "plugins", "gpus", "autokill", "hostname",
+    "replicas", "features", "roms", "plugins", "gpus", "hostname",
     "dependencies", "branch_from", "checkpoint", "network_interfaces", "gateway", "nameserver",
     "annotations", "sched_priority",
 )  # fmt: skip
 CREATE_FIELDS = {
     "name", "image", "memory_mb", "vcpus", "args", "env", "tags", "service_group",
     "scale_to_zero", "volumes", "autostart", "timeout_s", "wait_timeout_ms",
-    "restart_policy", "template", "type", "schedules", *CREATE_UNSUPPORTED,
+    "restart_policy", "template", "type", "schedules", "autokill", *CREATE_UNSUPPORTED,
 }  # fmt: skip
 # What a clone takes beside its template (`_clone`): the rest is the template's.
 CLONE_FIELDS = {
@@ -230,6 +230,7 @@ def _fields(body: JSON) -> JSON:
         "env": body.get("env"),
         "cmd": body.get("args"),
         "tags": convert.tags_in(body.get("tags")) or None,
+        "autokill": body.get("autokill"),
     }
     if body.get("memory_mb") is not None:
         fields["size"] = f"{_int(body['memory_mb'], 'memory_mb')}MB"

@@ -15,6 +15,7 @@ from ember.hypervisor import Hypervisors
 from ember.hypervisor.accel import AccelChoice
 from ember.images.models import ImageRecord, ImageStatus
 from ember.instances import InstanceManager
+from ember.instances.expiry import Reaper
 from ember.instances.layout import InstanceLayout
 from ember.instances.models import InstanceRecord
 from ember.instances.plan import BootDevices, CreatePlan
@@ -90,6 +91,7 @@ class Rig:
     lease: Lease
     data: Path
     run: Path
+    reaper: Reaper
 
     @property
     def core(self):  # type: ignore[no-untyped-def]
@@ -131,6 +133,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
         data_dir=top / "data", runtime_dir=top / "run", network_enabled=False,
         guest_memory_file=request.param, snapshot_compression="none",
         snapshot_compression_delay_seconds=0, jail="off",
+        stop_timeout_seconds=0.2,  # the fake workload never ends on SIGTERM: forced after
     )  # fmt: skip
     settings.data_dir.mkdir()
     store = Store(settings.db_path)
@@ -145,7 +148,7 @@ async def rig(request: pytest.FixtureRequest) -> AsyncIterator[Rig]:
     )  # fmt: skip
     try:
         async with parts.running() as manager:
-            yield Rig(manager, vmm, lease, settings.data_dir, settings.runtime_dir)
+            yield Rig(manager, vmm, lease, settings.data_dir, settings.runtime_dir, parts.reaper)
     finally:
         for vm in vmm.running():
             vmm.kill(vm.handle)

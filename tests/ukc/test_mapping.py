@@ -22,7 +22,7 @@ from ember.instances.stopreason import StopReason
 from ember.snapshots.models import SnapshotRecord
 from ember.ukc import convert
 from ember.ukc.envelope import Timer, envelope, item_error, ok
-from ember.ukc.instances import member_args
+from ember.ukc.instances import _create_request, member_args
 from ember.ukc.requests import unsupported
 
 M = TypeVar("M", bound=BaseModel)
@@ -57,6 +57,15 @@ def test_an_instance_reads_as_the_sdk_instance_with_lower_case_state_and_stop_re
     assert (instance.uuid, instance.state, instance.memory_mb) == ("a" * 24, "stopped", 256)
     assert instance.stop_reason == 15 and sorted(instance.tags) == ["app=web", "batch"]
     assert instance.created_at == datetime(2026, 1, 2, tzinfo=UTC)
+
+
+def test_autokill_goes_in_as_the_create_field_and_reads_as_the_sdk_instance_autokill() -> None:
+    request, _, _ = _create_request({"image": "web", "autokill": {"time_ms": 5000}})
+    assert request.autokill is not None and request.autokill.time_ms == 5000
+    killed = record(autokill={"time_ms": 5000})
+    answer = envelope("instances", [ok(convert.instance(killed, None, [], None, []))], Timer())
+    [instance] = envelope_entries(sdk(models.GetInstancesResponse, answer), "instances")
+    assert instance.autokill is not None and instance.autokill.time_ms == 5000
 
 
 @pytest.mark.parametrize("state", list(State))

@@ -229,6 +229,9 @@ class Instance(BaseModel):
     has_snapshot: bool = False
     platform: Omitted[str] = None
     expires_at: datetime | None  # null: no automatic expiry (always sent, as the spec asks)
+    autokill: Omitted[models.Autokill] = Field(
+        default=None, description="Ember extension: deleted `time_ms` after it stopped"
+    )
     restart_policy: Omitted[RestartPolicy] = None
     restart_status: Omitted[RestartStatus] = None
     health_check: Omitted[HealthCheck] = None
@@ -290,6 +293,7 @@ class Instance(BaseModel):
             has_snapshot=r.standby is not None,
             platform=r.platform,
             expires_at=r.expires_at,
+            autokill=r.autokill,
             restart_policy=RestartPolicy.of(r.restart_policy) if r.restart_policy else None,
             restart_status=RestartStatus.of(r.restart_status) if r.restart_policy else None,
             health_check=HealthCheck.of(r.health_check) if r.health_check else None,
