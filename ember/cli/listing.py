@@ -9,8 +9,7 @@ would have to fold or measure something (too wide, non-ASCII text), and rich dra
 
 from __future__ import annotations
 
-from urllib.parse import urlsplit
-
+from ember.client.wire import split_url
 from ember.errors import EmberError
 from ember.units import parse_size
 
@@ -84,6 +83,10 @@ def image_label(name: str, own_registry: str) -> str:
 
 def own_registry(base_url: str) -> str:
     """host:port images pushed to the server at `base_url` are named with."""
+    if plain := split_url(base_url):  # without `urllib.parse` on the fast path
+        return f"{plain[0]}:{plain[1]}"
+    from urllib.parse import urlsplit
+
     parts = urlsplit(base_url)
     port = parts.port or (443 if parts.scheme == "https" else 80)
     return f"{parts.hostname}:{port}"

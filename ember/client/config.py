@@ -7,16 +7,16 @@ unchanged), then the names earlier Ember versions read.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from urllib.parse import urlsplit
 
 from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
-# Neither `typing` nor dataclasses (which import `inspect`): `ember ps`'s fast path
-# imports this module, and they would cost it more than its request.
+# Neither `typing` nor dataclasses (which import `inspect`), nor `pathlib` and
+# `urllib.parse` at import: the CLI's fast path imports this module, and each would
+# cost it more than its request (ember/client/wire.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
+    from pathlib import Path
 
 DEFAULT_BASE_URL = f"http://{DEFAULT_LISTEN}"
 BASE_URL_VARS = ("EMBER_BASE_URL", "HYPEMAN_BASE_URL", "EMBER_URL")
@@ -46,6 +46,8 @@ class ClientConfig:
     @property
     def is_local(self) -> bool:
         """The server is on this machine (a loopback address)."""
+        from urllib.parse import urlsplit
+
         host = urlsplit(self.base_url).hostname or ""
         return host in LOOPBACK_HOSTS or host.startswith("127.")
 
@@ -83,6 +85,8 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ClientConfig:
 
 def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
     """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
+    from pathlib import Path
+
     env = os.environ if env is None else env
     return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
 
