@@ -23,8 +23,6 @@ from __future__ import annotations
 import _socket
 import os
 from _json import encode_basestring_ascii, make_scanner
-from _sha1 import sha1  # type: ignore[import-not-found]  # hashlib's own; no stub
-from binascii import b2a_base64
 
 TYPE_CHECKING = False  # not `typing`'s: importing it costs the fast path ~5 ms
 if TYPE_CHECKING:
@@ -220,6 +218,9 @@ def open_websocket(base_url: str, path: str, token: str | None) -> WebSocket | N
     if where is None:
         return None
     host, port, prefix = where
+    from _sha1 import sha1  # type: ignore[import-not-found]  # hashlib's own; no stub
+    from binascii import b2a_base64
+
     key = b2a_base64(os.urandom(16), newline=False).decode()
     headers = _auth(token) | {"Upgrade": "websocket", "Connection": "Upgrade",
                               "Sec-WebSocket-Key": key, "Sec-WebSocket-Version": "13"}  # fmt: skip

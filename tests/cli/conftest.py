@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parents[2]
 # Modules that cost the fast path more than its request (ember/client/wire.py).
 NOT_ON_THE_FAST_PATH = frozenset({
     "re", "enum", "typing", "socket", "json", "urllib.parse", "pathlib", "encodings.idna",
-    "http.client", "typer", "rich", "httpx", "websockets",
+    "datetime", "http.client", "typer", "rich", "httpx", "websockets",
 })  # fmt: skip
 
 
