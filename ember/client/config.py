@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 
+from ember.client.wire import split_url
 from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
 # Neither `typing` nor dataclasses (which import `inspect`), nor `pathlib` and
@@ -16,7 +17,6 @@ from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
-    from pathlib import Path
 
 DEFAULT_BASE_URL = f"http://{DEFAULT_LISTEN}"
 BASE_URL_VARS = ("EMBER_BASE_URL", "HYPEMAN_BASE_URL", "EMBER_URL")
@@ -46,9 +46,12 @@ class ClientConfig:
     @property
     def is_local(self) -> bool:
         """The server is on this machine (a loopback address)."""
-        from urllib.parse import urlsplit
+        if plain := split_url(self.base_url):  # without `urllib.parse` on the fast path
+            host = plain[0]
+        else:
+            from urllib.parse import urlsplit
 
-        host = urlsplit(self.base_url).hostname or ""
+            host = urlsplit(self.base_url).hostname or ""
         return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
@@ -83,12 +86,10 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ClientConfig:
     )
 
 
-def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
+def local_data_dir(env: Mapping[str, str] | None = None) -> str:
     """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
-    from pathlib import Path
-
     env = os.environ if env is None else env
-    return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
+    return env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR
 
 
 def local_token(config: ClientConfig) -> str | None:
@@ -97,9 +98,11 @@ def local_token(config: ClientConfig) -> str | None:
     if config.api_key or not config.is_local:
         return None
     # Not ember.config: pydantic-settings alone would double the start-up time.
-    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
+    from ember.api.auth import SECRET_FILE, mint_token
 
-    secret_path = local_data_dir() / SECRET_FILE
-    if not os.access(secret_path, os.R_OK):
+    try:  # read, never made: the secret is the server's to create
+        with open(os.path.join(local_data_dir(), SECRET_FILE), "rb") as file:
+            secret = file.read()
+    except OSError:  # none, or not this user's to read
         return None
-    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
+    return mint_token(secret, "cli", 3600)
