@@ -222,6 +222,14 @@ def test_ps_takes_the_fast_path_as_installed(shared_server: EmberServer) -> None
         assert not NOT_ON_THE_FAST_PATH & loaded, (args, NOT_ON_THE_FAST_PATH & loaded)
         full = run_cli(args, env | {"NO_COLOR": "1"})
         assert result.out == full.out, (result.out, full.out)
+    # A token minted from the data dir (root on the server host) takes it too.
+    minting = cli_env(
+        None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
+    )
+    result, loaded = imports_of(["ps"], minting)
+    assert result.code == 0 and result.out.startswith("ID "), result.err
+    assert "ember.api.auth" in loaded  # and the key was accepted: no full CLI (Typer)
+    assert not NOT_ON_THE_FAST_PATH & loaded, NOT_ON_THE_FAST_PATH & loaded
 
 
 def test_version_and_help_at_80_columns(cli: Cli) -> None:
