@@ -114,11 +114,17 @@ def _exec(args: list[str]) -> int | None:
     except KeyboardInterrupt:
         sys.stderr.write("\n")  # as click's Abort
         return 130
+    except OutputRefused as exc:
+        return _failed(str(exc))
     except OSError:  # the connection failed midway: as its end (websockets says so too)
         code = None
     finally:
         socket.close()
     return _failed(EXEC_CLOSED) if code is None else code
+
+
+class OutputRefused(Exception):
+    """Standard output refused the command's output (a closed pipe)."""
 
 
 def _relay(socket: WebSocket) -> int | None:
@@ -129,8 +135,11 @@ def _relay(socket: WebSocket) -> int | None:
         opcode, payload = message
         if opcode == BINARY and code is None:
             view = memoryview(payload)
-            while view:
-                view = view[os.write(1, view) :]
+            try:
+                while view:
+                    view = view[os.write(1, view) :]
+            except OSError as exc:  # a closed pipe: said as the full CLI says it
+                raise OutputRefused(exc.strerror or str(exc)) from exc
         elif opcode == TEXT and code is None:
             control = loads(payload.decode())
             if isinstance(control, dict) and isinstance(control.get("exitCode"), int):

@@ -6,6 +6,7 @@ pings, fragments and large frames, and the failures the full CLI must explain.""
 from __future__ import annotations
 
 import json
+import os
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -149,3 +150,28 @@ def test_exec_leaves_to_the_full_cli_what_it_cannot_say_exactly(
         ):
             assert fast.run(argv) is None, argv
         assert requests == []
+
+
+def test_output_to_a_closed_pipe_is_an_error(
+    monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`ember exec ... | head -1`: said as the full CLI says it (125, the OS's words)."""
+
+    def answer(connection: ServerConnection) -> None:
+        connection.send(b"output nobody reads")
+        connection.send('{"exitCode": 0}')
+        connection.close()
+
+    read, write = os.pipe()
+    os.close(read)
+    stdout = os.dup(1)
+    os.dup2(write, 1)
+    try:
+        with exec_server(answer, monkeypatch):
+            code = fast.run(["exec", "box", "yes"])
+    finally:
+        os.dup2(stdout, 1)
+        os.close(stdout)
+        os.close(write)
+    assert code == 125
+    assert capfd.readouterr().err.strip() == "error: Broken pipe"
