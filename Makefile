@@ -28,7 +28,9 @@ setup: $(VENV)/.installed $(EMBER_SYSTEM_DIR)/.prepared
 $(VENV)/.installed: pyproject.toml .apt-installed
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q -e '.[dev]'
+	# compat: a plain path in a .pth, not setuptools' import hook, which every Python
+	# start in this venv would pay ~10 ms for (ember/cli/README.md, start-up time)
+	$(BIN)/pip install -q -e '.[dev]' --config-settings editable_mode=compat
 	@touch $@
 
 # Guest kernel (apt-get download), guest agent (gcc -static) and initrd.

@@ -12,7 +12,12 @@ Each command runs as a new process, as a person's shell starts it; the sides tak
 turns so load from elsewhere falls on both alike; the figures are medians. Beside
 the wall time, the CPU time (user + system) each process used: on a busy host the
 wall time is mostly waiting for a core, and the CPU time still says what the
-command itself costs.
+command itself costs. The load average is printed before and after.
+
+`ember` runs as installed: its modules compiled to bytecode first, as pip compiles
+an installed package (an editable install writes it on first run, unless
+PYTHONDONTWRITEBYTECODE, set on some hosts, forbids it: then every run compiles
+the CLI's modules from source, ~10 ms that no installed `ember` pays).
 
     .venv/bin/python -m bench.cli [--runs 20]
 """
@@ -20,6 +25,7 @@ command itself costs.
 from __future__ import annotations
 
 import argparse
+import compileall
 import os
 import shutil
 import statistics
@@ -32,6 +38,7 @@ from pathlib import Path
 
 import httpx
 
+import ember
 from bench.common import WORKLOAD, push_hello
 from ember.testkit.ember_server import EmberServer
 
@@ -88,6 +95,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=20)
     args = parser.parse_args()
+    compileall.compile_dir(Path(ember.__file__).parent, quiet=1)
+    print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))
     server = EmberServer(root / "data").start()
     try:
@@ -117,6 +126,7 @@ def main() -> None:
             "ember exec, EMBER_API_KEY set": ([*EMBER, "exec", NAME, "true"], keyed),
         }, args.runs)  # fmt: skip
         print("target: ember ps at most 3x curl")
+        print("load average: {:.2f} {:.2f} {:.2f}".format(*os.getloadavg()))
     finally:
         server.clean_up()  # its VM would outlive the server (by design)
         server.stop()

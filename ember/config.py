@@ -14,7 +14,7 @@ from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="EMBER_", extra="ignore")
 
-    data_dir: Path = DEFAULT_DATA_DIR
+    data_dir: Path = Path(DEFAULT_DATA_DIR)
     # Guest kernel, agent and initrd (built by `make setup`); defaults to data_dir/system.
     system_dir: Path | None = None
     # VM sockets and pid files: a short path, as Unix socket paths are limited to 107 bytes.

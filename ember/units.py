@@ -9,8 +9,6 @@ gear) and are returned in bytes per second.
 
 from __future__ import annotations
 
-import re
-
 from ember.errors import InvalidArgument
 
 _SIZE_UNITS = {
@@ -30,9 +28,6 @@ _SIZE_UNITS = {
     "tib": 1024**4,
 }
 _BIT_RATE_UNITS = {"bps": 1, "kbps": 10**3, "mbps": 10**6, "gbps": 10**9}
-_NUMBER = r"(\d+(?:\.\d+)?)"
-_SIZE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*$")
-_RATE_RE = re.compile(rf"^\s*{_NUMBER}\s*([a-zA-Z]*)\s*(/s)?\s*$")
 # Far beyond any disk or memory: larger values are typos (or 40-digit fuzz), not requests.
 MAX_SIZE = 1 << 60
 
@@ -43,11 +38,35 @@ def parse_size(value: str | int, *, field: str = "size") -> int:
         if value < 0:
             raise InvalidArgument(f"{field}: size must not be negative")
         return _in_range(value, value, field)
-    match = _SIZE_RE.fullmatch(str(value))
-    unit = match.group(2).lower() if match else None
-    if not match or unit not in _SIZE_UNITS:
+    parts = _number_and_unit(str(value))
+    unit = parts[1].lower() if parts and not parts[2] else None
+    if not parts or unit not in _SIZE_UNITS:
         raise InvalidArgument(f"{field}: invalid size {value!r} (expected e.g. 512MB, 2GB, 1G)")
-    return _in_range(float(match.group(1)) * _SIZE_UNITS[unit], value, field)
+    return _in_range(float(parts[0]) * _SIZE_UNITS[unit], value, field)
+
+
+def _number_and_unit(text: str) -> tuple[str, str, str] | None:
+    """`1.5 MB /s` -> ("1.5", "MB", "/s"): a decimal number (digits, maybe a fraction),
+    the ASCII letters after it and the rest, spaces around each dropped; None without a
+    number. A regular expression written out (tests/test_units.py has it): `ember ps`
+    reads sizes on its fast path, where importing `re` costs more than the request."""
+    body = text.strip()
+    end = _decimals(body, 0)
+    if not end:
+        return None
+    if body[end : end + 1] == "." and (fraction := _decimals(body, end + 1)) > end + 1:
+        end = fraction
+    rest = body[end:].lstrip()
+    letters = next((i for i, c in enumerate(rest) if not (c.isascii() and c.isalpha())), len(rest))
+    return body[:end], rest[:letters], rest[letters:].strip()
+
+
+def _decimals(text: str, start: int) -> int:
+    """Where the decimal digits (any script's, as `re`'s `\\d`) from `start` end."""
+    end = start
+    while end < len(text) and text[end].isdecimal():
+        end += 1
+    return end
 
 
 def _in_range(number: float, value: object, field: str) -> int:
@@ -59,9 +78,9 @@ def _in_range(number: float, value: object, field: str) -> int:
 
 def parse_rate(value: str, *, field: str = "rate") -> int:
     """Parse "100MB/s" or "1Gbps" into bytes per second."""
-    match = _RATE_RE.fullmatch(str(value))
-    if match:
-        number, unit, per_second = float(match.group(1)), match.group(2).lower(), match.group(3)
+    parts = _number_and_unit(str(value))
+    if parts and parts[2] in ("", "/s"):
+        number, unit, per_second = float(parts[0]), parts[1].lower(), parts[2]
         if unit in _BIT_RATE_UNITS and not per_second:
             return _in_range(number * _BIT_RATE_UNITS[unit] / 8, value, field)
         if unit in _SIZE_UNITS and per_second:
@@ -78,12 +97,14 @@ def format_size(num_bytes: int) -> str:
 
 
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
+_DURATION_PART = r"(\d+(?:\.\d+)?)(ms|s|m|h)"
 
 
 def parse_duration(text: str, *, field: str = "duration") -> float:
     """A Go-style duration ("30s", "1m30s", "500ms") in seconds."""
-    parts = _DURATION_PART.findall(text)
+    import re  # here: sizes are read on the CLI's fast path (`_number_and_unit`)
+
+    parts = re.findall(_DURATION_PART, text)
     if not parts or "".join(number + unit for number, unit in parts) != text:
         raise InvalidArgument(f"{field}: invalid duration {text!r} (e.g. 30s, 2m, 500ms)")
     return sum(float(number) * _DURATION_UNITS[unit] for number, unit in parts)

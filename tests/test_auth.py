@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import base64
+import json
 import stat
 import time
 from pathlib import Path
@@ -62,3 +64,13 @@ def test_minted_tokens_are_standard_hs256_jwts() -> None:
     forged = f"{head}.{body}.{other}{signature[1:]}"
     with pytest.raises(Unauthorized):
         verify_token(b"k" * 32, forged)
+
+
+def test_minted_json_is_what_json_writes() -> None:
+    """Written without `json` (the CLI's fast path): the same bytes as json.dumps."""
+    token = mint_token(b"k" * 32, 'quo"te \u00fc', 60)
+    head, body, _ = (base64.urlsafe_b64decode(part + "==") for part in token.split("."))
+    claims = json.loads(body)
+    assert claims["sub"] == 'quo"te \u00fc'
+    assert head == json.dumps({"alg": "HS256", "typ": "JWT"}, separators=(",", ":")).encode()
+    assert body == json.dumps(claims, separators=(",", ":")).encode()

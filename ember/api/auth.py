@@ -8,21 +8,27 @@ expiry, no subject) and OIDC (needs an issuer this single-host tool lacks).
 
 from __future__ import annotations
 
-import base64
 import hashlib
 import hmac
-import json
 import os
-import secrets
 import time
-from pathlib import Path
-from typing import Any
+from _json import encode_basestring_ascii
+from binascii import b2a_base64
 
 from ember.errors import Unauthorized
+
+# Not `typing`, `pathlib`, `json`, `base64` or `secrets` at import: the CLI mints its
+# token with this module on its fast path (ember/client/wire.py), where each of them
+# would cost more than the request.
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from pathlib import Path
+    from typing import Any
 
 SECRET_FILE = "jwt.secret"
 ALGORITHM = "HS256"
 ISSUER = "ember"
+URLSAFE = bytes.maketrans(b"+/", b"-_")
 
 
 def load_or_create_secret(data_dir: Path) -> bytes:
@@ -31,6 +37,8 @@ def load_or_create_secret(data_dir: Path) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         pass
+    import secrets
+
     data_dir.mkdir(parents=True, exist_ok=True)
     secret = secrets.token_hex(32).encode()
     # O_EXCL: if two processes start at once, the loser reads the winner's secret.
@@ -46,20 +54,20 @@ def load_or_create_secret(data_dir: Path) -> bytes:
 def mint_token(secret: bytes, subject: str = "admin", ttl_seconds: int = 3600) -> str:
     """An HS256 JWT (RFC 7519) made with the standard library: the CLI mints its own
     token on the server host, and PyJWT imports `cryptography` (~0.5 s, most of a
-    command's time). Tokens are checked with PyJWT (`verify_token`)."""
+    command's time). Tokens are checked with PyJWT (`verify_token`). The JSON is what
+    `json.dumps(..., separators=(",", ":"))` writes for these flat objects."""
     now = int(time.time())
-    claims = {"sub": subject, "iss": ISSUER, "iat": now, "exp": now + ttl_seconds}
-    signed = f"{_b64_json({'alg': ALGORITHM, 'typ': 'JWT'})}.{_b64_json(claims)}"
+    sub, iss = encode_basestring_ascii(subject), encode_basestring_ascii(ISSUER)
+    header = f'{{"alg":"{ALGORITHM}","typ":"JWT"}}'
+    claims = f'{{"sub":{sub},"iss":{iss},"iat":{now},"exp":{now + ttl_seconds}}}'
+    signed = f"{_b64(header.encode())}.{_b64(claims.encode())}"
     signature = hmac.new(secret, signed.encode(), hashlib.sha256).digest()
     return f"{signed}.{_b64(signature)}"
 
 
-def _b64_json(value: dict[str, Any]) -> str:
-    return _b64(json.dumps(value, separators=(",", ":")).encode())
-
-
 def _b64(data: bytes) -> str:
-    return base64.urlsafe_b64encode(data).rstrip(b"=").decode()
+    """base64url without padding (`base64.urlsafe_b64encode`, whose module imports `re`)."""
+    return b2a_base64(data, newline=False).rstrip(b"=").translate(URLSAFE).decode()
 
 
 def verify_token(secret: bytes, token: str) -> dict[str, Any]:
@@ -95,6 +103,8 @@ def registry_token(authorization: str | None) -> str:
     scheme, _, value = (authorization or "").partition(" ")
     token = value.strip()
     if scheme.lower() == "basic":
+        import base64
+
         try:
             return base64.b64decode(token).decode().partition(":")[2]
         except ValueError as exc:

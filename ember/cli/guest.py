@@ -31,6 +31,7 @@ from ember.cli.common import (
     workload_command,
 )
 from ember.client import ApiError, EmberClient
+from ember.client.wire import EXEC_CLOSED
 
 if TYPE_CHECKING:  # the WebSocket code loads only for exec and cp (start-up time)
     from ember.client.streams import ExecSession
@@ -121,7 +122,7 @@ def pump(session: ExecSession, *, send_stdin: bool, resizes: bool) -> int:
     if failure:
         raise failure[0]
     if session.exit_code is None:
-        raise ApiError(0, "exec_closed", "the exec stream ended without an exit code")
+        raise ApiError(0, "exec_closed", EXEC_CLOSED)
     return session.exit_code
 
 

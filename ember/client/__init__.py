@@ -6,8 +6,6 @@ imported without httpx: the CLI's fast path (`ember/cli/fast.py`) needs only it.
 
 from __future__ import annotations
 
-import importlib
-
 TYPE_CHECKING = False  # not `typing`'s: the CLI's fast path would pay for importing it
 if TYPE_CHECKING:
     from typing import Any
@@ -27,4 +25,6 @@ _WHERE = {
 def __getattr__(name: str) -> Any:
     if name not in _WHERE:
         raise AttributeError(f"module 'ember.client' has no attribute {name!r}")
+    import importlib  # here: the fast path imports only the submodules it names
+
     return getattr(importlib.import_module(_WHERE[name]), name)

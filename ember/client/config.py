@@ -7,13 +7,13 @@ unchanged), then the names earlier Ember versions read.
 from __future__ import annotations
 
 import os
-from pathlib import Path
-from urllib.parse import urlsplit
 
+from ember.client.wire import split_url
 from ember.defaults import DEFAULT_DATA_DIR, DEFAULT_LISTEN
 
-# Neither `typing` nor dataclasses (which import `inspect`): `ember ps`'s fast path
-# imports this module, and they would cost it more than its request.
+# Neither `typing` nor dataclasses (which import `inspect`), nor `pathlib` and
+# `urllib.parse` at import: the CLI's fast path imports this module, and each would
+# cost it more than its request (ember/client/wire.py).
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -46,7 +46,12 @@ class ClientConfig:
     @property
     def is_local(self) -> bool:
         """The server is on this machine (a loopback address)."""
-        host = urlsplit(self.base_url).hostname or ""
+        if plain := split_url(self.base_url):  # without `urllib.parse` on the fast path
+            host = plain[0]
+        else:
+            from urllib.parse import urlsplit
+
+            host = urlsplit(self.base_url).hostname or ""
         return host in LOOPBACK_HOSTS or host.startswith("127.")
 
 
@@ -81,10 +86,10 @@ def config_from_env(env: Mapping[str, str] | None = None) -> ClientConfig:
     )
 
 
-def local_data_dir(env: Mapping[str, str] | None = None) -> Path:
+def local_data_dir(env: Mapping[str, str] | None = None) -> str:
     """A server's data dir on this host, as `ember serve` finds it (EMBER_DATA_DIR)."""
     env = os.environ if env is None else env
-    return Path(env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR)
+    return env.get("EMBER_DATA_DIR", "").strip() or DEFAULT_DATA_DIR
 
 
 def local_token(config: ClientConfig) -> str | None:
@@ -93,9 +98,11 @@ def local_token(config: ClientConfig) -> str | None:
     if config.api_key or not config.is_local:
         return None
     # Not ember.config: pydantic-settings alone would double the start-up time.
-    from ember.api.auth import SECRET_FILE, load_or_create_secret, mint_token
+    from ember.api.auth import SECRET_FILE, mint_token
 
-    secret_path = local_data_dir() / SECRET_FILE
-    if not os.access(secret_path, os.R_OK):
+    try:  # read, never made: the secret is the server's to create
+        with open(os.path.join(local_data_dir(), SECRET_FILE), "rb") as file:
+            secret = file.read()
+    except OSError:  # none, or not this user's to read
         return None
-    return mint_token(load_or_create_secret(secret_path.parent), "cli", 3600)
+    return mint_token(secret, "cli", 3600)

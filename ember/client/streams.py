@@ -26,6 +26,7 @@ from websockets.exceptions import ConnectionClosed, InvalidStatus, InvalidURI
 from websockets.sync.client import ClientConnection, connect
 
 from ember.client.client import ApiError, EmberClient, error_of
+from ember.client.wire import EXEC_CLOSED
 
 CHUNK = 32 * 1024
 Progress = Callable[[int], None]  # bytes moved since the last call
@@ -95,9 +96,7 @@ class ExecSession:
             try:
                 frame = self.websocket.recv()
             except ConnectionClosed as exc:
-                raise ApiError(
-                    0, "exec_closed", "the exec stream ended without an exit code"
-                ) from exc
+                raise ApiError(0, "exec_closed", EXEC_CLOSED) from exc
             if isinstance(frame, bytes):
                 yield frame
                 continue

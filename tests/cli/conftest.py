@@ -7,12 +7,19 @@ import subprocess
 import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import pytest
 
 from ember.testkit.ember_server import EmberServer
 
 EMBER = [sys.executable, "-m", "ember.cli.main"]
+REPO = Path(__file__).resolve().parents[2]
+# Modules that cost the fast path more than its request (ember/client/wire.py).
+NOT_ON_THE_FAST_PATH = frozenset({
+    "re", "enum", "typing", "socket", "json", "urllib.parse", "pathlib", "encodings.idna",
+    "datetime", "http.client", "typer", "rich", "httpx", "websockets",
+})  # fmt: skip
 
 
 @dataclass
@@ -57,3 +64,17 @@ def cli(shared_server: EmberServer) -> Cli:
         return run_cli(args, env | extra, stdin)
 
     return call
+
+
+def imports_of(args: Sequence[str], env: dict[str, str]) -> tuple[Result, set[str]]:
+    """Run the `ember` script as installed (bin/ember) and list the modules it imported
+    (`-X importtime`), apart from the interpreter's own start: `-S` leaves out site's
+    imports, which depend on how the virtualenv was made (`make setup`'s is a plain path)."""
+    done = subprocess.run(
+        [sys.executable, "-S", "-X", "importtime", str(REPO / "bin" / "ember"), *args],
+        env=env | {"PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    timings = [line for line in done.stderr.splitlines() if line.startswith("import time:")]
+    names = {line.rsplit("|", 1)[1].strip() for line in timings[1:]}
+    errors = "\n".join(line for line in done.stderr.splitlines() if line not in timings)
+    return Result(done.returncode, done.stdout, errors), names

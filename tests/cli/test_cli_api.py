@@ -19,7 +19,7 @@ from ember.testkit import hello_image, write_oci_layout
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.image import BuiltImage
 from ember.testkit.registry_server import free_port
-from tests.cli.conftest import Cli, cli_env, run_cli
+from tests.cli.conftest import NOT_ON_THE_FAST_PATH, Cli, cli_env, imports_of, run_cli
 
 pytestmark = pytest.mark.server  # starts a real `ember serve`
 
@@ -209,6 +209,27 @@ def test_a_command_imports_only_what_it_needs(shared_server: EmberServer) -> Non
     heavy = {"fastapi", "pydantic_settings", "ember.instances", "ember.api.app", "ember.config",
              "websockets", "typer", "rich", "httpx"}  # fmt: skip
     assert not heavy & loaded, heavy & loaded
+
+
+def test_ps_takes_the_fast_path_as_installed(shared_server: EmberServer) -> None:
+    """`ember ps` (the installed script, a key in the environment) loads nothing that
+    costs more than its request, and prints what the full command prints (which runs
+    when rich's colour settings are set: the fast path leaves those to rich)."""
+    env = cli_env(shared_server)
+    for args in (["ps"], ["ps", "-a", "--state", "running"], ["ps", "-q"]):
+        result, loaded = imports_of(args, env)
+        assert result.code == 0, result.err
+        assert not NOT_ON_THE_FAST_PATH & loaded, (args, NOT_ON_THE_FAST_PATH & loaded)
+        full = run_cli(args, env | {"NO_COLOR": "1"})
+        assert result.out == full.out, (result.out, full.out)
+    # A token minted from the data dir (root on the server host) takes it too.
+    minting = cli_env(
+        None, EMBER_BASE_URL=shared_server.url, EMBER_DATA_DIR=str(shared_server.data_dir)
+    )
+    result, loaded = imports_of(["ps"], minting)
+    assert result.code == 0 and result.out.startswith("ID "), result.err
+    assert "ember.api.auth" in loaded  # and the key was accepted: no full CLI (Typer)
+    assert not NOT_ON_THE_FAST_PATH & loaded, NOT_ON_THE_FAST_PATH & loaded
 
 
 def test_version_and_help_at_80_columns(cli: Cli) -> None:

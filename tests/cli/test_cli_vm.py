@@ -25,7 +25,7 @@ import pytest
 from ember.testkit import hello_image
 from ember.testkit.ember_server import EmberServer
 from ember.testkit.registry_server import free_port
-from tests.cli.conftest import EMBER, Cli, cli_env
+from tests.cli.conftest import EMBER, NOT_ON_THE_FAST_PATH, Cli, cli_env, imports_of
 from tests.conftest import push_to_ember, running_server
 
 pytestmark = pytest.mark.vm
@@ -122,7 +122,9 @@ def test_ps_fits_80_columns_and_q_prints_the_ids_it_shows(cli: Cli, box: dict[st
     assert cli("ps", "--state", "running", "-q").out == cli("ps", "-q").out
 
 
-def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) -> None:
+def test_exec_passes_output_env_and_exit_code(
+    cli: Cli, box: dict[str, object], shared_server: EmberServer
+) -> None:
     result = cli("exec", BOX, "/bin/sh", "-c", "echo $GREETING; exit 3")
     assert result.code == 3
     assert result.out.strip() == "hello from env"
@@ -130,6 +132,11 @@ def test_exec_passes_output_env_and_exit_code(cli: Cli, box: dict[str, object]) 
     assert flags.code == 0 and flags.out.split() == ["x=1", "/tmp"]
     dashes = cli("exec", BOX, "--", "echo", "after dashes")
     assert dashes.code == 0 and dashes.out == "after dashes\n", dashes
+    # As installed, a plain exec loads nothing that costs more than its request.
+    fast, loaded = imports_of(["exec", BOX, "/bin/sh", "-c", "echo $GREETING; exit 3"],
+                              cli_env(shared_server))  # fmt: skip
+    assert (fast.code, fast.out) == (result.code, result.out), fast
+    assert not NOT_ON_THE_FAST_PATH & loaded, NOT_ON_THE_FAST_PATH & loaded
     # The end of piped input reaches the process: `cat` ends instead of waiting forever.
     piped = cli("exec", "-i", BOX, "cat", stdin="line one\nline two\n")
     assert piped.code == 0 and piped.out == "line one\nline two\n"

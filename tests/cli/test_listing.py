@@ -4,14 +4,16 @@ system rich may detect), and declines where only rich can draw it."""
 from __future__ import annotations
 
 import io
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime, timedelta, timezone
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from rich.console import Console
 
 from ember.cli.common import rich_table
-from ember.cli.listing import Listing, instances_listing, render
+from ember.cli.listing import Listing, epoch, instances_listing, render
 
 OWN = "127.0.0.1:4973"
 NOW = datetime.now(UTC)
@@ -62,3 +64,12 @@ def test_it_declines_what_only_rich_can_draw() -> None:
     assert render(instances_listing([wide], OWN), colour=False, width=200) is None
     fits = instances_listing([instance("demo", "Running")], OWN)
     assert render(fits, colour=False, width=80) == by_rich(fits, None, 80)
+
+
+@given(st.datetimes(timezones=st.just(UTC)))
+def test_timestamps_read_as_datetime_reads_them(when: datetime) -> None:
+    """The API's form (`...Z`) is read by hand (no `datetime` import on the fast path)."""
+    api_form = when.isoformat().replace("+00:00", "Z")
+    assert epoch(api_form) == when.timestamp(), api_form
+    offset = when.astimezone(timezone(timedelta(hours=5, minutes=30))).isoformat()
+    assert epoch(offset) == when.timestamp(), offset  # other forms: datetime reads them
