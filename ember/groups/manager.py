@@ -428,7 +428,7 @@ class GroupManager:
         """The one wake of an instance (a burst joins it): restore a standby, or boot a
         stopped (stateless) instance and wait until it listens."""
         record = self.instances.get(instance_id)
-        asleep, started = record.state, time.monotonic()
+        asleep, started, started_at = record.state, time.monotonic(), time.time()
         try:
             if record.state == State.STANDBY:
                 record = await self.instances.restore(instance_id)
@@ -445,7 +445,9 @@ class GroupManager:
         # The held requests go now (the waker's answer names a static upstream per
         # member); the next pass publishes the routes, within PASS_SECONDS.
         ms = (time.monotonic() - started) * 1000
-        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms)
+        # Wall-clock ends too: bench/wake.py places them on the client's timeline.
+        ends = {"wake_started_at": f"{started_at:.4f}", "wake_ended_at": f"{time.time():.4f}"}
+        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms, extra=ends)
         return record
 
     async def _until_listening(self, instance_id: str, port: int) -> InstanceRecord:
