@@ -72,7 +72,9 @@ def set_up(server: EmberServer) -> str:
             http.get(f"/instances/{name}/wait", params={"state": "Running", "timeout": "120s"},
                      timeout=130).raise_for_status()  # fmt: skip
         ip: str = http.get(f"/instances/{BALANCED[0]}").json()["network"]["ip"]
+        asleep_ip = http.get(f"/instances/{SLEEPER}").json()["network"]["ip"]
     wait_http(f"http://{ip}:8080/")
+    wait_http(f"http://{asleep_ip}:8080/")  # its program listens before its first standby
     wait_http(GROUP_URL)
     return ip
 

@@ -431,7 +431,13 @@ class GroupManager:
         asleep, started, started_at = record.state, time.monotonic(), time.time()
         try:
             if record.state == State.STANDBY:
+                # A restore keeps the boot and its listener; put in standby before any
+                # pass saw it listen (or before a server restart), it is waited for as a
+                # boot is (bench/wake.py's first wake got a 502 so).
+                listened = self._ready.get(instance_id) == record.started_at
                 record = await self.instances.restore(instance_id)
+                if not listened and record.started_at is not None:
+                    record = await self._until_listening(instance_id, port)
             else:  # stopped by a scale-to-zero, or booting: until its program listens
                 if record.state == State.STOPPED:
                     await self.instances.start(instance_id)

@@ -229,6 +229,32 @@ def test_open_connections_are_looked_at_only_when_they_can_keep_an_instance_up(
     assert seen[2][1] == State.RUNNING and seen[3][1] == State.STANDBY, seen
 
 
+def test_a_standby_never_seen_listening_is_served_once_its_port_accepts(
+    tmp_path: Path,
+) -> None:
+    """Put in standby before it listened: the restored guest is still starting its
+    program, so the held request waits for the port (not a 502)."""
+
+    async def scenario() -> str:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+        instances = Instances()
+        manager, group_id = await grouped(tmp_path, instances, ("local",), destination_port=port)
+        instances.records["id-local"].started_at = datetime.now(UTC)
+        place = asyncio.create_task(manager.place(group_id, 80))
+        await asyncio.sleep(0.3)
+        assert instances.restores == 1 and not place.done()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(place, 10)
+        finally:
+            server.close()
+            await manager.close()
+
+    assert asyncio.run(scenario()).startswith("127.0.0.1:")
+
+
 def test_a_burst_to_an_asleep_group_restores_once(tmp_path: Path) -> None:
     async def scenario() -> tuple[set[str], int]:
         instances = Instances()
