@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
 import re
 import shutil
 import socket
@@ -250,9 +251,13 @@ def run(args: argparse.Namespace) -> None:
         try:
             server.start()
             ip = in_netns(ns, set_up, server)
+            before = os.getloadavg()[0]
             times = measure_wake(ns, server, args.rounds)
             loads = measure_throughput(ns, ip, args)
             report(times, loads, args)
+            # A shared machine: the figures mean little without how busy it was.
+            print(f"load average (1 min): {before:.1f} at the start, "
+                  f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip
         finally:
             server.clean_up()
             server.stop()
