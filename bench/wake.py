@@ -6,11 +6,15 @@ a network namespace this script creates. The testkit hello image serves HTTP.
 
 - Wake: an instance alone in group "wake" (scale-to-zero on, a cooldown too long to
   fire: the bench puts it in standby itself). Each round puts it in standby through
-  the API, then either times one request through Caddy to the group (curl's time to
-  the first byte: the waker's decision, the restore, the proxying) or times a plain
-  `POST /instances/{id}/restore` (the API round trip) and then the first request
-  straight to the guest, alternating which goes first; then one request to the awake
-  group (TTFB). Target: wake TTFB <= restore + 50 ms (medians).
+  the API, then either times one request through Caddy to the group (the time to the
+  first byte: the waker's decision, the restore, the proxying) or times a plain
+  `POST /instances/{id}/restore` (the API round trip) and then, at once from the same
+  process, the first request straight to the guest, alternating which goes first;
+  then one request to the awake group (TTFB). Target: wake TTFB <= restore + 50 ms
+  (medians). Each wake is split on the wall clock by the server's log line of the
+  wake (its start and end): request -> waker, the restore, waker's answer -> first
+  byte; the last beside the guest's first answer after a plain restore shows what
+  the balancer and the waker add and what the just-restored guest costs.
 - Throughput: wrk through Caddy to a group of 3 awake instances vs wrk straight to one
   of them, alternating rounds as bench/ingress does. Target: >= 0.8x.
 
@@ -22,11 +26,14 @@ from __future__ import annotations
 
 import argparse
 import math
+import os
+import re
 import shutil
+import socket
 import statistics
-import subprocess
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from bench.common import WORKLOAD, push_hello
@@ -36,6 +43,7 @@ from ember.testkit.netns import in_netns, netns
 
 WAKE_HOST = "wake.bench.test"
 GROUP_URL = "http://127.0.0.1:80/"
+GROUP_ADDRESS = ("127.0.0.1", 80)
 BALANCED = ("bench-a", "bench-b", "bench-c")
 SLEEPER = "bench-sleeper"
 
@@ -65,7 +73,9 @@ def set_up(server: EmberServer) -> str:
             http.get(f"/instances/{name}/wait", params={"state": "Running", "timeout": "120s"},
                      timeout=130).raise_for_status()  # fmt: skip
         ip: str = http.get(f"/instances/{BALANCED[0]}").json()["network"]["ip"]
+        asleep_ip = http.get(f"/instances/{SLEEPER}").json()["network"]["ip"]
     wait_http(f"http://{ip}:8080/")
+    wait_http(f"http://{asleep_ip}:8080/")  # its program listens before its first standby
     wait_http(GROUP_URL)
     return ip
 
@@ -88,21 +98,59 @@ def restore(server: EmberServer) -> float:
 
 
 FAILED: list[str] = []  # requests that got no 200, with what they got instead
+WOKE = re.compile(r"woke instance (\S+) .* wake_started_at=([\d.]+) wake_ended_at=([\d.]+)")
 
 
-def ttfb(ns: str, host: str, url: str = GROUP_URL) -> float:
-    """Seconds to the first byte; a failure is recorded in FAILED and counts as NaN."""
-    done = subprocess.run(
-        ["ip", "netns", "exec", ns, "curl", "-sS", "--max-time", "30",
-         "-w", "\n%{http_code} %{time_starttransfer}", "-H", f"Host: {host}", url],
-        capture_output=True, text=True,
-    )  # fmt: skip
-    body, _, timing = done.stdout.rpartition("\n")
-    status, _, seconds = timing.partition(" ")
-    if done.returncode or status != "200":
-        FAILED.append(f"{host}: curl exit {done.returncode}, {status} {body.strip()[:80]}")
+@dataclass(frozen=True)
+class Exchange:
+    """One GET on a new connection, on the wall clock (the server logs on the same one)."""
+
+    started: float  # before connecting
+    first_byte: float
+    status: int
+    head: str
+
+    @property
+    def ttfb(self) -> float:
+        return self.first_byte - self.started
+
+
+def get(address: tuple[str, int], host: str) -> Exchange:
+    """(In the namespace.) One request, timed in this process: no process start between
+    what is timed (a curl per request added its start-up to the first request direct)."""
+    started = time.time()
+    with socket.create_connection(address, timeout=30) as sock:
+        sock.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n".encode())
+        answer = sock.recv(65536)
+        first_byte = time.time()
+        while chunk := sock.recv(65536):
+            answer += chunk
+    head = answer.decode(errors="replace")
+    status = int(head.split(" ", 2)[1]) if head.startswith("HTTP/") else 0
+    return Exchange(started, first_byte, status, head)
+
+
+def checked(exchange: Exchange, what: str) -> float:
+    """Its TTFB in seconds; a failure is recorded in FAILED and counts as NaN."""
+    if exchange.status != 200:
+        FAILED.append(f"{what}: {exchange.status} {exchange.head.strip()[-80:]}")
         return math.nan
-    return float(seconds)
+    return exchange.ttfb
+
+
+def restore_then_get(server: EmberServer, address: tuple[str, int]) -> tuple[float, Exchange]:
+    """(In the namespace.) The API's restore round trip, then at once the first request
+    straight to the guest: what a wake does minus the balancer and the waker."""
+    seconds = restore(server)
+    return seconds, get(address, WAKE_HOST)
+
+
+def woke(server: EmberServer, after: float) -> tuple[float, float] | None:
+    """The server's wall-clock start and end of the sleeper's last wake (its log line)."""
+    log = server.data_dir.parent / f"ember-{server.port}.log"
+    found = [m for line in log.read_text(errors="replace").splitlines()
+             if (m := WOKE.search(line)) and m[1] == SLEEPER and float(m[2]) >= after]  # fmt: skip
+    return (float(found[-1][2]), float(found[-1][3])) if found else None
 
 
 def sleeper_ip(server: EmberServer) -> str:
@@ -113,20 +161,32 @@ def sleeper_ip(server: EmberServer) -> str:
 
 def measure_wake(ns: str, server: EmberServer, rounds: int) -> dict[str, list[float]]:
     """Per round, in alternating order: a wake by request, and a plain restore followed
-    by the first request straight to the guest (what the wake does minus the balancer:
-    a guest just restored under TCG answers its first request slower)."""
-    times: dict[str, list[float]] = {"wake": [], "restore": [], "first": [], "awake": []}
-    direct = f"http://{in_netns(ns, sleeper_ip, server)}:8080/"
+    by the first request straight to the guest (a guest just restored under TCG answers
+    its first request slower); each followed by a request to the awake group. A wake is
+    split by the server's log: request -> waker, the wake (the restore), the waker's
+    answer -> first byte."""
+    kinds = ("wake", "restore", "first", "guest_first", "awake", "to_waker", "in_wake",
+             "after_wake")  # fmt: skip
+    times: dict[str, list[float]] = {kind: [] for kind in kinds}
+    direct = (in_netns(ns, sleeper_ip, server), 8080)
     for round_ in range(rounds):
         order = ("wake", "restore") if round_ % 2 == 0 else ("restore", "wake")
         for kind in order:
             in_netns(ns, standby, server)
             if kind == "wake":
-                times["wake"].append(ttfb(ns, WAKE_HOST))
+                exchange = in_netns(ns, get, GROUP_ADDRESS, WAKE_HOST)
+                times["wake"].append(checked(exchange, "wake"))
+                phases = woke(server, exchange.started)
+                if phases is not None and exchange.status == 200:
+                    times["to_waker"].append(phases[0] - exchange.started)
+                    times["in_wake"].append(phases[1] - phases[0])
+                    times["after_wake"].append(exchange.first_byte - phases[1])
             else:
-                times["restore"].append(in_netns(ns, restore, server))
-                times["first"].append(times["restore"][-1] + ttfb(ns, WAKE_HOST, direct))
-            times["awake"].append(ttfb(ns, WAKE_HOST))
+                seconds, exchange = in_netns(ns, restore_then_get, server, direct)
+                times["restore"].append(seconds)
+                times["guest_first"].append(checked(exchange, "first request direct"))
+                times["first"].append(seconds + times["guest_first"][-1])
+            times["awake"].append(checked(in_netns(ns, get, GROUP_ADDRESS, WAKE_HOST), "awake"))
     return times
 
 
@@ -146,18 +206,28 @@ def report(
     times: dict[str, list[float]], loads: dict[str, list[Load]], args: argparse.Namespace
 ) -> None:
     times = {kind: [v for v in values if not math.isnan(v)] for kind, values in times.items()}
-    ms = {kind: statistics.median(values) * 1000 for kind, values in times.items()}
+    ms = {kind: statistics.median(values) * 1000 for kind, values in times.items() if values}
     print(f"wake ({args.rounds} rounds, 256 MB guest, RAM in a file), medians in ms:")
     for kind, label in (("wake", "request to the asleep group (TTFB)"),
                         ("restore", "plain restore through the API"),
                         ("first", "that restore + first request direct"),
-                        ("awake", "request to the awake group (TTFB)")):  # fmt: skip
+                        ("guest_first", "  of which the guest's first answer"),
+                        ("awake", "request to the awake group (TTFB)"),
+                        ("to_waker", "wake: request -> waker (Caddy)"),
+                        ("in_wake", "wake: the restore (server's log)"),
+                        ("after_wake", "wake: waker's answer -> first byte")):  # fmt: skip
         values = ", ".join(f"{v * 1000:.0f}" for v in times[kind])
-        print(f"  {label:40}{ms[kind]:8.1f}   ({values})")
+        print(f"  {label:40}{ms.get(kind, math.nan):8.1f}   ({values})")
     print(f"  wake - restore: {ms['wake'] - ms['restore']:+.1f} ms (target <= +50 ms); "
           f"wake/restore {ms['wake'] / ms['restore']:.2f}x; wake/awake "
           f"{ms['wake'] / ms['awake']:.1f}x; wake - (restore + first request): "
           f"{ms['wake'] - ms['first']:+.1f} ms")  # fmt: skip
+    if {"to_waker", "in_wake", "after_wake"} <= ms.keys():
+        added = ms["to_waker"] + ms["after_wake"] - ms["guest_first"]
+        print(f"  Ember's balancer and waker add {added:+.1f} ms (request -> waker + waker's "
+              f"answer -> first byte - the guest's first answer direct); the guest's first "
+              f"answer after a restore costs {ms['guest_first'] - ms['awake']:+.1f} ms over an "
+              f"awake one")  # fmt: skip
     print(f"  failed requests: {len(FAILED)}" + "".join(f"\n    {f}" for f in FAILED))
     d_rps, d_p99, d_err = median_load(loads["direct"])
     g_rps, g_p99, g_err = median_load(loads["group"])
@@ -181,9 +251,13 @@ def run(args: argparse.Namespace) -> None:
         try:
             server.start()
             ip = in_netns(ns, set_up, server)
+            before = os.getloadavg()[0]
             times = measure_wake(ns, server, args.rounds)
             loads = measure_throughput(ns, ip, args)
             report(times, loads, args)
+            # A shared machine: the figures mean little without how busy it was.
+            print(f"load average (1 min): {before:.1f} at the start, "
+                  f"{os.getloadavg()[0]:.1f} at the end")  # fmt: skip
         finally:
             server.clean_up()
             server.stop()

@@ -112,6 +112,7 @@ class GroupManager:
         # Running is not listening yet, and a restore keeps the boot (and the listener).
         self._ready: dict[str, datetime | None] = {}
         self._notified: dict[str, float] = {}  # told it will sleep (monotonic), per instance
+        self._with_flows: set[str] = set()  # open connections seen at the last look
         self._lock = asyncio.Lock()  # changes of groups and membership
         self._publish_lock = asyncio.Lock()
         self._published: list[PublishedRoutes] | None = None
@@ -434,10 +435,16 @@ class GroupManager:
         stopped (stateless) instance and wait until it listens on `port` (None: a UDP
         service, nothing to ask: until Running)."""
         record = self.instances.get(instance_id)
-        asleep, started = record.state, time.monotonic()
+        asleep, started, started_at = record.state, time.monotonic(), time.time()
         try:
             if record.state == State.STANDBY:
+                # A restore keeps the boot and its listener; put in standby before any
+                # pass saw it listen (or before a server restart), it is waited for as a
+                # boot is (bench/wake.py's first wake got a 502 so).
+                listened = self._ready.get(instance_id) == record.started_at
                 record = await self.instances.restore(instance_id)
+                if not listened and record.started_at is not None:
+                    record = await self._until_listening(instance_id, port)
             else:  # stopped by a scale-to-zero, or booting: until its program listens
                 if record.state == State.STOPPED:
                     await self.instances.start(instance_id)
@@ -451,7 +458,9 @@ class GroupManager:
         # The held requests go now (the waker's answer names a static upstream per
         # member); the next pass publishes the routes, within PASS_SECONDS.
         ms = (time.monotonic() - started) * 1000
-        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms)
+        # Wall-clock ends too: bench/wake.py places them on the client's timeline.
+        ends = {"wake_started_at": f"{started_at:.4f}", "wake_ended_at": f"{time.time():.4f}"}
+        log.info("woke instance %s from %s in %.0f ms", record.name, asleep, ms, extra=ends)
         return record
 
     async def _until_listening(self, instance_id: str, port: int | None) -> InstanceRecord:
@@ -544,18 +553,48 @@ class GroupManager:
         if not sleepy:
             return
         in_flight = await self._in_flight()
-        flows = await _established() if any(_counts_flows(m) for m in sleepy) else []
         now = time.monotonic()
         for member in sleepy:
-            if self._active(member, in_flight, flows):
-                self._last_active[member.record.id] = now
-                self._notified.pop(member.record.id, None)  # told again next time
-            last = self._last_active.setdefault(member.record.id, now)
+            if self._active(member, in_flight):
+                self._mark_active(member.record.id, now)
+        await self._look_at_flows(sleepy, now)
+        for member in sleepy:
             policy = member.record.scale_to_zero
-            if policy is None or (now - last) * 1000 < policy.cooldown_time_ms:
+            if policy is None or not self._idle_for(member, policy, now):
                 continue
             if await self._notice_over(member, policy, now):
                 await self._sleep(member, policy)
+
+    def _mark_active(self, instance_id: str, now: float) -> None:
+        self._last_active[instance_id] = now
+        self._notified.pop(instance_id, None)  # told again next time
+
+    def _idle_for(self, member: Member, policy: ScaleToZero, now: float) -> bool:
+        """Idle for its whole cooldown (by what was seen so far)."""
+        last = self._last_active.setdefault(member.record.id, now)
+        return (now - last) * 1000 >= policy.cooldown_time_ms
+
+    async def _look_at_flows(self, sleepy: list[Member], now: float) -> None:
+        """Policy `on`: an open connection to the instance is activity. The conntrack
+        table is dumped only when it can change a decision: for an instance about to
+        sleep (idle by every other sign for its cooldown), and then at every pass while
+        it has open connections (their end starts its cooldown). A dump walks the whole
+        table (every TIME_WAIT flow of every request): one per pass cost the balancer a
+        sixth of a core under load (README.md, measured)."""
+        look = [
+            m for m in sleepy if _counts_flows(m) and m.record.scale_to_zero is not None
+            and (m.record.id in self._with_flows
+                 or self._idle_for(m, m.record.scale_to_zero, now))
+        ]  # fmt: skip
+        if not look:
+            return
+        flows = set(await _established())
+        for member in look:
+            if self._ip(member.instance) in flows:
+                self._with_flows.add(member.record.id)
+                self._mark_active(member.record.id, now)
+            else:
+                self._with_flows.discard(member.record.id)
 
     async def _notice_over(self, member: Member, policy: ScaleToZero, now: float) -> bool:
         """notify_time_ms: the first idle pass tells the workload (NOTIFY_SIGNAL), and the
@@ -582,15 +621,14 @@ class GroupManager:
         counts.update(self.l4.connections())
         return dict(counts)
 
-    def _active(self, member: Member, in_flight: dict[str, int], flows: list[str]) -> bool:
+    def _active(self, member: Member, in_flight: dict[str, int]) -> bool:
+        """Active by the signs of every pass (open connections: `_look_at_flows`)."""
         instance_id, ip = member.record.id, self._ip(member.instance)
         if ip is None or self._wakes.running(instance_id) or instance_id in self._held:
             return True
         if self._booting(member.instance):  # idle time counts once it listens
             return True
-        if any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member))):
-            return True
-        return _counts_flows(member) and ip in flows
+        return any(in_flight.get(key, 0) for key in _addresses(ip, self._ports(member)))
 
     def _ports(self, member: Member) -> list[int]:
         return [s.destination_port for s in self._services(member)]
@@ -673,6 +711,7 @@ class GroupManager:
                 self._placed.pop(member.id, None)
                 self._ready.pop(member.id, None)
                 self._notified.pop(member.id, None)
+                self._with_flows.discard(member.id)
         now = datetime.now(UTC)
         counts: dict[str, int] = {}
         for member in self.members.all():

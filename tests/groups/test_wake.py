@@ -11,6 +11,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
+import pytest
+
 from ember.errors import EmberError, NotFound, Unavailable
 from ember.groups import (
     CreateServiceGroupRequest,
@@ -19,6 +21,8 @@ from ember.groups import (
     MemberRecord,
     ScaleToZeroRequest,
 )
+from ember.groups import manager as group_manager
+from ember.groups.requests import scale_to_zero
 from ember.groups.waker import Waker
 from ember.ingress.termination import Terminator
 from ember.instances import State
@@ -47,6 +51,10 @@ class Instances:
     def lease(self, record: InstanceRecord) -> Any:
         ip = "127.0.0.1" if record.name == "local" else f"10.0.0.{len(record.name)}"
         return SimpleNamespace(ip=ip)
+
+    async def standby(self, ref: str, origin: str) -> InstanceRecord:
+        self.records[ref].state = State.STANDBY
+        return self.records[ref]
 
     async def restore(self, ref: str) -> InstanceRecord:
         self.restores += 1
@@ -168,6 +176,86 @@ def test_a_running_instance_is_served_once_its_port_accepts(tmp_path: Path) -> N
 
     before, address, after = asyncio.run(scenario())
     assert before == [] and address.startswith("127.0.0.1:") and after == [address]
+
+
+def test_open_connections_are_looked_at_only_when_they_can_keep_an_instance_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Policy `on`: the conntrack table is not dumped while the instance is busy or
+    within its cooldown; at its end an open connection keeps it up, and is looked at
+    every pass until it closes; the cooldown then runs from its close."""
+    flows: list[str] = []
+    dumps: list[float] = []
+
+    async def established() -> list[str]:
+        dumps.append(asyncio.get_running_loop().time())
+        return list(flows)
+
+    monkeypatch.setattr(group_manager, "_established", established)
+
+    async def scenario() -> list[tuple[int, State]]:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        instances = Instances()
+        manager, _ = await grouped(
+            tmp_path, instances, ("local",), State.RUNNING, destination_port=port
+        )
+        policy = ScaleToZeroRequest.model_validate({"policy": "on", "cooldown_time_ms": 300})
+        manager.members.update("id-local", lambda m: setattr(
+            m, "scale_to_zero", scale_to_zero(policy)))  # fmt: skip
+        instance = instances.records["id-local"]
+        seen: list[tuple[int, State]] = []
+
+        async def passes(seconds: float) -> None:
+            for _ in range(round(seconds / 0.05)):
+                await manager._pass()
+                await asyncio.sleep(0.05)
+            seen.append((len(dumps), instance.state))
+
+        try:
+            flows.append("127.0.0.1")
+            await passes(0.2)  # within the cooldown: not looked at
+            await passes(0.3)  # its end: looked at, kept up, then looked at every pass
+            flows.clear()
+            await passes(0.15)  # closed: the cooldown starts again
+            await passes(0.4)  # and ends: asleep
+        finally:
+            server.close()
+            await manager.close()
+        return seen
+
+    seen = asyncio.run(scenario())
+    assert seen[0] == (0, State.RUNNING), seen
+    assert seen[1][0] >= 2 and seen[1][1] == State.RUNNING, seen
+    assert seen[2][1] == State.RUNNING and seen[3][1] == State.STANDBY, seen
+
+
+def test_a_standby_never_seen_listening_is_served_once_its_port_accepts(
+    tmp_path: Path,
+) -> None:
+    """Put in standby before it listened: the restored guest is still starting its
+    program, so the held request waits for the port (not a 502)."""
+
+    async def scenario() -> str:
+        with socket.socket() as taken:
+            taken.bind(("127.0.0.1", 0))
+            port = taken.getsockname()[1]
+        instances = Instances()
+        manager, group_id = await grouped(tmp_path, instances, ("local",), destination_port=port)
+        instances.records["id-local"].started_at = datetime.now(UTC)
+        place = asyncio.create_task(manager.place(group_id, 80))
+        await asyncio.sleep(0.3)
+        assert instances.restores == 1 and not place.done()
+        server = await asyncio.start_server(lambda r, w: w.close(), "127.0.0.1", port)
+        try:
+            return await asyncio.wait_for(place, 10)
+        finally:
+            server.close()
+            await manager.close()
+
+    assert asyncio.run(scenario()).startswith("127.0.0.1:")
 
 
 def test_a_burst_to_an_asleep_group_restores_once(tmp_path: Path) -> None:
