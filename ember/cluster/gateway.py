@@ -241,17 +241,20 @@ class Gateway:
                 return _error(429, "insufficient_resources", "no live host fits this instance")
         refusal: Response = _error(503, "host_unavailable", "no host took the instance")
         for host in order:
+            started = time.perf_counter()
             claim = await self.discovery.claim(name, host.name)
             if claim is None:
                 return _error(409, "conflict", f"instance name {name!r} is in use in the cluster")
+            claimed = time.perf_counter()
             try:
                 answer = await self._send(request, host, body)
             except HostDown:
                 await self.discovery.release(name, claim)
                 continue
+            timing = _server_timing(claim=claimed - started, host=time.perf_counter() - claimed)
             if answer.status_code >= 400:
                 await self.discovery.release(name, claim)
-                refusal = _copy(answer, host)
+                refusal = _copy(answer, host, timing)
                 if answer.status_code in REFUSALS:
                     continue
                 return refusal
@@ -259,7 +262,7 @@ class Gateway:
             if isinstance(created.get("id"), str):
                 self.owners[created["id"]] = host.name
             self.recent.add(host.name, want)
-            return _copy(answer, host)
+            return _copy(answer, host, timing)
         return refusal
 
     async def instance(self, request: Request) -> Response:
@@ -672,10 +675,18 @@ def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
     return summed
 
 
-def _copy(answer: httpx.Response, host: HostStatus) -> Response:
-    """A fully read answer of `host`, passed on."""
+def _server_timing(**seconds: float) -> str:
+    """A `Server-Timing` value (W3C): where a create's time went, e.g. the host's share
+    apart from the gateway's own (`bench/gateway.py` reads it)."""
+    return ", ".join(f"{phase};dur={s * 1000:.2f}" for phase, s in seconds.items())
+
+
+def _copy(answer: httpx.Response, host: HostStatus, timing: str | None = None) -> Response:
+    """A fully read answer of `host`, passed on (with a `Server-Timing` when given)."""
     headers = _answer_headers(answer, host)
     headers.pop("content-encoding", None)  # httpx decoded it
+    if timing is not None:
+        headers["server-timing"] = timing
     return Response(answer.content, status_code=answer.status_code, headers=headers)
 
 
