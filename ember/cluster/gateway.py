@@ -685,8 +685,10 @@ def _copy(answer: httpx.Response, host: HostStatus, timing: str | None = None) -
     """A fully read answer of `host`, passed on (with a `Server-Timing` when given)."""
     headers = _answer_headers(answer, host)
     headers.pop("content-encoding", None)  # httpx decoded it
-    if timing is not None:
-        headers["server-timing"] = timing
+    if timing is not None:  # before the host's own entries (its `app`), if any
+        headers["server-timing"] = ", ".join(
+            t for t in (timing, answer.headers.get("server-timing")) if t
+        )
     return Response(answer.content, status_code=answer.status_code, headers=headers)
 
 
