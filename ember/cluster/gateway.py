@@ -676,8 +676,8 @@ def _summed(answers: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def _server_timing(**seconds: float) -> str:
-    """A `Server-Timing` value (W3C): where a create's time went, e.g. the host's share
-    apart from the gateway's own (`bench/gateway.py` reads it)."""
+    """A `Server-Timing` value (W3C): where a create's time went, the claim and the host's
+    round trip apart from the gateway's own work."""
     return ", ".join(f"{phase};dur={s * 1000:.2f}" for phase, s in seconds.items())
 
 
