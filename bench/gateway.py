@@ -6,9 +6,12 @@ gateway in the hub namespace, `ember.testkit.cluster`); the client runs in the h
 both paths cross the same bridge and the gateway path adds the gateway's hop, its
 token check, placement, the etcd claim (a Raft write) and the proxying. The two paths
 take turns, so load from elsewhere on the shared machine falls on both alike; the
-figures are medians.
+figures are medians. A create is also measured less the host's own time to answer it
+(the host's `Server-Timing: app;dur=`, passed on by the gateway): what is left is the
+network, the client's connection and, through the gateway, everything the gateway adds,
+without the host's start of a VM (tens to hundreds of ms either way on a loaded machine).
 
-    .venv/bin/python -m bench.gateway [--creates 3] [--execs 50]
+    .venv/bin/python -m bench.gateway [--creates 5] [--execs 50]
 """
 
 from __future__ import annotations
@@ -35,16 +38,29 @@ from ember.testkit.netns import in_netns
 IMAGE = f"127.0.0.1:{HOST_PORT}/hello:latest"
 
 
-def create_to_running(api: Hypeman, name: str) -> tuple[float, float]:
-    """(seconds until the create answered, seconds until Running), then deleted."""
+def create_to_running(api: Hypeman, name: str) -> tuple[float, float, float]:
+    """(seconds until the create answered, seconds until Running, seconds the host took to
+    answer by its `Server-Timing`), then deleted."""
     started = time.perf_counter()
-    instance = api.instances.create(name=name, image=IMAGE, cmd=WORKLOAD, vcpus=1, size="256MB")
+    raw = api.instances.with_raw_response.create(
+        name=name, image=IMAGE, cmd=WORKLOAD, vcpus=1, size="256MB"
+    )
     answered = time.perf_counter() - started
+    instance = raw.parse()
     while api.instances.get(instance.id).state != "Running":
         time.sleep(0.01)
     running = time.perf_counter() - started
     api.instances.delete(instance.id)
-    return answered, running
+    return answered, running, _app_seconds(raw.headers.get("server-timing", ""))
+
+
+def _app_seconds(timing: str) -> float:
+    """The host's `app;dur=<ms>` of a `Server-Timing` value, in seconds."""
+    for entry in timing.split(","):
+        phase, _, duration = entry.strip().partition(";dur=")
+        if phase == "app":
+            return float(duration) / 1000
+    raise ValueError(f"no app;dur in Server-Timing {timing!r}")
 
 
 def refused_create(api: Hypeman, name: str) -> float:
@@ -70,14 +86,15 @@ def measure(ring: Cluster, creates: int, execs: int) -> dict[str, list[float]]:
         "gateway": Hypeman(base_url=ring.gateways[0].url, api_key=token, max_retries=0),
         "direct": Hypeman(base_url=ring.address("h1"), api_key=token, max_retries=0),
     }
-    out: dict[str, list[float]] = {f"{k} {p}": [] for k in ("answer", "running", "refused", "exec")
-                                   for p in paths}  # fmt: skip
+    kinds = ("answer", "beside", "running", "refused", "exec")
+    out: dict[str, list[float]] = {f"{k} {p}": [] for k in kinds for p in paths}
     for round_ in range(creates):
         # Which path goes first alternates: a VM still settling slows the next create.
         for path, api in sorted(paths.items(), reverse=bool(round_ % 2)):
-            answered, running = create_to_running(api, f"bench-{path}-{round_}")
+            answered, running, on_host = create_to_running(api, f"bench-{path}-{round_}")
             out[f"answer {path}"].append(answered)
             out[f"running {path}"].append(running)
+            out[f"beside {path}"].append(answered - on_host)
     for round_ in range(execs):  # no VM: the gateway's whole create path, host included
         for path, api in paths.items():
             out[f"refused {path}"].append(refused_create(api, f"bench-none-{path}-{round_}"))
@@ -94,7 +111,8 @@ def measure(ring: Cluster, creates: int, execs: int) -> dict[str, list[float]]:
 
 def report(figures: dict[str, Any]) -> None:
     print(f"{'measure':<26}{'direct':>12}{'gateway':>12}{'delta':>12}{'ratio':>8}")
-    for kind, label in (("answer", "create answered"), ("running", "create to Running"),
+    for kind, label in (("answer", "create answered"), ("beside", "create less host's time"),
+                        ("running", "create to Running"),
                         ("refused", "create, image unknown"), ("exec", "exec true")):  # fmt: skip
         direct = statistics.median(figures[f"{kind} direct"]) * 1000
         gateway = statistics.median(figures[f"{kind} gateway"]) * 1000
@@ -105,7 +123,7 @@ def report(figures: dict[str, Any]) -> None:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("--creates", type=int, default=3, help="creates per path")
+    parser.add_argument("--creates", type=int, default=5, help="creates per path")
     parser.add_argument("--execs", type=int, default=50, help="`exec true` per path")
     args = parser.parse_args()
     root = Path(tempfile.mkdtemp(prefix="ember-bench-", dir="/tmp"))

@@ -160,6 +160,11 @@ class Settings(BaseSettings):
     cluster_labels: dict[str, str] = Field(default_factory=dict)
     # Lease TTL: a host that stops renewing is down this long after its last renewal.
     cluster_lease_ttl_seconds: int = Field(default=5, ge=2)
+    # TLS to `https://` etcd endpoints: the members' CA, and this host's client certificate
+    # and key when etcd runs with `--client-cert-auth`.
+    cluster_etcd_ca: Path | None = None
+    cluster_etcd_cert: Path | None = None
+    cluster_etcd_key: Path | None = None
     # --- end cluster ---
 
     @property

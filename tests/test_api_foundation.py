@@ -50,6 +50,7 @@ def test_health_and_auth_with_official_client(ember_server: EmberServer) -> None
 def test_request_ids_and_openapi(ember_server: EmberServer) -> None:
     answer = httpx.get(f"{ember_server.url}/health", headers={"X-Request-Id": "abc-123"})
     assert answer.headers["x-request-id"] == "abc-123"
+    assert answer.headers["server-timing"].startswith("app;dur=")  # the server's own time
     generated = httpx.get(f"{ember_server.url}/health").headers["x-request-id"]
     assert len(generated) == 16
     spec = httpx.get(f"{ember_server.url}/openapi.json").json()

@@ -1,5 +1,9 @@
 """Request ids, access logging and the request body limit, as plain ASGI middleware.
 
+Every answer says how long the server took to start it (`Server-Timing: app;dur=<ms>`,
+W3C): a client or a cluster gateway in front can tell the server's time from the
+network's (`bench/gateway.py` compares direct and gateway creates by it).
+
 Plain ASGI (not Starlette's BaseHTTPMiddleware) so streaming responses (SSE
 logs, registry blobs) and WebSockets pass through untouched.
 """
@@ -37,7 +41,12 @@ class RequestIdMiddleware:
             nonlocal status
             if message["type"] == "http.response.start":
                 status = message["status"]
-                message["headers"] = [*message.get("headers", []), (REQUEST_ID_HEADER, request_id)]
+                took = f"app;dur={(time.perf_counter() - started) * 1000:.2f}".encode()
+                message["headers"] = [
+                    *message.get("headers", []),
+                    (REQUEST_ID_HEADER, request_id),
+                    (b"server-timing", took),
+                ]
             await send(message)
 
         try:

@@ -30,17 +30,29 @@ def gateway(
         help="the JWT secret every host of the cluster shares",
     ),
     lease_ttl: int = typer.Option(5, envvar="EMBER_CLUSTER_LEASE_TTL_SECONDS"),
+    etcd_ca: Path | None = typer.Option(
+        None, envvar="EMBER_CLUSTER_ETCD_CA", help="CA of the etcd members (https endpoints)"
+    ),
+    etcd_cert: Path | None = typer.Option(
+        None, envvar="EMBER_CLUSTER_ETCD_CERT", help="client certificate for etcd"
+    ),
+    etcd_key: Path | None = typer.Option(
+        None, envvar="EMBER_CLUSTER_ETCD_KEY", help="key of the client certificate"
+    ),
 ) -> None:
     """Run a Hypeman-compatible endpoint in front of the cluster's hosts (stateless)."""
     import uvicorn
 
-    from ember.cluster.etcd import Etcd
+    from ember.cluster.etcd import Etcd, tls_context
     from ember.cluster.gateway import Gateway, create_gateway_app
 
     # One value may hold several endpoints (the environment variable's form).
     endpoints = [e for value in etcd for e in value.replace(",", " ").split()]
     host, _, port = listen.rpartition(":")
-    service = Gateway(Etcd(endpoints), secret_file.read_bytes().strip(), lease_ttl=lease_ttl)
+    tls = tls_context(etcd_ca, etcd_cert, etcd_key)
+    service = Gateway(
+        Etcd(endpoints, tls=tls), secret_file.read_bytes().strip(), lease_ttl=lease_ttl
+    )
     typer.echo(f"ember gateway: listening on http://{listen} (etcd {', '.join(endpoints)})")
     uvicorn.run(create_gateway_app(service), host=host, port=int(port), log_config=None,
                 ws_per_message_deflate=False)  # fmt: skip

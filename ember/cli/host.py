@@ -41,6 +41,10 @@ def serve() -> None:
         port=settings.port,
         log_config=None,
         timeout_graceful_shutdown=10,
+        # Idle connections stay longer than a cluster gateway keeps its own to this host
+        # (60 s, ember/cluster/gateway.py): the gateway closes first, so it never sends on a
+        # connection this side is closing.
+        timeout_keep_alive=75,
         # Exec and copy streams are mostly incompressible; deflate cost a third
         # of exec throughput (ember/guest/README.md).
         ws_per_message_deflate=False,

@@ -12,7 +12,9 @@ next one is tried, so a member cut off from the others is skipped after one time
 from __future__ import annotations
 
 import base64
+import ssl
 import time
+from pathlib import Path
 from typing import Any, TypeVar
 
 import httpx
@@ -32,6 +34,20 @@ def _b64(text: str) -> str:
     return base64.b64encode(text.encode()).decode()
 
 
+def tls_context(
+    ca: Path | None, cert: Path | None = None, key: Path | None = None
+) -> ssl.SSLContext | None:
+    """TLS to `https://` etcd endpoints: the members are checked against `ca` (the system's
+    CAs without it), and `cert`/`key` are this client's certificate for etcd's
+    `--client-cert-auth`. None when none is given (plain HTTP, or the system's CAs)."""
+    if ca is None and cert is None:
+        return None
+    context = ssl.create_default_context(cafile=ca)
+    if cert is not None:
+        context.load_cert_chain(cert, key)
+    return context
+
+
 def _prefix_end(prefix: str) -> str:
     """The first key after every key starting with `prefix` (etcd's range_end)."""
     raw = prefix.encode()
@@ -39,14 +55,23 @@ def _prefix_end(prefix: str) -> str:
 
 
 class Etcd:
-    def __init__(self, endpoints: list[str], *, prefix: str = "/ember/", timeout: float = 1.5):
+    def __init__(
+        self,
+        endpoints: list[str],
+        *,
+        prefix: str = "/ember/",
+        timeout: float = 1.5,
+        tls: ssl.SSLContext | None = None,
+    ):
         if not endpoints:
             raise ValueError("etcd: no endpoints")
         self.endpoints = [e.rstrip("/") for e in endpoints]
         self.prefix = prefix
         # Connecting is quick on the private network etcd lives on: a member that does not
         # take the connection at once is cut off, and the next one is tried.
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT))
+        self._http = httpx.AsyncClient(
+            timeout=httpx.Timeout(timeout, connect=CONNECT_TIMEOUT), verify=tls or True
+        )
         self._lease: int | None = None
 
     # ---- transport ----
@@ -57,7 +82,9 @@ class Etcd:
         for endpoint in list(self.endpoints):
             try:
                 response = await self._http.post(f"{endpoint}/v3/{path}", json=body)
-            except httpx.HTTPError as exc:
+            except (httpx.HTTPError, ssl.SSLError) as exc:
+                # An SSLError: a member refusing our certificate (with TLS 1.3 its alert
+                # may come after the handshake, on the first read, not wrapped by httpx).
                 errors.append(f"{endpoint}: {exc!r}")
                 # The next call starts with the next member.
                 self.endpoints.remove(endpoint)

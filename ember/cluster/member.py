@@ -23,7 +23,7 @@ from ember.cluster.discovery import (
     InstanceSummary,
     Inventory,
 )
-from ember.cluster.etcd import Etcd, EtcdUnavailable
+from ember.cluster.etcd import Etcd, EtcdUnavailable, tls_context
 from ember.config import Settings
 from ember.images.models import ImageRecord, ImageStatus
 from ember.instances import capacity
@@ -162,4 +162,6 @@ def memberships(
     settings ask for it (etcd endpoints and an advertised address), none for a lone host."""
     if not (settings.cluster_etcd_endpoints and settings.cluster_advertise):
         return ()
-    return (Member(Etcd(settings.cluster_etcd_endpoints), instances, images, settings),)
+    s = settings
+    tls = tls_context(s.cluster_etcd_ca, s.cluster_etcd_cert, s.cluster_etcd_key)
+    return (Member(Etcd(s.cluster_etcd_endpoints, tls=tls), instances, images, settings),)

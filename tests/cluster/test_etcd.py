@@ -1,5 +1,5 @@
 """`ember.cluster.etcd` against a real etcd member on loopback: leases, inventories and
-create-only name claims."""
+create-only name claims; and a member that requires TLS client certificates."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ from collections.abc import AsyncIterator
 import pytest
 
 from ember.cluster.discovery import Capacity, HostStatus, InstanceSummary, Inventory
-from ember.cluster.etcd import Etcd
+from ember.cluster.etcd import Etcd, EtcdUnavailable, tls_context
+from ember.testkit.etcd import EtcdMember, certificates, client_tls, start_cluster
+from tests.conftest import scratch_dir
 
 
 @pytest.fixture
@@ -66,3 +68,26 @@ async def test_release_leaves_a_newer_claim_alone(etcd: Etcd) -> None:
     assert second is not None
     assert not await etcd.release("db", first)  # the stale holder cannot drop it
     assert (await etcd.claims())["db"].host == "h2"
+
+
+async def test_an_etcd_that_requires_client_certificates_takes_only_ours() -> None:
+    with scratch_dir() as scratch:
+        tls = certificates(scratch / "tls")
+        member = EtcdMember("tls", scratch / "etcd", tls=tls)
+        start_cluster([member])
+        clients = {
+            "certified": Etcd([member.client_url], tls=client_tls(tls)),
+            "no certificate": Etcd([member.client_url], tls=tls_context(tls / "ca.pem")),
+            "plain HTTP": Etcd([member.client_url.replace("https:", "http:")]),
+        }
+        try:
+            assert await clients["certified"].claim("web", "h1") is not None
+            claim = await clients["certified"].claim_of("web")
+            assert claim is not None and claim.host == "h1"
+            for refused in ("no certificate", "plain HTTP"):
+                with pytest.raises(EtcdUnavailable):
+                    await clients[refused].claim_of("web")
+        finally:
+            for client in clients.values():
+                await client.close()
+            member.stop()

@@ -96,6 +96,11 @@ async def test_a_refusal_moves_the_create_and_its_claim_to_the_next_host(
         answer = await api.post("/instances", json=BODY)
     assert answer.status_code == 201
     assert answer.headers["X-Ember-Host"] == "fuller"
+    # Where the time went: the claim, and the host's round trip as the gateway saw it.
+    assert [t.split(";")[0] for t in answer.headers["server-timing"].split(", ")] == [
+        "claim",
+        "host",
+    ]
     assert [host for host, _ in hosts.seen] == ["emptier", "fuller"]
     claim = await etcd.claim_of("web")
     assert claim is not None and claim.host == "fuller"
