@@ -10,7 +10,7 @@ export EMBER_DATA_DIR ?= /var/lib/ember
 export EMBER_SYSTEM_DIR ?= /var/lib/ember/system
 APT_PACKAGES := qemu-system-x86 qemu-utils busybox-static erofs-utils e2fsprogs kmod cpio \
 	zstd skopeo umoci docker-registry nftables iproute2 gcc libc6-dev make curl debootstrap \
-	wrk iperf3 conntrack libssl-dev etcd-server systemd
+	wrk iperf3 conntrack libssl-dev openssl etcd-server systemd
 
 .PHONY: setup run clean-demo test lint typecheck unit clean-venv
 
