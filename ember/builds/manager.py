@@ -37,6 +37,7 @@ from ember.builds.models import (
 )
 from ember.builds.rootfs import BUILDER, Recipe
 from ember.builds.runner import BuildFailed, BuildTools, Inputs, run_build
+from ember.builds.templates import TEMPLATE_TAG, BuilderTemplates
 from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
 from ember.ids import new_id
 from ember.images.manager import ImageManager
@@ -44,6 +45,7 @@ from ember.images.models import ImageStatus
 from ember.instances import InstanceManager
 from ember.registry import DistributionError, RegistryService
 from ember.store import Repository, Store
+from ember.templates import Templates
 from ember.volumes import VolumeManager
 
 __all__ = ["BuildManager", "BuildSettings"]
@@ -73,6 +75,7 @@ class BuildManager:
         images: ImageManager,
         registry: RegistryService,
         volumes: VolumeManager,
+        templates: Templates,
         debian_image: Callable[[Recipe], Awaitable[str]],
         mint_token: Callable[[], str],
     ) -> None:
@@ -82,6 +85,7 @@ class BuildManager:
         self.instances, self.images, self.registry = instances, images, registry
         self.volumes = volumes
         self._debian_image, self._mint_token = debian_image, mint_token
+        self.templates = BuilderTemplates(templates, images, partial(debian_image, BUILDER))
         self.events = EventLog(settings.root)
         self._queues: dict[str, list[str]] = {}  # builder id -> waiting build ids, oldest first
         self._active: dict[str, str] = {}  # builder id -> running build id
@@ -98,7 +102,7 @@ class BuildManager:
             if record.status not in TERMINAL:
                 await self._finish(record.id, BuildStatus.FAILED, error="the server restarted")
         for instance in self.instances.find():
-            if "ember.build" in instance.tags:  # a builder VM left by a stopped server
+            if {"ember.build", TEMPLATE_TAG} & instance.tags.keys():  # left by a stopped server
                 with contextlib.suppress(EmberError):
                     await self.instances.delete(instance.id)
 
@@ -362,7 +366,7 @@ class BuildManager:
             self.builds.update(build_id, lambda r: setattr(r, "builder_instance_id", instance_id))
 
         return BuildTools(
-            instances=self.instances, builder_image=partial(self._debian_image, BUILDER),
+            instances=self.instances, templates=self.templates,
             relay=self.settings.relay, own_hosts=self.settings.own_hosts,
             mint_token=self._mint_token, log=log_line, on_instance=on_instance,
         )  # fmt: skip
@@ -387,9 +391,10 @@ class BuildManager:
         record = self.get(build_id)
         if undo_push is not None:
             self._undo_push(record, undo_push[0])
-        for instance in self.instances.find(tags={"ember.build": build_id}):
-            with contextlib.suppress(EmberError):  # cut short inside its create, or undeleted
-                await self.instances.delete(instance.id)
+        for instance in self.instances.find():
+            if instance.name == f"build-{build_id}":  # cut short inside its clone, or undeleted
+                with contextlib.suppress(EmberError):
+                    await self.instances.delete(instance.id)
 
         def end(r: BuildRecord) -> None:
             r.status, r.error, r.completed_at = status, error, utcnow()

@@ -1,11 +1,13 @@
 """One build inside a builder VM: the steps from a queued build to an image in Ember.
 
-The VM is an Ember instance of the builder image (Debian + buildah) with the build's
-memory and vCPUs and the builder's cache disk at /var/lib/containers. Everything the
-build runs (every RUN step) runs in that VM; the host only copies files in over the
-guest agent and reads the output. The steps, each named for its effect:
+The VM is a clone of the builder template of the build's memory and vCPUs
+(`templates.py`: the builder image, Debian + buildah, booted once and saved), with the
+builder's cache disk hot-attached at /var/lib/containers. Everything the build runs
+(every RUN step) runs in that VM; the host only copies files in over the guest agent
+and reads the output. The steps, each named for its effect:
 
-    boot_builder -> place_inputs -> run_buildah -> push_result -> (the VM is deleted)
+    clone_builder -> attach_cache -> place_inputs -> run_buildah -> push_result
+    -> (always) sync, detach the cache, delete the VM
 
 Base images are pulled, and the result pushed, through the registry relay on the
 network's gateway (`relay.py`) with a short-lived token in an auth file; registry
@@ -26,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ember.builds.models import BuilderRecord, BuildRecord
+from ember.builds.templates import BuilderTemplates
 from ember.errors import EmberError
 from ember.guest.client import AgentClient
 from ember.instances import InstanceManager
-from ember.instances.request import CreateInstanceRequest, VolumeMountRequest
+from ember.instances.request import UpdateInstanceRequest
 
 __all__ = ["CACHE_MOUNT", "BuildFailed", "BuildResult", "BuildTools", "run_build"]
 
@@ -57,7 +60,7 @@ class BuildTools:
     """What a build run uses, given by the build manager."""
 
     instances: InstanceManager
-    builder_image: Callable[[], Awaitable[str]]  # its name in Ember, made on first use
+    templates: BuilderTemplates  # the builder VM's template, made on first use
     relay: str  # host:port of the registry relay as the guest reaches it
     own_hosts: frozenset[str]  # names of Ember's registry a Dockerfile may use
     mint_token: Callable[[], str]
@@ -78,12 +81,15 @@ async def run_build(
     *, pushing: Callable[[], Awaitable[None]],
 ) -> BuildResult:  # fmt: skip
     """Run one build; the builder VM is deleted however this ends (cancel included), its
-    cache disk flushed first. (A VM caught inside its create, before its id is known, is
-    found by its `ember.build` tag when the build ends: `BuildManager._finish`.)"""
+    cache disk flushed and detached first. (A VM caught inside its clone, before its id
+    is known, is found by its name when the build ends: `BuildManager._finish`.)"""
     instance_id: str | None = None
     agent: AgentClient | None = None
+    attached = False
     try:
-        instance_id, agent = await boot_builder(tools, build, builder)
+        instance_id, agent = await clone_builder(tools, build, builder)
+        await attach_cache(tools, instance_id, builder)
+        attached = True
         await place_inputs(tools, agent, inputs)
         await run_buildah(tools, agent, inputs)
         await pushing()
@@ -91,8 +97,10 @@ async def run_build(
     finally:
         if agent is not None:
             await flush_cache(agent)
+        if attached and instance_id is not None:
+            await detach_cache(tools, instance_id, builder)
         if instance_id is not None:
-            with contextlib.suppress(EmberError):  # swept by tag when the build ends
+            with contextlib.suppress(EmberError):  # swept by name when the build ends
                 await tools.instances.delete(instance_id)
 
 
@@ -106,27 +114,36 @@ async def flush_cache(agent: AgentClient) -> None:
         await asyncio.wait_for(session.wait(), FLUSH_SECONDS)
 
 
-async def boot_builder(
+async def detach_cache(tools: BuildTools, instance_id: str, builder: BuilderRecord) -> None:
+    """Unmount the cache disk in the guest (its journal closed clean) and empty its slot,
+    before the VM is deleted. Best effort: a guest that does not answer, or still uses the
+    disk (a process a RUN step left), is deleted with it attached, after the `sync`."""
+    with contextlib.suppress(EmberError, TimeoutError):
+        await asyncio.wait_for(
+            tools.instances.detach_volume(instance_id, builder.volume_id), FLUSH_SECONDS
+        )
+
+
+async def clone_builder(
     tools: BuildTools, build: BuildRecord, builder: BuilderRecord
 ) -> tuple[str, AgentClient]:
-    image = await tools.builder_image()
+    """A clone of the builder template of the build's memory and vCPUs (the template is
+    made first, once, if this is the first build that asks for them)."""
     options = build.options
-    request = CreateInstanceRequest(
-        name=f"build-{build.id}",
-        image=image,
-        size=f"{options.memory_mb}MB",
-        vcpus=options.cpus,
-        cmd=["sleep", "infinity"],
-        overlay_size="20GB",  # sparse: what RUN steps write before the cache disk
-        volumes=[VolumeMountRequest(volume_id=builder.volume_id, mount_path=CACHE_MOUNT)],
-        tags={"ember.build": build.id, "ember.builder": builder.id},
-    )
-    record = await tools.instances.create(request)
+    name = f"build-{build.id}"
+    await tools.log(f"builder VM {name}: a clone of the builder template "
+                    f"({options.cpus} vCPU, {options.memory_mb} MB)")  # fmt: skip
+    record = await tools.templates.clone(name, options.memory_mb, options.cpus)
     tools.on_instance(record.id)
-    await tools.log(f"builder VM {record.name} booting ({options.cpus} vCPU, "
-                    f"{options.memory_mb} MB)")  # fmt: skip
+    tags = {**record.tags, "ember.build": build.id, "ember.builder": builder.id}
+    await tools.instances.update(record.id, UpdateInstanceRequest(tags=tags))
     _, agent = await tools.instances.wait_for_agent(record.id, AGENT_WAIT_SECONDS)
     return record.id, agent
+
+
+async def attach_cache(tools: BuildTools, instance_id: str, builder: BuilderRecord) -> None:
+    """The builder's cache disk, hot-attached read-write at /var/lib/containers."""
+    await tools.instances.attach_volume(instance_id, builder.volume_id, CACHE_MOUNT)
 
 
 def registries_conf(relay: str, own_hosts: frozenset[str]) -> str:
