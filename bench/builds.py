@@ -6,7 +6,8 @@ image (built here) is pushed into its registry. The app: COPY of a file, a RUN t
 spends CPU (what the cache saves), ENV and CMD.
 
 - Ember: `POST /builds` to `ready` (wall time, client side), on a fresh builder: the
-  builder VM's boot, buildah bud, the push into Ember's registry and the conversion to a
+  builder VM's clone of its template (made by the untimed warm-up build) with the cache
+  disk attached, buildah bud, the push into Ember's registry and the conversion to a
   root disk. Then the same source again on the same builder (cached).
 - By hand: an instance of the same builder image with a fresh cache volume; in it, over
   exec, the commands Ember runs (`buildah bud --layers`, `buildah push` to the registry
@@ -174,7 +175,7 @@ def run(args: argparse.Namespace) -> None:
         try:
             server.start()
             in_netns(ns, set_up, server)
-            # The builder image is made and converted by the first build: not timed.
+            # The builder image and its template are made by the first build: not timed.
             in_netns(ns, ember_build, server, source, "FROM base/busybox:latest\n", "warm/up")
             in_netns(ns, prune, server)
             first, first_split = in_netns(ns, ember_build, server, source, dockerfile, "b/a:1")
