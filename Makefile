@@ -32,7 +32,7 @@ $(VENV)/.installed: pyproject.toml .apt-installed
 	@touch $@
 
 # Guest kernel (apt-get download), guest agent (gcc -static) and initrd.
-$(EMBER_SYSTEM_DIR)/.prepared: $(VENV)/.installed $(shell find ember/guest ember/system -type f 2>/dev/null)
+$(EMBER_SYSTEM_DIR)/.prepared: $(VENV)/.installed $(shell find ember/guest ember/system -type f 2>/dev/null) ember/builds/rootfs.py
 	$(BIN)/python -m ember.system prepare --system-dir $(EMBER_SYSTEM_DIR)
 	@touch $@
 

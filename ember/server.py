@@ -312,6 +312,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
                              mirror=settings.builds_debian_mirror),
         mint_token=partial(mint_token, jwt_secret, "builder", 3600),
     )  # fmt: skip
+    templates = Templates(instances)
     return Services(
         settings=settings,
         store=store,
@@ -325,7 +326,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
         instances=instances,
         ingresses=ingresses,
         groups=groups,
-        autoscale=AutoscaleManager(store, groups, instances),
+        autoscale=AutoscaleManager(store, groups, instances, templates),
         schedules=ScheduleManager(store, instances),
         templates=templates,
         volumes=volumes,

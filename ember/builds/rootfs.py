@@ -21,7 +21,10 @@ from pathlib import Path
 
 from ember.errors import Unavailable
 
-__all__ = ["BUILDER", "PYTHON", "STATIC", "BuilderLayer", "Recipe", "debian_layer", "recipe_key"]
+__all__ = [
+    "BUILDER", "PYTHON", "RECIPES", "STATIC", "BuilderLayer", "Recipe", "debian_layer", "prepare",
+    "recipe_key",
+]  # fmt: skip
 
 RECIPE = 2  # bump when the steps below change in a way the key does not see
 SUITE = "bookworm"
@@ -56,6 +59,7 @@ BUILDER = Recipe(
 # Bases of the Dockerfiles Ember writes for source without one (`detect.py`).
 PYTHON = Recipe("python", ("python3", "python3-pip", "ca-certificates"), cmd=("python3",))
 STATIC = Recipe("static", ("busybox",), cmd=("busybox", "httpd", "-f", "-p", "8080"))
+RECIPES = (BUILDER, PYTHON, STATIC)
 
 
 @dataclass(frozen=True)
@@ -79,6 +83,13 @@ async def debian_layer(cache_dir: Path, mirror: str, recipe: Recipe) -> BuilderL
     """The cached layer, built first if missing (one debootstrap at a time here)."""
     async with _lock:
         return await asyncio.to_thread(_ensure, cache_dir, mirror, recipe)
+
+
+def prepare(cache_dir: Path, mirror: str) -> list[BuilderLayer]:
+    """Every recipe's layer, made now if missing: `make setup` calls this (through `python
+    -m ember.system prepare`) because the server may run where no Debian mirror is
+    reachable (a network namespace, a host without egress); a build then finds them."""
+    return [_ensure(cache_dir, mirror, recipe) for recipe in RECIPES]
 
 
 def _ensure(cache_dir: Path, mirror: str, recipe: Recipe) -> BuilderLayer:

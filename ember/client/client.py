@@ -193,14 +193,18 @@ class EmberClient:
     ) -> Iterator[str]:
         """Log lines (Server-Sent Events, one JSON string per `data:` line)."""
         params = {"source": source, "tail": str(tail), "follow": str(follow).lower()}
-        path = f"/instances/{_quote(ref)}/logs"
+        for data in self._events(f"/instances/{_quote(ref)}/logs", params):
+            yield str(data)
+
+    def _events(self, path: str, params: dict[str, str]) -> Iterator[Any]:
+        """A Server-Sent Events stream's `data:` payloads, each decoded from JSON."""
         try:
             with self.http.stream("GET", path, params=params, timeout=None) as response:
                 if response.status_code >= 400:
                     raise error_of(response.status_code, response.read())
                 for line in response.iter_lines():
                     if line.startswith("data: "):
-                        yield str(json.loads(line[6:]))
+                        yield json.loads(line[6:])
         except httpx.TransportError as exc:
             raise self.unreachable(exc) from exc
 
@@ -367,17 +371,8 @@ class EmberClient:
 
     def build_events(self, ref: str, *, follow: bool = True) -> Iterator[JSON]:
         """The build's events from the first (Server-Sent Events, one JSON per `data:`)."""
-        path, params = f"/builds/{_quote(ref)}/events", {"follow": str(follow).lower()}
-        try:
-            with self.http.stream("GET", path, params=params, timeout=None) as response:
-                if response.status_code >= 400:
-                    raise error_of(response.status_code, response.read())
-                for line in response.iter_lines():
-                    if line.startswith("data: "):
-                        event: JSON = json.loads(line[6:])
-                        yield event
-        except httpx.TransportError as exc:
-            raise self.unreachable(exc) from exc
+        params = {"follow": str(follow).lower()}
+        yield from self._events(f"/builds/{_quote(ref)}/events", params)
 
     def create_builder(self, **body: Any) -> JSON:
         result: JSON = self._call("POST", "/builders", json=body)

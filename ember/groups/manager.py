@@ -228,20 +228,33 @@ class GroupManager:
     ) -> InstanceRecord:
         """Create an instance in a group (an existing one, or an ephemeral one made from
         `group`); everything is checked before the instance exists."""
+        return await self.add_instance(
+            request.name, group, scale, lambda: self.instances.create(request)
+        )
+
+    async def add_instance(
+        self,
+        name: str,
+        group: InstanceServiceGroupRequest | None,
+        scale: ScaleToZeroRequest | None,
+        make: Callable[[], Awaitable[InstanceRecord]],
+    ) -> InstanceRecord:
+        """`make()` (a cold create, or a template's clone: `Templates.clone`) makes the
+        instance `name`, which joins `group` as every member does."""
         policy = self._policy(scale, grouped=group is not None)
         if group is None:
-            return await self.instances.create(request)
+            return await make()
         async with self._lock:
             reference = check_reference(group)
             made = None
             if reference is None:
-                made = ephemeral_group(group, request.name)
+                made = ephemeral_group(group, name)
                 self._check_unique(made)
                 self.repo.insert(made)
             target = made or self.get(reference or "")
             self._filling[target.id] += 1  # the pass must not delete it as empty meanwhile
         try:
-            record = await self.instances.create(request)
+            record = await make()
         except BaseException:
             if made is not None:
                 self.repo.delete(made.id)

@@ -38,7 +38,7 @@ class EmberServer:
     def token(self, ttl: int = 3600) -> str:
         return mint_token(load_or_create_secret(self.data_dir), "test", ttl)
 
-    def start(self, timeout: float = 30) -> EmberServer:
+    def start(self, timeout: float = 90) -> EmberServer:
         env = {
             **os.environ,
             "EMBER_DATA_DIR": str(self.data_dir),
@@ -63,7 +63,8 @@ class EmberServer:
             if self._healthy():
                 return self
             time.sleep(0.1)
-        raise TimeoutError("ember serve did not become healthy")
+        self.stop(signal.SIGKILL)  # never leave a server the test will not stop
+        raise TimeoutError(f"ember serve did not become healthy in {timeout:.0f} s")
 
     def _healthy(self) -> bool:
         def probe() -> bool:
@@ -75,14 +76,18 @@ class EmberServer:
         return in_netns(self.netns, probe) if self.netns else probe()
 
     def clean_up(self) -> None:
-        """Delete every instance, ingress and service group (their VMs and Caddy outlive
-        the server), so that a test which failed halfway leaves nothing running."""
+        """Delete every autoscale configuration, ingress, instance and service group (their
+        VMs and Caddy outlive the server), so that a test which failed halfway leaves
+        nothing running."""
         if self.process is None or self.process.poll() is not None:
             return
 
         def delete_all() -> None:
             headers = {"Authorization": f"Bearer {self.token()}"}
             with httpx.Client(base_url=self.url, headers=headers, timeout=60) as client:
+                # An autoscaler would make members again while they are deleted.
+                for group in client.get("/service-groups").json():
+                    client.delete(f"/service-groups/{group['id']}/autoscale")
                 for kind in ("ingresses", "instances", "service-groups"):
                     for item in client.get(f"/{kind}").json():
                         client.delete(f"/{kind}/{item['id']}")

@@ -15,7 +15,7 @@ from ember.ids import new_id
 from ember.ingress.certificates import CertificateRecord, covers
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.batch import item_routes
+from ember.ukc.batch import get_route, item_routes
 from ember.ukc.envelope import Timer, envelope, item_error, named
 from ember.ukc.listing import listing
 
@@ -85,11 +85,4 @@ item_routes(router, KEY, "PUT", "", _replace, "Replace certificates' chains and 
 item_routes(router, KEY, "DELETE", "", _delete, "Delete certificates")
 
 
-@router.get("/{uuid}", summary="Get a certificate by uuid")
-async def get_certificate(uuid: str, svc: ServicesDep) -> JSONResponse:
-    timer = Timer()
-    try:
-        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
-    except EmberError as exc:
-        item = item_error(exc, {"uuid": uuid})
-    return envelope(KEY, [item], timer)
+get_route(router, KEY, lambda svc, ref: show(svc, _get(svc, ref)), "Get a certificate by uuid")

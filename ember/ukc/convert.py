@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from datetime import UTC, datetime
-from typing import Any, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from ember.errors import InvalidArgument, NotFound
 from ember.groups.autoscale.models import AutoscalePolicy, AutoscaleRecord
@@ -19,12 +19,23 @@ from ember.groups.models import MemberRecord, ServiceGroupRecord
 from ember.instances import InstanceRecord, State
 from ember.network.leases import Lease
 from ember.schedules.models import Schedule
-from ember.store import StoredRecord
+from ember.snapshots.models import SnapshotRecord
 from ember.volumes.models import Attachment, VolumeRecord, VolumeStatus
 
 JSON = dict[str, Any]
 MB = 1024 * 1024
-R = TypeVar("R", bound=StoredRecord)
+
+
+class Named(Protocol):
+    """What a `/v1` reference picks: a stored record, or a template (a snapshot)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def name(self) -> str | None: ...
+
+
+R = TypeVar("R", bound=Named)
 
 # Lower-case states of the seed. Ember's Created/Initializing are a boot under way,
 # Shutdown a stop under way; Paused (a VMM frozen in memory) is what standby means
@@ -162,10 +173,41 @@ def service_group(group: ServiceGroupRecord, members: list[Member], autoscale: b
     }
 
 
-def autoscale(group: ServiceGroupRecord, record: AutoscaleRecord) -> JSON:
-    """The seed's `GetAutoscaleConfigurationsResponseServiceGroup` (Ember's `create_args`
-    and `scale_in` beside it: the models keep extra fields)."""
+def template(record: SnapshotRecord, clones: int, *, details: bool = True) -> JSON:
+    """A template as the seed's `Instance` in state `template` (what the SDK's `Template`
+    reads): the instance it was saved from, under the template's own uuid and name."""
+    if not details:
+        return {"uuid": record.id, "name": record.name}
+    source = InstanceRecord.model_validate(record.source)
     return {
+        "uuid": record.id,
+        "name": record.name,
+        "created_at": iso(record.created_at),
+        "state": "template",
+        "image": source.image,
+        "memory_mb": source.memory_bytes // MB,
+        "vcpus": source.vcpus,
+        "args": source.cmd or [],
+        "env": source.env,
+        "tags": tags_out(template_tags(record)),
+        "clones": clones,  # Ember's: what maps its memory now (a delete is refused meanwhile)
+    }
+
+
+def template_tags(record: SnapshotRecord) -> dict[str, str]:
+    """The instance's tags it was saved from, and the snapshot's own."""
+    return {**InstanceRecord.model_validate(record.source).tags, **record.tags}
+
+
+def autoscale(
+    group: ServiceGroupRecord, record: AutoscaleRecord, template: SnapshotRecord | None = None
+) -> JSON:
+    """The seed's `GetAutoscaleConfigurationsResponseServiceGroup` (Ember's `create_args`
+    and `scale_in` beside it: the models keep extra fields); `template` is the one the
+    members are cloned from, if any."""
+    shown = {"template": {"uuid": template.id, "name": template.name}} if template else {}
+    return {
+        **shown,
         "uuid": group.id,
         "name": group.name,
         "enabled": True,

@@ -20,17 +20,19 @@ from ember.instances import CreateInstanceRequest, InstanceRecord, State
 from ember.instances.logs import LogSource
 from ember.instances.request import UpdateInstanceRequest, VolumeMountRequest
 from ember.schedules.models import Schedule, ScheduleRequest
+from ember.templates import CreateTemplateRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
 from ember.ukc.batch import item_routes
 from ember.ukc.envelope import Timer, each, envelope, failure, item_error, named
 from ember.ukc.listing import listing
+from ember.validation import validate_tags
 
 JSON = dict[str, Any]
 KEY = "instances"
 router = APIRouter(prefix="/v1/instances", tags=["v1"])
 MAX_WAIT_SECONDS = 300.0  # as Ember's own wait: "-1, as long as the platform allows"
-# Asked of a create, and not something this Ember does (templates: see README).
+# Asked of a create, and not something this Ember does.
 CREATE_UNSUPPORTED = (
     "replicas", "features", "roms", "plugins", "gpus", "autokill", "hostname",
     "dependencies", "branch_from", "checkpoint", "network_interfaces", "gateway", "nameserver",
@@ -40,6 +42,11 @@ CREATE_FIELDS = {
     "name", "image", "memory_mb", "vcpus", "args", "env", "tags", "service_group",
     "scale_to_zero", "volumes", "autostart", "timeout_s", "wait_timeout_ms",
     "restart_policy", "template", "type", "schedules", *CREATE_UNSUPPORTED,
+}  # fmt: skip
+# What a clone takes beside its template (`_clone`): the rest is the template's.
+CLONE_FIELDS = {
+    "name", "template", "autostart", "timeout_s", "wait_timeout_ms", "tags",
+    "service_group", "scale_to_zero", "type",
 }  # fmt: skip
 SCHEDULES = TypeAdapter(list[ScheduleRequest])  # the seed's `Schedule`, Ember's check
 # What an autoscale member is made from (`create_args`; see `member_args`).
@@ -78,7 +85,7 @@ async def create(request: Request, svc: ServicesDep) -> JSONResponse:
     except EmberError as exc:
         return envelope(KEY, [item_error(exc, named(body))], timer)
     wait = body.get("timeout_s", body.get("wait_timeout_ms"))
-    if wait is not None and record.state != State.RUNNING:
+    if wait is not None and body.get("autostart") is True and record.state != State.RUNNING:
         record, timed_out = await svc.instances.wait(record.id, State.RUNNING, _seconds(body))
         if timed_out:
             item = {"status": "error", **show(svc, record), "message": "timed out"}
@@ -91,10 +98,10 @@ async def _create(svc: Services, body: JSON) -> InstanceRecord:
     if unknown:
         raise InvalidArgument(f"unknown fields: {', '.join(unknown)}")
     req.unsupported(body, CREATE_UNSUPPORTED, "instance")
-    if body.get("template") is not None:
-        raise InvalidArgument(f"template: {req.NOT_YET}", code="not_supported")
     if body.get("type") not in (None, "micro"):
         raise InvalidArgument("type: Ember runs microVMs only ('micro')", code="not_supported")
+    if body.get("template") is not None:
+        return await _clone(svc, body, body["template"])
     if body.get("autostart") is not True:
         raise InvalidArgument(
             "autostart: Ember's create boots the instance: send autostart=true",
@@ -118,32 +125,98 @@ async def _create(svc: Services, body: JSON) -> InstanceRecord:
 def _create_request(
     body: JSON,
 ) -> tuple[CreateInstanceRequest, InstanceServiceGroupRequest | None, ScaleToZeroRequest | None]:
-    fields = {"name": body.get("name") or f"i-{new_id()[:8]}", **_fields(body)}
+    fields = {"name": _name(body), **_fields(body)}
     fields["volumes"] = [_mount(v) for v in body.get("volumes") or []] or None
     request = CreateInstanceRequest.model_validate(
         {k: v for k, v in fields.items() if v is not None}
     )
-    group = body.get("service_group")
-    scale = body.get("scale_to_zero")
+    group, scale = _grouping(body)
+    return request, group, scale
+
+
+def _name(body: JSON) -> str:
+    return body.get("name") or f"i-{new_id()[:8]}"
+
+
+def _grouping(body: JSON) -> tuple[InstanceServiceGroupRequest | None, ScaleToZeroRequest | None]:
+    group, scale = body.get("service_group"), body.get("scale_to_zero")
     return (
-        request,
         InstanceServiceGroupRequest.model_validate(group) if group is not None else None,
         ScaleToZeroRequest.model_validate(scale) if scale is not None else None,
     )
 
 
+async def _clone(svc: Services, body: JSON, template: object) -> InstanceRecord:
+    """A clone of a template (`Templates.clone`): Running with `autostart`, else in
+    Standby (not running; `start` restores it). With `prepare`, the template is made
+    first from its `create_args` unless it exists (the SDK's `templates.prepare`)."""
+    if not isinstance(template, dict):
+        raise InvalidArgument("template: an object naming a template by uuid or name")
+    others = sorted(set(body) - CLONE_FIELDS)
+    if others:
+        raise InvalidArgument(
+            f"{', '.join(others)}: a clone takes everything else from its template",
+            code="not_supported",
+        )
+    req.unsupported(template, ("autokill",), "template")
+    name, tags = _name(body), validate_tags(convert.tags_in(body.get("tags")))
+    target = State.RUNNING if body.get("autostart") is True else State.STANDBY
+    try:
+        group, scale = _grouping(body)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid instance: {_first(exc)}") from exc
+    if template.get("prepare"):
+        await _prepare(svc, template)
+    ref = {k: template[k] for k in ("uuid", "name") if template.get(k) is not None}
+    source = convert.pick(ref, svc.templates.get, "template")
+    record = await svc.groups.add_instance(
+        name, group, scale, lambda: svc.templates.clone(source.id, name, target=target)
+    )
+    if tags:
+        record = await svc.instances.update(record.id, UpdateInstanceRequest(tags=tags))
+    return record
+
+
+async def _prepare(svc: Services, template: JSON) -> None:
+    """The template `name` made from `create_args` (the seed's instance create), ready
+    once its guest agent is up, within `prepare_timeout_s` (0: Ember's default). Unikraft
+    Cloud's guest writes /uk/libukp/template_instance when ready: Ember has no such hook."""
+    name = template.get("name")
+    if not isinstance(name, str):
+        raise InvalidArgument("template.name: `prepare` names the template to make")
+    if any(t.name == name for t in svc.templates.all()):
+        return
+    args = template.get("create_args")
+    if not isinstance(args, dict):
+        raise InvalidArgument("template.create_args: the instance to make the template from")
+    fields = {"name": name, **_args(args, MEMBER_FIELDS, "template.create_args", "a template")}
+    timeout = template.get("prepare_timeout_s")
+    if timeout:
+        fields["readiness"] = {"timeout": f"{_int(timeout, 'template.prepare_timeout_s')}s"}
+    try:
+        request = CreateTemplateRequest.model_validate(fields)
+    except ValidationError as exc:
+        raise InvalidArgument(f"invalid template: {_first(exc)}") from exc
+    await svc.images.wait_ready(request.image, svc.settings.image_ready_wait_seconds)
+    await svc.templates.create(request)
+
+
 def member_args(body: JSON) -> JSON:
     """An autoscale configuration's `create_args` (the seed's instance create, for every
     member) as Ember's create request without a name (the group names its members)."""
-    unknown = sorted(set(body) - MEMBER_FIELDS)
+    return _args(body, MEMBER_FIELDS, "create_args", "a member")
+
+
+def _args(body: JSON, allowed: set[str], field: str, what: str) -> JSON:
+    unknown = sorted(set(body) - allowed)
     if unknown:
         raise InvalidArgument(
-            f"create_args: {', '.join(unknown)}: a member is made from image, memory_mb, "
+            f"{field}: {', '.join(unknown)}: {what} is made from image, memory_mb, "
             "vcpus, args, env, tags and restart_policy only",
             code="not_supported",
         )
     if body.get("autostart") is False:
-        raise InvalidArgument("create_args.autostart: members boot", code="not_supported")
+        raise InvalidArgument(f"{field}.autostart: {what} boots", code="not_supported")
     return {k: v for k, v in _fields(body).items() if v is not None}
 
 
@@ -387,16 +460,6 @@ async def _metrics(svc: Services, ref: JSON) -> JSON:
     rx, tx = await svc.instances.network_counters(record)
     return {**item, "rss_bytes": stats.rss_bytes, "cpu_time_ms":
             int(stats.cpu_seconds * 1000), "rx_bytes": rx, "tx_bytes": tx}  # fmt: skip
-
-
-# ---- templates: not built here (the templates branch); one place to wire them ----------
-
-
-@router.api_route("/templates", methods=["GET", "POST", "PATCH", "DELETE"], summary="Templates")
-@router.api_route("/templates/{uuid}", methods=["GET", "PATCH", "DELETE"], summary="Template")
-async def templates(request: Request) -> JSONResponse:
-    error = InvalidArgument(f"instance templates are {req.NOT_YET}", code="not_supported")
-    return envelope(KEY, [item_error(error)], Timer())
 
 
 item_routes(router, KEY, "PUT", "/start", _start, "Start instances (standby: restored)")

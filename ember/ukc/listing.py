@@ -8,13 +8,12 @@ from typing import Any, TypeVar
 from fastapi import Request
 
 from ember.errors import EmberError
-from ember.store import StoredRecord
 from ember.ukc import requests as req
-from ember.ukc.convert import pick
+from ember.ukc.convert import Named, pick
 from ember.ukc.envelope import item_error, named, ok
 
 JSON = dict[str, Any]
-R = TypeVar("R", bound=StoredRecord)
+R = TypeVar("R", bound=Named)
 
 
 def listing(

@@ -3,6 +3,7 @@ request types already speak the seed's fields (`ember/groups/requests.py`)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
@@ -12,14 +13,15 @@ from pydantic import BaseModel, ValidationError
 
 from ember.api.deps import ServicesDep
 from ember.api.services import Services
-from ember.errors import EmberError, InvalidArgument
+from ember.errors import EmberError, InvalidArgument, NotFound
 from ember.groups.autoscale import AutoscaleConfigRequest, AutoscalePolicyRequest
+from ember.groups.autoscale.members import TEMPLATE
 from ember.groups.autoscale.models import AutoscaleRecord
 from ember.groups.models import ServiceGroupRecord
 from ember.groups.requests import CreateServiceGroupRequest
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.batch import item_routes
+from ember.ukc.batch import get_route, item_routes
 from ember.ukc.envelope import Timer, each, envelope, item_error, named, ok
 from ember.ukc.instances import member_args
 from ember.ukc.listing import listing
@@ -124,7 +126,11 @@ def _configuration(svc: Services, group: ServiceGroupRecord) -> JSON:
     record = _configured(svc, group)
     if record is None:
         return {"uuid": group.id, "name": group.name, "enabled": False}
-    return convert.autoscale(group, record)
+    template = None
+    if TEMPLATE in record.create_args:
+        with contextlib.suppress(NotFound):  # deleted since: the members cannot be made
+            template = svc.templates.get(record.create_args[TEMPLATE])
+    return convert.autoscale(group, record, template)
 
 
 @router.get("/autoscale", summary="Autoscale configurations (by uuid/name; none: all)")
@@ -150,12 +156,24 @@ async def _configure(svc: Services, item: JSON) -> JSON:
     group = _get(svc, item)
     fields = {k: v for k, v in item.items() if k not in ("uuid", "name")}
     if isinstance(fields.get("create_args"), dict):
-        fields["create_args"] = member_args(fields["create_args"])
+        fields["create_args"] = _member_args(svc, fields["create_args"])
     fields["policies"] = [_policy_fields(p) for p in fields.get("policies") or []]
     svc.autoscale.configure(
         group.id, _validated(AutoscaleConfigRequest, fields, "autoscale configuration")
     )
     return {"uuid": group.id, "name": group.name}
+
+
+def _member_args(svc: Services, args: JSON) -> JSON:
+    """The seed's `create_args`: an instance create, or `template` (uuid or name) alone
+    (Ember's rule: members are its clones; anything beside it is refused there)."""
+    template = args.get("template")
+    if template is None:
+        return member_args(args)
+    if not isinstance(template, dict):
+        raise InvalidArgument("create_args.template: an object with the template's uuid or name")
+    rest = {k: v for k, v in args.items() if k != "template" and (k, v) != ("autostart", True)}
+    return {**rest, TEMPLATE: convert.pick(template, svc.templates.get, "template").id}
 
 
 async def _unconfigure(svc: Services, ref: JSON) -> JSON:
@@ -258,11 +276,4 @@ def _validated(model: type[M], fields: JSON, what: str) -> M:
 item_routes(router, KEY, "DELETE", "", _delete, "Delete service groups")
 
 
-@router.get("/{uuid}", summary="Get a service group by uuid")
-async def get_group(uuid: str, svc: ServicesDep) -> JSONResponse:
-    timer = Timer()
-    try:
-        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
-    except EmberError as exc:
-        item = item_error(exc, {"uuid": uuid})
-    return envelope(KEY, [item], timer)
+get_route(router, KEY, lambda svc, ref: show(svc, _get(svc, ref)), "Get a service group by uuid")

@@ -14,7 +14,7 @@ from ember.errors import EmberError, InvalidArgument
 from ember.ids import new_id
 from ember.ukc import convert
 from ember.ukc import requests as req
-from ember.ukc.batch import item_routes
+from ember.ukc.batch import get_route, item_routes
 from ember.ukc.envelope import Timer, envelope, item_error, named
 from ember.ukc.listing import listing
 from ember.volumes.models import VolumeRecord
@@ -98,11 +98,4 @@ item_routes(router, KEY, "PUT", "/attach", _attach, "Attach volumes to instances
 item_routes(router, KEY, "PUT", "/detach", _detach, "Detach volumes")
 
 
-@router.get("/{uuid}", summary="Get a volume by uuid")
-async def get_volume(uuid: str, svc: ServicesDep) -> JSONResponse:
-    timer = Timer()
-    try:
-        item = {"status": "success", **show(svc, _get(svc, {"uuid": uuid}))}
-    except EmberError as exc:
-        item = item_error(exc, {"uuid": uuid})
-    return envelope(KEY, [item], timer)
+get_route(router, KEY, lambda svc, ref: show(svc, _get(svc, ref)), "Get a volume by uuid")

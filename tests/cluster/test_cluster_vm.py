@@ -179,11 +179,11 @@ def test_cluster_status_lists_hosts_and_their_instances(ring: Cluster) -> None:
     assert "h1" in table and "vm0 (Running)" in table
 
 
-def test_ember_push_through_the_gateway_reaches_every_host(ring: Cluster, tmp_path: Path) -> None:
+def test_ember_load_through_the_gateway_reaches_every_host(ring: Cluster, tmp_path: Path) -> None:
     write_oci_layout(hello_image(env={"FROM": "cli"}), tmp_path / "layout", "v1")
     env = {**os.environ, "EMBER_BASE_URL": ring.gateways[0].url, "EMBER_API_KEY": ring.token()}
     pushed = subprocess.run(
-        ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main", "push",
+        ["ip", "netns", "exec", ring.hub, sys.executable, "-m", "ember.cli.main", "load",
          str(tmp_path / "layout"), "cli/app:v1", "--json"],
         env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip

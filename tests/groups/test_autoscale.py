@@ -7,9 +7,11 @@ from __future__ import annotations
 import asyncio
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any, cast
 
 import pytest
@@ -17,6 +19,7 @@ import pytest
 from ember.errors import Conflict, InsufficientResources, InvalidArgument, NotFound
 from ember.groups.autoscale import AutoscaleConfigRequest, AutoscaleManager, AutoscalePolicyRequest
 from ember.groups.autoscale.cpu import vcpu_demand_seconds
+from ember.groups.autoscale.members import make_member
 from ember.groups.autoscale.models import AutoscaleRecord
 from ember.groups.autoscale.policy import adjusted, decide, matching_step
 from ember.groups.autoscale.requests import config_record
@@ -25,6 +28,8 @@ from ember.groups.models import MemberRecord, Service, ServiceGroupRecord
 from ember.images.models import utcnow
 from ember.instances import CreateInstanceRequest, InstanceRecord, State
 from ember.store import Store
+from tests.groups.test_wake import Instances as WakeInstances
+from tests.groups.test_wake import grouped
 
 CREATE = {"image": "web:latest", "vcpus": 1, "size": "256MB"}
 CPU_POLICY = {
@@ -200,8 +205,23 @@ class FakeGroups:
         self.made.append(req)
         return self.add(req.name)
 
+    async def add_instance(
+        self, name: str, group: Any, scale: Any, make: Callable[[], Awaitable[InstanceRecord]]
+    ) -> InstanceRecord:
+        made = await make()
+        self.members.append(MemberRecord(id=made.id, name=name, group_id=self.group.id))
+        return made
+
     def add(self, name: str, state: State = State.RUNNING) -> InstanceRecord:
         index = len(self.members)
+        record = self.record(name, state)
+        joined = utcnow() + timedelta(seconds=index)
+        member = MemberRecord(id=record.id, name=name, group_id=self.group.id, joined_at=joined)
+        self.members.append(member)
+        return record
+
+    def record(self, name: str, state: State = State.RUNNING) -> InstanceRecord:
+        index = len(self.instances.records)
         record = InstanceRecord.model_validate({
             "id": f"{index:024d}", "name": name, "image": "web:latest", "state": state,
             "vcpus": 1, "memory_bytes": 1 << 28, "overlay_bytes": 1 << 30, "pid": 1000 + index,
@@ -209,10 +229,25 @@ class FakeGroups:
             "started_at": utcnow() - timedelta(hours=1),
         })  # fmt: skip
         self.instances.records[record.id] = record
-        joined = utcnow() + timedelta(seconds=index)
-        member = MemberRecord(id=record.id, name=name, group_id=self.group.id, joined_at=joined)
-        self.members.append(member)
         return record
+
+
+@dataclass
+class FakeTemplates:
+    """One template, `tpl`; its clones are records of the fake instances."""
+
+    groups: FakeGroups
+    template: Any = field(default_factory=lambda: SimpleNamespace(id="t" * 24, name="tpl"))
+    cloned: list[tuple[str, str]] = field(default_factory=list)
+
+    def get(self, ref: str) -> Any:
+        if ref not in (self.template.id, self.template.name):
+            raise NotFound(f"template {ref!r} not found")
+        return self.template
+
+    async def clone(self, ref: str, name: str) -> InstanceRecord:
+        self.cloned.append((ref, name))
+        return self.groups.record(name)
 
 
 def rig(tmp_path: Path) -> tuple[AutoscaleManager, FakeGroups, FakeInstances]:
@@ -223,7 +258,29 @@ def rig(tmp_path: Path) -> tuple[AutoscaleManager, FakeGroups, FakeInstances]:
 
 def manager_on(path: Path, groups: FakeGroups, instances: FakeInstances) -> AutoscaleManager:
     store = Store(path / "ember.db")
-    return AutoscaleManager(store, cast(Any, groups), cast(Any, instances), instances.demand)
+    templates = FakeTemplates(groups)
+    return AutoscaleManager(
+        store, cast(Any, groups), cast(Any, instances), cast(Any, templates), instances.demand
+    )
+
+
+async def test_members_are_clones_of_the_configured_template(tmp_path: Path) -> None:
+    manager, groups, instances = rig(tmp_path)
+    groups.add("web-a")
+    with pytest.raises(NotFound, match="template 'gone' not found"):
+        manager.configure("web", request(create_args={"template": "gone"}))
+    with pytest.raises(InvalidArgument, match="give `template` alone"):
+        manager.configure("web", request(create_args={"template": "tpl", "image": "x"}))
+    stored = manager.configure("web", request(create_args={"template": "tpl"}))
+    assert stored.create_args == {"template": "t" * 24}  # by id: a name can be reused
+    await manager.run_pass()
+    await burn(manager, instances, 95)
+    templates = cast(FakeTemplates, manager.templates)
+    assert groups.made == [] and len(templates.cloned) == 1  # a clone, never a cold create
+    ref, name = templates.cloned[0]
+    assert ref == "t" * 24 and name.startswith("web-")
+    assert name in [m.name for m in groups.members]  # it joined the group
+    assert manager.decisions("web")[0].instances == [name]
 
 
 async def burn(manager: AutoscaleManager, instances: FakeInstances, percent: float) -> None:
@@ -363,3 +420,20 @@ def test_cpu_demand_counts_the_busiest_threads_run_and_wait(tmp_path: Path) -> N
     assert vcpu_demand_seconds(42, 2, tmp_path) == pytest.approx(68.3 + 31.6)
     assert vcpu_demand_seconds(43, 1, tmp_path) is None  # gone
     assert (vcpu_demand_seconds(os.getpid(), 1) or 0) > 0  # the real /proc
+
+
+async def test_a_clone_joins_its_group_by_the_one_membership_path(tmp_path: Path) -> None:
+    """The real GroupManager over a stand-in instance manager: a member cloned by
+    `make_member` is a member of the group as a created one is."""
+    instances = WakeInstances()
+    groups, group_id = await grouped(tmp_path, instances, names=())
+
+    async def clone(ref: str, name: str) -> InstanceRecord:
+        return instances.add(name, State.RUNNING)
+
+    templates = cast(Any, SimpleNamespace(clone=clone))
+    made = await make_member(groups, templates, groups.get(group_id), {"template": "t" * 24})
+    assert made.name.startswith("g-")
+    assert [m.record.id for m in groups.members_of(group_id)] == [made.id]
+    membership = groups.membership(made.id)
+    assert membership is not None and membership[0].name == "g"

@@ -157,6 +157,41 @@ def _grows_and_shrinks(server: EmberServer, image: str) -> None:
     assert [d["reason"] for d in autoscale["decisions"]] == [d["reason"] for d in decisions[::-1]]
 
 
+def test_members_are_clones_of_a_template(ns: str, server: EmberServer, image: str) -> None:
+    in_netns(ns, _clones_join, server, image)
+
+
+def _clones_join(server: EmberServer, image: str) -> None:
+    """`create_args: {"template": ...}`: the autoscaler's first member (min_size) is a
+    clone of the template, a member of the group served through the balancer. Two VMs
+    one after the other: the template's builder, then the clone."""
+    with api(server) as client:
+        made = client.post("/templates", json={"name": "burn-tpl", "image": image,
+                                                "vcpus": 1, "size": "256MB"})  # fmt: skip
+        assert made.status_code == 201, made.text
+        template = made.json()
+        created = client.post("/service-groups", json={
+            "name": "cloned", "services": [{"port": PORT, "destination_port": 8080}],
+            "domains": [{"name": "cloned.test"}]})  # fmt: skip
+        assert created.status_code == 201, created.text
+        config = {"min_size": 1, "max_size": 1, "create_args": {"template": "burn-tpl"}}
+        put = client.put("/service-groups/cloned/autoscale", json=config)
+        assert put.status_code == 200, put.text
+        assert put.json()["create_args"] == {"template": template["id"]}
+        [member] = until("the cloned member", lambda: running(client, "cloned"), 300)
+        assert f"instance {member!r}" in client.get(f"/templates/{template['id']}").json()["clones"]
+        [decision] = client.get("/service-groups/cloned/autoscale/decisions").json()
+        assert (decision["action"], decision["instances"]) == ("scale_out", [member])
+        answer = subprocess.run(
+            ["curl", "-s", "--max-time", "60", "-H", "Host: cloned.test",
+             f"http://127.0.0.1:{PORT}/cgi-bin/burn"], capture_output=True, text=True,
+        )  # fmt: skip
+        assert answer.stdout.strip() == "burnt"
+        assert client.delete("/service-groups/cloned/autoscale").status_code in (200, 204)
+        assert client.delete(f"/instances/{member}").status_code in (200, 204)
+        assert client.delete("/templates/burn-tpl").status_code == 204
+
+
 def at(seconds: float) -> str:
     """A calendar expression for one moment `seconds` from now (UTC)."""
     moment = datetime.now(UTC) + timedelta(seconds=seconds)

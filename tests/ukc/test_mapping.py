@@ -19,6 +19,7 @@ from ember.groups.autoscale.models import AutoscalePolicy, AutoscalePolicyStep, 
 from ember.groups.models import ServiceGroupRecord
 from ember.instances import InstanceRecord, State
 from ember.instances.stopreason import StopReason
+from ember.snapshots.models import SnapshotRecord
 from ember.ukc import convert
 from ember.ukc.envelope import Timer, envelope, item_error, ok
 from ember.ukc.instances import member_args
@@ -143,3 +144,39 @@ def test_autoscale_members_are_made_from_the_seed_create_fields_only() -> None:
         with pytest.raises(InvalidArgument) as exc:
             member_args(refused)
         assert exc.value.code == "not_supported"
+
+
+def template(**fields: object) -> SnapshotRecord:
+    source = record(state=State.RUNNING, cmd=["serve"], tags={"app": "web"})
+    base: dict[str, object] = {
+        "id": "t" * 24, "name": "web-tpl", "kind": "Standby", "template": True,
+        "source_instance_id": source.id, "source_instance_name": source.name,
+        "source_hypervisor": "qemu", "source": source.model_dump(mode="json"),
+    }  # fmt: skip
+    return SnapshotRecord.model_validate({**base, **fields})
+
+
+def test_a_template_reads_as_the_sdk_template_in_state_template() -> None:
+    answer = envelope("instances", [ok(convert.template(template(), clones=2))], Timer())
+    parsed = sdk(models.GetTemplateInstancesResponse, answer)
+    [seen] = envelope_entries(parsed, "instances")
+    assert (seen.uuid, seen.name, seen.state) == ("t" * 24, "web-tpl", "template")
+    assert seen.memory_mb == 256 and seen.args == ["serve"] and seen.tags == ["app=web"]
+    assert seen.model_extra == {"clones": 2}  # Ember's, kept by the model
+    assert convert.template(template(), 0, details=False) == {"uuid": "t" * 24,
+                                                              "name": "web-tpl"}  # fmt: skip
+
+
+def test_an_autoscale_configuration_names_its_template() -> None:
+    group = ServiceGroupRecord.model_validate(
+        {"id": "g" * 24, "name": "web", "services": [], "soft_limit": 1, "hard_limit": 2}
+    )
+    config = AutoscaleRecord(id=group.id, name=group.id, min_size=1, max_size=3,
+                             warmup_time_ms=0, cooldown_time_ms=0,
+                             create_args={"template": "t" * 24})  # fmt: skip
+    out = convert.autoscale(group, config, template())
+    answer = sdk(models.GetAutoscaleConfigurationsResponse,
+                 envelope("service_groups", [ok(out)], Timer()))  # fmt: skip
+    assert answer.data and answer.data.service_groups
+    seen = answer.data.service_groups[0].template
+    assert seen is not None and (seen.uuid, seen.name) == ("t" * 24, "web-tpl")

@@ -67,11 +67,47 @@ def test_what_ember_cannot_do_is_refused_per_item_with_its_name(server: EmberSer
     run(server, scenario)
 
 
-def test_templates_answer_not_supported_yet(server: EmberServer) -> None:
+def test_templates_without_vms_missing_and_refused(server: EmberServer) -> None:
+    """Listed (none yet), a missing one `NotFoundError` whichever way it is named (a
+    clone of it, a save of a missing instance, an autoscale configuration's template),
+    and what a template or a clone cannot take refused by name."""
+
     async def scenario(ukc: UnikraftCloud) -> None:
-        answer = await ukc.api.platform.instances.get_template_instances()
-        assert answer.status == "error"
-        assert "not supported by this Ember yet" in str(answer.model_dump())
+        api = ukc.api.platform.instances
+        assert await ukc.templates.list() == []
+        with pytest.raises(NotFoundError) as missing:
+            await ukc.templates.get(name="ghost")
+        assert missing.value.absent
+        await ukc.templates.get(name="ghost").delete(missing_ok=True)  # nothing to do
+        with pytest.raises(NotFoundError):
+            await ukc.instances.create(template={"name": "ghost"}, autostart=True)
+        with pytest.raises(NotFoundError):
+            item = models.CreateTemplateInstancesRequestItem(name="ghost")
+            raise_for_envelope(await api.create_template_instances(body=[item]))
+        with pytest.raises(UnikraftCloudError, match="image: a clone takes everything else"):
+            await ukc.instances.create(template={"name": "ghost"}, image="x", autostart=True)
+        with pytest.raises(UnikraftCloudError, match="create_args: gpus"):
+            seed = {"name": "new", "prepare": True, "create_args": {"image": "x", "gpus": []}}
+            await ukc.instances.create(template=seed)
+        with pytest.raises(UnikraftCloudError, match="a template cannot change"):
+            patch = models.UpdateTemplateInstancesRequestItem.model_validate(
+                {"name": "ghost", "prop": "autokill", "op": "set"}
+            )
+            raise_for_envelope(await api.update_template_instances(body=[patch]))
+
+        group = await ukc.services.create(name="cloned", services=[{"port": 8082}])
+        assert group.uuid is not None
+        auto = ukc.api.platform.autoscale
+        body = models.CreateAutoscaleConfigurationByServiceGroupUUIDRequest.model_validate(
+            {"uuid": group.uuid, "max_size": 2, "create_args": {"template": {"name": "ghost"}}}
+        )
+        with pytest.raises(NotFoundError):
+            raise_for_envelope(
+                await auto.create_autoscale_configuration_by_service_group_uuid(
+                    group.uuid, body=body
+                )
+            )
+        await ukc.services.get(name="cloned").delete()
 
     run(server, scenario)
 

@@ -1,7 +1,8 @@
 """The official `unikraft-cloud` SDK, unchanged, against a real Ember server and real VMs.
 
 One server (with its Caddy) in a namespace this module made; every call below runs in
-that namespace (`in_netns`), through `UnikraftCloud(base_url=...)`. Two small VMs."""
+that namespace (`in_netns`), through `UnikraftCloud(base_url=...)`. Two small VMs, and
+a clone of one of them saved as a template."""
 
 from __future__ import annotations
 
@@ -153,10 +154,43 @@ async def _instances(server: EmberServer, image: str) -> None:
 
         await _volumes(ukc)
         await _services_and_quotas(ukc, image)
+        await _templates(ukc, str(web.service_group.uuid))
 
         await ukc.instances.get(name="ghost").delete(missing_ok=True)
-        await ukc.instances.delete(["web", "worker"])
+        await ukc.instances.delete(["web", "worker-2"])
         assert await ukc.instances.list() == []
+
+
+async def _templates(ukc: UnikraftCloud, group: str) -> None:
+    """ "worker" saved as a template (it is gone), one clone of it into web's group,
+    served there through Caddy; the template deleted under its running clone (which has
+    its own copy: worker did not boot with shared memory). One VM more, the clone."""
+    plumbing = ukc.api.platform.instances
+    saved = await plumbing.create_template_instances(
+        body=[models.CreateTemplateInstancesRequestItem(name="worker")]
+    )
+    [item] = envelope_entries(saved, "instances")
+    assert item.name == "worker" and item.state == "template"
+    assert [i.name for i in await ukc.instances.list()] == ["web"]
+    template = await ukc.templates.get(name="worker")
+    assert template.uuid == item.uuid and template.state == "template"
+    assert template.memory_mb == 256 and "app=worker" in (template.tags or [])
+    assert [t.name for t in await ukc.templates.list(details=True)] == ["worker"]
+    clone = await ukc.templates.get(name="worker").clone(
+        name="worker-2", autostart=True, timeout_s=120, service_group={"uuid": group}
+    )
+    assert clone.state == "running" and clone.name == "worker-2"
+    assert clone.service_group is not None and clone.service_group.uuid == group
+    answers = set()
+    for _ in range(150):  # web and the clone share the group: the clone answers too
+        answers.add(curl("web.test"))
+        if (200, "worker") in answers:
+            break
+        time.sleep(0.2)
+    assert (200, "worker") in answers
+    await ukc.templates.get(name="worker").delete()
+    assert await ukc.templates.list() == []
+    assert (await ukc.instances.get(name="worker-2")).state == "running"
 
 
 async def _volumes(ukc: UnikraftCloud) -> None:

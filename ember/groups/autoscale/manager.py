@@ -24,7 +24,7 @@ from datetime import timedelta
 from ember.errors import Conflict, EmberError, InsufficientResources, NotFound
 from ember.groups.autoscale import policy as policies
 from ember.groups.autoscale.cpu import vcpu_demand_seconds
-from ember.groups.autoscale.members import make_member
+from ember.groups.autoscale.members import TEMPLATE, make_member
 from ember.groups.autoscale.models import (
     AutoscalePolicy,
     AutoscaleRecord,
@@ -43,6 +43,7 @@ from ember.images.models import utcnow
 from ember.instances import InstanceManager, State
 from ember.store import Repository, Store
 from ember.tasks import PeriodicTask
+from ember.templates import Templates
 
 log = logging.getLogger("ember.groups.autoscale")
 # (pid, vcpus) -> seconds the VMM's vCPUs ran or waited to run so far; None: gone.
@@ -59,9 +60,11 @@ class AutoscaleManager:
         store: Store,
         groups: GroupManager,
         instances: InstanceManager,
+        templates: Templates,
         demand: CpuDemand = vcpu_demand_seconds,
     ) -> None:
         self.store, self.groups, self.instances = store, groups, instances
+        self.templates = templates
         self._demand = demand
         self.repo = Repository(store, "autoscale_configs", AutoscaleRecord, "autoscale")
         self._samples: dict[str, tuple[int | None, float, float]] = {}  # pid, demand s, at
@@ -93,6 +96,9 @@ class AutoscaleManager:
         group = self.groups.get(group_ref)
         current = self.repo.get(group.id)
         record = config_record(group.id, request, current)
+        template = record.create_args.get(TEMPLATE)
+        if template is not None:  # it must exist now; stored by id (a name can be reused)
+            record.create_args = {TEMPLATE: self.templates.get(template).id}
         if current is None:
             self.repo.insert(record)
         else:
@@ -210,7 +216,10 @@ class AutoscaleManager:
                     member = asleep.pop()
                     made.append((await self.instances.restore(member.record.id)).name)
                 else:
-                    made.append((await make_member(self.groups, group, record.create_args)).name)
+                    member_record = await make_member(
+                        self.groups, self.templates, group, record.create_args
+                    )
+                    made.append(member_record.name)
             except InsufficientResources as exc:
                 blocked = f"the host's admission limits: {exc.message}"
             except EmberError as exc:

@@ -23,6 +23,7 @@ from pydantic import (
 )
 
 from ember.errors import InvalidArgument
+from ember.groups.autoscale.members import TEMPLATE
 from ember.groups.autoscale.models import (
     AdjustmentType,
     AutoscalePolicy,
@@ -73,7 +74,8 @@ class AutoscaleConfigRequest(_Strict):
     )
     create_args: dict[StrictStr, Any] = Field(
         description="How a new member is created: the body of POST /instances without `name` "
-        "(members are named <group>-<6 hex>)",
+        '(members are named <group>-<6 hex>), or {"template": NAME} alone: each member a '
+        "clone of that template (stored by its id)",
     )
     scale_in: ScaleIn = Field(
         default="delete", description="Ember extension: retire a member by delete or standby"
@@ -118,9 +120,21 @@ def config_record(
 
 def create_args(args: dict[str, Any]) -> dict[str, Any]:
     """A member's create request without its name, checked as the instance create checks
-    its types (what needs the host, e.g. the image, is checked at each create)."""
+    its types (what needs the host, e.g. the image, is checked at each create); or
+    `{"template": <name or id>}` alone (the manager checks that it exists)."""
     if "name" in args:
         raise refuse("create_args.name: members are named by the group", "invalid_create_args")
+    if TEMPLATE in args:
+        others = sorted(set(args) - {TEMPLATE})
+        if others:
+            raise refuse(
+                f"create_args: {', '.join(others)}: a member cloned from a template takes "
+                "everything from it; give `template` alone",
+                "invalid_create_args",
+            )
+        if not isinstance(args[TEMPLATE], str):
+            raise refuse("create_args.template: a template's name or id", "invalid_create_args")
+        return args
     try:
         CreateInstanceRequest.model_validate({**args, "name": "member"})
     except ValidationError as exc:
