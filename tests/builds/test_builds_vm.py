@@ -53,6 +53,17 @@ def wait_build(client: Hypeman, build_id: str, timeout: float = BUILD_WAIT) -> A
         time.sleep(2)
 
 
+def instances_once_settled(client: Hypeman, timeout: float = 120.0) -> list[str]:
+    """Instance names once no builder VM is left: one is deleted just after its build
+    ends (`ready` does not wait for it), so give it the time."""
+    deadline = time.monotonic() + timeout
+    while True:
+        names = [i.name for i in client.instances.list()]
+        if not any(n.startswith("build-") for n in names) or time.monotonic() > deadline:
+            return names
+        time.sleep(1)
+
+
 def events_of(client: Hypeman, build_id: str) -> list[dict[str, Any]]:
     return [e.model_dump(mode="json") for e in client.builds.events(build_id)]
 
@@ -81,7 +92,7 @@ def build_and_run(server: EmberServer) -> dict[str, Any]:
         )  # fmt: skip
         out["second"] = wait_build(client, again.id).model_dump(mode="json")
         out["second_events"] = events_of(client, again.id)
-    out["instances"] = [i.name for i in client.instances.list()]
+    out["instances"] = instances_once_settled(client)
     return out
 
 
