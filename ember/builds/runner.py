@@ -241,9 +241,8 @@ async def push_result(
     # Uncompressed: gzip under TCG costs more than the bytes it saves on the guest network,
     # and Ember's registry and conversion take plain tar layers as they are.
     script = f'buildah push "$@" && printf "pushed %s\\n" "$(cat {WORK}/digest)"'
-    argv = ["buildah", "push", "--disable-compression", f"--digestfile={WORK}/digest",
-            LOCAL_TAG, target]  # fmt: skip
-    last = await _run(tools, agent, ["sh", "-c", script, "sh", *argv[2:]], "the push")
+    args = ["--disable-compression", f"--digestfile={WORK}/digest", LOCAL_TAG, target]
+    last = await _run(tools, agent, ["sh", "-c", script, "sh", *args], "the push")
     if builder_image not in tools.versions:
         session = await agent.exec(["buildah", "--version"], env=ENV, timeout=30)
         result, out, _ = await session.wait()
@@ -255,7 +254,7 @@ async def push_result(
 
 async def _run(
     tools: BuildTools, agent: AgentClient, argv: list[str], what: str, *,
-    stdin: bytes | None = None, quiet: bool = False, scrub: dict[str, str] | None = None,
+    stdin: bytes | None = None, scrub: dict[str, str] | None = None,
 ) -> str:  # fmt: skip
     """Run a step in the guest; its output goes to the events line by line (secret values
     blotted out), and a non-zero exit fails the build naming the step. Returns the last
@@ -267,10 +266,10 @@ async def _run(
     pending, last = b"", ""
     while (chunk := await session.read_merged()) is not None:
         *lines, pending = (pending + chunk).split(b"\n")
-        for line in lines if not quiet else []:
+        for line in lines:
             last = _blot(line.decode(errors="replace"), scrub)
             await tools.log(last)
-    if pending and not quiet:
+    if pending:
         last = _blot(pending.decode(errors="replace"), scrub)
         await tools.log(last)
     result = session.result
