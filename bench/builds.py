@@ -6,7 +6,8 @@ image (built here) is pushed into its registry. The app: COPY of a file, a RUN t
 spends CPU (what the cache saves), ENV and CMD.
 
 - Ember: `POST /builds` to `ready` (wall time, client side), on a fresh builder: the
-  builder VM's boot, buildah bud, the push into Ember's registry and the conversion to a
+  builder VM's clone of its template (made by the untimed warm-up build) with the cache
+  disk attached, buildah bud, the push into Ember's registry and the conversion to a
   root disk. Then the same source again on the same builder (cached).
 - By hand: an instance of the same builder image with a fresh cache volume; in it, over
   exec, the commands Ember runs (`buildah bud --layers`, `buildah push` to the registry
@@ -28,6 +29,7 @@ import tempfile
 import time
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 import httpx
 from hypeman import Hypeman
@@ -39,6 +41,7 @@ from ember.testkit.image import tar_gz
 from ember.testkit.netns import in_netns, netns
 from ember.testkit.push import push
 
+STEP = "[ember] "  # the runner's timing of each step
 RELAY = "10.100.0.1:4974"  # the default network's gateway and relay port
 DOCKERFILE = """\
 FROM base/busybox:latest
@@ -57,35 +60,38 @@ def api(server: EmberServer) -> httpx.Client:
 def ember_build(
     server: EmberServer, source: bytes, dockerfile: str, name: str
 ) -> tuple[float, dict[str, float]]:
-    """(In the namespace.) Seconds from POST /builds to `ready`, and where they went."""
+    """(In the namespace.) Seconds from POST /builds to its terminal status, followed as
+    a client would (the events stream, as `ember build` does), and where they went."""
     with api(server) as http:
         start = time.monotonic()
         form = {"dockerfile": dockerfile, "image_name": name, "builder_id": "bench"}
         build = http.post("/builds", files={"source": ("s.tar.gz", source)}, data=form).json()
-        while (got := http.get(f"/builds/{build['id']}").json())["status"] not in (
-            "ready", "failed", "cancelled"):  # fmt: skip
-            time.sleep(0.25)
+        events: list[dict[str, Any]] = []
+        with http.stream("GET", f"/builds/{build['id']}/events", params={"follow": True}) as sse:
+            for line in sse.iter_lines():
+                if line.startswith("data: "):
+                    events.append(json.loads(line[6:]))
+                    if events[-1].get("status") in ("ready", "failed", "cancelled"):
+                        break
         elapsed = time.monotonic() - start
+        got = http.get(f"/builds/{build['id']}").json()
         if got["status"] != "ready":
             raise RuntimeError(f"build {got['id']} {got['status']}: {got.get('error')}")
-        events = http.get(f"/builds/{build['id']}/events").text
     return elapsed, phases(events)
 
 
-def phases(sse: str) -> dict[str, float]:
-    """Seconds per phase, from the events' timestamps: the VM's boot (to buildah's first
-    step), buildah bud, the push, and the conversion to `ready`."""
-    events = [json.loads(line[6:]) for line in sse.splitlines() if line.startswith("data: ")]
-    at = [datetime.fromisoformat(e["timestamp"]).timestamp() for e in events]
-    first_step = next(
-        i for i, e in enumerate(events) if (e.get("content") or "").startswith("STEP")
-    )
-    pushing = next(i for i, e in enumerate(events) if e.get("status") == "pushing")
-    last_log = max(i for i, e in enumerate(events) if e["type"] == "log")
-    marks = {"boot": first_step, "bud": pushing, "push": last_log, "convert": len(events) - 1}
-    out, previous = {}, at[1]  # from `building`
-    for label, index in marks.items():
-        out[label], previous = at[index] - previous, at[index]
+def phases(events: list[dict[str, Any]]) -> dict[str, float]:
+    """Seconds per step as the runner timed them (its `[ember] <step>: <s> s` lines),
+    then from its last step to `ready` (the conversion, as far as it was not overlapped)."""
+    out: dict[str, float] = {}
+    last = 0.0
+    for event in events:
+        content = event.get("content") or ""
+        if event["type"] == "log" and content.startswith(STEP):
+            step, _, secs = content.removeprefix(STEP).rpartition(": ")
+            out[step] = float(secs.removesuffix(" s"))
+            last = datetime.fromisoformat(event["timestamp"]).timestamp()
+    out["to ready"] = datetime.fromisoformat(events[-1]["timestamp"]).timestamp() - last
     return out
 
 
@@ -174,7 +180,7 @@ def run(args: argparse.Namespace) -> None:
         try:
             server.start()
             in_netns(ns, set_up, server)
-            # The builder image is made and converted by the first build: not timed.
+            # The builder image and its template are made by the first build: not timed.
             in_netns(ns, ember_build, server, source, "FROM base/busybox:latest\n", "warm/up")
             in_netns(ns, prune, server)
             first, first_split = in_netns(ns, ember_build, server, source, dockerfile, "b/a:1")

@@ -296,6 +296,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
     waker = waker_socket(settings.runtime_dir, settings.data_dir)
     groups = GroupManager(store, instances, ingresses, waker)
     jwt_secret = load_or_create_secret(settings.data_dir)
+    templates = Templates(instances)
     builds = BuildManager(
         store,
         BuildSettings(
@@ -305,6 +306,7 @@ def build(settings: Settings, *, hypervisors: Hypervisors | None = None) -> Serv
             secrets_dir=settings.builds_secrets_dir or settings.data_dir / "build-secrets",
         ),
         instances=instances, images=images, registry=registry, volumes=volumes,
+        templates=templates,
         debian_image=partial(ensure_debian_image, images, registry, host=settings.listen,
                              cache_dir=settings.system_path / "builds",
                              mirror=settings.builds_debian_mirror),

@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import logging
 import shutil
 from collections.abc import AsyncIterable, Awaitable, Callable
@@ -37,6 +38,7 @@ from ember.builds.models import (
 )
 from ember.builds.rootfs import BUILDER, Recipe
 from ember.builds.runner import BuildFailed, BuildTools, Inputs, run_build
+from ember.builds.templates import TEMPLATE_TAG, BuilderTemplates
 from ember.errors import Conflict, EmberError, InvalidArgument, InvalidState, NotFound
 from ember.ids import new_id
 from ember.images.manager import ImageManager
@@ -44,6 +46,7 @@ from ember.images.models import ImageStatus
 from ember.instances import InstanceManager
 from ember.registry import DistributionError, RegistryService
 from ember.store import Repository, Store
+from ember.templates import Templates
 from ember.volumes import VolumeManager
 
 __all__ = ["BuildManager", "BuildSettings"]
@@ -51,6 +54,7 @@ __all__ = ["BuildManager", "BuildSettings"]
 log = logging.getLogger(__name__)
 
 IMAGE_READY_SECONDS = 600.0
+BASE_ANNOTATION = "org.opencontainers.image.base.digest"
 
 
 @dataclass(frozen=True)
@@ -73,6 +77,7 @@ class BuildManager:
         images: ImageManager,
         registry: RegistryService,
         volumes: VolumeManager,
+        templates: Templates,
         debian_image: Callable[[Recipe], Awaitable[str]],
         mint_token: Callable[[], str],
     ) -> None:
@@ -82,12 +87,14 @@ class BuildManager:
         self.instances, self.images, self.registry = instances, images, registry
         self.volumes = volumes
         self._debian_image, self._mint_token = debian_image, mint_token
+        self.templates = BuilderTemplates(templates, images, partial(debian_image, BUILDER))
         self.events = EventLog(settings.root)
         self._queues: dict[str, list[str]] = {}  # builder id -> waiting build ids, oldest first
         self._active: dict[str, str] = {}  # builder id -> running build id
         self._tasks: dict[str, asyncio.Task[None]] = {}  # build id -> its run
         self._secrets: dict[str, dict[str, str]] = {}  # build id -> values (memory only)
         self._wake: dict[str, asyncio.Event] = {}
+        self._versions: dict[str, str] = {}  # buildah's, per builder image digest
 
     # ---- server lifecycle --------------------------------------------------------------
 
@@ -98,7 +105,7 @@ class BuildManager:
             if record.status not in TERMINAL:
                 await self._finish(record.id, BuildStatus.FAILED, error="the server restarted")
         for instance in self.instances.find():
-            if "ember.build" in instance.tags:  # a builder VM left by a stopped server
+            if {"ember.build", TEMPLATE_TAG} & instance.tags.keys():  # left by a stopped server
                 with contextlib.suppress(EmberError):
                     await self.instances.delete(instance.id)
 
@@ -289,6 +296,7 @@ class BuildManager:
 
     async def _run(self, build_id: str) -> None:
         record = self.get(build_id)
+        released = asyncio.Event()  # the cache disk is in no VM: the builder may go on
         pushed = False
         prior: str | None = None  # the digest the image's tag named before this push
         try:
@@ -305,8 +313,8 @@ class BuildManager:
 
             async with asyncio.timeout(record.options.timeout_seconds):
                 inputs = await self._inputs(record)
-                result = await run_build(self._tools(build_id), record, builder, inputs,
-                                         pushing=pushing)  # fmt: skip
+                result = await run_build(self._tools(build_id, released), record, builder,
+                                         inputs, pushing=pushing)  # fmt: skip
                 name = f"{self.settings.registry_host}/{self._push_ref(record)}"
                 await self.images.wait_ready(name, IMAGE_READY_SECONDS)
             image = self.images.get(name)
@@ -317,7 +325,7 @@ class BuildManager:
                 r.image_ref, r.image_digest = name, result.image_digest
                 r.provenance = Provenance(
                     source_hash=r.provenance.source_hash if r.provenance else None,
-                    base_image_digest=result.base_image_digest,
+                    base_image_digest=self._base_digest(result.image_digest),
                     builder_version=result.builder_version,
                     timestamp=utcnow(),
                 )
@@ -329,6 +337,11 @@ class BuildManager:
             await self._finish(build_id, status, error=error,
                                undo_push=(prior,) if pushed else None)  # fmt: skip
         finally:
+            # The builder VM goes after the build's end (`ready` waits for no VM to die),
+            # and after the builder's next build may start, unless it holds the cache disk.
+            if released.is_set():
+                self._leave(record)
+            await self._delete_builder_vm(build_id)
             self._leave(record)
             self._tasks.pop(build_id, None)
             self._secrets.pop(build_id, None)
@@ -352,7 +365,7 @@ class BuildManager:
             push_ref=self._push_ref(record),
         )
 
-    def _tools(self, build_id: str) -> BuildTools:
+    def _tools(self, build_id: str, released: asyncio.Event) -> BuildTools:
         assert self.settings.relay is not None
 
         async def log_line(line: str) -> None:
@@ -362,9 +375,10 @@ class BuildManager:
             self.builds.update(build_id, lambda r: setattr(r, "builder_instance_id", instance_id))
 
         return BuildTools(
-            instances=self.instances, builder_image=partial(self._debian_image, BUILDER),
+            instances=self.instances, templates=self.templates,
             relay=self.settings.relay, own_hosts=self.settings.own_hosts,
             mint_token=self._mint_token, log=log_line, on_instance=on_instance,
+            on_cache_released=released.set, versions=self._versions,
         )  # fmt: skip
 
     async def _set_status(
@@ -387,9 +401,6 @@ class BuildManager:
         record = self.get(build_id)
         if undo_push is not None:
             self._undo_push(record, undo_push[0])
-        for instance in self.instances.find(tags={"ember.build": build_id}):
-            with contextlib.suppress(EmberError):  # cut short inside its create, or undeleted
-                await self.instances.delete(instance.id)
 
         def end(r: BuildRecord) -> None:
             r.status, r.error, r.completed_at = status, error, utcnow()
@@ -400,6 +411,22 @@ class BuildManager:
         if error is not None:
             await self.events.log(build_id, f"error: {error}")
         await self.events.append(build_id, BuildEvent(type="status", status=status))
+
+    async def _delete_builder_vm(self, build_id: str) -> None:
+        """By name: also a VM cut short inside its clone, before its id was known."""
+        for instance in self.instances.find():
+            if instance.name == f"build-{build_id}":
+                with contextlib.suppress(EmberError):
+                    await self.instances.delete(instance.id)
+
+    def _base_digest(self, manifest_digest: str) -> str | None:
+        """The base image's digest buildah wrote into the pushed manifest's annotations."""
+        try:
+            manifest = json.loads(self.registry.storage.blobs.path(manifest_digest).read_bytes())
+        except (OSError, ValueError, DistributionError):
+            return None
+        base = (manifest.get("annotations") or {}).get(BASE_ANNOTATION)
+        return base if isinstance(base, str) and base.startswith("sha256:") else None
 
     def _tag_digest(self, record: BuildRecord) -> str | None:
         repository, _, tag = self._push_ref(record).rpartition(":")

@@ -56,7 +56,8 @@ async def manager(tmp_path: Path, gate: Gate) -> AsyncIterator[BuildManager]:
     instances = cast(Any, NoInstances())
     manager = BuildManager(
         store, settings, instances=instances, images=cast(Any, None), registry=cast(Any, None),
-        volumes=VolumeManager(store, tmp_path), debian_image=gate, mint_token=lambda: "t",
+        volumes=VolumeManager(store, tmp_path), templates=cast(Any, None), debian_image=gate,
+        mint_token=lambda: "t",
     )  # fmt: skip
     settings.root.mkdir()
     yield manager
