@@ -80,7 +80,6 @@ class BuildOptions(BaseModel):
     cpus: int
     secret_ids: list[str] = Field(default_factory=list)
     base_image_digest: str | None = None
-    cache_scope: str | None = None
 
 
 class BuildRecord(StoredRecord):

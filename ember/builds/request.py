@@ -40,6 +40,7 @@ def parse_build_form(fields: dict[str, str | None], build_id: str) -> BuildForm:
     secrets = _secrets(fields.get("secrets"))
     image_name = _image_name(fields.get("image_name") or f"builds/{build_id}")
     dockerfile = fields.get("dockerfile") or None
+    _refuse_shared_caches(fields)
     base_digest = fields.get("base_image_digest") or None
     if base_digest is not None and not re.fullmatch(r"sha256:[0-9a-f]{64}", base_digest):
         raise InvalidArgument("base_image_digest: not a sha256:<64 hex> digest",
@@ -50,10 +51,24 @@ def parse_build_form(fields: dict[str, str | None], build_id: str) -> BuildForm:
         dockerfile=dockerfile,
         secret_ids=sorted(secrets),
         base_image_digest=base_digest,
-        cache_scope=fields.get("cache_scope") or None,
         **numbers,
     )
     return BuildForm(options=options, tags=_tags(fields.get("tags")), secrets=secrets)
+
+
+def _refuse_shared_caches(fields: dict[str, str | None]) -> None:
+    """Hypeman's cache sharing (a tenant prefix, a global cache that admin builds fill)
+    is not built: refused by name, never ignored (ignoring a tenant scope would share one
+    tenant's cache with another)."""
+    asked = [name for name in ("cache_scope", "global_cache_key") if fields.get(name)]
+    if (fields.get("is_admin_build") or "").lower() == "true":
+        asked.append("is_admin_build")
+    if asked:
+        raise InvalidArgument(
+            f"{', '.join(asked)}: Ember keeps one cache per builder and no shared one; give "
+            "each tenant (or scope) a builder of its own (builder_id)",
+            code="not_supported",
+        )
 
 
 def _integer(fields: dict[str, str | None], name: str, default: int, least: int, most: int) -> int:

@@ -30,6 +30,8 @@ def test_fields_parsed() -> None:
     assert form.secrets == {"npm_token": None, "k": "v"}
     assert form.options.secret_ids == ["k", "npm_token"]
     assert form.options.builder_id == "b1"
+    # Empty or "false" cache fields ask for nothing (the client may send them so).
+    parse_build_form({"cache_scope": "", "is_admin_build": "false"}, "abc")
 
 
 @pytest.mark.parametrize(
@@ -48,6 +50,9 @@ def test_fields_parsed() -> None:
         ({"image_name": "Apps/Web"}, "invalid_image_name"),
         ({"image_name": "127.0.0.1:4973/apps/web:v1"}, "invalid_image_name"),
         ({"base_image_digest": "sha256:abc"}, "invalid_base_image_digest"),
+        ({"cache_scope": "tenant-a"}, "not_supported"),
+        ({"global_cache_key": "node"}, "not_supported"),
+        ({"is_admin_build": "true"}, "not_supported"),
     ],
 )
 def test_bad_fields(fields: dict[str, str | None], code: str) -> None:

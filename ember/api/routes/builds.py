@@ -56,7 +56,8 @@ async def create_build(
     fields = {"dockerfile": dockerfile, "builder_id": builder_id, "cache_scope": cache_scope,
               "base_image_digest": base_image_digest, "timeout_seconds": timeout_seconds,
               "memory_mb": memory_mb, "cpus": cpus, "image_name": image_name,
-              "secrets": secrets, "tags": tags}  # fmt: skip
+              "secrets": secrets, "tags": tags, "is_admin_build": is_admin_build,
+              "global_cache_key": global_cache_key}  # fmt: skip
     form = parse_build_form(fields, build_id)
 
     async def chunks() -> AsyncIterator[bytes]:
