@@ -51,7 +51,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route, WebSocketRoute
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
-from ember.api.auth import bearer_token, mint_token, registry_token, verify_token
+from ember.api.auth import bearer_token, registry_token, verify_token
 from ember.api.errors import oci_error
 from ember.cluster.discovery import Discovery, HostStatus, Inventory, heard_from
 from ember.cluster.etcd import EtcdUnavailable
@@ -76,7 +76,6 @@ HOST_KEEPALIVE_SECONDS = 60.0
 # A host asked to pull a pushed tag answers at once (the pull runs after); a push does
 # not wait longer than this on a host that does not.
 PULL_TIMEOUT = 10.0
-CATCH_UP_TOKEN_SECONDS = 3600  # a catching-up host's pulls: longer than any pull takes
 _HOP = {"host", "content-length", "connection", "transfer-encoding", "keep-alive", "upgrade"}
 _SUMMED_FIELDS = ("capacity", "effective_limit", "allocated", "available")
 # `/v2/` paths: `<repo>/(blobs|manifests|tags)/...` (a repository name may hold slashes).
@@ -118,7 +117,6 @@ class Gateway:
         self.recent = Recent(window=2 * lease_ttl)
         self.owners: dict[str, str] = {}  # instance id -> host name
         self._hosts: tuple[float, dict[str, HostStatus]] = (0.0, {})
-        self._seen: set[str] = set()  # live hosts at the last background pass
         self._refresher = PeriodicTask(
             "live hosts", self._refresh_quietly, HOSTS_FRESH_SECONDS / 2, log=log
         )
@@ -140,28 +138,9 @@ class Gateway:
 
     async def _refresh_quietly(self) -> None:
         """The background pass: etcd out of reach is not logged here four times a second;
-        the cache ages past `HOSTS_FRESH_SECONDS` and a request reads (and reports) it. A
-        host live now and not at the last pass (joined, back, or the gateway's first pass)
-        catches up on images."""
+        the cache ages past `HOSTS_FRESH_SECONDS` and a request reads (and reports) it."""
         with contextlib.suppress(EtcdUnavailable):
-            hosts = heard_from(await self._refresh(), time.time())
-            new = [host for name, host in hosts.items() if name not in self._seen]
-            self._seen = set(hosts)
-            for host in new:
-                await self._catch_up(host, hosts)
-
-    async def _catch_up(self, host: HostStatus, hosts: dict[str, HostStatus]) -> None:
-        """Have `host` pull the images other live hosts hold ready and it lacks (pushed or
-        pulled before it joined), so that creates of them may land on it too. Several
-        gateways may ask the same: a host takes a pull of a name it has or pulls once."""
-        held = {image for other in hosts.values() if other.name != host.name
-                for image in other.images}  # fmt: skip
-        missing = sorted(held - set(host.images))
-        if not missing:
-            return
-        log.info("gateway: %s catches up on %d images", host.name, len(missing))
-        token = mint_token(self.secret, "gateway", CATCH_UP_TOKEN_SECONDS)
-        await asyncio.gather(*(self._pull_on(name, token, [host]) for name in missing))
+            await self._refresh()
 
     async def owner(self, ref: str, authorization: str) -> str | None:
         """The name of the host holding instance `ref` (live or not), or None; the

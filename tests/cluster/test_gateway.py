@@ -382,31 +382,3 @@ def test_a_host_reads_down_early_only_while_others_beat_after_it() -> None:
     # Silent, but not for most of its TTL yet: still up.
     hosts = {"late": status("late", 8, beat=now - 20), "other": status("other", 8, beat=now)}
     assert sorted(heard_from(hosts, now)) == ["late", "other"]
-
-
-async def test_a_host_that_joins_later_catches_up_on_the_images_the_others_hold(
-    etcd: Etcd,
-) -> None:
-    pulls: list[tuple[str, str]] = []
-
-    def host(request: httpx.Request) -> httpx.Response:
-        assert (request.method, request.url.path) == ("POST", "/images")
-        pulls.append((request.url.host, json.loads(request.content)["name"]))
-        return httpx.Response(202, json={})
-
-    pushed = "gateway/team/app:v1"
-    first = status("a", 8).model_copy(update={"images": [pushed]})
-    members = [await join(etcd, first), await join(etcd, status("b", 8))]
-    http = httpx.AsyncClient(transport=httpx.MockTransport(host))
-    gateway = Gateway(Etcd(etcd.endpoints, prefix=etcd.prefix), SECRET, http=http)
-    try:
-        await gateway._refresh_quietly()  # its first pass: b lacks what a holds
-        assert pulls == [("b", pushed)]
-        await gateway._refresh_quietly()  # nothing new: nothing asked
-        members.append(await join(etcd, status("c", 8)))
-        await gateway._refresh_quietly()
-        assert pulls == [("b", pushed), ("c", pushed)]
-    finally:
-        await gateway.close()
-        for member in members:
-            await member.close()
